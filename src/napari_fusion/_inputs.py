@@ -1,0 +1,186 @@
+"""Validation and conversion of user images into the tensor layout methods use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .errors import FusionInputError
+
+SUPPORTED_DTYPES = (
+    np.dtype(np.uint8),
+    np.dtype(np.uint16),
+    np.dtype(np.int8),
+    np.dtype(np.int16),
+    np.dtype(np.uint32),
+    np.dtype(np.int32),
+    np.dtype(np.float32),
+    np.dtype(np.float64),
+)
+
+MIN_SIZE = 8
+
+
+@dataclass
+class PreparedStack:
+    """Inputs as one float32 ``(N, C, H, W)`` numpy array plus how to undo the scaling."""
+
+    data: np.ndarray  # (N, C, H, W) float32, scaled
+    dtype: np.dtype
+    colour: bool
+    offset: float
+    scale: float
+    low: float  # smallest input value (output is clipped to [low, high])
+    high: float
+
+    @property
+    def n(self) -> int:
+        return self.data.shape[0]
+
+    def to_tensor(self, device: torch.device) -> torch.Tensor:
+        return torch.from_numpy(self.data).to(device)
+
+    def restore(self, fused: torch.Tensor) -> np.ndarray:
+        """Map a fused ``(C, H, W)`` tensor back to the input dtype, range and layout."""
+        out = fused.detach().to("cpu", torch.float64).numpy() * self.scale + self.offset
+        out = np.clip(out, self.low, self.high)
+        if np.issubdtype(self.dtype, np.integer):
+            out = np.rint(out)
+        out = out.astype(self.dtype)
+        if self.colour:
+            return np.ascontiguousarray(np.moveaxis(out, 0, -1))
+        return out[0]
+
+
+def _describe(a: np.ndarray) -> str:
+    return f"shape {tuple(a.shape)}"
+
+
+def as_image_list(images: Any, *, stack_axis: int = 0, channel_axis: int | None = None) -> list[np.ndarray]:
+    """Split the user's ``images`` into a list of 2-D grey or ``(H, W, 3)`` arrays.
+
+    ``images`` is a sequence of arrays, or one array holding a stack along
+    ``stack_axis``. ``channel_axis`` names the colour axis of a stack array
+    when it is not last.
+    """
+    if isinstance(images, (str, bytes)):
+        raise FusionInputError("images must be arrays; to read files use napari_fusion.io.read_stack")
+    if hasattr(images, "__array__") or hasattr(images, "shape") and hasattr(images, "dtype"):
+        arr = np.asarray(images)
+        if arr.ndim < 3:
+            raise FusionInputError(
+                f"a single array must be a stack with a stack axis (3-D or 4-D); got {_describe(arr)}. "
+                "Fusion needs at least two images."
+            )
+        if not -arr.ndim <= stack_axis < arr.ndim:
+            raise FusionInputError(f"stack_axis {stack_axis} is out of range for an array of {_describe(arr)}")
+        arr = np.moveaxis(arr, stack_axis, 0)
+        if channel_axis is not None:
+            ca = channel_axis if channel_axis >= 0 else channel_axis + np.asarray(images).ndim
+            sa = stack_axis if stack_axis >= 0 else stack_axis + np.asarray(images).ndim
+            ca = ca - (1 if ca > sa else 0) + 1  # position after moving the stack axis to 0
+            arr = np.moveaxis(arr, ca, -1)
+        items = [arr[i] for i in range(arr.shape[0])]
+    else:
+        try:
+            items = list(images)
+        except TypeError:
+            raise FusionInputError(
+                f"images must be a sequence of arrays or one stack array, got {type(images).__name__}"
+            ) from None
+        items = [np.asarray(a) for a in items]
+    return items
+
+
+def prepare(
+    images: Any,
+    *,
+    stack_axis: int = 0,
+    channel_axis: int | None = None,
+    intensity: str = "stack",
+) -> PreparedStack:
+    """Validate the inputs and convert them to a scaled float32 ``(N, C, H, W)`` stack."""
+    items = as_image_list(images, stack_axis=stack_axis, channel_axis=channel_axis)
+    if len(items) < 2:
+        raise FusionInputError(f"fusion needs at least two images, got {len(items)}")
+    dtypes = {a.dtype for a in items}
+    for a in items:
+        if a.dtype not in SUPPORTED_DTYPES:
+            raise FusionInputError(
+                f"unsupported dtype {a.dtype}; supported: "
+                + ", ".join(str(d) for d in SUPPORTED_DTYPES)
+            )
+    if len(dtypes) > 1:
+        raise FusionInputError(
+            "images have different dtypes ("
+            + ", ".join(sorted(str(d) for d in dtypes))
+            + "); convert them to one dtype first"
+        )
+    dtype = items[0].dtype
+    kinds = []
+    for i, a in enumerate(items):
+        if a.ndim == 3 and a.shape[-1] == 1:
+            a = a[..., 0]
+            items[i] = a
+        if a.ndim == 2:
+            kinds.append("grey")
+        elif a.ndim == 3 and a.shape[-1] == 3:
+            kinds.append("rgb")
+        elif a.ndim == 3 and a.shape[-1] == 4:
+            raise FusionInputError(
+                f"image {i} has 4 channels (RGBA); drop the alpha channel first (image[..., :3])"
+            )
+        else:
+            raise FusionInputError(
+                f"image {i} has {_describe(a)}; each image must be 2-D grey (H, W) or colour (H, W, 3)"
+            )
+    if len(set(kinds)) > 1:
+        grey = [i for i, k in enumerate(kinds) if k == "grey"]
+        rgb = [i for i, k in enumerate(kinds) if k == "rgb"]
+        raise FusionInputError(
+            f"grey and RGB images are mixed (grey: {grey}, RGB: {rgb}); "
+            "convert them all to grey or all to RGB"
+        )
+    shapes = {a.shape[:2] for a in items}
+    if len(shapes) > 1:
+        raise FusionInputError(
+            "images have different sizes: "
+            + ", ".join(f"{i}: {a.shape[0]}x{a.shape[1]}" for i, a in enumerate(items))
+            + "; all images must have the same height and width (crop, resize or align them first)"
+        )
+    h, w = items[0].shape[:2]
+    if h < MIN_SIZE or w < MIN_SIZE:
+        raise FusionInputError(f"images are {h}x{w} pixels; at least {MIN_SIZE}x{MIN_SIZE} is needed")
+    colour = kinds[0] == "rgb"
+    if np.issubdtype(dtype, np.floating):
+        for i, a in enumerate(items):
+            if not np.isfinite(a).all():
+                bad = int((~np.isfinite(a)).sum())
+                raise FusionInputError(f"image {i} contains {bad} non-finite values (NaN or inf)")
+    stack = np.stack(items).astype(np.float32, copy=False)
+    if colour:
+        stack = np.moveaxis(stack, -1, 1)
+    else:
+        stack = stack[:, None]
+    stack = np.ascontiguousarray(stack, dtype=np.float32)
+    low = float(min(a.min() for a in items))
+    high = float(max(a.max() for a in items))
+    if intensity == "dtype":
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            offset, scale = float(min(info.min, 0)), float(info.max - min(info.min, 0))
+        else:
+            offset, scale = 0.0, 1.0
+        out_low, out_high = low, high
+        if np.issubdtype(dtype, np.integer):
+            out_low, out_high = float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
+    else:
+        offset = low
+        scale = high - low if high > low else 1.0
+        out_low, out_high = low, high
+    if offset != 0.0 or scale != 1.0:
+        stack = (stack - np.float32(offset)) / np.float32(scale)
+    return PreparedStack(stack, dtype, colour, offset, scale, out_low, out_high)

@@ -1,0 +1,24 @@
+"""Exceptions raised by napari-fusion.
+
+Every problem with user input is reported as a :class:`FusionInputError` (a
+``ValueError``) whose message names the problem, so callers never see a
+traceback from deep inside torch or numpy.
+"""
+
+from __future__ import annotations
+
+
+class FusionError(Exception):
+    """Base class of all napari-fusion errors."""
+
+
+class FusionInputError(FusionError, ValueError):
+    """The images, method name or parameters given to a fusion call are invalid."""
+
+
+class FusionCancelled(FusionError):
+    """Raised from a progress callback to stop a fusion run early."""
+
+
+class WeightsUnavailableError(FusionError, RuntimeError):
+    """A learned method's weights cannot be found; the message says how to get them."""

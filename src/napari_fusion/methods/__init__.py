@@ -1,0 +1,7 @@
+"""Built-in fusion methods. Importing this package registers them all.
+
+One module per method; each registers itself with
+:func:`napari_fusion.registry.register_method`.
+"""
+
+from . import average, focus_measure, gff, laplacian_pyramid, mertens  # noqa: F401

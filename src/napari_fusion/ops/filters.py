@@ -1,0 +1,107 @@
+"""Linear filters on torch tensors: box, Gaussian, Laplacian, Sobel.
+
+Borders are handled by reflection (``'reflect'``, mirror without repeating the
+edge pixel) by default, or replication; images smaller than the filter fall
+back to replication, which is defined for any size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _as4d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+    shape = x.shape
+    if x.ndim < 2:
+        raise ValueError("expected an image tensor with at least 2 dimensions")
+    return x.reshape(-1, 1, shape[-2], shape[-1]), shape
+
+
+def _pad(x4: torch.Tensor, pads: tuple[int, int, int, int], mode: str) -> torch.Tensor:
+    """Pad a (B,1,H,W) tensor by (left, right, top, bottom)."""
+    if not any(pads):
+        return x4
+    if mode == "reflect":
+        h, w = x4.shape[-2:]
+        if max(pads[0], pads[1]) >= w or max(pads[2], pads[3]) >= h:
+            mode = "replicate"
+    if mode == "zeros":
+        return F.pad(x4, pads, mode="constant", value=0.0)
+    return F.pad(x4, pads, mode=mode)
+
+
+def box_filter(x: torch.Tensor, radius: int, *, border: str = "reflect") -> torch.Tensor:
+    """Mean over a ``(2r+1) x (2r+1)`` window, computed with cumulative sums.
+
+    Cost does not depend on the radius. ``border`` is ``'reflect'``,
+    ``'replicate'`` or ``'zeros'`` (zero padding, still divided by the full
+    window size, as MATLAB's ``imfilter`` with a normalised kernel).
+    """
+    radius = int(radius)
+    if radius <= 0:
+        return x.clone()
+    x4, shape = _as4d(x)
+    dtype = x4.dtype
+    work = x4.double() if x4.device.type == "cpu" else x4.float()
+    p = _pad(work, (radius, radius, radius, radius), border)
+    k = 2 * radius + 1
+    c = p.cumsum(-1)
+    c = F.pad(c, (1, 0))
+    c = c[..., k:] - c[..., :-k]
+    c = c.cumsum(-2)
+    c = F.pad(c, (0, 0, 1, 0))
+    c = c[..., k:, :] - c[..., :-k, :]
+    return (c / (k * k)).to(dtype).reshape(shape)
+
+
+def gaussian_kernel1d(sigma: float, radius: int | None = None, *, device=None, dtype=torch.float32):
+    """Normalised 1-D Gaussian kernel; radius defaults to ``ceil(3 sigma)``."""
+    if radius is None:
+        radius = max(1, int(math.ceil(3.0 * float(sigma))))
+    t = torch.arange(-radius, radius + 1, device=device, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / float(sigma)) ** 2)
+    return (k / k.sum()).to(dtype)
+
+
+def separable_filter(x: torch.Tensor, kernel: torch.Tensor, *, border: str = "reflect") -> torch.Tensor:
+    """Filter rows then columns with the same odd-length 1-D ``kernel``."""
+    x4, shape = _as4d(x)
+    r = kernel.numel() // 2
+    k = kernel.to(device=x4.device, dtype=x4.dtype)
+    y = F.conv2d(_pad(x4, (r, r, 0, 0), border), k.view(1, 1, 1, -1))
+    y = F.conv2d(_pad(y, (0, 0, r, r), border), k.view(1, 1, -1, 1))
+    return y.reshape(shape)
+
+
+def gaussian_filter(
+    x: torch.Tensor, sigma: float, *, radius: int | None = None, border: str = "reflect"
+) -> torch.Tensor:
+    """Gaussian blur with standard deviation ``sigma`` (pixels); ``sigma <= 0`` copies."""
+    if sigma <= 0:
+        return x.clone()
+    k = gaussian_kernel1d(sigma, radius, device=x.device, dtype=x.dtype)
+    return separable_filter(x, k, border=border)
+
+
+def conv2d_same(x: torch.Tensor, kernel: torch.Tensor, *, border: str = "reflect") -> torch.Tensor:
+    """Correlate every ``(H, W)`` plane with a small odd-sized 2-D ``kernel``."""
+    x4, shape = _as4d(x)
+    kh, kw = kernel.shape
+    ry, rx = kh // 2, kw // 2
+    k = kernel.to(device=x4.device, dtype=x4.dtype).view(1, 1, kh, kw)
+    return F.conv2d(_pad(x4, (rx, rx, ry, ry), border), k).reshape(shape)
+
+
+def laplacian(x: torch.Tensor, *, border: str = "reflect") -> torch.Tensor:
+    """Discrete 4-neighbour Laplacian."""
+    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+    return conv2d_same(x, k, border=border)
+
+
+def sobel_gradients(x: torch.Tensor, *, border: str = "reflect") -> tuple[torch.Tensor, torch.Tensor]:
+    """Sobel derivatives ``(gx, gy)`` (x along columns, y along rows)."""
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    return conv2d_same(x, kx, border=border), conv2d_same(x, kx.T.contiguous(), border=border)

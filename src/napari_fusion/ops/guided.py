@@ -1,0 +1,62 @@
+"""Guided filter (He, Sun & Tang, "Guided Image Filtering", ECCV 2010 / TPAMI 2013).
+
+Used by guided-filtering fusion (Li, Kang & Hu 2013), by the CNN focus-map
+method (Liu et al. 2017) and by the sparse-coding networks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .filters import box_filter
+
+
+def guided_filter(
+    guide: torch.Tensor,
+    src: torch.Tensor,
+    radius: int,
+    eps: float,
+    *,
+    border: str = "reflect",
+) -> torch.Tensor:
+    """Edge-preserving smoothing of ``src`` steered by ``guide``.
+
+    ``guide`` is either grey, broadcastable to ``src`` (``(..., H, W)``), or a
+    colour guide ``(..., 3, H, W)`` whose leading dimensions match ``src``'s
+    (the colour form of He et al., with a 3x3 covariance per window). ``src``
+    is ``(..., H, W)``. Window radius ``radius``, regularisation ``eps``.
+    """
+    if guide.ndim >= 3 and guide.shape[-3] == 3 and guide.shape[:-3] == src.shape[:-2]:
+        return _guided_filter_colour(guide, src, radius, eps, border)
+    guide, src = torch.broadcast_tensors(guide, src)
+    mean = lambda t: box_filter(t, radius, border=border)  # noqa: E731
+    mean_i = mean(guide)
+    mean_p = mean(src)
+    cov_ip = mean(guide * src) - mean_i * mean_p
+    var_i = mean(guide * guide) - mean_i * mean_i
+    a = cov_ip / (var_i + eps)
+    b = mean_p - a * mean_i
+    return mean(a) * guide + mean(b)
+
+
+def _guided_filter_colour(guide, src, radius, eps, border):
+    mean = lambda t: box_filter(t, radius, border=border)  # noqa: E731
+    p = src.unsqueeze(-3)  # (..., 1, H, W)
+    mean_i = mean(guide)  # (..., 3, H, W)
+    mean_p = mean(p)
+    cov_ip = mean(guide * p) - mean_i * mean_p  # (..., 3, H, W)
+    # 3x3 covariance of the guide per pixel
+    idx = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
+    var = {}
+    for i, j in idx:
+        v = mean(guide[..., i, :, :] * guide[..., j, :, :]) - mean_i[..., i, :, :] * mean_i[..., j, :, :]
+        var[(i, j)] = var[(j, i)] = v
+    sigma = torch.stack(
+        [torch.stack([var[(i, j)] for j in range(3)], dim=-1) for i in range(3)], dim=-2
+    )  # (..., H, W, 3, 3)
+    eye = torch.eye(3, device=guide.device, dtype=guide.dtype)
+    sigma = sigma + eps * eye
+    cov = cov_ip.movedim(-3, -1).unsqueeze(-1)  # (..., H, W, 3, 1)
+    a = torch.linalg.solve(sigma, cov).squeeze(-1).movedim(-1, -3)  # (..., 3, H, W)
+    b = mean_p.squeeze(-3) - (a * mean_i).sum(-3)
+    return (mean(a) * guide).sum(-3) + mean(b)

@@ -1,0 +1,309 @@
+"""The method registry: every fusion method, with the metadata that drives
+the API's parameter checks, the napari widget, the CLI and the docs.
+
+A method is a function ``run(stack, *, ctx, **params) -> MethodOutput`` that
+receives a float32 tensor ``(N, C, H, W)`` on the target device (intensities
+normalised as the method's ``intensity`` field says) and returns the fused
+``(C, H, W)`` tensor, plus optional labels/weights/extras. It is registered
+with :func:`register_method`; nothing else has to change for it to appear in
+``list_methods()``, the widget, and ``napari-fusion fuse -m``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, asdict
+from typing import Any, Callable
+
+import torch
+
+from .errors import FusionCancelled, FusionInputError
+
+#: Task vocabulary used in method metadata.
+TASKS = (
+    "multi-focus",
+    "infrared-visible",
+    "multi-exposure",
+    "medical",
+    "multispectral",
+)
+
+#: Outputs a method can declare.
+OUTPUTS = ("fused", "labels", "weights", "depth")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tunable parameter of a method.
+
+    ``kind`` is ``int``, ``float``, ``bool`` or ``str``; ``choices`` restricts a
+    ``str`` parameter; ``low``/``high`` give the inclusive valid range of a
+    number.
+    """
+
+    name: str
+    default: Any
+    kind: type
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    step: float | None = None
+
+    def validate(self, value: Any, method: str) -> Any:
+        """Return ``value`` converted to this parameter's kind, or raise."""
+        where = f"parameter {self.name!r} of method {method!r}"
+        if self.kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, (int,)) and value in (0, 1):
+                return bool(value)
+            raise FusionInputError(f"{where} must be true or false, got {value!r}")
+        if self.kind is str:
+            value = str(value)
+            if self.choices is not None and value not in self.choices:
+                raise FusionInputError(
+                    f"{where} must be one of {', '.join(self.choices)}; got {value!r}"
+                )
+            return value
+        if self.kind in (int, float):
+            try:
+                if isinstance(value, bool):
+                    raise TypeError
+                num = float(value)
+            except (TypeError, ValueError):
+                raise FusionInputError(
+                    f"{where} must be a number, got {value!r}"
+                ) from None
+            if not math.isfinite(num):
+                raise FusionInputError(f"{where} must be finite, got {value!r}")
+            if self.kind is int:
+                if num != int(num):
+                    raise FusionInputError(f"{where} must be a whole number, got {value!r}")
+                num = int(num)
+            if self.low is not None and num < self.low:
+                raise FusionInputError(f"{where} must be >= {self.low}, got {value!r}")
+            if self.high is not None and num > self.high:
+                raise FusionInputError(f"{where} must be <= {self.high}, got {value!r}")
+            return num
+        raise TypeError(f"unsupported parameter kind {self.kind!r}")  # pragma: no cover
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = self.kind.__name__
+        return d
+
+
+@dataclass
+class MethodOutput:
+    """What a method's ``run`` function returns (tensors on any device)."""
+
+    fused: torch.Tensor
+    labels: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class FusionContext:
+    """Run-time services handed to a method: the device and progress reporting.
+
+    ``report(done, total, message)`` forwards to the user's progress callback;
+    the callback may raise :class:`FusionCancelled` to stop the run.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        progress: Callable[[float, float, str], Any] | None = None,
+        *,
+        offset: float = 0.0,
+        span: float = 1.0,
+        total: float = 1.0,
+    ):
+        self.device = device
+        self._progress = progress
+        self._offset = offset
+        self._span = span
+        self._total = total
+
+    def report(self, done: float, total: float, message: str = "") -> None:
+        """Report that ``done`` of ``total`` units of this method's work are finished."""
+        if self._progress is None:
+            return
+        frac = 0.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
+        self._progress(self._offset + frac * self._span, self._total, message)
+
+    def sub(self, index: int, count: int) -> "FusionContext":
+        """A context for the ``index``-th of ``count`` equal parts of this one's work."""
+        span = self._span / count
+        return FusionContext(
+            self.device,
+            self._progress,
+            offset=self._offset + index * span,
+            span=span,
+            total=self._total,
+        )
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Metadata and entry point of one fusion method."""
+
+    name: str
+    title: str
+    run: Callable[..., MethodOutput]
+    tasks: tuple[str, ...]
+    mode: str  # "nway" (any N at once) or "pairwise" (folded sequentially over a stack)
+    learned: bool
+    outputs: tuple[str, ...]
+    params: tuple[Param, ...]
+    citation: str
+    description: str
+    intensity: str = "stack"  # "stack": min-max of all inputs -> [0, 1]; "dtype": /dtype max
+    halo: Callable[[dict[str, Any]], int] | None = None
+    colour: str = "luminance"  # how colour inputs are decided: "luminance" or "native"
+
+    @property
+    def n_inputs(self) -> str:
+        return "N-way" if self.mode == "nway" else "pairwise, folded sequentially over stacks"
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def resolve_params(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Defaults overridden by ``given``, each value validated."""
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            valid = ", ".join(sorted(known)) or "none"
+            raise FusionInputError(
+                f"unknown parameter(s) {', '.join(map(repr, unknown))} for method "
+                f"{self.name!r}; valid parameters: {valid}"
+            )
+        out = {}
+        for name, p in known.items():
+            out[name] = p.validate(given[name], self.name) if name in given else p.default
+        return out
+
+    def halo_for(self, params: dict[str, Any]) -> int | None:
+        """Pixels of context a tile needs on each side, or None if the method is global."""
+        if self.halo is None:
+            return None
+        return int(self.halo(params))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "tasks": list(self.tasks),
+            "mode": self.mode,
+            "inputs": self.n_inputs,
+            "learned": self.learned,
+            "outputs": list(self.outputs),
+            "params": [p.as_dict() for p in self.params],
+            "citation": self.citation,
+            "description": self.description,
+        }
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register_method(
+    *,
+    name: str,
+    title: str,
+    tasks: tuple[str, ...] | list[str],
+    mode: str,
+    learned: bool = False,
+    outputs: tuple[str, ...] | list[str] = ("fused",),
+    params: tuple[Param, ...] | list[Param] = (),
+    citation: str = "",
+    description: str = "",
+    intensity: str = "stack",
+    halo: Callable[[dict[str, Any]], int] | int | None = None,
+    colour: str = "luminance",
+) -> Callable[[Callable[..., MethodOutput]], Callable[..., MethodOutput]]:
+    """Decorator that adds a method's ``run`` function to the registry."""
+    bad = set(tasks) - set(TASKS)
+    if bad:
+        raise ValueError(f"unknown task(s) {bad}; use {TASKS}")
+    if mode not in ("nway", "pairwise"):
+        raise ValueError("mode must be 'nway' or 'pairwise'")
+    if set(outputs) - set(OUTPUTS) or "fused" not in outputs:
+        raise ValueError(f"outputs must include 'fused' and be among {OUTPUTS}")
+    if intensity not in ("stack", "dtype"):
+        raise ValueError("intensity must be 'stack' or 'dtype'")
+    if isinstance(halo, int):
+        fixed = halo
+        halo = lambda params: fixed  # noqa: E731
+
+    def decorate(func):
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is already registered")
+        _REGISTRY[name] = MethodSpec(
+            name=name,
+            title=title,
+            run=func,
+            tasks=tuple(tasks),
+            mode=mode,
+            learned=learned,
+            outputs=tuple(outputs),
+            params=tuple(params),
+            citation=citation,
+            description=description or (func.__doc__ or "").strip().split("\n\n")[0],
+            intensity=intensity,
+            halo=halo,
+            colour=colour,
+        )
+        return func
+
+    return decorate
+
+
+def _ensure_loaded() -> None:
+    from . import methods  # noqa: F401  (importing registers the built-in methods)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The :class:`MethodSpec` registered under ``name``."""
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise FusionInputError(
+            f"unknown method {name!r}; available methods: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def list_methods(task: str | None = None) -> list[MethodSpec]:
+    """All registered methods (optionally only those for ``task``), sorted by name."""
+    _ensure_loaded()
+    if task is not None and task not in TASKS:
+        raise FusionInputError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
+    specs = sorted(_REGISTRY.values(), key=lambda s: s.name)
+    if task is not None:
+        specs = [s for s in specs if task in s.tasks]
+    return specs
+
+
+__all__ = [
+    "TASKS",
+    "OUTPUTS",
+    "Param",
+    "MethodOutput",
+    "MethodSpec",
+    "FusionContext",
+    "FusionCancelled",
+    "register_method",
+    "get_method",
+    "list_methods",
+]
