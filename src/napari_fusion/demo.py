@@ -1,0 +1,69 @@
+"""The main job on bundled data: ``napari-fusion demo``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .api import DEFAULT_METHOD, fuse
+from .io import write_image
+from .synthetic import demo_photograph, render_focal_stack
+
+
+def run_demo(
+    *,
+    output_dir: Path,
+    method: str = DEFAULT_METHOD,
+    n_slices: int = 8,
+    device: str = "auto",
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict:
+    """Render a synthetic focal stack with known ground truth, fuse it, write TIFFs, print scores."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from .cli_fuse import _TqdmProgress
+
+    photo = demo_photograph()
+    t0 = time.perf_counter()
+    stack = render_focal_stack(photo, n_slices=n_slices, seed=seed)
+    t_render = time.perf_counter() - t0
+    progress = _TqdmProgress(f"fusing {n_slices} slices ({method})", show_progress)
+    t0 = time.perf_counter()
+    try:
+        result = fuse(stack.slices, method=method, device=device, progress=progress)
+    finally:
+        progress.close()
+    t_fuse = time.perf_counter() - t0
+    output_dir = Path(output_dir)
+    meta = {"method": method, "params": result.params, "source": "skimage.data.astronaut, synthetic defocus"}
+    write_image(output_dir / "stack.tif", stack.slices)
+    write_image(output_dir / "fused.tif", result.fused, metadata=meta)
+    write_image(output_dir / "ground_truth.tif", stack.ground_truth)
+    written = ["stack.tif", "fused.tif", "ground_truth.tif"]
+    if result.labels is not None:
+        write_image(output_dir / "labels.tif", result.labels, metadata=meta)
+        written.append("labels.tif")
+    if result.depth is not None:
+        write_image(output_dir / "depth.tif", result.depth.astype(np.float32), metadata=meta)
+        written.append("depth.tif")
+    gt = stack.ground_truth
+    scores = {
+        "psnr_fused": peak_signal_noise_ratio(gt, result.fused, data_range=255),
+        "ssim_fused": structural_similarity(gt, result.fused, channel_axis=-1, data_range=255),
+        "psnr_best_slice": max(peak_signal_noise_ratio(gt, s, data_range=255) for s in stack.slices),
+        "render_s": t_render,
+        "fuse_s": t_fuse,
+    }
+    if result.labels is not None:
+        scores["label_accuracy"] = float((result.labels == stack.true_labels).mean())
+    print(f"napari-fusion demo: {n_slices}-slice synthetic focal stack, {gt.shape[1]}x{gt.shape[0]} RGB, method {method}")
+    print(f"  PSNR fused vs ground truth: {scores['psnr_fused']:.2f} dB (best single slice {scores['psnr_best_slice']:.2f} dB)")
+    print(f"  SSIM fused vs ground truth: {scores['ssim_fused']:.4f}")
+    if "label_accuracy" in scores:
+        print(f"  labels naming the nearest-focused slice: {100 * scores['label_accuracy']:.1f}%")
+    print(f"  wall time: fuse {t_fuse:.2f} s (render {t_render:.2f} s)")
+    print(f"  wrote {', '.join(written)} to {output_dir}")
+    return scores
