@@ -174,13 +174,9 @@ def prepare(
             offset, scale = float(min(info.min, 0)), float(info.max - min(info.min, 0))
         else:
             offset, scale = 0.0, 1.0
-        out_low, out_high = low, high
-        if np.issubdtype(dtype, np.integer):
-            out_low, out_high = float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
     else:
         offset = low
         scale = high - low if high > low else 1.0
-        out_low, out_high = low, high
     if offset != 0.0 or scale != 1.0:
         stack = (stack - np.float32(offset)) / np.float32(scale)
-    return PreparedStack(stack, dtype, colour, offset, scale, out_low, out_high)
+    return PreparedStack(stack, dtype, colour, offset, scale, low, high)

@@ -123,8 +123,13 @@ def render_exposure_series(
     return np.stack(out)
 
 
-def demo_photograph() -> np.ndarray:
-    """The photograph the demo renders from: scikit-image's bundled astronaut (512x512 RGB)."""
+def data_astronaut() -> np.ndarray:
+    """scikit-image's bundled astronaut photograph (512x512 RGB uint8, no download)."""
     from skimage import data
 
     return data.astronaut()
+
+
+def demo_photograph() -> np.ndarray:
+    """The photograph the demo renders from."""
+    return data_astronaut()

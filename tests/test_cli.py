@@ -1,0 +1,118 @@
+"""The napari-fusion command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_fusion.cli import main
+
+
+@pytest.fixture
+def stack_files(tmp_path, small_focal_stack):
+    paths = []
+    for i, s in enumerate(small_focal_stack.slices):
+        p = tmp_path / f"slice_{i}.png"
+        import imageio.v3 as iio
+
+        iio.imwrite(p, s)
+        paths.append(p)
+    return paths
+
+
+def test_fuse_files_writes_outputs(tmp_path, stack_files, capsys):
+    out = tmp_path / "out" / "fused.tif"
+    rc = main(["fuse", *map(str, stack_files), "-o", str(out), "--labels", str(tmp_path / "l.tif"),
+               "--depth", str(tmp_path / "d.tif"), "--z-step", "0.5", "-p", "measure=tenengrad"])
+    assert rc == 0
+    fused = tifffile.imread(out)
+    assert fused.dtype == np.uint8 and fused.shape == (96, 128, 3)
+    labels = tifffile.imread(tmp_path / "l.tif")
+    depth = tifffile.imread(tmp_path / "d.tif")
+    np.testing.assert_allclose(depth, labels * 0.5)
+    desc = json.loads(tifffile.TiffFile(out).pages[0].description)
+    assert desc["method"] == "focus_measure" and desc["params"]["measure"] == "tenengrad"
+    assert "fused 4 images" in capsys.readouterr().out
+
+
+def test_fuse_folder_and_multipage_uint16(tmp_path):
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 65535, (3, 24, 30), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    rc = main(["fuse", str(tmp_path / "stack.tif"), "-m", "average", "-o", str(tmp_path / "f.tif"), "-q"])
+    assert rc == 0
+    f = tifffile.imread(tmp_path / "f.tif")
+    assert f.dtype == np.uint16
+    np.testing.assert_array_equal(f, np.rint(stack.astype(np.float64).mean(0)).astype(np.uint16))
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for i in (10, 2, 1):  # natural order: 1, 2, 10
+        tifffile.imwrite(folder / f"z{i}.tif", stack[[1, 2, 10].index(i)])
+    rc = main(["fuse", str(folder), "-m", "focus_measure", "-o", str(tmp_path / "g.tif"),
+               "--labels", str(tmp_path / "gl.tif"), "-q"])
+    assert rc == 0
+    assert tifffile.imread(tmp_path / "gl.tif").max() <= 2
+
+
+def test_methods_listing(capsys):
+    assert main(["methods", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "gff" in out and "Li, Kang" in out and "window=4" in out
+    assert main(["methods", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {d["name"] for d in data} >= {"average", "gff", "mertens", "focus_measure", "laplacian_pyramid"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fuse", "missing.tif", "other.tif", "-o", "x.tif"], "file not found"),
+        (["fuse", "{one}", "-o", "x.tif"], "at least two images"),
+        (["fuse", "{one}", "{one}", "-o", "x.tif", "-m", "nope"], "unknown method"),
+        (["fuse", "{one}", "{one}", "-o", "x.tif", "-p", "window=abc"], "must be a number"),
+        (["fuse", "{bad}", "{one}", "-o", "x.tif"], "cannot read"),
+        (["fuse", "{one}", "{one}", "-o", "x.xyz"], "unsupported output format"),
+    ],
+)
+def test_clear_errors(tmp_path, capsys, args, message):
+    one = tmp_path / "one.tif"
+    tifffile.imwrite(one, np.zeros((16, 16), np.uint8))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    args = [a.format(one=one, bad=bad) for a in args]
+    args = [str(tmp_path / a) if a in ("x.tif", "x.xyz") else a for a in args]
+    rc = main(args)
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_demo_runs_and_scores(tmp_path, capsys, monkeypatch):
+    from skimage.transform import resize
+
+    import napari_fusion.synthetic as synthetic
+
+    small = lambda: (resize(synthetic.data_astronaut(), (128, 128), anti_aliasing=True) * 255).astype(np.uint8)  # noqa: E731
+    monkeypatch.setattr(synthetic, "demo_photograph", small)
+    import napari_fusion.demo as demo
+
+    monkeypatch.setattr(demo, "demo_photograph", small)
+    rc = main(["demo", "-o", str(tmp_path), "--slices", "4", "-q"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "PSNR fused vs ground truth" in out and "wall time" in out
+    for name in ("fused.tif", "labels.tif", "depth.tif", "ground_truth.tif"):
+        assert (tmp_path / name).exists()
+    psnr = float(out.split("PSNR fused vs ground truth: ")[1].split(" dB")[0])
+    best = float(out.split("best single slice ")[1].split(" dB")[0])
+    assert psnr > best + 3
+
+
+def test_console_script_installed():
+    r = subprocess.run([sys.executable, "-m", "napari_fusion.cli", "methods"], capture_output=True, text=True)
+    assert r.returncode == 0 and "focus_measure" in r.stdout

@@ -1,0 +1,73 @@
+"""Reading and writing images, stacks and dataset cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_fusion.datasets import iter_cases, load_case
+from napari_fusion.errors import FusionInputError
+from napari_fusion.io import read_image, read_stack, write_image
+
+
+def test_tiff_roundtrip_keeps_dtype(tmp_path):
+    for dtype in (np.uint8, np.uint16, np.float32):
+        a = (np.arange(20 * 30).reshape(20, 30) % 250).astype(dtype)
+        p = write_image(tmp_path / f"a_{np.dtype(dtype).name}.tif", a, metadata={"k": 1})
+        b = read_image(p)
+        assert b.dtype == a.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def test_read_stack_variants(tmp_path):
+    grey = np.random.default_rng(0).integers(0, 65535, (5, 16, 18), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "grey.tif", grey)
+    assert len(read_stack(tmp_path / "grey.tif")) == 5
+    rgb = np.random.default_rng(1).integers(0, 255, (3, 16, 18, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    imgs = read_stack(tmp_path / "rgb.tif")
+    assert len(imgs) == 3 and imgs[0].shape == (16, 18, 3)
+    single = read_stack([tmp_path / "rgb.tif", tmp_path / "rgb.tif"])
+    assert len(single) == 6
+
+
+def test_png_with_alpha_drops_alpha(tmp_path):
+    import imageio.v3 as iio
+
+    rgba = np.zeros((10, 12, 4), np.uint8)
+    rgba[..., 3] = 255
+    iio.imwrite(tmp_path / "a.png", rgba)
+    assert read_image(tmp_path / "a.png").shape == (10, 12, 3)
+
+
+def test_errors(tmp_path):
+    with pytest.raises(FusionInputError, match="file not found"):
+        read_image(tmp_path / "nope.tif")
+    (tmp_path / "junk.tif").write_bytes(b"junk")
+    with pytest.raises(FusionInputError, match="cannot read"):
+        read_image(tmp_path / "junk.tif")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FusionInputError, match="no image files"):
+        read_stack(tmp_path / "empty")
+    with pytest.raises(FusionInputError, match="cannot write float32"):
+        write_image(tmp_path / "x.png", np.zeros((4, 4), np.float32))
+
+
+def test_reading_never_modifies_files(tmp_path):
+    p = tmp_path / "s.tif"
+    tifffile.imwrite(p, np.ones((3, 8, 8), np.uint16))
+    before = p.read_bytes()
+    read_stack(p)
+    assert p.read_bytes() == before
+
+
+@pytest.mark.data
+def test_dataset_layout(dataset):
+    cases = iter_cases(dataset("multifocus/lytro"))
+    assert len(cases) == 20
+    c = cases[0]
+    assert [p.name for p in c.sources] == ["src_00.jpg", "src_01.jpg"]
+    assert c.gt is None and len(c.references) > 3
+    voc = load_case(next(iter(sorted(dataset("multifocus/mf_voc").iterdir()))))
+    assert voc.gt is not None and voc.load_gt().shape == (224, 224, 3)

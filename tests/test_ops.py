@@ -1,0 +1,157 @@
+"""Shared torch building blocks against independent references (SciPy, direct formulas)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from napari_fusion import ops
+from napari_fusion.ops.filters import conv2d_same
+
+
+@pytest.fixture
+def img():
+    rng = np.random.default_rng(0)
+    return rng.random((37, 53)).astype(np.float64)
+
+
+@pytest.mark.parametrize("radius", [1, 3, 10])
+def test_box_filter_matches_scipy(img, radius):
+    ours = ops.box_filter(torch.from_numpy(img), radius).numpy()
+    ref = ndimage.uniform_filter(img, 2 * radius + 1, mode="mirror")
+    np.testing.assert_allclose(ours, ref, atol=1e-10)
+    zeros = ops.box_filter(torch.from_numpy(img), radius, border="zeros").numpy()
+    ref0 = ndimage.uniform_filter(img, 2 * radius + 1, mode="constant", cval=0.0)
+    np.testing.assert_allclose(zeros, ref0, atol=1e-10)
+
+
+def test_box_filter_larger_than_image_is_defined():
+    x = torch.rand(5, 6, dtype=torch.float64)
+    y = ops.box_filter(x, 20)
+    ref = ndimage.uniform_filter(x.numpy(), 41, mode="nearest")
+    np.testing.assert_allclose(y.numpy(), ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("sigma", [0.8, 2.0, 5.0])
+def test_gaussian_matches_scipy(img, sigma):
+    ours = ops.gaussian_filter(torch.from_numpy(img), sigma).numpy()
+    ref = ndimage.gaussian_filter(img, sigma, mode="mirror", truncate=np.ceil(3 * sigma) / sigma)
+    np.testing.assert_allclose(ours, ref, atol=1e-7)
+
+
+def test_laplacian_and_sobel(img):
+    t = torch.from_numpy(img)
+    np.testing.assert_allclose(ops.laplacian(t).numpy(), ndimage.laplace(img, mode="mirror"), atol=1e-10)
+    gx, gy = ops.sobel_gradients(t)
+    np.testing.assert_allclose(gx.numpy(), ndimage.sobel(img, axis=1, mode="mirror"), atol=1e-10)
+    np.testing.assert_allclose(gy.numpy(), ndimage.sobel(img, axis=0, mode="mirror"), atol=1e-10)
+
+
+def test_filters_batch_over_leading_dims(img):
+    t = torch.from_numpy(np.stack([img, 2 * img]))[None]  # (1, 2, H, W)
+    y = ops.gaussian_filter(t, 1.5)
+    np.testing.assert_allclose(y[0, 1].numpy(), 2 * y[0, 0].numpy(), atol=1e-12)
+
+
+def _guided_reference(I, p, r, eps):
+    """He et al.'s algorithm written directly with SciPy means."""
+    mean = lambda x: ndimage.uniform_filter(x, 2 * r + 1, mode="mirror")  # noqa: E731
+    mi, mp = mean(I), mean(p)
+    a = (mean(I * p) - mi * mp) / (mean(I * I) - mi * mi + eps)
+    b = mp - a * mi
+    return mean(a) * I + mean(b)
+
+
+def test_guided_filter_grey(img):
+    p = np.random.default_rng(1).random(img.shape)
+    ours = ops.guided_filter(torch.from_numpy(img), torch.from_numpy(p), 4, 0.01).numpy()
+    np.testing.assert_allclose(ours, _guided_reference(img, p, 4, 0.01), atol=1e-9)
+
+
+def test_guided_filter_edge_preserving():
+    """A step edge in the guide keeps a binary map sharp with small eps, blurs it with large eps."""
+    guide = np.zeros((40, 40))
+    guide[:, 20:] = 1.0
+    p = guide.copy()
+    sharp = ops.guided_filter(torch.from_numpy(guide), torch.from_numpy(p), 5, 1e-6).numpy()
+    soft = ops.guided_filter(torch.from_numpy(guide), torch.from_numpy(p), 5, 10.0).numpy()
+    assert np.abs(sharp - p).max() < 1e-3
+    assert np.abs(soft - p).max() > 0.2
+
+
+def test_guided_filter_colour_reduces_to_grey_for_identical_channels(img):
+    p = np.random.default_rng(2).random(img.shape)
+    guide = torch.from_numpy(np.stack([img, img, img]))
+    # identical channels make the 3x3 covariance singular without eps; with eps the
+    # colour filter equals the grey filter with eps scaled by the channel count
+    ours = ops.guided_filter(guide, torch.from_numpy(p), 3, 0.03).numpy()
+    ref = _guided_reference(img, p, 3, 0.01)
+    np.testing.assert_allclose(ours, ref, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (37, 53), (9, 130)])
+def test_laplacian_pyramid_reconstructs_exactly(shape):
+    x = torch.rand(2, 3, *shape, dtype=torch.float64)
+    levels = ops.pyramid_levels(*shape)
+    pyr = ops.laplacian_pyramid(x, levels)
+    assert len(pyr) == levels
+    np.testing.assert_allclose(ops.reconstruct_laplacian_pyramid(pyr).numpy(), x.numpy(), atol=1e-12)
+
+
+def test_gaussian_pyramid_preserves_constants():
+    x = torch.full((1, 37, 53), 0.7, dtype=torch.float64)
+    for level in ops.gaussian_pyramid(x, 4):
+        np.testing.assert_allclose(level.numpy(), 0.7, atol=1e-12)
+    pyr = ops.laplacian_pyramid(x, 4)
+    for band in pyr[:-1]:
+        assert band.abs().max() < 1e-12
+
+
+def test_colour_roundtrip_and_luma():
+    x = torch.rand(3, 10, 12, dtype=torch.float64)
+    np.testing.assert_allclose(ops.ycbcr_to_rgb(ops.rgb_to_ycbcr(x)).numpy(), x.numpy(), atol=1e-3)
+    grey = torch.full((3, 4, 4), 0.4, dtype=torch.float64)
+    ycc = ops.rgb_to_ycbcr(grey)
+    np.testing.assert_allclose(ycc[0].numpy(), 0.4, atol=1e-12)
+    np.testing.assert_allclose(ycc[1:].numpy(), 0.5, atol=1e-12)
+    np.testing.assert_allclose(ops.luminance(x).numpy(), 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2], atol=1e-12)
+
+
+def test_remove_small_regions():
+    lab = torch.zeros(30, 30, dtype=torch.long)
+    lab[:, 15:] = 1
+    lab[5:7, 5:7] = 1  # 4-pixel island of 1 in the 0 region
+    lab[20:23, 20:23] = 0  # 9-pixel hole in the 1 region
+    lab[0:2, 28:30] = 2  # 4-pixel region of a third label
+    out = ops.remove_small_regions(lab, 10)
+    expected = torch.zeros(30, 30, dtype=torch.long)
+    expected[:, 15:] = 1
+    assert torch.equal(out, expected)
+    assert torch.equal(lab[5:7, 5:7], torch.ones(2, 2, dtype=torch.long))  # input untouched
+
+
+def test_mode_filter_removes_speckle():
+    lab = torch.zeros(20, 20, dtype=torch.long)
+    lab[:, 10:] = 3
+    noisy = lab.clone()
+    noisy[4, 4] = 3
+    noisy[12, 15] = 0
+    assert torch.equal(ops.mode_filter(noisy, 1), lab)
+
+
+def test_weighted_sum_and_select():
+    stack = torch.rand(3, 2, 5, 6)
+    labels = torch.randint(0, 3, (5, 6))
+    sel = ops.select(stack, labels)
+    w = ops.one_hot(labels, 3)
+    np.testing.assert_allclose(ops.weighted_sum(stack, w).numpy(), sel.numpy(), atol=1e-7)
+    zero = torch.zeros(3, 5, 6)
+    np.testing.assert_allclose(ops.normalise_weights(zero).numpy(), 1 / 3)
+
+
+def test_conv2d_same_identity(img):
+    k = torch.zeros(3, 3)
+    k[1, 1] = 1
+    np.testing.assert_allclose(conv2d_same(torch.from_numpy(img), k).numpy(), img)
