@@ -41,7 +41,8 @@ def no_weights(tmp_path, monkeypatch):
 
 
 def test_parameter_names_match_torchvision():
-    net = VGG19()
+    with torch.device("meta"):  # shapes only, no 80 MB allocation
+        net = VGG19()
     shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     want = {}
     for i, (out_c, in_c) in TV_CONVS.items():
@@ -190,6 +191,7 @@ def test_registry_metadata():
 def test_tno_pair_end_to_end(dataset, no_weights):
     case = dataset("irvis/tno_li2018") / "pair-01"
     ir, vis = read_image(case / "src_00.png"), read_image(case / "src_01.png")
+    ir, vis = ir[60:190, 100:300], vis[60:190, 100:300]  # 130x200 around the person: quicker
     ir0, vis0 = ir.copy(), vis.copy()
     with M.untrained_network_for_tests(small_net()):
         res = nf.fuse([ir, vis], method="li2018_vgg19")
@@ -262,3 +264,34 @@ def test_real_weights_reproduce_authors(dataset):
     ref = read_image(case / "reference" / "Li2018.png")
     res = nf.fuse([ir, vis], method="li2018_vgg19", device="cpu")
     assert structural_similarity(res.fused, ref, data_range=255) > 0.95
+
+
+def test_weights_file_path_end_to_end(tmp_path, monkeypatch, no_weights):
+    """The user path (locate -> verify -> load torchvision-named file -> run), exercised with a
+    full-width random VGG19 saved like torchvision's checkpoint; only the expected checksum is
+    swapped for this file's."""
+    torch.manual_seed(1)
+    src = VGG19(depth=21).eval()
+    state = {**src.state_dict(), "classifier.6.weight": torch.zeros(10, 4), "classifier.6.bias": torch.zeros(10)}
+    path = tmp_path / "my-vgg19.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    spec = W.WeightsSpec(**{**W.VGG19_IMAGENET.__dict__, "sha256": W.sha256_of(path)})
+    monkeypatch.setattr(M, "VGG19_IMAGENET", spec)
+    monkeypatch.setattr(M, "_CACHE", {})
+    g = np.random.default_rng(0)
+    a = (g.random((24, 40)) * 255).astype(np.uint8)
+    b = (g.random((24, 40)) * 255).astype(np.uint8)
+    from_file = nf.fuse([a, b], method="li2018_vgg19", weights=str(path), device="cpu")
+    with M.untrained_network_for_tests(src):
+        direct = nf.fuse([a, b], method="li2018_vgg19", device="cpu")
+    assert np.array_equal(from_file.fused, direct.fused)
+    assert np.array_equal(from_file.labels, direct.labels)
+    # the cached network is usable outside inference mode too
+    net = M.load_network(str(path))
+    assert not any(p.is_inference() for p in net.parameters())
+    # a state dict with other key names is refused with a clear message
+    other = tmp_path / "renamed.pth"
+    torch.save({k.replace("features", "body"): v for k, v in state.items()}, other)
+    monkeypatch.setattr(M, "VGG19_IMAGENET", W.WeightsSpec(**{**spec.__dict__, "sha256": W.sha256_of(other)}))
+    with pytest.raises(WeightsUnavailableError, match="features.0.weight"):
+        nf.fuse([a, b], method="li2018_vgg19", weights=str(other))

@@ -66,7 +66,7 @@ def test_locate_order_and_checksum(spec, hub, tmp_path, monkeypatch):
     monkeypatch.setenv(spec.env_var, str(mine))
     loc = W.locate_weights("testnet")
     assert loc.source.startswith("environment variable") and loc.path == mine
-    assert W.locate_weights("testnet", str(mine)).source == "parameter"
+    assert W.locate_weights("testnet", str(mine)).source == "'weights' parameter"
 
     # an explicitly named file that is missing is an error, not a silent fall-back to the cache
     monkeypatch.setenv(spec.env_var, str(tmp_path / "nope.pth"))
@@ -142,6 +142,13 @@ def test_cli_status_and_fetch(spec, hub, tmp_path, capsys, monkeypatch):
     assert "could not download" in err and "Traceback" not in err
     assert (hub / spec.filename).read_bytes() == PAYLOAD  # the good copy survived the failed retry
     assert main(["weights", "fetch", "no-such-weights"]) == 2
+
+
+def test_method_weights_status(hub, monkeypatch):
+    monkeypatch.delenv("NAPARI_FUSION_VGG19_WEIGHTS", raising=False)
+    st = W.method_weights_status("li2018_vgg19")
+    assert [s.name for s in st] == ["vgg19"] and not st[0].found
+    assert W.method_weights_status("gff") == []
 
 
 def test_unknown_weights_name():

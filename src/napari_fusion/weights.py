@@ -69,7 +69,7 @@ class WeightsLocation:
     """Where a verified weights file was found and by which rule."""
 
     path: Path
-    source: str  # "parameter", "environment variable NAME", "package", "torch hub cache"
+    source: str  # "'weights' parameter", "environment variable NAME", "package", "torch hub cache"
     sha256: str
 
 
@@ -212,7 +212,7 @@ def _candidates(spec: WeightsSpec, path: str | Path | None) -> list[tuple[str, P
     """``(source, path, explicit)`` in search order."""
     out: list[tuple[str, Path, bool]] = []
     if path not in (None, ""):
-        out.append(("parameter", Path(path).expanduser(), True))
+        out.append(("'weights' parameter", Path(path).expanduser(), True))
         return out
     env = os.environ.get(spec.env_var, "").strip()
     if env:
@@ -261,6 +261,19 @@ def weights_status(spec: str | WeightsSpec, path: str | Path | None = None) -> W
         first = str(exc).split("\n", 1)[0]
         return WeightsStatus(spec.name, False, None, None, first)
     return WeightsStatus(spec.name, True, loc.path, loc.source, f"found in the {loc.source}: {loc.path} (SHA-256 verified)")
+
+
+def weights_for_method(method: str) -> list[WeightsSpec]:
+    """The registered weights a method declares it uses (``WeightsSpec.methods``)."""
+    return [s for s in list_weights() if method in s.methods]
+
+
+def method_weights_status(method: str) -> list[WeightsStatus]:
+    """Status of every weights file ``method`` needs (empty for methods that need none).
+
+    Meant for front ends, e.g. a widget line "VGG19 weights: missing - run ...".
+    """
+    return [weights_status(s) for s in weights_for_method(method)]
 
 
 def fetch_weights(
@@ -372,6 +385,8 @@ __all__ = [
     "verify_file",
     "locate_weights",
     "weights_status",
+    "weights_for_method",
+    "method_weights_status",
     "fetch_weights",
     "load_state_dict",
 ]

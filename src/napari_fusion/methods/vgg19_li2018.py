@@ -206,13 +206,15 @@ def load_network(weights: str = "", *, device: torch.device | str = "cpu") -> VG
         net = _CACHE.get(key)
         if net is None:
             state = load_state_dict(loc.path)
-            net = VGG19(depth=_NET_DEPTH)
-            try:
-                load_torchvision_state_dict(net, state)
-            except ValueError as exc:
-                raise WeightsUnavailableError(f"{loc.path}: {exc}") from None
-            del state
-            net = net.to(device).eval().requires_grad_(False)
+            # normal (not inference-mode) tensors: the cached network outlives this call
+            with torch.inference_mode(False), torch.no_grad():
+                net = VGG19(depth=_NET_DEPTH)
+                try:
+                    load_torchvision_state_dict(net, state)
+                except ValueError as exc:
+                    raise WeightsUnavailableError(f"{loc.path}: {exc}") from None
+                del state
+                net = net.to(device).eval().requires_grad_(False)
             _CACHE.clear()
             _CACHE[key] = net
     return net
