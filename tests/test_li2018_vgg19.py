@@ -263,7 +263,10 @@ def test_real_weights_reproduce_authors(dataset):
     ir, vis = read_image(case / "src_00.png"), read_image(case / "src_01.png")
     ref = read_image(case / "reference" / "Li2018.png")
     res = nf.fuse([ir, vis], method="li2018_vgg19", device="cpu")
-    assert structural_similarity(res.fused, ref, data_range=255) > 0.95
+    ours = structural_similarity(res.fused, ref, data_range=255)
+    average = ((ir.astype(np.float64) + vis) / 2).round().astype(np.uint8)
+    # closer to the authors' output than the plain average of the inputs is (0.9976 on this pair)
+    assert ours > structural_similarity(average, ref, data_range=255)
 
 
 def test_weights_file_path_end_to_end(tmp_path, monkeypatch, no_weights):
