@@ -231,7 +231,10 @@ def output_layer_data(job: FusionJob, result: FusionResult, record: dict[str, An
 
 
 def _compatible(layer, data: np.ndarray, kwargs: dict[str, Any], layer_type: str) -> bool:
-    if layer._type_string != layer_type:
+    from napari.layers import Image, Labels
+
+    # isinstance, not private attributes: plugin widgets see layers through napari's proxy
+    if not isinstance(layer, Image if layer_type == "image" else Labels):
         return False
     if layer_type == "image":
         return bool(layer.rgb) == bool(kwargs.get("rgb", False)) and layer.data.ndim == np.ndim(data)

@@ -416,15 +416,16 @@ class FusionWidget(QWidget):
         self._pbar_n = 0
 
     def _on_progress(self, done: float, total: float, message: str) -> None:
-        if self._pbar is None:
+        pbar = self._pbar
+        if pbar is None:  # a report queued before the run ended
             return
         frac = 0.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
         n = int(round(frac * _PROGRESS_STEPS))
         if n > self._pbar_n:
-            self._pbar.update(n - self._pbar_n)
             self._pbar_n = n
-        if message:
-            self._pbar.set_description(message)
+            pbar.update(n - pbar.n)
+        if message and self._pbar is pbar:
+            pbar.set_description(message)
 
     def _close_progress(self) -> None:
         if self._pbar is not None:
