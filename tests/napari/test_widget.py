@@ -234,6 +234,11 @@ def test_stack_axis_and_other_axes_at_viewer_position(qtbot, viewer, widget, gre
     expected = fuse(images[::-1], method="focus_measure")
     np.testing.assert_array_equal(dec.data, expected.labels.astype(int) + 1)
     assert widget.output_layers["fused"].metadata["napari_fusion"]["fixed_indices"] == {"0": 1}
+    assert list(dec.features["z"]) == [0.0, 1.0]  # layer scale 1 along the stack axis
+    widget.z_step.setValue(0.5)  # user override of the z step
+    assert run_and_wait(qtbot, widget) == "done"
+    assert list(dec.features["z"]) == [0.0, 0.5]
+    np.testing.assert_array_equal(widget.output_layers["depth"].data, 0.5 * (dec.data - 1))
 
 
 def test_cancel_stops_a_running_fusion(qtbot, viewer, widget, grey_pair, blocking_method):

@@ -186,8 +186,8 @@ class FusionWidget(QWidget):
 
         # --- wiring -------------------------------------------------------------
         self.input_mode.currentIndexChanged.connect(self._on_mode)
-        self.stack_layer.currentIndexChanged.connect(self._on_stack_layer)
-        self.stack_axis.valueChanged.connect(self._on_stack_layer)
+        self.stack_layer.currentIndexChanged.connect(self._on_stack_choice)
+        self.stack_axis.valueChanged.connect(self._on_stack_choice)
         self.z_step.valueChanged.connect(self._on_z_step_edited)
         self.task.currentIndexChanged.connect(self.refresh_methods)
         self.method.currentIndexChanged.connect(self._on_method)
@@ -199,6 +199,10 @@ class FusionWidget(QWidget):
             emitter = getattr(events, name, None)
             if emitter is not None:
                 emitter.connect(self.refresh_layers)
+
+        # a run still going when the widget is closed stops at its next progress report
+        cancel = self._cancel
+        self.destroyed.connect(lambda *_: cancel.set())
 
         self.refresh_layers()
         self.refresh_methods()
@@ -286,7 +290,12 @@ class FusionWidget(QWidget):
                 self.z_step.blockSignals(False)
             self.z_unit.setText(_layers._unit_name(layer, axis))
         else:
-            self.z_unit.setText("" if self.input_mode.currentText() == MODE_STACK else "per layer")
+            self.z_unit.setText("")
+
+    def _on_stack_choice(self, *_args) -> None:
+        # a new layer or axis: take the z step from its scale again
+        self._z_step_from_layer = True
+        self._on_stack_layer()
 
     def _on_z_step_edited(self, *_args) -> None:
         self._z_step_from_layer = False
