@@ -82,6 +82,7 @@ class FusionWidget(QWidget):
         self._cancel = threading.Event()
         self._pbar = None
         self._pbar_n = 0
+        self._pbar_desc = ""
         self._bridge = _ProgressBridge()
         self._bridge.changed.connect(self._on_progress)
         self._z_step_from_layer = True
@@ -422,6 +423,7 @@ class FusionWidget(QWidget):
         from napari.utils import cancelable_progress
 
         self._pbar = cancelable_progress(total=_PROGRESS_STEPS, desc=desc, cancel_callback=self._cancel.set)
+        self._pbar_desc = desc
         self._pbar_n = 0
 
     def _on_progress(self, done: float, total: float, message: str) -> None:
@@ -434,7 +436,7 @@ class FusionWidget(QWidget):
             self._pbar_n = n
             pbar.update(n - pbar.n)
         if message and self._pbar is pbar:
-            pbar.set_description(message)
+            pbar.set_description(f"{self._pbar_desc}: {message}")
 
     def _close_progress(self) -> None:
         if self._pbar is not None:
