@@ -1,0 +1,275 @@
+"""From napari layers to :func:`napari_fusion.fuse` inputs, and from its result back to layers.
+
+Input layers are only read: their data arrays are handed to ``fuse`` (which never
+modifies its inputs) and nothing is assigned to them.
+
+Output layers (owned by one widget, updated in place on every run):
+
+* ``fused`` - :class:`napari.layers.Image`, same dtype as the inputs;
+* ``decision`` - :class:`napari.layers.Labels`, value = source index + 1 (0 = none); its
+  ``features`` table has one row per source: ``index`` (the label value), ``source``
+  (layer name or ``"<stack> [k]"``), ``slice`` (0-based index) and ``z`` (its position);
+* ``depth`` - :class:`napari.layers.Image`, float32, the chosen source's position in the
+  units of the stack axis (``z_positions[label]``).
+
+All three carry the input's spatial scale, translate, units and axis labels, and its
+metadata plus a ``"napari_fusion"`` entry recording method, parameters and sources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..api import label_dtype
+from ..errors import FusionInputError
+from ..results import FusionResult
+
+
+@dataclass
+class FusionJob:
+    """Everything a fusion run needs, gathered from layers on the main thread."""
+
+    images: Any  # a list of 2-D arrays, or one (N, Y, X[, 3]) array (numpy or dask)
+    names: list[str]  # one per source
+    z_positions: np.ndarray  # (N,) position of each source along the stack axis
+    z_unit: str  # unit of z_positions ("pixel" when unknown)
+    reference: Any  # the layer whose geometry and metadata the outputs copy
+    rgb: bool
+    base_name: str
+    stack_axis: int | None = None  # axis in the stack layer, None for separate layers
+    fixed_indices: dict[int, int] = field(default_factory=dict)  # other axes of a stack layer
+
+    @property
+    def n(self) -> int:
+        return len(self.names)
+
+
+def _spatial(values: Sequence[Any]) -> tuple:
+    return tuple(values)[-2:]
+
+
+def _unit_name(layer, axis: int) -> str:
+    units = getattr(layer, "units", None)
+    if not units:
+        return "pixel"
+    try:
+        return str(units[axis])
+    except (IndexError, TypeError):  # pragma: no cover - defensive
+        return "pixel"
+
+
+def is_image_layer(layer) -> bool:
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and not getattr(layer, "multiscale", False)
+
+
+def job_from_image_layers(layers: Sequence[Any], *, z_step: float = 1.0) -> FusionJob:
+    """Fuse several 2-D (grey or RGB) Image layers, in the given order."""
+    layers = list(layers)
+    if len(layers) < 2:
+        raise FusionInputError(
+            f"select at least two image layers to fuse (got {len(layers)}); "
+            "for a stack in one layer choose 'stack layer' mode"
+        )
+    for layer in layers:
+        if not is_image_layer(layer):
+            raise FusionInputError(f"layer {layer.name!r} is not a single-scale Image layer")
+        if layer.ndim != 2:
+            raise FusionInputError(
+                f"layer {layer.name!r} has {layer.ndim} dimensions; separate inputs must be 2-D "
+                "(grey or RGB) - fuse a stack with 'stack layer' mode"
+            )
+    ref = layers[0]
+    rgbs = {bool(layer.rgb) for layer in layers}
+    if len(rgbs) > 1:
+        raise FusionInputError(
+            "grey and RGB layers are mixed: "
+            + ", ".join(f"{layer.name!r} ({'RGB' if layer.rgb else 'grey'})" for layer in layers)
+        )
+    n = len(layers)
+    return FusionJob(
+        images=[layer.data for layer in layers],
+        names=[layer.name for layer in layers],
+        z_positions=(np.arange(n, dtype=np.float64) * float(z_step)).astype(np.float32),
+        z_unit="slice" if z_step == 1.0 else "",
+        reference=ref,
+        rgb=bool(ref.rgb),
+        base_name=ref.name,
+    )
+
+
+def stack_axes(layer) -> list[int]:
+    """Axes of a layer that can be the stack axis (all but the last two spatial ones)."""
+    return list(range(max(layer.ndim - 2, 0)))
+
+
+def job_from_stack_layer(
+    layer,
+    *,
+    axis: int = 0,
+    z_step: float | None = None,
+    data_point: Sequence[float] | None = None,
+) -> FusionJob:
+    """Fuse the slices of one Image layer along ``axis``.
+
+    Other non-spatial axes (e.g. time) are taken at ``data_point`` (the viewer's
+    current position in the layer's data coordinates; index 0 when not given).
+    ``z_step`` defaults to the layer's scale along ``axis``; positions start at
+    the layer's translate along ``axis``.
+    """
+    if not is_image_layer(layer):
+        raise FusionInputError(f"layer {layer.name!r} is not a single-scale Image layer")
+    axes = stack_axes(layer)
+    if not axes:
+        raise FusionInputError(
+            f"layer {layer.name!r} is 2-D; a stack layer needs a third axis holding the images "
+            "(or select several 2-D layers instead)"
+        )
+    if axis not in axes:
+        raise FusionInputError(
+            f"stack axis {axis} is not valid for layer {layer.name!r} with {layer.ndim} dimensions; "
+            f"choose one of {axes}"
+        )
+    data = layer.data
+    index: list[Any] = []
+    fixed: dict[int, int] = {}
+    for ax in range(layer.ndim):
+        if ax == axis or ax >= layer.ndim - 2:
+            index.append(slice(None))
+        else:
+            size = data.shape[ax]
+            pos = 0 if data_point is None else int(round(float(data_point[ax])))
+            pos = min(max(pos, 0), size - 1)
+            fixed[ax] = pos
+            index.append(pos)
+    # every other non-spatial axis is fixed, so the stack axis comes first after indexing
+    images = data[tuple(index)]
+    n = int(data.shape[axis])
+    step = float(layer.scale[axis]) if z_step is None else float(z_step)
+    origin = float(layer.translate[axis])
+    names = [f"{layer.name} [{k}]" for k in range(n)]
+    return FusionJob(
+        images=images,
+        names=names,
+        z_positions=(origin + step * np.arange(n, dtype=np.float64)).astype(np.float32),
+        z_unit=_unit_name(layer, axis),
+        reference=layer,
+        rgb=bool(layer.rgb),
+        base_name=layer.name,
+        stack_axis=axis,
+        fixed_indices=fixed,
+    )
+
+
+def provenance(job: FusionJob, result: FusionResult, *, device: str, seconds: float) -> dict[str, Any]:
+    """JSON-friendly record of a run, stored in the output layers' metadata."""
+    return {
+        "method": result.method,
+        "params": {k: (v.item() if hasattr(v, "item") else v) for k, v in result.params.items()},
+        "sources": list(job.names),
+        "stack_axis": job.stack_axis,
+        "fixed_indices": {str(k): v for k, v in job.fixed_indices.items()},
+        "z_positions": [float(z) for z in job.z_positions],
+        "z_unit": job.z_unit,
+        "device": device,
+        "seconds": round(float(seconds), 3),
+    }
+
+
+def _geometry(ref) -> dict[str, Any]:
+    geo: dict[str, Any] = {
+        "scale": _spatial(ref.scale),
+        "translate": _spatial(ref.translate),
+    }
+    units = getattr(ref, "units", None)
+    if units is not None and len(units) >= 2:
+        geo["units"] = _spatial(units)
+    labels = getattr(ref, "axis_labels", None)
+    if labels is not None and len(labels) >= 2:
+        geo["axis_labels"] = _spatial(labels)
+    return geo
+
+
+def output_layer_data(job: FusionJob, result: FusionResult, record: dict[str, Any]) -> dict[str, tuple]:
+    """``{"fused"|"decision"|"depth": (data, kwargs, layer_type)}`` for the outputs the method gave."""
+    ref = job.reference
+    geo = _geometry(ref)
+    meta = dict(ref.metadata or {})
+    meta["napari_fusion"] = dict(record)
+    out: dict[str, tuple] = {}
+    fused_kw: dict[str, Any] = {"name": "fused", "rgb": job.rgb, "metadata": meta, **geo}
+    if not job.rgb:
+        fused_kw["colormap"] = ref.colormap.name
+        lo, hi = (float(v) for v in ref.contrast_limits)
+        if hi > lo:
+            fused_kw["contrast_limits"] = (lo, hi)
+    out["fused"] = (result.fused, fused_kw, "image")
+    if result.labels is not None:
+        labels = np.asarray(result.labels)
+        dec = (labels.astype(label_dtype(job.n + 1)) + 1).astype(label_dtype(job.n + 1))
+        features = {
+            "index": np.arange(1, job.n + 1),
+            "source": list(job.names),
+            "slice": np.arange(job.n),
+            "z": np.asarray(job.z_positions, dtype=np.float64),
+        }
+        out["decision"] = (dec, {"name": "decision", "features": features, "metadata": meta, **geo}, "labels")
+    if result.depth is not None:
+        depth = np.asarray(result.depth, dtype=np.float32)
+        zmin, zmax = float(np.min(job.z_positions)), float(np.max(job.z_positions))
+        depth_meta = dict(meta)
+        depth_meta["napari_fusion"] = {**record, "depth_unit": job.z_unit}
+        depth_kw: dict[str, Any] = {"name": "depth", "colormap": "viridis", "metadata": depth_meta, **geo}
+        if zmax > zmin:
+            depth_kw["contrast_limits"] = (zmin, zmax)
+        out["depth"] = (depth, depth_kw, "image")
+    return out
+
+
+def _compatible(layer, data: np.ndarray, kwargs: dict[str, Any], layer_type: str) -> bool:
+    from napari.layers import Image, Labels
+
+    # isinstance, not private attributes: plugin widgets see layers through napari's proxy
+    if not isinstance(layer, Image if layer_type == "image" else Labels):
+        return False
+    if layer_type == "image":
+        return bool(layer.rgb) == bool(kwargs.get("rgb", False)) and layer.data.ndim == np.ndim(data)
+    return layer.data.ndim == np.ndim(data)
+
+
+def update_or_add(viewer, existing, data, kwargs: dict[str, Any], layer_type: str):
+    """Replace ``existing``'s data in place (same layer object) or add a new layer.
+
+    A layer is recreated at the same place in the list only when it cannot hold
+    the new data (e.g. a switch between grey and RGB inputs).
+    """
+    from napari.layers import Image, Labels
+
+    if existing is not None and existing in viewer.layers:
+        if _compatible(existing, data, kwargs, layer_type):
+            for key in ("scale", "translate", "units", "axis_labels"):
+                if key in kwargs:
+                    setattr(existing, key, kwargs[key])
+            existing.data = data
+            for key in ("metadata", "colormap", "features"):
+                if key in kwargs:
+                    setattr(existing, key, kwargs[key])
+            if "contrast_limits" in kwargs:
+                existing.contrast_limits = kwargs["contrast_limits"]
+            elif layer_type == "image":
+                existing.reset_contrast_limits()
+            existing.refresh()
+            return existing
+        index = viewer.layers.index(existing)
+        viewer.layers.remove(existing)
+        cls = Image if layer_type == "image" else Labels
+        layer = cls(data, **kwargs)
+        viewer.layers.insert(index, layer)
+        return layer
+    cls = Image if layer_type == "image" else Labels
+    return viewer.add_layer(cls(data, **kwargs))
+

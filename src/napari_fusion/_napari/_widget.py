@@ -1,0 +1,512 @@
+"""The "Image fusion" dock widget.
+
+Inputs are either several 2-D Image layers (checked in a list, fused in layer-list
+order) or one Image layer holding a stack plus the axis the images lie along.
+The method list comes from :func:`napari_fusion.list_methods` (optionally filtered
+by task) and the parameter panel is generated from the chosen method's
+:class:`napari_fusion.Param` metadata, so registering a method is enough for it
+to appear here. The fusion runs in a napari thread worker; progress goes to a
+napari progress bar (the activity dock), and Cancel makes the next progress
+report raise :class:`napari_fusion.FusionCancelled`, which stops the run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..api import DEFAULT_METHOD, fuse
+from ..errors import FusionCancelled, FusionError
+from ..registry import TASKS, get_method, list_methods
+from . import _layers
+from ._params import ParamPanel
+
+MODE_IMAGES = "image layers"
+MODE_STACK = "stack layer"
+DEVICES = ("auto", "cpu", "cuda")
+ALL_TASKS = "all tasks"
+_PROGRESS_STEPS = 1000
+
+
+class _ProgressBridge(QObject):
+    """Carries progress reports from the worker thread to the GUI thread (queued signal)."""
+
+    changed = Signal(float, float, str)
+
+
+class _MethodCombo(QComboBox):
+    """Method chooser that re-reads the registry each time it opens."""
+
+    about_to_show = Signal()
+
+    def showPopup(self) -> None:  # noqa: N802 (Qt API)
+        self.about_to_show.emit()
+        super().showPopup()
+
+
+class FusionWidget(QWidget):
+    """Dock widget: fuse image layers with any registered method.
+
+    Output layers (``fused``, ``decision``, ``depth``) are created on the first
+    run and updated in place by later runs; see :mod:`._layers`.
+    """
+
+    #: Emitted when a run ends, with "done", "cancelled" or "error".
+    run_finished = Signal(str)
+
+    def __init__(self, napari_viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker = None
+        self.output_layers: dict[str, Any] = {}
+        self.last_result = None
+        self._cancel = threading.Event()
+        self._pbar = None
+        self._pbar_n = 0
+        self._pbar_desc = ""
+        self._bridge = _ProgressBridge()
+        self._bridge.changed.connect(self._on_progress)
+        self._z_step_from_layer = True
+        self._outcome = "error"
+
+        layout = QVBoxLayout(self)
+
+        # --- inputs -------------------------------------------------------------
+        box = QGroupBox("Inputs")
+        form = QVBoxLayout(box)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("fuse"))
+        self.input_mode = QComboBox()
+        self.input_mode.addItems([MODE_IMAGES, MODE_STACK])
+        self.input_mode.setToolTip(
+            "image layers: check two or more 2-D (grey or RGB) layers, fused in layer-list order.\n"
+            "stack layer: one layer holding the images along one axis (e.g. a focal stack)."
+        )
+        row.addWidget(self.input_mode, 1)
+        form.addLayout(row)
+        self.input_pages = QStackedWidget()
+        self.image_list = QListWidget()
+        self.image_list.setToolTip("Check the 2-D Image layers to fuse (at least two).")
+        self.image_list.setMinimumHeight(80)
+        self.input_pages.addWidget(self.image_list)
+        stack_page = QWidget()
+        stack_form = QFormLayout(stack_page)
+        stack_form.setContentsMargins(0, 0, 0, 0)
+        self.stack_layer = QComboBox()
+        self.stack_layer.setToolTip("Image layer with at least 3 dimensions holding the images.")
+        self.stack_axis = QSpinBox()
+        self.stack_axis.setToolTip(
+            "Axis of the layer along which the images lie (the last two axes are Y, X).\n"
+            "Other non-spatial axes (e.g. time) are taken at the viewer's current position."
+        )
+        stack_form.addRow("layer", self.stack_layer)
+        stack_form.addRow("stack axis", self.stack_axis)
+        self.input_pages.addWidget(stack_page)
+        form.addWidget(self.input_pages)
+        zrow = QFormLayout()
+        zrow.setContentsMargins(0, 0, 0, 0)
+        self.z_step = QDoubleSpinBox()
+        self.z_step.setDecimals(6)
+        self.z_step.setRange(1e-6, 1e9)
+        self.z_step.setValue(1.0)
+        self.z_step.setToolTip(
+            "Distance between consecutive images, in the units of the depth map.\n"
+            "Taken from the stack layer's scale along the stack axis; edit to override."
+        )
+        self.z_unit = QLabel("")
+        zbox = QHBoxLayout()
+        zbox.addWidget(self.z_step, 1)
+        zbox.addWidget(self.z_unit)
+        zrow.addRow("z step", zbox)
+        form.addLayout(zrow)
+        layout.addWidget(box)
+
+        # --- method -------------------------------------------------------------
+        box = QGroupBox("Method")
+        mform = QFormLayout(box)
+        self.task = QComboBox()
+        self.task.addItems([ALL_TASKS, *TASKS])
+        self.task.setToolTip("Show only the methods made for this task.")
+        self.method = _MethodCombo()
+        self.method.setToolTip("Fusion method (from the napari-fusion registry).")
+        self.description = QLabel("")
+        self.description.setWordWrap(True)
+        self.description.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        mform.addRow("task", self.task)
+        mform.addRow("method", self.method)
+        mform.addRow(self.description)
+        layout.addWidget(box)
+
+        box = QGroupBox("Parameters")
+        pbox = QVBoxLayout(box)
+        self.params = ParamPanel()
+        pbox.addWidget(self.params)
+        self.reset_button = QPushButton("Reset to defaults")
+        self.reset_button.clicked.connect(self.params.reset)
+        pbox.addWidget(self.reset_button)
+        layout.addWidget(box)
+
+        # --- run ----------------------------------------------------------------
+        dform = QFormLayout()
+        self.device = QComboBox()
+        self.device.addItems(list(DEVICES))
+        self.device.setToolTip("auto: CUDA GPU when available (then Apple MPS), else CPU.")
+        dform.addRow("device", self.device)
+        layout.addLayout(dform)
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        # --- wiring -------------------------------------------------------------
+        self.input_mode.currentIndexChanged.connect(self._on_mode)
+        self.stack_layer.currentIndexChanged.connect(self._on_stack_choice)
+        self.stack_axis.valueChanged.connect(self._on_stack_choice)
+        self.z_step.valueChanged.connect(self._on_z_step_edited)
+        self.task.currentIndexChanged.connect(self.refresh_methods)
+        self.method.currentIndexChanged.connect(self._on_method)
+        self.method.about_to_show.connect(self.refresh_methods)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        events = self.viewer.layers.events
+        for name in ("inserted", "removed", "reordered", "renamed"):
+            emitter = getattr(events, name, None)
+            if emitter is not None:
+                emitter.connect(self.refresh_layers)
+
+        # a run still going when the widget is closed stops at its next progress report
+        cancel = self._cancel
+        self.destroyed.connect(lambda *_: cancel.set())
+
+        self.refresh_layers()
+        self.refresh_methods()
+        self._on_mode()
+
+    # ------------------------------------------------------------------ inputs
+    def _image_candidates(self) -> list:
+        return [ly for ly in self.viewer.layers if _layers.is_image_layer(ly) and ly.ndim == 2]
+
+    def _stack_candidates(self) -> list:
+        return [ly for ly in self.viewer.layers if _layers.is_image_layer(ly) and ly.ndim >= 3]
+
+    def refresh_layers(self, *_args) -> None:
+        """Re-read the viewer's layers into the input choosers, keeping selections."""
+        checked = {id(ly) for ly in self.selected_image_layers()}
+        self.image_list.blockSignals(True)
+        self.image_list.clear()
+        for ly in self._image_candidates():
+            item = QListWidgetItem(f"{ly.name}{'  (RGB)' if ly.rgb else ''}")
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked if id(ly) in checked else Qt.Unchecked)
+            item.setData(Qt.UserRole, ly)
+            self.image_list.addItem(item)
+        self.image_list.blockSignals(False)
+
+        current = self.stack_layer.currentData()
+        self.stack_layer.blockSignals(True)
+        self.stack_layer.clear()
+        for ly in self._stack_candidates():
+            self.stack_layer.addItem(ly.name, ly)
+        if current is not None:
+            for i in range(self.stack_layer.count()):
+                if self.stack_layer.itemData(i) is current:
+                    self.stack_layer.setCurrentIndex(i)
+        self.stack_layer.blockSignals(False)
+        if self.stack_layer.currentData() is not current:
+            self._z_step_from_layer = True
+        self._on_stack_layer()
+
+    def selected_image_layers(self) -> list:
+        """Checked Image layers, in layer-list order."""
+        out = []
+        for i in range(self.image_list.count()):
+            item = self.image_list.item(i)
+            if item.checkState() == Qt.Checked:
+                out.append(item.data(Qt.UserRole))
+        return out
+
+    def set_image_layers(self, layers) -> None:
+        """Check exactly ``layers`` (layer objects or names) and switch to image-layer mode."""
+        wanted = {ly if isinstance(ly, str) else ly.name for ly in layers}
+        for i in range(self.image_list.count()):
+            item = self.image_list.item(i)
+            item.setCheckState(Qt.Checked if item.data(Qt.UserRole).name in wanted else Qt.Unchecked)
+        self.input_mode.setCurrentText(MODE_IMAGES)
+
+    def set_stack_layer(self, layer, axis: int = 0) -> None:
+        """Choose ``layer`` (object or name) as the stack, along ``axis``."""
+        name = layer if isinstance(layer, str) else layer.name
+        index = self.stack_layer.findText(name)
+        if index < 0:
+            raise ValueError(f"{name!r} is not an Image layer with 3 or more dimensions")
+        self.input_mode.setCurrentText(MODE_STACK)
+        self._z_step_from_layer = True
+        self.stack_layer.setCurrentIndex(index)
+        self.stack_axis.setValue(axis)
+        self._on_stack_layer()
+
+    def _on_mode(self, *_args) -> None:
+        stack = self.input_mode.currentText() == MODE_STACK
+        self.input_pages.setCurrentIndex(1 if stack else 0)
+        self._on_stack_layer()
+
+    def _on_stack_layer(self, *_args) -> None:
+        layer = self.stack_layer.currentData()
+        axes = _layers.stack_axes(layer) if layer is not None else [0]
+        self.stack_axis.blockSignals(True)
+        self.stack_axis.setRange(0, max(axes[-1] if axes else 0, 0))
+        self.stack_axis.blockSignals(False)
+        if self.input_mode.currentText() == MODE_STACK and layer is not None:
+            axis = self.stack_axis.value()
+            if self._z_step_from_layer:
+                self.z_step.blockSignals(True)
+                self.z_step.setValue(float(layer.scale[axis]))
+                self.z_step.blockSignals(False)
+            self.z_unit.setText(_layers._unit_name(layer, axis))
+        else:
+            self.z_unit.setText("")
+
+    def _on_stack_choice(self, *_args) -> None:
+        # a new layer or axis: take the z step from its scale again
+        self._z_step_from_layer = True
+        self._on_stack_layer()
+
+    def _on_z_step_edited(self, *_args) -> None:
+        self._z_step_from_layer = False
+
+    def make_job(self) -> _layers.FusionJob:
+        """Gather the inputs chosen in the widget (raises FusionInputError with a clear message)."""
+        if self.input_mode.currentText() == MODE_STACK:
+            layer = self.stack_layer.currentData()
+            if layer is None:
+                raise FusionError("no stack layer: add an Image layer with 3 or more dimensions")
+            point = None
+            try:
+                point = layer.world_to_data(self.viewer.dims.point[-layer.ndim :])
+            except Exception:  # noqa: BLE001 - fall back to index 0 on exotic transforms
+                point = None
+            return _layers.job_from_stack_layer(
+                layer, axis=self.stack_axis.value(), z_step=self.z_step.value(), data_point=point
+            )
+        return _layers.job_from_image_layers(self.selected_image_layers(), z_step=self.z_step.value())
+
+    # ------------------------------------------------------------------ method
+    def refresh_methods(self, *_args) -> None:
+        """Re-read the registry into the method chooser (keeps the current method if listed)."""
+        task = self.task.currentText()
+        specs = list_methods(None if task == ALL_TASKS else task)
+        current = self.method.currentData() or DEFAULT_METHOD
+        names = [s.name for s in specs]
+        if [self.method.itemData(i) for i in range(self.method.count())] != names:
+            self.method.blockSignals(True)
+            self.method.clear()
+            for s in specs:
+                self.method.addItem(f"{s.title}  [{s.name}]", s.name)
+                self.method.setItemData(self.method.count() - 1, s.description, Qt.ToolTipRole)
+            if current in names:
+                self.method.setCurrentIndex(names.index(current))
+            self.method.blockSignals(False)
+        if self.params.spec is None or self.params.spec.name != self.method.currentData():
+            self._on_method()
+
+    def current_method(self) -> str | None:
+        return self.method.currentData()
+
+    def set_method(self, name: str) -> None:
+        """Select method ``name`` (clearing the task filter if it hides the method)."""
+        index = self.method.findData(name)
+        if index < 0:
+            self.task.setCurrentText(ALL_TASKS)
+            self.refresh_methods()
+            index = self.method.findData(name)
+        if index < 0:
+            get_method(name)  # raises FusionInputError naming the known methods
+        self.method.setCurrentIndex(index)
+
+    def _on_method(self, *_args) -> None:
+        name = self.method.currentData()
+        spec = get_method(name) if name else None
+        self.params.set_method(spec)
+        if spec is None:
+            self.description.setText("no method for this task")
+            return
+        kind = "learned" if spec.learned else "classical"
+        outputs = ", ".join(o for o in spec.outputs if o != "weights")
+        self.description.setText(
+            f"{spec.description}\n({kind}; {spec.n_inputs}; outputs: {outputs})"
+        )
+        self.description.setToolTip(spec.citation)
+
+    # --------------------------------------------------------------------- run
+    def run(self):
+        """Start fusing in a thread worker; returns the worker (None if the inputs are invalid)."""
+        if self.worker is not None:
+            return self.worker
+        from napari.qt.threading import create_worker
+
+        try:
+            job = self.make_job()
+            method = self.current_method()
+            if method is None:
+                raise FusionError("choose a method")
+            spec = get_method(method)
+            params = spec.resolve_params(self.params.values())
+        except FusionError as exc:
+            self._fail(str(exc))
+            return None
+        device = self.device.currentText()
+        self._cancel.clear()
+        self._start_progress(f"Fusing {job.n} images ({method})")
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status.setText(f"running {method} on {job.n} images...")
+        self.worker = create_worker(
+            _compute,
+            job,
+            method,
+            params,
+            device,
+            self._progress_callback,
+            self._cancel,
+            _start_thread=False,
+            _ignore_errors=True,
+        )
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(self._on_errored)
+        self.worker.finished.connect(self._on_worker_finished)
+        self.worker.start()
+        return self.worker
+
+    def cancel(self) -> None:
+        """Ask the running fusion to stop at its next progress report."""
+        if self.worker is None:
+            return
+        self._cancel.set()
+        self.cancel_button.setEnabled(False)
+        self.status.setText("cancelling...")
+
+    def _progress_callback(self, done: float, total: float, message: str) -> None:
+        # called from the worker thread: only touch thread-safe state here
+        pbar = self._pbar
+        if self._cancel.is_set() or (pbar is not None and getattr(pbar, "is_canceled", False)):
+            raise FusionCancelled("fusion cancelled by the user")
+        self._bridge.changed.emit(float(done), float(total), str(message))
+
+    def _start_progress(self, desc: str) -> None:
+        from napari.utils import cancelable_progress
+
+        self._pbar = cancelable_progress(total=_PROGRESS_STEPS, desc=desc, cancel_callback=self._cancel.set)
+        self._pbar_desc = desc
+        self._pbar_n = 0
+
+    def _on_progress(self, done: float, total: float, message: str) -> None:
+        pbar = self._pbar
+        if pbar is None:  # a report queued before the run ended
+            return
+        frac = 0.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
+        n = int(round(frac * _PROGRESS_STEPS))
+        if n > self._pbar_n:
+            self._pbar_n = n
+            pbar.update(n - pbar.n)
+        if message and self._pbar is pbar:
+            pbar.set_description(f"{self._pbar_desc}: {message}")
+
+    def _close_progress(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+
+    def _on_returned(self, value) -> None:
+        job, result, device, seconds = value
+        self.last_result = result
+        record = _layers.provenance(job, result, device=device, seconds=seconds)
+        specs = _layers.output_layer_data(job, result, record)
+        for key in ("fused", "decision", "depth"):
+            if key in specs:
+                data, kwargs, layer_type = specs[key]
+                self.output_layers[key] = _layers.update_or_add(
+                    self.viewer, self.output_layers.get(key), data, kwargs, layer_type
+                )
+            else:
+                # the method gives no such output: drop the stale layer of a previous run
+                old = self.output_layers.pop(key, None)
+                if old is not None and old in self.viewer.layers:
+                    self.viewer.layers.remove(old)
+        used = result.n_sources_used
+        extra = f", {used} of {job.n} sources used" if result.labels is not None else ""
+        self.status.setText(f"{result.method}: done in {seconds:.2f} s on {device}{extra}")
+        self._outcome = "done"
+
+    def _on_errored(self, exc: BaseException) -> None:
+        if isinstance(exc, FusionCancelled):
+            self.status.setText("cancelled; output layers unchanged")
+            self._outcome = "cancelled"
+            return
+        self._fail(f"{type(exc).__name__}: {exc}" if not isinstance(exc, FusionError) else str(exc))
+        self._outcome = "error"
+
+    def _on_worker_finished(self) -> None:
+        self._close_progress()
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.run_finished.emit(self._outcome)
+        self._outcome = "error"
+
+    def _fail(self, message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.setText(f"error: {message}")
+        show_error(f"napari-fusion: {message}")
+
+
+def _compute(job, method, params, device, progress, cancel):
+    """Worker-thread body: run :func:`fuse` and time it."""
+    if cancel.is_set():
+        raise FusionCancelled("fusion cancelled by the user")
+    start = time.perf_counter()
+    images = job.images
+    if not isinstance(images, list):
+        images = np.asarray(images)  # materialise lazy (dask) stacks here, off the GUI thread
+    result = fuse(
+        images,
+        method=method,
+        stack_axis=0,
+        z_positions=job.z_positions,
+        device=device,
+        progress=progress,
+        **params,
+    )
+    if cancel.is_set():
+        raise FusionCancelled("fusion cancelled by the user")
+    seconds = time.perf_counter() - start
+    from ..device import resolve_device
+
+    return job, result, str(resolve_device(device)), seconds

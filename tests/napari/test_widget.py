@@ -1,0 +1,351 @@
+"""The fusion dock widget in a real napari viewer (run under ``xvfb-run -a``)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("qtpy")
+pytest.importorskip("pytestqt")
+
+from napari_fusion import fuse, list_methods  # noqa: E402
+from napari_fusion.registry import MethodOutput, Param, _REGISTRY, register_method  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture
+def viewer():
+    """A viewer model without a window: the widget only needs layers and dims (fast)."""
+    from napari.components import ViewerModel
+
+    return ViewerModel()
+
+
+@pytest.fixture
+def widget(qtbot, viewer):
+    from napari_fusion._napari._widget import FusionWidget
+
+    w = FusionWidget(viewer)
+    qtbot.addWidget(w)
+    return w
+
+
+@pytest.fixture
+def grey_pair(small_focal_stack):
+    """Two uint16 grey slices (near and far focus) and the truth of which is sharper."""
+    from skimage.color import rgb2gray
+
+    s = small_focal_stack
+    grey = [np.rint(rgb2gray(s.slices[k]) * 65535).astype(np.uint16) for k in (0, 3)]
+    near = np.abs(s.depth - s.focus_depths[0]) <= np.abs(s.depth - s.focus_depths[3])
+    return grey, np.where(near, 0, 1)
+
+
+@pytest.fixture
+def blocking_method():
+    """A registered test method that blocks between progress reports until released."""
+    state = SimpleNamespace(started=threading.Event(), release=threading.Event(), reports=0, finished=False)
+    name = "_test_blocking"
+
+    @register_method(
+        name=name,
+        title="Test: blocking",
+        tasks=("multi-focus",),
+        mode="nway",
+        params=(
+            Param("steps", 5, int, "Number of blocking steps.", low=1, high=50),
+            Param("flag", True, bool, "A switch."),
+            Param("flavour", "b", str, "A choice.", choices=("a", "b")),
+            Param("eps", 1e-6, float, "A tiny constant.", low=1e-12, high=10.0),
+        ),
+        description="Test method: waits between progress reports.",
+    )
+    def _run(stack, *, ctx, steps, flag, flavour, eps):
+        for i in range(steps):
+            ctx.report(i, steps, f"step {i}")
+            state.reports += 1
+            state.started.set()
+            assert state.release.wait(20)
+        state.finished = True
+        return MethodOutput(fused=stack.mean(0))
+
+    yield state
+    state.release.set()
+    _REGISTRY.pop(name, None)
+
+
+def run_and_wait(qtbot, w) -> str:
+    with qtbot.waitSignal(w.run_finished, timeout=TIMEOUT_MS) as blocker:
+        assert w.run() is not None, w.status.text()
+    return blocker.args[0]
+
+
+def test_widget_lists_registry(widget):
+    listed = [widget.method.itemData(i) for i in range(widget.method.count())]
+    assert listed == [s.name for s in list_methods()]
+    assert widget.current_method() == "focus_measure"
+    widget.task.setCurrentText("multi-exposure")
+    listed = [widget.method.itemData(i) for i in range(widget.method.count())]
+    assert listed == [s.name for s in list_methods("multi-exposure")] and "mertens" in listed
+    assert [widget.device.itemText(i) for i in range(widget.device.count())] == ["auto", "cpu", "cuda"]
+
+
+def test_param_panel_is_generated_from_registry(widget, blocking_method):
+    from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QSpinBox
+
+    widget.set_method("focus_measure")
+    ed = widget.params.editors
+    assert list(ed) == ["measure", "window", "smooth", "consistency", "blend"]
+    assert isinstance(ed["measure"], QComboBox)
+    assert [ed["measure"].itemText(i) for i in range(ed["measure"].count())] == ["variance", "sml", "tenengrad"]
+    assert isinstance(ed["window"], QSpinBox) and (ed["window"].minimum(), ed["window"].maximum()) == (0, 64)
+    assert isinstance(ed["smooth"], QDoubleSpinBox) and ed["smooth"].value() == 2.0
+    assert "Radius (pixels)" in ed["window"].toolTip()
+
+    widget.set_method("gff")
+    assert list(widget.params.editors) == ["base_radius", "saliency_sigma", "saliency_radius", "r1", "eps1", "r2", "eps2"]
+    eps2 = widget.params.editors["eps2"]
+    assert eps2.value() == 1e-6 and eps2.text() == "1e-06"
+    eps2.stepBy(1)  # log-scale range: one step is a factor of ten
+    assert eps2.value() == pytest.approx(1e-5)
+
+    # a method registered after the widget was built shows up with generated editors
+    widget.refresh_methods()
+    widget.set_method("_test_blocking")
+    ed = widget.params.editors
+    assert isinstance(ed["steps"], QSpinBox) and (ed["steps"].minimum(), ed["steps"].maximum()) == (1, 50)
+    assert isinstance(ed["flag"], QCheckBox) and ed["flag"].isChecked()
+    assert isinstance(ed["flavour"], QComboBox) and ed["flavour"].currentText() == "b"
+    assert "A tiny constant." in ed["eps"].toolTip()
+    assert widget.params.values() == {"steps": 5, "flag": True, "flavour": "b", "eps": 1e-6}
+
+    # edits are remembered per method for the session, and reset restores defaults
+    widget.set_method("focus_measure")
+    widget.params.editors["window"].setValue(7)
+    widget.set_method("gff")
+    widget.set_method("focus_measure")
+    assert widget.params.values()["window"] == 7
+    widget.params.reset()
+    assert widget.params.values()["window"] == 4
+
+
+def test_two_image_layers_give_three_outputs_and_rerun_updates_in_place(qtbot, viewer, widget, grey_pair):
+    images, truth = grey_pair
+    meta = {"acquisition": "test"}
+    a = viewer.add_image(images[0], name="near", scale=(0.5, 0.25), translate=(10.0, 20.0), metadata=meta)
+    b = viewer.add_image(images[1], name="far", scale=(0.5, 0.25), translate=(10.0, 20.0))
+    before = [images[0].copy(), images[1].copy()]
+    widget.set_image_layers([a, b])
+    widget.set_method("focus_measure")
+    widget.device.setCurrentText("cpu")
+    n_layers = len(viewer.layers)
+
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    fused, dec, depth = (widget.output_layers[k] for k in ("fused", "decision", "depth"))
+    assert len(viewer.layers) == n_layers + 3
+    assert fused.data.dtype == np.uint16 and fused.data.shape == images[0].shape
+    expected = fuse(images, method="focus_measure", device="cpu")
+    np.testing.assert_array_equal(fused.data, expected.fused)
+    for layer in (fused, dec, depth):
+        assert tuple(layer.scale) == (0.5, 0.25) and tuple(layer.translate) == (10.0, 20.0)
+    assert fused.metadata["acquisition"] == "test"
+    assert fused.metadata["napari_fusion"]["method"] == "focus_measure"
+    assert fused.metadata["napari_fusion"]["sources"] == ["near", "far"]
+
+    # decision: label = source index + 1, features name each source
+    from napari.layers import Image, Labels
+
+    assert isinstance(dec, Labels) and isinstance(fused, Image) and isinstance(depth, Image)
+    assert set(np.unique(dec.data)) <= {1, 2}
+    np.testing.assert_array_equal(dec.data, expected.labels.astype(int) + 1)
+    assert list(dec.features["index"]) == [1, 2]
+    assert list(dec.features["source"]) == ["near", "far"]
+    assert np.mean(dec.data - 1 == truth) > 0.7  # the sharper source wins most pixels
+    assert depth.data.dtype == np.float32
+    np.testing.assert_array_equal(depth.data, (dec.data - 1).astype(np.float32))
+
+    # input layers untouched
+    np.testing.assert_array_equal(a.data, before[0])
+    np.testing.assert_array_equal(b.data, before[1])
+    assert a.metadata == meta and "napari_fusion" not in a.metadata
+
+    # re-run with other parameters: same layer objects, new data
+    old_fused = fused.data.copy()
+    widget.params.editors["window"].setValue(0)
+    widget.params.editors["consistency"].setValue(0)
+    widget.params.editors["smooth"].setValue(0.0)
+    assert run_and_wait(qtbot, widget) == "done"
+    assert widget.output_layers["fused"] is fused and widget.output_layers["decision"] is dec
+    assert widget.output_layers["depth"] is depth
+    assert len(viewer.layers) == n_layers + 3
+    assert fused.metadata["napari_fusion"]["params"]["window"] == 0
+    assert not np.array_equal(fused.data, old_fused)
+    expected = fuse(images, method="focus_measure", device="cpu", window=0, consistency=0, smooth=0.0)
+    np.testing.assert_array_equal(fused.data, expected.fused)
+
+    # a method without a decision: the stale decision/depth layers are removed
+    widget.set_method("average")
+    assert run_and_wait(qtbot, widget) == "done"
+    assert widget.output_layers["fused"] is fused and fused in viewer.layers
+    assert dec not in viewer.layers and depth not in viewer.layers
+    np.testing.assert_array_equal(fused.data, fuse(images, method="average").fused)
+    np.testing.assert_array_equal(a.data, before[0])
+    np.testing.assert_array_equal(b.data, before[1])
+
+
+def test_stack_layer_rgb_with_physical_z(qtbot, viewer, widget, small_focal_stack):
+    s = small_focal_stack  # (4, 96, 128, 3) uint8
+    stack = viewer.add_image(s.slices, name="stack", rgb=True, scale=(2.5, 1.0, 1.0), translate=(100.0, 0.0, 0.0))
+    before = s.slices.copy()
+    widget.set_stack_layer(stack, axis=0)
+    assert widget.z_step.value() == 2.5
+    widget.set_method("focus_measure")
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    fused, dec, depth = (widget.output_layers[k] for k in ("fused", "decision", "depth"))
+    assert fused.rgb and fused.data.dtype == np.uint8 and fused.data.shape == (96, 128, 3)
+    expected = fuse(s.slices, method="focus_measure")
+    np.testing.assert_array_equal(fused.data, expected.fused)
+    assert list(dec.features["source"]) == [f"stack [{k}]" for k in range(4)]
+    # depth in the stack axis' physical units: translate + scale * slice index
+    np.testing.assert_allclose(depth.data, 100.0 + 2.5 * (dec.data.astype(np.float32) - 1))
+    assert list(dec.features["z"]) == [100.0, 102.5, 105.0, 107.5]
+    assert tuple(fused.scale) == (1.0, 1.0)
+    np.testing.assert_array_equal(stack.data, before)
+
+
+def test_rgb_image_layers(qtbot, viewer, widget, small_focal_stack):
+    s = small_focal_stack
+    layers = [viewer.add_image(s.slices[k], name=f"rgb{k}", rgb=True) for k in (0, 2, 3)]
+    widget.set_image_layers(layers)
+    widget.set_method("laplacian_pyramid")
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    fused = widget.output_layers["fused"]
+    assert fused.rgb and fused.data.dtype == np.uint8 and fused.data.shape == s.slices[0].shape
+    expected = fuse([s.slices[k] for k in (0, 2, 3)], method="laplacian_pyramid")
+    np.testing.assert_array_equal(fused.data, expected.fused)
+    assert list(widget.output_layers["decision"].features["source"]) == ["rgb0", "rgb2", "rgb3"]
+    for k, layer in zip((0, 2, 3), layers):
+        np.testing.assert_array_equal(layer.data, s.slices[k])
+
+
+def test_stack_axis_and_other_axes_at_viewer_position(qtbot, viewer, widget, grey_pair):
+    images, _ = grey_pair
+    # (T=2, Z=2, Y, X): time point 1 has the two slices swapped
+    tz = np.stack([np.stack(images), np.stack(images[::-1])])
+    layer = viewer.add_image(tz, name="tz")
+    widget.set_stack_layer(layer, axis=1)
+    viewer.dims.set_current_step(0, 1)
+    widget.set_method("focus_measure")
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    dec = widget.output_layers["decision"]
+    expected = fuse(images[::-1], method="focus_measure")
+    np.testing.assert_array_equal(dec.data, expected.labels.astype(int) + 1)
+    assert widget.output_layers["fused"].metadata["napari_fusion"]["fixed_indices"] == {"0": 1}
+    assert list(dec.features["z"]) == [0.0, 1.0]  # layer scale 1 along the stack axis
+    widget.z_step.setValue(0.5)  # user override of the z step
+    assert run_and_wait(qtbot, widget) == "done"
+    assert list(dec.features["z"]) == [0.0, 0.5]
+    np.testing.assert_array_equal(widget.output_layers["depth"].data, 0.5 * (dec.data - 1))
+
+
+def test_cancel_stops_a_running_fusion(qtbot, viewer, widget, grey_pair, blocking_method):
+    images, _ = grey_pair
+    a = viewer.add_image(images[0], name="a")
+    b = viewer.add_image(images[1], name="b")
+    widget.set_image_layers([a, b])
+    widget.refresh_methods()
+    widget.set_method("_test_blocking")
+    n_layers = len(viewer.layers)
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS) as blocker:
+        worker = widget.run()
+        assert worker is not None
+        # the GUI thread keeps processing events while the worker is blocked
+        qtbot.waitUntil(blocking_method.started.is_set, timeout=TIMEOUT_MS)
+        assert not widget.run_button.isEnabled() and widget.cancel_button.isEnabled()
+        widget.cancel_button.click()
+        blocking_method.release.set()
+    assert blocker.args == ["cancelled"]
+    assert blocking_method.reports == 1 and not blocking_method.finished
+    assert len(viewer.layers) == n_layers and widget.output_layers == {}
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert "cancelled" in widget.status.text()
+    assert widget.worker is None
+
+    # the same method runs to the end when not cancelled
+    blocking_method.started.clear()
+    widget.params.editors["steps"].setValue(2)
+    assert run_and_wait(qtbot, widget) == "done"
+    assert blocking_method.finished and set(widget.output_layers) == {"fused"}
+
+
+def test_bad_input_is_reported_not_raised(qtbot, viewer, widget, grey_pair):
+    images, _ = grey_pair
+    a = viewer.add_image(images[0], name="only one")
+    widget.set_image_layers([a])
+    assert widget.run() is None
+    assert "at least two" in widget.status.text()
+    b = viewer.add_image(images[1][:50], name="smaller")
+    widget.set_image_layers([a, b])
+    assert run_and_wait(qtbot, widget) == "error"
+    assert "different sizes" in widget.status.text()
+    assert widget.output_layers == {}
+
+
+def test_plugin_in_real_viewer_sample_data_run_rerun_and_writer(qtbot, make_napari_viewer, tmp_path):
+    """The whole path a user takes: plugin menu, sample data, run, re-run, save."""
+    import tifffile
+
+    from napari_fusion._napari._widget import FusionWidget
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-fusion", "Image fusion")
+    assert isinstance(widget, FusionWidget)
+
+    viewer.open_sample("napari-fusion", "focal_stack")
+    stack = viewer.layers["focal stack"]
+    truth = viewer.layers["all-in-focus truth"].data
+    assert stack.rgb and stack.data.shape == (6, 256, 256, 3) and stack.data.dtype == np.uint8
+    before = np.array(stack.data, copy=True)
+    widget.set_stack_layer(stack)
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    fused, dec = widget.output_layers["fused"], widget.output_layers["decision"]
+    n_layers = len(viewer.layers)
+
+    def psnr(x):
+        err = np.mean((x.astype(float) - truth.astype(float)) ** 2)
+        return 10 * np.log10(255.0**2 / err)
+
+    best_slice = max(psnr(sl) for sl in stack.data)
+    assert psnr(fused.data) > best_slice + 3  # fusion beats every single slice
+
+    widget.params.editors["measure"].setCurrentText("variance")
+    assert run_and_wait(qtbot, widget) == "done"
+    assert widget.output_layers["fused"] is fused and widget.output_layers["decision"] is dec
+    assert len(viewer.layers) == n_layers
+    assert fused.metadata["napari_fusion"]["params"]["measure"] == "variance"
+    np.testing.assert_array_equal(stack.data, before)
+
+    viewer.open_sample("napari-fusion", "exposure_series")
+    series = viewer.layers["exposure series"]
+    assert series.data.shape == (3, 256, 256, 3) and series.data.dtype == np.uint8
+    assert series.data[0].mean() < series.data[1].mean() < series.data[2].mean()
+
+    # writer keeps dtype and data and records provenance
+    out = tmp_path / "decision.tif"
+    viewer.layers.selection = {dec}
+    written = viewer.layers.save(str(out), selected=True, plugin="napari-fusion")
+    assert written == [str(out)]
+    with tifffile.TiffFile(out) as tif:
+        back = tif.asarray()
+        desc = json.loads(tif.pages[0].description)
+    assert back.dtype == dec.data.dtype
+    np.testing.assert_array_equal(back, dec.data)
+    assert desc["napari_fusion"]["method"] == "focus_measure"
