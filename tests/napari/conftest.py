@@ -1,10 +1,12 @@
 """napari plugin tests: skipped cleanly when napari/Qt or a display is missing.
 
-The viewers are never shown, so Qt's ``offscreen`` platform is used unless
-``QT_QPA_PLATFORM`` is set: the tests then need no X server, and do not abort
-where Qt's xcb plugin lacks system libraries (libxcb-icccm4, libxcb-keysyms1,
-libxcb-xinerama0 for PyQt5). ``xvfb-run -a python -m pytest tests/napari -q``
-works as well. The manifest test (test_manifest.py) needs only npe2.
+Where a display is available (pytest-xvfb starts Xvfb and sets ``DISPLAY``;
+``xvfb-run -a`` works too) and Qt's xcb platform can start, the tests run on
+that real (virtual) display. Otherwise they fall back to Qt's ``offscreen``
+platform (e.g. where the xcb plugin lacks system libraries: libxcb-icccm4,
+libxcb-keysyms1, libxcb-xinerama0 for PyQt5, which ``.ci/run`` installs).
+``QT_QPA_PLATFORM`` set by the user wins. The manifest test
+(test_manifest.py) needs only npe2.
 """
 
 from __future__ import annotations
@@ -16,7 +18,22 @@ import sys
 
 import pytest
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+def _qt_starts(platform: str) -> bool:
+    probe = "from qtpy.QtWidgets import QApplication; QApplication([])"
+    env = dict(os.environ, QT_QPA_PLATFORM=platform)
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=120, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def choose_qt_platform() -> None:
+    """xcb on a working display, else offscreen; called after pytest-xvfb has set DISPLAY."""
+    if "QT_QPA_PLATFORM" in os.environ:
+        return
+    use_xcb = bool(os.environ.get("DISPLAY")) and importlib.util.find_spec("qtpy") is not None and _qt_starts("xcb")
+    os.environ["QT_QPA_PLATFORM"] = "xcb" if use_xcb else "offscreen"
 
 
 def qt_can_start() -> bool:
@@ -47,6 +64,7 @@ def pytest_collection_modifyitems(config, items):
     gui_items = [item for item in items if item.get_closest_marker("gui") is not None]
     if not gui_items:
         return
+    choose_qt_platform()
     reason = gui_skip_reason()
     if reason is None:
         return
