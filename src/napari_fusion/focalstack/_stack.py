@@ -46,6 +46,13 @@ def slices(images: Any, *, stack_axis: int = 0, channel_axis: int | None = None)
             ca = ca - (1 if ca > sa else 0) + 1
             arr = np.moveaxis(arr, ca, -1)
         return [arr[i] for i in range(arr.shape[0])]
+    if isinstance(images, (str, bytes)):
+        raise FusionInputError("images must be arrays; to read files use napari_fusion.io.read_stack")
+    if hasattr(images, "__len__") and hasattr(images, "__getitem__"):
+        # a sequence of slices (possibly computed on access): kept as is, read one at a time
+        if channel_axis is not None or stack_axis != 0:
+            return as_image_list(images, stack_axis=stack_axis, channel_axis=channel_axis)
+        return images
     return as_image_list(images, stack_axis=stack_axis, channel_axis=channel_axis)
 
 
@@ -89,8 +96,9 @@ def check_slices(items: Sequence[Any], minimum: int = 2) -> tuple[int, tuple[int
     n = len(items)
     if n < minimum:
         raise FusionInputError(f"a focal stack needs at least {minimum} slices, got {n}")
-    shape = tuple(items[0].shape[:2])
-    for i, s in enumerate(items):
-        if tuple(s.shape[:2]) != shape:
-            raise FusionInputError(f"slice {i} is {tuple(s.shape[:2])}, slice 0 is {shape}; all slices must have one size")
+    shape = tuple(np.shape(items[0])[:2])
+    for i in range(n):
+        s_shape = tuple(np.shape(items[i])[:2])
+        if s_shape != shape:
+            raise FusionInputError(f"slice {i} is {s_shape}, slice 0 is {shape}; all slices must have one size")
     return n, shape

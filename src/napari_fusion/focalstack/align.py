@@ -303,7 +303,7 @@ def estimate_alignment(
         raise FusionInputError("scale_range must be in (0, 0.5)")
     if scale_steps < 3:
         raise FusionInputError("scale_steps must be at least 3")
-    h, w = items[0].shape[:2]
+    h, w = np.shape(items[0])[:2]
     f = max(1, int(np.ceil(max(h, w) / float(max_size))))
     # small <-> full coordinates: x_full = f * x_small + (f - 1) / 2
     to_full = np.diag([f, f, 1.0])

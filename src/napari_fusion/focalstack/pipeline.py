@@ -60,7 +60,7 @@ class FocalStackResult:
             "params": _jsonable(self.params),
             "options": _jsonable(self.options),
             "channel_blend": _jsonable(self.blend),
-            "z_positions": [float(z) for z in self.z_positions],
+            "z_positions": [round(float(z), 9) for z in self.z_positions],
             "alignment": None if self.alignment is None else self.alignment.as_dict(),
             "outputs": {
                 "fused": {"shape": list(self.fused.shape), "dtype": str(self.fused.dtype)},
