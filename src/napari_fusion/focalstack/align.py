@@ -234,7 +234,7 @@ def _pair_transform(
         d, peak = _phase_corr_batch(r, _prep(mov, win)[None])
         s_best, d_best, p_best = 1.0, d[0].numpy(), float(peak[0])
     else:
-        def score(scales: np.ndarray, refine: int = 0):
+        def score(scales: np.ndarray, refine: int = 1):
             movs = _prep(_scaled(mov, torch.as_tensor(scales)), win)
             return _phase_corr_batch(r, movs, refine=refine)
 

@@ -27,10 +27,10 @@ from ._stack import load
 
 
 def slab_bounds(n: int, slab: int) -> list[tuple[int, int]]:
-    """Consecutive ``[start, stop)`` ranges of about ``slab`` slices, each at least 2 long."""
+    """Consecutive ``[start, stop)`` ranges of ``slab`` to ``2 * slab - 1`` slices (one range if ``n < 2 * slab``)."""
     if slab < 2:
         raise FusionInputError(f"slab must be at least 2 slices, got {slab}")
-    parts = max(1, int(np.ceil(n / slab)))
+    parts = max(1, n // slab)
     edges = np.linspace(0, n, parts + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
@@ -48,7 +48,7 @@ def decide_in_slabs(
     n = len(images)
     if n < 2:
         raise FusionInputError(f"a focal stack needs at least 2 slices, got {n}")
-    if n <= slab:
+    if n < 2 * slab:
         res = fuse([load(s) for s in images], method=method, device=device, **params)
         if res.labels is None:
             raise FusionInputError(f"method {method!r} makes no labels; slabs need a method that does")
