@@ -65,9 +65,13 @@ class Alignment:
 
     @property
     def scales(self) -> np.ndarray:
-        """Magnification of each slice relative to the reference (> 1: the slice shows less)."""
+        """Magnification of each slice relative to the reference.
+
+        > 1: objects appear larger in slice ``k`` than in the reference (the
+        slice shows a smaller field of view).
+        """
         a = self.matrices[:, :2, :2]
-        return 1.0 / np.sqrt(np.abs(np.linalg.det(a)))
+        return np.sqrt(np.abs(np.linalg.det(a)))
 
     @property
     def shifts(self) -> np.ndarray:
@@ -105,7 +109,7 @@ class Alignment:
             "reference": int(self.reference),
             "shape": [int(v) for v in self.shape],
             "matrices": self.matrices.round(8).tolist(),
-            "scales": self.scales.round(8).tolist(),
+            "magnification": self.scales.round(8).tolist(),
             "shifts_rows_cols": self.shifts.round(4).tolist(),
             "pair_scores": self.pair_scores.round(6).tolist(),
             "valid_box": list(self.valid_box()),
