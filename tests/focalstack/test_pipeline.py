@@ -111,3 +111,10 @@ def test_halo_control_reduces_halo():
     assert err(on) < 1.2 * err(off)
     # default behaviour is unchanged by the new parameter
     np.testing.assert_array_equal(fuse(st.slices, halo_control=False).fused, off.fused)
+
+
+def test_multichannel_weights_method_applies_weights(grey_focal):
+    data = np.stack([grey_focal.slices, 255 - grey_focal.slices], axis=-1).astype(np.float32)  # (Z, Y, X, 2)
+    r = fuse_focal_stack(data, method="average")
+    assert r.labels is None and r.height is None and r.blend == {"blend": "weights"}
+    np.testing.assert_allclose(r.fused, data.mean(0), atol=1e-3)
