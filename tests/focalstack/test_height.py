@@ -122,3 +122,18 @@ def test_dapi_height_in_microns(dataset):
     # sub-slice values exist (not only multiples of 0.3)
     frac = np.abs(hm.height / 0.3 - np.round(hm.height / 0.3))
     assert (frac > 0.05).mean() > 0.2
+
+
+def test_height_surface_mesh():
+    from napari_fusion.focalstack import height_surface
+
+    h = np.arange(20, dtype=np.float32).reshape(4, 5)
+    v, f, t = height_surface(h, scale=(0.5, 2.0))
+    assert v.shape == (20, 3) and f.shape == (2 * 3 * 4, 3) and t.shape == (20, 2)
+    np.testing.assert_allclose(v[:, 0], h.ravel())
+    np.testing.assert_allclose(v[-1], [19, 1.5, 8.0])
+    assert f.max() == 19 and t.min() == 0 and t.max() == 1
+    np.testing.assert_allclose(t[0], [0, 1])  # top-left pixel: u = 0, v = 1 (OpenGL convention)
+    np.testing.assert_allclose(t[-1], [1, 0])
+    v2, f2, _ = height_surface(np.zeros((9, 9)), step=4)
+    assert v2.shape == (9, 3) and f2.shape == (8, 3)

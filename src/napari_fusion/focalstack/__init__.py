@@ -14,7 +14,7 @@ One job per module:
 """
 
 from .align import Alignment, align_stack, apply_alignment, estimate_alignment, phase_correlation
-from .height import HeightMap, decide, height_map, index_to_z, z_positions_for
+from .height import HeightMap, decide, height_map, height_surface, index_to_z, z_positions_for
 from .pipeline import FocalStackResult, default_blend, fuse_focal_stack
 from .recompose import BLENDS, labels_from_napari, labels_to_napari, recompose
 from .slabs import decide_in_slabs, slab_bounds
@@ -29,6 +29,7 @@ __all__ = [
     "HeightMap",
     "decide",
     "height_map",
+    "height_surface",
     "index_to_z",
     "z_positions_for",
     "FocalStackResult",

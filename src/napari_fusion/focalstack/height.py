@@ -268,6 +268,39 @@ def height_map(
     return HeightMap(height, index, np.asarray(lab).astype(label_dtype(n)), focus, z, params)
 
 
+def height_surface(
+    height: np.ndarray, *, step: int = 1, scale: tuple[float, float] = (1.0, 1.0)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A triangle mesh of a height map, for a 3-D surface textured with the fused image.
+
+    Returns ``(vertices (V, 3) as (z, row, col) in world units, faces (F, 3)
+    int, texcoords (V, 2))``; ``step`` subsamples the grid, ``scale`` is the
+    pixel size ``(row, col)``. Texture coordinates follow the OpenGL / OBJ
+    convention napari's Surface layer uses (it flips the texture vertically):
+    ``(u, v) = (col / (W - 1), 1 - row / (H - 1))``. In napari:
+    ``viewer.add_surface((vertices, faces), texture=fused, texcoords=texcoords)``.
+    """
+    h = np.asarray(height, dtype=np.float32)
+    if h.ndim != 2:
+        raise FusionInputError(f"height must be 2-D, got shape {h.shape}")
+    step = max(1, int(step))
+    rows = np.arange(0, h.shape[0], step)
+    cols = np.arange(0, h.shape[1], step)
+    if rows[-1] != h.shape[0] - 1:
+        rows = np.append(rows, h.shape[0] - 1)
+    if cols[-1] != h.shape[1] - 1:
+        cols = np.append(cols, h.shape[1] - 1)
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    verts = np.stack([h[rr, cc], rr * float(scale[0]), cc * float(scale[1])], -1).reshape(-1, 3)
+    nr, nc = rr.shape
+    idx = np.arange(nr * nc).reshape(nr, nc)
+    a, b = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel()
+    c, d = idx[1:, :-1].ravel(), idx[1:, 1:].ravel()
+    faces = np.concatenate([np.stack([a, b, c], 1), np.stack([b, d, c], 1)])
+    tex = np.stack([cc / max(h.shape[1] - 1, 1), 1.0 - rr / max(h.shape[0] - 1, 1)], -1).reshape(-1, 2)
+    return verts.astype(np.float32), faces.astype(np.int64), tex.astype(np.float32)
+
+
 def _check_labels(labels: Any, n: int, shape: tuple[int, int]) -> np.ndarray:
     lab = np.asarray(labels)
     if lab.shape != tuple(shape):
@@ -283,4 +316,4 @@ def _check_labels(labels: Any, n: int, shape: tuple[int, int]) -> np.ndarray:
     return lab.astype(np.int64)
 
 
-__all__ = ["HeightMap", "REFINE", "decide", "height_map", "index_to_z", "peak_offset", "z_positions_for"]
+__all__ = ["HeightMap", "REFINE", "decide", "height_map", "height_surface", "index_to_z", "peak_offset", "z_positions_for"]
