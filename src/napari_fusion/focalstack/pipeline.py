@@ -1,0 +1,263 @@
+"""One focal stack end to end: optional alignment, decision, fused image, height map.
+
+:func:`fuse_focal_stack` is what the napari widget and the ``batch`` command
+call. For grey and RGB stacks the chosen method fuses as usual (RGB decided
+on luminance). For multichannel stacks (e.g. fluorescence channels) the
+decision is made on one *reference channel* and applied to every channel by
+:func:`~napari_fusion.focalstack.recompose.recompose`, so all channels come
+from the same slice at each pixel and the height map is that channel's.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..api import fuse, label_dtype
+from ..errors import FusionInputError
+from ..registry import get_method
+from .align import Alignment, align_stack, apply_alignment, estimate_alignment
+from .height import REFINE, height_map, z_positions_for
+from .recompose import recompose
+from ._stack import check_slices, load, slices
+
+
+@dataclass
+class FocalStackResult:
+    """Outputs of :func:`fuse_focal_stack`.
+
+    ``labels`` are 0-based slice indices (napari layers show them + 1);
+    ``height`` is in the units of the z positions (``None`` when the method
+    makes no decision); ``alignment`` is ``None`` when alignment was off.
+    """
+
+    fused: np.ndarray
+    labels: np.ndarray | None
+    height: np.ndarray | None
+    index: np.ndarray | None  # fractional slice index behind ``height``
+    alignment: Alignment | None
+    method: str
+    params: dict[str, Any]
+    options: dict[str, Any]
+    z_positions: np.ndarray
+    blend: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        """Everything needed to reproduce the result, JSON-serialisable."""
+        import numpy
+        import scipy
+        import torch
+
+        from .. import __version__
+
+        return {
+            "method": self.method,
+            "params": _jsonable(self.params),
+            "options": _jsonable(self.options),
+            "channel_blend": _jsonable(self.blend),
+            "z_positions": [round(float(z), 9) for z in self.z_positions],
+            "alignment": None if self.alignment is None else self.alignment.as_dict(),
+            "outputs": {
+                "fused": {"shape": list(self.fused.shape), "dtype": str(self.fused.dtype)},
+                "labels": None if self.labels is None else {"shape": list(self.labels.shape), "dtype": str(self.labels.dtype), "convention": "0-based slice index"},
+                "height": None if self.height is None else {
+                    "min": float(np.min(self.height)), "max": float(np.max(self.height)), "dtype": "float32"},
+            },
+            "seconds": round(self.seconds, 3),
+            "versions": {
+                "napari_fusion": __version__,
+                "python": platform.python_version(),
+                "numpy": numpy.__version__,
+                "scipy": scipy.__version__,
+                "torch": torch.__version__,
+            },
+        }
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def default_blend(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """How labels are turned back into an image for ``method`` (multichannel, slabs, retouch).
+
+    ``focus_measure`` uses its own ``blend`` sigma (so recomposition
+    reproduces it exactly); methods that fuse in a pyramid use the pyramid
+    spline; others copy the chosen pixels.
+    """
+    if method == "focus_measure":
+        sigma = float(params.get("blend", 0.0))
+        return {"blend": "gaussian", "sigma": sigma} if sigma > 0 else {"blend": "none"}
+    if method in ("laplacian_pyramid",):
+        return {"blend": "pyramid"}
+    return {"blend": "none"}
+
+
+def _height_kwargs(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Focus-measure settings of the height refinement (the method's own for focus_measure)."""
+    if method == "focus_measure":
+        return {k: params[k] for k in ("measure", "window", "smooth", "halo_control") if k in params}
+    return {}
+
+
+def fuse_focal_stack(
+    images: Any,
+    *,
+    method: str = "focus_measure",
+    params: dict[str, Any] | None = None,
+    align: str | None = None,
+    align_options: dict[str, Any] | None = None,
+    crop: bool = False,
+    z_step: float | None = None,
+    z_positions: Sequence[float] | None = None,
+    height: bool = True,
+    refine: str = "parabola",
+    stack_axis: int = 0,
+    channel_axis: int | None = None,
+    reference_channel: int | None = None,
+    blend: dict[str, Any] | None = None,
+    slab: int | None = None,
+    device: str = "auto",
+    progress: Callable[[float, float, str], Any] | None = None,
+) -> FocalStackResult:
+    """Align (optional), fuse, and map the height of one focal stack.
+
+    Parameters
+    ----------
+    images:
+        ``(Z, Y, X)``, ``(Z, Y, X, C)`` (or axes given by ``stack_axis`` /
+        ``channel_axis``), a sequence of slices, numpy or dask.
+    method, params:
+        Fusion method and its parameters (defaults filled and validated).
+    align:
+        ``None`` (default: no alignment), ``"translation"`` or ``"similarity"``.
+        ``align_options`` go to :func:`~.align.estimate_alignment`; ``crop``
+        crops to the region every aligned slice covers.
+    z_step, z_positions:
+        Physical slice spacing or positions for the height map (default: slice units).
+    height, refine:
+        Compute the height map, and how to refine it below one slice
+        (``"parabola"``, ``"gaussian"``, ``"none"``).
+    reference_channel:
+        Channel the decision is made on for multichannel data. Default: RGB
+        data is decided on luminance, other channel counts on channel 0.
+    blend:
+        How labels are applied to the channels (``{"blend": ..., "sigma": ...}``,
+        see :func:`~.recompose.recompose`); default :func:`default_blend`.
+    slab:
+        Fuse very deep stacks in sub-stacks of this many slices, then fuse the
+        sub-stack results (see :mod:`~.slabs`).
+    """
+    t0 = time.perf_counter()
+    spec = get_method(method)
+    resolved = spec.resolve_params(dict(params or {}))
+    if refine not in REFINE:
+        raise FusionInputError(f"refine must be one of {', '.join(REFINE)}; got {refine!r}")
+    items = list(slices(images, stack_axis=stack_axis, channel_axis=channel_axis))
+    n, shape = check_slices(items)
+    zpos = z_positions_for(n, z_step=z_step, z_positions=z_positions)
+    nchan = 1 if items[0].ndim == 2 else int(items[0].shape[-1])
+    multichannel = nchan not in (1, 3) or reference_channel is not None
+    if reference_channel is not None and not -nchan <= reference_channel < nchan:
+        raise FusionInputError(f"reference_channel {reference_channel} is out of range for {nchan} channels")
+    ref_c = None
+    if multichannel:
+        ref_c = 0 if reference_channel is None else reference_channel % nchan
+    alignment = None
+    if align is not None and align not in ("none", ""):
+        est = dict(align_options or {})
+        if ref_c is not None:
+            ref_view = [load(s)[..., ref_c] for s in items]
+            alignment = estimate_alignment(ref_view, mode=align, **est)
+            items = apply_alignment(items, alignment)
+        else:
+            items, alignment = align_stack(items, mode=align, **est)
+        if crop:
+            r0, r1, c0, c1 = alignment.valid_box()
+            items = [np.ascontiguousarray(load(a)[r0:r1, c0:c1]) for a in items]
+            shape = (r1 - r0, c1 - c0)
+    blend_used = dict(blend) if blend else default_blend(method, resolved)
+    ref_items = [load(s)[..., ref_c] for s in items] if ref_c is not None else items
+    labels = None
+    if slab is not None and slab < n:
+        from .slabs import decide_in_slabs
+
+        if "labels" not in spec.outputs:
+            raise FusionInputError(f"method {method!r} makes no labels; slabs need a method that does")
+        labels = decide_in_slabs(ref_items, slab=slab, method=method, params=resolved, device=device)
+        fused = recompose(items, labels, **blend_used)
+    elif multichannel:
+        res = fuse([load(s) for s in ref_items], method=method, device=device, progress=progress, **resolved)
+        if res.labels is not None:
+            labels = res.labels.astype(np.int64)
+            fused = recompose(items, labels, **blend_used)
+        elif res.weights is not None:
+            blend_used = {"blend": "weights"}
+            fused = _apply_weights(items, res.weights)
+        else:
+            raise FusionInputError(
+                f"method {method!r} gives neither labels nor weights to apply to the other channels"
+            )
+    else:
+        res = fuse([load(s) for s in items], method=method, device=device, progress=progress, **resolved)
+        fused = res.fused
+        blend_used = {"blend": "method"}
+        if res.labels is not None:
+            labels = res.labels.astype(np.int64)
+    hmap = index = None
+    if height and labels is not None:
+        hm = height_map(ref_items, labels, z_positions=zpos, refine=refine, **_height_kwargs(method, resolved))
+        hmap, index = hm.height, hm.index
+    options = {
+        "align": align, "align_options": align_options or {}, "crop": crop, "refine": refine,
+        "reference_channel": ref_c, "slab": slab, "device": device, "n_slices": n, "channels": nchan,
+    }
+    return FocalStackResult(
+        fused=fused,
+        labels=None if labels is None else labels.astype(label_dtype(n)),
+        height=hmap,
+        index=index,
+        alignment=alignment,
+        method=method,
+        params=resolved,
+        options=options,
+        z_positions=zpos,
+        blend=blend_used,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _apply_weights(items: Sequence[Any], weights: np.ndarray) -> np.ndarray:
+    """``sum_k w_k * slice_k`` for every channel, in the slices' dtype."""
+    acc = None
+    low, high = np.inf, -np.inf
+    for k, it in enumerate(items):
+        s = load(it)
+        low, high = min(low, float(s.min())), max(high, float(s.max()))
+        wk = weights[k][..., None] if s.ndim == 3 else weights[k]
+        term = wk.astype(np.float64) * s
+        acc = term if acc is None else acc + term
+    total = weights.sum(0)
+    total = np.where(total > 1e-12, total, 1.0)
+    acc = acc / (total[..., None] if acc.ndim == 3 else total)
+    dtype = np.dtype(load(items[0]).dtype)
+    acc = np.clip(acc, low, high)
+    if np.issubdtype(dtype, np.integer):
+        acc = np.rint(acc)
+    return acc.astype(dtype)
+
+
+__all__ = ["FocalStackResult", "default_blend", "fuse_focal_stack"]
