@@ -46,7 +46,7 @@ class EvaluationResult:
             entry: dict[str, Any] = {"method": method, "kind": kind, "cases": len(rows)}
             for m in self.metrics:
                 vals = np.array([r.get(m, math.nan) for r in rows], dtype=np.float64)
-                finite = vals[np.isfinite(vals)]
+                finite = vals[~np.isnan(vals)]
                 entry[m] = float(finite.mean()) if finite.size else math.nan
             secs = np.array([r["seconds"] for r in rows], dtype=np.float64)
             entry["s_per_case"] = float(np.nanmean(secs)) if np.isfinite(secs).any() else math.nan

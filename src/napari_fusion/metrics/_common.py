@@ -53,6 +53,10 @@ def as_tensor255(image: Any, *, name: str = "image", device: torch.device | str 
     elif t.ndim == 3 and t.shape[-1] in (1, 3) and t.shape[0] in (1, 3):
         # ambiguous tiny image: assume channels-last, as images are read from files
         t = t.permute(2, 0, 1)
+    elif t.ndim == 3:
+        raise FusionInputError(
+            f"{name}: {t.shape[-1]} channels in an image of shape {tuple(t.shape)}; expected grey (H, W) or colour (H, W, 3)"
+        )
     else:
         raise FusionInputError(
             f"{name}: expected a 2-D grey (H, W) or colour (H, W, 3) image, got shape {tuple(t.shape)}"
@@ -118,8 +122,17 @@ def rgb2gray(x: torch.Tensor, *, round_to_int: bool = False) -> torch.Tensor:
 
 
 def grey(x: torch.Tensor) -> torch.Tensor:
-    """Grey plane of a ``(C, H, W)`` tensor: MATLAB ``rgb2gray`` weights, unrounded."""
-    return rgb2gray(x) if x.shape[0] == 3 else x[0]
+    """Grey plane of a ``(C, H, W)`` tensor: MATLAB ``rgb2gray`` weights, unrounded.
+
+    A colour image whose three channels are equal (grey stored as RGB) gives
+    that channel exactly, not a weighted sum off by rounding (which would flip
+    e.g. the sign of zero Sobel responses).
+    """
+    if x.shape[0] == 1:
+        return x[0]
+    if torch.equal(x[0], x[1]) and torch.equal(x[1], x[2]):
+        return x[0]
+    return rgb2gray(x)
 
 
 def channel_planes(fused: torch.Tensor, sources: Sequence[torch.Tensor], *, round_grey: bool = False):
