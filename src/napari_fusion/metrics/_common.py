@@ -9,8 +9,10 @@ maximum is at most 1, else already on the 0-255 scale.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from typing import Any, Sequence
+from collections import OrderedDict
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -294,3 +296,33 @@ def minmax_255(x: torch.Tensor, *, rounding: str = "matlab") -> torch.Tensor:
 
 def to_float(value: torch.Tensor | float) -> float:
     return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+
+_MEMO: OrderedDict = OrderedDict()
+_MEMO_SIZE = 48
+
+
+def memo(tag: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """``fn(x)``, remembered for the last few distinct (tag, content of ``x``) pairs.
+
+    Scoring many fused images against the same sources recomputes the same
+    source-side quantities (gradients, filtered moments, contrast maps); the
+    key is an exact digest of the tensor's bytes, so a hit is the same input.
+    Results are shared: callers must not modify them in place.
+    """
+    data = x.detach().contiguous().cpu().numpy().tobytes()
+    key = (tag, tuple(x.shape), str(x.dtype), str(x.device), hashlib.blake2b(data, digest_size=20).digest())
+    hit = _MEMO.get(key)
+    if hit is not None:
+        _MEMO.move_to_end(key)
+        return hit
+    value = fn(x)
+    _MEMO[key] = value
+    while len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
+    return value
+
+
+def clear_memo() -> None:
+    """Forget the remembered source-side results."""
+    _MEMO.clear()

@@ -37,6 +37,7 @@ from ._common import (
     hist256,
     matlab_gradient,
     matlab_round,
+    memo,
     minmax_255,
     prepare_inputs,
     rgb2gray,
@@ -106,12 +107,13 @@ def qabf_plane(sources: Sequence[torch.Tensor], f: torch.Tensor, *, vifb_quirk: 
     ``vifb_quirk=False`` uses the ratio min/max (1 where both are equal).
     """
     scale = 255.0 if vifb_quirk else 1.0
-    gf, af = _strength_angle(f * scale)
+    tag = ("qabf", scale)
+    gf, af = memo(tag, f, lambda x: _strength_angle(x * scale))
     num = torch.zeros((), dtype=torch.float64, device=f.device)
     den = torch.zeros((), dtype=torch.float64, device=f.device)
     p = _QABF
     for s in sources:
-        gs, as_ = _strength_angle(s * scale)
+        gs, as_ = memo(tag, s, lambda x: _strength_angle(x * scale))
         lo = torch.minimum(gs, gf)
         hi = torch.maximum(gs, gf)
         ratio = lo / torch.where(hi == 0, torch.ones_like(hi), hi)
@@ -150,8 +152,8 @@ def qcb_plane(sources: Sequence[torch.Tensor], f: torch.Tensor) -> torch.Tensor:
         c = (b1 / b2 - 1.0).abs()
         return c**3 / (c**2 + 1e-4)
 
-    cf = contrast_p(f)
-    cs = [contrast_p(s) for s in sources]
+    cf = memo("qcb", f, contrast_p)
+    cs = [memo("qcb", s, contrast_p) for s in sources]
     sal = [c * c for c in cs]
     tot = sum(sal)
     q = torch.zeros_like(cf)
@@ -173,18 +175,23 @@ def _blocks(x: torch.Tensor, size: int) -> torch.Tensor:
 def qcv_plane(sources: Sequence[torch.Tensor], f: torch.Tensor, *, window: int = 16, alpha: float = 5.0) -> torch.Tensor:
     """Chen-Varshney Q_CV of one plane, as Z. Liu's ``metricChen`` (used by VIFB ``metricsQcv``); lower is better."""
     h, w = f.shape
-    fn = _normalize1(f)
     r = freqspace_radius(h, w, w / 8.0, h / 8.0, device=f.device)
     theta_m = 2.6 * (0.0192 + 0.144 * r) * torch.exp(-((0.144 * r) ** 1.1))
     num = torch.zeros((), dtype=torch.float64, device=f.device)
     den = torch.zeros((), dtype=torch.float64, device=f.device)
-    for s in sources:
-        sn = _normalize1(s)
+    # the CSF filtering is linear: filter(S - F) = filter(S) - filter(F), each remembered
+    ff = memo("qcv_f", f, lambda x: freq_filter(_normalize1(x), theta_m))
+
+    def source_side(x):
+        sn = _normalize1(x)
         gx = conv2(sn, _SOBEL_X, "same")
         gy = conv2(sn, -_SOBEL_Y, "same")
         g = torch.sqrt(gx * gx + gy * gy)
-        lam = (_blocks(g, window) ** alpha).sum(-1)
-        d = freq_filter(sn - fn, theta_m)
+        return (_blocks(g, window) ** alpha).sum(-1), freq_filter(sn, theta_m)
+
+    for s in sources:
+        lam, fs = memo(("qcv_s", window, alpha), s, source_side)
+        d = fs - ff
         dist = (_blocks(d, window) ** 2).mean(-1)
         num = num + (lam * dist).sum()
         den = den + lam.sum()
@@ -196,12 +203,13 @@ def ssim_valid_plane(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 25
     g = fspecial_gaussian(11, 1.5, device=a.device)
     c1 = (0.01 * data_range) ** 2
     c2 = (0.03 * data_range) ** 2
-    x = torch.stack([a, b, a * a, b * b, a * b])
-    m = sep_filter(x, g, "valid")
-    ua, ub = m[0], m[1]
-    saa = m[2] - ua * ua
-    sbb = m[3] - ub * ub
-    sab = m[4] - ua * ub
+    moments = lambda x: sep_filter(torch.stack([x, x * x]), g, "valid")  # noqa: E731
+    ua, eaa = memo("ssim11", a, moments)
+    ub, ebb = memo("ssim11", b, moments)
+    eab = sep_filter(a * b, g, "valid")
+    saa = eaa - ua * ua
+    sbb = ebb - ub * ub
+    sab = eab - ua * ub
     smap = ((2 * ua * ub + c1) * (2 * sab + c2)) / ((ua * ua + ub * ub + c1) * (saa + sbb + c2))
     return smap.mean()
 
