@@ -88,6 +88,11 @@ def main(argv=None) -> int:
         cases_done = sorted({e[1] for v in errors.values() for e in v})
         _report(errors, seconds, metrics, args, len(cases_done), math.nan, math.nan)
         return 0
+    out_fh = None
+    if args.csv:
+        out_fh = open(args.csv, "w", newline="")
+        out_w = csv.writer(out_fh)
+        out_w.writerow(["image", "method", "metric", "computed", "stored"])
     for case in cases:
         ir = read_jpeg(root / case / "src_00.jpg")
         vi = read_jpeg(root / case / "src_01.jpg")
@@ -104,15 +109,15 @@ def main(argv=None) -> int:
                     continue
                 rel = abs(value - stored) / max(abs(stored), 1e-12)
                 errors[name].append((rel, case, method, value, stored))
-        print(f"{case}: done ({time.perf_counter() - t_all:.0f} s)", file=sys.stderr, flush=True)
+        if out_fh is not None:  # written case by case, so a long run leaves partial results
+            out_w.writerows(r for r in rows if r[0] == case)
+            out_fh.flush()
+        print(f"{case}: done ({time.perf_counter() - t_all:.0f} s wall, {time.process_time() - cpu_all:.0f} s CPU)", file=sys.stderr, flush=True)
     total = time.perf_counter() - t_all
     cpu = time.process_time() - cpu_all
     n_bad = _report(errors, seconds, metrics, args, len(cases), total, cpu)
-    if args.csv:
-        with open(args.csv, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["image", "method", "metric", "computed", "stored"])
-            w.writerows(rows)
+    if out_fh is not None:
+        out_fh.close()
     return 0 if n_bad == 0 else 1
 
 
