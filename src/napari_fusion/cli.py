@@ -19,6 +19,7 @@ _SUBCOMMAND_MODULES = (
     "napari_fusion.cli_fuse",
     "napari_fusion.cli_weights",
     "napari_fusion.focalstack.batch",
+    "napari_fusion.evaluation",
 )
 
 

@@ -1,0 +1,297 @@
+"""``napari-fusion evaluate``: run methods on a dataset and score them with the fusion metrics.
+
+Works on any folder in the shared layout (``<case>/src_00.*``, ``src_01.*``...,
+optional ``gt.*``, optional ``reference/<METHOD>.*``). For each case it fuses
+the sources with every requested method (timing each call), optionally scores
+the published outputs in ``reference/`` with the same code, and reports the
+mean of each metric per method, like the tables of fusion papers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import FusionInputError
+
+
+@dataclass
+class EvaluationResult:
+    """Per-case scores and their summary.
+
+    ``rows``: one dict per (case, method) with keys ``case``, ``method``,
+    ``kind`` (``'ours'`` or ``'reference'``), ``seconds`` (fusion time, NaN for
+    references) and one key per metric.
+    """
+
+    metrics: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Mean of each metric (NaN-ignoring) and seconds per case, per (kind, method)."""
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for r in self.rows:
+            groups.setdefault((r["kind"], r["method"]), []).append(r)
+        out = []
+        for (kind, method), rows in sorted(groups.items(), key=lambda kv: (kv[0][0] != "ours", kv[0][1].lower())):
+            entry: dict[str, Any] = {"method": method, "kind": kind, "cases": len(rows)}
+            for m in self.metrics:
+                vals = np.array([r.get(m, math.nan) for r in rows], dtype=np.float64)
+                finite = vals[~np.isnan(vals)]
+                entry[m] = float(finite.mean()) if finite.size else math.nan
+            secs = np.array([r["seconds"] for r in rows], dtype=np.float64)
+            entry["s_per_case"] = float(np.nanmean(secs)) if np.isfinite(secs).any() else math.nan
+            out.append(entry)
+        return out
+
+    def format_table(self) -> str:
+        """The summary as an aligned text table."""
+        summ = self.summary()
+        cols = ["method", "kind", "cases", *self.metrics, "s_per_case"]
+        cells = [cols]
+        for e in summ:
+            row = []
+            for c in cols:
+                v = e[c]
+                if isinstance(v, float):
+                    row.append("nan" if math.isnan(v) else f"{v:.4g}")
+                else:
+                    row.append(str(v))
+            cells.append(row)
+        widths = [max(len(r[i]) for r in cells) for i in range(len(cols))]
+        lines = []
+        for k, r in enumerate(cells):
+            lines.append("  ".join(s.ljust(w) if i < 2 else s.rjust(w) for i, (s, w) in enumerate(zip(r, widths))))
+            if k == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def write(self, path: str | Path) -> Path:
+        """Write the summary as CSV (``.csv``) or summary + per-case rows as JSON (``.json``)."""
+        path = Path(path)
+        summ = self.summary()
+        if path.suffix.lower() == ".json":
+            clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731
+            doc = {
+                "metrics": self.metrics,
+                "summary": [{k: clean(v) for k, v in e.items()} for e in summ],
+                "cases": [{k: clean(v) for k, v in r.items()} for r in self.rows],
+            }
+            path.write_text(json.dumps(doc, indent=2))
+        elif path.suffix.lower() == ".csv":
+            cols = ["method", "kind", "cases", *self.metrics, "s_per_case"]
+            with open(path, "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(cols)
+                for e in summ:
+                    w.writerow([e[c] for c in cols])
+        else:
+            raise FusionInputError(f"output must end in .csv or .json, not {path.name!r}")
+        return path
+
+
+def _check_case_images(case_name: str, sources: Sequence[np.ndarray], gt: np.ndarray | None) -> None:
+    shapes = [s.shape[:2] for s in sources]
+    if len(set(shapes)) != 1:
+        raise FusionInputError(f"case {case_name}: source images have different sizes {shapes}")
+    for i, s in enumerate(sources):
+        if s.ndim == 3 and s.shape[2] not in (1, 3):
+            raise FusionInputError(f"case {case_name}: source {i} has {s.shape[2]} channels (expected 1 or 3)")
+    if gt is not None and gt.shape[:2] != shapes[0]:
+        raise FusionInputError(f"case {case_name}: ground truth has size {gt.shape[:2]}, sources {shapes[0]}")
+
+
+def _harmonise_channels(sources: list[np.ndarray]) -> list[np.ndarray]:
+    """Give grey sources three identical channels when others are colour (e.g. IR + RGB visible), for fusing."""
+    if any(s.ndim == 3 for s in sources) and any(s.ndim == 2 for s in sources):
+        return [np.repeat(s[..., None], 3, axis=2) if s.ndim == 2 else s for s in sources]
+    return sources
+
+
+def evaluate_dataset(
+    dataset_dir: str | Path,
+    *,
+    methods: Sequence[str] = (),
+    metrics: Sequence[str] | None = None,
+    reference: bool | Sequence[str] = False,
+    limit: int | None = None,
+    cases: Sequence[str] | None = None,
+    device: str = "auto",
+    method_params: dict[str, dict[str, Any]] | None = None,
+    progress: bool = False,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> EvaluationResult:
+    """Fuse every case of ``dataset_dir`` with ``methods`` and score the results (and, with
+    ``reference``, the published outputs: ``True`` for all, or a list of names)."""
+    from .api import fuse
+    from .datasets import iter_cases
+    from .metrics import DEFAULT_GT_METRICS, DEFAULT_METRICS, METRICS, get_metric
+    from .registry import get_method
+
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise FusionInputError(f"dataset folder not found: {dataset_dir}")
+    all_cases = iter_cases(dataset_dir)
+    if cases:
+        wanted = set(cases)
+        all_cases = [c for c in all_cases if c.name in wanted]
+        missing = wanted - {c.name for c in all_cases}
+        if missing:
+            raise FusionInputError(f"cases not found in {dataset_dir}: {', '.join(sorted(missing))}")
+    if limit is not None:
+        all_cases = all_cases[: max(0, int(limit))]
+    if not all_cases:
+        raise FusionInputError(f"{dataset_dir} has no cases (folders with src_00.*, src_01.* ...)")
+    for m in methods:
+        get_method(m)  # unknown names fail before any work
+    if not methods and not reference:
+        raise FusionInputError("nothing to evaluate: give methods (-m) and/or --reference")
+    has_gt = any(c.gt is not None for c in all_cases)
+    n_src = {len(c.sources) for c in all_cases}
+    if metrics is None:
+        names = list(DEFAULT_METRICS)
+        if n_src != {2}:
+            names = [n for n in names if METRICS[n].n_sources is None]
+        if has_gt:
+            names += list(DEFAULT_GT_METRICS)
+    else:
+        names = list(metrics)
+    specs = [get_metric(n) for n in names]
+    if not has_gt and any(s.needs == "gt" for s in specs):
+        raise FusionInputError(f"{dataset_dir} has no ground truth (gt.*) for {[s.name for s in specs if s.needs == 'gt']}")
+
+    result = EvaluationResult(metrics=names)
+    ref_names = None if reference is True else (list(reference) if reference else [])
+    jobs = []
+    for c in all_cases:
+        jobs += [(c, "ours", m) for m in methods]
+        if reference:
+            refs = c.references if ref_names is None else {k: v for k, v in c.references.items() if k in ref_names}
+            jobs += [(c, "reference", r) for r in sorted(refs)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc=f"evaluating {dataset_dir.name}", unit="run", file=sys.stderr)
+    loaded: dict[str, tuple] = {}
+    try:
+        for case, kind, name in jobs:
+            if case.name not in loaded:
+                loaded.clear()
+                srcs = case.load_sources()
+                gt = case.load_gt()
+                _check_case_images(case.name, srcs, gt)
+                loaded[case.name] = (srcs, gt)
+            srcs, gt = loaded[case.name]
+            if bar is not None:
+                bar.set_postfix_str(f"{case.name} {name}", refresh=False)
+            seconds = math.nan
+            if kind == "ours":
+                t0 = time.perf_counter()
+                try:
+                    res = fuse(_harmonise_channels(list(srcs)), method=name, device=device, **(method_params or {}).get(name, {}))
+                except FusionInputError as exc:
+                    raise FusionInputError(f"case {case.name}, method {name}: {exc}") from None
+                seconds = time.perf_counter() - t0
+                fused = res.fused
+            else:
+                from .io import read_image
+
+                fused = read_image(case.references[name])
+            row: dict[str, Any] = {"case": case.name, "method": name, "kind": kind, "seconds": seconds}
+            for spec in specs:
+                try:
+                    row[spec.name] = spec(fused, srcs, gt, device=device if device != "auto" else None)
+                except FusionInputError as exc:
+                    what = f"reference {name}" if kind == "reference" else f"method {name}"
+                    raise FusionInputError(f"case {case.name}, {what}, metric {spec.name}: {exc}") from None
+            result.rows.append(row)
+            if on_row is not None:
+                on_row(row)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return result
+
+
+def _split_names(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out += [s.strip() for s in v.split(",") if s.strip()]
+    return out
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .metrics import METRICS
+
+    if args.list_metrics:
+        for name, spec in METRICS.items():
+            direction = {True: "higher", False: "lower", None: "-"}[spec.higher_is_better]
+            print(f"{name:24s} {spec.needs:8s} {direction:7s} {spec.variant}")
+        return 0
+    if args.dataset is None:
+        raise FusionInputError("give a DATASET_DIR")
+    methods = _split_names(args.method)
+    if not methods and not args.reference_only:
+        from .registry import list_methods
+
+        methods = [s.name for s in list_methods() if not s.learned]
+    ref: bool | list[str] = False
+    if args.reference or args.reference_only:
+        names = _split_names(args.reference_names)
+        ref = names or True
+    if args.reference_only:
+        methods = []
+    metrics = _split_names(args.metrics) or None
+    result = evaluate_dataset(
+        args.dataset,
+        methods=methods,
+        metrics=metrics,
+        reference=ref,
+        limit=args.limit,
+        cases=_split_names(args.cases) or None,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(result.format_table())
+    if args.output:
+        p = result.write(args.output)
+        if not args.quiet:
+            print(f"wrote {p}", file=sys.stderr)
+    return 0
+
+
+def add_subparser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score fusion methods (and published outputs) on a dataset with the fusion metrics",
+        description=(
+            "Fuse every case of DATASET_DIR (shared layout: <case>/src_00.*, src_01.*, optional gt.*, "
+            "optional reference/<METHOD>.*) with the given methods and print the mean of each metric per "
+            "method and the seconds per case. --reference scores the published outputs with the same code."
+        ),
+    )
+    p.add_argument("dataset", nargs="?", type=Path, metavar="DATASET_DIR")
+    p.add_argument("-m", "--method", action="append", metavar="METHOD", help="method(s) to run (repeatable or comma-separated; default: all non-learned)")
+    p.add_argument("--metrics", action="append", metavar="NAMES", help="metric names (comma-separated; default: a standard set; see --list-metrics)")
+    p.add_argument("--reference", action="store_true", help="also score the published outputs in reference/")
+    p.add_argument("--reference-only", action="store_true", help="score only the published outputs")
+    p.add_argument("--reference-names", action="append", metavar="NAMES", help="only these reference outputs (comma-separated)")
+    p.add_argument("--cases", action="append", metavar="NAMES", help="only these cases (comma-separated)")
+    p.add_argument("--limit", type=int, help="only the first N cases")
+    p.add_argument("-o", "--output", type=Path, help="write the table: .csv (summary) or .json (summary and per-case values)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--list-metrics", action="store_true", help="list the metric names and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
