@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
+import operator
 import logging
 import math
 from dataclasses import dataclass, field
@@ -268,9 +270,12 @@ class TileJob:
     want_labels: bool
     want_depth: bool
 
-    def __call__(self, block: np.ndarray, tile: Tile) -> dict[str, np.ndarray]:
-        """Fuse ``block`` (the stack over ``tile.block``) and return the outputs over ``tile.core``."""
-        return self.run(np.asarray(block), tile.block, tile.core)
+    def __call__(self, block: np.ndarray, block_box: tuple, core: tuple) -> dict[str, np.ndarray]:
+        """Fuse ``block`` (the stack over ``block_box``) and return the outputs over ``core``.
+
+        Boxes are ``(y0, y1, x0, x1)`` in image pixels.
+        """
+        return self.run(np.asarray(block), tuple(block_box), tuple(core))
 
     def run(self, block: np.ndarray, block_box, core) -> dict[str, np.ndarray]:
         try:
@@ -329,8 +334,66 @@ class TileJob:
         return result
 
 
-def _run_tile(job: TileJob, block: np.ndarray, tile: Tile) -> dict[str, np.ndarray]:
-    return job(block, tile)
+class _TileGraph:
+    """A dask collection holding only the tile tasks (keys ``(prefix, i, j)``)."""
+
+    def __init__(self, hlg, keys):
+        self._hlg = hlg
+        self._keys = keys
+
+    def __dask_graph__(self):
+        return self._hlg
+
+    def __dask_keys__(self):
+        return self._keys
+
+    def __dask_layers__(self):
+        return (self._keys[0][0],)
+
+
+def _assemble_block(shape, dtype, pieces, *chunks) -> np.ndarray:
+    """Paste the needed parts of input chunks into one ``(N, h, w[, C])`` block."""
+    out = np.empty(shape, dtype=dtype)
+    for (dst, src), chunk in zip(pieces, chunks):
+        out[dst] = np.asarray(chunk)[src]
+    return out
+
+
+def _run_tile_task(job: "TileJob", block_box, core, shape, dtype, pieces, *chunks):
+    return job(_assemble_block(shape, dtype, pieces, *chunks), block_box, core)
+
+
+def _tile_graph(stack, grid: TileGrid, job: "TileJob", prefix: str) -> _TileGraph:
+    """One task per tile that reads the input chunks its block overlaps and fuses them.
+
+    Tasks refer to the input's chunk keys directly, so building the graph
+    costs O(tiles x chunks per tile) whatever the size of the input graph.
+    """
+    from dask.highlevelgraph import HighLevelGraph
+
+    edges = [np.cumsum((0,) + tuple(c)).tolist() for c in stack.chunks]
+    layer = {}
+    keys = []
+    for t in grid.tiles():
+        by0, by1, bx0, bx1 = t.block
+        want = [(0, stack.shape[0]), (by0, by1), (bx0, bx1)] + [(0, s) for s in stack.shape[3:]]
+        spans = []
+        for ax, (lo, hi) in enumerate(want):
+            e = edges[ax]
+            spans.append([(k, max(lo, e[k]), min(hi, e[k + 1]), e[k]) for k in range(len(e) - 1)
+                          if e[k] < hi and e[k + 1] > lo])
+        pieces, deps = [], []
+        for combo in itertools.product(*spans):
+            dst = tuple(slice(a - lo, b - lo) for (_, a, b, _), (lo, _) in zip(combo, want))
+            src = tuple(slice(a - start, b - start) for (_, a, b, start) in combo)
+            pieces.append((dst, src))
+            deps.append((stack.name,) + tuple(k for k, _, _, _ in combo))
+        shape = tuple(hi - lo for lo, hi in want)
+        key = (prefix, *t.index)
+        layer[key] = (_run_tile_task, job, t.block, t.core, shape, stack.dtype, pieces, *deps)
+        keys.append(key)
+    hlg = HighLevelGraph.from_collections(prefix, layer, dependencies=[stack])
+    return _TileGraph(hlg, keys)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -480,7 +543,7 @@ def tile_progress(result: LazyFusionResult, progress: Callable[[float, float, st
             self.done = 0
 
         def _posttask(self, key, value, dsk, state, worker_id):
-            if isinstance(key, str) and key.startswith(prefix):
+            if isinstance(key, tuple) and key and key[0] == prefix:
                 self.done += 1
                 progress(self.done, total, f"tile {self.done}/{total}")
 
@@ -517,9 +580,9 @@ def fuse_lazy(
     (and, for floats, the non-finite check) is computed here in one pass over
     the data. The returned arrays are not computed.
     """
-    import dask
     import dask.array as da
     from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
 
     spec = method if isinstance(method, MethodSpec) else get_method(method)
     resolved = spec.resolve_params(params)
@@ -581,28 +644,27 @@ def fuse_lazy(
     token = tokenize(stack.name, spec.name, resolved, offset, scale, out_low, out_high, positions, tile, halo_px, device_name)
     prefix = f"{TILE_KEY_PREFIX}-{spec.name}-{token}"
     lab_dtype = label_dtype(n)
-    fused_rows, label_rows, depth_rows = [], [], []
-    tiles = list(grid.tiles())
-    for i in range(grid.grid_shape[0]):
-        fused_rows.append([])
-        label_rows.append([])
-        depth_rows.append([])
-        for j in range(grid.grid_shape[1]):
-            t = tiles[i * grid.grid_shape[1] + j]
-            by0, by1, bx0, bx1 = t.block
-            y0, y1, x0, x1 = t.core
-            part = dask.delayed(_run_tile, pure=True)(
-                job, stack[:, by0:by1, bx0:bx1], t, dask_key_name=f"{prefix}-{i}-{j}"
-            )
-            core = (y1 - y0, x1 - x0)
-            fused_rows[-1].append(da.from_delayed(part["fused"], core + ((3,) if colour else ()), dtype=dtype))
-            if job.want_labels:
-                label_rows[-1].append(da.from_delayed(part["labels"], core, dtype=lab_dtype))
-            if job.want_depth:
-                depth_rows[-1].append(da.from_delayed(part["depth"], core, dtype=np.float32))
-    fused = da.block(fused_rows)
-    labels = da.block(label_rows) if job.want_labels else None
-    depth = da.block(depth_rows) if job.want_depth else None
+    graph = _tile_graph(stack, grid, job, prefix)
+    rows, cols = grid.chunks
+    outputs = {}
+    for name, dt, extra in (
+        ("fused", dtype, ((3,),) if colour else ()),
+        ("labels", lab_dtype, ()),
+        ("depth", np.dtype(np.float32), ()),
+    ):
+        if name == "labels" and not job.want_labels or name == "depth" and not job.want_depth:
+            outputs[name] = None
+            continue
+        out_name = f"{prefix}-{name}"
+        tail = (0,) * len(extra)
+        layer = {
+            (out_name, i, j) + tail: (operator.getitem, (prefix, i, j), name)
+            for i in range(len(rows))
+            for j in range(len(cols))
+        }
+        hlg = HighLevelGraph.from_collections(out_name, layer, dependencies=[graph])
+        outputs[name] = da.Array(hlg, out_name, chunks=(rows, cols) + extra, dtype=dt)
+    fused, labels, depth = outputs["fused"], outputs["labels"], outputs["depth"]
     return LazyFusionResult(
         fused=fused,
         labels=labels,
