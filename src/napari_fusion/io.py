@@ -166,9 +166,8 @@ class LazyTiff:
         yx = [i for i, a in enumerate(self.axes) if a in "YX"] or [self.ndim - 2, self.ndim - 1]
         for i in yx:
             chunk[i] = min(spatial, self.shape[i])
-        for i, a in enumerate(self.axes):
-            if a == "S":  # samples (RGB) stay together
-                chunk[i] = self.shape[i]
+        if self.axes.endswith("S"):  # interleaved samples (RGB) stay together
+            chunk[-1] = self.shape[-1]
         return tuple(chunk)
 
     def _open(self):
@@ -198,8 +197,9 @@ def _stack_axes_to_front(arr, axes: str, path):
     axes = axes.upper()
     # drop singleton axes that are neither the stack, rows, columns nor colour
     keep = []
+    shape = tuple(arr.shape)
     for i, a in enumerate(axes):
-        if arr.shape[i] == 1 and a not in "YX":
+        if shape[i] == 1 and a not in "YX":
             arr = arr[(slice(None),) * len(keep) + (0,)]
             continue
         keep.append(a)

@@ -540,14 +540,18 @@ def tile_progress(result: LazyFusionResult, progress: Callable[[float, float, st
     class _TileCallback(Callback):
         def __init__(self):
             super().__init__()
-            self.done = 0
+            self.seen: set[tuple[int, int]] = set()
 
         def _posttask(self, key, value, dsk, state, worker_id):
-            if isinstance(key, tuple) and key and key[0] == prefix:
-                self.done += 1
-                progress(self.done, total, f"tile {self.done}/{total}")
+            if isinstance(key, tuple) and len(key) == 3 and key[0] == prefix and key[1:] not in self.seen:
+                self.seen.add(key[1:])
+                done = len(self.seen)
+                progress(done, total, f"tile {done}/{total}")
 
-    with _TileCallback() as cb:
+    import dask
+
+    # low-level fusion would merge a tile task into its only consumer under another key
+    with dask.config.set({"optimization.fuse.active": False}), _TileCallback() as cb:
         yield cb
 
 
