@@ -221,19 +221,20 @@ def test_lazy_validation_of_axes_chunks_and_positions():
     assert "unknown device" in _message(lambda: nf.fuse(x, device="tpu"))
 
 
-def test_validation_reads_no_pixels_for_integer_dtype_scaling():
-    """Metadata errors come before any read: a graph that raises on compute is never run."""
+def test_metadata_errors_come_before_any_read():
+    """A graph that raises when computed is never run for a metadata error."""
 
     def boom(block):
         raise AssertionError("pixels were read")
 
-    x = da.zeros((3, 16, 16), dtype=np.uint8, chunks=8).map_blocks(boom, dtype=np.uint8)
+    bad = da.zeros((3, 16, 16, 4), dtype=np.uint8, chunks=8).map_blocks(boom, dtype=np.uint8)
     with pytest.raises(FusionInputError, match="RGBA"):
-        nf.fuse(da.zeros((3, 16, 16, 4), dtype=np.uint8).map_blocks(boom, dtype=np.uint8))
-    # mertens scales by the dtype's range: no statistics pass, nothing read until compute
-    lazy = nf.fuse(x, "mertens", levels=2, chunks=8)
-    with pytest.raises(AssertionError, match="pixels were read"):
-        lazy.compute(scheduler="synchronous")
+        nf.fuse(bad)
+    bad = da.zeros((3, 16, 16), dtype=np.uint8, chunks=8).map_blocks(boom, dtype=np.uint8)
+    with pytest.raises(FusionInputError, match="unknown parameter"):
+        nf.fuse(bad, bogus=2)
+    with pytest.raises(FusionInputError, match="global"):
+        nf.fuse(bad, "mertens", chunks=8)
 
 
 def test_depth_uses_z_positions():

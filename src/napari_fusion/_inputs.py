@@ -175,13 +175,12 @@ def intensity_mapping(dtype: np.dtype, low: float, high: float, intensity: str) 
 
     ``intensity='stack'`` maps the stack's own range to [0, 1];
     ``'dtype'`` divides by the dtype's full scale. The fused output is clipped
-    to ``[out_low, out_high]``.
+    to the inputs' range ``[low, high]``.
     """
     if intensity == "dtype":
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
-            offset, scale = float(min(info.min, 0)), float(info.max - min(info.min, 0))
-            return offset, scale, float(info.min), float(info.max)
+            return float(min(info.min, 0)), float(info.max - min(info.min, 0)), low, high
         return 0.0, 1.0, low, high
     scale = high - low if high > low else 1.0
     return low, scale, low, high

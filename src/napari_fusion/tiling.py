@@ -435,14 +435,12 @@ def lazy_stack(images: Any, *, stack_axis: int = 0, channel_axis: int | None = N
     return da.stack(items), dtype, colour
 
 
-def global_statistics(stack, *, dtype: np.dtype, need_range: bool) -> tuple[float, float]:
+def global_statistics(stack, *, dtype: np.dtype) -> tuple[float, float]:
     """Min and max of the whole stack (and the non-finite check for floats), in one dask pass."""
     import dask
     import dask.array as da
 
     floating = np.issubdtype(dtype, np.floating)
-    if not need_range and not floating:
-        return 0.0, 0.0
     todo = [stack.min(), stack.max()]
     if floating:
         todo.append((~da.isfinite(stack)).sum(axis=tuple(range(1, stack.ndim))))
@@ -620,10 +618,7 @@ def fuse_lazy(
     halo_px = _round_up(declared or 0, align)
     grid = TileGrid((h, w), tile, halo_px, align)
 
-    offset, scale, out_low, out_high = intensity_mapping(
-        dtype, *global_statistics(stack, dtype=dtype, need_range=spec.intensity == "stack" or np.issubdtype(dtype, np.floating)),
-        spec.intensity,
-    )
+    offset, scale, out_low, out_high = intensity_mapping(dtype, *global_statistics(stack, dtype=dtype), spec.intensity)
     want_labels = "labels" in spec.outputs
     job = TileJob(
         spec=spec,
