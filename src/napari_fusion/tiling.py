@@ -283,33 +283,37 @@ class TileJob:
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            _free_device_memory()
-            y0, y1, x0, x1 = core
-            rows = _split_range(y0, y1, self.align)
-            cols = _split_range(x0, x1, self.align)
-            if len(rows) == 1 and len(cols) == 1:
-                raise FusionError(
-                    f"out of memory on {self.device!r} even for a tile of {y1 - y0}x{x1 - x0} pixels "
-                    f"(plus a halo of {self.halo}); use a smaller stack depth, device='cpu', or free memory"
-                ) from exc
-            log.info("out of memory on a %dx%d tile; retrying as %d sub-tiles", y1 - y0, x1 - x0, len(rows) * len(cols))
-            parts = []
-            for ry0, ry1 in rows:
-                row = []
-                for rx0, rx1 in cols:
-                    sub_core = (ry0, ry1, rx0, rx1)
-                    sub_box = block_of(sub_core, self.halo, self.shape)
-                    sub = block[
-                        :,
-                        sub_box[0] - block_box[0] : sub_box[1] - block_box[0],
-                        sub_box[2] - block_box[2] : sub_box[3] - block_box[2],
-                    ]
-                    row.append(self.run(sub, sub_box, sub_core))
-                parts.append(row)
-            return {
-                key: np.concatenate([np.concatenate([p[key] for p in row], axis=1) for row in parts], axis=0)
-                for key in parts[0][0]
-            }
+            reason = f"{type(exc).__name__}: {exc}"
+        # Retry outside the except clause: the failed attempt's traceback, and with it the
+        # tensors its frames hold, is released only once the clause is left.
+        _free_device_memory()
+        y0, y1, x0, x1 = core
+        rows = _split_range(y0, y1, self.align)
+        cols = _split_range(x0, x1, self.align)
+        if len(rows) == 1 and len(cols) == 1:
+            raise FusionError(
+                f"out of memory on {self.device!r} even for a tile of {y1 - y0}x{x1 - x0} pixels "
+                f"(plus a halo of {self.halo}); use a smaller stack depth, device='cpu', or free memory "
+                f"({reason})"
+            )
+        log.info("out of memory on a %dx%d tile; retrying as %d sub-tiles", y1 - y0, x1 - x0, len(rows) * len(cols))
+        parts = []
+        for ry0, ry1 in rows:
+            row = []
+            for rx0, rx1 in cols:
+                sub_core = (ry0, ry1, rx0, rx1)
+                sub_box = block_of(sub_core, self.halo, self.shape)
+                sub = block[
+                    :,
+                    sub_box[0] - block_box[0] : sub_box[1] - block_box[0],
+                    sub_box[2] - block_box[2] : sub_box[3] - block_box[2],
+                ]
+                row.append(self.run(sub, sub_box, sub_core))
+            parts.append(row)
+        return {
+            key: np.concatenate([np.concatenate([p[key] for p in row], axis=1) for row in parts], axis=0)
+            for key in parts[0][0]
+        }
 
     def _run_once(self, block: np.ndarray, block_box, core) -> dict[str, np.ndarray]:
         from .api import label_dtype, run_method
