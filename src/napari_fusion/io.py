@@ -117,6 +117,9 @@ def write_image(path: str | Path, image: np.ndarray, *, metadata: dict | None = 
 LAZY_READ_CHUNK = 1024
 #: Tile size of TIFF files written by :func:`write_lazy` (a multiple of 16, as TIFF requires).
 TIFF_TILE = 256
+#: Fusion tiles computed together when writing TIFF (bounds memory on wide images);
+#: None: dask's ``num_workers`` setting, else the CPU count (at least 2).
+TILES_PER_COMPUTE: int | None = None
 
 
 class LazyTiff:
@@ -446,6 +449,7 @@ def _write_zarr(outputs: dict, path: Path, meta: dict, lazy, progress) -> Path:
 def _write_tiffs(items: dict, meta: dict, compression: str | None) -> None:
     """Write each ``name -> (array, path)`` as a tiled TIFF, band by band, computing each band once."""
     import json
+    import os
     import queue
     import threading
 
@@ -493,8 +497,18 @@ def _write_tiffs(items: dict, meta: dict, compression: str | None) -> None:
     carry: list[np.ndarray | None] = [None] * len(arrays)
     ok = False
     try:
+        col_edges = np.cumsum((0,) + tuple(arrays[0].chunks[1])).tolist()
+        group = TILES_PER_COMPUTE or max(2, int(dask.config.get("num_workers", None) or os.cpu_count() or 2))
+        groups = list(range(0, len(col_edges) - 1, group))
         for r0, r1 in zip(edges[:-1], edges[1:]):
-            bands = dask.compute(*[a[r0:r1] for a in arrays])
+            # a band of tiles, a few tile columns per compute: memory stays bounded by the
+            # group, not the image width (each group computes its tiles once for all outputs)
+            parts = []
+            for g in groups:
+                c0, c1 = col_edges[g], col_edges[min(g + group, len(col_edges) - 1)]
+                parts.append(dask.compute(*[a[r0:r1, c0:c1] for a in arrays]))
+            bands = [np.concatenate([part[k] for part in parts], axis=1) for k in range(len(arrays))]
+            del parts
             for k, band in enumerate(bands):
                 buf = band if carry[k] is None else np.concatenate([carry[k], band])
                 last = r1 == height
