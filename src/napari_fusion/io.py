@@ -1,4 +1,10 @@
-"""Reading and writing images and stacks (TIFF incl. 16-bit and multi-page, PNG, JPEG)."""
+"""Reading and writing images and stacks (TIFF incl. 16-bit and multi-page, PNG, JPEG).
+
+In memory: :func:`read_image`, :func:`read_stack`, :func:`write_image`. Out of
+core (dask, tile by tile; see ``docs/lazy.md``): :func:`open_lazy_stack`
+(TIFF, zarr, OME-Zarr, folders of TIFF slices) and :func:`write_lazy` (tiled
+TIFF or zarr).
+"""
 
 from __future__ import annotations
 

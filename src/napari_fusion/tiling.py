@@ -42,12 +42,11 @@ recursively, down to :data:`MIN_RETRY_TILE` pixels.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import operator
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
