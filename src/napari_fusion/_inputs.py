@@ -59,6 +59,30 @@ def _describe(a: np.ndarray) -> str:
     return f"shape {tuple(a.shape)}"
 
 
+def split_stack(arr: Any, *, stack_axis: int = 0, channel_axis: int | None = None) -> list:
+    """Split one stack array into a list of images (stack axis first, colour axis last).
+
+    Works on anything that follows numpy's array protocol (numpy or dask
+    arrays): only ``ndim`` and ``np.moveaxis`` are used, so a dask array stays
+    lazy.
+    """
+    ndim = arr.ndim
+    if ndim < 3:
+        raise FusionInputError(
+            f"a single array must be a stack with a stack axis (3-D or 4-D); got {_describe(arr)}. "
+            "Fusion needs at least two images."
+        )
+    if not -ndim <= stack_axis < ndim:
+        raise FusionInputError(f"stack_axis {stack_axis} is out of range for an array of {_describe(arr)}")
+    moved = np.moveaxis(arr, stack_axis, 0)
+    if channel_axis is not None:
+        ca = channel_axis if channel_axis >= 0 else channel_axis + ndim
+        sa = stack_axis if stack_axis >= 0 else stack_axis + ndim
+        ca = ca - (1 if ca > sa else 0) + 1  # position after moving the stack axis to 0
+        moved = np.moveaxis(moved, ca, -1)
+    return [moved[i] for i in range(moved.shape[0])]
+
+
 def as_image_list(images: Any, *, stack_axis: int = 0, channel_axis: int | None = None) -> list[np.ndarray]:
     """Split the user's ``images`` into a list of 2-D grey or ``(H, W, 3)`` arrays.
 
@@ -69,44 +93,28 @@ def as_image_list(images: Any, *, stack_axis: int = 0, channel_axis: int | None 
     if isinstance(images, (str, bytes)):
         raise FusionInputError("images must be arrays; to read files use napari_fusion.io.read_stack")
     if hasattr(images, "__array__") or hasattr(images, "shape") and hasattr(images, "dtype"):
-        arr = np.asarray(images)
-        if arr.ndim < 3:
-            raise FusionInputError(
-                f"a single array must be a stack with a stack axis (3-D or 4-D); got {_describe(arr)}. "
-                "Fusion needs at least two images."
-            )
-        if not -arr.ndim <= stack_axis < arr.ndim:
-            raise FusionInputError(f"stack_axis {stack_axis} is out of range for an array of {_describe(arr)}")
-        arr = np.moveaxis(arr, stack_axis, 0)
-        if channel_axis is not None:
-            ca = channel_axis if channel_axis >= 0 else channel_axis + np.asarray(images).ndim
-            sa = stack_axis if stack_axis >= 0 else stack_axis + np.asarray(images).ndim
-            ca = ca - (1 if ca > sa else 0) + 1  # position after moving the stack axis to 0
-            arr = np.moveaxis(arr, ca, -1)
-        items = [arr[i] for i in range(arr.shape[0])]
-    else:
-        try:
-            items = list(images)
-        except TypeError:
-            raise FusionInputError(
-                f"images must be a sequence of arrays or one stack array, got {type(images).__name__}"
-            ) from None
-        items = [np.asarray(a) for a in items]
-    return items
+        return split_stack(np.asarray(images), stack_axis=stack_axis, channel_axis=channel_axis)
+    try:
+        items = list(images)
+    except TypeError:
+        raise FusionInputError(
+            f"images must be a sequence of arrays or one stack array, got {type(images).__name__}"
+        ) from None
+    return [np.asarray(a) for a in items]
 
 
-def prepare(
-    images: Any,
-    *,
-    stack_axis: int = 0,
-    channel_axis: int | None = None,
-    intensity: str = "stack",
-) -> PreparedStack:
-    """Validate the inputs and convert them to a scaled float32 ``(N, C, H, W)`` stack."""
-    items = as_image_list(images, stack_axis=stack_axis, channel_axis=channel_axis)
+def check_items(items: list) -> tuple[list, np.dtype, bool]:
+    """Validate a list of images from their metadata alone (count, dtype, dimensions, sizes).
+
+    Only ``dtype``, ``ndim``, ``shape`` and ``[..., 0]`` indexing are used, so
+    lazy (dask) arrays are checked without reading them. Returns the items
+    (a trailing channel axis of length 1 dropped), their dtype, and whether
+    they are colour.
+    """
+    items = list(items)
     if len(items) < 2:
         raise FusionInputError(f"fusion needs at least two images, got {len(items)}")
-    dtypes = {a.dtype for a in items}
+    dtypes = {np.dtype(a.dtype) for a in items}
     for a in items:
         if a.dtype not in SUPPORTED_DTYPES:
             raise FusionInputError(
@@ -119,7 +127,7 @@ def prepare(
             + ", ".join(sorted(str(d) for d in dtypes))
             + "); convert them to one dtype first"
         )
-    dtype = items[0].dtype
+    dtype = np.dtype(items[0].dtype)
     kinds = []
     for i, a in enumerate(items):
         if a.ndim == 3 and a.shape[-1] == 1:
@@ -144,7 +152,7 @@ def prepare(
             f"grey and RGB images are mixed (grey: {grey}, RGB: {rgb}); "
             "convert them all to grey or all to RGB"
         )
-    shapes = {a.shape[:2] for a in items}
+    shapes = {tuple(a.shape[:2]) for a in items}
     if len(shapes) > 1:
         raise FusionInputError(
             "images have different sizes: "
@@ -154,29 +162,59 @@ def prepare(
     h, w = items[0].shape[:2]
     if h < MIN_SIZE or w < MIN_SIZE:
         raise FusionInputError(f"images are {h}x{w} pixels; at least {MIN_SIZE}x{MIN_SIZE} is needed")
-    colour = kinds[0] == "rgb"
-    if np.issubdtype(dtype, np.floating):
-        for i, a in enumerate(items):
-            if not np.isfinite(a).all():
-                bad = int((~np.isfinite(a)).sum())
-                raise FusionInputError(f"image {i} contains {bad} non-finite values (NaN or inf)")
-    stack = np.stack(items).astype(np.float32, copy=False)
+    return items, dtype, kinds[0] == "rgb"
+
+
+def non_finite_message(index: int, count: int) -> str:
+    """The error text for an image holding NaN or inf values."""
+    return f"image {index} contains {count} non-finite values (NaN or inf)"
+
+
+def intensity_mapping(dtype: np.dtype, low: float, high: float, intensity: str) -> tuple[float, float, float, float]:
+    """``(offset, scale, out_low, out_high)`` for inputs of ``dtype`` spanning ``[low, high]``.
+
+    ``intensity='stack'`` maps the stack's own range to [0, 1];
+    ``'dtype'`` divides by the dtype's full scale. The fused output is clipped
+    to the inputs' range ``[low, high]``.
+    """
+    if intensity == "dtype":
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            return float(min(info.min, 0)), float(info.max - min(info.min, 0)), low, high
+        return 0.0, 1.0, low, high
+    scale = high - low if high > low else 1.0
+    return low, scale, low, high
+
+
+def scale_stack(items: Any, *, colour: bool, offset: float, scale: float) -> np.ndarray:
+    """Stack images (a list, or an ``(N, H, W[, 3])`` array) into scaled float32 ``(N, C, H, W)``."""
+    stack = np.stack(list(items)).astype(np.float32, copy=False)
     if colour:
         stack = np.moveaxis(stack, -1, 1)
     else:
         stack = stack[:, None]
     stack = np.ascontiguousarray(stack, dtype=np.float32)
-    low = float(min(a.min() for a in items))
-    high = float(max(a.max() for a in items))
-    if intensity == "dtype":
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            offset, scale = float(min(info.min, 0)), float(info.max - min(info.min, 0))
-        else:
-            offset, scale = 0.0, 1.0
-    else:
-        offset = low
-        scale = high - low if high > low else 1.0
     if offset != 0.0 or scale != 1.0:
         stack = (stack - np.float32(offset)) / np.float32(scale)
-    return PreparedStack(stack, dtype, colour, offset, scale, low, high)
+    return stack
+
+
+def prepare(
+    images: Any,
+    *,
+    stack_axis: int = 0,
+    channel_axis: int | None = None,
+    intensity: str = "stack",
+) -> PreparedStack:
+    """Validate the inputs and convert them to a scaled float32 ``(N, C, H, W)`` stack."""
+    items = as_image_list(images, stack_axis=stack_axis, channel_axis=channel_axis)
+    items, dtype, colour = check_items(items)
+    if np.issubdtype(dtype, np.floating):
+        for i, a in enumerate(items):
+            if not np.isfinite(a).all():
+                raise FusionInputError(non_finite_message(i, int((~np.isfinite(a)).sum())))
+    low = float(min(a.min() for a in items))
+    high = float(max(a.max() for a in items))
+    offset, scale, out_low, out_high = intensity_mapping(dtype, low, high, intensity)
+    stack = scale_stack(items, colour=colour, offset=offset, scale=scale)
+    return PreparedStack(stack, dtype, colour, offset, scale, out_low, out_high)

@@ -28,6 +28,7 @@ def fuse(
     z_positions: Sequence[float] | None = None,
     device: str | torch.device | None = "auto",
     progress: ProgressCallback | None = None,
+    chunks: Any = None,
     **params: Any,
 ) -> FusionResult:
     """Fuse two or more registered images into one.
@@ -50,6 +51,10 @@ def fuse(
     progress:
         ``progress(done, total, message)`` called as work advances; raising
         :class:`napari_fusion.FusionCancelled` from it stops the run.
+    chunks:
+        Tile size (int, ``(rows, cols)`` or ``"auto"``) for lazy, tiled fusion.
+        Given, or when ``images`` is a dask/zarr array, the result holds dask
+        arrays computed tile by tile (see :mod:`napari_fusion.tiling`).
     **params:
         The method's parameters (defaults from the registry).
 
@@ -63,6 +68,11 @@ def fuse(
     every channel (methods marked ``colour='native'``, such as exposure
     fusion, use the colour channels themselves).
     """
+    from .tiling import fuse_lazy, wants_tiling
+
+    if wants_tiling(images, chunks):
+        return fuse_lazy(images, method, stack_axis=stack_axis, channel_axis=channel_axis, z_positions=z_positions,
+                         device=device, progress=progress, chunks=chunks, **params)
     spec = get_method(method)
     resolved = spec.resolve_params(params)
     prepared = prepare(images, stack_axis=stack_axis, channel_axis=channel_axis, intensity=spec.intensity)

@@ -60,10 +60,62 @@ class _TqdmProgress:
             self.bar.close()
 
 
+def _parse_chunks(text: str):
+    if text == "auto":
+        return text
+    try:
+        parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--chunks must be N, ROWSxCOLS or auto, got {text!r}") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"--chunks must be N, ROWSxCOLS or auto, got {text!r}")
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def cmd_fuse_tiled(args: argparse.Namespace) -> int:
+    """``fuse --chunks``: read lazily, fuse tile by tile, write tile by tile."""
+    from .api import fuse
+    from .io import open_lazy_stack, write_lazy
+
+    stack = open_lazy_stack(args.inputs)
+    params = _coerce_params(args.method, args.param or [])
+    z = None
+    if args.z_step is not None:
+        z = np.arange(stack.shape[0], dtype=np.float32) * args.z_step
+    t0 = time.perf_counter()
+    result = fuse(stack, method=args.method, z_positions=z, device=args.device, chunks=args.chunks, **params)
+    progress = _TqdmProgress(f"fusing {stack.shape[0]} images ({args.method}), {result.grid.n_tiles} tiles", not args.quiet)
+    zarr_out = args.output.suffix.lower() == ".zarr"
+    for flag, name in ((args.labels, "labels"), (args.depth, "depth")):
+        if flag is not None and getattr(result, name) is None:
+            print(f"note: method {args.method!r} makes no {name}; --{name} ignored", file=sys.stderr)
+        elif flag is not None and zarr_out:
+            print(f"note: --{name} ignored: a .zarr output holds {name} in the same group", file=sys.stderr)
+    try:
+        written = write_lazy(
+            result,
+            args.output,
+            labels=None if zarr_out or result.labels is None else args.labels,
+            depth=None if zarr_out or result.depth is None else args.depth,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    elapsed = time.perf_counter() - t0
+    if not args.quiet:
+        print(
+            f"fused {stack.shape[0]} images with {args.method} in {result.grid.n_tiles} tiles in {elapsed:.2f} s "
+            f"-> {', '.join(map(str, written))}"
+        )
+    return 0
+
+
 def cmd_fuse(args: argparse.Namespace) -> int:
     from .api import fuse
     from .io import read_stack, write_image
 
+    if getattr(args, "chunks", None) is not None:
+        return cmd_fuse_tiled(args)
     images = read_stack(args.inputs)
     if len(images) < 2:
         raise FusionInputError(
@@ -156,6 +208,13 @@ def add_subparser(sub) -> None:
     p.add_argument("--z-step", type=float, help="distance between slices (e.g. microns) for the depth map")
     p.add_argument("-p", "--param", action="append", type=_parse_param, metavar="NAME=VALUE", help="method parameter (repeatable)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument(
+        "--chunks",
+        type=_parse_chunks,
+        metavar="N|RxC|auto",
+        help="fuse out of core, tile by tile (tile size in pixels): inputs are read lazily (TIFF, zarr, "
+        "OME-Zarr) and outputs written tile by tile (.tif or .zarr)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_fuse)
 

@@ -1,4 +1,10 @@
-"""Reading and writing images and stacks (TIFF incl. 16-bit and multi-page, PNG, JPEG)."""
+"""Reading and writing images and stacks (TIFF incl. 16-bit and multi-page, PNG, JPEG).
+
+In memory: :func:`read_image`, :func:`read_stack`, :func:`write_image`. Out of
+core (dask, tile by tile; see ``docs/lazy.md``): :func:`open_lazy_stack`
+(TIFF, zarr, OME-Zarr, folders of TIFF slices) and :func:`write_lazy` (tiled
+TIFF or zarr).
+"""
 
 from __future__ import annotations
 
@@ -109,3 +115,424 @@ def write_image(path: str | Path, image: np.ndarray, *, metadata: dict | None = 
         iio.imwrite(path, image)
         return path
     raise FusionInputError(f"unsupported output format {suffix!r}; use .tif, .png or .jpg")
+
+
+# --------------------------------------------------------------------------- lazy (out-of-core) I/O
+
+#: Spatial chunk used when a file's own layout allows any (memory-mappable TIFF).
+LAZY_READ_CHUNK = 1024
+#: Tile size of TIFF files written by :func:`write_lazy` (a multiple of 16, as TIFF requires).
+TIFF_TILE = 256
+#: Fusion tiles computed together when writing TIFF (bounds memory on wide images);
+#: None: dask's ``num_workers`` setting, else the CPU count (at least 2).
+TILES_PER_COMPUTE: int | None = None
+
+
+class LazyTiff:
+    """Array-like, picklable window onto one series of a TIFF file, read on demand.
+
+    Uncompressed contiguous files are memory-mapped (any region is cheap to
+    read); others are read through tifffile's zarr store, chunk by chunk.
+    The open file is not pickled, so dask.distributed workers reopen it.
+    """
+
+    def __init__(self, path: str | Path, *, series: int = 0, level: int = 0):
+        import tifffile
+
+        self.path = Path(path)
+        self.series = series
+        self.level = level
+        with tifffile.TiffFile(self.path) as tf:
+            if series >= len(tf.series):
+                raise FusionInputError(f"{self.path} has {len(tf.series)} image series; series {series} requested")
+            s = tf.series[series]
+            levels = getattr(s, "levels", [s])
+            if level >= len(levels):
+                raise FusionInputError(f"{self.path} series {series} has {len(levels)} resolution levels")
+            s = levels[level]
+            self.shape = tuple(int(v) for v in s.shape)
+            self.dtype = np.dtype(s.dtype)
+            self.axes = s.axes
+            self.memmappable = level == 0 and s.dataoffset is not None
+            if self.memmappable:
+                self.native_chunks = None
+            else:
+                import zarr
+
+                with s.aszarr() as store:
+                    self.native_chunks = tuple(zarr.open(store, mode="r").chunks)
+        self._handle = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def chunks(self, spatial: int = LAZY_READ_CHUNK) -> tuple[int, ...]:
+        """Dask chunk shape: the file's own chunks, or one plane in ``spatial``-sized squares."""
+        if self.native_chunks is not None:
+            return self.native_chunks
+        chunk = [1] * self.ndim
+        yx = [i for i, a in enumerate(self.axes) if a in "YX"] or [self.ndim - 2, self.ndim - 1]
+        for i in yx:
+            chunk[i] = min(spatial, self.shape[i])
+        if self.axes.endswith("S"):  # interleaved samples (RGB) stay together
+            chunk[-1] = self.shape[-1]
+        return tuple(chunk)
+
+    def _open(self):
+        if self._handle is None:
+            import tifffile
+
+            if self.memmappable:
+                self._handle = tifffile.memmap(self.path, series=self.series, mode="r")
+            else:
+                import zarr
+
+                store = tifffile.imread(self.path, aszarr=True, series=self.series, level=self.level)
+                self._handle = zarr.open(store, mode="r")
+        return self._handle
+
+    def __getitem__(self, key):
+        return np.asarray(self._open()[key])
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_handle"] = None
+        return state
+
+
+def _stack_axes_to_front(arr, axes: str, path):
+    """Arrange a lazily opened array with named axes as ``(N, H, W[, 3])``."""
+    axes = axes.upper()
+    # drop singleton axes that are neither the stack, rows, columns nor colour
+    keep = []
+    shape = tuple(arr.shape)
+    for i, a in enumerate(axes):
+        if shape[i] == 1 and a not in "YX":
+            arr = arr[(slice(None),) * len(keep) + (0,)]
+            continue
+        keep.append(a)
+    axes = "".join(keep)
+    colour = None
+    if "S" in axes and arr.shape[axes.index("S")] in (3, 4):
+        colour = "S"
+    elif "C" in axes and arr.shape[axes.index("C")] == 3 and sum(a in "ZTQIC" for a in axes) > 1:
+        colour = "C"
+    stack_axes = [a for a in axes if a not in "YX" and a != colour]
+    if len(stack_axes) != 1:
+        raise FusionInputError(
+            f"{path}: cannot tell which axis holds the images to fuse (axes {axes!r}, shape {tuple(arr.shape)}); "
+            "open it with zarr or tifffile and pass one (N, H, W[, 3]) array"
+        )
+    order = [axes.index(stack_axes[0]), axes.index("Y"), axes.index("X")]
+    if colour:
+        order.append(axes.index(colour))
+    arr = arr.transpose(order)
+    if colour and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    return arr
+
+
+def _open_tiff_lazy(path: Path, chunks: int | None):
+    import dask.array as da
+    from dask.base import tokenize
+
+    reader = LazyTiff(path)
+    stat = path.stat()
+    name = "tiff-" + tokenize(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    arr = da.from_array(reader, chunks=reader.chunks(chunks or LAZY_READ_CHUNK), name=name, asarray=False)
+    axes = reader.axes
+    if len(axes) == arr.ndim and "Y" in axes and "X" in axes:
+        return arr, axes
+    return arr, None
+
+
+def _is_zarr_path(path: Path) -> bool:
+    return path.suffix.lower() == ".zarr" or (
+        path.is_dir() and any((path / n).exists() for n in ("zarr.json", ".zarray", ".zgroup"))
+    )
+
+
+def _open_zarr_lazy(path: Path, component: str | None):
+    import dask.array as da
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise FusionInputError(f"cannot open {path} as zarr: {exc}") from None
+    if component:
+        try:
+            node = node[component]
+        except KeyError:
+            raise FusionInputError(f"{path} has no array {component!r}") from None
+    axes = None
+    if isinstance(node, zarr.Group):
+        attrs = dict(node.attrs)
+        ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+        if ms:  # OME-Zarr (NGFF 0.4 / 0.5): highest resolution, axes from metadata
+            first = ms[0]
+            names = [a["name"] if isinstance(a, dict) else str(a) for a in first.get("axes", [])]
+            node = node[first["datasets"][0]["path"]]
+            if names:
+                axes = "".join({"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}.get(n.lower(), "Q") for n in names)
+        else:
+            arrays = sorted(k for k, _ in node.arrays())
+            if len(arrays) != 1:
+                raise FusionInputError(
+                    f"{path} is a zarr group with arrays {arrays}; name one with component=..."
+                )
+            node = node[arrays[0]]
+    return da.from_zarr(node), axes
+
+
+def open_lazy_stack(
+    path: str | Path | Sequence[str | Path],
+    *,
+    chunks: int | None = None,
+    component: str | None = None,
+):
+    """Open a stack without reading it: a dask array ``(N, H, W)`` or ``(N, H, W, 3)``.
+
+    ``path`` is a multi-page (or OME-) TIFF, a zarr array or group, an
+    OME-Zarr image (its highest resolution; axes from its metadata), a folder
+    of TIFF slices, or a list of TIFF files. ``chunks`` sets the spatial chunk
+    (pixels) where the file allows any (uncompressed TIFF, memory-mapped);
+    otherwise the file's own chunks are used. ``component`` names an array in
+    a zarr group. Pass the result to :func:`napari_fusion.fuse` (tiled, lazy)
+    or to napari.
+    """
+    import dask.array as da
+
+    if not isinstance(path, (str, Path)):
+        paths = [Path(p) for p in path]
+        if len(paths) == 1:
+            return open_lazy_stack(paths[0], chunks=chunks, component=component)
+        return _stack_files(paths, chunks)
+    path = Path(path)
+    if not path.exists():
+        raise FusionInputError(f"file not found: {path}")
+    if _is_zarr_path(path):
+        arr, axes = _open_zarr_lazy(path, component)
+        if axes and len(axes) == arr.ndim:
+            return _stack_axes_to_front(arr, axes, path)
+        return arr
+    if path.is_dir():
+        files = list_image_files(path)
+        if not files:
+            raise FusionInputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+        return _stack_files(files, chunks)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise FusionInputError(
+            f"{path}: only TIFF and zarr can be read lazily; use read_stack for {path.suffix} files"
+        )
+    try:
+        arr, axes = _open_tiff_lazy(path, chunks)
+    except FusionInputError:
+        raise
+    except Exception as exc:
+        raise FusionInputError(f"cannot read {path}: {exc}") from None
+    if axes and arr.ndim > 3:  # drop singleton axes (e.g. T, C of an OME-TIFF)
+        for i in reversed(range(arr.ndim)):
+            if arr.shape[i] == 1 and axes[i] not in "YX":
+                arr = arr[(slice(None),) * i + (0,)]
+    # same convention as read_stack: (N, H, W) or (N, H, W, 3|4) is a stack
+    if arr.ndim == 4 and arr.shape[-1] in (3, 4):
+        return arr[..., :3]
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        return arr
+    raise FusionInputError(
+        f"{path} holds an array of shape {tuple(arr.shape)}, not a stack (N, H, W) or (N, H, W, 3); "
+        "open a folder of slices or a list of files instead"
+    )
+
+
+def _stack_files(paths: list[Path], chunks: int | None):
+    import dask.array as da
+
+    planes = []
+    for p in paths:
+        if p.suffix.lower() not in (".tif", ".tiff"):
+            raise FusionInputError(f"{p}: only TIFF slices can be read lazily; use read_stack for other formats")
+        try:
+            arr, _ = _open_tiff_lazy(p, chunks)
+        except Exception as exc:
+            raise FusionInputError(f"cannot read {p}: {exc}") from None
+        if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+            planes.extend(arr[i] for i in range(arr.shape[0]))
+        else:
+            planes.append(arr[..., :3] if arr.ndim == 3 else arr)
+    shapes = {tuple(a.shape) for a in planes}
+    if len(shapes) > 1:
+        raise FusionInputError(
+            "images have different sizes: "
+            + ", ".join(f"{i}: {a.shape[0]}x{a.shape[1]}" for i, a in enumerate(planes))
+            + "; all images must have the same height and width (crop, resize or align them first)"
+        )
+    return da.stack(planes)
+
+
+def _lazy_outputs(result: Any) -> dict[str, Any]:
+    if hasattr(result, "fused"):
+        return {k: getattr(result, k) for k in ("fused", "labels", "depth") if getattr(result, k, None) is not None}
+    return {"fused": result}
+
+
+def write_lazy(
+    result: Any,
+    path: str | Path,
+    *,
+    labels: str | Path | None = None,
+    depth: str | Path | None = None,
+    progress=None,
+    compression: str | None = None,
+) -> list[Path]:
+    """Write a (lazy) fusion result tile by tile, never holding a whole output in memory.
+
+    ``result`` is a :class:`~napari_fusion.FusionResult` (lazy or not) or one
+    array. ``path`` ending in ``.zarr`` gets a zarr group with arrays
+    ``fused``, ``labels`` and ``depth`` (those that exist; chunks = tiles) and
+    the method and parameters as attributes. A ``.tif``/``.tiff`` path gets
+    the fused image as a tiled TIFF, and ``labels``/``depth`` name optional
+    further TIFFs. Each tile is computed once for all outputs. ``progress``
+    (``progress(done, total, message)``) counts tiles on dask's local
+    schedulers; raising :class:`~napari_fusion.FusionCancelled` from it stops
+    the write. Returns the paths written.
+    """
+    import dask.array as da
+
+    path = Path(path)
+    outputs = {k: (v if hasattr(v, "dask") else da.from_array(np.asarray(v), chunks=(1024, 1024) + (-1,) * (np.ndim(v) - 2)))
+               for k, v in _lazy_outputs(result).items()}
+    meta = {"method": getattr(result, "method", ""), "params": getattr(result, "params", {})}
+    suffix = path.suffix.lower()
+    from .tiling import LazyFusionResult, tile_progress
+
+    lazy = result if isinstance(result, LazyFusionResult) else LazyFusionResult(fused=outputs["fused"])
+    if suffix == ".zarr":
+        if labels is not None or depth is not None:
+            raise FusionInputError("with a .zarr output, labels and depth are written into the same group")
+        return [_write_zarr(outputs, path, meta, lazy, progress)]
+    if suffix not in (".tif", ".tiff"):
+        raise FusionInputError(f"unsupported output format {suffix!r} for tiled writing; use .tif, .tiff or .zarr")
+    targets = {"fused": path}
+    for name, target in (("labels", labels), ("depth", depth)):
+        if target is None:
+            continue
+        if name not in outputs:
+            raise FusionInputError(f"the result has no {name}; method {meta['method']!r} does not make them")
+        if Path(target).suffix.lower() not in (".tif", ".tiff"):
+            raise FusionInputError(f"{name} output {target} must be a .tif or .tiff file")
+        targets[name] = Path(target)
+    with tile_progress(lazy, progress):
+        _write_tiffs({k: (outputs[k], p) for k, p in targets.items()}, meta, compression)
+    return list(targets.values())
+
+
+def _write_zarr(outputs: dict, path: Path, meta: dict, lazy, progress) -> Path:
+    import dask.array as da
+    import json
+
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    group.attrs.update(json.loads(json.dumps(meta, default=str)))
+    sources, targets = [], []
+    for name, arr in outputs.items():
+        chunks = tuple(c[0] for c in arr.chunks)
+        if not all(len(set(c[:-1])) <= 1 and c[-1] <= c[0] for c in arr.chunks):
+            arr = arr.rechunk(chunks)  # zarr needs regular chunks (the last may be smaller)
+        target = group.create_array(name, shape=arr.shape, chunks=chunks, dtype=arr.dtype)
+        sources.append(arr)
+        targets.append(target)
+    from .tiling import tile_progress
+
+    with tile_progress(lazy, progress):
+        da.store(sources, targets, lock=False)
+    return path
+
+
+def _write_tiffs(items: dict, meta: dict, compression: str | None) -> None:
+    """Write each ``name -> (array, path)`` as a tiled TIFF, band by band, computing each band once."""
+    import json
+    import os
+    import queue
+    import threading
+
+    import dask
+    import tifffile
+
+    arrays = [a for a, _ in items.values()]
+    height = arrays[0].shape[0]
+    edges = np.cumsum((0,) + tuple(arrays[0].chunks[0])).tolist()
+    desc = json.dumps(meta, default=str)
+    queues = []
+    errors: list[BaseException] = []
+    threads = []
+
+    def writer(q, arr, target):
+        ended = []
+
+        def tiles():
+            while True:
+                item = q.get()
+                if item is None:
+                    ended.append(True)
+                    return
+                yield item
+
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            photometric = "rgb" if arr.ndim == 3 and arr.shape[-1] == 3 else "minisblack"
+            nbytes = int(np.prod(arr.shape)) * arr.dtype.itemsize
+            tifffile.imwrite(
+                target, tiles(), shape=arr.shape, dtype=arr.dtype, tile=(TIFF_TILE, TIFF_TILE),
+                photometric=photometric, description=desc, compression=compression, bigtiff=nbytes > 2**31,
+            )
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+            while not ended and q.get() is not None:  # keep draining so the producer never blocks
+                pass
+
+    for arr, target in items.values():
+        q: queue.Queue = queue.Queue(maxsize=2 * (arr.shape[1] // TIFF_TILE + 1))
+        th = threading.Thread(target=writer, args=(q, arr, Path(target)), daemon=True)
+        th.start()
+        queues.append(q)
+        threads.append(th)
+    carry: list[np.ndarray | None] = [None] * len(arrays)
+    ok = False
+    try:
+        col_edges = np.cumsum((0,) + tuple(arrays[0].chunks[1])).tolist()
+        group = TILES_PER_COMPUTE or max(2, int(dask.config.get("num_workers", None) or os.cpu_count() or 2))
+        groups = list(range(0, len(col_edges) - 1, group))
+        for r0, r1 in zip(edges[:-1], edges[1:]):
+            # a band of tiles, a few tile columns per compute: memory stays bounded by the
+            # group, not the image width (each group computes its tiles once for all outputs)
+            parts = []
+            for g in groups:
+                c0, c1 = col_edges[g], col_edges[min(g + group, len(col_edges) - 1)]
+                parts.append(dask.compute(*[a[r0:r1, c0:c1] for a in arrays]))
+            bands = [np.concatenate([part[k] for part in parts], axis=1) for k in range(len(arrays))]
+            del parts
+            for k, band in enumerate(bands):
+                buf = band if carry[k] is None else np.concatenate([carry[k], band])
+                last = r1 == height
+                while buf.shape[0] >= TIFF_TILE or (last and buf.shape[0] > 0):
+                    rows, buf = buf[:TIFF_TILE], buf[TIFF_TILE:]
+                    for x0 in range(0, rows.shape[1], TIFF_TILE):
+                        queues[k].put(np.ascontiguousarray(rows[:, x0 : x0 + TIFF_TILE]))
+                carry[k] = buf if buf.shape[0] else None
+            if errors:
+                break
+        ok = not errors
+    finally:
+        for q in queues:
+            q.put(None)
+        for th in threads:
+            th.join()
+        if not ok or errors:  # never leave a truncated file that looks complete
+            for _, target in items.values():
+                Path(target).unlink(missing_ok=True)
+    if errors:
+        raise errors[0]

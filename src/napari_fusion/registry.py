@@ -195,9 +195,8 @@ class MethodSpec:
 
     def halo_for(self, params: dict[str, Any]) -> int | None:
         """Pixels of context a tile needs on each side, or None if the method is global."""
-        if self.halo is None:
-            return None
-        return int(self.halo(params))
+        value = None if self.halo is None else self.halo(params)
+        return None if value is None else int(value)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,699 @@
+"""Lazy, tiled fusion of stacks larger than memory, on one machine or a dask cluster.
+
+:func:`napari_fusion.fuse` comes here when ``images`` is a dask (or zarr)
+array, or when ``chunks=`` is given. Nothing is fused at call time: the
+result's ``fused``, ``labels`` and ``depth`` are dask arrays whose blocks are
+the tiles, so napari (or ``.compute()``, or :func:`napari_fusion.io.write_lazy`)
+computes only the tiles it needs, on the threaded scheduler or on whatever
+``dask.distributed`` client is active.
+
+How a tile is computed
+----------------------
+The image plane is cut into a grid of *cores* (the tile size). Each core is
+computed from a *block*: the core grown by the method's halo
+(:meth:`MethodSpec.halo_for`) on every side, clipped at the image border.
+The method runs on the whole block with its usual border handling and only
+the core is kept. Where the block reaches the image border, the method sees
+the same border as in an untiled run; elsewhere the halo is at least the
+method's receptive field, so whatever the method's padding does at the block
+edge cannot reach the core. The result is therefore the untiled result, up to
+float rounding (box filters use cumulative sums, whose rounding depends on
+where a block starts; see ``docs/lazy.md`` for measured differences).
+
+Global steps are handled as follows:
+
+* intensity scaling (``_inputs``: the whole stack's min/max mapped to [0, 1])
+  uses global statistics computed first, in one dask reduction, then every
+  tile is scaled with them, exactly as the untiled path does;
+* pyramid methods with a fixed number of levels (a ``levels`` parameter) get
+  tile origins aligned to ``2**(levels - 1)`` so every pyramid level of every
+  tile samples the same global grid;
+* methods whose halo is ``None`` (global methods, e.g. pyramid depth chosen
+  from the image size with ``levels=0``) are refused with a clear message,
+  unless one tile covers the whole image.
+
+Device and memory: each tile is moved to the requested device (``"auto"`` is
+resolved on the machine that runs the tile, so GPU workers use their GPU).
+When a tile runs out of device memory it is split into four sub-tiles (each
+with the same halo, cut from the block already in memory) and retried,
+recursively, down to :data:`MIN_RETRY_TILE` pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import operator
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ._inputs import (
+    PreparedStack,
+    check_items,
+    intensity_mapping,
+    non_finite_message,
+    scale_stack,
+    split_stack,
+)
+from .device import resolve_device
+from .errors import FusionError, FusionInputError
+from .registry import FusionContext, MethodSpec, get_method
+from .results import FusionResult
+
+log = logging.getLogger(__name__)
+
+#: Tile size used for ``chunks="auto"`` and for in-memory inputs given ``chunks=True``.
+DEFAULT_TILE = 1024
+#: An out-of-memory tile is split until its core is smaller than this (pixels per side).
+MIN_RETRY_TILE = 32
+#: Prefix of the dask keys of tile tasks (progress callbacks count these).
+TILE_KEY_PREFIX = "napari-fusion-tile"
+
+#: Tile-origin alignment per method name, for methods whose tiles must start on a
+#: coarser grid than the generic ``levels`` rule gives. ``name -> f(params) -> int``.
+TILE_ALIGN: dict[str, Callable[[dict[str, Any]], int]] = {}
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def _is_dask(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "dask" and hasattr(x, "chunks") and hasattr(x, "dask")
+
+
+def _is_zarr(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "zarr" and hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def is_lazy(images: Any) -> bool:
+    """True for a dask or zarr array, or a sequence of them (these are fused lazily)."""
+    if _is_dask(images) or _is_zarr(images):
+        return True
+    if isinstance(images, (list, tuple)) and images:
+        return any(_is_dask(a) or _is_zarr(a) for a in images)
+    return False
+
+
+def wants_tiling(images: Any, chunks: Any) -> bool:
+    """Whether :func:`napari_fusion.fuse` should take the lazy, tiled path."""
+    return chunks is not None or is_lazy(images)
+
+
+# --------------------------------------------------------------------------- tile grid
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: its grid index, its core and its block (core + halo), in image pixels."""
+
+    index: tuple[int, int]
+    core: tuple[int, int, int, int]  # y0, y1, x0, x1
+    block: tuple[int, int, int, int]
+
+    @property
+    def core_in_block(self) -> tuple[slice, slice]:
+        y0, y1, x0, x1 = self.core
+        by0, _, bx0, _ = self.block
+        return slice(y0 - by0, y1 - by0), slice(x0 - bx0, x1 - bx0)
+
+
+def block_of(core: tuple[int, int, int, int], halo: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The core grown by ``halo`` on each side, clipped to the image."""
+    y0, y1, x0, x1 = core
+    h, w = shape
+    return max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles covering an ``(H, W)`` image with cores of ``tile`` pixels."""
+
+    shape: tuple[int, int]
+    tile: tuple[int, int]
+    halo: int
+    align: int = 1
+
+    @property
+    def row_edges(self) -> list[int]:
+        return list(range(0, self.shape[0], self.tile[0])) + [self.shape[0]]
+
+    @property
+    def col_edges(self) -> list[int]:
+        return list(range(0, self.shape[1], self.tile[1])) + [self.shape[1]]
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return len(self.row_edges) - 1, len(self.col_edges) - 1
+
+    @property
+    def n_tiles(self) -> int:
+        r, c = self.grid_shape
+        return r * c
+
+    def tiles(self) -> Iterator[Tile]:
+        re, ce = self.row_edges, self.col_edges
+        for i in range(len(re) - 1):
+            for j in range(len(ce) - 1):
+                core = (re[i], re[i + 1], ce[j], ce[j + 1])
+                yield Tile((i, j), core, block_of(core, self.halo, self.shape))
+
+    @property
+    def chunks(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Dask chunks of the outputs (one block per tile)."""
+        re, ce = self.row_edges, self.col_edges
+        return tuple(np.diff(re).tolist()), tuple(np.diff(ce).tolist())
+
+
+def tile_alignment(spec: MethodSpec, params: dict[str, Any]) -> int:
+    """Pixels that tile origins must be a multiple of for ``spec`` to tile seamlessly.
+
+    Pyramid methods (a ``levels`` parameter > 0) decimate by 2 per level, so a
+    tile must start on a multiple of ``2**(levels - 1)`` for its coarse levels
+    to sample the same pixels as the untiled pyramid. Other methods: 1.
+    Override per method in :data:`TILE_ALIGN`.
+    """
+    if spec.name in TILE_ALIGN:
+        return max(1, int(TILE_ALIGN[spec.name](params)))
+    levels = params.get("levels")
+    if isinstance(levels, int) and not isinstance(levels, bool) and levels > 1:
+        return 2 ** (levels - 1)
+    return 1
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def normalise_tile(chunks: Any, shape: tuple[int, int], input_chunks: tuple[int, int] | None) -> tuple[int, int]:
+    """Tile (core) size from the user's ``chunks``: int, ``(rows, cols)``, ``"auto"``, or None."""
+    if chunks is None or chunks is True:
+        if input_chunks is not None:
+            return input_chunks
+        chunks = "auto"
+    if isinstance(chunks, str):
+        if chunks != "auto":
+            raise FusionInputError(f"chunks must be an int, (rows, cols) or 'auto'; got {chunks!r}")
+        return min(DEFAULT_TILE, shape[0]), min(DEFAULT_TILE, shape[1])
+    if isinstance(chunks, (int, np.integer)) and not isinstance(chunks, bool):
+        pair = (int(chunks), int(chunks))
+    elif isinstance(chunks, (tuple, list)) and len(chunks) == 2:
+        pair = tuple(chunks)
+    else:
+        raise FusionInputError(f"chunks must be an int, (rows, cols) or 'auto'; got {chunks!r}")
+    out = []
+    for v in pair:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise FusionInputError(f"chunks must be positive whole numbers of pixels; got {chunks!r}")
+        out.append(int(v))
+    return out[0], out[1]
+
+
+# --------------------------------------------------------------------------- OOM handling
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for device or host out-of-memory errors raised by torch."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        return "out of memory" in text or "can't allocate memory" in text
+    return False
+
+
+def _free_device_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    if mps is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        mps.empty_cache()
+
+
+def _split_range(a: int, b: int, align: int) -> list[tuple[int, int]]:
+    """Halve ``[a, b)`` at an aligned point, or return it whole if it cannot be split."""
+    size = b - a
+    if size < 2 * MIN_RETRY_TILE:
+        return [(a, b)]
+    mid = a + (size // 2) // align * align
+    if mid <= a or mid >= b:
+        return [(a, b)]
+    return [(a, mid), (mid, b)]
+
+
+# --------------------------------------------------------------------------- the tile job
+
+
+@dataclass
+class TileJob:
+    """Everything a worker needs to fuse one tile (picklable; sent to dask workers)."""
+
+    spec: MethodSpec
+    params: dict[str, Any]
+    shape: tuple[int, int]
+    halo: int
+    align: int
+    n: int
+    colour: bool
+    dtype: np.dtype
+    offset: float
+    scale: float
+    out_low: float
+    out_high: float
+    positions: np.ndarray
+    device: str
+    want_labels: bool
+    want_depth: bool
+
+    def __call__(self, block: np.ndarray, block_box: tuple, core: tuple) -> dict[str, np.ndarray]:
+        """Fuse ``block`` (the stack over ``block_box``) and return the outputs over ``core``.
+
+        Boxes are ``(y0, y1, x0, x1)`` in image pixels.
+        """
+        return self.run(np.asarray(block), tuple(block_box), tuple(core))
+
+    def run(self, block: np.ndarray, block_box, core) -> dict[str, np.ndarray]:
+        try:
+            return self._run_once(block, block_box, core)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            reason = f"{type(exc).__name__}: {exc}"
+        # Retry outside the except clause: the failed attempt's traceback, and with it the
+        # tensors its frames hold, is released only once the clause is left.
+        _free_device_memory()
+        y0, y1, x0, x1 = core
+        rows = _split_range(y0, y1, self.align)
+        cols = _split_range(x0, x1, self.align)
+        if len(rows) == 1 and len(cols) == 1:
+            raise FusionError(
+                f"out of memory on {self.device!r} even for a tile of {y1 - y0}x{x1 - x0} pixels "
+                f"(plus a halo of {self.halo}); use a smaller stack depth, device='cpu', or free memory "
+                f"({reason})"
+            )
+        log.info("out of memory on a %dx%d tile; retrying as %d sub-tiles", y1 - y0, x1 - x0, len(rows) * len(cols))
+        parts = []
+        for ry0, ry1 in rows:
+            row = []
+            for rx0, rx1 in cols:
+                sub_core = (ry0, ry1, rx0, rx1)
+                sub_box = block_of(sub_core, self.halo, self.shape)
+                sub = block[
+                    :,
+                    sub_box[0] - block_box[0] : sub_box[1] - block_box[0],
+                    sub_box[2] - block_box[2] : sub_box[3] - block_box[2],
+                ]
+                row.append(self.run(sub, sub_box, sub_core))
+            parts.append(row)
+        return {
+            key: np.concatenate([np.concatenate([p[key] for p in row], axis=1) for row in parts], axis=0)
+            for key in parts[0][0]
+        }
+
+    def _run_once(self, block: np.ndarray, block_box, core) -> dict[str, np.ndarray]:
+        from .api import label_dtype, run_method
+
+        data = scale_stack(block, colour=self.colour, offset=self.offset, scale=self.scale)
+        prepared = PreparedStack(data, self.dtype, self.colour, self.offset, self.scale, self.out_low, self.out_high)
+        dev = resolve_device(self.device)
+        y0, y1, x0, x1 = core
+        cy = slice(y0 - block_box[0], y1 - block_box[0])
+        cx = slice(x0 - block_box[2], x1 - block_box[2])
+        with torch.inference_mode():
+            stack = prepared.to_tensor(dev)
+            out = run_method(self.spec, stack, ctx=FusionContext(dev, None), params=self.params)
+            result = {"fused": prepared.restore(out.fused[:, cy, cx])}
+            if self.want_labels:
+                if out.labels is None:
+                    raise FusionError(f"method {self.spec.name!r} declares labels but returned none")
+                labels = out.labels[cy, cx].detach().cpu().numpy().astype(label_dtype(self.n))
+                result["labels"] = labels
+                if self.want_depth:
+                    result["depth"] = self.positions[labels.astype(np.intp)]
+        return result
+
+
+class _TileGraph:
+    """A dask collection holding only the tile tasks (keys ``(prefix, i, j)``)."""
+
+    def __init__(self, hlg, keys):
+        self._hlg = hlg
+        self._keys = keys
+
+    def __dask_graph__(self):
+        return self._hlg
+
+    def __dask_keys__(self):
+        return self._keys
+
+    def __dask_layers__(self):
+        return (self._keys[0][0],)
+
+
+def _assemble_block(shape, dtype, pieces, *chunks) -> np.ndarray:
+    """Paste the needed parts of input chunks into one ``(N, h, w[, C])`` block."""
+    out = np.empty(shape, dtype=dtype)
+    for (dst, src), chunk in zip(pieces, chunks):
+        out[dst] = np.asarray(chunk)[src]
+    return out
+
+
+def _run_tile_task(job: "TileJob", block_box, core, shape, dtype, pieces, *chunks):
+    return job(_assemble_block(shape, dtype, pieces, *chunks), block_box, core)
+
+
+def _tile_graph(stack, grid: TileGrid, job: "TileJob", prefix: str) -> _TileGraph:
+    """One task per tile that reads the input chunks its block overlaps and fuses them.
+
+    Tasks refer to the input's chunk keys directly, so building the graph
+    costs O(tiles x chunks per tile) whatever the size of the input graph.
+    """
+    from dask.highlevelgraph import HighLevelGraph
+
+    edges = [np.cumsum((0,) + tuple(c)).tolist() for c in stack.chunks]
+    layer = {}
+    keys = []
+    for t in grid.tiles():
+        by0, by1, bx0, bx1 = t.block
+        want = [(0, stack.shape[0]), (by0, by1), (bx0, bx1)] + [(0, s) for s in stack.shape[3:]]
+        spans = []
+        for ax, (lo, hi) in enumerate(want):
+            e = edges[ax]
+            spans.append([(k, max(lo, e[k]), min(hi, e[k + 1]), e[k]) for k in range(len(e) - 1)
+                          if e[k] < hi and e[k + 1] > lo])
+        pieces, deps = [], []
+        for combo in itertools.product(*spans):
+            dst = tuple(slice(a - lo, b - lo) for (_, a, b, _), (lo, _) in zip(combo, want))
+            src = tuple(slice(a - start, b - start) for (_, a, b, start) in combo)
+            pieces.append((dst, src))
+            deps.append((stack.name,) + tuple(k for k, _, _, _ in combo))
+        shape = tuple(hi - lo for lo, hi in want)
+        key = (prefix, *t.index)
+        layer[key] = (_run_tile_task, job, t.block, t.core, shape, stack.dtype, pieces, *deps)
+        keys.append(key)
+    hlg = HighLevelGraph.from_collections(prefix, layer, dependencies=[stack])
+    return _TileGraph(hlg, keys)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _as_dask(x: Any):
+    import dask.array as da
+
+    if _is_dask(x):
+        return x
+    if _is_zarr(x):
+        return da.from_zarr(x)
+    return da.from_array(np.asarray(x), chunks=-1)
+
+
+def lazy_stack(images: Any, *, stack_axis: int = 0, channel_axis: int | None = None):
+    """Validate ``images`` from metadata alone and return ``(stack, dtype, colour)``.
+
+    ``stack`` is a dask array ``(N, H, W)`` or ``(N, H, W, 3)``. The checks and
+    error messages are those of the in-memory path (``_inputs``); no pixel is
+    read.
+    """
+    import dask.array as da
+
+    if isinstance(images, (str, bytes)):
+        raise FusionInputError("images must be arrays; to read files lazily use napari_fusion.io.open_lazy_stack")
+    if _is_dask(images) or _is_zarr(images) or hasattr(images, "__array__") or (
+        hasattr(images, "shape") and hasattr(images, "dtype")
+    ):
+        items = split_stack(_as_dask(images), stack_axis=stack_axis, channel_axis=channel_axis)
+    else:
+        try:
+            items = [_as_dask(a) for a in images]
+        except TypeError:
+            raise FusionInputError(
+                f"images must be a sequence of arrays or one stack array, got {type(images).__name__}"
+            ) from None
+    items, dtype, colour = check_items(items)
+    return da.stack(items), dtype, colour
+
+
+def global_statistics(stack, *, dtype: np.dtype) -> tuple[float, float]:
+    """Min and max of the whole stack (and the non-finite check for floats), in one dask pass."""
+    import dask
+    import dask.array as da
+
+    floating = np.issubdtype(dtype, np.floating)
+    todo = [stack.min(), stack.max()]
+    if floating:
+        todo.append((~da.isfinite(stack)).sum(axis=tuple(range(1, stack.ndim))))
+    values = dask.compute(*todo)
+    if floating:
+        bad = np.asarray(values[2])
+        for i, count in enumerate(bad.tolist()):
+            if count:
+                raise FusionInputError(non_finite_message(i, int(count)))
+    return float(values[0]), float(values[1])
+
+
+def _positions(z_positions, n: int) -> np.ndarray:
+    if z_positions is None:
+        return np.arange(n, dtype=np.float32)
+    positions = np.asarray(z_positions, dtype=np.float32).ravel()
+    if positions.size != n:
+        raise FusionInputError(f"z_positions has {positions.size} values for {n} images")
+    if not np.isfinite(positions).all():
+        raise FusionInputError("z_positions must be finite")
+    return positions
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass(repr=False)
+class LazyFusionResult(FusionResult):
+    """A :class:`FusionResult` whose ``fused``, ``labels`` and ``depth`` are dask arrays.
+
+    Each dask block is one tile. ``weights`` and ``extras`` are not produced
+    lazily (they would multiply the memory per tile by the stack depth).
+    ``compute()`` returns an in-memory :class:`FusionResult`, computing every
+    tile once for all outputs.
+    """
+
+    grid: TileGrid | None = None
+    progress: Callable[[float, float, str], Any] | None = None
+    key_prefix: str = TILE_KEY_PREFIX
+
+    def arrays(self) -> dict[str, Any]:
+        """The lazy outputs that exist, by name."""
+        return {k: v for k, v in (("fused", self.fused), ("labels", self.labels), ("depth", self.depth)) if v is not None}
+
+    def compute(self, *, progress: Callable[[float, float, str], Any] | None = None, **kwargs) -> FusionResult:
+        """Compute all outputs together (each tile once) and return them as numpy arrays."""
+        import dask
+
+        arrays = self.arrays()
+        with tile_progress(self, progress):
+            values = dask.compute(*arrays.values(), **kwargs)
+        out = dict(zip(arrays, values))
+        return FusionResult(
+            fused=out["fused"],
+            labels=out.get("labels"),
+            depth=out.get("depth"),
+            method=self.method,
+            params=dict(self.params),
+        )
+
+    def __repr__(self) -> str:  # pragma: no cover - cosmetic
+        tiles = f", tiles={self.grid.n_tiles} of {self.grid.tile}, halo={self.grid.halo}" if self.grid else ""
+        return super().__repr__()[:-1] + tiles + ")"
+
+
+def _in_distributed_client() -> bool:
+    try:
+        from distributed import default_client
+
+        default_client()
+        return True
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def tile_progress(result: LazyFusionResult, progress: Callable[[float, float, str], Any] | None = None):
+    """Report finished tiles to ``progress(done, total, message)`` while computing ``result``.
+
+    Works with dask's local schedulers (threads, processes, synchronous). A
+    :class:`napari_fusion.FusionCancelled` (or any exception) raised by the
+    callback stops the scheduler from starting further tiles; tiles already
+    running finish. With a ``dask.distributed`` client use its dashboard or
+    ``distributed.progress`` instead (no callback is made).
+    """
+    progress = progress or result.progress
+    if progress is None or result.grid is None or _in_distributed_client():
+        yield None
+        return
+    from dask.callbacks import Callback
+
+    total = result.grid.n_tiles
+    prefix = result.key_prefix
+
+    class _TileCallback(Callback):
+        def __init__(self):
+            super().__init__()
+            self.seen: set[tuple[int, int]] = set()
+
+        def _posttask(self, key, value, dsk, state, worker_id):
+            if isinstance(key, tuple) and len(key) == 3 and key[0] == prefix and key[1:] not in self.seen:
+                self.seen.add(key[1:])
+                done = len(self.seen)
+                progress(done, total, f"tile {done}/{total}")
+
+    import dask
+
+    # low-level fusion would merge a tile task into its only consumer under another key
+    with dask.config.set({"optimization.fuse.active": False}), _TileCallback() as cb:
+        yield cb
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def fuse_lazy(
+    images: Any,
+    method: str | MethodSpec = "focus_measure",
+    *,
+    stack_axis: int = 0,
+    channel_axis: int | None = None,
+    z_positions: Sequence[float] | None = None,
+    device: str | torch.device | None = "auto",
+    progress: Callable[[float, float, str], Any] | None = None,
+    chunks: Any = None,
+    halo: int | None = None,
+    **params: Any,
+) -> LazyFusionResult:
+    """Lazy, tiled :func:`napari_fusion.fuse` (called by it for dask/zarr inputs or ``chunks=``).
+
+    ``chunks`` is the tile (core) size: an int, ``(rows, cols)``, ``"auto"``
+    (1024), or None for the input's own spatial chunks. ``halo`` overrides the
+    method's declared halo (for experiments; a halo smaller than the method's
+    receptive field makes seams). ``progress`` is used when the result is
+    computed through :meth:`LazyFusionResult.compute` or
+    :func:`napari_fusion.io.write_lazy`. Everything else is as in ``fuse``.
+
+    The input is validated from its metadata; the global intensity range
+    (and, for floats, the non-finite check) is computed here in one pass over
+    the data. The returned arrays are not computed.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    spec = method if isinstance(method, MethodSpec) else get_method(method)
+    resolved = spec.resolve_params(params)
+    stack, dtype, colour = lazy_stack(images, stack_axis=stack_axis, channel_axis=channel_axis)
+    n, h, w = stack.shape[:3]
+    positions = _positions(z_positions, n)
+    dev = resolve_device(device)  # validates here; "auto" is resolved again on each worker
+    device_name = "auto" if device is None or device == "auto" else str(dev)
+
+    input_chunks = (stack.chunks[1][0], stack.chunks[2][0]) if _is_dask(images) or _is_zarr(images) else None
+    tile = normalise_tile(chunks, (h, w), input_chunks)
+    align = tile_alignment(spec, resolved)
+    tile = (min(_round_up(tile[0], align), h), min(_round_up(tile[1], align), w))
+    declared = spec.halo_for(resolved)
+    if halo is not None:
+        if isinstance(halo, bool) or not isinstance(halo, (int, np.integer)) or halo < 0:
+            raise FusionInputError(f"halo must be a whole number >= 0, got {halo!r}")
+        declared = int(halo)
+    single = tile[0] >= h and tile[1] >= w
+    if declared is None and not single:
+        raise FusionInputError(
+            f"method {spec.name!r} with these parameters is global (every output pixel may depend on the "
+            f"whole image), so it cannot be fused in {tile[0]}x{tile[1]} tiles of a {h}x{w} image. "
+            + (
+                "Give it a fixed number of pyramid levels (levels=1..16) to tile it, "
+                if "levels" in resolved
+                else ""
+            )
+            + f"use chunks >= the image size ({h}x{w}) for one tile, or fuse in memory (a numpy input without chunks=)."
+        )
+    halo_px = _round_up(declared or 0, align)
+    grid = TileGrid((h, w), tile, halo_px, align)
+
+    offset, scale, out_low, out_high = intensity_mapping(dtype, *global_statistics(stack, dtype=dtype), spec.intensity)
+    want_labels = "labels" in spec.outputs
+    job = TileJob(
+        spec=spec,
+        params=resolved,
+        shape=(h, w),
+        halo=halo_px,
+        align=align,
+        n=n,
+        colour=colour,
+        dtype=dtype,
+        offset=offset,
+        scale=scale,
+        out_low=out_low,
+        out_high=out_high,
+        positions=positions,
+        device=device_name,
+        want_labels=want_labels,
+        want_depth=want_labels and "depth" in spec.outputs,
+    )
+    from .api import label_dtype
+
+    token = tokenize(stack.name, spec.name, resolved, offset, scale, out_low, out_high, positions, tile, halo_px, device_name)
+    prefix = f"{TILE_KEY_PREFIX}-{spec.name}-{token}"
+    lab_dtype = label_dtype(n)
+    graph = _tile_graph(stack, grid, job, prefix)
+    rows, cols = grid.chunks
+    outputs = {}
+    for name, dt, extra in (
+        ("fused", dtype, ((3,),) if colour else ()),
+        ("labels", lab_dtype, ()),
+        ("depth", np.dtype(np.float32), ()),
+    ):
+        if name == "labels" and not job.want_labels or name == "depth" and not job.want_depth:
+            outputs[name] = None
+            continue
+        out_name = f"{prefix}-{name}"
+        tail = (0,) * len(extra)
+        layer = {
+            (out_name, i, j) + tail: (operator.getitem, (prefix, i, j), name)
+            for i in range(len(rows))
+            for j in range(len(cols))
+        }
+        hlg = HighLevelGraph.from_collections(out_name, layer, dependencies=[graph])
+        outputs[name] = da.Array(hlg, out_name, chunks=(rows, cols) + extra, dtype=dt)
+    fused, labels, depth = outputs["fused"], outputs["labels"], outputs["depth"]
+    return LazyFusionResult(
+        fused=fused,
+        labels=labels,
+        depth=depth,
+        method=spec.name,
+        params=dict(resolved),
+        grid=grid,
+        progress=progress,
+        key_prefix=prefix,
+    )
+
+
+__all__ = [
+    "DEFAULT_TILE",
+    "MIN_RETRY_TILE",
+    "TILE_ALIGN",
+    "LazyFusionResult",
+    "Tile",
+    "TileGrid",
+    "TileJob",
+    "fuse_lazy",
+    "global_statistics",
+    "is_lazy",
+    "is_out_of_memory",
+    "lazy_stack",
+    "normalise_tile",
+    "tile_alignment",
+    "tile_progress",
+    "wants_tiling",
+]

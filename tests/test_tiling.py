@@ -1,0 +1,328 @@
+"""Lazy, tiled fusion: tiled == untiled, global steps, validation, OOM retry, progress/cancel."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.ndimage import gaussian_filter
+
+import napari_fusion as nf
+from napari_fusion import tiling
+from napari_fusion.errors import FusionCancelled, FusionError, FusionInputError
+from napari_fusion.registry import get_method
+
+SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tiles on a shared machine: torch's intra-op threads only add contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _stack(seed: int, n: int, h: int, w: int, colour: bool = False) -> np.ndarray:
+    """A focal-stack-like float32 stack: one texture, blurred differently per slice and region."""
+    rng = np.random.default_rng(seed)
+    shape = (h, w, 3) if colour else (h, w)
+    base = rng.random(shape).astype(np.float32)
+    sig = (1, 1, 0) if colour else (1, 1)
+    out = []
+    for k in range(n):
+        s = rng.uniform(0, 2.5)
+        sl = gaussian_filter(base, [s, s, 0] if colour else s)
+        mask = rng.random((h, w)) < 0.5
+        mask = gaussian_filter(mask.astype(float), 4) > 0.5
+        sharp = gaussian_filter(base, [0.3 * v for v in sig] if colour else 0.3)
+        sl = np.where(mask[..., None] if colour else mask, sharp, sl)
+        out.append(sl + 0.01 * rng.random(shape))
+    return np.stack(out).astype(np.float32)
+
+
+def _compare(images, method, chunks, *, tol=1e-5, **params):
+    ref = nf.fuse(images, method, device="cpu", **params)
+    lazy = nf.fuse(images, method, device="cpu", chunks=chunks, **params)
+    assert isinstance(lazy.fused, da.Array)
+    got = lazy.compute(scheduler="synchronous")
+    assert got.fused.dtype == ref.fused.dtype and got.fused.shape == ref.fused.shape
+    np.testing.assert_allclose(got.fused.astype(np.float64), ref.fused.astype(np.float64), rtol=0, atol=tol)
+    if ref.labels is not None:
+        assert got.labels.dtype == ref.labels.dtype
+        np.testing.assert_array_equal(got.labels, ref.labels)
+        np.testing.assert_array_equal(got.depth, ref.depth)
+    return lazy, got, ref
+
+
+sizes = st.integers(8, 56)
+tiles = st.one_of(st.integers(8, 40), st.tuples(st.integers(8, 40), st.integers(8, 40)))
+
+
+@SETTINGS
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(2, 4),
+    h=sizes,
+    w=sizes,
+    chunks=tiles,
+    measure=st.sampled_from(["sml", "variance", "tenengrad"]),
+    window=st.integers(0, 4),
+    smooth=st.sampled_from([0.0, 0.7, 2.0]),
+    consistency=st.integers(0, 3),
+    blend=st.sampled_from([0.0, 1.0]),
+)
+def test_focus_measure_tiled_equals_untiled(seed, n, h, w, chunks, measure, window, smooth, consistency, blend):
+    images = _stack(seed, n, h, w)
+    _compare(images, "focus_measure", chunks, measure=measure, window=window, smooth=smooth,
+             consistency=consistency, blend=blend)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 4), h=sizes, w=sizes, chunks=tiles, colour=st.booleans())
+def test_average_tiled_equals_untiled(seed, n, h, w, chunks, colour):
+    _compare(_stack(seed, n, h, w, colour), "average", chunks)
+
+
+@SETTINGS
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(2, 3),
+    h=st.integers(8, 64),
+    w=st.integers(8, 64),
+    chunks=tiles,
+    r1=st.integers(1, 6),
+    base_radius=st.integers(1, 4),
+    saliency_radius=st.integers(1, 3),
+    r2=st.integers(1, 3),
+)
+def test_gff_tiled_equals_untiled(seed, n, h, w, chunks, r1, base_radius, saliency_radius, r2):
+    images = _stack(seed, n, h, w)
+    _compare(images, "gff", chunks, r1=r1, base_radius=base_radius, saliency_radius=saliency_radius, r2=r2,
+             saliency_sigma=1.0)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), h=st.integers(16, 64), w=st.integers(16, 64), chunks=tiles,
+       levels=st.integers(1, 4), method=st.sampled_from(["laplacian_pyramid", "mertens"]))
+def test_pyramid_with_fixed_levels_tiles_on_an_aligned_grid(seed, h, w, chunks, levels, method):
+    images = _stack(seed, 3, h, w)
+    lazy, _, _ = _compare(images, method, chunks, levels=levels)
+    assert all(e % (2 ** (levels - 1)) == 0 for e in lazy.grid.row_edges[:-1] + lazy.grid.col_edges[:-1])
+
+
+def test_colour_uint16_default_parameters_on_a_larger_image():
+    images = (_stack(5, 3, 150, 170, colour=True) * 40000).astype(np.uint16)
+    # default gff halo (134 px) and focus_measure defaults; uint16 rounding may differ by one count
+    _compare(images, "gff", 64, tol=1)
+    _compare(images, "focus_measure", (48, 80), tol=1)
+
+
+def test_a_too_small_halo_makes_seams():
+    """The equality tests above can fail: with no halo, tile borders change the result."""
+    images = _stack(3, 3, 64, 64)
+    ref = nf.fuse(images, "focus_measure", device="cpu")
+    bad = tiling.fuse_lazy(images, "focus_measure", device="cpu", chunks=16, halo=0).compute()
+    assert np.abs(bad.fused - ref.fused).max() > 1e-3
+    assert (bad.labels != ref.labels).any()
+
+
+def test_global_method_is_refused_unless_one_tile():
+    images = _stack(1, 3, 48, 40)
+    with pytest.raises(FusionInputError, match="global.*levels=1..16"):
+        nf.fuse(images, "laplacian_pyramid", chunks=16)
+    with pytest.raises(FusionInputError, match="global"):
+        nf.fuse(images, "mertens", chunks=(48, 16))
+    one = nf.fuse(images, "laplacian_pyramid", chunks=64, device="cpu")
+    assert one.grid.n_tiles == 1
+    ref = nf.fuse(images, "laplacian_pyramid", device="cpu")
+    np.testing.assert_allclose(one.compute().fused, ref.fused, atol=1e-6)
+
+
+def test_global_intensity_statistics_come_from_the_whole_stack():
+    """Tiles see only part of the range; the scaling must still be the global one."""
+    images = _stack(2, 3, 40, 60)
+    images[:, :20] *= 0.1  # the top half is dark: per-tile min/max would rescale it
+    images = (images * 1000 + 5).astype(np.int32)
+    _compare(images, "focus_measure", 20, tol=0)
+    _compare(images, "average", 20, tol=0)
+
+
+def test_dask_input_uses_its_own_chunks_and_stays_lazy():
+    images = _stack(4, 3, 60, 50)
+    calls = []
+    spec = get_method("focus_measure")
+
+    def counting(stack, *, ctx, **p):
+        calls.append(tuple(stack.shape[-2:]))
+        return spec.run(stack, ctx=ctx, **p)
+
+    probe = dataclasses.replace(spec, run=counting)
+    x = da.from_array(images, chunks=(1, 25, 20))
+    lazy = tiling.fuse_lazy(x, probe, device="cpu")
+    assert calls == []  # nothing fused yet
+    assert lazy.grid.tile == (25, 20) and lazy.grid.n_tiles == 9
+    assert lazy.fused.chunks == ((25, 25, 10), (20, 20, 10))
+    lazy.fused[:25, :20].compute(scheduler="synchronous")
+    assert len(calls) == 1  # only the tile that was asked for
+    ref = nf.fuse(images, "focus_measure", device="cpu")
+    np.testing.assert_array_equal(nf.fuse(x, device="cpu").compute().fused, ref.fused)
+
+
+def test_list_of_dask_arrays_and_axes():
+    images = _stack(6, 3, 32, 40, colour=True)
+    ref = nf.fuse(images, "average", device="cpu")
+    lst = [da.from_array(a, chunks=16) for a in images]
+    np.testing.assert_allclose(nf.fuse(lst, "average", device="cpu").fused.compute(), ref.fused, atol=1e-6)
+    moved = da.from_array(np.moveaxis(images, [0, 3], [2, 0]))  # (C, H, N, W)
+    got = nf.fuse(moved, "average", stack_axis=2, channel_axis=0, device="cpu", chunks=16)
+    np.testing.assert_allclose(got.fused.compute(), ref.fused, atol=1e-6)
+
+
+def _message(func):
+    with pytest.raises(FusionInputError) as info:
+        func()
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "images",
+    [
+        [np.zeros((9, 9), np.uint8), np.zeros((9, 9), np.uint16)],
+        [np.zeros((9, 9, 4), np.uint8)] * 2,
+        [np.zeros((9, 9), np.uint8), np.zeros((9, 9, 3), np.uint8)],
+        [np.zeros((9, 9), np.uint8), np.zeros((9, 10), np.uint8)],
+        [np.zeros((5, 5), np.uint8)] * 2,
+        [np.zeros((9, 9), bool)] * 2,
+        [np.zeros((9, 9), np.uint8)],
+        [np.zeros((9, 9), np.float32), np.full((9, 9), np.nan, np.float32)],
+    ],
+)
+def test_lazy_validation_gives_the_in_memory_errors(images):
+    eager = _message(lambda: nf.fuse(images))
+    lazy = _message(lambda: nf.fuse([da.from_array(a) for a in images]))
+    assert lazy == eager
+
+
+def test_lazy_validation_of_axes_chunks_and_positions():
+    x = da.zeros((3, 16, 16), dtype=np.uint8)
+    assert _message(lambda: nf.fuse(x, stack_axis=4)) == _message(lambda: nf.fuse(np.zeros((3, 16, 16), np.uint8), stack_axis=4))
+    assert "at least two" in _message(lambda: nf.fuse(da.zeros((16, 16))))
+    assert "chunks" in _message(lambda: nf.fuse(x, chunks=0))
+    assert "chunks" in _message(lambda: nf.fuse(x, chunks="big"))
+    assert "z_positions has 2 values for 3 images" in _message(lambda: nf.fuse(x, z_positions=[0, 1]))
+    assert "unknown parameter" in _message(lambda: nf.fuse(x, bogus=1))
+    assert "unknown device" in _message(lambda: nf.fuse(x, device="tpu"))
+
+
+def test_metadata_errors_come_before_any_read():
+    """A graph that raises when computed is never run for a metadata error."""
+
+    def boom(block):
+        raise AssertionError("pixels were read")
+
+    bad = da.zeros((3, 16, 16, 4), dtype=np.uint8, chunks=8).map_blocks(boom, dtype=np.uint8)
+    with pytest.raises(FusionInputError, match="RGBA"):
+        nf.fuse(bad)
+    bad = da.zeros((3, 16, 16), dtype=np.uint8, chunks=8).map_blocks(boom, dtype=np.uint8)
+    with pytest.raises(FusionInputError, match="unknown parameter"):
+        nf.fuse(bad, bogus=2)
+    with pytest.raises(FusionInputError, match="global"):
+        nf.fuse(bad, "mertens", chunks=8)
+
+
+def test_depth_uses_z_positions():
+    images = _stack(8, 4, 40, 40)
+    z = [0.5, 1.0, 2.5, 4.0]
+    lazy = nf.fuse(images, z_positions=z, chunks=16, device="cpu").compute()
+    np.testing.assert_array_equal(lazy.depth, np.asarray(z, np.float32)[lazy.labels])
+
+
+def _oom_spec(limit_pixels: int, calls: list):
+    spec = get_method("focus_measure")
+
+    def fragile(stack, *, ctx, **p):
+        h, w = stack.shape[-2:]
+        calls.append((h, w))
+        if h * w > limit_pixels:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
+        return spec.run(stack, ctx=ctx, **p)
+
+    return dataclasses.replace(spec, run=fragile)
+
+
+def test_out_of_memory_retries_with_smaller_tiles():
+    images = _stack(9, 3, 150, 140)
+    calls = []
+    limit = 80 * 80  # pixels of a block (core + halo) the fake device can hold
+    spec = _oom_spec(limit, calls)
+    lazy = tiling.fuse_lazy(images, spec, device="cpu", chunks=(150, 140))  # one big tile
+    got = lazy.compute(scheduler="synchronous")
+    ref = nf.fuse(images, "focus_measure", device="cpu")
+    np.testing.assert_array_equal(got.fused, ref.fused)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+    assert calls[0] == (150, 140)  # the first try, which failed
+    fitted = [c for c in calls if c[0] * c[1] <= limit]
+    assert len(fitted) >= 4  # it really finished in sub-tiles (first 2x2, then smaller where needed)
+    assert len(calls) > len(fitted)
+
+
+def test_out_of_memory_gives_up_with_a_clear_error():
+    images = _stack(9, 2, 64, 64)
+    spec = _oom_spec(1, [])
+    with pytest.raises(FusionError, match="out of memory .* even for a tile"):
+        tiling.fuse_lazy(images, spec, device="cpu", chunks=64).compute(scheduler="synchronous")
+
+
+def test_other_errors_are_not_retried():
+    spec = dataclasses.replace(get_method("average"), run=lambda stack, *, ctx: (_ for _ in ()).throw(ValueError("x")))
+    with pytest.raises(ValueError, match="x"):
+        tiling.fuse_lazy(_stack(1, 2, 16, 16), spec, chunks=8).compute(scheduler="synchronous")
+
+
+def test_progress_counts_tiles_and_cancel_stops_scheduling():
+    images = _stack(10, 3, 64, 64)
+    seen = []
+    lazy = nf.fuse(images, chunks=16, device="cpu", progress=lambda d, t, m: seen.append((d, t, m)))
+    lazy.compute(scheduler="synchronous")
+    assert [s[0] for s in seen] == list(range(1, 17)) and seen[-1][1] == 16 and seen[-1][2] == "tile 16/16"
+
+    calls = []
+    spec = get_method("focus_measure")
+
+    def counting(stack, *, ctx, **p):
+        calls.append(1)
+        return spec.run(stack, ctx=ctx, **p)
+
+    def cancel_after_three(done, total, message):
+        if done >= 3:
+            raise FusionCancelled("stop")
+
+    lazy = tiling.fuse_lazy(images, dataclasses.replace(spec, run=counting), chunks=16, device="cpu")
+    with pytest.raises(FusionCancelled):
+        lazy.compute(progress=cancel_after_three, scheduler="synchronous")
+    assert len(calls) == 3  # no tile was started after the cancel
+
+
+def test_real_widefield_stack_tiled_equals_untiled(dataset):
+    from napari_fusion.io import read_stack
+
+    folder = dataset("focalstack/dapi_widefield/dapi")
+    images = np.stack(read_stack(folder)[10:30])  # 20 planes of 201x101 uint16
+    assert images.dtype == np.uint16
+    _compare(images, "focus_measure", (64, 48), tol=1)
+    _compare(images, "gff", 50, tol=1, r1=8, base_radius=5)
+
+
+def test_real_rgb_pcb_stack_tiled_equals_untiled(dataset):
+    from napari_fusion.io import read_stack
+
+    folder = dataset("focalstack/pcb/pcb")
+    images = np.stack([a[700:956, 500:756] for a in read_stack(folder)])  # 7 x 256x256 RGB uint8
+    _compare(images, "focus_measure", 100, tol=1)
