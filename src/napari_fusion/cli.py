@@ -17,6 +17,7 @@ from .errors import FusionError
 
 _SUBCOMMAND_MODULES = (
     "napari_fusion.cli_fuse",
+    "napari_fusion.training.cli",
 )
 
 

@@ -1,0 +1,1 @@
+"""Neural network definitions used by the learned fusion methods (pure torch)."""
