@@ -184,7 +184,8 @@ def fuse_liu2017_nway(
     gf_eps: float,
     weights: str,
 ) -> MethodOutput:
-    """N-way extension: for two slices it equals ``liu2017_cnn`` with threshold 0.5.
+    """N-way extension; for two slices it gives ``liu2017_cnn``'s decision, with the
+    filtered weights clamped to be non-negative and normalised.
 
     ``threshold`` only applies to two slices (with more, the arg-max decides).
     """

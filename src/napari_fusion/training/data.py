@@ -152,6 +152,23 @@ class DefocusRenderer:
         return gaussian_filter(grey, s, radius=max(1, int(math.ceil(3 * s))))
 
 
+def patch_variance(grey: np.ndarray, patch: int) -> np.ndarray:
+    """Variance of every ``patch x patch`` window, indexed by its top-left corner.
+
+    Returns ``(H - patch + 1, W - patch + 1)``; computed with integral images.
+    """
+    g = np.asarray(grey, dtype=np.float64)
+
+    def window_sum(x):
+        c = np.zeros((x.shape[0] + 1, x.shape[1] + 1))
+        c[1:, 1:] = x.cumsum(0).cumsum(1)
+        return c[patch:, patch:] - c[:-patch, patch:] - c[patch:, :-patch] + c[:-patch, :-patch]
+
+    n = float(patch * patch)
+    mean = window_sum(g) / n
+    return np.maximum(window_sum(g * g) / n - mean * mean, 0.0)
+
+
 def sample_patch_pairs(
     photos: Sequence[np.ndarray],
     *,
@@ -167,9 +184,10 @@ def sample_patch_pairs(
     """Co-located (sharp, blurred) patch pairs, as two uint8 arrays ``(n, patch, patch)``.
 
     Patches are spread evenly over the photographs. A location is kept when
-    the sharp patch's variance exceeds ``var_threshold`` (grey levels in
-    [0, 1]; paper: 25 on the 0-255 scale) and, if ``sharp_threshold`` is
-    given, when the mean re-blur ratio over the patch is below it. For
+    the sharp patch's grey-level variance exceeds ``var_threshold`` (grey
+    levels in [0, 1]; paper: 25 on the 0-255 scale) and, if ``sharp_threshold`` is
+    given, when the re-blur ratio (:func:`sharpness_map`, window 17x17 around
+    the patch centre) is below it. For
     ``renderer.mode == 'paper'`` every blur level is used equally often.
     Stored as uint8, as 8-bit training images would be.
     """
@@ -190,16 +208,11 @@ def sample_patch_pairs(
         h, w = g.shape
         if h < patch or w < patch:
             continue
-        var = texture_map(g, radius=patch // 2).numpy()
-        ok = var > var_threshold
+        ok = patch_variance(g.numpy(), patch) > var_threshold  # indexed by top-left corner
         if sharp_threshold is not None:
-            ok &= sharpness_map(g, radius=patch // 2).numpy() < sharp_threshold
-        # candidate patch centres (patch fully inside the image)
-        c = patch // 2
-        ok[:c, :] = False
-        ok[:, :c] = False
-        ok[h - patch + c + 1 :, :] = False
-        ok[:, w - patch + c + 1 :] = False
+            ratio = sharpness_map(g, radius=patch // 2).numpy()
+            c = patch // 2
+            ok &= ratio[c : c + ok.shape[0], c : c + ok.shape[1]] < sharp_threshold
         ys, xs = np.nonzero(ok)
         if ys.size == 0:
             continue
@@ -212,7 +225,7 @@ def sample_patch_pairs(
         pick = rng.choice(ys.size, size=per[i], replace=ys.size < per[i])
         gn = g.numpy()
         for k in range(per[i]):
-            y0, x0 = ys[pick[k]] - c, xs[pick[k]] - c
+            y0, x0 = ys[pick[k]], xs[pick[k]]
             sl = (slice(y0, y0 + patch), slice(x0, x0 + patch))
             sharp[j] = np.clip(np.rint(gn[sl] * 255), 0, 255)
             blurred[j] = np.clip(np.rint(levels[choice[k]].numpy()[sl] * 255), 0, 255)
