@@ -95,15 +95,19 @@ def _cfg(**kw):
 
 
 def test_smoke_training_loss_decreases(pairs, tmp_path):
-    ds = SwappedPairs(*pairs)
+    ds = SwappedPairs(pairs[0][:16], pairs[1][:16])
     torch.manual_seed(0)
     model = LiuFocusNet("slight")
-    before, _ = evaluate(model, ds, liu_step, batch_size=64, device=torch.device("cpu"))
-    res = train(model, ds, ds, liu_step, _cfg(epochs=3), run_dir=tmp_path, progress=False, log=lambda s: None)
+    before, acc0 = evaluate(model, ds, liu_step, batch_size=64, device=torch.device("cpu"))
+    res = train(model, ds, ds, liu_step, _cfg(epochs=12, lr=1e-3), run_dir=tmp_path, progress=False,
+                log=lambda s: None)
     after, acc = evaluate(res.model, ds, liu_step, batch_size=64, device=torch.device("cpu"))
-    assert res.steps == 3 * (len(ds) // 16)
-    assert after < 0.9 * before
-    assert (tmp_path / "checkpoint.pt").is_file() and len(res.history) == 3
+    assert res.steps == 12 * (len(ds) // 16)
+    # 24 steps only leave the initial plateau (the full run needs a few hundred), but the loss
+    # goes down and the classifier is already well above chance on what it saw
+    assert after < before - 0.003
+    assert acc >= 0.75 > acc0 + 0.2
+    assert (tmp_path / "checkpoint.pt").is_file() and len(res.history) == 12
 
 
 def test_resume_matches_uninterrupted_run(pairs, tmp_path):
