@@ -20,6 +20,7 @@ _SUBCOMMAND_MODULES = (
     "napari_fusion.cli_weights",
     "napari_fusion.focalstack.batch",
     "napari_fusion.evaluation",
+    "napari_fusion.training.cli",
 )
 
 

@@ -4,5 +4,5 @@ One module per method; each registers itself with
 :func:`napari_fusion.registry.register_method`.
 """
 
-from . import average, focus_measure, gff, laplacian_pyramid, mertens  # noqa: F401
+from . import average, cnn_focus, focus_measure, gff, laplacian_pyramid, mertens  # noqa: F401
 from . import vgg19_li2018  # noqa: F401

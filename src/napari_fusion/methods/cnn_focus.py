@@ -1,0 +1,237 @@
+"""CNN focus-map fusion of Liu, Chen, Peng & Wang 2017, with consistency verification.
+
+Y. Liu, X. Chen, H. Peng, Z. Wang, "Multi-focus image fusion with a deep
+convolutional neural network", Information Fusion 36:191-207, 2017.
+
+1. A siamese CNN (:mod:`napari_fusion.nets.liu2017`) scores every 16x16
+   patch (stride 2) of the grey sources: the probability that source A is
+   in focus there. Each score is spread over its patch and overlapping
+   scores are averaged: the focus map.
+2. Consistency verification: the focus map is thresholded at 0.5 (D = 1
+   where A wins); connected regions smaller than 1% of the image area are
+   absorbed by their surroundings (on D and on its complement); D is
+   smoothed by a guided filter (r=8, eps=0.1) guided by the grey initial
+   composite ``A*D + B*(1-D)``.
+3. The fused image is ``W*A + (1-W)*B`` on the colour sources, W the
+   filtered map.
+
+Stacks are folded pairwise (``liu2017_cnn``, as the paper fuses more than two
+sources). ``liu2017_cnn_nway`` scores every slice against every other slice
+(the mean probability that it is the sharper one), takes the best slice per
+pixel and applies the same verification to the label map.
+
+The networks are trained here (``napari-fusion train liu2017``); the weights
+shipped in ``napari_fusion/weights`` are checked against their sha256.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from ..errors import FusionInputError
+from ..nets.liu2017 import (
+    PATCH,
+    VARIANTS,
+    LiuFocusNet,
+    difference_filters,
+    image_terms,
+    pair_scores,
+    spread_scores,
+)
+from ..ops.blend import luminance_stack, normalise_weights, one_hot, select, weighted_sum
+from ..ops.guided import guided_filter
+from ..ops.regions import remove_small_regions
+from ..registry import FusionContext, MethodOutput, Param, register_method
+from ..training.checkpoints import PACKAGE_WEIGHTS_DIR, load_verified_weights, sha256_file
+
+CITATION = (
+    "Y. Liu, X. Chen, H. Peng, Z. Wang, 'Multi-focus image fusion with a deep convolutional "
+    "neural network', Information Fusion 36:191-207, 2017."
+)
+
+_CACHE: dict[tuple, tuple[LiuFocusNet, torch.Tensor, float]] = {}
+
+
+def default_weights_path(variant: str) -> Path:
+    """Where the shipped weights of ``variant`` live."""
+    return PACKAGE_WEIGHTS_DIR / f"liu2017_{variant}.pt"
+
+
+def load_liu_net(variant: str, weights: str | Path | None, device: torch.device):
+    """(net, difference filters, bias difference) on ``device``, verified and cached."""
+    path = Path(weights) if weights else default_weights_path(variant)
+    how = (
+        f"Train them with `napari-fusion train liu2017 --config cpu --variant {variant} --install` "
+        "or pass weights=<path to a .pt with its .json manifest>."
+    )
+    key = (str(path.resolve()) if path.exists() else str(path), variant, str(device))
+    stamp = path.stat().st_mtime_ns if path.is_file() else None
+    cached = _CACHE.get(key)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    state, _ = load_verified_weights(path, how_to_get=how, expect={"variant": variant})
+    net = LiuFocusNet(variant)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        from ..errors import WeightsUnavailableError
+
+        raise WeightsUnavailableError(f"weights {path} do not fit the {variant} model: {exc}. {how}") from None
+    net.eval().requires_grad_(False).to(device)
+    filters, db = difference_filters(net)
+    _CACHE[key] = (stamp, (net, filters, db))
+    return net, filters, db
+
+
+def _check_size(stack: torch.Tensor) -> None:
+    h, w = stack.shape[-2:]
+    if h < PATCH or w < PATCH:
+        raise FusionInputError(f"liu2017_cnn needs images of at least {PATCH}x{PATCH} pixels, got {h}x{w}")
+
+
+def _min_area(fraction: float, h: int, w: int) -> int:
+    return int(math.ceil(fraction * h * w))
+
+
+_PARAMS = (
+    Param("variant", "slight", str, "Network: 'slight' (paper's fast model, no fc1) or 'original'.", choices=VARIANTS),
+    Param("threshold", 0.5, float, "Focus-map threshold for the initial decision.", low=0.0, high=1.0, step=0.05),
+    Param("area_fraction", 0.01, float, "Regions smaller than this fraction of the image are removed (0: off).", low=0.0, high=0.5, step=0.005),
+    Param("gf_radius", 8, int, "Guided-filter radius for the final weight map (0: hard decision).", low=0, high=100),
+    Param("gf_eps", 0.1, float, "Guided-filter regularisation.", low=1e-6, high=10.0),
+    Param("weights", "", str, "Path to other trained weights (.pt with its .json manifest); empty: shipped weights."),
+)
+
+
+@register_method(
+    name="liu2017_cnn",
+    title="CNN focus map (Liu et al. 2017)",
+    tasks=("multi-focus",),
+    mode="pairwise",
+    learned=True,
+    outputs=("fused", "labels", "weights", "depth"),
+    params=_PARAMS,
+    citation=CITATION,
+    description="A trained CNN decides which source is in focus; consistency verification cleans the map.",
+)
+def fuse_liu2017(
+    stack: torch.Tensor,
+    *,
+    ctx: FusionContext,
+    variant: str,
+    threshold: float,
+    area_fraction: float,
+    gf_radius: int,
+    gf_eps: float,
+    weights: str,
+) -> MethodOutput:
+    _check_size(stack)
+    if stack.shape[0] != 2:
+        raise FusionInputError("liu2017_cnn fuses two images at a time")
+    net, filters, db = load_liu_net(variant, weights, ctx.device)
+    h, w = stack.shape[-2:]
+    grey = luminance_stack(stack).float()
+    ta = image_terms(net, grey[0], filters=filters)
+    ctx.report(1, 4, "CNN scores, source 1")
+    tb = image_terms(net, grey[1], filters=filters)
+    ctx.report(2, 4, "CNN scores, source 2")
+    focus = spread_scores(pair_scores(ta, tb, db), h, w)
+    d = (focus > threshold).to(torch.uint8)
+    if area_fraction > 0:
+        d = remove_small_regions(d, _min_area(area_fraction, h, w))
+    df = d.float()
+    ctx.report(3, 4, "consistency verification")
+    if gf_radius > 0:
+        guide = grey[0] * df + grey[1] * (1 - df)
+        wa = guided_filter(guide, df, gf_radius, gf_eps)
+    else:
+        wa = df
+    fused = wa * stack[0] + (1 - wa) * stack[1]
+    ctx.report(4, 4, "fused")
+    return MethodOutput(
+        fused=fused,
+        labels=(1 - d).long(),
+        weights=torch.stack([wa, 1 - wa]),
+        extras={"focus_map": focus},
+    )
+
+
+@register_method(
+    name="liu2017_cnn_nway",
+    title="CNN focus map, all slices at once (Liu et al. 2017, N-way)",
+    tasks=("multi-focus",),
+    mode="nway",
+    learned=True,
+    outputs=("fused", "labels", "weights", "depth"),
+    params=_PARAMS,
+    citation=CITATION,
+    description=(
+        "Liu et al.'s CNN scores every slice against every other; each pixel from the slice most often "
+        "judged sharper, then the paper's consistency verification."
+    ),
+)
+def fuse_liu2017_nway(
+    stack: torch.Tensor,
+    *,
+    ctx: FusionContext,
+    variant: str,
+    threshold: float,
+    area_fraction: float,
+    gf_radius: int,
+    gf_eps: float,
+    weights: str,
+) -> MethodOutput:
+    """N-way extension; for two slices it gives ``liu2017_cnn``'s decision, with the
+    filtered weights clamped to be non-negative and normalised.
+
+    ``threshold`` only applies to two slices (with more, the arg-max decides).
+    """
+    _check_size(stack)
+    n, _, h, w = stack.shape
+    net, filters, db = load_liu_net(variant, weights, ctx.device)
+    grey = luminance_stack(stack).float()
+    steps = n + 3
+    terms = []
+    for k in range(n):
+        terms.append(image_terms(net, grey[k], filters=filters))
+        ctx.report(k + 1, steps, f"CNN scores, slice {k + 1}/{n}")
+    if n == 2:
+        focus = spread_scores(pair_scores(terms[0], terms[1], db), h, w)
+        labels = (focus <= threshold).long()
+        focus_stack = torch.stack([focus, 1 - focus])
+    else:
+        # mean over opponents of P(slice k is the sharper one), streamed over k
+        best = None
+        labels = torch.zeros((h, w), dtype=torch.long, device=stack.device)
+        focus_stack = None
+        for k in range(n):
+            acc = torch.zeros_like(terms[0][0])
+            for j in range(n):
+                if j != k:
+                    acc += pair_scores(terms[k], terms[j], db)
+            fk = spread_scores(acc / (n - 1), h, w)
+            if best is None:
+                best = fk
+            else:
+                better = fk > best
+                labels = torch.where(better, torch.full_like(labels, k), labels)
+                best = torch.where(better, fk, best)
+        focus = best
+    ctx.report(n + 1, steps, "decision")
+    if area_fraction > 0:
+        labels = remove_small_regions(labels, _min_area(area_fraction, h, w)).long()
+    ctx.report(n + 2, steps, "consistency verification")
+    if gf_radius > 0:
+        guide = select(grey.unsqueeze(1), labels)[0]
+        wts = normalise_weights(guided_filter(guide, one_hot(labels, n), gf_radius, gf_eps))
+    else:
+        wts = one_hot(labels, n)
+    fused = weighted_sum(stack, wts)
+    ctx.report(steps, steps, "fused")
+    extras = {"focus_map": focus}
+    if focus_stack is not None:
+        extras["focus_map"] = focus_stack[0]
+    return MethodOutput(fused=fused, labels=labels, weights=wts, extras=extras)

@@ -1,0 +1,127 @@
+"""The liu2017_cnn fusion method with the shipped weights, on synthetic and real pairs."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import napari_fusion as nf
+from napari_fusion.errors import FusionInputError, WeightsUnavailableError
+from napari_fusion.methods.cnn_focus import default_weights_path
+from napari_fusion.training.checkpoints import read_manifest, sha256_file
+
+
+@pytest.fixture(scope="module")
+def synthetic_pair():
+    """A 2-slice synthetic focal stack (near / far focus) with known labels."""
+    from skimage import data
+
+    from napari_fusion.synthetic import render_focal_stack
+
+    photo = data.astronaut()[40:200, 140:340]
+    return render_focal_stack(photo, n_slices=2, max_sigma=5.0, seed=11)
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
+    return 10 * np.log10(255.0**2 / mse)
+
+
+def test_shipped_weights_match_their_manifest():
+    path = default_weights_path("slight")
+    manifest = read_manifest(path)
+    assert manifest["sha256"] == sha256_file(path)
+    assert manifest["variant"] == "slight" and manifest["parameters"] == 435_202
+    assert path.with_suffix(".md").is_file()
+
+
+def test_registry_entry():
+    spec = nf.get_method("liu2017_cnn")
+    assert spec.mode == "pairwise" and spec.learned and "multi-focus" in spec.tasks
+    assert spec.defaults() == {
+        "variant": "slight", "threshold": 0.5, "area_fraction": 0.01, "gf_radius": 8, "gf_eps": 0.1, "weights": "",
+    }
+    assert nf.get_method("liu2017_cnn_nway").mode == "nway"
+
+
+def test_synthetic_pair_decision_and_fusion(synthetic_pair):
+    st = synthetic_pair
+    res = nf.fuse(list(st.slices), "liu2017_cnn", device="cpu")
+    clear = np.abs(st.depth - 0.5) > 0.2  # pixels clearly nearer one focal plane
+    acc = (res.labels == st.true_labels)[clear].mean()
+    assert acc >= 0.9, acc
+    fm = res.extras["focus_map"]
+    assert fm.shape == st.depth.shape and 0 <= fm.min() and fm.max() <= 1
+    # where slice 0 is focused the map says "first input in focus"
+    assert fm[clear & (st.true_labels == 0)].mean() > 0.7 > 0.3 > fm[clear & (st.true_labels == 1)].mean()
+    p_fused = psnr(res.fused, st.ground_truth)
+    assert p_fused > max(psnr(s, st.ground_truth) for s in st.slices) + 1
+    w = res.weights
+    np.testing.assert_allclose(w.sum(0), 1, atol=1e-5)
+
+
+def test_nway_on_three_slices(small_focal_stack):
+    st = small_focal_stack  # 4 slices, 96x128
+    for name in ("liu2017_cnn", "liu2017_cnn_nway"):
+        res = nf.fuse(list(st.slices[:3]), name, device="cpu", area_fraction=0.0)
+        assert set(np.unique(res.labels)) <= {0, 1, 2}
+        assert res.fused.shape == st.slices[0].shape and res.fused.dtype == st.slices.dtype
+    # the N-way decision is at least as good as chance by a wide margin on this stack
+    truth = np.abs(st.depth[None] - np.linspace(0, 1, 3)[:, None, None]).argmin(0)
+    assert (res.labels == truth).mean() > 0.6
+
+
+@pytest.fixture(scope="module")
+def lytro_crop(data_dir):
+    case = data_dir / "multifocus" / "lytro" / "lytro-01"
+    if not case.is_dir():
+        pytest.skip("lytro-01 not found")
+    from napari_fusion.datasets import load_case
+
+    a, b = load_case(case).load_sources()
+    sl = (slice(200, 360), slice(40, 232))  # the golfer's arm/club (near) against the far background
+    return a[sl], b[sl]
+
+
+@pytest.mark.data
+def test_real_lytro_pair_agrees_with_focus_measure_and_commutes(lytro_crop):
+    a, b = lytro_crop
+    res = nf.fuse([a, b], "liu2017_cnn", device="cpu")
+    ref = nf.fuse([a, b], "focus_measure", device="cpu")
+    # both sources own a real share of this crop, and the CNN agrees with a classical focus measure
+    assert 0.15 < res.labels.mean() < 0.85
+    assert (res.labels == ref.labels).mean() >= 0.9
+    swapped = nf.fuse([b, a], "liu2017_cnn", device="cpu")
+    total = res.extras["focus_map"] + swapped.extras["focus_map"]
+    assert abs(total.mean() - 1) < 0.02
+    assert np.abs(total - 1).mean() < 0.05
+    assert (res.labels != swapped.labels).mean() > 0.97
+    np.testing.assert_allclose(res.fused.astype(float), swapped.fused.astype(float), atol=2.0)
+
+
+def test_missing_or_corrupt_weights_refused(tmp_path, synthetic_pair):
+    pair = list(synthetic_pair.slices)
+    with pytest.raises(WeightsUnavailableError, match="napari-fusion train liu2017"):
+        nf.fuse(pair, "liu2017_cnn", weights=str(tmp_path / "none.pt"), device="cpu")
+    src = default_weights_path("slight")
+    bad = tmp_path / "liu2017_slight.pt"
+    shutil.copy(src, bad)
+    shutil.copy(src.with_suffix(".json"), bad.with_suffix(".json"))
+    with open(bad, "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(WeightsUnavailableError, match="sha256"):
+        nf.fuse(pair, "liu2017_cnn", weights=str(bad), device="cpu")
+    # weights of the slight model cannot be used as the original model
+    with pytest.raises(WeightsUnavailableError):
+        nf.fuse(pair, "liu2017_cnn", weights=str(src), variant="original", device="cpu")
+
+
+def test_too_small_images_refused():
+    img = np.zeros((12, 40), np.uint8)
+    with pytest.raises(FusionInputError, match="16x16"):
+        nf.fuse([img, img + 1], "liu2017_cnn", device="cpu")

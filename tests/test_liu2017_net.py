@@ -1,0 +1,81 @@
+"""The Liu et al. 2017 network: sizes, parameter counts, fast dense inference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_fusion.nets.liu2017 import (
+    LiuFocusNet,
+    count_parameters,
+    difference_filters,
+    folded_head,
+    image_terms,
+    pair_scores,
+    score_map_size,
+    spread_scores,
+)
+
+
+def _net(variant: str) -> LiuFocusNet:
+    torch.manual_seed(1)
+    net = LiuFocusNet(variant).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.bias.normal_(0, 0.1)
+    return net
+
+
+def test_parameter_counts():
+    # the paper's slight model: 435,202 parameters
+    assert count_parameters(LiuFocusNet("slight")) == 435_202
+    # original: + fc1 (512*8*8*256 + 256) and fc2 (256*2 + 2) instead of the 8x8 512->2 head
+    assert count_parameters(LiuFocusNet("original")) == 435_202 - (512 * 64 * 2 + 2) + 512 * 64 * 256 + 256 + 256 * 2 + 2
+
+
+@pytest.mark.parametrize("variant", ["slight", "original"])
+@pytest.mark.parametrize("size", [(16, 16), (17, 16), (16, 31), (33, 47), (53, 68)])
+def test_dense_output_shape_any_size(variant, size):
+    net = LiuFocusNet(variant)
+    a = torch.rand(2, 1, *size)
+    with torch.no_grad():
+        out = net(a, a.flip(0))
+    h, w = score_map_size(*size)
+    assert h == (size[0] + 1) // 2 - 7 and w == (size[1] + 1) // 2 - 7
+    assert out.shape == (2, 2, h, w)
+
+
+@pytest.mark.parametrize("variant", ["slight", "original"])
+def test_folded_head_and_tiles_are_exact(variant):
+    net = _net(variant)
+    a, b = torch.rand(1, 1, 37, 43), torch.rand(1, 1, 37, 43)
+    with torch.no_grad():
+        ref = net.score_map(a, b)[0]
+    w, bias = folded_head(net)
+    assert w.shape == (2, 512, 8, 8) and bias.shape == (2,)
+    filt, db = difference_filters(net)
+    for tile in (6, 500):
+        s = pair_scores(image_terms(net, a[0, 0], tile=tile), image_terms(net, b[0, 0], tile=tile), db)
+        torch.testing.assert_close(s, ref, atol=2e-6, rtol=0)
+
+
+def test_spread_scores_averages_patches():
+    h, w = 40, 36
+    sh, sw = score_map_size(h, w)
+    ones = spread_scores(torch.ones(sh, sw), h, w)
+    assert ones.shape == (h, w)
+    torch.testing.assert_close(ones, torch.ones(h, w))
+    s = torch.zeros(sh, sw)
+    s[3, 4] = 1.0  # patch rows 6..21, cols 8..23
+    fm = spread_scores(s, h, w)
+    inside = torch.zeros(h, w, dtype=torch.bool)
+    inside[6:22, 8:24] = True
+    assert (fm[~inside] == 0).all() and (fm[inside] > 0).all()
+    # pixel (6, 8) is covered only by patch (3, 4) and patches above/left of it: (0..3) x (0..4)
+    assert fm[6, 8] == pytest.approx(1.0 / (4 * 5))
+
+
+def test_small_input_rejected():
+    with pytest.raises(ValueError, match="16x16"):
+        LiuFocusNet()(torch.rand(1, 1, 15, 40), torch.rand(1, 1, 15, 40))
