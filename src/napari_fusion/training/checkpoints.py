@@ -24,7 +24,7 @@ import torch
 from ..errors import WeightsUnavailableError
 
 #: Folder of the weights shipped inside the package.
-PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "trained_weights"
 
 
 def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
