@@ -13,7 +13,6 @@ Two kinds of files:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -27,16 +26,11 @@ from ..errors import WeightsUnavailableError
 PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "trained_weights"
 
 
-def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file (one implementation for the project: :func:`napari_fusion.weights.sha256_of`)."""
+    from ..weights import sha256_of
+
+    return sha256_of(path)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
