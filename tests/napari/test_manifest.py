@@ -39,7 +39,7 @@ def test_manifest_found_through_entry_point_is_the_top_level_file(manifest):
 
 def test_manifest_lists_widget_samples_and_writer(manifest):
     contrib = manifest.contributions
-    assert {"Image fusion", "Fusion metrics"} <= {w.display_name for w in contrib.widgets}
+    assert {"Image fusion", "Fusion metrics", "Focal stack"} <= {w.display_name for w in contrib.widgets}
     assert {s.key for s in contrib.sample_data} == {"focal_stack", "exposure_series"}
     writer_types = sorted(lt for w in contrib.writers for lt in w.layer_types)
     assert writer_types == ["image", "labels"]
@@ -70,7 +70,7 @@ def test_plugin_manager_discovers_plugin(manifest):
     pm.discover(include_npe1=False)
     assert "napari-fusion" in pm
     widgets = [w.display_name for w in pm.iter_widgets() if w.plugin_name == "napari-fusion"]
-    assert {"Image fusion", "Fusion metrics"} <= set(widgets)
+    assert {"Image fusion", "Fusion metrics", "Focal stack"} <= set(widgets)
     samples = dict(pm.iter_sample_data()).get("napari-fusion", [])
     assert {s.key for s in samples} == {"focal_stack", "exposure_series"}
     writers = [w for w in pm.iter_compatible_writers(["labels"]) if w.plugin_name == "napari-fusion"]

@@ -1,0 +1,810 @@
+"""The "Focal stack" dock widget: alignment, height map in physical units, retouching.
+
+A second widget beside the generic "Image fusion" one, for the focal-stack lab
+workflow of :mod:`napari_fusion.focalstack` (see docs/focalstack.md):
+
+* **Inputs**: one stack Image layer (3+ dimensions, numpy or dask) and its
+  stack axis; for multichannel data either a *channel axis* of that layer or
+  *separate channel layers* (same shape; the stack layer is the reference
+  channel). The decision is made on the reference channel and applied to all.
+* **Alignment** (none / translation / similarity) by
+  :func:`~napari_fusion.focalstack.fuse_focal_stack`; magnifications and shifts
+  are shown under the buttons (tooltip: per slice) and stored in the output
+  layers' metadata (``metadata["napari_fusion"]["alignment"]``).
+* **Outputs** (updated in place on re-runs): ``fused`` (one ``fused [name]``
+  layer per channel for multichannel data), ``decision`` (Labels, slice index
+  + 1), ``height`` (float32, in the units of the stack layer's z scale) and
+  optionally ``height surface`` (3-D Surface textured with the fused image).
+* **Recompose**: after painting the ``decision`` layer with napari's brush
+  (label = slice index + 1; 0 / erased = keep the previous decision), rebuild
+  the fused image from the edited labels with the method's blending
+  (:func:`~napari_fusion.focalstack.recompose`), without computing any focus
+  measure; the height map takes the painted slice's position where the label
+  changed and keeps its refined value elsewhere. Only the slices the labels
+  name are read (lazy stacks stay lazy).
+
+Input layers are never modified.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import FusionCancelled, FusionError, FusionInputError
+from ..focalstack._stack import load, slices
+from ..focalstack.align import Alignment, apply_alignment
+from ..focalstack.height import REFINE, height_surface, index_to_z
+from ..focalstack.pipeline import FocalStackResult, default_blend, fuse_focal_stack
+from ..focalstack.recompose import BLENDS, labels_from_napari, labels_to_napari, recompose
+from ..registry import get_method, list_methods
+from . import _layers
+from ._params import ParamPanel
+
+CHANNELS_NONE = "none (grey or RGB)"
+CHANNELS_AXIS = "channel axis of the layer"
+CHANNELS_LAYERS = "separate channel layers"
+ALIGN_MODES = ("none", "translation", "similarity")
+BLEND_METHOD = "method's blending"
+DEFAULT_FOCAL_METHOD = "focus_measure"
+
+
+# ---------------------------------------------------------------------------- job (no Qt)
+class _ChannelStack:
+    """Slices of several same-shape channel layers, stacked on access: ``[k] -> (Y, X, C)``.
+
+    Indexable and sized, so :func:`napari_fusion.focalstack._stack.slices` keeps it
+    as a sequence that is read one slice at a time (lazy layers stay lazy).
+    """
+
+    def __init__(self, arrays: Sequence[Any]):
+        self.arrays = list(arrays)
+
+    def __len__(self) -> int:
+        return int(self.arrays[0].shape[0])
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return np.stack([load(a[k]) for a in self.arrays], -1)
+
+
+@dataclass
+class FocalJob:
+    """What one focal-stack run reads, gathered from the layers on the GUI thread."""
+
+    images: Any  # stack array (numpy/dask) or a _ChannelStack
+    stack_axis: int
+    channel_axis: int | None
+    reference_channel: int | None
+    channel_names: list[str] | None  # one per channel for multichannel output, else None
+    channel_layers: list[Any]  # layers whose colormaps the per-channel outputs copy
+    z_positions: np.ndarray
+    z_unit: str
+    reference: Any  # the stack layer (geometry, metadata)
+    n: int
+    names: list[str] = field(default_factory=list)
+
+
+def _fixed_index(layer, keep: Sequence[int], data_point) -> tuple[tuple, dict[int, int]]:
+    """Index fixing every non-spatial axis not in ``keep`` at the viewer position."""
+    index: list[Any] = []
+    fixed: dict[int, int] = {}
+    spatial_from = layer.ndim - 2  # napari's ndim excludes an RGB colour axis (kept last)
+    for ax in range(layer.ndim):
+        if ax in keep or ax >= spatial_from:
+            index.append(slice(None))
+        else:
+            size = layer.data.shape[ax]
+            pos = 0 if data_point is None else int(round(float(data_point[ax])))
+            pos = min(max(pos, 0), size - 1)
+            fixed[ax] = pos
+            index.append(pos)
+    return tuple(index), fixed
+
+
+def make_focal_job(
+    layer,
+    *,
+    stack_axis: int = 0,
+    z_step: float | None = None,
+    channel_axis: int | None = None,
+    reference_channel: int | None = None,
+    channel_layers: Sequence[Any] = (),
+    data_point: Sequence[float] | None = None,
+) -> FocalJob:
+    """Gather a focal-stack run from a stack layer (and optional channel axis / layers)."""
+    if not _layers.is_image_layer(layer):
+        raise FusionInputError(f"layer {getattr(layer, 'name', layer)!r} is not a single-scale Image layer")
+    nonspatial = list(range(max(layer.ndim - 2, 0)))  # layer.ndim excludes an RGB axis
+    if not nonspatial:
+        raise FusionInputError(f"layer {layer.name!r} is 2-D; a focal stack needs a third (z) axis")
+    if stack_axis not in nonspatial:
+        raise FusionInputError(f"stack axis {stack_axis} is not valid for {layer.name!r}; choose one of {nonspatial}")
+    keep = [stack_axis]
+    if channel_axis is not None:
+        if layer.rgb:
+            raise FusionInputError(f"layer {layer.name!r} is RGB; its colour axis is the channel axis already")
+        if channel_axis not in nonspatial or channel_axis == stack_axis:
+            raise FusionInputError(
+                f"channel axis {channel_axis} must be a non-spatial axis other than the stack axis "
+                f"({[a for a in nonspatial if a != stack_axis]})"
+            )
+        keep.append(channel_axis)
+    index, _ = _fixed_index(layer, keep, data_point)
+    data = layer.data[index]
+    # positions of the kept axes after the integer indexing
+    remaining = [ax for ax, ix in enumerate(index) if isinstance(ix, slice)]
+    sa = remaining.index(stack_axis)
+    ca = remaining.index(channel_axis) if channel_axis is not None else None
+    n = int(layer.data.shape[stack_axis])
+    step = float(layer.scale[stack_axis]) if z_step is None else float(z_step)
+    zpos = float(layer.translate[stack_axis]) + step * np.arange(n, dtype=np.float64)
+    channel_names = None
+    chan_layers: list[Any] = []
+    images: Any = data
+    ref_c = reference_channel
+    if ca is not None:
+        nchan = int(data.shape[ca])
+        channel_names = [f"{layer.name} [c{c}]" for c in range(nchan)]
+        if ref_c is not None and not 0 <= ref_c < nchan:
+            raise FusionInputError(f"reference channel {ref_c} is out of range for {nchan} channels")
+        if ref_c is None:
+            ref_c = 0
+    elif channel_layers:
+        if layer.rgb:
+            raise FusionInputError("separate channel layers need a grey stack layer, not RGB")
+        others = [ly for ly in channel_layers if ly is not layer]
+        arrays = [data]
+        for ly in others:
+            if not _layers.is_image_layer(ly) or ly.rgb:
+                raise FusionInputError(f"channel layer {ly.name!r} must be a grey single-scale Image layer")
+            if tuple(ly.data.shape) != tuple(layer.data.shape):
+                raise FusionInputError(
+                    f"channel layer {ly.name!r} has shape {tuple(ly.data.shape)}, "
+                    f"the stack layer {tuple(layer.data.shape)}"
+                )
+            if np.dtype(ly.data.dtype) != np.dtype(layer.data.dtype):
+                raise FusionInputError(f"channel layer {ly.name!r} is {ly.data.dtype}, the stack layer {layer.data.dtype}")
+            a = ly.data[index]
+            arrays.append(a)
+        if sa != 0:
+            arrays = [np.moveaxis(a, sa, 0) if isinstance(a, np.ndarray) else a.transpose(
+                [sa] + [i for i in range(a.ndim) if i != sa]) for a in arrays]
+            sa = 0
+        images = _ChannelStack(arrays)
+        chan_layers = [layer, *others]
+        channel_names = [ly.name for ly in chan_layers]
+        ref_c = 0  # the stack layer is the reference channel
+    elif not layer.rgb:
+        ref_c = None
+    return FocalJob(
+        images=images,
+        stack_axis=sa,
+        channel_axis=ca,
+        reference_channel=ref_c,
+        channel_names=channel_names,
+        channel_layers=chan_layers,
+        z_positions=zpos,
+        z_unit=_layers._unit_name(layer, stack_axis),
+        reference=layer,
+        n=n,
+        names=[f"{layer.name} [{k}]" for k in range(n)],
+    )
+
+
+class _AlignedSlices:
+    """Slice ``k`` of a stack, aligned (and cropped) on access: only the slices asked for are read."""
+
+    def __init__(self, items: Sequence[Any], alignment: Alignment | None, box: tuple[int, int, int, int] | None):
+        self.items, self.alignment, self.box = items, alignment, box
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        a = load(self.items[k])
+        if self.alignment is not None:
+            al = self.alignment
+            one = Alignment(al.matrices[k : k + 1], 0, al.mode, tuple(al.shape), np.ones(0))
+            a = apply_alignment([a], one)[0]
+        if self.box is not None:
+            r0, r1, c0, c1 = self.box
+            a = np.ascontiguousarray(a[r0:r1, c0:c1])
+        return a
+
+
+def job_slices(job: FocalJob, result: FocalStackResult | None = None) -> Sequence[Any]:
+    """The job's slices as fused: channels last, aligned and cropped like ``result`` (read on access)."""
+    items = slices(job.images, stack_axis=job.stack_axis, channel_axis=job.channel_axis)
+    al = None if result is None else result.alignment
+    box = al.valid_box() if (al is not None and result.options.get("crop")) else None
+    if al is None and box is None:
+        return items
+    return _AlignedSlices(items, al, box)
+
+
+def retouch_blend(result: FocalStackResult, choice: str) -> dict[str, Any]:
+    """Blending for recomposition: the method's own (``choice`` = BLEND_METHOD) or an explicit one."""
+    if choice == BLEND_METHOD:
+        return default_blend(result.method, result.params)
+    if choice not in BLENDS:
+        raise FusionInputError(f"blend must be {BLEND_METHOD!r} or one of {BLENDS}; got {choice!r}")
+    if choice == "gaussian":
+        sigma = float(result.params.get("blend", 0.0)) or 2.0
+        return {"blend": "gaussian", "sigma": sigma}
+    return {"blend": choice}
+
+
+def retouched(
+    job: FocalJob, result: FocalStackResult, napari_labels: np.ndarray, *, blend: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(fused, labels 0-based, height)`` recomposed from edited napari Labels data.
+
+    No focus measure is computed: pixels whose slice changed take that slice's
+    z position (the user's choice), the others keep their refined height.
+    """
+    if result.labels is None:
+        raise FusionInputError(f"method {result.method!r} makes no decision to retouch")
+    data = np.asarray(napari_labels)
+    if data.shape != result.labels.shape:
+        raise FusionInputError(f"the decision layer is {data.shape}, the fused image {result.labels.shape}")
+    if data.size and int(data.max()) > job.n:
+        raise FusionInputError(
+            f"labels go up to {int(data.max())} but the stack has {job.n} slices (label = slice index + 1)"
+        )
+    labels = labels_from_napari(data, previous=result.labels)
+    fused = recompose(job_slices(job, result), labels, **blend)
+    height = None
+    if result.height is not None:
+        changed = labels != result.labels.astype(np.int64)
+        z_int = index_to_z(labels.astype(np.float64), result.z_positions).astype(np.float32)
+        height = np.where(changed, z_int, result.height).astype(np.float32)
+    return fused, labels, height
+
+
+def _texture(fused: np.ndarray, layer) -> np.ndarray:
+    """Float RGB texture in [0, 1] of a fused image, using the layer's contrast limits."""
+    f = np.asarray(fused, dtype=np.float32)
+    if layer is not None and not getattr(layer, "rgb", False):
+        lo, hi = (float(v) for v in layer.contrast_limits)
+    elif np.issubdtype(np.asarray(fused).dtype, np.integer):
+        lo, hi = 0.0, float(np.iinfo(np.asarray(fused).dtype).max)
+    else:
+        lo, hi = float(f.min()), float(f.max())
+    t = np.clip((f - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    if t.ndim == 2:
+        t = np.repeat(t[..., None], 3, -1)
+    return np.ascontiguousarray(t[..., :3])
+
+
+def surface_data(height: np.ndarray, fused: np.ndarray, geo: dict[str, Any], *, fused_layer=None,
+                 max_vertices: int = 250_000) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+    """``((vertices, faces), kwargs)`` for a Surface layer of the height map textured with ``fused``.
+
+    Vertices are ``(z, row, col)`` in world units (the pixel size from ``geo``'s scale
+    and the origin from its translate); the grid is subsampled to about
+    ``max_vertices`` vertices.
+    """
+    h, w = height.shape
+    step = max(1, int(np.ceil(np.sqrt(h * w / max_vertices))))
+    scale = tuple(float(s) for s in geo.get("scale", (1.0, 1.0)))
+    verts, faces, tex = height_surface(height, step=step, scale=scale)
+    translate = geo.get("translate", (0.0, 0.0))
+    verts = verts + np.array([0.0, float(translate[0]), float(translate[1])], dtype=np.float32)
+    kwargs = {"name": "height surface", "texture": _texture(fused, fused_layer), "texcoords": tex,
+              "shading": "none"}
+    return (verts, faces), kwargs
+
+
+# ---------------------------------------------------------------------------- the widget
+class FocalStackWidget(QWidget):
+    """Dock widget for focal stacks: align, fuse, height map, 3-D surface, retouch."""
+
+    #: Emitted when a run ends, with "done", "cancelled" or "error".
+    run_finished = Signal(str)
+
+    def __init__(self, napari_viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker = None
+        self.job: FocalJob | None = None
+        self.result: FocalStackResult | None = None
+        self.output_layers: dict[str, Any] = {}
+        self._cancel = threading.Event()
+        self._z_from_layer = True
+        self._outcome = "error"
+        self.destroyed.connect(lambda *_, c=self._cancel: c.set())
+
+        layout = QVBoxLayout(self)
+        box = QGroupBox("Focal stack")
+        form = QFormLayout(box)
+        self.stack_layer = QComboBox()
+        self.stack_layer.setToolTip("Image layer holding the focal stack (3 or more dimensions; dask works).")
+        self.stack_axis = QSpinBox()
+        self.stack_axis.setToolTip("Axis of the layer along which the focal slices lie (last two axes: Y, X).")
+        self.z_step = QDoubleSpinBox()
+        self.z_step.setDecimals(6)
+        self.z_step.setRange(1e-9, 1e9)
+        self.z_step.setValue(1.0)
+        self.z_step.setToolTip("Distance between slices (the layer's scale along the stack axis; edit to override).")
+        self.z_unit = QLabel("")
+        zrow = QHBoxLayout()
+        zrow.addWidget(self.z_step, 1)
+        zrow.addWidget(self.z_unit)
+        form.addRow("layer", self.stack_layer)
+        form.addRow("stack axis", self.stack_axis)
+        form.addRow("z step", zrow)
+        self.channels = QComboBox()
+        self.channels.addItems([CHANNELS_NONE, CHANNELS_AXIS, CHANNELS_LAYERS])
+        self.channels.setToolTip(
+            "Multichannel data: the decision is made on one reference channel and applied to all.\n"
+            "channel axis: the layer has a channel axis (e.g. Z, C, Y, X).\n"
+            "separate channel layers: other layers of the same shape; the stack layer is the reference."
+        )
+        self.channel_axis = QSpinBox()
+        self.channel_axis.setToolTip("Axis of the layer holding the channels.")
+        self.reference_channel = QSpinBox()
+        self.reference_channel.setRange(0, 1023)
+        self.reference_channel.setToolTip("Channel the decision and the height map are computed on.")
+        self.channel_list = QListWidget()
+        self.channel_list.setToolTip("Check the other channel layers (same shape and dtype as the stack layer).")
+        self.channel_list.setMaximumHeight(80)
+        form.addRow("channels", self.channels)
+        form.addRow("channel axis", self.channel_axis)
+        form.addRow("reference channel", self.reference_channel)
+        form.addRow("channel layers", self.channel_list)
+        layout.addWidget(box)
+
+        box = QGroupBox("Method")
+        mform = QVBoxLayout(box)
+        self.method = QComboBox()
+        for s in list_methods("multi-focus"):
+            if "labels" in s.outputs:
+                self.method.addItem(f"{s.title}  [{s.name}]", s.name)
+        self.method.setToolTip("Multi-focus methods that make a decision (needed for the height map and retouching).")
+        mform.addWidget(self.method)
+        self.params = ParamPanel()
+        mform.addWidget(self.params)
+        layout.addWidget(box)
+
+        box = QGroupBox("Options")
+        oform = QFormLayout(box)
+        self.align = QComboBox()
+        self.align.addItems(list(ALIGN_MODES))
+        self.align.setToolTip(
+            "none: the stack is registered (microscopes).\n"
+            "translation: phase correlation between neighbouring slices.\n"
+            "similarity: scale + translation, for macro stacks whose magnification changes with focus."
+        )
+        self.crop = QCheckBox("crop to the region every slice covers")
+        self.refine = QComboBox()
+        self.refine.addItems(list(REFINE))
+        self.refine.setToolTip("Height below one slice: fit of the focus measure around its peak.")
+        self.make_height = QCheckBox("height map")
+        self.make_height.setChecked(True)
+        self.make_surface = QCheckBox("3-D surface (textured)")
+        self.make_surface.setToolTip("A Surface layer of the height map textured with the fused image (toggle 3-D view).")
+        hrow = QHBoxLayout()
+        hrow.addWidget(self.make_height)
+        hrow.addWidget(self.make_surface)
+        self.blend = QComboBox()
+        self.blend.addItems([BLEND_METHOD, *BLENDS])
+        self.blend.setToolTip(
+            "How Recompose turns the edited labels into an image.\n"
+            "none: each pixel copied from its slice (exact values); gaussian: soft seams;\n"
+            "pyramid: multiresolution spline (Burt & Adelson 1983)."
+        )
+        oform.addRow("align", self.align)
+        oform.addRow(self.crop)
+        oform.addRow("refine", self.refine)
+        oform.addRow(hrow)
+        oform.addRow("retouch blend", self.blend)
+        layout.addWidget(box)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.recompose_button = QPushButton("Recompose")
+        self.recompose_button.setEnabled(False)
+        self.recompose_button.setToolTip(
+            "Paint the 'decision' layer (label = slice index + 1; 0 keeps the previous choice),\n"
+            "then rebuild the fused image and height map from it (no focus measure is recomputed)."
+        )
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.recompose_button)
+        layout.addLayout(buttons)
+        self.alignment_label = QLabel("")
+        self.alignment_label.setWordWrap(True)
+        self.alignment_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        layout.addWidget(self.alignment_label)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.stack_layer.currentIndexChanged.connect(self._on_stack_choice)
+        self.stack_axis.valueChanged.connect(self._on_stack_choice)
+        self.z_step.valueChanged.connect(self._on_z_edited)
+        self.channels.currentIndexChanged.connect(self._on_channels)
+        self.method.currentIndexChanged.connect(self._on_method)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.recompose_button.clicked.connect(self.recompose)
+        events = self.viewer.layers.events
+        for name in ("inserted", "removed", "reordered", "renamed"):
+            emitter = getattr(events, name, None)
+            if emitter is not None:
+                emitter.connect(self.refresh_layers)
+        index = self.method.findData(DEFAULT_FOCAL_METHOD)
+        self.method.setCurrentIndex(max(index, 0))
+        self._on_method()
+        self.refresh_layers()
+        self._on_channels()
+
+    # ---------------------------------------------------------------- inputs
+    def refresh_layers(self, *_args) -> None:
+        current = self.stack_layer.currentData()
+        checked = {id(ly) for ly in self.checked_channel_layers()}
+        self.stack_layer.blockSignals(True)
+        self.stack_layer.clear()
+        for ly in self.viewer.layers:
+            if _layers.is_image_layer(ly) and ly.ndim >= 3:
+                self.stack_layer.addItem(ly.name, ly)
+        for i in range(self.stack_layer.count()):
+            if self.stack_layer.itemData(i) is current:
+                self.stack_layer.setCurrentIndex(i)
+        self.stack_layer.blockSignals(False)
+        self.channel_list.clear()
+        for ly in self.viewer.layers:
+            if _layers.is_image_layer(ly) and ly.ndim >= 3 and not ly.rgb:
+                item = QListWidgetItem(ly.name)
+                item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+                item.setCheckState(Qt.Checked if id(ly) in checked else Qt.Unchecked)
+                item.setData(Qt.UserRole, ly)
+                self.channel_list.addItem(item)
+        if self.stack_layer.currentData() is not current:
+            self._z_from_layer = True
+        self._on_stack_layer()
+
+    def checked_channel_layers(self) -> list:
+        return [
+            self.channel_list.item(i).data(Qt.UserRole)
+            for i in range(self.channel_list.count())
+            if self.channel_list.item(i).checkState() == Qt.Checked
+        ]
+
+    def set_stack_layer(self, layer, axis: int = 0) -> None:
+        """Choose ``layer`` (object or name) as the focal stack, along ``axis``."""
+        name = layer if isinstance(layer, str) else layer.name
+        index = self.stack_layer.findText(name)
+        if index < 0:
+            raise ValueError(f"{name!r} is not an Image layer with 3 or more dimensions")
+        self._z_from_layer = True
+        self.stack_layer.setCurrentIndex(index)
+        self.stack_axis.setValue(axis)
+        self._on_stack_layer()
+
+    def set_channel_layers(self, layers) -> None:
+        """Use separate channel layers: check exactly ``layers`` (objects or names)."""
+        wanted = {ly if isinstance(ly, str) else ly.name for ly in layers}
+        for i in range(self.channel_list.count()):
+            item = self.channel_list.item(i)
+            item.setCheckState(Qt.Checked if item.data(Qt.UserRole).name in wanted else Qt.Unchecked)
+        self.channels.setCurrentText(CHANNELS_LAYERS)
+
+    def _on_stack_choice(self, *_args) -> None:
+        self._z_from_layer = True
+        self._on_stack_layer()
+
+    def _on_z_edited(self, *_args) -> None:
+        self._z_from_layer = False
+
+    def _on_stack_layer(self) -> None:
+        layer = self.stack_layer.currentData()
+        top = max(layer.ndim - 3, 0) if layer is not None else 0
+        for spin in (self.stack_axis, self.channel_axis):
+            spin.blockSignals(True)
+            spin.setRange(0, top)
+            spin.blockSignals(False)
+        if layer is None:
+            self.z_unit.setText("")
+            return
+        axis = self.stack_axis.value()
+        if self._z_from_layer:
+            self.z_step.blockSignals(True)
+            self.z_step.setValue(float(layer.scale[axis]))
+            self.z_step.blockSignals(False)
+        self.z_unit.setText(_layers._unit_name(layer, axis))
+
+    def _on_channels(self, *_args) -> None:
+        mode = self.channels.currentText()
+        self.channel_axis.setEnabled(mode == CHANNELS_AXIS)
+        self.reference_channel.setEnabled(mode == CHANNELS_AXIS)
+        self.channel_list.setEnabled(mode == CHANNELS_LAYERS)
+
+    def _on_method(self, *_args) -> None:
+        name = self.method.currentData()
+        self.params.set_method(get_method(name) if name else None)
+
+    def make_job(self) -> FocalJob:
+        layer = self.stack_layer.currentData()
+        if layer is None:
+            raise FusionInputError("no stack layer: add an Image layer with 3 or more dimensions")
+        point = None
+        try:
+            point = layer.world_to_data(self.viewer.dims.point[-layer.ndim :])
+        except Exception:  # noqa: BLE001 - index 0 on exotic transforms
+            point = None
+        mode = self.channels.currentText()
+        kwargs: dict[str, Any] = {}
+        if mode == CHANNELS_AXIS:
+            kwargs = {"channel_axis": self.channel_axis.value(), "reference_channel": self.reference_channel.value()}
+        elif mode == CHANNELS_LAYERS:
+            others = self.checked_channel_layers()
+            if not [ly for ly in others if ly is not layer]:
+                raise FusionInputError("check at least one other channel layer (or choose channels: none)")
+            kwargs = {"channel_layers": others}
+        return make_focal_job(layer, stack_axis=self.stack_axis.value(), z_step=self.z_step.value(),
+                              data_point=point, **kwargs)
+
+    # ---------------------------------------------------------------- run
+    def run(self):
+        """Start fuse_focal_stack in a thread worker; returns the worker (None on bad input)."""
+        if self.worker is not None:
+            return self.worker
+        from napari.qt.threading import create_worker
+
+        try:
+            job = self.make_job()
+            method = self.method.currentData()
+            if method is None:
+                raise FusionInputError("no multi-focus method with a decision is registered")
+            params = get_method(method).resolve_params(self.params.values())
+        except FusionError as exc:
+            self._fail(str(exc))
+            return None
+        options = {
+            "method": method,
+            "params": params,
+            "align": None if self.align.currentText() == "none" else self.align.currentText(),
+            "crop": self.crop.isChecked(),
+            "refine": self.refine.currentText(),
+            "height": self.make_height.isChecked() or self.make_surface.isChecked(),
+        }
+        self._cancel.clear()
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.recompose_button.setEnabled(False)
+        self.status.setText(f"fusing {job.n} slices ({method})...")
+        self.worker = create_worker(_compute, job, options, self._cancel, _start_thread=False, _ignore_errors=True)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(self._on_errored)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()
+        return self.worker
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self._cancel.set()
+            self.cancel_button.setEnabled(False)
+            self.status.setText("cancelling...")
+
+    def _on_returned(self, value) -> None:
+        job, result = value
+        self.job, self.result = job, result
+        self._show(job, result, result.fused, result.labels, result.height)
+        self.alignment_label.setText(alignment_summary(result.alignment))
+        self.alignment_label.setToolTip(alignment_table(result.alignment))
+        extra = ""
+        if result.labels is not None:
+            extra = f", {len(np.unique(result.labels))} of {job.n} slices used"
+        self.status.setText(f"{result.method}: done in {result.seconds:.2f} s{extra}")
+        self._outcome = "done"
+
+    def _on_errored(self, exc: BaseException) -> None:
+        if isinstance(exc, FusionCancelled):
+            self.status.setText("cancelled; output layers unchanged")
+            self._outcome = "cancelled"
+            return
+        self._fail(str(exc) if isinstance(exc, FusionError) else f"{type(exc).__name__}: {exc}")
+        self._outcome = "error"
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.recompose_button.setEnabled(self.result is not None and self.result.labels is not None)
+        self.run_finished.emit(self._outcome)
+        self._outcome = "error"
+
+    def _fail(self, message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.setText(f"error: {message}")
+        show_error(f"napari-fusion: {message}")
+
+    # ---------------------------------------------------------------- outputs
+    def _record(self, job: FocalJob, result: FocalStackResult, **extra) -> dict[str, Any]:
+        rec = result.record()
+        rec.pop("versions", None)
+        rec.update({"sources": list(job.names), "z_unit": job.z_unit, "channels": job.channel_names,
+                    "widget": "focal stack", **extra})
+        return rec
+
+    def _put(self, key: str, data, kwargs: dict[str, Any], layer_type: str):
+        layer = _layers.update_or_add(self.viewer, self.output_layers.get(key), data, kwargs, layer_type)
+        self.output_layers[key] = layer
+        return layer
+
+    def _show(self, job: FocalJob, result: FocalStackResult, fused, labels, height, **extra) -> None:
+        ref = job.reference
+        geo = _layers._geometry(ref)
+        record = self._record(job, result, **extra)
+        meta = dict(ref.metadata or {})
+        meta["napari_fusion"] = record
+        fused_keys = []
+        if job.channel_names is None:
+            kw: dict[str, Any] = {"name": "fused", "rgb": bool(ref.rgb), "metadata": meta, **geo}
+            if not ref.rgb:
+                kw["colormap"] = ref.colormap.name
+            self._put("fused", fused, kw, "image")
+            fused_keys.append("fused")
+        else:
+            colormaps = ["magenta", "green", "cyan", "yellow", "red", "blue", "gray"]
+            for c, cname in enumerate(job.channel_names):
+                key = f"fused [{cname}]"
+                cmap = job.channel_layers[c].colormap.name if job.channel_layers else colormaps[c % len(colormaps)]
+                kw = {"name": key, "colormap": cmap, "blending": "additive", "metadata": meta, **geo}
+                self._put(key, np.ascontiguousarray(fused[..., c]), kw, "image")
+                fused_keys.append(key)
+        for key in [k for k in self.output_layers if k.startswith("fused") and k not in fused_keys]:
+            old = self.output_layers.pop(key)
+            if old in self.viewer.layers:
+                self.viewer.layers.remove(old)
+        if labels is not None:
+            features = {
+                "index": np.arange(1, job.n + 1),
+                "source": list(job.names),
+                "slice": np.arange(job.n),
+                "z": np.asarray(job.z_positions if result is None else result.z_positions, dtype=np.float64),
+            }
+            self._put("decision", labels_to_napari(labels),
+                      {"name": "decision", "features": features, "metadata": meta, **geo}, "labels")
+        want_height = height is not None and self.make_height.isChecked()
+        if want_height:
+            hmeta = dict(meta)
+            hmeta["napari_fusion"] = {**record, "height_unit": job.z_unit}
+            zmin, zmax = float(np.min(result.z_positions)), float(np.max(result.z_positions))
+            hkw: dict[str, Any] = {"name": "height", "colormap": "viridis", "metadata": hmeta, **geo}
+            if zmax > zmin:
+                hkw["contrast_limits"] = (zmin, zmax)
+            layer = self._put("height", np.asarray(height, dtype=np.float32), hkw, "image")
+            layer.visible = False
+        else:
+            self._drop("height")
+        if height is not None and self.make_surface.isChecked():
+            fused_layer = self.output_layers.get(fused_keys[0])
+            texture_src = fused if job.channel_names is None else fused[..., job.reference_channel or 0]
+            (verts, faces), skw = surface_data(np.asarray(height, np.float32), texture_src, geo,
+                                               fused_layer=fused_layer if job.channel_names is None else
+                                               self.output_layers.get(fused_keys[job.reference_channel or 0]))
+            skw["metadata"] = {"napari_fusion": {**record, "height_unit": job.z_unit}}
+            old = self.output_layers.get("surface")
+            index = None
+            if old is not None and old in self.viewer.layers:
+                index = self.viewer.layers.index(old)
+                self.viewer.layers.remove(old)
+            from napari.layers import Surface
+
+            surf = Surface((verts, faces), **skw)
+            if index is None:
+                self.viewer.add_layer(surf)
+            else:
+                self.viewer.layers.insert(index, surf)
+            surf.visible = self.viewer.dims.ndisplay == 3
+            self.output_layers["surface"] = surf
+        else:
+            self._drop("surface")
+
+    def _drop(self, key: str) -> None:
+        old = self.output_layers.pop(key, None)
+        if old is not None and old in self.viewer.layers:
+            self.viewer.layers.remove(old)
+
+    # ---------------------------------------------------------------- retouch
+    def recompose(self) -> bool:
+        """Rebuild the fused image (and height) from the edited ``decision`` layer, in place."""
+        job, result = self.job, self.result
+        dec = self.output_layers.get("decision")
+        if job is None or result is None or dec is None or dec not in self.viewer.layers:
+            self._fail("run the fusion first (the decision layer is missing)")
+            return False
+        try:
+            blend = retouch_blend(result, self.blend.currentText())
+            start = time.perf_counter()
+            fused, labels, height = retouched(job, result, np.asarray(dec.data), blend=blend)
+        except FusionError as exc:
+            self._fail(str(exc))
+            return False
+        changed = int(np.count_nonzero(labels != result.labels))
+        new = FocalStackResult(
+            fused=fused, labels=labels.astype(result.labels.dtype), height=height, index=result.index,
+            alignment=result.alignment, method=result.method, params=result.params, options=result.options,
+            z_positions=result.z_positions, blend=blend, seconds=result.seconds,
+        )
+        self.result = new
+        self._show(job, new, fused, new.labels, height,
+                   retouched={"pixels_changed": changed, "blend": blend})
+        self.status.setText(
+            f"recomposed ({blend['blend']}) in {time.perf_counter() - start:.2f} s: "
+            f"{changed} pixels now come from another slice"
+        )
+        return True
+
+
+def alignment_summary(al: Alignment | None) -> str:
+    if al is None:
+        return "alignment: none"
+    mags = al.scales
+    shift = float(np.max(np.hypot(al.shifts[:, 0], al.shifts[:, 1]))) if al.n else 0.0
+    weak = int(np.sum(al.pair_scores < 0.02))
+    text = (f"alignment ({al.mode}, reference slice {al.reference}): magnification "
+            f"{mags.min():.4f}-{mags.max():.4f}, centre shift up to {shift:.1f} px")
+    if weak:
+        text += f"; {weak} unreliable pair(s) (score < 0.02)"
+    return text + " (hover for each slice)"
+
+
+def alignment_table(al: Alignment | None) -> str:
+    if al is None:
+        return ""
+    lines = ["slice  magnification  shift (rows, cols) px"]
+    for k in range(al.n):
+        dy, dx = al.shifts[k]
+        lines.append(f"{k:5d}  {al.scales[k]:.5f}  ({dy:+.2f}, {dx:+.2f})")
+    return "\n".join(lines)
+
+
+def _compute(job: FocalJob, options: dict[str, Any], cancel: threading.Event):
+    """Worker-thread body: :func:`fuse_focal_stack` on the job."""
+
+    def progress(done, total, message):
+        if cancel.is_set():
+            raise FusionCancelled("fusion cancelled by the user")
+
+    if cancel.is_set():
+        raise FusionCancelled("fusion cancelled by the user")
+    result = fuse_focal_stack(
+        job.images,
+        stack_axis=job.stack_axis,
+        channel_axis=job.channel_axis,
+        reference_channel=job.reference_channel,
+        z_positions=job.z_positions,
+        progress=progress,
+        **options,
+    )
+    if cancel.is_set():
+        raise FusionCancelled("fusion cancelled by the user")
+    return job, result

@@ -1,0 +1,219 @@
+"""The "Focal stack" dock widget: alignment, height in microns, surface, retouching, channels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("qtpy")
+pytest.importorskip("pytestqt")
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def viewer():
+    from napari.components import ViewerModel
+
+    return ViewerModel()
+
+
+@pytest.fixture
+def widget(qtbot, viewer):
+    from napari_fusion._napari._focal import FocalStackWidget
+
+    w = FocalStackWidget(viewer)
+    qtbot.addWidget(w)
+    return w
+
+
+def run_and_wait(qtbot, widget) -> str:
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS) as blocker:
+        assert widget.run() is not None, widget.status.text()
+    return blocker.args[0]
+
+
+@pytest.fixture
+def grey_stack(small_focal_stack):
+    """uint16 grey focal stack (Z, Y, X) from the synthetic RGB stack."""
+    from skimage.color import rgb2gray
+
+    s = small_focal_stack
+    return np.stack([np.rint(rgb2gray(sl) * 65535).astype(np.uint16) for sl in s.slices])
+
+
+def test_height_in_microns_surface_and_inputs_unchanged(qtbot, viewer, widget, grey_stack):
+    layer = viewer.add_image(grey_stack, name="stack", scale=(0.3, 0.5, 0.5), units=("um", "um", "um"))
+    before = grey_stack.copy()
+    widget.set_stack_layer(layer)
+    assert widget.z_step.value() == pytest.approx(0.3)
+    widget.make_surface.setChecked(True)
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    fused = widget.output_layers["fused"]
+    dec = widget.output_layers["decision"]
+    height = widget.output_layers["height"]
+    assert fused.data.dtype == np.uint16 and fused.data.shape == grey_stack.shape[1:]
+    # height in the layer's z units: slice positions k * 0.3 um, refined below one slice
+    h = np.asarray(height.data)
+    n = grey_stack.shape[0]
+    assert h.dtype == np.float32 and -0.15 - 1e-4 <= h.min() and h.max() <= 0.3 * (n - 1) + 0.15 + 1e-4
+    idx = np.asarray(dec.data).astype(int) - 1
+    assert np.all(np.abs(h - 0.3 * idx) <= 0.15 + 1e-4)
+    assert height.metadata["napari_fusion"]["height_unit"] == "micrometer"
+    assert tuple(height.scale) == (0.5, 0.5)
+    # surface: vertices (z, row, col) in world units, z = the height map
+    surf = widget.output_layers["surface"]
+    verts, faces = surf.data[0], surf.data[1]
+    assert verts.shape[1] == 3 and faces.shape[1] == 3
+    assert verts[:, 0].min() >= h.min() - 1e-5 and verts[:, 0].max() <= h.max() + 1e-5
+    assert verts[:, 1].max() == pytest.approx(0.5 * (grey_stack.shape[1] - 1))
+    assert surf.texture is not None and surf.texture.shape[-1] == 3
+    np.testing.assert_array_equal(layer.data, before)
+
+
+def test_alignment_option_reports_shifts(qtbot, viewer, widget, grey_stack):
+    from scipy import ndimage
+
+    # shift every slice by a known translation: slice k moved by (k - 2) * (1.5, -1) px
+    ref = 2
+    shifted = np.stack([
+        np.rint(ndimage.shift(sl.astype(np.float64), ((k - ref) * 1.5, (k - ref) * -1.0), order=1, mode="nearest"))
+        .astype(np.uint16)
+        for k, sl in enumerate(grey_stack)
+    ])
+    layer = viewer.add_image(shifted, name="shifted")
+    widget.set_stack_layer(layer)
+    widget.align.setCurrentText("translation")
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    record = widget.output_layers["fused"].metadata["napari_fusion"]
+    al = record["alignment"]
+    assert al["mode"] == "translation"
+    shifts = np.array(al["shifts_rows_cols"])
+    n = shifted.shape[0]
+    r = al["reference"]
+    expected = np.array([((k - r) * 1.5, (k - r) * -1.0) for k in range(n)])
+    np.testing.assert_allclose(shifts, expected, atol=0.35)
+    assert "translation" in widget.alignment_label.text()
+    assert "magnification" in widget.alignment_label.toolTip() and len(widget.alignment_label.toolTip().splitlines()) == n + 1
+    # off again: no alignment in the record
+    widget.align.setCurrentText("none")
+    assert run_and_wait(qtbot, widget) == "done"
+    assert widget.output_layers["fused"].metadata["napari_fusion"]["alignment"] is None
+
+
+def _paint_and_recompose(widget, lazy_stack_data, blend="none"):
+    dec = widget.output_layers["decision"]
+    old_labels = np.asarray(dec.data).astype(int) - 1
+    old_fused = np.array(widget.output_layers["fused"].data, copy=True)
+    old_height = np.array(widget.output_layers["height"].data, copy=True)
+    # paint a block with the slice that was chosen least there (label = slice + 1)
+    block = (slice(10, 30), slice(20, 45))
+    counts = np.bincount(old_labels[block].ravel(), minlength=lazy_stack_data.shape[0])
+    target = int(np.argmin(counts))
+    painted = np.array(dec.data, copy=True)
+    painted[block] = target + 1
+    painted[0:3, 0:3] = 0  # erased pixels keep the previous decision
+    dec.data = painted
+    widget.blend.setCurrentText(blend)
+    fused_layer = widget.output_layers["fused"]
+    assert widget.recompose(), widget.status.text()
+    assert widget.output_layers["fused"] is fused_layer  # updated in place
+    return old_labels, old_fused, old_height, block, target
+
+
+def test_recompose_changes_exactly_the_painted_pixels(qtbot, viewer, widget, grey_stack):
+    layer = viewer.add_image(grey_stack, name="stack", scale=(2.0, 1.0, 1.0))
+    widget.set_stack_layer(layer)
+    assert run_and_wait(qtbot, widget) == "done"
+    old_labels, old_fused, old_height, block, target = _paint_and_recompose(widget, grey_stack)
+    new = widget.output_layers["fused"].data
+    changed = np.zeros(old_labels.shape, bool)
+    changed[block] = old_labels[block] != target
+    assert changed.sum() > 50
+    # painted pixels: exactly the painted slice's values; all others untouched
+    np.testing.assert_array_equal(new[block], grey_stack[target][block])
+    np.testing.assert_array_equal(new[~changed], old_fused[~changed])
+    h = widget.output_layers["height"].data
+    np.testing.assert_allclose(h[changed], 2.0 * target)
+    np.testing.assert_array_equal(h[~changed], old_height[~changed])
+    dec = widget.output_layers["decision"].data
+    assert np.all(dec[block] == target + 1) and np.all(dec[0:3, 0:3] == old_labels[0:3, 0:3] + 1)
+    assert widget.output_layers["fused"].metadata["napari_fusion"]["retouched"]["pixels_changed"] == changed.sum()
+
+
+def test_recompose_on_lazy_rgb_stack_with_method_blend(qtbot, viewer, widget, small_focal_stack):
+    da = pytest.importorskip("dask.array")
+    stack = small_focal_stack.slices  # (Z, Y, X, 3) uint8
+    lazy = da.from_array(stack, chunks=(1, *stack.shape[1:]))
+    layer = viewer.add_image(lazy, name="lazy", rgb=True)
+    widget.set_stack_layer(layer)
+    widget.params.set_values({"blend": 1.5})
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    assert isinstance(layer.data, da.Array)
+    # recomposing the unedited labels with the method's blending reproduces the method
+    fused0 = np.array(widget.output_layers["fused"].data, copy=True)
+    assert widget.recompose()
+    np.testing.assert_array_equal(widget.output_layers["fused"].data, fused0)
+    old_labels, old_fused, _, block, target = _paint_and_recompose(widget, stack, blend="method's blending")
+    new = widget.output_layers["fused"].data
+    assert new.dtype == np.uint8 and new.shape == stack.shape[1:]
+    inner = (slice(16, 24), slice(28, 37))  # far from the seams: the painted slice's values
+    assert np.abs(new[inner].astype(int) - stack[target][inner].astype(int)).max() <= 1
+    far = np.ones(old_labels.shape, bool)
+    far[5:35, 15:50] = False
+    np.testing.assert_array_equal(new[far], old_fused[far])
+
+
+def test_channel_axis_reference_channel(qtbot, viewer, widget, grey_stack):
+    # channel 0 carries the focus information, channel 1 is a scaled copy, channel 2 flat
+    c1 = (grey_stack // 2).astype(np.uint16)
+    c2 = np.full_like(grey_stack, 1000)
+    data = np.stack([grey_stack, c1, c2], axis=1)  # (Z, C, Y, X)
+    layer = viewer.add_image(data, name="zc")
+    widget.set_stack_layer(layer, axis=0)
+    widget.channels.setCurrentText("channel axis of the layer")
+    widget.channel_axis.setValue(1)
+    widget.reference_channel.setValue(0)
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    names = [k for k in widget.output_layers if k.startswith("fused")]
+    assert len(names) == 3
+    labels = np.asarray(widget.output_layers["decision"].data).astype(int) - 1
+    rows, cols = np.indices(labels.shape)
+    f0 = widget.output_layers[names[0]].data
+    f1 = widget.output_layers[names[1]].data
+    np.testing.assert_array_equal(f0, grey_stack[labels, rows, cols])
+    np.testing.assert_array_equal(f1, c1[labels, rows, cols])  # same decision applied
+    assert np.all(widget.output_layers[names[2]].data == 1000)
+
+
+def test_separate_channel_layers(qtbot, viewer, widget, grey_stack):
+    other = (65535 - grey_stack).astype(np.uint16)
+    ref_layer = viewer.add_image(grey_stack, name="dapi", colormap="blue")
+    other_layer = viewer.add_image(other, name="gfp", colormap="green")
+    widget.set_stack_layer(ref_layer)
+    widget.set_channel_layers([other_layer])
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    labels = np.asarray(widget.output_layers["decision"].data).astype(int) - 1
+    rows, cols = np.indices(labels.shape)
+    fg = widget.output_layers["fused [gfp]"]
+    assert fg.colormap.name == "green"
+    np.testing.assert_array_equal(fg.data, other[labels, rows, cols])
+    np.testing.assert_array_equal(widget.output_layers["fused [dapi]"].data, grey_stack[labels, rows, cols])
+    np.testing.assert_array_equal(other_layer.data, (65535 - grey_stack).astype(np.uint16))
+
+
+def test_bad_paint_is_reported(qtbot, viewer, widget, grey_stack):
+    layer = viewer.add_image(grey_stack, name="stack")
+    widget.set_stack_layer(layer)
+    assert widget.recompose() is False and "run the fusion first" in widget.status.text()
+    assert run_and_wait(qtbot, widget) == "done"
+    dec = widget.output_layers["decision"]
+    bad = np.array(dec.data, copy=True)
+    bad[0, 0] = grey_stack.shape[0] + 5
+    dec.data = bad
+    fused = np.array(widget.output_layers["fused"].data, copy=True)
+    assert widget.recompose() is False and "slice index + 1" in widget.status.text()
+    np.testing.assert_array_equal(widget.output_layers["fused"].data, fused)
