@@ -21,7 +21,7 @@ sources). ``liu2017_cnn_nway`` scores every slice against every other slice
 pixel and applies the same verification to the label map.
 
 The networks are trained here (``napari-fusion train liu2017``); the weights
-shipped in ``napari_fusion/weights`` are checked against their sha256.
+shipped in ``napari_fusion/trained_weights`` are checked against their sha256.
 """
 
 from __future__ import annotations
