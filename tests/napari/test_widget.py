@@ -351,3 +351,86 @@ def test_plugin_in_real_viewer_sample_data_run_rerun_and_writer(qtbot, make_napa
     assert back.dtype == dec.data.dtype
     np.testing.assert_array_equal(back, dec.data)
     assert desc["napari_fusion"]["method"] == "focus_measure"
+
+
+def _tile_messages(widget):
+    seen = []
+    original = widget._progress_callback
+
+    def spy(done, total, message):
+        seen.append(message)
+        return original(done, total, message)
+
+    widget._progress_callback = spy
+    return seen
+
+
+def test_lazy_stack_layer_is_fused_tile_by_tile_with_tile_progress(qtbot, viewer, widget, grey_pair):
+    import dask.array as da
+
+    from napari_fusion._napari._widget import TILING_NOW, TILING_OFF
+
+    images, _ = grey_pair  # 2 x (96, 128) uint16
+    stack = np.stack(images)
+    layer = viewer.add_image(da.from_array(stack, chunks=(1, 48, 64)), name="lazy")
+    assert widget.tiling.currentText() == TILING_OFF
+    widget.set_stack_layer(layer, axis=0)
+    assert widget.tiling.currentText() == TILING_NOW  # chosen for a dask layer
+    widget.tile_size.setValue(64)
+    widget.set_method("focus_measure")
+    messages = _tile_messages(widget)
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    fused, dec = widget.output_layers["fused"], widget.output_layers["decision"]
+    assert isinstance(fused.data, np.ndarray)
+    expected = fuse(stack, method="focus_measure")
+    np.testing.assert_allclose(fused.data.astype(np.float64), expected.fused.astype(np.float64), atol=1)
+    assert (np.asarray(dec.data) == expected.labels + 1).mean() > 0.999
+    tiles = [m for m in messages if m.startswith("tile ")]
+    assert tiles and tiles[-1] == "tile 4/4"  # (96, 128) in tiles of 64: 2 x 2
+
+
+def test_lazy_output_layers_stay_dask_until_viewed(qtbot, viewer, widget, grey_pair):
+    import dask.array as da
+
+    from napari_fusion._napari._widget import TILING_LAZY
+
+    images, _ = grey_pair
+    a = viewer.add_image(images[0], name="a")
+    b = viewer.add_image(images[1], name="b")
+    widget.set_image_layers([a, b])
+    widget.set_method("focus_measure")
+    widget.tiling.setCurrentText(TILING_LAZY)
+    widget.tile_size.setValue(64)
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    fused, dec, depth = (widget.output_layers[k] for k in ("fused", "decision", "depth"))
+    assert all(isinstance(ly.data, da.Array) for ly in (fused, dec, depth))
+    assert "lazy result of 4 tiles" in widget.status.text()
+    expected = fuse(images, method="focus_measure")
+    np.testing.assert_array_equal(np.asarray(dec.data), expected.labels + 1)
+
+
+def test_cancel_stops_tiled_fusion_between_tiles(qtbot, viewer, widget, grey_pair):
+    from napari_fusion._napari._widget import TILING_NOW
+
+    images, _ = grey_pair
+    a = viewer.add_image(images[0], name="a")
+    b = viewer.add_image(images[1], name="b")
+    widget.set_image_layers([a, b])
+    widget.set_method("focus_measure")
+    widget.tiling.setCurrentText(TILING_NOW)
+    widget.tile_size.setValue(64)
+    original = widget._progress_callback
+    seen = []
+
+    def cancel_after_first_tile(done, total, message):
+        if message.startswith("tile "):
+            seen.append(message)
+            widget._cancel.set()  # as the Cancel button does
+        return original(done, total, message)
+
+    widget._progress_callback = cancel_after_first_tile
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS) as blocker:
+        assert widget.run() is not None
+    assert blocker.args == ["cancelled"]
+    assert widget.output_layers == {}
+    assert len(seen) < 4

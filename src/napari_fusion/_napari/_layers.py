@@ -67,6 +67,18 @@ def is_image_layer(layer) -> bool:
     return isinstance(layer, Image) and not getattr(layer, "multiscale", False)
 
 
+def is_lazy_array(data: Any) -> bool:
+    """Whether ``data`` is a dask or zarr array (read or computed on demand)."""
+    from ..tiling import is_lazy
+
+    return data is not None and is_lazy(data)
+
+
+def is_lazy_layer(layer) -> bool:
+    """Whether a layer's data is lazy (dask/zarr), so fusing it whole would load it all."""
+    return is_lazy_array(getattr(layer, "data", None))
+
+
 def job_from_image_layers(layers: Sequence[Any], *, z_step: float = 1.0) -> FusionJob:
     """Fuse several 2-D (grey or RGB) Image layers, in the given order."""
     layers = list(layers)
@@ -209,7 +221,8 @@ def output_layer_data(job: FusionJob, result: FusionResult, record: dict[str, An
             fused_kw["contrast_limits"] = (lo, hi)
     out["fused"] = (result.fused, fused_kw, "image")
     if result.labels is not None:
-        labels = np.asarray(result.labels)
+        # lazy (dask) outputs stay lazy: the arithmetic below builds a graph, computes nothing
+        labels = result.labels if is_lazy_array(result.labels) else np.asarray(result.labels)
         dec = (labels.astype(label_dtype(job.n + 1)) + 1).astype(label_dtype(job.n + 1))
         features = {
             "index": np.arange(1, job.n + 1),
@@ -219,7 +232,11 @@ def output_layer_data(job: FusionJob, result: FusionResult, record: dict[str, An
         }
         out["decision"] = (dec, {"name": "decision", "features": features, "metadata": meta, **geo}, "labels")
     if result.depth is not None:
-        depth = np.asarray(result.depth, dtype=np.float32)
+        depth = (
+            result.depth.astype(np.float32)
+            if is_lazy_array(result.depth)
+            else np.asarray(result.depth, dtype=np.float32)
+        )
         zmin, zmax = float(np.min(job.z_positions)), float(np.max(job.z_positions))
         depth_meta = dict(meta)
         depth_meta["napari_fusion"] = {**record, "depth_unit": job.z_unit}

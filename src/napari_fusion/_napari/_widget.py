@@ -43,6 +43,10 @@ from ._params import ParamPanel
 MODE_IMAGES = "image layers"
 MODE_STACK = "stack layer"
 DEVICES = ("auto", "cpu", "cuda")
+TILING_OFF = "off (whole image in memory)"
+TILING_NOW = "tiles, compute now"
+TILING_LAZY = "tiles, lazy (computed when viewed)"
+TILINGS = (TILING_OFF, TILING_NOW, TILING_LAZY)
 ALL_TASKS = "all tasks"
 _PROGRESS_STEPS = 1000
 
@@ -171,6 +175,24 @@ class FusionWidget(QWidget):
         self.device.addItems(list(DEVICES))
         self.device.setToolTip("auto: CUDA GPU when available (then Apple MPS), else CPU.")
         dform.addRow("device", self.device)
+        self.tiling = QComboBox()
+        self.tiling.addItems(list(TILINGS))
+        self.tiling.setToolTip(
+            "off: load the inputs and fuse them in one piece.\n"
+            "tiles, compute now: fuse tile by tile with overlapping halos (bounded memory; the\n"
+            "progress bar counts tiles, Cancel stops before the next tile).\n"
+            "tiles, lazy: add dask-backed output layers at once; napari fuses only the tiles it\n"
+            "displays (or that you save). Chosen automatically for lazy (dask/zarr) stack layers."
+        )
+        self.tile_size = QSpinBox()
+        self.tile_size.setRange(64, 65536)
+        self.tile_size.setSingleStep(256)
+        self.tile_size.setValue(1024)
+        self.tile_size.setSuffix(" px")
+        self.tile_size.setToolTip("Edge of a square tile (before its halo), in pixels.")
+        dform.addRow("tiling", self.tiling)
+        dform.addRow("tile size", self.tile_size)
+        self._tiling_seen_layer: int | None = None
         layout.addLayout(dform)
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Run")
@@ -290,8 +312,17 @@ class FusionWidget(QWidget):
                 self.z_step.setValue(float(layer.scale[axis]))
                 self.z_step.blockSignals(False)
             self.z_unit.setText(_layers._unit_name(layer, axis))
+            self._suggest_tiling(layer)
         else:
             self.z_unit.setText("")
+
+    def _suggest_tiling(self, layer) -> None:
+        """Switch to tiled fusion when a newly chosen stack layer is lazy (dask/zarr)."""
+        if layer is None or id(layer) == self._tiling_seen_layer:
+            return
+        self._tiling_seen_layer = id(layer)
+        if _layers.is_lazy_layer(layer) and self.tiling.currentText() == TILING_OFF:
+            self.tiling.setCurrentText(TILING_NOW)
 
     def _on_stack_choice(self, *_args) -> None:
         # a new layer or axis: take the z step from its scale again
@@ -382,6 +413,7 @@ class FusionWidget(QWidget):
             self._fail(str(exc))
             return None
         device = self.device.currentText()
+        tiling = (self.tiling.currentText(), int(self.tile_size.value()))
         self._cancel.clear()
         self._start_progress(f"Fusing {job.n} images ({method})")
         self.run_button.setEnabled(False)
@@ -395,6 +427,7 @@ class FusionWidget(QWidget):
             device,
             self._progress_callback,
             self._cancel,
+            tiling,
             _start_thread=False,
             _ignore_errors=True,
         )
@@ -459,9 +492,15 @@ class FusionWidget(QWidget):
                 old = self.output_layers.pop(key, None)
                 if old is not None and old in self.viewer.layers:
                     self.viewer.layers.remove(old)
-        used = result.n_sources_used
-        extra = f", {used} of {job.n} sources used" if result.labels is not None else ""
-        self.status.setText(f"{result.method}: done in {seconds:.2f} s on {device}{extra}")
+        if _layers.is_lazy_array(result.fused):
+            tiles = getattr(getattr(result, "grid", None), "n_tiles", "?")
+            self.status.setText(
+                f"{result.method}: lazy result of {tiles} tiles on {device}; tiles are fused as they are viewed"
+            )
+        else:
+            used = result.n_sources_used
+            extra = f", {used} of {job.n} sources used" if result.labels is not None else ""
+            self.status.setText(f"{result.method}: done in {seconds:.2f} s on {device}{extra}")
         self._outcome = "done"
 
     def _on_errored(self, exc: BaseException) -> None:
@@ -487,23 +526,42 @@ class FusionWidget(QWidget):
         show_error(f"napari-fusion: {message}")
 
 
-def _compute(job, method, params, device, progress, cancel):
-    """Worker-thread body: run :func:`fuse` and time it."""
+def _compute(job, method, params, device, progress, cancel, tiling=(TILING_OFF, 0)):
+    """Worker-thread body: run :func:`fuse` (whole or tiled) and time it."""
     if cancel.is_set():
         raise FusionCancelled("fusion cancelled by the user")
     start = time.perf_counter()
     images = job.images
-    if not isinstance(images, list):
-        images = np.asarray(images)  # materialise lazy (dask) stacks here, off the GUI thread
-    result = fuse(
-        images,
-        method=method,
-        stack_axis=0,
-        z_positions=job.z_positions,
-        device=device,
-        progress=progress,
-        **params,
-    )
+    mode, tile = tiling
+    if mode == TILING_OFF:
+        if not isinstance(images, list):
+            images = np.asarray(images)  # materialise lazy (dask) stacks here, off the GUI thread
+        else:
+            images = [np.asarray(im) for im in images]
+        result = fuse(
+            images,
+            method=method,
+            stack_axis=0,
+            z_positions=job.z_positions,
+            device=device,
+            progress=progress,
+            **params,
+        )
+    else:
+        result = fuse(
+            images,
+            method=method,
+            stack_axis=0,
+            z_positions=job.z_positions,
+            device=device,
+            chunks=int(tile),
+            **params,
+        )
+        if mode == TILING_NOW:
+            result = result.compute(progress=progress)
+        else:
+            # lazy: napari computes the tiles it shows; nothing is fused here
+            result.progress = None
     if cancel.is_set():
         raise FusionCancelled("fusion cancelled by the user")
     seconds = time.perf_counter() - start
