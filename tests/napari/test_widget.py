@@ -434,3 +434,19 @@ def test_cancel_stops_tiled_fusion_between_tiles(qtbot, viewer, widget, grey_pai
     assert blocker.args == ["cancelled"]
     assert widget.output_layers == {}
     assert len(seen) < 4
+
+
+def test_weights_status_line_for_learned_methods(widget, monkeypatch, tmp_path):
+    monkeypatch.setenv("NAPARI_FUSION_VGG19_WEIGHTS", str(tmp_path / "absent.pth"))
+    widget.set_method("li2018_vgg19")
+    text = widget.weights_status.text()
+    assert "MISSING" in text and "napari-fusion weights fetch vgg19" in text
+    present = tmp_path / "vgg19.pth"
+    present.write_bytes(b"not checked here")
+    monkeypatch.setenv("NAPARI_FUSION_VGG19_WEIGHTS", str(present))
+    widget.set_method("gff")
+    assert widget.weights_status.text() == ""  # classical: no weights line
+    widget.set_method("li2018_vgg19")
+    assert "found" in widget.weights_status.text() and str(present) in widget.weights_status.text()
+    widget.set_method("liu2017_cnn")
+    assert "shipped with napari-fusion" in widget.weights_status.text()

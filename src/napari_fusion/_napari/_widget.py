@@ -158,6 +158,11 @@ class FusionWidget(QWidget):
         mform.addRow("task", self.task)
         mform.addRow("method", self.method)
         mform.addRow(self.description)
+        self.weights_status = QLabel("")
+        self.weights_status.setWordWrap(True)
+        self.weights_status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.weights_status.setToolTip("Where the learned method's weights come from.")
+        mform.addRow(self.weights_status)
         layout.addWidget(box)
 
         box = QGroupBox("Parameters")
@@ -385,6 +390,7 @@ class FusionWidget(QWidget):
         name = self.method.currentData()
         spec = get_method(name) if name else None
         self.params.set_method(spec)
+        self.weights_status.setText(weights_line(spec) if spec is not None else "")
         if spec is None:
             self.description.setText("no method for this task")
             return
@@ -524,6 +530,37 @@ class FusionWidget(QWidget):
 
         self.status.setText(f"error: {message}")
         show_error(f"napari-fusion: {message}")
+
+
+def weights_line(spec) -> str:
+    """One line per weights file a learned method needs: found where, or how to get it.
+
+    Presence only (no checksum: hashing a 550 MB file would stall the GUI); the
+    method verifies the checksum when it runs and refuses a wrong file.
+    """
+    if spec is None or not spec.learned:
+        return ""
+    from ..errors import WeightsUnavailableError
+    from ..weights import locate_weights, weights_for_method
+
+    needed = weights_for_method(spec.name)
+    if not needed:
+        return "weights: trained here, shipped with napari-fusion (see its model card)"
+    lines = []
+    for ws in needed:
+        try:
+            loc = locate_weights(ws, verify=False)
+        except WeightsUnavailableError:
+            lines.append(
+                f"{ws.description} weights: MISSING. Run `napari-fusion weights fetch {ws.name}` on a "
+                f"computer with internet access, set ${ws.env_var} to the file, or give it in the "
+                "'weights' parameter."
+            )
+        else:
+            lines.append(
+                f"{ws.description} weights: found ({loc.source}: {loc.path}); checksum verified at run time"
+            )
+    return "\n".join(lines)
 
 
 def _compute(job, method, params, device, progress, cancel, tiling=(TILING_OFF, 0)):
