@@ -32,10 +32,8 @@ def test_network_shapes_non_square(scale, bands, guide):
     assert torch.isfinite(out).all()
 
 
-def test_network_is_residual_on_bilinear_upsampling():
-    net = CSCMMFN(4, 1, features=8, n_dcu=1).eval()
-    for p in net.tail.parameters():
-        torch.nn.init.zeros_(p)
+def test_untrained_network_is_bilinear_upsampling():
+    net = CSCMMFN(4, 1, features=8, n_dcu=1).eval()  # the decoder starts at zero
     lr = torch.rand(1, 4, 6, 10)
     g = torch.rand(1, 1, 18, 30)
     with torch.no_grad():
@@ -262,3 +260,26 @@ def test_heldout_regions_are_disjoint_from_training():
     s = _strips(256, 4)
     assert s["train"].stop <= s["val"].start < s["val"].stop <= s["test"].start and s["test"].stop == 256
     assert s["test"].start == int(256 * SPLIT[1])
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_upsample_and_train_registration(tmp_path, capsys):
+    import tifffile
+
+    from napari_fusion.cli import build_parser, main
+
+    rng = np.random.default_rng(5)
+    ms = (rng.random((10, 14, 4)) * 255).astype(np.uint8)
+    pan = (rng.random((40, 56)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "ms.tif", ms)
+    tifffile.imwrite(tmp_path / "pan.tif", pan)
+    out = tmp_path / "out.tif"
+    assert main(["upsample", str(tmp_path / "ms.tif"), str(tmp_path / "pan.tif"), "-o", str(out), "-m", "guided_filter"]) == 0
+    got = tifffile.imread(out)
+    np.testing.assert_allclose(got, nf.guided_upsample(ms, pan, method="guided_filter"), rtol=1e-6)
+    assert main(["upsample", str(tmp_path / "ms.tif"), str(tmp_path / "ms.tif"), "-o", str(out)]) == 2
+    assert "nothing to upsample" in capsys.readouterr().err
+    args = build_parser().parse_args(["train", "csc_mmfn", "--task", "cave", "--config", "smoke"])
+    assert args.task == "cave" and callable(args.func)

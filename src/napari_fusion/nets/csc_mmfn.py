@@ -14,7 +14,9 @@ Architecture (Xu, Zhao et al.; ``docs/methods/csc_mmfn.md``)::
                                    Conv3x3 F->B
                                        +  bilinear up(x)  ->  (N, B, H, W)
 
-The paper/released code uses 3 DCUs per branch at 256 channels; the CPU
+The decoder convolution starts at zero, so an untrained network returns the
+bilinear upsampling (a departure from the released code's default
+initialisation that makes short CPU training safe). The paper/released code uses 3 DCUs per branch at 256 channels; the CPU
 configuration we ship uses fewer channels (see the model cards). Unlike the
 released code, every resize uses the actual height and width of each input,
 so non-square images and any scale factor work.
@@ -91,6 +93,9 @@ class CSCMMFN(nn.Module):
         self.lr_branch = _Branch(bands, features, n_dcu)
         self.guide_branch = _Branch(guide_channels, features, n_dcu)
         self.tail = conv3x3(features, bands)
+        # zero decoder: the untrained network is exactly the bilinear upsampling, and
+        # training only learns the residual detail (the released code uses the default init)
+        nn.init.zeros_(self.tail[1].weight)
         self.radius = int(radius)
         self.eps = float(eps)
 
