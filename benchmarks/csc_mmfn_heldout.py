@@ -36,12 +36,46 @@ def rgb_table() -> str:
     return "\n".join(lines)
 
 
+def probes(task: str, weights: Path) -> str:
+    """What the model uses: (a) the same held-out cases with the guide's high-resolution detail
+    removed (guide degraded by 4 and bicubically upsampled back), (b) for CAVE, scale 2 (the
+    model was trained at scale 4 only)."""
+    import torch.nn.functional as F
+
+    import napari_fusion as nf
+    from napari_fusion.metrics.spectral import psnr_bands
+    from napari_fusion.training.csc_mmfn import DATA_RANGE, HELDOUT_SPLITS
+    from napari_fusion.training.mmf_data import degrade, task_cases
+
+    rng = DATA_RANGE[task]
+    lines = ["| case | bicubic | csc_mmfn | csc_mmfn, detail-free guide | note |", "|---|---|---|---|---|"]
+    for split in HELDOUT_SPLITS[task]:
+        for c in task_cases(task, split):
+            g = torch.from_numpy(c.guide)
+            flat = F.interpolate(degrade(g, c.scale)[None], size=g.shape[-2:], mode="bicubic", align_corners=False)[0].numpy()
+            vals = [
+                nf.guided_upsample(c.lr, c.guide, method="bicubic", band_axis=0, guide_axis=0),
+                nf.guided_upsample(c.lr, c.guide, model=weights, band_axis=0, guide_axis=0),
+                nf.guided_upsample(c.lr, flat, model=weights, band_axis=0, guide_axis=0),
+            ]
+            p = [psnr_bands(v, c.gt, data_range=rng, band_axis=0) for v in vals]
+            lines.append(f"| {c.name} | {p[0]:.2f} | {p[1]:.2f} | {p[2]:.2f} | scale {c.scale} |")
+    if task == "cave":
+        for c in task_cases(task, "test", scale=2):
+            vals = [nf.guided_upsample(c.lr, c.guide, method=m, model=weights if m == "csc_mmfn" else None,
+                                       band_axis=0, guide_axis=0) for m in ("bicubic", "csc_mmfn", "guided_filter")]
+            p = [psnr_bands(v, c.gt, data_range=rng, band_axis=0) for v in vals]
+            lines.append(f"| {c.name} | {p[0]:.2f} | {p[1]:.2f} | (guided_filter {p[2]:.2f}) | scale 2, untrained scale |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--task", nargs="+", default=["cave", "pansharpening"], choices=["cave", "pansharpening"])
     ap.add_argument("--model-dir", default=str(PACKAGE_WEIGHTS_DIR))
     ap.add_argument("--update-cards", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--probe", action="store_true", help="also: detail-free guide, and scale 2 for CAVE")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for task in args.task:
@@ -53,6 +87,8 @@ def main() -> None:
         print("\nseconds per case: " + ", ".join(f"{r['case']} {r['method']} {r['seconds']:.2f}" for r in rows))
         if task == "cave":
             print("\nsimulated RGB vs stored rgb.bmp (Pearson r with the linearised bmp):\n\n" + rgb_table())
+        if args.probe and weights.is_file():
+            print("\nprobes (PSNR dB):\n\n" + probes(task, weights))
         card = weights.with_suffix(".md")
         if args.update_cards and card.is_file():
             text = card.read_text()
