@@ -198,16 +198,17 @@ def test_smoke_training_lowers_loss(tmp_path):
     cfg = get_config("smoke", "pansharpening")
     cfg.data.scale = 2
     cfg.data.patch = 16
-    cfg.data.n_train = 8 * 20
-    cfg.train.lr = 1e-2
+    cfg.data.n_train = 8 * 60
+    cfg.train.lr = 3e-3
     cases = {"train": _synthetic_cases(3), "val": _synthetic_cases(1)}
     train_set, val_set = build_datasets(cfg, cases)
     torch.manual_seed(0)
     net = CSCMMFN(3, 1, features=8, n_dcu=1)
     before, _ = evaluate(net, val_set, mmf_step, batch_size=8, device=torch.device("cpu"))
     result = train(net, train_set, val_set, mmf_step, cfg.train, run_dir=tmp_path, progress=False, log=lambda s: None)
-    assert result.steps == 20
-    assert result.val_loss < 0.5 * before
+    assert result.steps == 60
+    # the untrained network is bilinear upsampling; training must improve on it clearly
+    assert result.val_loss < 0.6 * before
 
 
 # --------------------------------------------------------------------------- real data (skipped without it)
