@@ -13,6 +13,7 @@ from .api import DEFAULT_METHOD, fuse
 from .errors import FusionCancelled, FusionError, FusionInputError, WeightsUnavailableError
 from .registry import MethodSpec, Param, get_method, list_methods
 from .results import FusionResult
+from .upsample import UPSAMPLE_METHODS, guided_upsample
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,8 @@ __all__ = [
     "list_methods",
     "get_method",
     "FusionResult",
+    "guided_upsample",
+    "UPSAMPLE_METHODS",
     "MethodSpec",
     "Param",
     "DEFAULT_METHOD",

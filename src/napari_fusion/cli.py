@@ -18,6 +18,7 @@ from .errors import FusionError
 _SUBCOMMAND_MODULES = (
     "napari_fusion.cli_fuse",
     "napari_fusion.cli_weights",
+    "napari_fusion.cli_upsample",
     "napari_fusion.focalstack.batch",
     "napari_fusion.evaluation",
     "napari_fusion.training.cli",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import FusionInputError
-from . import fusion, reference, vifb
+from . import fusion, reference, spectral, vifb
 from .fusion import (
     average_gradient,
     cross_entropy,
@@ -42,6 +42,7 @@ from .fusion import (
     standard_deviation,
     viff,
 )
+from .spectral import ergas, psnr_bands, sam, ssim_bands
 from .vifb import VIFB_METRICS
 
 
@@ -187,6 +188,11 @@ __all__ = [
     "ssim_fusion",
     "standard_deviation",
     "viff",
+    "sam",
+    "ergas",
+    "psnr_bands",
+    "ssim_bands",
+    "spectral",
     "fusion",
     "reference",
     "vifb",

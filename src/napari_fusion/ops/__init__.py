@@ -7,7 +7,7 @@ with any number of leading dimensions unless a docstring says otherwise.
 from .blend import luminance_stack, normalise_weights, one_hot, select, weighted_sum
 from .colour import luminance, rgb_to_ycbcr, ycbcr_to_rgb
 from .filters import box_filter, gaussian_filter, gaussian_kernel1d, laplacian, sobel_gradients
-from .guided import guided_filter
+from .guided import fast_guided_filter, guided_filter
 from .pyramids import (
     gaussian_pyramid,
     laplacian_pyramid,
@@ -32,6 +32,7 @@ __all__ = [
     "laplacian",
     "sobel_gradients",
     "guided_filter",
+    "fast_guided_filter",
     "gaussian_pyramid",
     "laplacian_pyramid",
     "pyramid_levels",

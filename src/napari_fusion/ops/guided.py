@@ -60,3 +60,47 @@ def _guided_filter_colour(guide, src, radius, eps, border):
     a = torch.linalg.solve(sigma, cov).squeeze(-1).movedim(-1, -3)  # (..., 3, H, W)
     b = mean_p.squeeze(-3) - (a * mean_i).sum(-3)
     return (mean(a) * guide).sum(-3) + mean(b)
+
+
+def fast_guided_filter(
+    guide_low: torch.Tensor,
+    src_low: torch.Tensor,
+    guide_high: torch.Tensor,
+    radius: int,
+    eps: float,
+    *,
+    border: str = "reflect",
+) -> torch.Tensor:
+    """Guided-filter upsampling (fast guided filter, Wu, Zheng, Zhang & Huang, CVPR 2018;
+    the subsampled form of He & Sun, arXiv:1505.00996, 2015).
+
+    The local linear model ``src ~ a * guide + b`` is fitted at low resolution
+    from ``guide_low`` and ``src_low`` (``(N, C, h, w)``, grey guide broadcast
+    over ``C`` when it has one channel), the coefficient maps are box-averaged,
+    bilinearly upsampled to the size of ``guide_high`` (``(N, C or 1, H, W)``)
+    and applied there: ``mean(a)_up * guide_high + mean(b)_up``. Works for
+    any ``H/h`` and ``W/w`` (non-square, non-integer) and is differentiable.
+    """
+    import torch.nn.functional as F
+
+    if guide_low.shape[-2:] != src_low.shape[-2:]:
+        raise ValueError(
+            f"guide_low {tuple(guide_low.shape[-2:])} and src_low {tuple(src_low.shape[-2:])} differ in size"
+        )
+    guide_low, src_low = torch.broadcast_tensors(guide_low, src_low)
+    mean = lambda t: box_filter(t, radius, border=border)  # noqa: E731
+    mean_i = mean(guide_low)
+    mean_p = mean(src_low)
+    cov_ip = mean(guide_low * src_low) - mean_i * mean_p
+    var_i = mean(guide_low * guide_low) - mean_i * mean_i
+    a = cov_ip / (var_i + eps)
+    b = mean_p - a * mean_i
+    size = tuple(guide_high.shape[-2:])
+    lead = a.shape[:-2]
+    a4 = mean(a).reshape(-1, 1, *a.shape[-2:]) if a.ndim != 4 else mean(a)
+    b4 = mean(b).reshape(-1, 1, *b.shape[-2:]) if b.ndim != 4 else mean(b)
+    a_up = F.interpolate(a4, size=size, mode="bilinear", align_corners=False)
+    b_up = F.interpolate(b4, size=size, mode="bilinear", align_corners=False)
+    a_up = a_up.reshape(*lead, *size)
+    b_up = b_up.reshape(*lead, *size)
+    return a_up * guide_high + b_up
