@@ -247,7 +247,7 @@ def test_real_sequence_beats_average_and_is_close_to_mertens(dataset):
     folder = dataset("mef/ma_mef")
     cases = {c.name: c for c in iter_cases(folder)}
     scores = {"csc_mefn": [], "mertens": [], "average": []}
-    for name in ("Arno", "Cave", "Office", "Kluki"):
+    for name in ("Arno", "Cave", "House", "Kluki"):
         if name not in cases:
             continue
         seq = list(load_sequence(cases[name], 160))

@@ -279,7 +279,7 @@ def get_config(name: str, *, n_dcu: int | None = None, halo_max: float | None = 
         cfg = MEFNTrainConfig(
             "gpu",
             n_dcu=6,
-            data=MEFNDataConfig(n_train_series=400 * 8 * 50, n_val_series=256,
+            data=MEFNDataConfig(n_train_series=200_000, n_val_series=256,
                                 render=ExposureRenderConfig(crop=256)),
             train=TrainConfig(
                 seed=2023, batch_size=8, epochs=1, optimizer="adam", lr=5e-4, weight_decay=0.0,
