@@ -240,7 +240,11 @@ def test_bad_parameters_and_weights(series5, tmp_path):
 
 
 def test_real_sequence_beats_average_and_is_close_to_mertens(dataset):
-    """On real (downscaled) sequences never trained on: MEF-SSIM of the shipped model."""
+    """On real (downscaled) sequences never trained on: MEF-SSIM of the shipped model.
+
+    Measured at 160 px: csc_mefn 0.887, mertens 0.848, average 0.841; untrained
+    (randomly initialised) weights give 0.576, so the test fails without training.
+    """
     from napari_fusion.datasets import iter_cases
     from napari_fusion.training.csc_mefn import load_sequence
 
