@@ -11,6 +11,7 @@ import importlib
 _MODELS = {
     "liu2017": ("napari_fusion.training.liu2017", "focus CNN of Liu et al. 2017 (method liu2017_cnn)"),
     "csc_mmfn": ("napari_fusion.training.csc_mmfn", "CSC-MMFN guided upsampling (CAVE or pansharpening, Wald protocol)"),
+    "csc_mefn": ("napari_fusion.training.csc_mefn", "CSC-MEFN multi-exposure weight network (method csc_mefn)"),
 }
 
 

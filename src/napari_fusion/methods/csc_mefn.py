@@ -1,0 +1,183 @@
+"""CSC-MEFN: multi-exposure fusion by a deep convolutional sparse coding network
+(Xu, Zhao et al., CVPR Workshops 2023).
+
+1. Every exposure's luma (BT.601, :mod:`napari_fusion.ops.colour`) goes through
+   the same trained weight network (:class:`napari_fusion.nets.csc_mefn.CSCMEFN`:
+   Conv3x3 -> BN -> soft shrinkage -> DCUs -> Conv1x1); a softmax across the K
+   exposures gives per-pixel luma weights that sum to one. Any K >= 2 works.
+2. The fused luma is the weighted sum of the exposures' luma; the chroma
+   planes Cb, Cr are fused with the paper's fixed weights ``|C - 0.5| + 1e-8``
+   (normalised across exposures), and YCbCr goes back to RGB. Grey stacks
+   are fused on their single channel (no chroma).
+3. The result is clamped to [0, 1] and, by default, stretched between its
+   0.5th and 99.5th percentiles (the authors' released test script).
+
+The percentile stretch is a global operation (it needs the whole image's
+intensity distribution), so with ``stretch=True`` the method declares no
+halo and tiled/lazy runs are refused unless the image is one tile. With
+``stretch=False`` the method is local: a tile needs ``1 + 2 * n_dcu`` pixels
+of context, and tiled results equal untiled ones.
+
+Labels: the exposure with the largest luma weight at each pixel. Weights:
+the per-exposure luma weight maps.
+
+The network is trained here (``napari-fusion train csc_mefn``) on exposure
+series rendered from photographs; the shipped weights are checked against
+their sha256.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import FusionInputError, WeightsUnavailableError
+from ..nets.csc_mefn import CSCMEFN, chroma_weights, postprocess
+from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
+from ..registry import FusionContext, MethodOutput, Param, register_method
+from ..training.checkpoints import PACKAGE_WEIGHTS_DIR, load_verified_weights
+
+CITATION = (
+    "Z. Zhao, J. Zhang, H. Bai, Y. Wang, Y. Cui, L. Deng, K. Sun, C. Zhang, J. Liu, S. Xu, "
+    "'Deep convolutional sparse coding networks for interpretable image fusion', "
+    "CVPR Workshops 2023 (CSC-MEFN)."
+)
+
+WEIGHTS_NAME = "csc_mefn"
+STRIP_ROWS = 256  # rows of luma pushed through the network at once (bounds memory)
+_FALLBACK_HALO = 16
+
+_CACHE: dict[tuple, tuple] = {}
+
+
+def default_weights_path() -> Path:
+    return PACKAGE_WEIGHTS_DIR / f"{WEIGHTS_NAME}.pt"
+
+
+def _how() -> str:
+    return (
+        "Train them with `napari-fusion train csc_mefn --config cpu --install` or pass "
+        "weights=<path to a .pt with its .json manifest>."
+    )
+
+
+def load_csc_mefn(weights: str | Path | None, device: torch.device) -> CSCMEFN:
+    """The weight network on ``device`` (eval mode), sha256-verified and cached."""
+    path = Path(weights) if weights else default_weights_path()
+    stamp = path.stat().st_mtime_ns if path.is_file() else None
+    key = (str(path.resolve()) if path.exists() else str(path), str(device))
+    cached = _CACHE.get(key)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    state, manifest = load_verified_weights(path, how_to_get=_how(), expect={"method": "csc_mefn"})
+    try:
+        net = CSCMEFN(int(manifest.get("channels", 24)), int(manifest.get("n_dcu", 2)))
+        net.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise WeightsUnavailableError(f"weights {path} do not fit the CSC-MEFN network: {exc}. {_how()}") from None
+    net.eval().requires_grad_(False).to(device)
+    _CACHE[key] = (stamp, net)
+    return net
+
+
+def _halo(params: dict) -> int | None:
+    """None (global) with the percentile stretch; else the network's receptive radius."""
+    if params.get("stretch", True):
+        return None
+    path = Path(params.get("weights") or default_weights_path())
+    try:
+        manifest = json.loads(path.with_suffix(".json").read_text())
+        return 1 + 2 * int(manifest.get("n_dcu", 2))
+    except (OSError, ValueError, TypeError):
+        return _FALLBACK_HALO
+
+
+@torch.no_grad()
+def luma_logits(net: CSCMEFN, luma: torch.Tensor, *, rows: int = STRIP_ROWS) -> torch.Tensor:
+    """Logit map ``(H, W)`` of one luma image ``(H, W)``, computed in row strips.
+
+    Each strip carries the network's receptive radius of extra rows (cut off
+    afterwards), so the result equals a single pass over the whole image.
+    """
+    h, w = luma.shape
+    r = net.receptive_radius
+    if h <= rows + 2 * r:
+        return net.logits(luma.view(1, 1, h, w))[0, 0]
+    out = torch.empty((h, w), dtype=luma.dtype, device=luma.device)
+    for top in range(0, h, rows):
+        bot = min(top + rows, h)
+        a, b = max(0, top - r), min(h, bot + r)
+        strip = luma[a:b]
+        if strip.shape[0] < 2:  # reflection padding needs two rows; widen the strip
+            a = max(0, a - 1)
+            strip = luma[a:b]
+        out[top:bot] = net.logits(strip.reshape(1, 1, -1, w))[0, 0, top - a : top - a + (bot - top)]
+    return out
+
+
+_PARAMS = (
+    Param("stretch", True, bool,
+          "Stretch the result between the low/high percentiles (released code; global, so no tiling)."),
+    Param("low_percentile", 0.5, float, "Percentile mapped to black by the stretch.", low=0.0, high=50.0, step=0.1),
+    Param("high_percentile", 99.5, float, "Percentile mapped to white by the stretch.", low=50.0, high=100.0, step=0.1),
+    Param("weights", "", str, "Path to other trained weights (.pt with its .json manifest); empty: shipped weights."),
+)
+
+
+@register_method(
+    name="csc_mefn",
+    title="CSC-MEFN deep sparse coding exposure fusion (Xu, Zhao et al. 2023)",
+    tasks=("multi-exposure",),
+    mode="nway",
+    learned=True,
+    outputs=("fused", "labels", "weights"),
+    params=_PARAMS,
+    citation=CITATION,
+    description=(
+        "A trained convolutional sparse coding network weights every exposure's luma (softmax across "
+        "exposures); chroma by saturation; percentile stretch."
+    ),
+    intensity="dtype",
+    colour="native",
+    halo=_halo,
+)
+def fuse_csc_mefn(
+    stack: torch.Tensor,
+    *,
+    ctx: FusionContext,
+    stretch: bool,
+    low_percentile: float,
+    high_percentile: float,
+    weights: str,
+) -> MethodOutput:
+    n, c, h, w = stack.shape
+    if c not in (1, 3):
+        raise FusionInputError(f"csc_mefn fuses grey or RGB exposures, got {c} channels")
+    if h < 2 or w < 2:
+        raise FusionInputError(f"csc_mefn needs images of at least 2x2 pixels, got {h}x{w}")
+    if stretch and low_percentile >= high_percentile:
+        raise FusionInputError(
+            f"low_percentile ({low_percentile}) must be below high_percentile ({high_percentile})"
+        )
+    net = load_csc_mefn(weights, ctx.device)
+    x = stack.float().clamp(0.0, 1.0)
+    ycc = rgb_to_ycbcr(x, channel_dim=1) if c == 3 else x  # (N, C, H, W)
+    logits = torch.empty((n, h, w), dtype=torch.float32, device=stack.device)
+    steps = n + 2
+    for k in range(n):
+        logits[k] = luma_logits(net, ycc[k, 0])
+        ctx.report(k + 1, steps, f"weights, exposure {k + 1}/{n}")
+    wts = torch.softmax(logits, dim=0)
+    y = (wts * ycc[:, 0]).sum(0)
+    if c == 3:
+        chroma = ycc[:, 1:]
+        cbcr = (chroma_weights(chroma, dim=0) * chroma).sum(0)
+        fused = ycbcr_to_rgb(torch.cat([y.unsqueeze(0), cbcr]), channel_dim=0)
+    else:
+        fused = y.unsqueeze(0)
+    ctx.report(n + 1, steps, "fused")
+    fused = postprocess(fused, stretch=stretch, low=low_percentile / 100.0, high=high_percentile / 100.0)
+    ctx.report(steps, steps, "stretched" if stretch else "clamped")
+    return MethodOutput(fused=fused, labels=wts.argmax(0), weights=wts)
