@@ -10,6 +10,7 @@ import importlib
 
 _MODELS = {
     "liu2017": ("napari_fusion.training.liu2017", "focus CNN of Liu et al. 2017 (method liu2017_cnn)"),
+    "two_stream": ("napari_fusion.training.two_stream", "two-stream conv-fusion-deconv network, KSII TIIS 2018 (method tiis2018_fcn)"),
 }
 
 
