@@ -421,8 +421,8 @@ def run_training(
         summary=(
             "Weights of the end-to-end conv - fusion - deconv network used by the `tiis2018_fcn` fusion method "
             f"(`napari_fusion.nets.two_stream.TwoStreamFusionNet`, layout {'-'.join(map(str, nc['layout']))}, "
-            f"{nc['width']} filters of {nc['kernel']}x{nc['kernel']}, grey input; the method applies it per colour "
-            "channel). Output: the fused grey image (ReLU, clamped to [0, 1] by the method)."
+            f"{nc['width']} filters of {nc['kernel']}x{nc['kernel']}, grey input; the method runs it on the luma of colour "
+            "sources, or per RGB channel with colour='channels'). Output: the fused grey image (ReLU, clamped to [0, 1] by the method)."
         ),
         manifest=manifest,
         command=command or "",
