@@ -32,8 +32,8 @@ silent (see ``docs/methods/two_stream.md``):
   averages the two pass-through channels and the output layer reads only that
   channel, so the untrained network outputs ``(A + B) / 2``; all other
   weights feeding the output start at zero and the rest is Kaiming-random.
-  Training then only has to learn the departure from the average, which
-  converges far faster in a CPU budget. ``init='kaiming'`` is plain random
+  Training then only has to learn the departure from the average, a
+  sensible start on a CPU budget. ``init='kaiming'`` is plain random
   initialisation.
 """
 
