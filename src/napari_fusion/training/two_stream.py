@@ -244,7 +244,7 @@ def get_config(name: str) -> TwoStreamTrainConfig:
             TwoStreamDataConfig(n_train=400_000, n_val=4_000),
             TwoStreamNetConfig(),
             TrainConfig(
-                seed=2018, batch_size=64, epochs=10, optimizer="adam", lr=1e-3, weight_decay=0.0,
+                seed=2018, batch_size=64, epochs=10, optimizer="adam", lr=3e-4, weight_decay=0.0,
                 schedule="cosine", checkpoint_every=2000, val_every=5000, val_batch_size=500, threads=None,
             ),
         )
