@@ -12,6 +12,7 @@ _MODELS = {
     "liu2017": ("napari_fusion.training.liu2017", "focus CNN of Liu et al. 2017 (method liu2017_cnn)"),
     "csc_mmfn": ("napari_fusion.training.csc_mmfn", "CSC-MMFN guided upsampling (CAVE or pansharpening, Wald protocol)"),
     "csc_mefn": ("napari_fusion.training.csc_mefn", "CSC-MEFN multi-exposure weight network (method csc_mefn)"),
+    "two_stream": ("napari_fusion.training.two_stream", "two-stream conv-fusion-deconv network, KSII TIIS 2018 (method tiis2018_fcn)"),
 }
 
 

@@ -1,0 +1,295 @@
+"""The two-stream conv-fusion-deconv network (KSII TIIS 2018), its training and the tiis2018_fcn method."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import napari_fusion as nf
+from napari_fusion.errors import FusionInputError, WeightsUnavailableError
+from napari_fusion.methods.two_stream import default_weights_path, load_two_stream_net, run_net_tiled
+from napari_fusion.nets.two_stream import TwoStreamFusionNet, receptive_radius
+from napari_fusion.training.checkpoints import read_manifest, sha256_file
+from napari_fusion.training.two_stream import (
+    FusionTriplets,
+    build_model,
+    fusion_step,
+    get_config,
+    psnr_summary,
+    region_mask,
+    run_training,
+    sample_fusion_examples,
+)
+
+
+def _psnr(a, b):
+    mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
+    return 10 * np.log10(255.0**2 / mse)
+
+
+# --- network ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"kernel": 3, "width": 8, "layout": (3, 2, 1)}, {"kernel": 7, "width": 6, "layout": (1, 1, 3)},
+     {"width": 8, "shared_streams": True}],
+)
+@pytest.mark.parametrize("size", [(37, 53), (10, 11), (64, 21)])
+def test_network_preserves_any_size(kw, size):
+    torch.manual_seed(0)
+    net = TwoStreamFusionNet(init="kaiming", **kw)
+    if min(size) <= net.halo:
+        pytest.skip("smaller than this layout's receptive radius")
+    a, b = torch.rand(2, 2, 1, *size)
+    out = net(a, b)
+    assert out.shape == (2, 1, *size)
+    assert (out >= 0).all()  # final ReLU
+
+
+def test_network_structure_follows_the_paper():
+    net = TwoStreamFusionNet()
+    assert net.layout == (2, 1, 2) and net.width == 64 and net.kernel == 5
+    assert [type(m).__name__ for m in net.decoder] == ["ConvTranspose2d"] * 2
+    assert net.fusion[0].kernel_size == (1, 1) and net.fusion[0].in_channels == 128
+    assert not any(isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)) for m in net.modules())
+    assert net.stream_a is not net.stream_b  # two streams with their own weights
+    assert net.halo == receptive_radius() == 8
+
+
+def test_average_initialisation_outputs_the_mean():
+    a, b = torch.rand(2, 3, 1, 29, 40)
+    for kw in ({}, {"kernel": 3, "layout": (3, 2, 1), "width": 8}):
+        out = TwoStreamFusionNet(**kw)(a, b)
+        torch.testing.assert_close(out, (a + b) / 2, atol=1e-6, rtol=0)
+
+
+def test_receptive_field_is_the_halo():
+    """Changing an input pixel changes outputs within the halo only."""
+    torch.manual_seed(1)
+    net = TwoStreamFusionNet(width=8, init="kaiming").eval()
+    a, b = torch.rand(2, 1, 1, 41, 41)
+    a2 = a.clone()
+    a2[..., 20, 20] += 1
+    with torch.no_grad():
+        diff = (net(a2, b) - net(a, b)).abs()[0, 0]
+    ys, xs = torch.nonzero(diff > 0, as_tuple=True)
+    assert ys.numel() > 0
+    assert int((ys - 20).abs().max()) <= net.halo and int((xs - 20).abs().max()) <= net.halo
+
+
+def test_network_rejects_bad_configurations():
+    with pytest.raises(ValueError):
+        TwoStreamFusionNet(kernel=4)
+    with pytest.raises(ValueError):
+        TwoStreamFusionNet(layout=(0, 1, 2))
+    with pytest.raises(ValueError, match="larger than"):
+        TwoStreamFusionNet()(torch.rand(1, 1, 8, 30), torch.rand(1, 1, 8, 30))
+
+
+# --- training data and smoke training -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from skimage import data
+
+    return [data.camera()[::2, ::2] / 255.0, data.astronaut()[::2, ::2, 1] / 255.0, data.coffee()[::2, ::2, 0] / 255.0]
+
+
+def test_examples_are_complementary(photos):
+    a, b, s = sample_fusion_examples(photos, n=24, seed=3, patch=32)
+    assert a.shape == b.shape == s.shape == (24, 32, 32)
+    ai, bi, si = (x.astype(int) for x in (a, b, s))
+    # every pixel is sharp in at least one source (up to the blur of flat areas, which equals S)
+    assert (np.minimum(np.abs(ai - si), np.abs(bi - si)) == 0).mean() > 0.99
+    # and the blurred part really differs from S somewhere
+    assert (np.abs(ai - si) > 2).any() and (np.abs(bi - si) > 2).any()
+    for kind in ("edge", "ellipse", "blob", "whole"):
+        m = region_mask(20, np.random.default_rng(0), kind)
+        assert m.shape == (20, 20) and m.dtype == bool
+
+
+def test_smoke_training_beats_its_starting_point(photos, tmp_path):
+    """The smoke config, trained on a few photos, lowers the held-out MSE below the plain average."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    from napari_fusion.io import write_image
+
+    for i, p in enumerate(photos * 3):
+        write_image(folder / f"p{i}.png", (np.asarray(p) * 255).astype(np.uint8))
+    cfg = get_config("smoke")
+    cfg.data.photos = str(folder)
+    cfg.data.min_sharp_fraction = 0.0
+    manifest = run_training(cfg, tmp_path / "run", progress=False, command="test", log=lambda *_: None)
+    t = manifest["training"]
+    assert t["val_psnr"] > t["val_psnr_average"] + 0.3
+    hist = json.loads((tmp_path / "run" / "tiis2018_fcn.json").read_text())
+    assert hist["sha256"] == sha256_file(tmp_path / "run" / "tiis2018_fcn.pt")
+    assert (tmp_path / "run" / "tiis2018_fcn.md").is_file()
+    # the trained file works through the method's weights= parameter
+    img = (np.asarray(photos[0])[:40, :50] * 255).astype(np.uint8)
+    r = nf.fuse([img, img], "tiis2018_fcn", weights=str(tmp_path / "run" / "tiis2018_fcn.pt"), device="cpu")
+    assert r.fused.shape == img.shape
+
+
+def test_step_counts_patches_beating_the_average():
+    torch.manual_seed(0)
+    net = build_model(get_config("smoke"))
+    a, b, s = torch.rand(3, 4, 1, 20, 20)
+    loss, better, n = fusion_step(net, (a, b, s))
+    assert n == 4 and better == 0  # the untrained network is the average: never strictly better
+    torch.testing.assert_close(loss, torch.mean(((a + b) / 2 - s) ** 2))
+
+
+# --- the method with the shipped weights -----------------------------------------------------
+
+
+def test_shipped_weights_match_their_manifest():
+    path = default_weights_path()
+    m = read_manifest(path)
+    assert m["sha256"] == sha256_file(path)
+    assert m["architecture"] == "TwoStreamFusionNet"
+    assert m["net"] == {"channels": 1, "width": 64, "kernel": 5, "layout": [2, 1, 2], "shared_streams": False}
+    assert path.with_suffix(".md").is_file() and path.stat().st_size < 5_000_000
+
+
+def test_registry_entry():
+    spec = nf.get_method("tiis2018_fcn")
+    assert spec.mode == "pairwise" and spec.learned and spec.tasks == ("multi-focus",)
+    assert spec.defaults() == {"colour": "luma", "output": "network", "smooth_radius": 4, "tile": 512, "weights": ""}
+    assert spec.halo_for(spec.defaults()) == 8 + 4
+
+
+def test_tiles_do_not_change_the_result():
+    net = load_two_stream_net("", torch.device("cpu"))
+    a, b = torch.rand(2, 1, 45, 70)
+    whole = run_net_tiled(net, a, b, tile=512)
+    tiled = run_net_tiled(net, a, b, tile=32)
+    torch.testing.assert_close(whole, tiled, atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def half_blurred_pair():
+    """Astronaut crop: A sharp on the left half, B sharp on the right half (sigma 4 blur elsewhere)."""
+    from scipy import ndimage
+    from skimage import data
+
+    img = data.astronaut()[20:140, 150:310].astype(np.float64)
+    blur = ndimage.gaussian_filter(img, (4, 4, 0), mode="reflect")
+    left = np.zeros(img.shape[:2], bool)
+    left[:, : img.shape[1] // 2] = True
+    a = np.where(left[..., None], img, blur)
+    b = np.where(left[..., None], blur, img)
+    to8 = lambda x: np.clip(np.rint(x), 0, 255).astype(np.uint8)  # noqa: E731
+    return to8(a), to8(b), img.astype(np.uint8), left
+
+
+def test_labels_point_to_the_sharp_source(half_blurred_pair):
+    a, b, gt, left = half_blurred_pair
+    a0, b0 = a.copy(), b.copy()
+    r = nf.fuse([a, b], "tiis2018_fcn", device="cpu")
+    np.testing.assert_array_equal(a, a0)  # inputs not modified
+    np.testing.assert_array_equal(b, b0)
+    # textured pixels away from the boundary: the output is closer to the sharp source
+    from napari_fusion.training.data import texture_map
+
+    grey = gt.mean(-1) / 255.0
+    textured = texture_map(grey, radius=4).numpy() > 1e-3
+    cols = np.arange(gt.shape[1])
+    away = np.abs(cols - gt.shape[1] // 2) > 12
+    m = textured & away[None, :]
+    truth = (~left).astype(int)
+    assert (r.labels[m] == truth[m]).mean() > 0.9
+    np.testing.assert_allclose(r.weights.sum(0), 1, atol=1e-5)
+    assert _psnr(r.fused, gt) > _psnr(((a.astype(float) + b) / 2), gt) + 1
+
+
+def test_colour_modes_and_stacks(half_blurred_pair):
+    a, b, gt, _ = half_blurred_pair
+    luma = nf.fuse([a, b], "tiis2018_fcn", device="cpu")
+    chan = nf.fuse([a, b], "tiis2018_fcn", device="cpu", colour="channels")
+    assert luma.fused.shape == chan.fused.shape == a.shape and luma.fused.dtype == np.uint8
+    assert abs(_psnr(luma.fused, gt) - _psnr(chan.fused, gt)) < 3
+    grey = nf.fuse([a[..., 1], b[..., 1], a[..., 1]], "tiis2018_fcn", device="cpu")  # folded pairwise
+    assert grey.fused.shape == a.shape[:2] and set(np.unique(grey.labels)) <= {0, 1, 2}
+
+
+@pytest.mark.data
+def test_shipped_weights_beat_the_average_on_kodak_renders(data_dir):
+    """Paper protocol on photographs not used in training: complementary regions, sigma 2-10."""
+    folder = data_dir / "train" / "kodak24"
+    if not folder.is_dir():
+        pytest.skip("kodak24 not found")
+    from napari_fusion.io import read_image
+
+    sys_path_bench = __import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("two_stream_synthetic", sys_path_bench / "two_stream_synthetic.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    gains = []
+    for i, name in enumerate(["kodim03.png", "kodim08.png"]):
+        img = read_image(folder / name)[100:260, 200:360]
+        (a, b), _ = bench.region_render(img, i)
+        r = nf.fuse([a, b], "tiis2018_fcn", device="cpu")
+        gains.append(_psnr(r.fused, img) - _psnr((a.astype(float) + b) / 2, img))
+    assert min(gains) > 1.0, gains
+
+
+@pytest.mark.data
+def test_decision_output_beats_the_average_on_mf_voc(dataset):
+    from napari_fusion.datasets import iter_cases
+
+    cases = iter_cases(dataset("multifocus/mf_voc"))[:4]
+    gains = []
+    for case in cases:
+        a, b = case.load_sources()
+        gt = case.load_gt()
+        r = nf.fuse([a, b], "tiis2018_fcn", device="cpu", output="decision")
+        assert set(np.unique(r.weights)) <= {0.0, 1.0}
+        gains.append(_psnr(r.fused, gt) - _psnr((a.astype(float) + b) / 2, gt))
+    assert np.mean(gains) > 3.0, gains
+
+
+def test_bad_inputs_and_weights(tmp_path, half_blurred_pair):
+    a, b, _, _ = half_blurred_pair
+    with pytest.raises(FusionInputError, match="larger than"):
+        nf.fuse([a[:8, :30], b[:8, :30]], "tiis2018_fcn", device="cpu")
+    with pytest.raises(FusionInputError, match="colour"):
+        nf.fuse([a, b], "tiis2018_fcn", device="cpu", colour="rgb")
+    with pytest.raises(WeightsUnavailableError, match="napari-fusion train two_stream"):
+        nf.fuse([a, b], "tiis2018_fcn", weights=str(tmp_path / "none.pt"), device="cpu")
+    src = default_weights_path()
+    bad = tmp_path / "w.pt"
+    shutil.copy(src, bad)
+    shutil.copy(src.with_suffix(".json"), bad.with_suffix(".json"))
+    with open(bad, "r+b") as f:
+        f.seek(2000)
+        byte = f.read(1)
+        f.seek(2000)
+        f.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(WeightsUnavailableError, match="sha256"):
+        nf.fuse([a, b], "tiis2018_fcn", weights=str(bad), device="cpu")
+    # a manifest that declares another architecture is refused
+    shutil.copy(src, bad)
+    m = json.loads(src.with_suffix(".json").read_text())
+    m["net"]["width"] = 32
+    bad.with_suffix(".json").write_text(json.dumps(m))
+    with pytest.raises(WeightsUnavailableError, match="do not fit"):
+        nf.fuse([a, b], "tiis2018_fcn", weights=str(bad), device="cpu")
+
+
+def test_training_cli_registered():
+    from napari_fusion.cli import build_parser
+
+    args = build_parser().parse_args(["train", "two_stream", "--config", "smoke", "--layout", "3-1-2", "--out", "x"])
+    from napari_fusion.training.two_stream import config_from_args
+
+    cfg = config_from_args(args)
+    assert cfg.net.layout == (3, 1, 2) and cfg.name == "smoke"
