@@ -10,6 +10,7 @@ import importlib
 
 _MODELS = {
     "liu2017": ("napari_fusion.training.liu2017", "focus CNN of Liu et al. 2017 (method liu2017_cnn)"),
+    "cdl": ("napari_fusion.training.cdl", "coupled dictionaries of Veshki et al. (method veshki_cdl)"),
 }
 
 
