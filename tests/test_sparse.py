@@ -102,3 +102,16 @@ def test_overcomplete_dct():
     torch.testing.assert_close(normalise_columns(3 * d), d)
     with pytest.raises(ValueError):
         overcomplete_dct(8, 200)
+
+
+def test_batch_omp_stops_on_dependent_atoms():
+    # atoms span only the x-y plane; signals have a z component that no atom can explain
+    d = np.array([[1.0, 0, 0.6, 0.8, -0.6], [0, 1.0, 0.8, 0.6, 0.8], [0, 0, 0, 0, 0]])
+    d /= np.linalg.norm(d, axis=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 3))
+    codes = batch_omp(torch.from_numpy(x), torch.from_numpy(d), max_atoms=4, eps=0.0)
+    assert codes.count.tolist() == [2] * 40
+    torch.testing.assert_close(codes.residual, torch.from_numpy(x[:, 2] ** 2), atol=1e-9, rtol=1e-6)
+    rec = codes.reconstruct(torch.from_numpy(d))
+    torch.testing.assert_close(rec[:, :2], torch.from_numpy(x[:, :2]))

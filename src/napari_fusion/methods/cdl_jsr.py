@@ -238,7 +238,7 @@ def _halo(params) -> int:
         Param("stride", 2, int, "Patch grid step in pixels (released code: 2).", low=1, high=16),
         Param("max_atoms", 3, int, "OMP atoms per coupled patch (released code: 3).", low=1, high=32),
         Param("eps", 1e-4, float, "OMP stops when the squared residual is <= eps * patch^2 (released: 1e-4).", low=0.0, high=1.0),
-        Param("boundary", "paper", str, "Mixed pixels: 'paper' (per-pixel errors) or 'released' (box vote).", choices=BOUNDARY_MODES),
+        Param("boundary", "released", str, "Mixed pixels: 'paper' (per-pixel errors) or 'released' (box vote).", choices=BOUNDARY_MODES),
         Param("vote_size", 10, int, "Box-vote window for boundary='released' (0/1: off).", low=0, high=101),
         Param("dictionary", "", str, "Path to other trained dictionaries (.pt with its .json manifest); empty: shipped."),
     ),

@@ -56,7 +56,7 @@ class SparseCodes:
         """``(B, n)`` reconstructions ``D a`` for a dictionary ``(n, K)``."""
         ok = self.index >= 0
         idx = torch.where(ok, self.index, torch.zeros_like(self.index))
-        atoms = dictionary.t()[idx]  # (B, L, n)
+        atoms = dictionary.t().contiguous()[idx]  # (B, L, n)
         coef = torch.where(ok, self.coef, torch.zeros_like(self.coef))
         return torch.einsum("bl,bln->bn", coef, atoms)
 
@@ -113,6 +113,7 @@ def _omp_chunk(
     n2 = norms2[ids]
     sup = torch.empty((ids.numel(), 0), dtype=torch.long, device=dev)
     chol = torch.empty((ids.numel(), max_atoms, max_atoms), dtype=dt, device=dev)
+    last = None
     for j in range(max_atoms):
         if ids.numel() == 0:
             break
@@ -127,6 +128,9 @@ def _omp_chunk(
             d2 = diag_g[new] - (w * w).sum(1)
         ok = d2 > tol * diag_g[new].clamp_min(tol)
         if not bool(ok.all()):  # numerically dependent atom: those signals stop here
+            if last is not None:
+                _write(index, coef, count, resid, *(t[~ok] for t in last))
+                last = tuple(t[ok] for t in last)
             keep = ok.nonzero().squeeze(1)
             ids, a0, n2, sup, chol, new, d2 = (t[keep] for t in (ids, a0, n2, sup, chol, new, d2))
             if j > 0:
@@ -141,22 +145,34 @@ def _omp_chunk(
         lj = chol[:, : j + 1, : j + 1]
         gam = _backward(lj, _forward(lj, rhs))  # G[I, I]^-1 alpha0[I]
         r = (n2 - (gam * rhs).sum(1)).clamp_min(0)
-        index[ids, : j + 1] = sup
-        coef[ids, : j + 1] = gam
-        count[ids] = j + 1
-        resid[ids] = r
+        last = (ids, sup, gam, r)  # written out when these signals stop
         if j + 1 == max_atoms:
             break
         still = r > eps
         if not bool(still.all()):
+            done = (~still).nonzero().squeeze(1)
+            _write(index, coef, count, resid, ids[done], sup[done], gam[done], r[done])
             keep = still.nonzero().squeeze(1)
-            ids, a0, n2, sup, chol, gam = (t[keep] for t in (ids, a0, n2, sup, chol, gam))
+            ids, a0, n2, sup, chol, gam, r = (t[keep] for t in (ids, a0, n2, sup, chol, gam, r))
+            last = (ids, sup, gam, r)
             if ids.numel() == 0:
                 break
         # residual correlations: alpha = D^T (x - D_I gamma) = alpha0 - D^T (D_I gamma)
         approx = torch.bmm(gam.unsqueeze(1), dt_atoms[sup]).squeeze(1)  # (A, n)
         alpha = a0 - approx @ d
+    if last is not None:
+        _write(index, coef, count, resid, *last)
     return index, coef, count, resid
+
+
+def _write(index, coef, count, resid, ids, sup, gam, r) -> None:
+    if ids.numel() == 0:
+        return
+    j = sup.shape[1]
+    index[ids, :j] = sup
+    coef[ids, :j] = gam
+    count[ids] = j
+    resid[ids] = r
 
 
 def batch_omp(
