@@ -396,6 +396,11 @@ def run_training(cfg: CDLConfig, out_dir: str | Path, *, command: str = "", log=
             f"{' and iterations' if cfg.iterations < 20 else ''} than the paper (40,000 pairs, 20 iterations) "
             "/ the released code (50,000 pairs) to fit a shared 2-core machine; `--config full` has their sizes."
         )
+    if last["iteration"] < cfg.iterations:
+        data_text += (
+            f"\n\nThe time budget ({cfg.max_minutes} min) stopped learning after {last['iteration']} of the "
+            f"{cfg.iterations} configured iterations."
+        )
     write_model_card(
         out_dir / f"{name}.md",
         title=f"Coupled dictionaries for veshki_cdl, {cfg.patch}x{cfg.patch} patches, `{cfg.name}` configuration",
