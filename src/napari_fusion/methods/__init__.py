@@ -8,3 +8,4 @@ from . import average, cnn_focus, focus_measure, gff, laplacian_pyramid, mertens
 from . import vgg19_li2018  # noqa: F401
 from . import csc_mefn  # noqa: F401
 from . import two_stream  # noqa: F401
+from . import cdl_jsr  # noqa: F401

@@ -13,6 +13,7 @@ _MODELS = {
     "csc_mmfn": ("napari_fusion.training.csc_mmfn", "CSC-MMFN guided upsampling (CAVE or pansharpening, Wald protocol)"),
     "csc_mefn": ("napari_fusion.training.csc_mefn", "CSC-MEFN multi-exposure weight network (method csc_mefn)"),
     "two_stream": ("napari_fusion.training.two_stream", "two-stream conv-fusion-deconv network, KSII TIIS 2018 (method tiis2018_fcn)"),
+    "cdl": ("napari_fusion.training.cdl", "coupled dictionaries of Veshki et al. (method veshki_cdl)"),
 }
 
 
