@@ -111,3 +111,22 @@ def test_evaluate_real_lytro_case(dataset):
     assert set(summ) == {"average", "CNN"}
     # a published decision-map method keeps more of each source's information than averaging
     assert summ["CNN"]["nmi"] > summ["average"]["nmi"]
+
+
+def test_cli_evaluate_passes_method_parameters(tmp_path, capsys):
+    root = _make_dataset(tmp_path / "ds", n_cases=1)
+    out = tmp_path / "t.json"
+    args = ["evaluate", str(root), "-m", "focus_measure,gff", "--metrics", "qabf", "-q", "-o", str(out)]
+    assert main(args + ["-p", "gff.r1=3", "-p", "focus_measure.measure=variance"]) == 0
+    with_params = {c["method"]: c["qabf"] for c in json.loads(out.read_text())["cases"]}
+    assert main(args) == 0
+    defaults = {c["method"]: c["qabf"] for c in json.loads(out.read_text())["cases"]}
+    assert with_params["gff"] != defaults["gff"]  # the parameter reached the method
+    capsys.readouterr()
+    # ambiguous, unknown method, unknown parameter: one clear error each, exit status 2
+    assert main(args + ["-p", "r1=3"]) == 2
+    assert "METHOD.r1=3" in capsys.readouterr().err
+    assert main(args + ["-p", "average.x=1"]) == 2
+    assert "not run" in capsys.readouterr().err
+    assert main(args + ["-p", "gff.nope=1"]) == 2
+    assert "nope" in capsys.readouterr().err

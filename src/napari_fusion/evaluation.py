@@ -232,6 +232,34 @@ def _split_names(values: list[str] | None) -> list[str]:
     return out
 
 
+def _method_params(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """``METHOD.NAME=VALUE`` (or ``NAME=VALUE`` when one method runs) -> typed parameters per method."""
+    from .cli_fuse import _coerce_params
+
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    for text in items:
+        if "=" not in text:
+            raise FusionInputError(f"parameter {text!r} must look like METHOD.NAME=VALUE")
+        key, value = (t.strip() for t in text.split("=", 1))
+        if "." in key:
+            method, name = key.split(".", 1)
+        elif len(methods) == 1:
+            method, name = methods[0], key
+        else:
+            raise FusionInputError(
+                f"parameter {text!r}: with several methods write METHOD.{key}={value}"
+            )
+        if method not in methods:
+            raise FusionInputError(f"parameter {text!r} is for method {method!r}, which is not run (-m)")
+        pairs.setdefault(method, []).append((name, value))
+    from .registry import get_method
+
+    out = {m: _coerce_params(m, p) for m, p in pairs.items()}
+    for m, params in out.items():
+        get_method(m).resolve_params(params)  # unknown names and bad values fail here, once
+    return out
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import METRICS
 
@@ -254,6 +282,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.reference_only:
         methods = []
     metrics = _split_names(args.metrics) or None
+    method_params = _method_params(args.param or [], methods)
     result = evaluate_dataset(
         args.dataset,
         methods=methods,
@@ -263,6 +292,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cases=_split_names(args.cases) or None,
         device=args.device,
         progress=not args.quiet,
+        method_params=method_params,
     )
     print(result.format_table())
     if args.output:
@@ -285,6 +315,8 @@ def add_subparser(sub) -> None:
     p.add_argument("dataset", nargs="?", type=Path, metavar="DATASET_DIR")
     p.add_argument("-m", "--method", action="append", metavar="METHOD", help="method(s) to run (repeatable or comma-separated; default: all non-learned)")
     p.add_argument("--metrics", action="append", metavar="NAMES", help="metric names (comma-separated; default: a standard set; see --list-metrics)")
+    p.add_argument("-p", "--param", action="append", metavar="METHOD.NAME=VALUE",
+                   help="method parameter (repeatable; NAME=VALUE is enough when one method runs)")
     p.add_argument("--reference", action="store_true", help="also score the published outputs in reference/")
     p.add_argument("--reference-only", action="store_true", help="score only the published outputs")
     p.add_argument("--reference-names", action="append", metavar="NAMES", help="only these reference outputs (comma-separated)")
