@@ -10,6 +10,7 @@ import importlib
 
 _MODELS = {
     "liu2017": ("napari_fusion.training.liu2017", "focus CNN of Liu et al. 2017 (method liu2017_cnn)"),
+    "csc_ivfn": ("napari_fusion.training.csc_ivfn", "CSC-IVFN sparse-coding autoencoder of Zhao et al. 2023 (method csc_ivfn)"),
 }
 
 
