@@ -6,3 +6,4 @@ One module per method; each registers itself with
 
 from . import average, cnn_focus, focus_measure, gff, laplacian_pyramid, mertens  # noqa: F401
 from . import vgg19_li2018  # noqa: F401
+from . import csc_ivfn  # noqa: F401
