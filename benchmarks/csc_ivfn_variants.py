@@ -29,9 +29,15 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = []
+    print("| variant | " + " | ".join(METRICS) + " | s/case |")
+    print("|---|" + "---|" * (len(METRICS) + 1), flush=True)
+
+    def show(name, s):
+        vals = [s.get(m, math.nan) for m in METRICS]
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {s.get('s_per_case', math.nan):.1f} |", flush=True)
+
     base = evaluate_dataset(args.dataset, methods=["average"], metrics=METRICS, limit=args.limit, device=args.device)
-    rows.append(("average (plain mean of the sources)", base.summary()[0]))
+    show("average (plain mean of the sources)", base.summary()[0])
     for v in args.variants:
         strategy, scale = v.split(":")
         params = {"csc_ivfn": {"strategy": strategy, "code_scale": float(scale)}}
@@ -39,12 +45,7 @@ def main() -> None:
             args.dataset, methods=["csc_ivfn"], metrics=METRICS, limit=args.limit, device=args.device,
             method_params=params,
         )
-        rows.append((f"csc_ivfn strategy={strategy} code_scale={scale}", res.summary()[0]))
-    print("| variant | " + " | ".join(METRICS) + " | s/case |")
-    print("|---|" + "---|" * (len(METRICS) + 1))
-    for name, s in rows:
-        vals = [s.get(m, math.nan) for m in METRICS]
-        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {s.get('s_per_case', math.nan):.1f} |")
+        show(f"csc_ivfn strategy={strategy} code_scale={scale}", res.summary()[0])
 
 
 if __name__ == "__main__":
