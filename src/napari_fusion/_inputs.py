@@ -103,13 +103,23 @@ def as_image_list(images: Any, *, stack_axis: int = 0, channel_axis: int | None 
     return [np.asarray(a) for a in items]
 
 
-def check_items(items: list) -> tuple[list, np.dtype, bool]:
+def grey_to_rgb(a: Any) -> Any:
+    """A 2-D grey image as ``(H, W, 3)`` with three equal channels (a new array; lazy stays lazy)."""
+    return np.repeat(a[..., None], 3, axis=-1)
+
+
+def check_items(items: list, *, mixed_colour: bool = False) -> tuple[list, np.dtype, bool]:
     """Validate a list of images from their metadata alone (count, dtype, dimensions, sizes).
 
     Only ``dtype``, ``ndim``, ``shape`` and ``[..., 0]`` indexing are used, so
     lazy (dask) arrays are checked without reading them. Returns the items
     (a trailing channel axis of length 1 dropped), their dtype, and whether
     they are colour.
+
+    Grey and RGB images together are refused unless ``mixed_colour`` (a
+    method that declares it, e.g. infrared + colour visible): then every grey
+    image is given three equal channels (no chroma), so the stack is colour
+    and a method working on luminance sees the grey image unchanged.
     """
     items = list(items)
     if len(items) < 2:
@@ -145,6 +155,9 @@ def check_items(items: list) -> tuple[list, np.dtype, bool]:
             raise FusionInputError(
                 f"image {i} has {_describe(a)}; each image must be 2-D grey (H, W) or colour (H, W, 3)"
             )
+    if len(set(kinds)) > 1 and mixed_colour:
+        items = [grey_to_rgb(a) if k == "grey" else a for a, k in zip(items, kinds)]
+        kinds = ["rgb"] * len(items)
     if len(set(kinds)) > 1:
         grey = [i for i, k in enumerate(kinds) if k == "grey"]
         rgb = [i for i, k in enumerate(kinds) if k == "rgb"]
@@ -205,10 +218,15 @@ def prepare(
     stack_axis: int = 0,
     channel_axis: int | None = None,
     intensity: str = "stack",
+    mixed_colour: bool = False,
 ) -> PreparedStack:
-    """Validate the inputs and convert them to a scaled float32 ``(N, C, H, W)`` stack."""
+    """Validate the inputs and convert them to a scaled float32 ``(N, C, H, W)`` stack.
+
+    ``mixed_colour``: accept grey and RGB images together (grey ones become
+    three equal channels, see :func:`check_items`).
+    """
     items = as_image_list(images, stack_axis=stack_axis, channel_axis=channel_axis)
-    items, dtype, colour = check_items(items)
+    items, dtype, colour = check_items(items, mixed_colour=mixed_colour)
     if np.issubdtype(dtype, np.floating):
         for i, a in enumerate(items):
             if not np.isfinite(a).all():

@@ -66,7 +66,10 @@ def fuse(
 
     Colour inputs are decided on luminance and the decision is applied to
     every channel (methods marked ``colour='native'``, such as exposure
-    fusion, use the colour channels themselves).
+    fusion, use the colour channels themselves). Grey and RGB images together
+    are refused, except by methods registered with ``mixed_colour=True``
+    (e.g. ``csc_ivfn``: grey infrared + colour visible): there each grey image
+    gets three equal channels and the result is RGB.
     """
     from .tiling import fuse_lazy, wants_tiling
 
@@ -75,7 +78,10 @@ def fuse(
                          device=device, progress=progress, chunks=chunks, **params)
     spec = get_method(method)
     resolved = spec.resolve_params(params)
-    prepared = prepare(images, stack_axis=stack_axis, channel_axis=channel_axis, intensity=spec.intensity)
+    prepared = prepare(
+        images, stack_axis=stack_axis, channel_axis=channel_axis, intensity=spec.intensity,
+        mixed_colour=spec.mixed_colour,
+    )
     n = prepared.n
     if z_positions is None:
         positions = np.arange(n, dtype=np.float32)

@@ -164,6 +164,7 @@ class MethodSpec:
     intensity: str = "stack"  # "stack": min-max of all inputs -> [0, 1]; "dtype": /dtype max
     halo: Callable[[dict[str, Any]], int] | None = None
     colour: str = "luminance"  # how colour inputs are decided: "luminance" or "native"
+    mixed_colour: bool = False  # accepts grey and RGB inputs together (grey -> 3 equal channels)
 
     @property
     def n_inputs(self) -> str:
@@ -230,8 +231,15 @@ def register_method(
     intensity: str = "stack",
     halo: Callable[[dict[str, Any]], int] | int | None = None,
     colour: str = "luminance",
+    mixed_colour: bool = False,
 ) -> Callable[[Callable[..., MethodOutput]], Callable[..., MethodOutput]]:
-    """Decorator that adds a method's ``run`` function to the registry."""
+    """Decorator that adds a method's ``run`` function to the registry.
+
+    ``mixed_colour=True`` lets users give grey and RGB images together (e.g.
+    a grey infrared image and a colour visible one): grey images reach ``run``
+    as three equal channels (no chroma), so the method can tell the colour
+    source by its chroma.
+    """
     bad = set(tasks) - set(TASKS)
     if bad:
         raise ValueError(f"unknown task(s) {bad}; use {TASKS}")
@@ -262,6 +270,7 @@ def register_method(
             intensity=intensity,
             halo=halo,
             colour=colour,
+            mixed_colour=bool(mixed_colour),
         )
         return func
 

@@ -412,7 +412,7 @@ def _as_dask(x: Any):
     return da.from_array(np.asarray(x), chunks=-1)
 
 
-def lazy_stack(images: Any, *, stack_axis: int = 0, channel_axis: int | None = None):
+def lazy_stack(images: Any, *, stack_axis: int = 0, channel_axis: int | None = None, mixed_colour: bool = False):
     """Validate ``images`` from metadata alone and return ``(stack, dtype, colour)``.
 
     ``stack`` is a dask array ``(N, H, W)`` or ``(N, H, W, 3)``. The checks and
@@ -434,7 +434,7 @@ def lazy_stack(images: Any, *, stack_axis: int = 0, channel_axis: int | None = N
             raise FusionInputError(
                 f"images must be a sequence of arrays or one stack array, got {type(images).__name__}"
             ) from None
-    items, dtype, colour = check_items(items)
+    items, dtype, colour = check_items(items, mixed_colour=mixed_colour)
     return da.stack(items), dtype, colour
 
 
@@ -591,7 +591,9 @@ def fuse_lazy(
 
     spec = method if isinstance(method, MethodSpec) else get_method(method)
     resolved = spec.resolve_params(params)
-    stack, dtype, colour = lazy_stack(images, stack_axis=stack_axis, channel_axis=channel_axis)
+    stack, dtype, colour = lazy_stack(
+        images, stack_axis=stack_axis, channel_axis=channel_axis, mixed_colour=spec.mixed_colour
+    )
     n, h, w = stack.shape[:3]
     positions = _positions(z_positions, n)
     dev = resolve_device(device)  # validates here; "auto" is resolved again on each worker

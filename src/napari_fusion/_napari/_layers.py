@@ -79,8 +79,13 @@ def is_lazy_layer(layer) -> bool:
     return is_lazy_array(getattr(layer, "data", None))
 
 
-def job_from_image_layers(layers: Sequence[Any], *, z_step: float = 1.0) -> FusionJob:
-    """Fuse several 2-D (grey or RGB) Image layers, in the given order."""
+def job_from_image_layers(layers: Sequence[Any], *, z_step: float = 1.0, mixed_colour: bool = False) -> FusionJob:
+    """Fuse several 2-D (grey or RGB) Image layers, in the given order.
+
+    Grey and RGB layers together are refused unless ``mixed_colour`` (the
+    chosen method accepts them, e.g. grey infrared + colour visible); the
+    outputs then copy the first RGB layer's geometry and are RGB.
+    """
     layers = list(layers)
     if len(layers) < 2:
         raise FusionInputError(
@@ -97,10 +102,13 @@ def job_from_image_layers(layers: Sequence[Any], *, z_step: float = 1.0) -> Fusi
             )
     ref = layers[0]
     rgbs = {bool(layer.rgb) for layer in layers}
-    if len(rgbs) > 1:
+    if len(rgbs) > 1 and mixed_colour:
+        ref = next(layer for layer in layers if layer.rgb)
+    elif len(rgbs) > 1:
         raise FusionInputError(
             "grey and RGB layers are mixed: "
             + ", ".join(f"{layer.name!r} ({'RGB' if layer.rgb else 'grey'})" for layer in layers)
+            + " (only methods for grey infrared + colour visible images, e.g. csc_ivfn, accept that)"
         )
     n = len(layers)
     return FusionJob(

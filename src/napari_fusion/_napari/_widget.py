@@ -351,7 +351,11 @@ class FusionWidget(QWidget):
             return _layers.job_from_stack_layer(
                 layer, axis=self.stack_axis.value(), z_step=self.z_step.value(), data_point=point
             )
-        return _layers.job_from_image_layers(self.selected_image_layers(), z_step=self.z_step.value())
+        name = self.current_method()
+        mixed = bool(name) and get_method(name).mixed_colour
+        return _layers.job_from_image_layers(
+            self.selected_image_layers(), z_step=self.z_step.value(), mixed_colour=mixed
+        )
 
     # ------------------------------------------------------------------ method
     def refresh_methods(self, *_args) -> None:

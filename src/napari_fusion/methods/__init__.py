@@ -9,3 +9,4 @@ from . import vgg19_li2018  # noqa: F401
 from . import csc_mefn  # noqa: F401
 from . import two_stream  # noqa: F401
 from . import cdl_jsr  # noqa: F401
+from . import csc_ivfn  # noqa: F401

@@ -14,6 +14,7 @@ _MODELS = {
     "csc_mefn": ("napari_fusion.training.csc_mefn", "CSC-MEFN multi-exposure weight network (method csc_mefn)"),
     "two_stream": ("napari_fusion.training.two_stream", "two-stream conv-fusion-deconv network, KSII TIIS 2018 (method tiis2018_fcn)"),
     "cdl": ("napari_fusion.training.cdl", "coupled dictionaries of Veshki et al. (method veshki_cdl)"),
+    "csc_ivfn": ("napari_fusion.training.csc_ivfn", "CSC-IVFN sparse-coding autoencoder of Zhao et al. 2023 (method csc_ivfn)"),
 }
 
 

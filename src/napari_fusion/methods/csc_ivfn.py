@@ -1,0 +1,282 @@
+"""Infrared/visible fusion with CSC-IVFN (Zhao et al., CVPR Workshops 2023).
+
+1. The trained autoencoder (:class:`napari_fusion.nets.csc_ivfn.CSCIVFN`)
+   codes every source's luminance: base codes (of the 11x11 box-blur base
+   layer) and detail codes (of the detail layer), 64 maps each.
+2. The codes of the sources are fused by one of the paper's three rules
+   (``strategy``):
+
+   - ``"saliency"`` (default; the paper's best, and the released test script):
+     base codes by histogram-saliency weights refined by a guided filter,
+     detail codes by l1 activity;
+   - ``"l1"``: base and detail codes both by l1 activity;
+   - ``"average"``: base and detail codes both averaged.
+
+   *Saliency* (per code channel, per source): the map is min-max scaled to
+   [0, 255] and truncated to integer levels ``I``; with ``H`` its normalised
+   histogram, ``S(k) = sum_i H(i) |k - i|``; the ratios ``S_n / sum_m S_m``
+   are smoothed by a guided filter (radius ``gf_radius``, ``gf_eps``, guide =
+   the source's scaled map in [0, 1]) and normalised again.
+   *l1 activity*: ``A_n = sum_c |z_n|``, 3x3 mean (zero border), weights
+   ``A_n / sum_m A_m`` applied to every channel.
+3. The fused base and detail codes, times ``code_scale``, are decoded by the
+   shared decoder: ``sigmoid(dec(z_b) + dec(z_d))``.
+
+Choices made here (see ``docs/methods/csc_ivfn.md``):
+
+- ``code_scale`` defaults to 1 (the paper's fusion layer); the released test
+  script multiplies both fused code sets by 2 before decoding
+  (``code_scale=2``), which raises contrast.
+- Guided-filtered saliency weights can go slightly negative; they are
+  clipped at 0 before the renormalisation (the released code only adds
+  1e-12), and weights that would be 0/0 become uniform.
+- N >= 2 sources: every rule is a ratio over the sources, so it extends to
+  any N (the paper fuses two).
+- Colour: the luminance (BT.601 Y) is fused and the chroma of the visible
+  source is kept (``chroma_source=-1``: the source with the most chroma).
+  Grey and RGB inputs may be mixed (``mixed_colour``): a grey infrared image
+  becomes three equal channels, i.e. no chroma.
+- Labels: the source whose *detail* codes get the largest weight at each
+  pixel (which source's texture/edges dominate the fused image); weights:
+  the per-pixel detail weights. With ``strategy="average"`` there are no
+  labels. ``extras["base_weight"]``: the channel-mean base-code weights, an
+  (N, H, W) map of where each source's base (brightness) dominates.
+
+Reference: Z. Zhao, J. Zhang, H. Bai, Y. Wang, Y. Cui, L. Deng, K. Sun,
+C. Zhang, J. Liu, S. Xu, "Deep Convolutional Sparse Coding Networks for
+Interpretable Image Fusion", CVPR Workshops 2023, pp. 2369-2377; code:
+github.com/Zhaozixiang1228/IF-CSCFuse (CSC-IVF).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch
+
+from ..errors import FusionInputError, WeightsUnavailableError
+from ..nets.csc_ivfn import CSCIVFN
+from ..ops.blend import normalise_weights
+from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
+from ..ops.filters import box_filter
+from ..ops.guided import guided_filter
+from ..registry import FusionContext, MethodOutput, Param, register_method
+from ..training.checkpoints import PACKAGE_WEIGHTS_DIR, load_verified_weights
+
+CITATION = (
+    "Z. Zhao, J. Zhang, H. Bai, Y. Wang, Y. Cui, L. Deng, K. Sun, C. Zhang, J. Liu, S. Xu, "
+    "'Deep Convolutional Sparse Coding Networks for Interpretable Image Fusion', CVPR Workshops 2023, "
+    "pp. 2369-2377."
+)
+STRATEGIES = ("saliency", "l1", "average")
+LEVELS = 256
+#: code channels handled at once by the saliency rule (bounds memory on large images)
+CHANNEL_CHUNK = 8
+
+
+def default_weights_path() -> Path:
+    return PACKAGE_WEIGHTS_DIR / "csc_ivfn.pt"
+
+
+# --------------------------------------------------------------------------- fusion rules
+
+
+def l1_weights(codes: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` codes -> ``(N, H, W)`` l1-activity weights (3x3 mean, zero border)."""
+    act = box_filter(codes.abs().sum(1), 1, border="zeros")
+    return normalise_weights(act)
+
+
+def saliency(levels: torch.Tensor) -> torch.Tensor:
+    """Histogram saliency ``S(I) = sum_i H(i) |I - i|`` of integer maps ``(..., H, W)`` in 0..255."""
+    flat = levels.flatten(-2)  # (..., P)
+    lead = flat.shape[:-1]
+    flat2 = flat.reshape(-1, flat.shape[-1])
+    hist = torch.zeros((flat2.shape[0], LEVELS), dtype=torch.float32, device=levels.device)
+    hist.scatter_add_(1, flat2, torch.ones_like(flat2, dtype=torch.float32))
+    hist /= flat2.shape[1]
+    grid = torch.arange(LEVELS, dtype=torch.float32, device=levels.device)
+    table = hist @ (grid[:, None] - grid[None, :]).abs()  # (B, 256): table[k] = sum_i H(i)|k - i|
+    sal = table.gather(1, flat2)
+    return sal.reshape(*lead, *levels.shape[-2:])
+
+
+def minmax01(x: torch.Tensor) -> torch.Tensor:
+    """Each ``(H, W)`` map of ``(..., H, W)`` scaled to [0, 1] (constant maps -> 0)."""
+    lo = x.amin(dim=(-2, -1), keepdim=True)
+    hi = x.amax(dim=(-2, -1), keepdim=True)
+    span = hi - lo
+    return torch.where(span > 0, (x - lo) / span.clamp_min(1e-30), torch.zeros_like(x))
+
+
+def saliency_weights(codes: torch.Tensor, *, radius: int = 45, eps: float = 0.01) -> torch.Tensor:
+    """``(N, C, H, W)`` codes -> ``(N, C, H, W)`` guided-filtered histogram-saliency weights."""
+    n, c, h, w = codes.shape
+    out = torch.empty_like(codes)
+    r = int(min(radius, max(min(h, w) - 1, 0)))  # reflect borders need r < side
+    for start in range(0, c, CHANNEL_CHUNK):
+        z = codes[:, start : start + CHANNEL_CHUNK]
+        norm = minmax01(z)
+        lev = (norm * (LEVELS - 1)).to(torch.long).clamp_(0, LEVELS - 1)
+        p = normalise_weights(saliency(lev) + 1e-12)
+        if r > 0:
+            p = guided_filter(norm, p, r, eps)
+        out[:, start : start + CHANNEL_CHUNK] = normalise_weights(p)
+    return out
+
+
+def fuse_codes(
+    base: torch.Tensor, detail: torch.Tensor, *, strategy: str, gf_radius: int = 45, gf_eps: float = 0.01
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Fuse ``(N, C, H, W)`` base and detail codes.
+
+    Returns ``(fused base (C, H, W), fused detail (C, H, W), detail weights
+    (N, H, W) or None for 'average', base weights (N, H, W) averaged over channels)``.
+    """
+    n = base.shape[0]
+    if strategy == "average":
+        fb, fd = base.mean(0), detail.mean(0)
+        uniform = torch.full((n, *base.shape[-2:]), 1.0 / n, device=base.device)
+        return fb, fd, None, uniform
+    wd = l1_weights(detail)
+    fd = (wd.unsqueeze(1) * detail).sum(0)
+    if strategy == "l1":
+        wb = l1_weights(base)
+        return (wb.unsqueeze(1) * base).sum(0), fd, wd, wb
+    if strategy == "saliency":
+        wb = saliency_weights(base, radius=gf_radius, eps=gf_eps)
+        return (wb * base).sum(0), fd, wd, wb.mean(1)
+    raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+
+
+def visible_source(stack: torch.Tensor) -> int:
+    """Index of the source with the most chroma in a colour ``(N, 3, H, W)`` stack."""
+    ycc = rgb_to_ycbcr(stack, channel_dim=1)
+    return int((ycc[:, 1:] - 0.5).abs().mean(dim=(1, 2, 3)).argmax())
+
+
+# --------------------------------------------------------------------------- network
+
+
+_LOCK = threading.Lock()
+_CACHE: dict[tuple, tuple] = {}
+
+
+def load_network(weights: str | Path | None, device: torch.device) -> CSCIVFN:
+    """The trained network (shipped weights, or ``weights``), sha256-verified, eval mode, cached."""
+    path = Path(weights) if weights else default_weights_path()
+    how = (
+        "Train it with `napari-fusion train csc_ivfn --config cpu --install` or pass "
+        "weights=<path to a .pt with its .json manifest>."
+    )
+    stamp = path.stat().st_mtime_ns if path.is_file() else None
+    key = (str(path.resolve()) if path.exists() else str(path), str(device))
+    with _LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        state, manifest = load_verified_weights(path, how_to_get=how, expect={"model": "csc_ivfn"})
+        cfg = manifest.get("net_config") or {}
+        with torch.inference_mode(False), torch.no_grad():
+            try:
+                net = CSCIVFN(
+                    int(cfg.get("channels", 64)), int(cfg.get("depth", 8)),
+                    blur=int(cfg.get("blur", 11)), signal=str(cfg.get("signal", "paper")),
+                )
+                net.load_state_dict(state)
+            except (RuntimeError, ValueError) as exc:
+                raise WeightsUnavailableError(f"weights {path} do not fit CSC-IVFN: {exc}. {how}") from None
+            net = net.to(device).eval().requires_grad_(False)
+        _CACHE.clear()
+        _CACHE[key] = (stamp, net)
+        return net
+
+
+# --------------------------------------------------------------------------- method
+
+
+@register_method(
+    name="csc_ivfn",
+    title="CSC-IVFN sparse-coding network (Zhao et al. 2023)",
+    tasks=("infrared-visible",),
+    mode="nway",
+    learned=True,
+    outputs=("fused", "labels", "weights"),
+    params=(
+        Param(
+            "strategy",
+            "saliency",
+            str,
+            "Code fusion: 'saliency' = base codes by guided-filtered histogram saliency, detail codes by l1 "
+            "activity (paper's best); 'l1' = both by l1 activity; 'average' = both averaged.",
+            choices=STRATEGIES,
+        ),
+        Param("gf_radius", 45, int, "Guided-filter radius of the saliency weights (paper: 45).", low=0, high=500),
+        Param("gf_eps", 0.01, float, "Guided-filter regularisation of the saliency weights (paper: 0.01).",
+              low=1e-6, high=10.0),
+        Param("code_scale", 1.0, float, "Factor on the fused codes before decoding: 1 = paper, 2 = released code.",
+              low=0.1, high=10.0, step=0.1),
+        Param("chroma_source", -1, int,
+              "Colour inputs: index of the visible source whose chroma is kept; -1 = the most colourful.",
+              low=-1, high=65535),
+        Param("weights", "", str, "Path to other trained weights (.pt with its .json manifest); empty: shipped weights."),
+    ),
+    citation=CITATION,
+    description=(
+        "Learned convolutional sparse coding of base and detail layers; codes fused by saliency / l1 activity "
+        "and decoded. Grey infrared + colour visible allowed (visible chroma kept)."
+    ),
+    intensity="stack",
+    halo=None,
+    colour="luminance",
+    mixed_colour=True,
+)
+def fuse_csc_ivfn(
+    stack: torch.Tensor,
+    *,
+    ctx: FusionContext,
+    strategy: str,
+    gf_radius: int,
+    gf_eps: float,
+    code_scale: float,
+    chroma_source: int,
+    weights: str,
+) -> MethodOutput:
+    n, c, h, w = stack.shape
+    if chroma_source >= n:
+        raise FusionInputError(
+            f"chroma_source is {chroma_source} but there are only {n} sources (0..{n - 1}); use -1 for automatic"
+        )
+    net = load_network(weights, stack.device)  # fails before any work when there are no weights
+    if c == 3:
+        ycc = rgb_to_ycbcr(stack, channel_dim=1)
+        lum = ycc[:, :1]
+    else:
+        lum = stack[:, :1]
+    lum = lum.float().clamp(0.0, 1.0)
+    bases, details = [], []
+    for i in range(n):
+        zb, zd = net.encode(lum[i : i + 1])
+        bases.append(zb[0])
+        details.append(zd[0])
+        ctx.report(i + 1, n + 2, f"sparse codes of source {i + 1}/{n}")
+    base, detail = torch.stack(bases), torch.stack(details)
+    del bases, details
+    fb, fd, wd, wb = fuse_codes(base, detail, strategy=strategy, gf_radius=gf_radius, gf_eps=gf_eps)
+    del base, detail
+    ctx.report(n + 1, n + 2, "codes fused")
+    fused_lum = net.decode(code_scale * fb[None], code_scale * fd[None])[0]  # (1, H, W)
+    if c == 3:
+        v = visible_source(stack) if chroma_source < 0 else chroma_source
+        fused = ycbcr_to_rgb(torch.cat([fused_lum, ycc[v, 1:]]), channel_dim=0)
+    else:
+        fused = fused_lum
+    ctx.report(n + 2, n + 2, "decoded")
+    weights_out = wd if wd is not None else torch.full((n, h, w), 1.0 / n, device=stack.device)
+    return MethodOutput(
+        fused=fused,
+        labels=None if wd is None else wd.argmax(0),
+        weights=weights_out,
+        extras={"base_weight": wb},
+    )
