@@ -207,6 +207,7 @@ class MethodSpec:
             "mode": self.mode,
             "inputs": self.n_inputs,
             "learned": self.learned,
+            "mixed_colour": self.mixed_colour,
             "outputs": list(self.outputs),
             "params": [p.as_dict() for p in self.params],
             "citation": self.citation,
