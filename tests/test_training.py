@@ -161,3 +161,32 @@ def test_configs_and_cli_parser():
     args = build_parser().parse_args(["train", "liu2017", "--config", "gpu", "--out", "x", "--resume"])
     assert (args.config, args.out, args.resume, args.variant) == ("gpu", "x", True, "slight")
     assert callable(args.func)
+
+
+def test_run_options_overrides_and_install(tmp_path, monkeypatch):
+    import argparse
+    from types import SimpleNamespace
+
+    from napari_fusion.training import run_options
+
+    p = argparse.ArgumentParser()
+    run_options.add_run_arguments(p, default_out="runs/x")
+    args = p.parse_args(["--threads", "3", "--max-minutes", "1.5"])
+    train = SimpleNamespace(threads=2, device="auto", max_minutes=45.0)
+    run_options.apply_train_overrides(train, args)
+    assert (train.threads, train.device, train.max_minutes) == (3, "auto", 1.5)
+    assert args.out is None and not args.install and not args.resume and not args.no_progress
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for ext in (".pt", ".json", ".md"):
+        (run / f"model{ext}").write_text(ext)
+    dest = tmp_path / "pkg"
+    monkeypatch.setattr(run_options, "PACKAGE_WEIGHTS_DIR", dest)
+    assert run_options.install_weights(run, "model") == dest / "model.pt"
+    assert sorted(f.name for f in dest.iterdir()) == ["model.json", "model.md", "model.pt"]
+    (run / "model.md").unlink()
+    import pytest
+
+    with pytest.raises(FileNotFoundError):
+        run_options.install_weights(run, "model")

@@ -42,10 +42,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shlex
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +51,7 @@ import numpy as np
 import torch
 
 from ..ops.sparse import batch_omp, normalise_columns, overcomplete_dct
+from .run_options import command_line, install_weights
 from .checkpoints import PACKAGE_WEIGHTS_DIR, export_weights
 from .data import DefocusRenderer, filter_sharp_photos, list_photos, load_photos, sample_patch_pairs, split_indices
 from .model_card import environment, write_model_card
@@ -433,8 +432,6 @@ def add_arguments(p) -> None:
 
 
 def main_from_args(args) -> int:
-    import shutil
-
     cfg = get_config(args.config, patch=args.patch)
     for attr, val in (("update", args.update), ("lam", args.lam), ("iterations", args.iterations),
                       ("n_pairs", args.pairs), ("seed", args.seed), ("threads", args.threads),
@@ -442,14 +439,10 @@ def main_from_args(args) -> int:
         if val is not None:
             setattr(cfg, attr, val)
     out = Path(args.out or f"runs/cdl-{args.config}-{args.patch}")
-    command = "napari-fusion " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
+    command = command_line()
     manifest = run_training(cfg, out, command=command)
     if args.install:
         from ..methods.cdl_jsr import weights_name
 
-        name = weights_name(cfg.patch)
-        PACKAGE_WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-        for ext in (".pt", ".json", ".md"):
-            shutil.copy2(out / f"{name}{ext}", PACKAGE_WEIGHTS_DIR / f"{name}{ext}")
-        print(f"installed {name} into {PACKAGE_WEIGHTS_DIR}")
+        install_weights(out, weights_name(cfg.patch))
     return 0 if manifest else 1

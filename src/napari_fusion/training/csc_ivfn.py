@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,8 @@ import torch.nn.functional as F
 
 from ..nets.csc_ivfn import CSCIVFN, count_parameters
 from ..ops.filters import gaussian_kernel1d
-from .checkpoints import PACKAGE_WEIGHTS_DIR, export_weights
+from .run_options import add_run_arguments, apply_train_overrides, command_line, install_weights
+from .checkpoints import export_weights
 from .data import list_photos, load_photos
 from .loop import TrainConfig, train
 from .model_card import environment
@@ -362,33 +360,17 @@ def add_arguments(p) -> None:
     p.add_argument("--config", choices=("cpu", "gpu", "smoke"), default="cpu", help="training scale (default cpu)")
     p.add_argument("--signal", choices=("paper", "released"), default="paper",
                    help="what the later DCUs code: the base/detail layer (paper) or the raw image (released code)")
-    p.add_argument("--out", default=None, help="run folder (default runs/csc_ivfn-<config>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default from the config)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda... (default auto)")
-    p.add_argument("--max-minutes", type=float, default=None, help="override the wall-clock budget")
-    p.add_argument("--install", action="store_true", help=f"copy the finished weights and card into {PACKAGE_WEIGHTS_DIR}")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_arguments(p, default_out="runs/csc_ivfn-<config>")
 
 
 def main_from_args(args) -> int:
-    import shutil
-
     cfg = get_config(args.config, signal=args.signal)
-    if args.threads is not None:
-        cfg.train.threads = args.threads
-    if args.device is not None:
-        cfg.train.device = args.device
-    if args.max_minutes is not None:
-        cfg.train.max_minutes = args.max_minutes
+    apply_train_overrides(cfg.train, args)
     out = Path(args.out or f"runs/csc_ivfn-{args.config}")
-    command = "napari-fusion " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
+    command = command_line()
     manifest = run_training(cfg, out, resume=args.resume, progress=not args.no_progress, command=command)
     if args.install:
-        PACKAGE_WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-        for ext in (".pt", ".json", ".md"):
-            shutil.copy2(out / f"{WEIGHTS_NAME}{ext}", PACKAGE_WEIGHTS_DIR / f"{WEIGHTS_NAME}{ext}")
-        print(f"installed {WEIGHTS_NAME} into {PACKAGE_WEIGHTS_DIR}")
+        install_weights(out, WEIGHTS_NAME)
     return 0 if manifest else 1
 
 

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +47,8 @@ from ..metrics.mef_torch import mef_ssim_torch
 from ..nets.csc_mefn import CSCMEFN, count_parameters, fuse_exposures, postprocess
 from ..ops.colour import luminance
 from ..ops.filters import sobel_gradients
-from .checkpoints import PACKAGE_WEIGHTS_DIR, export_weights
+from .run_options import add_run_arguments, apply_train_overrides, command_line, install_weights
+from .checkpoints import export_weights
 from .data import list_photos
 from .loop import TrainConfig, train
 from .model_card import environment, write_model_card
@@ -504,34 +503,18 @@ def add_arguments(p) -> None:
     p.add_argument("--n-dcu", type=int, default=None, help="number of DCUs (default from the config: cpu 2, gpu 6)")
     p.add_argument("--halo-max", type=float, default=None,
                    help="final weight of the halo loss (default from the config: cpu 0 as the released weights, gpu 10)")
-    p.add_argument("--out", default=None, help="run folder (default runs/csc_mefn-<config>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default from the config)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda... (default auto)")
-    p.add_argument("--max-minutes", type=float, default=None, help="override the wall-clock budget")
     p.add_argument("--no-real-validation", action="store_true", help="skip scoring on the real mef/ma_mef sequences")
-    p.add_argument("--install", action="store_true", help=f"copy the finished weights and card into {PACKAGE_WEIGHTS_DIR}")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_arguments(p, default_out="runs/csc_mefn-<config>")
 
 
 def main_from_args(args) -> int:
-    import shutil
-
     cfg = get_config(args.config, n_dcu=args.n_dcu, halo_max=args.halo_max)
-    if args.threads is not None:
-        cfg.train.threads = args.threads
-    if args.device is not None:
-        cfg.train.device = args.device
-    if args.max_minutes is not None:
-        cfg.train.max_minutes = args.max_minutes
+    apply_train_overrides(cfg.train, args)
     out = Path(args.out or f"runs/csc_mefn-{args.config}")
-    command = "napari-fusion " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
+    command = command_line()
     manifest = run_training(cfg, out, resume=args.resume, progress=not args.no_progress, command=command,
                             real_validation=not args.no_real_validation)
     if args.install:
-        PACKAGE_WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-        for ext in (".pt", ".json", ".md"):
-            shutil.copy2(out / f"{WEIGHTS_NAME}{ext}", PACKAGE_WEIGHTS_DIR / f"{WEIGHTS_NAME}{ext}")
-        print(f"installed {WEIGHTS_NAME} into {PACKAGE_WEIGHTS_DIR}")
+        install_weights(out, WEIGHTS_NAME)
     return 0 if manifest else 1
 

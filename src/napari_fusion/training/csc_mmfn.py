@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +30,8 @@ import numpy as np
 import torch
 
 from ..nets.csc_mmfn import CSCMMFN, count_parameters
-from .checkpoints import PACKAGE_WEIGHTS_DIR, export_weights
+from .run_options import add_run_arguments, apply_train_overrides, command_line, install_weights
+from .checkpoints import export_weights
 from .loop import TrainConfig, train
 from .mmf_data import PatchSet, task_cases
 from .model_card import environment
@@ -279,32 +278,15 @@ def run_training(cfg: MMFTrainConfig, out_dir: str | Path, *, resume: bool = Fal
 def add_arguments(p) -> None:
     p.add_argument("--task", choices=TASKS, required=True, help="cave (31 bands + RGB) or pansharpening (4 bands + PAN)")
     p.add_argument("--config", choices=("cpu", "gpu", "smoke"), default="cpu", help="training scale (default cpu)")
-    p.add_argument("--out", default=None, help="run folder (default runs/csc_mmfn-<task>-<config>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default from the config)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda... (default auto)")
-    p.add_argument("--max-minutes", type=float, default=None, help="override the wall-clock budget")
-    p.add_argument("--install", action="store_true", help=f"copy the finished weights and card into {PACKAGE_WEIGHTS_DIR}")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_arguments(p, default_out="runs/csc_mmfn-<task>-<config>")
 
 
 def main_from_args(args) -> int:
-    import shutil
-
     cfg = get_config(args.config, args.task)
-    if args.threads is not None:
-        cfg.train.threads = args.threads
-    if args.device is not None:
-        cfg.train.device = args.device
-    if args.max_minutes is not None:
-        cfg.train.max_minutes = args.max_minutes
+    apply_train_overrides(cfg.train, args)
     out = Path(args.out or f"runs/csc_mmfn-{args.task}-{args.config}")
-    command = "napari-fusion " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
+    command = command_line()
     manifest = run_training(cfg, out, resume=args.resume, progress=not args.no_progress, command=command)
     if args.install:
-        PACKAGE_WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-        name = weights_name(cfg.task)
-        for ext in (".pt", ".json", ".md"):
-            shutil.copy2(out / f"{name}{ext}", PACKAGE_WEIGHTS_DIR / f"{name}{ext}")
-        print(f"installed {name} into {PACKAGE_WEIGHTS_DIR}")
+        install_weights(out, weights_name(cfg.task))
     return 0 if manifest else 1

@@ -29,8 +29,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +39,8 @@ import torch
 
 from ..nets.two_stream import DEFAULT_KERNEL, DEFAULT_LAYOUT, DEFAULT_WIDTH, TwoStreamFusionNet, count_parameters
 from ..ops.filters import gaussian_filter
-from .checkpoints import PACKAGE_WEIGHTS_DIR, export_weights
+from .run_options import add_run_arguments, apply_train_overrides, command_line, install_weights
+from .checkpoints import export_weights
 from .data import filter_sharp_photos, list_photos, load_photos, patch_variance, split_indices
 from .loop import TrainConfig, train
 from .model_card import environment, write_model_card
@@ -436,26 +435,15 @@ def run_training(
 
 def add_arguments(p) -> None:
     p.add_argument("--config", choices=("cpu", "gpu", "smoke"), default="cpu", help="training scale (default cpu)")
-    p.add_argument("--out", default=None, help="run folder (default runs/two_stream-<config>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default from the config)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda... (default auto)")
-    p.add_argument("--max-minutes", type=float, default=None, help="override the wall-clock budget")
     p.add_argument("--width", type=int, default=None, help="filters per layer (default 64)")
     p.add_argument("--kernel", type=int, default=None, help="kernel size (default 5)")
     p.add_argument("--layout", default=None, help="conv-fusion-deconv layer counts, e.g. 2-1-2 (default)")
-    p.add_argument("--install", action="store_true", help=f"copy the finished weights and card into {PACKAGE_WEIGHTS_DIR}")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_arguments(p, default_out="runs/two_stream-<config>")
 
 
 def config_from_args(args) -> TwoStreamTrainConfig:
     cfg = get_config(args.config)
-    if args.threads is not None:
-        cfg.train.threads = args.threads
-    if args.device is not None:
-        cfg.train.device = args.device
-    if args.max_minutes is not None:
-        cfg.train.max_minutes = args.max_minutes
+    apply_train_overrides(cfg.train, args)
     if args.width is not None:
         cfg.net.width = args.width
     if args.kernel is not None:
@@ -472,15 +460,10 @@ def config_from_args(args) -> TwoStreamTrainConfig:
 
 
 def main_from_args(args) -> int:
-    import shutil
-
     cfg = config_from_args(args)
     out = Path(args.out or f"runs/two_stream-{args.config}")
-    command = "napari-fusion " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
+    command = command_line()
     manifest = run_training(cfg, out, resume=args.resume, progress=not args.no_progress, command=command)
     if args.install:
-        PACKAGE_WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-        for ext in (".pt", ".json", ".md"):
-            shutil.copy2(out / f"{WEIGHTS_NAME}{ext}", PACKAGE_WEIGHTS_DIR / f"{WEIGHTS_NAME}{ext}")
-        print(f"installed {WEIGHTS_NAME} into {PACKAGE_WEIGHTS_DIR}")
+        install_weights(out, WEIGHTS_NAME)
     return 0 if manifest else 1
