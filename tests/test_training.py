@@ -190,3 +190,11 @@ def test_run_options_overrides_and_install(tmp_path, monkeypatch):
 
     with pytest.raises(FileNotFoundError):
         run_options.install_weights(run, "model")
+
+
+def test_resolve_data_path(tmp_path, monkeypatch):
+    from napari_fusion.training.data import resolve_data_path
+
+    assert resolve_data_path(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.setenv("NAPARI_FUSION_DATA", str(tmp_path))
+    assert resolve_data_path("train/bsds500") == tmp_path / "train" / "bsds500"

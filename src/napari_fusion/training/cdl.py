@@ -53,7 +53,7 @@ import torch
 from ..ops.sparse import batch_omp, normalise_columns, overcomplete_dct
 from .run_options import command_line, install_weights
 from .checkpoints import PACKAGE_WEIGHTS_DIR, export_weights
-from .data import DefocusRenderer, filter_sharp_photos, list_photos, load_photos, sample_patch_pairs, split_indices
+from .data import DefocusRenderer, filter_sharp_photos, list_photos, load_photos, sample_patch_pairs, split_indices, resolve_data_path
 from .model_card import environment, write_model_card
 
 CITATION = (
@@ -117,21 +117,9 @@ def get_config(name: str, *, patch: int = 8) -> CDLConfig:
     raise ValueError(f"unknown configuration {name!r}; use smoke, cpu or full")
 
 
-def _resolve(photos: str) -> Path:
-    p = Path(photos)
-    if p.is_absolute():
-        return p
-    from ..datasets import shared_data_dir
-
-    root = shared_data_dir()
-    if root is None:
-        raise FileNotFoundError("shared data folder not found; set NAPARI_FUSION_DATA")
-    return root / p
-
-
 def make_pairs(cfg: CDLConfig, *, log=print, progress: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
     """Training and validation signals ``(2n, N)`` (float32, halves mean-removed) and data info."""
-    folder = _resolve(cfg.photos)
+    folder = resolve_data_path(cfg.photos)
     paths = list_photos(folder)
     if cfg.max_photos is not None:
         paths = paths[: cfg.max_photos]

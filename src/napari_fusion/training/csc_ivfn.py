@@ -36,7 +36,7 @@ from ..nets.csc_ivfn import CSCIVFN, count_parameters
 from ..ops.filters import gaussian_kernel1d
 from .run_options import add_run_arguments, apply_train_overrides, command_line, install_weights
 from .checkpoints import export_weights
-from .data import list_photos, load_photos
+from .data import list_photos, load_photos, resolve_data_path
 from .loop import TrainConfig, train
 from .model_card import environment
 
@@ -187,22 +187,10 @@ def random_crops(photos: list[np.ndarray], n: int, size: int, *, seed: int) -> n
     return out
 
 
-def _resolve(path: str) -> Path:
-    p = Path(path)
-    if p.is_absolute():
-        return p
-    from ..datasets import shared_data_dir
-
-    root = shared_data_dir()
-    if root is None:
-        raise FileNotFoundError("shared data folder not found; set NAPARI_FUSION_DATA")
-    return root / p
-
-
 def build_datasets(cfg: IVFNTrainConfig, *, progress: bool = True):
     d = cfg.data
-    tr_paths = list_photos(_resolve(d.photos))
-    va_paths = list_photos(_resolve(d.val_photos))
+    tr_paths = list_photos(resolve_data_path(d.photos))
+    va_paths = list_photos(resolve_data_path(d.val_photos))
     if d.max_photos is not None:
         tr_paths, va_paths = tr_paths[: d.max_photos], va_paths[: max(1, d.max_photos // 2)]
     tr = load_photos(tr_paths, progress=progress)
@@ -210,8 +198,8 @@ def build_datasets(cfg: IVFNTrainConfig, *, progress: bool = True):
     train_set = Crops(random_crops(tr, d.n_train, d.crop, seed=cfg.train.seed))
     val_set = Crops(random_crops(va, d.n_val, d.crop, seed=cfg.train.seed + 1))
     info = {
-        "train_folder": str(_resolve(d.photos)),
-        "val_folder": str(_resolve(d.val_photos)),
+        "train_folder": str(resolve_data_path(d.photos)),
+        "val_folder": str(resolve_data_path(d.val_photos)),
         "train_photos": len(tr_paths),
         "val_photos": len(va_paths),
         "train_crops": len(train_set),

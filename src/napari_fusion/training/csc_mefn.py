@@ -49,7 +49,7 @@ from ..ops.colour import luminance
 from ..ops.filters import sobel_gradients
 from .run_options import add_run_arguments, apply_train_overrides, command_line, install_weights
 from .checkpoints import export_weights
-from .data import list_photos
+from .data import list_photos, resolve_data_path
 from .loop import TrainConfig, train
 from .model_card import environment, write_model_card
 
@@ -312,18 +312,6 @@ def get_config(name: str, *, n_dcu: int | None = None, halo_max: float | None = 
     return cfg
 
 
-def _resolve(rel: str) -> Path:
-    p = Path(rel)
-    if p.is_absolute():
-        return p
-    from ..datasets import shared_data_dir
-
-    root = shared_data_dir()
-    if root is None:
-        raise FileNotFoundError("shared data folder not found; set NAPARI_FUSION_DATA")
-    return root / p
-
-
 def _photo_paths(folder: Path, splits: tuple[str, ...]) -> list[Path]:
     subs = [folder / s for s in splits if (folder / s).is_dir()]
     if not subs:
@@ -333,7 +321,7 @@ def _photo_paths(folder: Path, splits: tuple[str, ...]) -> list[Path]:
 
 def build_datasets(cfg: MEFNTrainConfig, *, progress: bool = True, log=print):
     d = cfg.data
-    folder = _resolve(d.photos)
+    folder = resolve_data_path(d.photos)
     tr_paths = _photo_paths(folder, d.train_splits)
     va_paths = _photo_paths(folder, d.val_splits)
     if d.max_photos is not None:
@@ -417,7 +405,7 @@ def run_training(cfg: MEFNTrainConfig, out_dir: str | Path, *, resume: bool = Fa
     real = None
     if real_validation:
         try:
-            folder = _resolve(cfg.data.real_validation)
+            folder = resolve_data_path(cfg.data.real_validation)
         except FileNotFoundError:
             folder = None
         if folder is not None and folder.is_dir():

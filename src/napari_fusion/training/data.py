@@ -37,6 +37,22 @@ from ..ops.filters import box_filter, gaussian_filter, laplacian
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 
+def resolve_data_path(path: str | Path) -> Path:
+    """``path`` itself when absolute, else relative to the shared data folder.
+
+    Raises ``FileNotFoundError`` (naming ``NAPARI_FUSION_DATA``) when that folder is not found.
+    """
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    from ..datasets import shared_data_dir
+
+    root = shared_data_dir()
+    if root is None:
+        raise FileNotFoundError("shared data folder not found; set NAPARI_FUSION_DATA")
+    return root / p
+
+
 def list_photos(folder: str | Path) -> list[Path]:
     """Image files under ``folder`` (recursively), in a stable sorted order."""
     folder = Path(folder)

@@ -30,6 +30,7 @@ from ..nets.liu2017 import VARIANTS, LiuFocusNet, count_parameters
 from .run_options import add_run_arguments, apply_train_overrides, command_line, install_weights
 from .checkpoints import export_weights
 from .data import (
+    resolve_data_path,
     DefocusRenderer,
     SwappedPairs,
     filter_sharp_photos,
@@ -126,18 +127,6 @@ def liu_step(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, int, i
     return loss, correct, int(y.numel())
 
 
-def _resolve_photos(photos: str) -> Path:
-    p = Path(photos)
-    if p.is_absolute():
-        return p
-    from ..datasets import shared_data_dir
-
-    root = shared_data_dir()
-    if root is None:
-        raise FileNotFoundError("shared data folder not found; set NAPARI_FUSION_DATA")
-    return root / p
-
-
 def build_datasets(cfg: LiuTrainConfig, *, cache_dir: Path | None = None, progress: bool = True, log=print):
     """Train and validation :class:`SwappedPairs` (validation from held-out photographs).
 
@@ -155,7 +144,7 @@ def build_datasets(cfg: LiuTrainConfig, *, cache_dir: Path | None = None, progre
             log(f"using cached patches {cache}")
             info = json.loads(str(z["info"]))
             return SwappedPairs(z["tr_s"], z["tr_b"]), SwappedPairs(z["va_s"], z["va_b"]), info
-    folder = _resolve_photos(d.photos)
+    folder = resolve_data_path(d.photos)
     paths = list_photos(folder)
     if d.max_photos is not None:
         paths = paths[: d.max_photos]

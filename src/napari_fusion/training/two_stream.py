@@ -41,7 +41,7 @@ from ..nets.two_stream import DEFAULT_KERNEL, DEFAULT_LAYOUT, DEFAULT_WIDTH, Two
 from ..ops.filters import gaussian_filter
 from .run_options import add_run_arguments, apply_train_overrides, command_line, install_weights
 from .checkpoints import export_weights
-from .data import filter_sharp_photos, list_photos, load_photos, patch_variance, split_indices
+from .data import filter_sharp_photos, list_photos, load_photos, patch_variance, split_indices, resolve_data_path
 from .loop import TrainConfig, train
 from .model_card import environment, write_model_card
 
@@ -265,18 +265,6 @@ def build_model(cfg: TwoStreamTrainConfig) -> TwoStreamFusionNet:
     return TwoStreamFusionNet(width=n.width, kernel=n.kernel, layout=tuple(n.layout), shared_streams=n.shared_streams, init=n.init)
 
 
-def _resolve_photos(photos: str) -> Path:
-    p = Path(photos)
-    if p.is_absolute():
-        return p
-    from ..datasets import shared_data_dir
-
-    root = shared_data_dir()
-    if root is None:
-        raise FileNotFoundError("shared data folder not found; set NAPARI_FUSION_DATA")
-    return root / p
-
-
 def build_datasets(cfg: TwoStreamTrainConfig, *, cache_dir: Path | None = None, progress: bool = True, log=print):
     """Train and validation :class:`FusionTriplets` (validation from held-out photographs), cached."""
     d = cfg.data
@@ -291,7 +279,7 @@ def build_datasets(cfg: TwoStreamTrainConfig, *, cache_dir: Path | None = None, 
                 FusionTriplets(z["va_a"], z["va_b"], z["va_s"]),
                 json.loads(str(z["info"])),
             )
-    folder = _resolve_photos(d.photos)
+    folder = resolve_data_path(d.photos)
     paths = list_photos(folder)
     if d.max_photos is not None:
         paths = paths[: d.max_photos]
