@@ -24,7 +24,7 @@ are checked against their sha256.
 * **Output.** ``output='network'`` (default, the paper) returns the regressed image;
   ``output='decision'`` (ours) copies each pixel from the source the label map
   names, which keeps the sources' exact values where the regression is
-  imprecise (the shipped, briefly trained network) at the price of a hard
+  imprecise (away from focus boundaries, with the shipped weights) at the price of a hard
   seam along the decision boundary.
 * **Memory.** The network runs in tiles (``tile`` pixels plus an 8-pixel
   halo of real context); results do not depend on the tile size because
