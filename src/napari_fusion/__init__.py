@@ -10,7 +10,7 @@ See :func:`fuse`, :func:`list_methods` and ``docs/architecture.md``.
 """
 
 from .api import DEFAULT_METHOD, fuse
-from .errors import FusionCancelled, FusionError, FusionInputError, WeightsUnavailableError
+from .errors import FusionCancelled, FusionError, FusionInputError, FusionOutputError, WeightsUnavailableError
 from .registry import MethodSpec, Param, get_method, list_methods
 from .results import FusionResult
 from .upsample import UPSAMPLE_METHODS, guided_upsample
@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "FusionError",
     "FusionInputError",
+    "FusionOutputError",
     "FusionCancelled",
     "WeightsUnavailableError",
     "__version__",

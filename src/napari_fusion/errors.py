@@ -22,3 +22,8 @@ class FusionCancelled(FusionError):
 
 class WeightsUnavailableError(FusionError, RuntimeError):
     """A learned method's weights cannot be found; the message says how to get them."""
+
+
+class FusionOutputError(FusionError, ValueError):
+    """An output cannot be written safely: it would overwrite an input or an existing file,
+    lies inside an input, or its folder cannot be written. Raised before any work is done."""
