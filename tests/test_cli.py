@@ -75,7 +75,7 @@ def test_methods_listing(capsys):
         (["fuse", "{one}", "-o", "x.tif"], "at least two images"),
         (["fuse", "{one}", "{one}", "-o", "x.tif", "-m", "nope"], "unknown method"),
         (["fuse", "{one}", "{one}", "-o", "x.tif", "-p", "window=abc"], "must be a number"),
-        (["fuse", "{bad}", "{one}", "-o", "x.tif"], "cannot read"),
+        (["fuse", "{bad}", "{one}", "-o", "x.tif"], "damaged"),
         (["fuse", "{one}", "{one}", "-o", "x.xyz"], "unsupported output format"),
     ],
 )

@@ -45,7 +45,7 @@ def test_errors(tmp_path):
     with pytest.raises(FusionInputError, match="file not found"):
         read_image(tmp_path / "nope.tif")
     (tmp_path / "junk.tif").write_bytes(b"junk")
-    with pytest.raises(FusionInputError, match="cannot read"):
+    with pytest.raises(FusionInputError, match="junk.tif is not a TIFF file"):
         read_image(tmp_path / "junk.tif")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FusionInputError, match="no image files"):

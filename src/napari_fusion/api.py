@@ -7,9 +7,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ._inputs import prepare
+from ._inputs import check_z_positions, prepare
 from .device import resolve_device
 from .errors import FusionInputError
+from .memory import guard_untiled
 from .registry import FusionContext, MethodOutput, MethodSpec, get_method
 from .results import FusionResult
 
@@ -78,6 +79,10 @@ def fuse(
                          device=device, progress=progress, chunks=chunks, **params)
     spec = get_method(method)
     resolved = spec.resolve_params(params)
+    tiled = guard_untiled(images, spec, resolved, stack_axis=stack_axis, channel_axis=channel_axis,
+                          z_positions=z_positions, device=device, progress=progress, params=params)
+    if tiled is not None:  # too large for memory: fused tile by tile (else guard_untiled raised or passed)
+        return tiled
     prepared = prepare(
         images, stack_axis=stack_axis, channel_axis=channel_axis, intensity=spec.intensity,
         mixed_colour=spec.mixed_colour,
@@ -86,11 +91,7 @@ def fuse(
     if z_positions is None:
         positions = np.arange(n, dtype=np.float32)
     else:
-        positions = np.asarray(z_positions, dtype=np.float32).ravel()
-        if positions.size != n:
-            raise FusionInputError(f"z_positions has {positions.size} values for {n} images")
-        if not np.isfinite(positions).all():
-            raise FusionInputError("z_positions must be finite")
+        positions = check_z_positions(z_positions, n).astype(np.float32)
     dev = resolve_device(device)
     stack = prepared.to_tensor(dev)
     ctx = FusionContext(dev, progress, total=1.0)

@@ -72,13 +72,74 @@ def _parse_chunks(text: str):
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
+def _z_step(text: str) -> float:
+    from ._inputs import check_z_step
+
+    try:
+        return check_z_step(text)
+    except FusionInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def check_fuse_outputs(args: argparse.Namespace, *, fingerprint: str | None = None) -> None:
+    """Refuse unsafe or unwritable outputs of ``fuse`` before anything is read or fused."""
+    from .io import IMAGE_SUFFIXES, zarr_output_action
+    from .output_safety import check_distinct, check_output_path
+
+    outs = {"-o": args.output, "--labels": args.labels, "--depth": args.depth}
+    check_distinct(outs)
+    zarr_out = args.output.suffix.lower() == ".zarr"
+    for flag, path in outs.items():
+        if path is None or (zarr_out and flag != "-o"):
+            continue
+        suffix = path.suffix.lower()
+        tiled = getattr(args, "chunks", None) is not None
+        allowed = (".tif", ".tiff", ".zarr") if tiled and flag == "-o" else (".tif", ".tiff") if tiled or flag == "--depth" \
+            else IMAGE_SUFFIXES
+        if suffix not in allowed:
+            raise FusionInputError(f"unsupported output format {suffix!r} for {flag} {path}; use {', '.join(allowed)}")
+        check_output_path(path, inputs=args.inputs, overwrite=args.overwrite, what=f"output {flag}", folder=suffix == ".zarr")
+        if suffix == ".zarr" and fingerprint is not None:
+            zarr_output_action(path, fingerprint, overwrite=args.overwrite)
+
+
+def _fingerprint(args: argparse.Namespace, params: dict) -> str:
+    import hashlib
+
+    from .output_safety import fingerprint_paths
+
+    record = {
+        "inputs": fingerprint_paths(args.inputs),
+        "method": args.method,
+        "params": params,
+        "z_step": args.z_step,
+        "chunks": args.chunks,
+        "device": args.device,
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _output_bytes(shape: tuple[int, ...], itemsize: int, args: argparse.Namespace) -> int:
+    plane = int(np.prod(shape[1:3]))
+    total = plane * (int(np.prod(shape[3:])) if len(shape) > 3 else 1) * itemsize
+    if args.labels is not None or args.output.suffix.lower() == ".zarr":
+        total += plane * 2
+    if args.depth is not None or args.output.suffix.lower() == ".zarr":
+        total += plane * 4
+    return total
+
+
 def cmd_fuse_tiled(args: argparse.Namespace) -> int:
     """``fuse --chunks``: read lazily, fuse tile by tile, write tile by tile."""
     from .api import fuse
     from .io import open_lazy_stack, write_lazy
+    from .output_safety import check_disk_space
 
-    stack = open_lazy_stack(args.inputs)
     params = _coerce_params(args.method, args.param or [])
+    fingerprint = _fingerprint(args, params)
+    check_fuse_outputs(args, fingerprint=fingerprint)
+    stack = open_lazy_stack(args.inputs)
+    check_disk_space(args.output.parent, _output_bytes(tuple(stack.shape), stack.dtype.itemsize, args))
     z = None
     if args.z_step is not None:
         z = np.arange(stack.shape[0], dtype=np.float32) * args.z_step
@@ -98,6 +159,9 @@ def cmd_fuse_tiled(args: argparse.Namespace) -> int:
             labels=None if zarr_out or result.labels is None else args.labels,
             depth=None if zarr_out or result.depth is None else args.depth,
             progress=progress,
+            overwrite=args.overwrite,
+            inputs=args.inputs,
+            fingerprint=fingerprint,
         )
     finally:
         progress.close()
@@ -113,15 +177,21 @@ def cmd_fuse_tiled(args: argparse.Namespace) -> int:
 def cmd_fuse(args: argparse.Namespace) -> int:
     from .api import fuse
     from .io import read_stack, write_image
+    from .output_safety import AtomicGroup, check_disk_space
 
     if getattr(args, "chunks", None) is not None:
         return cmd_fuse_tiled(args)
+    check_fuse_outputs(args)
+    params = _coerce_params(args.method, args.param or [])
+    from .registry import get_method
+
+    get_method(args.method).resolve_params(params)  # unknown parameters: refused before reading
     images = read_stack(args.inputs)
     if len(images) < 2:
         raise FusionInputError(
             f"fusion needs at least two images; {', '.join(map(str, args.inputs))} gave {len(images)}"
         )
-    params = _coerce_params(args.method, args.param or [])
+    check_disk_space(args.output.parent, _output_bytes((len(images),) + images[0].shape, images[0].dtype.itemsize, args))
     z = None
     if args.z_step is not None:
         z = np.arange(len(images), dtype=np.float32) * args.z_step
@@ -133,20 +203,22 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         progress.close()
     elapsed = time.perf_counter() - t0
     provenance = {"method": result.method, "params": result.params, "inputs": [str(p) for p in args.inputs]}
-    write_image(args.output, result.fused, metadata=provenance)
-    written = [str(args.output)]
+    items = [(args.output, result.fused)]
     if args.labels:
         if result.labels is None:
             print(f"note: method {args.method!r} makes no labels; --labels ignored", file=sys.stderr)
         else:
-            write_image(args.labels, result.labels, metadata=provenance)
-            written.append(str(args.labels))
+            items.append((args.labels, result.labels))
     if args.depth:
         if result.depth is None:
             print(f"note: method {args.method!r} makes no depth map; --depth ignored", file=sys.stderr)
         else:
-            write_image(args.depth, result.depth.astype(np.float32), metadata=provenance)
-            written.append(str(args.depth))
+            items.append((args.depth, result.depth.astype(np.float32)))
+    # all outputs under temporary names first, then renamed into place together
+    with AtomicGroup() as group:
+        for path, data in items:
+            write_image(group.temp_for(path), data, metadata=provenance, inputs=args.inputs)
+    written = [str(p) for p, _ in items]
     if not args.quiet:
         print(f"fused {len(images)} images with {args.method} in {elapsed:.2f} s -> {', '.join(written)}")
     return 0
@@ -205,7 +277,7 @@ def add_subparser(sub) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="fused image (.tif keeps dtype; .png/.jpg for 8-bit)")
     p.add_argument("--labels", type=Path, help="write the decision labels (source index per pixel)")
     p.add_argument("--depth", type=Path, help="write the depth map (float32 TIFF)")
-    p.add_argument("--z-step", type=float, help="distance between slices (e.g. microns) for the depth map")
+    p.add_argument("--z-step", type=_z_step, help="distance between slices (e.g. microns, > 0) for the depth map")
     p.add_argument("-p", "--param", action="append", type=_parse_param, metavar="NAME=VALUE", help="method parameter (repeatable)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument(
@@ -215,6 +287,8 @@ def add_subparser(sub) -> None:
         help="fuse out of core, tile by tile (tile size in pixels): inputs are read lazily (TIFF, zarr, "
         "OME-Zarr) and outputs written tile by tile (.tif or .zarr)",
     )
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (inputs are never overwritten, whatever the flag)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_fuse)
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import FusionInputError
+from .errors import FusionError, FusionInputError, FusionOutputError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
@@ -23,16 +23,75 @@ def _natural_key(path: Path):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read one file as an array: ``(H, W)``, ``(H, W, 3)`` or, for multi-page TIFF, ``(N, H, W[, 3])``.
+_SIGNATURES = {
+    ".png": ((b"\x89PNG\r\n\x1a\n",), "PNG"),
+    ".jpg": ((b"\xff\xd8",), "JPEG"),
+    ".jpeg": ((b"\xff\xd8",), "JPEG"),
+    ".bmp": ((b"BM",), "BMP"),
+    ".tif": ((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), "TIFF"),
+    ".tiff": ((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), "TIFF"),
+}
 
-    Files are never modified. Unreadable files raise :class:`FusionInputError`.
+
+def check_image_file(path: str | Path) -> Path:
+    """Refuse, naming the file and the problem, a path that is missing, a folder, empty or not its format.
+
+    Reads only the first bytes (the format signature). Returns the path.
     """
     path = Path(path)
     if not path.exists():
         raise FusionInputError(f"file not found: {path}")
     if path.is_dir():
         raise FusionInputError(f"{path} is a folder; use read_stack for a folder of slices")
+    suffix = path.suffix.lower()
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise FusionInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if size == 0:
+        raise FusionInputError(f"{path} is empty (0 bytes)")
+    if suffix in _SIGNATURES:
+        magic, name = _SIGNATURES[suffix]
+        if not any(head.startswith(m) for m in magic):
+            raise FusionInputError(
+                f"{path} is not a {name} file (its first bytes are not a {name} signature): "
+                "the file is damaged or has the wrong extension"
+            )
+    return path
+
+
+def _read_error(path: Path, exc: BaseException) -> FusionInputError:
+    """One clear message for a reader's exception."""
+    text = str(exc)
+    low = text.lower()
+    if "truncated" in low or "failed to read" in low or "mmap length" in low or "unexpected end" in low \
+            or "eof" in low or "not enough data" in low:
+        return FusionInputError(f"{path} is truncated (the file ends before its image data does): {text}")
+    return FusionInputError(f"{path} is damaged or not a supported image: {text}")
+
+
+def _check_layout(path: Path, arr: np.ndarray) -> None:
+    if arr.size == 0 or arr.ndim < 2:
+        raise FusionInputError(f"{path} holds no image (array of shape {arr.shape}); the file may be damaged")
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4) and arr.shape[-1] <= 8 and min(arr.shape[:2]) > 8:
+        raise FusionInputError(
+            f"{path}: unsupported layout {arr.shape[0]}x{arr.shape[1]} pixels with {arr.shape[-1]} channels; "
+            "napari-fusion fuses grey or RGB images: save each channel as its own image or stack"
+        )
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read one file as an array: ``(H, W)``, ``(H, W, 3)`` or, for multi-page TIFF, ``(N, H, W[, 3])``.
+
+    Files are never modified. Unreadable files raise :class:`FusionInputError`
+    naming the file and what is wrong (missing, empty, not that format,
+    truncated, unsupported layout).
+    """
+    from .output_safety import remember_input
+
+    path = check_image_file(path)
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
@@ -42,21 +101,28 @@ def read_image(path: str | Path) -> np.ndarray:
         else:
             import imageio.v3 as iio
 
-            arr = iio.imread(path)
+            arr = iio.imread(path, extension=suffix)
+    except MemoryError:
+        raise FusionInputError(f"{path} is too large to read into memory; use --chunks (chunks=) for tiled fusion") from None
     except Exception as exc:  # the readers raise many kinds of errors
-        raise FusionInputError(f"cannot read {path}: {exc}") from None
+        raise _read_error(path, exc) from None
+    remember_input(path)
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[-1] == 4 and suffix not in (".tif", ".tiff"):
         arr = arr[..., :3]  # PNG alpha carries no image content for fusion
     if arr.ndim == 3 and arr.shape[-1] == 2 and suffix not in (".tif", ".tiff"):
         arr = arr[..., 0]  # grey + alpha PNG
+    _check_layout(path, arr)
     return arr
 
 
 def list_image_files(folder: str | Path) -> list[Path]:
     """Image files of a folder in natural order (slice_2 before slice_10)."""
     folder = Path(folder)
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    files = [
+        p for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    ]  # hidden files include the temporaries of interrupted writes
     return sorted(files, key=_natural_key)
 
 
@@ -71,6 +137,9 @@ def read_stack(paths: str | Path | Sequence[str | Path]) -> list[np.ndarray]:
         paths = [paths]
     paths = [Path(p) for p in paths]
     if len(paths) == 1 and paths[0].is_dir():
+        from .output_safety import remember_input
+
+        remember_input(paths[0])
         files = list_image_files(paths[0])
         if not files:
             raise FusionInputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {paths[0]}")
@@ -87,34 +156,56 @@ def read_stack(paths: str | Path | Sequence[str | Path]) -> list[np.ndarray]:
     return images
 
 
-def write_image(path: str | Path, image: np.ndarray, *, metadata: dict | None = None) -> Path:
+def write_image(
+    path: str | Path,
+    image: np.ndarray,
+    *,
+    metadata: dict | None = None,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
+) -> Path:
     """Write an array; TIFF keeps any dtype (16-bit, float), PNG/JPEG need uint8 (or uint16 PNG).
 
-    Parent folders are created. ``metadata`` is stored in the TIFF description.
+    Safe by default: an existing file is replaced only with ``overwrite=True``,
+    and never when it is one of ``inputs`` or a file read by this module in
+    this process (same path, a link to it, or a hard link); an output inside an
+    input folder or zarr store is refused too
+    (:class:`~napari_fusion.FusionOutputError`, before anything is written).
+    The file is written under a hidden temporary name in the same folder and
+    renamed into place when complete, so an interrupted write never leaves a
+    cut-short file at ``path``. Parent folders are created. ``metadata`` is
+    stored in the TIFF description.
     """
+    from .output_safety import atomic_file, check_output_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     image = np.asarray(image)
+    if suffix not in (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"):
+        raise FusionInputError(f"unsupported output format {suffix!r}; use .tif, .png or .jpg")
+    if suffix not in (".tif", ".tiff") and (
+        image.dtype not in (np.uint8, np.uint16) or (image.dtype == np.uint16 and suffix != ".png")
+    ):
+        raise FusionInputError(f"cannot write {image.dtype} data as {suffix}; use .tif to keep the data unchanged")
+    check_output_path(path, inputs=inputs, overwrite=overwrite)
+    with atomic_file(path) as tmp:
+        _encode_image(tmp, image, suffix, metadata)
+    return path
+
+
+def _encode_image(target: Path, image: np.ndarray, suffix: str, metadata: dict | None) -> None:
     if suffix in (".tif", ".tiff"):
         import json
 
         import tifffile
 
         photometric = "rgb" if image.ndim == 3 and image.shape[-1] == 3 else "minisblack"
-        desc = json.dumps(metadata) if metadata else None
-        tifffile.imwrite(path, image, photometric=photometric, description=desc)
-        return path
-    if suffix in (".png", ".jpg", ".jpeg", ".bmp"):
+        desc = json.dumps(metadata, default=str) if metadata else None
+        tifffile.imwrite(target, image, photometric=photometric, description=desc)
+    else:
         import imageio.v3 as iio
 
-        if image.dtype not in (np.uint8, np.uint16) or (image.dtype == np.uint16 and suffix != ".png"):
-            raise FusionInputError(
-                f"cannot write {image.dtype} data as {suffix}; use .tif to keep the data unchanged"
-            )
-        iio.imwrite(path, image)
-        return path
-    raise FusionInputError(f"unsupported output format {suffix!r}; use .tif, .png or .jpg")
+        iio.imwrite(target, image, extension=suffix)
 
 
 # --------------------------------------------------------------------------- lazy (out-of-core) I/O
@@ -154,6 +245,13 @@ class LazyTiff:
             self.dtype = np.dtype(s.dtype)
             self.axes = s.axes
             self.memmappable = level == 0 and s.dataoffset is not None
+            if self.memmappable:
+                need = int(s.dataoffset) + int(np.prod(self.shape)) * self.dtype.itemsize
+                have = self.path.stat().st_size
+                if have < need:
+                    raise FusionInputError(
+                        f"{self.path} is truncated: its image data needs {need} bytes, the file has {have}"
+                    )
             if self.memmappable:
                 self.native_chunks = None
             else:
@@ -237,6 +335,7 @@ def _open_tiff_lazy(path: Path, chunks: int | None):
     import dask.array as da
     from dask.base import tokenize
 
+    check_image_file(path)
     reader = LazyTiff(path)
     stat = path.stat()
     name = "tiff-" + tokenize(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
@@ -309,9 +408,12 @@ def open_lazy_stack(
         if len(paths) == 1:
             return open_lazy_stack(paths[0], chunks=chunks, component=component)
         return _stack_files(paths, chunks)
+    from .output_safety import remember_input
+
     path = Path(path)
     if not path.exists():
         raise FusionInputError(f"file not found: {path}")
+    remember_input(path)
     if _is_zarr_path(path):
         arr, axes = _open_zarr_lazy(path, component)
         if axes and len(axes) == arr.ndim:
@@ -331,7 +433,7 @@ def open_lazy_stack(
     except FusionInputError:
         raise
     except Exception as exc:
-        raise FusionInputError(f"cannot read {path}: {exc}") from None
+        raise _read_error(path, exc) from None
     if axes and arr.ndim > 3:  # drop singleton axes (e.g. T, C of an OME-TIFF)
         for i in reversed(range(arr.ndim)):
             if arr.shape[i] == 1 and axes[i] not in "YX":
@@ -340,6 +442,11 @@ def open_lazy_stack(
     if arr.ndim == 4 and arr.shape[-1] in (3, 4):
         return arr[..., :3]
     if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        if axes and axes[-1] == "S" or (arr.shape[-1] <= 8 and min(arr.shape[:2]) > 8):
+            raise FusionInputError(
+                f"{path}: unsupported layout {arr.shape[0]}x{arr.shape[1]} pixels with {arr.shape[-1]} channels; "
+                "napari-fusion fuses grey or RGB images: save each channel as its own image or stack"
+            )
         return arr
     raise FusionInputError(
         f"{path} holds an array of shape {tuple(arr.shape)}, not a stack (N, H, W) or (N, H, W, 3); "
@@ -350,14 +457,19 @@ def open_lazy_stack(
 def _stack_files(paths: list[Path], chunks: int | None):
     import dask.array as da
 
+    from .output_safety import remember_input
+
     planes = []
     for p in paths:
         if p.suffix.lower() not in (".tif", ".tiff"):
             raise FusionInputError(f"{p}: only TIFF slices can be read lazily; use read_stack for other formats")
+        remember_input(p)
         try:
             arr, _ = _open_tiff_lazy(p, chunks)
+        except FusionInputError:
+            raise
         except Exception as exc:
-            raise FusionInputError(f"cannot read {p}: {exc}") from None
+            raise _read_error(p, exc) from None
         if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
             planes.extend(arr[i] for i in range(arr.shape[0]))
         else:
@@ -378,6 +490,54 @@ def _lazy_outputs(result: Any) -> dict[str, Any]:
     return {"fused": result}
 
 
+#: Group attribute of zarr outputs: ``{"complete": bool, "fingerprint": str, "tiles": int, ...}``.
+ZARR_OUTPUT_MARKER = "napari_fusion_output"
+#: Array of a zarr output recording which tiles are written (1 per finished tile).
+ZARR_TILES_DONE = "tiles_done"
+#: Entries a zarr output of ours may hold (anything else is somebody else's data).
+_ZARR_OWN_ENTRIES = {"zarr.json", ".zgroup", ".zattrs", ".zmetadata", "fused", "labels", "depth", ZARR_TILES_DONE}
+
+
+def zarr_output_status(path: str | Path) -> dict[str, Any] | None:
+    """What a zarr output of :func:`write_lazy` holds, or None if ``path`` is not one.
+
+    Returns ``{"complete": bool, "tiles": n, "tiles_done": k, "fingerprint": str,
+    "method": ..., "foreign_entries": [...]}``.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    try:
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+        info = dict(group.attrs.get(ZARR_OUTPUT_MARKER) or {})
+    except Exception:
+        return None
+    if not info:
+        return None
+    done = 0
+    if ZARR_TILES_DONE in group:
+        done = int(np.asarray(group[ZARR_TILES_DONE][...]).sum())
+    info["tiles_done"] = done
+    info["method"] = group.attrs.get("method")
+    info["foreign_entries"] = sorted(e.name for e in path.iterdir() if e.name not in _ZARR_OWN_ENTRIES)
+    return info
+
+
+def _incomplete_message(path: Path, info: dict) -> str:
+    return (
+        f"{path} is an incomplete napari-fusion output ({info.get('tiles_done', 0)} of {info.get('tiles', '?')} "
+        "tiles written; the run that made it was interrupted): rerun the same command to finish it"
+    )
+
+
+def _lazy_outputs(result: Any) -> dict[str, Any]:
+    if hasattr(result, "fused"):
+        return {k: getattr(result, k) for k in ("fused", "labels", "depth") if getattr(result, k, None) is not None}
+    return {"fused": result}
+
+
 def write_lazy(
     result: Any,
     path: str | Path,
@@ -386,6 +546,9 @@ def write_lazy(
     depth: str | Path | None = None,
     progress=None,
     compression: str | None = None,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
+    fingerprint: str | None = None,
 ) -> list[Path]:
     """Write a (lazy) fusion result tile by tile, never holding a whole output in memory.
 
@@ -398,8 +561,21 @@ def write_lazy(
     (``progress(done, total, message)``) counts tiles on dask's local
     schedulers; raising :class:`~napari_fusion.FusionCancelled` from it stops
     the write. Returns the paths written.
+
+    Safety (see ``docs/reliability.md``): outputs that are, or lie inside, an
+    input (``inputs`` or any file read by :mod:`napari_fusion.io` in this
+    process) are refused before any work. TIFFs are written under temporary
+    names and renamed into place together at the end; an existing TIFF is
+    replaced only with ``overwrite=True``. A zarr output records each finished
+    tile and is marked complete last; writing again to an *incomplete* output
+    with the same ``fingerprint`` (default: method, parameters, output layout
+    and input identity) resumes it, computing only the missing tiles; a
+    complete one is replaced only with ``overwrite=True``; a folder holding
+    anything else is never deleted.
     """
     import dask.array as da
+
+    from .output_safety import check_distinct, check_output_path
 
     path = Path(path)
     outputs = {k: (v if hasattr(v, "dask") else da.from_array(np.asarray(v), chunks=(1024, 1024) + (-1,) * (np.ndim(v) - 2)))
@@ -412,7 +588,8 @@ def write_lazy(
     if suffix == ".zarr":
         if labels is not None or depth is not None:
             raise FusionInputError("with a .zarr output, labels and depth are written into the same group")
-        return [_write_zarr(outputs, path, meta, lazy, progress)]
+        check_output_path(path, inputs=inputs, overwrite=overwrite, folder=True)
+        return [_write_zarr(outputs, path, meta, lazy, progress, overwrite=overwrite, fingerprint=fingerprint)]
     if suffix not in (".tif", ".tiff"):
         raise FusionInputError(f"unsupported output format {suffix!r} for tiled writing; use .tif, .tiff or .zarr")
     targets = {"fused": path}
@@ -424,31 +601,132 @@ def write_lazy(
         if Path(target).suffix.lower() not in (".tif", ".tiff"):
             raise FusionInputError(f"{name} output {target} must be a .tif or .tiff file")
         targets[name] = Path(target)
+    check_distinct(targets)
+    for name, target in targets.items():
+        check_output_path(target, inputs=inputs, overwrite=overwrite, what=f"{name} output")
     with tile_progress(lazy, progress):
         _write_tiffs({k: (outputs[k], p) for k, p in targets.items()}, meta, compression)
     return list(targets.values())
 
 
-def _write_zarr(outputs: dict, path: Path, meta: dict, lazy, progress) -> Path:
-    import dask.array as da
+def _default_fingerprint(outputs: dict, meta: dict, lazy) -> str:
+    import hashlib
     import json
 
+    layout = {k: [list(a.shape), str(a.dtype), [list(c) for c in a.chunks]] for k, a in outputs.items()}
+    key = getattr(lazy, "key_prefix", "") or outputs["fused"].name
+    text = json.dumps({"meta": meta, "layout": layout, "graph": key}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def zarr_output_action(path: str | Path, fingerprint: str, *, overwrite: bool = False) -> str:
+    """What writing a zarr output to ``path`` will do: ``"create"``, ``"resume"`` or ``"replace"``.
+
+    Raises :class:`~napari_fusion.FusionOutputError` when it must not be
+    written: ``path`` holds something that is not a napari-fusion output (never
+    deleted), a complete output (without ``overwrite``), or an incomplete output
+    of a different run (without ``overwrite``). Nothing is changed on disk.
+    """
+    path = Path(path)
+    if not path.exists():
+        return "create"
+    if path.is_dir() and not any(path.iterdir()):
+        return "create"
+    info = zarr_output_status(path)
+    if info is None:
+        entries = sorted(e.name for e in path.iterdir())[:5] if path.is_dir() else []
+        raise FusionOutputError(
+            f"{path} already exists and is not a napari-fusion output"
+            + (f" (it holds {', '.join(entries)})" if entries else "")
+            + "; napari-fusion never deletes it: choose another output path"
+        )
+    if info.get("complete"):
+        if not overwrite:
+            raise FusionOutputError(
+                f"{path} already holds a complete napari-fusion output; pass --overwrite (overwrite=True) to replace it"
+            )
+    elif info.get("fingerprint") == fingerprint:
+        return "resume"
+    elif not overwrite:
+        raise FusionOutputError(
+            f"{path} holds an incomplete output of a different run (other inputs, method, parameters or tiles); "
+            "rerun the command that made it to finish it, or pass --overwrite (overwrite=True) to replace it"
+        )
+    if info.get("foreign_entries"):
+        raise FusionOutputError(
+            f"{path} is a napari-fusion output but also holds {', '.join(info['foreign_entries'])}; "
+            "it is not deleted: move those entries out or choose another output path"
+        )
+    return "replace"
+
+
+def _store_tile(targets: list, done, index: tuple[int, int], box: tuple[int, int, int, int], *blocks) -> None:
+    """Write one tile of every output, then record it as done (the record comes last)."""
+    r0, r1, c0, c1 = box
+    for target, block in zip(targets, blocks):
+        target[r0:r1, c0:c1] = block
+    done[index[0], index[1]] = 1
+
+
+def _write_zarr(outputs: dict, path: Path, meta: dict, lazy, progress, *, overwrite: bool, fingerprint: str | None) -> Path:
+    import json
+
+    import dask
     import zarr
 
-    group = zarr.open_group(str(path), mode="w")
-    group.attrs.update(json.loads(json.dumps(meta, default=str)))
-    sources, targets = [], []
-    for name, arr in outputs.items():
+    from . import __version__
+
+    for name, arr in list(outputs.items()):
         chunks = tuple(c[0] for c in arr.chunks)
         if not all(len(set(c[:-1])) <= 1 and c[-1] <= c[0] for c in arr.chunks):
-            arr = arr.rechunk(chunks)  # zarr needs regular chunks (the last may be smaller)
-        target = group.create_array(name, shape=arr.shape, chunks=chunks, dtype=arr.dtype)
-        sources.append(arr)
-        targets.append(target)
+            outputs[name] = arr.rechunk(chunks)  # zarr needs regular chunks (the last may be smaller)
+    fingerprint = fingerprint or _default_fingerprint(outputs, meta, lazy)
+    fused = outputs["fused"]
+    grid = (len(fused.chunks[0]), len(fused.chunks[1]))
+    n_tiles = grid[0] * grid[1]
+    action = zarr_output_action(path, fingerprint, overwrite=overwrite)
+    if action == "replace":
+        import shutil
+
+        shutil.rmtree(path)  # only our own entries (checked by zarr_output_action)
+    resume = action == "resume"
+    marker = {"complete": False, "fingerprint": fingerprint, "tiles": n_tiles, "version": __version__}
+    if resume:
+        group = zarr.open_group(str(path), mode="r+")
+        targets = [group[name] for name in outputs]
+        done = group[ZARR_TILES_DONE]
+    else:
+        group = zarr.open_group(str(path), mode="w")
+        targets = [
+            group.create_array(name, shape=arr.shape, chunks=tuple(c[0] for c in arr.chunks), dtype=arr.dtype)
+            for name, arr in outputs.items()
+        ]
+        done = group.create_array(ZARR_TILES_DONE, shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0)
+        group.attrs.update(json.loads(json.dumps(meta, default=str)))
+        group.attrs[ZARR_OUTPUT_MARKER] = marker
+    row_edges = np.cumsum((0,) + tuple(fused.chunks[0])).tolist()
+    col_edges = np.cumsum((0,) + tuple(fused.chunks[1])).tolist()
+    finished = np.asarray(done[...]).astype(bool)
+    tasks = []
+    for i in range(grid[0]):
+        for j in range(grid[1]):
+            if finished[i, j]:
+                continue
+            box = (row_edges[i], row_edges[i + 1], col_edges[j], col_edges[j + 1])
+            blocks = [arr.blocks[i, j] for arr in outputs.values()]
+            tasks.append(dask.delayed(_store_tile, pure=False)(targets, done, (i, j), box, *blocks))
+    already = int(finished.sum())
+    report = None
+    if progress is not None:
+        def report(d, t, m, _p=progress, _a=already):
+            return _p(d + _a, t, f"tile {d + _a}/{t}")
     from .tiling import tile_progress
 
-    with tile_progress(lazy, progress):
-        da.store(sources, targets, lock=False)
+    with tile_progress(lazy, report):
+        dask.compute(*tasks)
+    if not np.asarray(done[...]).all():  # pragma: no cover - a store that lost writes
+        raise FusionError(f"{path}: some tiles were not recorded as written; rerun to finish them")
+    group.attrs[ZARR_OUTPUT_MARKER] = {**marker, "complete": True}
     return path
 
 
@@ -494,9 +772,12 @@ def _write_tiffs(items: dict, meta: dict, compression: str | None) -> None:
             while not ended and q.get() is not None:  # keep draining so the producer never blocks
                 pass
 
+    from .output_safety import AtomicGroup
+
+    files = AtomicGroup()  # every TIFF goes to a hidden temporary, renamed into place at the end
     for arr, target in items.values():
         q: queue.Queue = queue.Queue(maxsize=2 * (arr.shape[1] // TIFF_TILE + 1))
-        th = threading.Thread(target=writer, args=(q, arr, Path(target)), daemon=True)
+        th = threading.Thread(target=writer, args=(q, arr, files.temp_for(target)), daemon=True)
         th.start()
         queues.append(q)
         threads.append(th)
@@ -531,8 +812,8 @@ def _write_tiffs(items: dict, meta: dict, compression: str | None) -> None:
             q.put(None)
         for th in threads:
             th.join()
-        if not ok or errors:  # never leave a truncated file that looks complete
-            for _, target in items.values():
-                Path(target).unlink(missing_ok=True)
+        if not ok or errors:  # never leave a truncated file, even under a temporary name
+            files.abort()
     if errors:
         raise errors[0]
+    files.commit()

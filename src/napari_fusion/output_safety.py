@@ -231,6 +231,30 @@ def remove_stale_partials(final: Path) -> list[Path]:
     return removed
 
 
+def fingerprint_paths(paths: Iterable[str | os.PathLike]) -> list[list]:
+    """Identity of input files and folders: ``[real path, size, mtime_ns]`` per file (folders walked).
+
+    Cheap (no content is read); used to tell whether an interrupted output was
+    made from the same inputs before it is resumed.
+    """
+    out: list[list] = []
+    for p in paths:
+        real = Path(os.path.realpath(os.fspath(p)))
+        if real.is_dir():
+            for root, dirs, files in os.walk(real):
+                dirs.sort()
+                for name in sorted(files):
+                    f = Path(root) / name
+                    with contextlib.suppress(OSError):
+                        st = f.stat()
+                        out.append([str(f), st.st_size, st.st_mtime_ns])
+        else:
+            with contextlib.suppress(OSError):
+                st = real.stat()
+                out.append([str(real), st.st_size, st.st_mtime_ns])
+    return out
+
+
 def _fsync_file(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -299,6 +323,7 @@ __all__ = [
     "check_distinct",
     "check_output_path",
     "check_writable_folder",
+    "fingerprint_paths",
     "forget_inputs",
     "is_partial_name",
     "partial_path",

@@ -459,12 +459,9 @@ def global_statistics(stack, *, dtype: np.dtype) -> tuple[float, float]:
 def _positions(z_positions, n: int) -> np.ndarray:
     if z_positions is None:
         return np.arange(n, dtype=np.float32)
-    positions = np.asarray(z_positions, dtype=np.float32).ravel()
-    if positions.size != n:
-        raise FusionInputError(f"z_positions has {positions.size} values for {n} images")
-    if not np.isfinite(positions).all():
-        raise FusionInputError("z_positions must be finite")
-    return positions
+    from ._inputs import check_z_positions
+
+    return check_z_positions(z_positions, n).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- result

@@ -2,85 +2,383 @@
 
 Each INPUT is a folder of slices, a multi-page TIFF (``(Z, Y, X)`` or
 ``(Z, Y, X, 3)``), a multi-position TIFF (``(P, Z, Y, X)``: one stack per
-position), or a folder whose sub-folders are stacks. For every stack, OUTDIR
-receives ``<name>_fused.tif``, ``<name>_labels.tif`` (0-based slice index),
-``<name>_height.tif`` (float32, z units) and ``<name>_record.json`` with every
-parameter used (method parameters with defaults filled, alignment transforms,
-versions, input paths). A stack that fails is reported and skipped; the
-command then exits with status 1.
+position), or a folder whose sub-folders are stacks. Inside a folder,
+single-page images together form one stack, while every multi-page (or
+multi-position) TIFF is a stack (or stacks) of its own.
+
+For every stack, OUTDIR receives ``<name>_fused.tif``, ``<name>_labels.tif``
+(0-based slice index), ``<name>_height.tif`` (float32, z units) and
+``<name>_record.json`` with every parameter used (method parameters with
+defaults filled, alignment transforms, versions, input paths, the output name
+and the source). Output names are unique: stacks whose names collide (e.g.
+``day1/stackA`` and ``day2/stackA``) get parent folder names added until they
+differ, and, when the cleaned-up names still collide (``odd name`` and
+``odd_name``), a short hash of the source path.
+
+Data safety:
+
+* OUTDIR may not be, lie inside or contain an input (refused before any work);
+  input files are only read.
+* Each stack's images are written under hidden temporary names and renamed
+  into place together; the record is written last (atomically). A run killed
+  at any moment leaves no partial file at a final name.
+* The record and the TIFF metadata carry a *fingerprint* of the parameters and
+  the inputs (path, size, modification time). A rerun skips stacks already done
+  with the same fingerprint (``--no-resume`` redoes them) and refuses to replace
+  outputs from other parameters, or files no record of ours describes, unless
+  ``--overwrite`` is given.
+* A summary of done, skipped and failed stacks is printed and written to
+  ``OUTDIR/batch_summary.json``; the exit status is 1 when any stack failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import hashlib
 import json
+import os
 import re
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import FusionError, FusionInputError
+from ..errors import FusionError, FusionInputError, FusionOutputError
 from ..io import list_image_files, read_image, read_stack, write_image
+
+#: Version of the fingerprint layout; bump when its content changes meaning.
+FINGERPRINT_VERSION = 1
+SUMMARY_NAME = "batch_summary.json"
+_ROLES = ("fused", "labels", "height")
 
 
 @dataclass
 class StackSource:
-    """One stack to process: a display name, where it comes from and how to load it."""
+    """One stack to process: a display name, where it comes from and how to load it.
+
+    ``key`` identifies the source (real path of the folder or file, plus
+    ``#position=i`` for multi-position TIFFs); ``files`` are the files read
+    (their identity goes into the fingerprint); ``stem`` is the unique output
+    name chosen by :func:`discover` (``None``: derived from ``name``).
+    """
 
     name: str
     inputs: list[str]
     load: Callable[[], list[np.ndarray]]
+    key: str = ""
+    files: list[str] = field(default_factory=list)
+    stem: str | None = None
+    parts: tuple[str, ...] = ()
+
+    @property
+    def output_name(self) -> str:
+        return self.stem or _safe(self.name)
 
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "stack"
 
 
+# --------------------------------------------------------------------------- discovery
+
+
+def _tiff_info(path: Path) -> tuple[tuple[int, ...], str] | None:
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tf:
+            s = tf.series[0]
+            return tuple(s.shape), str(getattr(s, "axes", ""))
+    except Exception:
+        return None
+
+
+def _tiff_shape(path: Path) -> tuple[int, ...] | None:
+    info = _tiff_info(path)
+    return None if info is None else info[0]
+
+
+def _tiff_kind(path: Path) -> str:
+    """``"positions"`` (P, Z, Y, X), ``"stack"`` (multi-page grey or RGB) or ``"image"`` (one page / unknown)."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return "image"
+    info = _tiff_info(path)
+    if info is None:
+        return "image"  # unreadable: reported when the stack is read
+    shape, axes = info
+    rgb = axes.endswith("S") if axes else (len(shape) >= 3 and shape[-1] in (3, 4))
+    spatial = len(shape) - (1 if rgb else 0)
+    if spatial == 3:
+        return "stack"
+    if spatial == 4 and not rgb:
+        return "positions"
+    return "image"
+
+
+def _abs(p: Path) -> Path:
+    return Path(os.path.abspath(p))
+
+
+def _real(p: Path | str) -> str:
+    return os.path.realpath(os.fspath(p))
+
+
+def _file_sources(p: Path, kind: str | None = None) -> list[StackSource]:
+    """Stacks held by one file: one, or one per position of a (P, Z, Y, X) TIFF."""
+    kind = kind or _tiff_kind(p)
+    parent = _abs(p).parent.parts
+    if kind == "positions":
+        shape = _tiff_shape(p) or (0,)
+        return [
+            StackSource(f"{p.stem}_p{i:03d}", [f"{p}#position={i}"], lambda p=p, i=i: list(read_image(p)[i]),
+                        key=f"{_real(p)}#position={i}", files=[str(p)], parts=parent + (f"{p.stem}_p{i:03d}",))
+            for i in range(shape[0])
+        ]
+    return [StackSource(p.stem or str(p), [str(p)], lambda p=p: read_stack(p), key=_real(p), files=[str(p)],
+                        parts=parent + (p.stem or str(p),))]
+
+
+def _folder_sources(d: Path) -> tuple[list[StackSource], bool]:
+    """Stacks of a folder's own files; second value: whether it holds single-page slices."""
+    out: list[StackSource] = []
+    slices: list[Path] = []
+    for f in list_image_files(d):
+        kind = _tiff_kind(f)
+        if kind == "image":
+            slices.append(f)
+        else:
+            out.extend(_file_sources(f, kind))
+    if slices:
+        out.insert(0, StackSource(d.name, [str(f) for f in slices], lambda s=tuple(slices): read_stack(list(s)),
+                                  key=_real(d), files=[str(f) for f in slices], parts=_abs(d).parts))
+    return out, bool(slices)
+
+
 def discover(inputs: list[Path]) -> list[StackSource]:
-    """Expand the command's INPUT arguments into stacks (nothing is read yet)."""
+    """Expand the command's INPUT arguments into stacks with unique output names (nothing is read yet)."""
     out: list[StackSource] = []
     for p in inputs:
         p = Path(p)
         if p.is_dir():
-            files = list_image_files(p)
-            subdirs = sorted(d for d in p.iterdir() if d.is_dir() and list_image_files(d))
-            if files:
-                out.append(StackSource(p.name, [str(f) for f in files], lambda p=p: read_stack(p)))
-            elif subdirs:
-                out.extend(StackSource(d.name, [str(f) for f in list_image_files(d)], lambda d=d: read_stack(d))
-                           for d in subdirs)
+            own, has_slices = _folder_sources(p)
+            subs: list[StackSource] = []
+            if not has_slices:
+                for d in sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")):
+                    subs.extend(_folder_sources(d)[0])
+            found = own + subs
+            if found:
+                out.extend(found)
             else:
-                out.append(StackSource(p.name, [str(p)], lambda p=p: _fail(f"no image files in {p}")))
+                out.append(StackSource(p.name, [str(p)], lambda p=p: _fail(f"no image files in {p}"),
+                                       key=_real(p), parts=_abs(p).parts))
         elif p.suffix.lower() in (".tif", ".tiff") and p.exists():
-            shape = _tiff_shape(p)
-            if shape is not None and len(shape) == 4 and shape[-1] not in (3, 4):
-                for i in range(shape[0]):
-                    out.append(StackSource(f"{p.stem}_p{i:03d}", [f"{p}#position={i}"],
-                                           lambda p=p, i=i: list(read_image(p)[i])))
-            else:
-                out.append(StackSource(p.stem, [str(p)], lambda p=p: read_stack(p)))
+            out.extend(_file_sources(p))
         else:
-            out.append(StackSource(p.stem or str(p), [str(p)], lambda p=p: read_stack(p)))
-    return out
+            out.append(StackSource(p.stem or str(p), [str(p)], lambda p=p: read_stack(p), key=_real(p),
+                                   files=[str(p)], parts=_abs(p).parent.parts + (p.stem or str(p),)))
+    unique: list[StackSource] = []
+    seen: set[str] = set()
+    for s in out:  # the same stack named twice (a folder and its parent, or twice on the command line)
+        if s.key and s.key in seen:
+            continue
+        seen.add(s.key)
+        unique.append(s)
+    assign_output_names(unique)
+    return unique
+
+
+def _short_hash(text: str, n: int = 8) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:n]
+
+
+def assign_output_names(sources: list[StackSource]) -> None:
+    """Give every source a unique, stable output stem (``stem``) and display name.
+
+    A stack keeps its own name when it is unique; colliding names get parent
+    folder names added (``day1_stackA``, ``day2_stackA``) until they differ;
+    names that still collide once cleaned up (``odd name`` / ``odd_name``, or
+    names differing only in case) get a short hash of the source path. Names
+    are compared case-insensitively (case-insensitive file systems).
+    """
+    parts = [s.parts or (s.name,) for s in sources]
+    depth = [1] * len(sources)
+
+    def name_at(i: int) -> str:
+        return _safe("/".join(parts[i][-depth[i]:]))
+
+    def prefix(i: int) -> tuple[str, ...]:  # the folders above the name, as they would appear in it
+        return tuple(_safe(c).casefold() for c in parts[i][:len(parts[i]) - depth[i]])
+
+    for _ in range(max((len(p) for p in parts), default=1) + 1):
+        groups: dict[str, list[int]] = {}
+        for i in range(len(sources)):
+            groups.setdefault(name_at(i).casefold(), []).append(i)
+        changed = False
+        for members in groups.values():
+            if len(members) < 2 or len({prefix(i) for i in members}) < 2:
+                continue  # unique, or parent folders cannot tell them apart: a hash will
+            for i in members:
+                if depth[i] < len(parts[i]):
+                    depth[i] += 1
+                    changed = True
+        if not changed:
+            break
+    names = [name_at(i) for i in range(len(sources))]
+    for n in (8, 16, 64):
+        groups = {}
+        for i, nm in enumerate(names):
+            groups.setdefault(nm.casefold(), []).append(i)
+        clashes = [m for m in groups.values() if len(m) > 1]
+        if not clashes:
+            break
+        for members in clashes:
+            for i in members:
+                names[i] = f"{name_at(i)}-{_short_hash(sources[i].key or '/'.join(parts[i]), n)}"
+    for i, s in enumerate(sources):
+        s.stem = names[i]
+        if s.parts:
+            s.name = "/".join(parts[i][-depth[i]:])
 
 
 def _fail(msg: str):
     raise FusionInputError(msg)
 
 
-def _tiff_shape(path: Path) -> tuple[int, ...] | None:
+# --------------------------------------------------------------------------- fingerprint and state
+
+
+def _file_identity(path: str) -> dict[str, Any]:
+    real = _real(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return {"path": real, "missing": True}
+    return {"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def stack_fingerprint(
+    source: StackSource,
+    *,
+    method: str,
+    params: dict[str, Any],
+    align: str | None,
+    crop: bool,
+    z_step: float | None,
+    refine: str,
+    reference_channel: int | None,
+    slab: int | None,
+) -> dict[str, Any]:
+    """Everything that decides a stack's outputs, with its SHA-256 ``digest``.
+
+    ``params`` are resolved (defaults filled) so that ``-p window=7`` and the
+    default 7 give the same fingerprint.
+    """
+    from ..registry import get_method
+
+    resolved = get_method(method).resolve_params(dict(params))
+    body = {
+        "version": FINGERPRINT_VERSION,
+        "source": source.key or source.name,
+        "method": method,
+        "params": resolved,
+        "align": align,
+        "crop": bool(crop),
+        "z_step": z_step,
+        "refine": refine,
+        "reference_channel": reference_channel,
+        "slab": slab,
+        "inputs": [_file_identity(f) for f in source.files],
+    }
+    canon = json.dumps(body, sort_keys=True, default=str, separators=(",", ":"))
+    body["digest"] = hashlib.sha256(canon.encode()).hexdigest()
+    return body
+
+
+def output_paths(outdir: Path, stem: str) -> dict[str, Path]:
+    return {
+        "fused": outdir / f"{stem}_fused.tif",
+        "labels": outdir / f"{stem}_labels.tif",
+        "height": outdir / f"{stem}_height.tif",
+        "record": outdir / f"{stem}_record.json",
+    }
+
+
+def _read_record(path: Path) -> dict | None | bool:
+    """The record at ``path``: a dict when it is ours, ``None`` when absent, ``False`` when foreign/damaged."""
+    if not path.exists():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if isinstance(rec, dict) and isinstance(rec.get("fingerprint"), dict) and "digest" in rec["fingerprint"]:
+        return rec
+    return False
+
+
+def _tiff_digest(path: Path) -> str | None:
+    """The fingerprint digest in a TIFF written by this command, else ``None``."""
     try:
         import tifffile
 
         with tifffile.TiffFile(path) as tf:
-            return tuple(tf.series[0].shape)
+            desc = tf.pages[0].description
+        meta = json.loads(desc)
+        digest = meta.get("fingerprint") if isinstance(meta, dict) else None
+        return digest if isinstance(digest, str) else None
     except Exception:
         return None
+
+
+def stack_state(outdir: Path, stem: str, fingerprint: dict[str, Any]) -> tuple[str, str]:
+    """What is at a stack's output names: ``(state, detail)``.
+
+    States: ``"new"`` (nothing there), ``"done"`` (finished with this
+    fingerprint), ``"ours"`` (ours with this fingerprint but unfinished, e.g. a
+    run killed before the record), ``"other"`` (ours from other parameters or
+    inputs), ``"foreign"`` (files no record of ours describes).
+    """
+    paths = output_paths(outdir, stem)
+    digest = fingerprint["digest"]
+    rec = _read_record(paths["record"])
+    existing = [k for k in _ROLES if paths[k].exists()]
+    if rec is False:
+        return "foreign", f"{paths['record'].name} is not a batch record of this command"
+    if rec is not None:
+        if rec["fingerprint"].get("digest") != digest:
+            return "other", "outputs exist from other parameters"
+        files = rec.get("files") or {}
+        listed = [outdir / n for k, n in files.items() if k != "record"]
+        if rec.get("status") == "done" and listed and all(p.exists() for p in listed):
+            stale = [k for k in existing if paths[k].name not in files.values()]
+            for k in stale:  # a file at one of our names that the record does not list
+                if _tiff_digest(paths[k]) != digest:
+                    return "foreign", f"{paths[k].name} exists and no batch record describes it"
+            return "done", "already done with the same parameters"
+        return "ours", "unfinished"
+    if not existing:
+        return "new", ""
+    digests = {k: _tiff_digest(paths[k]) for k in existing}
+    if all(d == digest for d in digests.values()):
+        return "ours", "interrupted before its record was written"
+    if any(d is None for d in digests.values()):
+        names = ", ".join(paths[k].name for k, d in digests.items() if d is None)
+        return "foreign", f"{names} exist(s) and no batch record describes it"
+    return "other", "outputs exist from other parameters"
+
+
+def _refusal(state: str, detail: str) -> str:
+    if state == "other":
+        return "outputs exist from other parameters; use --overwrite"
+    return f"{detail}; use --overwrite"
+
+
+# --------------------------------------------------------------------------- one stack
 
 
 def process(
@@ -96,10 +394,33 @@ def process(
     slab: int | None,
     crop: bool,
     device: str,
+    overwrite: bool = False,
+    fingerprint: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Fuse one stack and write its outputs and record; returns the written paths."""
+    """Fuse one stack and write its outputs and record; returns the written paths.
+
+    Outputs from the same parameters (same fingerprint) are replaced; outputs
+    from other parameters, or files at the output names that no record of ours
+    describes, raise :class:`~napari_fusion.FusionOutputError` unless
+    ``overwrite``. The images are written together (temporaries renamed at the
+    end), then the record.
+    """
+    from ..output_safety import AtomicGroup, atomic_file
     from .pipeline import fuse_focal_stack
 
+    outdir = Path(outdir)
+    stem = source.output_name
+    if fingerprint is None:
+        fingerprint = stack_fingerprint(source, method=method, params=params, align=align, crop=crop, z_step=z_step,
+                                        refine=refine, reference_channel=reference_channel, slab=slab)
+    digest = fingerprint["digest"]
+
+    def check() -> None:
+        state, detail = stack_state(outdir, stem, fingerprint)
+        if state in ("other", "foreign") and not overwrite:
+            raise FusionOutputError(f"{stem}: {_refusal(state, detail)}")
+
+    check()
     images = source.load()
     if len(images) < 2:
         raise FusionInputError(f"{source.name}: a focal stack needs at least 2 slices, got {len(images)}")
@@ -107,67 +428,136 @@ def process(
         images, method=method, params=params, align=align, crop=crop, z_step=z_step, refine=refine,
         reference_channel=reference_channel, slab=slab, device=device,
     )
-    stem = _safe(source.name)
-    written = []
-    paths = {
-        "fused": outdir / f"{stem}_fused.tif",
-        "labels": outdir / f"{stem}_labels.tif",
-        "height": outdir / f"{stem}_height.tif",
-        "record": outdir / f"{stem}_record.json",
-    }
-    meta = {"method": res.method, "params": res.params, "record": paths["record"].name}
-    written.append(write_image(paths["fused"], res.fused, metadata=meta))
-    if res.labels is not None:
-        written.append(write_image(paths["labels"], res.labels, metadata=meta))
-    if res.height is not None:
-        written.append(write_image(paths["height"], res.height.astype(np.float32), metadata=meta))
+    del images
+    paths = output_paths(outdir, stem)
+    meta = {"method": res.method, "params": res.params, "record": paths["record"].name,
+            "output_name": stem, "source": source.key or source.name, "fingerprint": digest}
+    arrays = {"fused": res.fused, "labels": res.labels,
+              "height": None if res.height is None else res.height.astype(np.float32)}
+    outdir.mkdir(parents=True, exist_ok=True)
+    with AtomicGroup() as group:
+        for role, arr in arrays.items():
+            if arr is not None:
+                write_image(group.temp_for(paths[role]), arr, metadata=meta)
+        check()  # nothing changed at the final names while we worked
+        if paths["record"].exists():  # never let an old record describe files being replaced
+            paths["record"].unlink()
+        written = group.commit()
+    for role in _ROLES:  # an output of ours from an earlier run that this method no longer makes
+        if arrays[role] is None and paths[role].exists():
+            paths[role].unlink()
     record = res.record()
     record.update({
+        "status": "done",
         "stack": source.name,
+        "output_name": stem,
+        "source": source.key or source.name,
         "inputs": source.inputs,
         "z_step": z_step,
+        "fingerprint": fingerprint,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "files": {k: p.name for k, p in paths.items() if p in written or k == "record"},
         "command": " ".join(sys.argv) if sys.argv else "",
     })
-    paths["record"].write_text(json.dumps(record, indent=2))
-    written.append(paths["record"])
-    return written
+    with atomic_file(paths["record"]) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+    return list(written) + [paths["record"]]
+
+
+# --------------------------------------------------------------------------- command
+
+
+def _remove_dead_partials(outdir: Path) -> None:
+    """Delete hidden temporaries left in ``outdir`` by killed runs (never files of live processes)."""
+    from ..output_safety import _PARTIAL_RE, _pid_alive
+
+    if not outdir.is_dir():
+        return
+    for entry in outdir.iterdir():
+        m = _PARTIAL_RE.match(entry.name)
+        if m and entry.is_file() and not _pid_alive(int(m.group("pid"))):
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+
+def _write_summary(outdir: Path, summary: dict[str, Any]) -> None:
+    from ..output_safety import atomic_file
+
+    with atomic_file(outdir / SUMMARY_NAME) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=str))
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from ..cli_fuse import _coerce_params
+    from ..output_safety import check_output_path
     from ..registry import get_method
 
     get_method(args.method)  # unknown method: one clear error before any work
     params = _coerce_params(args.method, args.param or [])
     get_method(args.method).resolve_params(params)
-    outdir = Path(args.output_dir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    outdir = check_output_path(Path(args.output_dir), inputs=args.inputs, folder=True, what="output folder")
     sources = discover(args.inputs)
     if not sources:
         raise FusionInputError("no stacks found in the inputs")
-    failures: list[tuple[str, str]] = []
+    outdir.mkdir(parents=True, exist_ok=True)
+    _remove_dead_partials(outdir)
+    align = None if args.align == "none" else args.align
+    resume = getattr(args, "resume", True)
+    overwrite = getattr(args, "overwrite", False)
+    options = dict(method=args.method, params=params, align=align, z_step=args.z_step, refine=args.refine,
+                   reference_channel=args.reference_channel, slab=args.slab, crop=args.crop)
+    done: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    n = len(sources)
     for i, src in enumerate(sources, 1):
+        entry = {"stack": src.name, "output_name": src.output_name, "source": src.key or src.name}
         try:
-            written = process(
-                src, outdir, method=args.method, params=params, align=None if args.align == "none" else args.align, z_step=args.z_step,
-                refine=args.refine, reference_channel=args.reference_channel, slab=args.slab, crop=args.crop,
-                device=args.device,
-            )
+            fp = stack_fingerprint(src, **{k: v for k, v in options.items()})
+            state, detail = stack_state(outdir, src.output_name, fp)
+            if state == "done" and resume:
+                skipped.append({**entry, "reason": detail})
+                if not args.quiet:
+                    print(f"[{i}/{n}] {src.name}: skipped ({detail})")
+                continue
+            written = process(src, outdir, device=args.device, overwrite=overwrite, fingerprint=fp, **options)
+            done.append({**entry, "files": [p.name for p in written]})
             if not args.quiet:
-                print(f"[{i}/{len(sources)}] {src.name}: " + ", ".join(p.name for p in written))
+                print(f"[{i}/{n}] {src.name}: " + ", ".join(p.name for p in written))
         except (FusionError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-            failures.append((src.name, f"{type(exc).__name__}: {exc}"))
-            print(f"[{i}/{len(sources)}] {src.name}: FAILED: {exc}", file=sys.stderr)
+            reason = str(exc) if isinstance(exc, FusionOutputError) else f"{type(exc).__name__}: {exc}"
+            failed.append({**entry, "reason": reason})
+            print(f"[{i}/{n}] {src.name}: FAILED: {exc}", file=sys.stderr)
             if args.verbose:
                 traceback.print_exc()
-    ok = len(sources) - len(failures)
-    print(f"batch: {ok} of {len(sources)} stacks fused into {outdir}", file=sys.stderr if failures else sys.stdout)
-    if failures:
+    summary = {
+        "output_dir": str(outdir),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv) if sys.argv else "",
+        "total": n,
+        "done": done,
+        "skipped": skipped,
+        "failed": failed,
+    }
+    with contextlib.suppress(OSError):
+        _write_summary(outdir, summary)
+    stream = sys.stderr if failed else sys.stdout
+    ok = len(done) + len(skipped)
+    print(f"batch: {ok} of {n} stacks fused into {outdir} "
+          f"({len(done)} done, {len(skipped)} skipped, {len(failed)} failed; summary in {SUMMARY_NAME})",
+          file=stream)
+    if done:
+        print("done:", file=stream)
+        for e in done:
+            print(f"  {e['stack']} -> {e['output_name']}", file=stream)
+    if skipped:
+        print("skipped stacks:", file=stream)
+        for e in skipped:
+            print(f"  {e['stack']} ({e['output_name']}): {e['reason']}", file=stream)
+    if failed:
         print("failed stacks:", file=sys.stderr)
-        for name, msg in failures:
-            print(f"  {name}: {msg}", file=sys.stderr)
+        for e in failed:
+            print(f"  {e['stack']} ({e['output_name']}): {e['reason']}", file=sys.stderr)
         return 1
     return 0
 
@@ -181,10 +571,13 @@ def add_subparser(sub) -> None:
         help="fuse many focal stacks with the same settings (fused, labels, height, JSON record)",
         description=(
             "Fuse many focal stacks with the same settings. Each INPUT is a folder of slices, a "
-            "multi-page TIFF, a multi-position TIFF (P, Z, Y, X) or a folder of stack folders. "
+            "multi-page TIFF, a multi-position TIFF (P, Z, Y, X) or a folder of stack folders (in a "
+            "folder, single-page images form one stack and each multi-page TIFF is a stack of its own). "
             "Writes <name>_fused.tif, <name>_labels.tif, <name>_height.tif and <name>_record.json "
-            "(all parameters, alignment, versions, inputs) per stack. Failing stacks are skipped "
-            "and listed at the end (exit status 1)."
+            "(all parameters, alignment, versions, inputs) per stack; names are made unique. "
+            "A rerun skips stacks already done with the same parameters and inputs. OUTDIR may not "
+            "be inside an input. Failing stacks are skipped and listed at the end (exit status 1); "
+            "the summary is also written to OUTDIR/batch_summary.json."
         ),
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", type=Path)
@@ -202,9 +595,14 @@ def add_subparser(sub) -> None:
     p.add_argument("--reference-channel", type=int, help="channel the decision is made on (multichannel data)")
     p.add_argument("--slab", type=int, help="fuse deep stacks in sub-stacks of this many slices")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="redo stacks already done with the same parameters (default: skip them)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace outputs that exist from other parameters (default: report the stack as failed)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
     p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failing stacks")
     p.set_defaults(func=cmd_batch)
 
 
-__all__ = ["StackSource", "add_subparser", "cmd_batch", "discover", "process"]
+__all__ = ["StackSource", "add_subparser", "assign_output_names", "cmd_batch", "discover", "output_paths",
+           "process", "stack_fingerprint", "stack_state"]

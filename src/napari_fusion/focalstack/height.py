@@ -55,21 +55,13 @@ class HeightMap:
 
 def z_positions_for(n: int, *, z_step: float | None = None, z_positions: Sequence[float] | None = None) -> np.ndarray:
     """Slice positions: ``z_positions`` as given, else ``k * z_step`` (``z_step`` 1: slice units)."""
+    from .._inputs import check_z_positions, check_z_step
+
     if z_positions is not None:
         if z_step is not None:
             raise FusionInputError("give z_step or z_positions, not both")
-        z = np.asarray(z_positions, dtype=np.float64).ravel()
-        if z.size != n:
-            raise FusionInputError(f"z_positions has {z.size} values for {n} slices")
-        if not np.isfinite(z).all():
-            raise FusionInputError("z_positions must be finite")
-        d = np.diff(z)
-        if n > 1 and not ((d > 0).all() or (d < 0).all()):
-            raise FusionInputError("z_positions must be strictly increasing or strictly decreasing")
-        return z
-    step = 1.0 if z_step is None else float(z_step)
-    if not math.isfinite(step) or step == 0:
-        raise FusionInputError(f"z_step must be a finite non-zero number, got {z_step!r}")
+        return check_z_positions(z_positions, n)
+    step = 1.0 if z_step is None else check_z_step(z_step)
     return np.arange(n, dtype=np.float64) * step
 
 

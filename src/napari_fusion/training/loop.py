@@ -75,6 +75,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: Version of the checkpoint layout written by :func:`train` (2: only tensors and plain
+#: values, readable with ``torch.load(weights_only=True)``; RNG states included).
+CHECKPOINT_FORMAT = 2
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as tensors and plain values (safe to unpickle)."""
+    version, internal, gauss_next = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": {"version": int(version), "state": [int(v) for v in internal], "gauss_next": gauss_next},
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned (missing parts are left as they are)."""
+    py = states.get("python")
+    if py is not None:
+        random.setstate((int(py["version"]), tuple(int(v) for v in py["state"]), py["gauss_next"]))
+    nps = states.get("numpy")
+    if nps is not None:
+        keys = np.asarray(nps["keys"].numpy() if torch.is_tensor(nps["keys"]) else nps["keys"], dtype=np.uint32)
+        np.random.set_state((nps["name"], keys, int(nps["pos"]), int(nps["has_gauss"]), float(nps["cached_gaussian"])))
+    if states.get("torch") is not None:
+        torch.set_rng_state(states["torch"])
+
+
 def _lr_factor(cfg: TrainConfig, step: int, total: int, elapsed: float = 0.0) -> float:
     """Learning-rate multiplier. Progress is the fraction of steps done or, with a
     wall-clock budget, of the budget used, whichever is larger, so a time-capped
@@ -170,19 +205,24 @@ def train(
         global_step = int(ck["step"])
         elapsed = float(ck["elapsed"])
         history = list(ck.get("history", []))
-        torch.set_rng_state(ck["torch_rng"])
+        if "rng" in ck:
+            set_rng_states(ck["rng"])
+        elif "torch_rng" in ck:  # format 1 (torch state only)
+            torch.set_rng_state(ck["torch_rng"])
         log(f"resumed from {ckpt_path} at step {global_step}/{total_steps} ({elapsed / 60:.1f} min trained)")
 
     def checkpoint():
+        # only tensors and plain values, so load_checkpoint can use weights_only=True
         save_checkpoint(
             ckpt_path,
             {
+                "format": CHECKPOINT_FORMAT,
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
-                "step": global_step,
-                "elapsed": elapsed,
+                "step": int(global_step),
+                "elapsed": float(elapsed),
                 "history": history,
-                "torch_rng": torch.get_rng_state(),
+                "rng": rng_states(),
                 "config": cfg.as_dict(),
             },
         )

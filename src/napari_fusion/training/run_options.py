@@ -13,7 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import shipped_weights
+from . import checkpoints
 from .checkpoints import PACKAGE_WEIGHTS_DIR
+
+#: The in-code sha256 table of the package's weights, rewritten by :func:`install_weights`.
+SHIPPED_TABLE_FILE: Path | None = None  # None: the module napari_fusion/shipped_weights.py
 
 
 def add_run_arguments(p, *, default_out: str, resume: bool = True, device: bool = True, progress: bool = True,
@@ -46,13 +51,26 @@ def command_line() -> str:
 
 
 def install_weights(out: str | Path, name: str) -> Path:
-    """Copy ``<name>.pt/.json/.md`` from the run folder ``out`` into the package."""
+    """Copy ``<name>.pt/.json/.md`` from the run folder ``out`` into the package.
+
+    When the destination is the folder the loader treats as the package's
+    (``checkpoints.PACKAGE_WEIGHTS_DIR``), the weights file's sha256 is also
+    recorded in :mod:`napari_fusion.shipped_weights` (that module is
+    rewritten), without which the loader would refuse the new file.
+    """
     out = Path(out)
+    for ext in (".pt", ".json", ".md"):  # all present before anything is copied
+        if not (out / f"{name}{ext}").is_file():
+            raise FileNotFoundError(out / f"{name}{ext}")
     PACKAGE_WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
     for ext in (".pt", ".json", ".md"):
         shutil.copy2(out / f"{name}{ext}", PACKAGE_WEIGHTS_DIR / f"{name}{ext}")
+    dest = PACKAGE_WEIGHTS_DIR / f"{name}.pt"
+    if Path(PACKAGE_WEIGHTS_DIR).resolve() == Path(checkpoints.PACKAGE_WEIGHTS_DIR).resolve():
+        shipped_weights.record(dest.name, checkpoints.sha256_file(dest), path=SHIPPED_TABLE_FILE)
+        print(f"recorded the sha256 of {dest.name} in {SHIPPED_TABLE_FILE or shipped_weights.__file__}")
     print(f"installed {name} into {PACKAGE_WEIGHTS_DIR}")
-    return PACKAGE_WEIGHTS_DIR / f"{name}.pt"
+    return dest
 
 
 __all__ = ["add_run_arguments", "apply_train_overrides", "command_line", "install_weights"]

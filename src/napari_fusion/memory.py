@@ -1,0 +1,428 @@
+"""Predicting the memory an in-memory (untiled) fusion needs, before allocating it.
+
+:func:`napari_fusion.fuse` on numpy inputs converts the whole stack to
+float32 and runs the method on all of it at once. A stack too large for the
+machine used to die deep inside numpy or torch after a long wait; now
+``fuse`` first compares :func:`estimate_peak_bytes` with
+:func:`available_memory` and, when the stack does not fit, either fuses it
+tile by tile (methods that can be tiled) or raises
+:class:`~napari_fusion.errors.FusionInputError` saying how much memory is
+needed and what to do (:func:`guard_untiled`).
+
+The estimate is ``input + factor[method] * N*H*W*C*4 + outputs``: the
+caller's input array, a per-method float32 working set measured on real runs
+(:data:`WORKING_SET_FACTORS`, see there for how), and the output arrays.
+:func:`measure_peak_rss` measures the real peak of one call in a subprocess,
+for calibration and benchmarks.
+
+``NAPARI_FUSION_MEMORY_LIMIT`` (bytes, or a size such as ``512M``, ``2G``,
+``1.5GiB``) overrides the detected available memory, for tests and for users
+who want to keep memory free for other work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .errors import FusionInputError
+
+ENV_VAR = "NAPARI_FUSION_MEMORY_LIMIT"
+
+#: Peak float32 working set of an untiled ``fuse`` per method, in units of the
+#: float32 stack (N*H*W*C*4 bytes), on top of the caller's input array and the
+#: outputs. Measured with
+#:
+#:     python -c "from napari_fusion.memory import calibrate; calibrate()"
+#:
+#: i.e. :func:`measure_peak_rss` (peak RSS from ``resource.getrusage`` in a
+#: fresh subprocess, minus that process's RSS after importing napari_fusion and
+#: torch and a warm-up fusion of a 2x32x32 stack) for 4x512x512 grey uint16
+#: and 8x768x768 RGB uint8 stacks on the CPU, taking the larger factor of the
+#: two and rounding up by ~10 %. Learned methods too slow to measure there
+#: (or needing weights absent on the test machine) get a conservative guess,
+#: marked "guess".
+WORKING_SET_FACTORS: dict[str, float] = {
+    "average": 3.0,
+    "csc_ivfn": 12.0,
+    "csc_mefn": 12.0,
+    "focus_measure": 6.0,
+    "gff": 12.0,
+    "laplacian_pyramid": 6.0,
+    "li2018_vgg19": 40.0,
+    "liu2017_cnn": 12.0,
+    "liu2017_cnn_nway": 12.0,
+    "mertens": 12.0,
+    "tiis2018_fcn": 12.0,
+    "veshki_cdl": 12.0,
+}
+#: Factor for methods not in the table (plugins): conservative.
+DEFAULT_FACTOR = 16.0
+#: Working set left in host memory when the method runs on a GPU (float copy, staging).
+HOST_FACTOR_ON_DEVICE = 2.5
+#: Memory kept free for everything else in the process (interpreter, libraries, allocator slack).
+HEADROOM_BYTES = 256 * 2**20
+#: Smallest tile :func:`guard_untiled` uses when it has to tile a stack that does not fit.
+MIN_AUTO_TILE = 256
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``123``, ``512M``, ``2G``, ``1.5GiB``, ``800MB`` (binary units)."""
+    if isinstance(text, (int, np.integer)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgtKMGT]?)(?:i?[bB])?\s*", str(text))
+    if not m:
+        raise FusionInputError(f"{ENV_VAR} must be a number of bytes or a size such as 2G, got {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    if not text or text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_room() -> int | None:
+    """Limit minus usage of this process's memory cgroup (v2, then v1), if limited."""
+    candidates = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                parts = line.strip().split(":", 2)
+                if len(parts) != 3:
+                    continue
+                hier, ctrls, path = parts
+                if hier == "0" and ctrls == "":
+                    candidates.append(("v2", "/sys/fs/cgroup" + path.rstrip("/")))
+                elif "memory" in ctrls.split(","):
+                    candidates.append(("v1", "/sys/fs/cgroup/memory" + path.rstrip("/")))
+    except OSError:
+        pass
+    candidates += [("v2", "/sys/fs/cgroup"), ("v1", "/sys/fs/cgroup/memory")]
+    for kind, base in candidates:
+        if kind == "v2":
+            limit, usage = _read_int(base + "/memory.max"), _read_int(base + "/memory.current")
+        else:
+            limit, usage = _read_int(base + "/memory.limit_in_bytes"), _read_int(base + "/memory.usage_in_bytes")
+        if limit is None or usage is None or limit >= 2**60:  # v1 "unlimited" is a huge number
+            continue
+        return max(limit - usage, 0)
+    return None
+
+
+def available_memory() -> int:
+    """Bytes this process can still allocate.
+
+    ``$NAPARI_FUSION_MEMORY_LIMIT`` when set; on Linux the smaller of
+    ``MemAvailable`` and the memory cgroup's limit minus usage; elsewhere
+    ``os.sysconf`` (available physical pages), else a large number (no check).
+    """
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        return parse_size(env)
+    values = [v for v in (_meminfo_available(), _cgroup_room()) if v is not None]
+    if values:
+        return min(values)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 2**62
+
+
+def _outputs_of(method: str) -> tuple[str, ...]:
+    try:
+        from .registry import get_method
+
+        return get_method(method).outputs
+    except Exception:  # noqa: BLE001 - unknown method: assume every output
+        return ("fused", "labels", "weights", "depth")
+
+
+def estimate_peak_bytes(
+    n: int,
+    height: int,
+    width: int,
+    channels: int = 1,
+    dtype: Any = np.uint16,
+    method: str = "focus_measure",
+    *,
+    device: str = "cpu",
+) -> int:
+    """Predicted peak memory (bytes above an idle process) of an untiled :func:`napari_fusion.fuse`.
+
+    ``input (N*H*W*C, dtype) + factor * N*H*W*C*4 + outputs`` with the
+    method's factor from :data:`WORKING_SET_FACTORS`. ``device`` other than
+    ``"cpu"``: only the host side (the float copy and staging) is counted.
+    """
+    n, height, width, channels = (int(v) for v in (n, height, width, channels))
+    pixels = height * width
+    item = np.dtype(dtype).itemsize
+    elements = n * pixels * channels
+    factor = WORKING_SET_FACTORS.get(method, DEFAULT_FACTOR)
+    if str(device) != "cpu":
+        factor = min(factor, HOST_FACTOR_ON_DEVICE)
+    outputs = _outputs_of(method)
+    out = pixels * channels * item  # fused
+    if "labels" in outputs:
+        out += pixels * 8 + pixels * (1 if n <= 256 else 2)  # int64 on the way, then uint8/16
+    if "depth" in outputs:
+        out += pixels * 4
+    if "weights" in outputs:
+        out += n * pixels * 4
+    return int(elements * item + factor * elements * 4 + out)
+
+
+def _gib(b: int) -> str:
+    return f"{b / 2**30:.2f} GiB" if b >= 2**28 else f"{b / 2**20:.1f} MiB"
+
+
+REMEDY = "use chunks=1024 in Python or --chunks 1024 on the command line to fuse tile by tile"
+
+
+def check_fits(
+    n: int,
+    height: int,
+    width: int,
+    channels: int = 1,
+    dtype: Any = np.uint16,
+    method: str = "focus_measure",
+    *,
+    device: str = "cpu",
+    available: int | None = None,
+) -> int:
+    """Raise :class:`FusionInputError` if an untiled fusion of this stack would not fit in memory.
+
+    Returns the estimate (bytes) when it fits.
+    """
+    need = estimate_peak_bytes(n, height, width, channels, dtype, method, device=device)
+    room = available_memory() if available is None else int(available)
+    if need + HEADROOM_BYTES > room:
+        raise FusionInputError(_message(need, room, n, height, width, channels, dtype, method, REMEDY))
+    return need
+
+
+def _message(need, room, n, h, w, c, dtype, method, remedy) -> str:
+    shape = f"{n} x {h} x {w}" + (f" x {c}" if c > 1 else "")
+    return (
+        f"fusing this {shape} {np.dtype(dtype).name} stack with {method!r} in memory needs about "
+        f"{_gib(need)} (estimate), but only {_gib(room)} is available; stopped before allocating it. "
+        f"To fuse it anyway, {remedy}."
+    )
+
+
+def input_geometry(images: Any, *, stack_axis: int = 0, channel_axis: int | None = None,
+                   mixed_colour: bool = False) -> tuple[int, int, int, int, np.dtype] | None:
+    """``(N, H, W, C, dtype)`` of ``fuse``'s raw input, from metadata only; None when unclear."""
+    try:
+        if hasattr(images, "shape") and hasattr(images, "dtype"):
+            shape = tuple(int(s) for s in images.shape)
+            ndim = len(shape)
+            if ndim not in (3, 4):
+                return None
+            sa = stack_axis % ndim
+            n = shape[sa]
+            rest = [i for i in range(ndim) if i != sa]
+            if channel_axis is not None:
+                ca = channel_axis % ndim
+                c = shape[ca]
+                rest = [i for i in rest if i != ca]
+            elif ndim == 4:
+                c = shape[rest[-1]]
+                rest = rest[:-1]
+            else:
+                c = 1
+            if len(rest) != 2:
+                return None
+            return n, shape[rest[0]], shape[rest[1]], c, np.dtype(images.dtype)
+        if isinstance(images, (list, tuple)) and images:
+            shapes = [tuple(int(s) for s in a.shape) for a in images]
+            h, w = shapes[0][:2]
+            chans = [s[2] if len(s) == 3 else 1 for s in shapes]
+            c = max(chans) if (mixed_colour or len(set(chans)) == 1) else max(chans)
+            return len(images), h, w, c, np.dtype(images[0].dtype)
+    except Exception:  # noqa: BLE001 - anything odd: let prepare() report it
+        return None
+    return None
+
+
+def _auto_tile(n, c, dtype, method, halo, room, workers) -> int:
+    """Largest power-of-two tile (<= 1024) whose blocks, ``workers`` at a time, fit in ``room``."""
+    tile = 1024
+    while tile > MIN_AUTO_TILE:
+        side = tile + 2 * halo
+        if workers * estimate_peak_bytes(n, side, side, c, dtype, method) <= room:
+            break
+        tile //= 2
+    return tile
+
+
+def guard_untiled(images: Any, spec, resolved: dict[str, Any], *, stack_axis: int = 0,
+                  channel_axis: int | None = None, z_positions=None, device=None, progress=None,
+                  params: dict[str, Any] | None = None):
+    """Called by :func:`napari_fusion.fuse` before it prepares an in-memory stack.
+
+    Returns None when the untiled fusion fits in memory (or the input's shape
+    cannot be read cheaply). Otherwise, if the method can be tiled, fuses tile
+    by tile (with a warning) and returns that :class:`FusionResult` (without
+    ``weights`` and ``extras``, as tiled results have none); if it cannot,
+    raises :class:`FusionInputError` with the estimate.
+    """
+    geo = input_geometry(images, stack_axis=stack_axis, channel_axis=channel_axis, mixed_colour=spec.mixed_colour)
+    if geo is None:
+        return None
+    n, h, w, c, dtype = geo
+    try:
+        from .device import resolve_device
+
+        dev_type = resolve_device(device).type
+    except Exception:  # noqa: BLE001 - fuse reports bad devices itself
+        dev_type = "cpu"
+    need = estimate_peak_bytes(n, h, w, c, dtype, spec.name, device="cpu" if dev_type == "cpu" else dev_type)
+    room = available_memory()
+    if need + HEADROOM_BYTES <= room:
+        return None
+    halo = spec.halo_for(resolved)
+    if halo is None:
+        if "levels" in resolved:
+            remedy = "give it a fixed number of pyramid levels (levels=1..16) and " + REMEDY
+        else:
+            remedy = (f"free memory or fuse fewer or smaller images: {spec.name!r} is global and cannot be fused "
+                      f"tile by tile; with a method that can (e.g. 'focus_measure'), " + REMEDY)
+        raise FusionInputError(_message(need, room, n, h, w, c, dtype, spec.name, remedy))
+    from .tiling import fuse_lazy
+
+    workers = max(1, min(os.cpu_count() or 1, 8))
+    input_bytes = n * h * w * c * dtype.itemsize
+    tile = _auto_tile(n, c, dtype, spec.name, halo, max(room - input_bytes - HEADROOM_BYTES, 0), workers)
+    warnings.warn(
+        f"fusing this {n} x {h} x {w}{f' x {c}' if c > 1 else ''} stack with {spec.name!r} in memory would need "
+        f"about {_gib(need)} but only {_gib(room)} is available: fusing it tile by tile instead "
+        f"({tile} x {tile} tiles; pass chunks= yourself to choose)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    lazy = fuse_lazy(images, spec.name, stack_axis=stack_axis, channel_axis=channel_axis, z_positions=z_positions,
+                     device=device, progress=progress, chunks=tile, **(params or {}))
+    return lazy.compute(progress=progress)
+
+
+# --------------------------------------------------------------------------- measuring
+
+_MEASURE = r"""
+import json, resource, sys, warnings
+import numpy as np
+import torch
+import napari_fusion as nf
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
+warnings.simplefilter("ignore")
+def stack(n, h, w, c, dtype, seed):
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    hi = 1.0 if dt.kind == "f" else min(np.iinfo(dt).max, 60000)
+    shape = (n, h, w) if c == 1 else (n, h, w, c)
+    return (rng.random(shape, dtype=np.float32) * hi).astype(dt) if dt.kind == "f" else rng.integers(0, hi, shape, dtype=dt)
+nf.fuse(stack(2, 32, 32, args["c"], args["dtype"], 1), args["method"], device="cpu", **args["params"])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+x = stack(args["n"], args["h"], args["w"], args["c"], args["dtype"], 0)
+nf.fuse(x, args["method"], device="cpu", **args["params"])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print("NAPARI_FUSION_PEAK", json.dumps({"base": base, "peak": peak}))
+"""
+
+
+def measure_peak_rss(n: int, h: int, w: int, c: int = 1, dtype: Any = np.uint16, method: str = "focus_measure",
+                     *, timeout: float | None = 600, threads: int = 1, **params: Any) -> int:
+    """Measured peak memory (bytes) of one untiled CPU ``fuse`` of random ``(n, h, w[, c])`` data.
+
+    Runs in a fresh Python subprocess: the peak RSS (``ru_maxrss``) at the end
+    minus the peak after importing napari_fusion and torch and a warm-up fusion
+    of a 2x32x32 stack, so the result includes the input array and is
+    comparable with :func:`estimate_peak_bytes`. Raises ``RuntimeError`` when
+    the subprocess fails and ``subprocess.TimeoutExpired`` after ``timeout``.
+    """
+    args = {"n": int(n), "h": int(h), "w": int(w), "c": int(c), "dtype": np.dtype(dtype).name,
+            "method": method, "params": params, "threads": int(threads)}
+    env = dict(os.environ)
+    env.pop(ENV_VAR, None)  # the child must fuse in memory
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("NAPARI_FUSION_PEAK "):
+            r = json.loads(line.split(" ", 1)[1])
+            return int(r["peak"] - r["base"])
+    raise RuntimeError(f"measuring {method} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+
+
+def calibrate(shapes=((4, 512, 512, 1, "uint16"), (8, 768, 768, 3, "uint8")), methods=None,
+              timeout: float = 60) -> dict[str, float]:
+    """Measure each method's working-set factor (see :data:`WORKING_SET_FACTORS`) and print them."""
+    from .registry import list_methods
+
+    names = methods or [s.name for s in list_methods()]
+    factors: dict[str, float] = {}
+    for name in names:
+        best = None
+        for n, h, w, c, dt in shapes:
+            try:
+                peak = measure_peak_rss(n, h, w, c, dt, name, timeout=timeout)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                print(f"{name} {n}x{h}x{w}x{c} {dt}: not measured ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})")
+                continue
+            known = dict(WORKING_SET_FACTORS)
+            WORKING_SET_FACTORS[name] = 0.0
+            try:
+                fixed = estimate_peak_bytes(n, h, w, c, dt, name)  # input + outputs
+            finally:
+                WORKING_SET_FACTORS.clear()
+                WORKING_SET_FACTORS.update(known)
+            f = (peak - fixed) / (n * h * w * c * 4)
+            print(f"{name} {n}x{h}x{w}x{c} {dt}: peak {peak / 2**20:.1f} MiB, factor {f:.2f}")
+            best = f if best is None else max(best, f)
+        if best is not None:
+            factors[name] = math.ceil(best * 1.1 * 4) / 4
+    print(json.dumps(factors, indent=1))
+    return factors
+
+
+__all__ = [
+    "ENV_VAR",
+    "WORKING_SET_FACTORS",
+    "available_memory",
+    "parse_size",
+    "estimate_peak_bytes",
+    "check_fits",
+    "input_geometry",
+    "guard_untiled",
+    "measure_peak_rss",
+    "calibrate",
+]

@@ -1,0 +1,102 @@
+"""Predicting memory before an untiled fusion: estimate, available memory, automatic tiling or a clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import napari_fusion as nf
+from napari_fusion import memory
+from napari_fusion.errors import FusionInputError
+
+
+def _stack(n=3, h=64, w=64, c=1, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (n, h, w) if c == 1 else (n, h, w, c)
+    return rng.integers(0, 4000, shape, dtype=np.uint16)
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("123", 123), ("2G", 2 * 2**30), ("512M", 512 * 2**20), ("1.5GiB", int(1.5 * 2**30)), ("800kb", 800 * 1024)],
+)
+def test_parse_size(text, value):
+    assert memory.parse_size(text) == value
+
+
+def test_available_memory_env_override_and_detection(monkeypatch):
+    monkeypatch.setenv(memory.ENV_VAR, "3G")
+    assert memory.available_memory() == 3 * 2**30
+    monkeypatch.setenv(memory.ENV_VAR, "lots")
+    with pytest.raises(FusionInputError, match=memory.ENV_VAR):
+        memory.available_memory()
+    monkeypatch.delenv(memory.ENV_VAR)
+    assert 0 < memory.available_memory() < 2**60
+
+
+def test_input_geometry_layouts():
+    g = memory.input_geometry
+    assert g(np.zeros((4, 5, 6), np.uint16)) == (4, 5, 6, 1, np.dtype(np.uint16))
+    assert g(np.zeros((4, 5, 6, 3), np.uint8)) == (4, 5, 6, 3, np.dtype(np.uint8))
+    assert g(np.zeros((5, 6, 4), np.uint8), stack_axis=-1) == (4, 5, 6, 1, np.dtype(np.uint8))
+    assert g(np.zeros((3, 4, 5, 6), np.uint8), stack_axis=1, channel_axis=0) == (4, 5, 6, 3, np.dtype(np.uint8))
+    assert g([np.zeros((5, 6)), np.zeros((5, 6))]) == (2, 5, 6, 1, np.dtype(np.float64))
+    assert g([np.zeros((5, 6)), np.zeros((5, 6, 3))], mixed_colour=True)[3] == 3
+    assert g("not images") is None and g([[1, 2], [3, 4]]) is None and g(np.zeros((5, 6))) is None
+
+
+def test_estimate_scales_and_check_fits():
+    small = memory.estimate_peak_bytes(4, 512, 512, 1, np.uint16, "focus_measure")
+    assert memory.estimate_peak_bytes(8, 512, 512, 1, np.uint16, "focus_measure") > 1.9 * small
+    # the report's case: 10 x 12000 x 12000 uint16 needs tens of GiB
+    big = memory.estimate_peak_bytes(10, 12000, 12000, 1, np.uint16, "focus_measure")
+    assert big > 20 * 2**30
+    with pytest.raises(FusionInputError) as err:
+        memory.check_fits(10, 12000, 12000, 1, np.uint16, "focus_measure", available=8 * 2**30)
+    msg = str(err.value)
+    assert "GiB" in msg and "8.00 GiB" in msg and "chunks=1024" in msg and "--chunks 1024" in msg
+    assert memory.check_fits(2, 64, 64, 1, np.uint8, "average", available=2**34) > 0
+
+
+def test_tileable_method_switches_to_tiles_with_the_same_result(monkeypatch):
+    x = _stack()
+    monkeypatch.delenv(memory.ENV_VAR, raising=False)
+    want = nf.fuse(x, "focus_measure", device="cpu")
+    monkeypatch.setenv(memory.ENV_VAR, "1")  # nothing fits: fuse must tile
+    with pytest.warns(RuntimeWarning, match="tile by tile"):
+        got = nf.fuse(x, "focus_measure", device="cpu")
+    assert isinstance(got.fused, np.ndarray) and got.fused.dtype == want.fused.dtype
+    np.testing.assert_array_equal(got.fused, want.fused)
+    np.testing.assert_array_equal(got.labels, want.labels)
+    np.testing.assert_array_equal(got.depth, want.depth)
+
+
+def test_global_method_is_refused_without_allocating(monkeypatch):
+    monkeypatch.setenv(memory.ENV_VAR, "1")
+    spec = nf.get_method("laplacian_pyramid")
+    assert spec.halo_for(spec.defaults()) is None  # global with default parameters
+    x = _stack()
+    need = memory.estimate_peak_bytes(3, 64, 64, 1, np.uint16, "laplacian_pyramid")
+    called = []
+    monkeypatch.setattr("napari_fusion.api.prepare", lambda *a, **k: called.append(1))
+    with pytest.raises(FusionInputError) as err:
+        nf.fuse(x, "laplacian_pyramid", device="cpu")
+    msg = str(err.value)
+    assert f"{need / 2**20:.1f} MiB" in msg and "chunks" in msg and "levels" in msg
+    assert not called  # refused before the stack was converted
+    # a list input and a learned global method get the same treatment
+    with pytest.raises(FusionInputError, match="cannot be fused tile by tile.*chunks"):
+        nf.fuse([x[0], x[1]], "liu2017_cnn_nway", device="cpu")
+
+
+def test_fits_means_unchanged_path(monkeypatch):
+    monkeypatch.setenv(memory.ENV_VAR, "64G")
+    res = nf.fuse(_stack(), "average", device="cpu")
+    assert res.weights is not None  # the in-memory path (tiled results carry no weights)
+
+
+def test_estimate_is_close_to_the_measured_peak():
+    n, h, w = 4, 1024, 1024
+    measured = memory.measure_peak_rss(n, h, w, 1, np.uint16, "focus_measure", timeout=120)
+    estimate = memory.estimate_peak_bytes(n, h, w, 1, np.uint16, "focus_measure")
+    assert measured / 1.5 <= estimate <= measured * 1.5, (estimate, measured)
