@@ -93,7 +93,7 @@ def _child(args: argparse.Namespace) -> None:
         with dask.config.set(scheduler="threads", num_workers=args.threads):
             stack = open_lazy_stack(args.input)
             result = nf.fuse(stack, args.method, device=args.device, chunks=args.tile, **params)
-            write_lazy(result, out / "fused.tif",
+            write_lazy(result, out / "fused.tif", overwrite=True,
                        labels=out / "labels.tif" if result.labels is not None else None,
                        depth=out / "depth.tif" if result.depth is not None else None)
         n, h, w = stack.shape[:3]
@@ -101,7 +101,7 @@ def _child(args: argparse.Namespace) -> None:
     else:
         stack = tifffile.imread(args.input)
         result = nf.fuse(stack, args.method, device=args.device, **params)
-        write_image(out / "fused.tif", result.fused)
+        write_image(out / "fused.tif", result.fused, overwrite=True)
         n, h, w = stack.shape[:3]
         tiles = 1
     seconds = time.perf_counter() - t0

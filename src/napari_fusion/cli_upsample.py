@@ -25,20 +25,30 @@ def add_subparser(sub) -> None:
     p.add_argument("--guide-axis", type=int, choices=(0, -1), default=None, help="channel axis of GUIDE (default: inferred)")
     p.add_argument("--scale", type=int, default=None, help="expected scale factor (checked against the shapes)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (inputs are never overwritten, whatever the flag)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from .errors import FusionInputError
     from .io import read_image, write_image
+    from .output_safety import check_output_path
     from .upsample import guided_upsample
 
+    output = Path(args.output)
+    if output.suffix.lower() not in (".tif", ".tiff"):
+        raise FusionInputError(f"unsupported output format {output.suffix!r} for {output}; use .tif (float32)")
+    inputs = [args.lowres, args.guide]
+    check_output_path(output, inputs=inputs, overwrite=args.overwrite)  # before any work
     low = read_image(args.lowres)
     guide = read_image(args.guide)
     out = guided_upsample(
         low, guide, method=args.method, model=args.model, scale=args.scale, band_axis=args.band_axis,
         guide_axis=args.guide_axis, device=args.device,
     )
-    path = write_image(Path(args.output), out, metadata={"method": args.method, "model": args.model,
-                                                         "lowres": str(args.lowres), "guide": str(args.guide)})
+    path = write_image(output, out, metadata={"method": args.method, "model": args.model,
+                                              "lowres": str(args.lowres), "guide": str(args.guide)},
+                       overwrite=args.overwrite, inputs=inputs)
     print(f"wrote {path} {out.shape} float32")
     return 0

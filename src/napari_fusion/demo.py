@@ -8,7 +8,24 @@ from pathlib import Path
 import numpy as np
 
 from .api import DEFAULT_METHOD, fuse
+from .errors import FusionOutputError
 from .io import write_image
+
+#: Key in the TIFF description of the demo's files: a rerun replaces only files carrying it.
+DEMO_MARK = "napari_fusion_demo"
+
+
+def _is_demo_output(path: Path) -> bool:
+    import json
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            desc = tf.pages[0].description
+        return bool(json.loads(desc).get(DEMO_MARK))
+    except Exception:
+        return False
 from .synthetic import demo_photograph, render_focal_stack
 
 
@@ -37,17 +54,20 @@ def run_demo(
         progress.close()
     t_fuse = time.perf_counter() - t0
     output_dir = Path(output_dir)
-    meta = {"method": method, "params": result.params, "source": "skimage.data.astronaut, synthetic defocus"}
-    write_image(output_dir / "stack.tif", stack.slices)
-    write_image(output_dir / "fused.tif", result.fused, metadata=meta)
-    write_image(output_dir / "ground_truth.tif", stack.ground_truth)
-    written = ["stack.tif", "fused.tif", "ground_truth.tif"]
+    meta = {"method": method, "params": result.params, "source": "skimage.data.astronaut, synthetic defocus",
+            DEMO_MARK: True}
+    files = {"stack.tif": stack.slices, "fused.tif": result.fused, "ground_truth.tif": stack.ground_truth}
     if result.labels is not None:
-        write_image(output_dir / "labels.tif", result.labels, metadata=meta)
-        written.append("labels.tif")
+        files["labels.tif"] = result.labels
     if result.depth is not None:
-        write_image(output_dir / "depth.tif", result.depth.astype(np.float32), metadata=meta)
-        written.append("depth.tif")
+        files["depth.tif"] = result.depth.astype(np.float32)
+    for name in files:  # a previous demo's files are replaced; anything else is refused before writing
+        target = output_dir / name
+        if target.exists() and not _is_demo_output(target):
+            raise FusionOutputError(f"{target} exists and was not written by the demo; choose another --output-dir")
+    for name, data in files.items():
+        write_image(output_dir / name, data, metadata=meta, overwrite=True)
+    written = list(files)
     gt = stack.ground_truth
     scores = {
         "psnr_fused": psnr(result.fused, gt),

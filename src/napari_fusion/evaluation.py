@@ -75,11 +75,25 @@ class EvaluationResult:
                 lines.append("  ".join("-" * w for w in widths))
         return "\n".join(lines)
 
-    def write(self, path: str | Path) -> Path:
-        """Write the summary as CSV (``.csv``) or summary + per-case rows as JSON (``.json``)."""
+    def write(self, path: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
+        """Write the summary as CSV (``.csv``) or summary + per-case rows as JSON (``.json``).
+
+        An existing file is replaced only with ``overwrite=True``, never an input; the
+        table is written under a temporary name and renamed into place.
+        """
+        from .output_safety import atomic_file, check_output_path
+
         path = Path(path)
+        if path.suffix.lower() not in (".json", ".csv"):
+            raise FusionInputError(f"output must end in .csv or .json, not {path.name!r}")
+        check_output_path(path, inputs=inputs, overwrite=overwrite)
+        with atomic_file(path) as tmp:
+            self._write_to(tmp, path.suffix.lower())
+        return path
+
+    def _write_to(self, path: Path, suffix: str) -> None:
         summ = self.summary()
-        if path.suffix.lower() == ".json":
+        if suffix == ".json":
             clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731
             doc = {
                 "metrics": self.metrics,
@@ -87,16 +101,13 @@ class EvaluationResult:
                 "cases": [{k: clean(v) for k, v in r.items()} for r in self.rows],
             }
             path.write_text(json.dumps(doc, indent=2))
-        elif path.suffix.lower() == ".csv":
+        else:
             cols = ["method", "kind", "cases", *self.metrics, "s_per_case"]
             with open(path, "w", newline="") as fh:
                 w = csv.writer(fh)
                 w.writerow(cols)
                 for e in summ:
                     w.writerow([e[c] for c in cols])
-        else:
-            raise FusionInputError(f"output must end in .csv or .json, not {path.name!r}")
-        return path
 
 
 def _check_case_images(case_name: str, sources: Sequence[np.ndarray], gt: np.ndarray | None) -> None:
@@ -270,6 +281,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     if args.dataset is None:
         raise FusionInputError("give a DATASET_DIR")
+    if args.output:  # refused before the (long) evaluation, not after it
+        from .output_safety import check_output_path
+
+        if args.output.suffix.lower() not in (".json", ".csv"):
+            raise FusionInputError(f"output must end in .csv or .json, not {args.output.name!r}")
+        check_output_path(args.output, inputs=[args.dataset], overwrite=args.overwrite)
     methods = _split_names(args.method)
     if not methods and not args.reference_only:
         from .registry import list_methods
@@ -296,7 +313,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     print(result.format_table())
     if args.output:
-        p = result.write(args.output)
+        p = result.write(args.output, overwrite=args.overwrite, inputs=[args.dataset])
         if not args.quiet:
             print(f"wrote {p}", file=sys.stderr)
     return 0
@@ -323,6 +340,7 @@ def add_subparser(sub) -> None:
     p.add_argument("--cases", action="append", metavar="NAMES", help="only these cases (comma-separated)")
     p.add_argument("--limit", type=int, help="only the first N cases")
     p.add_argument("-o", "--output", type=Path, help="write the table: .csv (summary) or .json (summary and per-case values)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing table file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--list-metrics", action="store_true", help="list the metric names and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

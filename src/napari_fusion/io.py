@@ -8,6 +8,7 @@ TIFF or zarr).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -356,6 +357,10 @@ def _open_zarr_lazy(path: Path, component: str | None):
     import dask.array as da
     import zarr
 
+    for candidate in (path, path.parent):  # the output group itself, or one of its arrays
+        info = zarr_output_status(candidate)
+        if info is not None and not info.get("complete"):
+            raise FusionInputError(_incomplete_message(candidate, info))
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:
@@ -377,6 +382,8 @@ def _open_zarr_lazy(path: Path, component: str | None):
                 axes = "".join({"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}.get(n.lower(), "Q") for n in names)
         else:
             arrays = sorted(k for k, _ in node.arrays())
+            if ZARR_OUTPUT_MARKER in attrs and "fused" in arrays and component is None:
+                arrays = ["fused"]  # a napari-fusion output: its fused image
             if len(arrays) != 1:
                 raise FusionInputError(
                     f"{path} is a zarr group with arrays {arrays}; name one with component=..."
@@ -410,10 +417,14 @@ def open_lazy_stack(
         return _stack_files(paths, chunks)
     from .output_safety import remember_input
 
-    path = Path(path)
+    arr = _open_lazy_path(Path(path), chunks=chunks, component=component)
+    remember_input(path)  # writers of this process will refuse it
+    return arr
+
+
+def _open_lazy_path(path: Path, *, chunks: int | None, component: str | None):
     if not path.exists():
         raise FusionInputError(f"file not found: {path}")
-    remember_input(path)
     if _is_zarr_path(path):
         arr, axes = _open_zarr_lazy(path, component)
         if axes and len(axes) == arr.ndim:
@@ -707,14 +718,29 @@ def _write_zarr(outputs: dict, path: Path, meta: dict, lazy, progress, *, overwr
     row_edges = np.cumsum((0,) + tuple(fused.chunks[0])).tolist()
     col_edges = np.cumsum((0,) + tuple(fused.chunks[1])).tolist()
     finished = np.asarray(done[...]).astype(bool)
-    tasks = []
+    # one store task per missing tile, depending on that tile's block of every output: the
+    # tile itself is computed once for all outputs (no graph fusion, shared keys)
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    store_name = f"napari-fusion-store-{fingerprint[:16]}-{os.getpid()}"
+    keys = [arr.__dask_keys__() for arr in outputs.values()]
+
+    def block_key(k, i, j):
+        key = k[i][j]
+        while isinstance(key, list):  # colour axis: one chunk
+            key = key[0]
+        return key
+
+    layer = {}
     for i in range(grid[0]):
         for j in range(grid[1]):
             if finished[i, j]:
                 continue
             box = (row_edges[i], row_edges[i + 1], col_edges[j], col_edges[j + 1])
-            blocks = [arr.blocks[i, j] for arr in outputs.values()]
-            tasks.append(dask.delayed(_store_tile, pure=False)(targets, done, (i, j), box, *blocks))
+            layer[(store_name, i, j)] = (_store_tile, targets, done, (i, j), box, *[block_key(k, i, j) for k in keys])
+    hlg = HighLevelGraph.from_collections(store_name, layer, dependencies=list(outputs.values()))
+    tasks = [Delayed(key, hlg, layer=store_name) for key in layer]
     already = int(finished.sum())
     report = None
     if progress is not None:
@@ -723,7 +749,7 @@ def _write_zarr(outputs: dict, path: Path, meta: dict, lazy, progress, *, overwr
     from .tiling import tile_progress
 
     with tile_progress(lazy, report):
-        dask.compute(*tasks)
+        dask.compute(*tasks, optimize_graph=False)
     if not np.asarray(done[...]).all():  # pragma: no cover - a store that lost writes
         raise FusionError(f"{path}: some tiles were not recorded as written; rerun to finish them")
     group.attrs[ZARR_OUTPUT_MARKER] = {**marker, "complete": True}

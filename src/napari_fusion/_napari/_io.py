@@ -34,8 +34,33 @@ def _jsonable(value: Any) -> Any:
         return str(value)
 
 
+def _layer_sources() -> list[str]:
+    """Files the open layers were read from (a save onto any of them is refused)."""
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:  # noqa: BLE001 - no viewer: nothing to protect beyond io's own record
+        return []
+    if viewer is None:
+        return []
+    out = []
+    for layer in viewer.layers:
+        src = getattr(getattr(layer, "source", None), "path", None)
+        if src:
+            out.append(str(src))
+    return out
+
+
 def write_tiff(path: str, data: Any, meta: dict) -> list[str]:
-    """npe2 single-layer writer: ``data`` is written unchanged (dtype kept)."""
+    """npe2 single-layer writer: ``data`` is written unchanged (dtype kept).
+
+    napari's save dialog has already asked before replacing an existing file,
+    so an existing output is replaced, but never a file an open layer was read
+    from (or a file inside such a folder or zarr store): that raises
+    :class:`~napari_fusion.FusionOutputError`. The file is written under a
+    temporary name and renamed into place.
+    """
     array = np.asarray(data)
     record: dict[str, Any] = {
         "name": meta.get("name"),
@@ -45,5 +70,5 @@ def write_tiff(path: str, data: Any, meta: dict) -> list[str]:
     fusion = (meta.get("metadata") or {}).get("napari_fusion")
     if fusion is not None:
         record["napari_fusion"] = _jsonable(fusion)
-    written = write_image(path, array, metadata=record)
+    written = write_image(path, array, metadata=record, overwrite=True, inputs=_layer_sources())
     return [str(written)]
