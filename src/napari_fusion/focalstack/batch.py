@@ -42,9 +42,10 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -94,7 +95,7 @@ def _tiff_info(path: Path) -> tuple[tuple[int, ...], str] | None:
         with tifffile.TiffFile(path) as tf:
             s = tf.series[0]
             return tuple(s.shape), str(getattr(s, "axes", ""))
-    except Exception:
+    except Exception:  # noqa: BLE001 - not a readable TIFF: read (and reported) as an image later
         return None
 
 
@@ -331,7 +332,7 @@ def _tiff_digest(path: Path) -> str | None:
         meta = json.loads(desc)
         digest = meta.get("fingerprint") if isinstance(meta, dict) else None
         return digest if isinstance(digest, str) else None
-    except Exception:
+    except Exception:  # noqa: BLE001 - unreadable or not ours: no fingerprint
         return None
 
 
@@ -351,14 +352,15 @@ def stack_state(outdir: Path, stem: str, fingerprint: dict[str, Any]) -> tuple[s
         return "foreign", f"{paths['record'].name} is not a batch record of this command"
     if rec is not None:
         if rec["fingerprint"].get("digest") != digest:
-            return "other", "outputs exist from other parameters"
+            old = rec["fingerprint"]
+            changed = sorted(k for k in set(old) | set(fingerprint) if k != "digest" and old.get(k) != fingerprint.get(k))
+            return "other", ("changed: " + ", ".join(changed)) if changed else ""
         files = rec.get("files") or {}
+        for k in existing:  # a file at one of our names that the record does not list
+            if paths[k].name not in files.values() and _tiff_digest(paths[k]) != digest:
+                return "foreign", f"{paths[k].name} exists and no batch record describes it"
         listed = [outdir / n for k, n in files.items() if k != "record"]
         if rec.get("status") == "done" and listed and all(p.exists() for p in listed):
-            stale = [k for k in existing if paths[k].name not in files.values()]
-            for k in stale:  # a file at one of our names that the record does not list
-                if _tiff_digest(paths[k]) != digest:
-                    return "foreign", f"{paths[k].name} exists and no batch record describes it"
             return "done", "already done with the same parameters"
         return "ours", "unfinished"
     if not existing:
@@ -369,12 +371,12 @@ def stack_state(outdir: Path, stem: str, fingerprint: dict[str, Any]) -> tuple[s
     if any(d is None for d in digests.values()):
         names = ", ".join(paths[k].name for k, d in digests.items() if d is None)
         return "foreign", f"{names} exist(s) and no batch record describes it"
-    return "other", "outputs exist from other parameters"
+    return "other", ""
 
 
 def _refusal(state: str, detail: str) -> str:
     if state == "other":
-        return "outputs exist from other parameters; use --overwrite"
+        return "outputs exist from other parameters; use --overwrite" + (f" ({detail})" if detail else "")
     return f"{detail}; use --overwrite"
 
 
@@ -418,7 +420,7 @@ def process(
     def check() -> None:
         state, detail = stack_state(outdir, stem, fingerprint)
         if state in ("other", "foreign") and not overwrite:
-            raise FusionOutputError(f"{stem}: {_refusal(state, detail)}")
+            raise FusionOutputError(_refusal(state, detail))
 
     check()
     images = source.load()
@@ -504,8 +506,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     align = None if args.align == "none" else args.align
     resume = getattr(args, "resume", True)
     overwrite = getattr(args, "overwrite", False)
-    options = dict(method=args.method, params=params, align=align, z_step=args.z_step, refine=args.refine,
-                   reference_channel=args.reference_channel, slab=args.slab, crop=args.crop)
+    options = {"method": args.method, "params": params, "align": align, "z_step": args.z_step,
+               "refine": args.refine, "reference_channel": args.reference_channel, "slab": args.slab,
+               "crop": args.crop}
     done: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -513,7 +516,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     for i, src in enumerate(sources, 1):
         entry = {"stack": src.name, "output_name": src.output_name, "source": src.key or src.name}
         try:
-            fp = stack_fingerprint(src, **{k: v for k, v in options.items()})
+            fp = stack_fingerprint(src, **options)
             state, detail = stack_state(outdir, src.output_name, fp)
             if state == "done" and resume:
                 skipped.append({**entry, "reason": detail})
