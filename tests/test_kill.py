@@ -159,3 +159,19 @@ def test_sigkill_during_zarr_write_then_rerun_resumes_identically(big_stack, tmp
     g = zarr.open_group(str(out), mode="r")
     for k, want in ref.items():
         np.testing.assert_array_equal(g[k][...], want)
+
+
+def test_sigterm_removes_temporaries_and_leaves_no_output(big_stack, tmp_path):
+    out = tmp_path / "f.tif"
+    args = _cli("fuse", str(big_stack / "stack.tif"), "-o", str(out), "--chunks", "128")
+    proc = _start(args, tmp_path)
+    deadline = time.time() + 60
+    while time.time() < deadline and not [p for p in tmp_path.iterdir() if is_partial_name(p.name)]:
+        time.sleep(0.02)  # wait until the temporary exists: the write is under way
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    if proc.returncode == 0:  # pragma: no cover - finished first on a fast machine
+        return
+    assert proc.returncode == 130, proc.stderr.read()
+    assert "interrupted" in proc.stderr.read()
+    assert list(tmp_path.iterdir()) == []

@@ -332,3 +332,73 @@ def test_z_positions_must_be_finite_and_strictly_monotonic():
         with pytest.raises(FusionInputError, match="z_positions"):
             nf.fuse(stack, z_positions=z, chunks=8)
     assert nf.fuse(stack, z_positions=[2.0, 1.0, 0.0]).depth.max() <= 2.0  # decreasing is fine
+
+
+def test_disk_space_is_checked_before_fusing(files, capsys, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 100, 100))
+    fused = []
+    monkeypatch.setattr("napari_fusion.api.fuse", lambda *a, **k: fused.append(1))
+    assert main(["fuse", "a.tif", "b.tif", "-o", "x.tif"]) == 2
+    assert "not enough disk space" in capsys.readouterr().err and fused == []
+
+
+# --------------------------------------------------------------------------- property: inputs never change
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_FAST_METHODS = ["focus_measure", "average", "gff", "laplacian_pyramid", "mertens"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    method=st.sampled_from(_FAST_METHODS),
+    route=st.sampled_from(["memory", "tiled-tif", "zarr", "png"]),
+    target=st.sampled_from(["input", "link", "new", "existing", "inside-folder"]),
+    overwrite=st.booleans(),
+    rgb=st.booleans(),
+)
+def test_no_writer_ever_changes_an_input(tmp_path_factory, method, route, target, overwrite, rgb):
+    forget_inputs()
+    folder = tmp_path_factory.mktemp("prop")
+    rng = np.random.default_rng(0)
+    shape = (3, 40, 48, 3) if rgb else (3, 40, 48)
+    stack = rng.integers(0, 255, shape, dtype=np.uint8)
+    (folder / "slices").mkdir()
+    import imageio.v3 as iio
+
+    for i, s in enumerate(stack):
+        if route == "png":
+            iio.imwrite(folder / "slices" / f"s{i}.png", s)
+        else:
+            tifffile.imwrite(folder / "slices" / f"s{i}.tif", s)
+    tifffile.imwrite(folder / "stack.tif", stack, photometric="rgb" if rgb else "minisblack")
+    lazy = route in ("tiled-tif", "zarr")
+    inputs = [folder / "stack.tif"] if lazy else [folder / "slices"]
+    first = folder / "stack.tif" if lazy else sorted((folder / "slices").iterdir())[0]
+    (folder / "existing.tif").write_bytes(b"II*\x00 previous output")
+    suffix = {"memory": ".tif", "tiled-tif": ".tif", "zarr": ".zarr", "png": ".png"}[route]
+    os.symlink(first, folder / f"link{first.suffix}")
+    out = {
+        "input": first,
+        "link": folder / f"link{first.suffix}",
+        "new": folder / f"new{suffix}",
+        "existing": folder / f"existing{suffix}",
+        "inside-folder": folder / "slices" / f"out{suffix}",
+    }[target]
+    args = ["fuse", *map(str, inputs), "-o", str(out), "-m", method, "-q"]
+    if lazy:
+        args += ["--chunks", "16"]
+    if overwrite:
+        args.append("--overwrite")
+    before = {p: _digest(p) for p in inputs}
+    rc = main(args)
+    assert {p: _digest(p) for p in inputs} == before
+    assert rc in (0, 2)
+    if target in ("input", "link") or (target == "inside-folder" and not lazy):
+        assert rc == 2
+    assert not [p for p in folder.rglob("*") if is_partial_name(p.name)]

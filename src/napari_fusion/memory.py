@@ -37,35 +37,38 @@ from .errors import FusionInputError
 
 ENV_VAR = "NAPARI_FUSION_MEMORY_LIMIT"
 
-#: Peak float32 working set of an untiled ``fuse`` per method, in units of the
-#: float32 stack (N*H*W*C*4 bytes), on top of the caller's input array and the
-#: outputs. Measured with
+#: Peak float32 working set of an untiled ``fuse`` per method, on top of the
+#: caller's input array and the outputs: ``(a, b)`` meaning
+#: ``a * N*H*W*C*4 + b * N*H*W*4`` bytes, i.e. ``a`` float32 copies of the whole
+#: (colour) stack plus ``b`` float32 planes per image (most methods decide on
+#: luminance, so much of their work does not grow with C). For grey stacks the
+#: factor is ``a + b``. Measured with
 #:
 #:     python -c "from napari_fusion.memory import calibrate; calibrate()"
 #:
-#: i.e. :func:`measure_peak_rss` (peak RSS from ``resource.getrusage`` in a
-#: fresh subprocess, minus that process's RSS after importing napari_fusion and
-#: torch and a warm-up fusion of a 2x32x32 stack) for 4x512x512 grey uint16
-#: and 8x768x768 RGB uint8 stacks on the CPU, taking the larger factor of the
-#: two and rounding up by ~10 %. Learned methods too slow to measure there
-#: (or needing weights absent on the test machine) get a conservative guess,
-#: marked "guess".
-WORKING_SET_FACTORS: dict[str, float] = {
-    "average": 3.0,
-    "csc_ivfn": 12.0,
-    "csc_mefn": 12.0,
-    "focus_measure": 6.0,
-    "gff": 12.0,
-    "laplacian_pyramid": 6.0,
-    "li2018_vgg19": 40.0,
-    "liu2017_cnn": 12.0,
-    "liu2017_cnn_nway": 12.0,
-    "mertens": 12.0,
-    "tiis2018_fcn": 12.0,
-    "veshki_cdl": 12.0,
+#: i.e. :func:`measure_peak_rss` (peak RSS, ``VmHWM`` after resetting it, of a
+#: fresh single-threaded subprocess, minus its RSS after importing napari_fusion
+#: and torch and a warm-up fusion of a 2x32x32 stack) for a
+#: 4x1536x1536 grey uint16 and an 8x768x768 RGB uint8 stack on the CPU, solving
+#: for ``(a, b)`` and rounding up by ~10 %. Learned methods that took over 40 s
+#: there (or need weights absent on the measuring machine) have a
+#: conservative guess, marked "guess".
+WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
+    "average": (1.75, 1.0),  # measured: grey 2.13, RGB 1.64 per stack element
+    "csc_ivfn": (8.0, 48.0),  # guess (> 60 s even at 4x512x512)
+    "csc_mefn": (8.25, 0.0),  # measured: grey 6.89, RGB 7.20
+    "focus_measure": (0.5, 8.5),  # measured: grey 7.79, RGB 2.77
+    "gff": (11.0, 10.25),  # measured: grey 19.16, RGB 13.01
+    "laplacian_pyramid": (17.25, 0.0),  # measured: grey 15.20, RGB 15.51
+    "li2018_vgg19": (8.0, 96.0),  # guess (VGG19 weights absent when measured; 64-channel full-size features)
+    "liu2017_cnn": (8.0, 48.0),  # guess (> 40 s)
+    "liu2017_cnn_nway": (8.0, 48.0),  # guess (> 40 s)
+    "mertens": (17.5, 0.25),  # measured: grey 15.89, RGB 15.89
+    "tiis2018_fcn": (8.0, 48.0),  # guess (> 40 s)
+    "veshki_cdl": (8.0, 48.0),  # guess (> 40 s)
 }
 #: Factor for methods not in the table (plugins): conservative.
-DEFAULT_FACTOR = 16.0
+DEFAULT_FACTOR = (4.0, 16.0)
 #: Working set left in host memory when the method runs on a GPU (float copy, staging).
 HOST_FACTOR_ON_DEVICE = 2.5
 #: Memory kept free for everything else in the process (interpreter, libraries, allocator slack).
@@ -179,17 +182,18 @@ def estimate_peak_bytes(
 ) -> int:
     """Predicted peak memory (bytes above an idle process) of an untiled :func:`napari_fusion.fuse`.
 
-    ``input (N*H*W*C, dtype) + factor * N*H*W*C*4 + outputs`` with the
-    method's factor from :data:`WORKING_SET_FACTORS`. ``device`` other than
+    ``input (N*H*W*C, dtype) + a * N*H*W*C*4 + b * N*H*W*4 + outputs`` with
+    the method's ``(a, b)`` from :data:`WORKING_SET_FACTORS`. ``device`` other than
     ``"cpu"``: only the host side (the float copy and staging) is counted.
     """
     n, height, width, channels = (int(v) for v in (n, height, width, channels))
     pixels = height * width
     item = np.dtype(dtype).itemsize
     elements = n * pixels * channels
-    factor = WORKING_SET_FACTORS.get(method, DEFAULT_FACTOR)
+    a, b = WORKING_SET_FACTORS.get(method, DEFAULT_FACTOR)
+    work = a * elements * 4 + b * n * pixels * 4
     if str(device) != "cpu":
-        factor = min(factor, HOST_FACTOR_ON_DEVICE)
+        work = min(work, HOST_FACTOR_ON_DEVICE * elements * 4)
     outputs = _outputs_of(method)
     out = pixels * channels * item  # fused
     if "labels" in outputs:
@@ -198,7 +202,7 @@ def estimate_peak_bytes(
         out += pixels * 4
     if "weights" in outputs:
         out += n * pixels * 4
-    return int(elements * item + factor * elements * 4 + out)
+    return int(elements * item + work + out)
 
 
 def _gib(b: int) -> str:
@@ -267,7 +271,7 @@ def input_geometry(images: Any, *, stack_axis: int = 0, channel_axis: int | None
             shapes = [tuple(int(s) for s in a.shape) for a in images]
             h, w = shapes[0][:2]
             chans = [s[2] if len(s) == 3 else 1 for s in shapes]
-            c = max(chans) if (mixed_colour or len(set(chans)) == 1) else max(chans)
+            c = max(chans)  # mixed grey + RGB: grey becomes 3 channels (others are refused later)
             return len(images), h, w, c, np.dtype(images[0].dtype)
     except Exception:  # noqa: BLE001 - anything odd: let prepare() report it
         return None
@@ -351,11 +355,31 @@ def stack(n, h, w, c, dtype, seed):
     hi = 1.0 if dt.kind == "f" else min(np.iinfo(dt).max, 60000)
     shape = (n, h, w) if c == 1 else (n, h, w, c)
     return (rng.random(shape, dtype=np.float32) * hi).astype(dt) if dt.kind == "f" else rng.integers(0, hi, shape, dtype=dt)
+def status(key):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+def reset_peak():  # Linux: "5" resets VmHWM, so an import-time peak does not hide the fusion's
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return status("VmHWM") is not None
+    except OSError:
+        return False
 nf.fuse(stack(2, 32, 32, args["c"], args["dtype"], 1), args["method"], device="cpu", **args["params"])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+if reset_peak():
+    base = status("VmRSS")
+    peak_of = lambda: status("VmHWM")
+else:
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak_of = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 x = stack(args["n"], args["h"], args["w"], args["c"], args["dtype"], 0)
 nf.fuse(x, args["method"], device="cpu", **args["params"])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_of()
 print("NAPARI_FUSION_PEAK", json.dumps({"base": base, "peak": peak}))
 """
 
@@ -364,9 +388,11 @@ def measure_peak_rss(n: int, h: int, w: int, c: int = 1, dtype: Any = np.uint16,
                      *, timeout: float | None = 600, threads: int = 1, **params: Any) -> int:
     """Measured peak memory (bytes) of one untiled CPU ``fuse`` of random ``(n, h, w[, c])`` data.
 
-    Runs in a fresh Python subprocess: the peak RSS (``ru_maxrss``) at the end
-    minus the peak after importing napari_fusion and torch and a warm-up fusion
-    of a 2x32x32 stack, so the result includes the input array and is
+    Runs in a fresh Python subprocess: after importing napari_fusion and torch
+    and a warm-up fusion of a 2x32x32 stack, the peak RSS is reset (Linux
+    ``/proc/self/clear_refs``) and the result is the peak (``VmHWM``) of the
+    real call minus the RSS before it (elsewhere: ``ru_maxrss`` after minus
+    before), so the result includes the input array and is
     comparable with :func:`estimate_peak_bytes`. Raises ``RuntimeError`` when
     the subprocess fails and ``subprocess.TimeoutExpired`` after ``timeout``.
     """
@@ -375,7 +401,7 @@ def measure_peak_rss(n: int, h: int, w: int, c: int = 1, dtype: Any = np.uint16,
     env = dict(os.environ)
     env.pop(ENV_VAR, None)  # the child must fuse in memory
     proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=env, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("NAPARI_FUSION_PEAK "):
             r = json.loads(line.split(" ", 1)[1])
@@ -383,46 +409,50 @@ def measure_peak_rss(n: int, h: int, w: int, c: int = 1, dtype: Any = np.uint16,
     raise RuntimeError(f"measuring {method} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
 
 
-def calibrate(shapes=((4, 512, 512, 1, "uint16"), (8, 768, 768, 3, "uint8")), methods=None,
-              timeout: float = 60) -> dict[str, float]:
-    """Measure each method's working-set factor (see :data:`WORKING_SET_FACTORS`) and print them."""
+def calibrate(grey=(4, 1536, 1536, "uint16"), rgb=(8, 768, 768, "uint8"), methods=None,
+              timeout: float = 40) -> dict[str, tuple[float, float]]:
+    """Measure each method's ``(a, b)`` (see :data:`WORKING_SET_FACTORS`) and print them."""
     from .registry import list_methods
 
     names = methods or [s.name for s in list_methods()]
-    factors: dict[str, float] = {}
+    out: dict[str, tuple[float, float]] = {}
     for name in names:
-        best = None
-        for n, h, w, c, dt in shapes:
+        factors = []
+        for (n, h, w, dt), c in ((grey, 1), (rgb, 3)):
             try:
                 peak = measure_peak_rss(n, h, w, c, dt, name, timeout=timeout)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                print(f"{name} {n}x{h}x{w}x{c} {dt}: not measured ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})")
-                continue
+                why = str(exc).splitlines()[-1][:150] if str(exc) else type(exc).__name__
+                print(f"{name} {n}x{h}x{w}x{c} {dt}: not measured ({'timeout' if isinstance(exc, subprocess.TimeoutExpired) else why})")
+                break
             known = dict(WORKING_SET_FACTORS)
-            WORKING_SET_FACTORS[name] = 0.0
+            WORKING_SET_FACTORS[name] = (0.0, 0.0)
             try:
                 fixed = estimate_peak_bytes(n, h, w, c, dt, name)  # input + outputs
             finally:
                 WORKING_SET_FACTORS.clear()
                 WORKING_SET_FACTORS.update(known)
             f = (peak - fixed) / (n * h * w * c * 4)
-            print(f"{name} {n}x{h}x{w}x{c} {dt}: peak {peak / 2**20:.1f} MiB, factor {f:.2f}")
-            best = f if best is None else max(best, f)
-        if best is not None:
-            factors[name] = math.ceil(best * 1.1 * 4) / 4
-    print(json.dumps(factors, indent=1))
-    return factors
+            print(f"{name} {n}x{h}x{w}x{c} {dt}: peak {peak / 2**20:.1f} MiB, factor per stack element {f:.2f}")
+            factors.append(f)
+        if len(factors) == 2:
+            f_grey, f_rgb = factors  # grey: a + b; RGB: a + b / 3
+            a = max((3 * f_rgb - f_grey) / 2, 0.0)
+            b = max(f_grey - a, 0.0)
+            out[name] = (math.ceil(a * 1.1 * 4) / 4, math.ceil(b * 1.1 * 4) / 4)
+    print(json.dumps(out))
+    return out
 
 
 __all__ = [
     "ENV_VAR",
     "WORKING_SET_FACTORS",
     "available_memory",
-    "parse_size",
-    "estimate_peak_bytes",
-    "check_fits",
-    "input_geometry",
-    "guard_untiled",
-    "measure_peak_rss",
     "calibrate",
+    "check_fits",
+    "estimate_peak_bytes",
+    "guard_untiled",
+    "input_geometry",
+    "measure_peak_rss",
+    "parse_size",
 ]
