@@ -34,17 +34,14 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
     QListWidget,
-    QListWidgetItem,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -59,6 +56,20 @@ from ..focalstack.pipeline import FocalStackResult, default_blend, fuse_focal_st
 from ..focalstack.recompose import BLENDS, labels_from_napari, labels_to_napari, recompose
 from ..registry import get_method, list_methods
 from . import _layers
+from ._common import (
+    WorkerControls,
+    check_exactly,
+    checkable_item,
+    checked_layers,
+    connect_layer_events,
+    drop_layer,
+    fill_layer_combo,
+    layer_index,
+    sync_z_step,
+    text_label,
+    viewer_data_point,
+    z_step_row,
+)
 from ._params import ParamPanel
 
 CHANNELS_NONE = "none (grey or RGB)"
@@ -121,17 +132,8 @@ def _fixed_index(layer, keep: Sequence[int], data_point) -> tuple[tuple, dict[in
     return tuple(index), fixed
 
 
-def make_focal_job(
-    layer,
-    *,
-    stack_axis: int = 0,
-    z_step: float | None = None,
-    channel_axis: int | None = None,
-    reference_channel: int | None = None,
-    channel_layers: Sequence[Any] = (),
-    data_point: Sequence[float] | None = None,
-) -> FocalJob:
-    """Gather a focal-stack run from a stack layer (and optional channel axis / layers)."""
+def _kept_axes(layer, stack_axis: int, channel_axis: int | None) -> list[int]:
+    """The stack axis (and channel axis) of ``layer``, checked; every other non-spatial axis is fixed."""
     if not _layers.is_image_layer(layer):
         raise FusionInputError(f"layer {getattr(layer, 'name', layer)!r} is not a single-scale Image layer")
     nonspatial = list(range(max(layer.ndim - 2, 0)))  # layer.ndim excludes an RGB axis
@@ -149,6 +151,46 @@ def make_focal_job(
                 f"({[a for a in nonspatial if a != stack_axis]})"
             )
         keep.append(channel_axis)
+    return keep
+
+
+def _channel_layer_stack(
+    layer, data, index: tuple, sa: int, channel_layers: Sequence[Any]
+) -> tuple[_ChannelStack, list[Any]]:
+    """``(stack along its first axis, channel layers)`` of ``layer`` (the reference) and the other layers."""
+    if layer.rgb:
+        raise FusionInputError("separate channel layers need a grey stack layer, not RGB")
+    others = [ly for ly in channel_layers if ly is not layer]
+    arrays = [data]
+    for ly in others:
+        if not _layers.is_image_layer(ly) or ly.rgb:
+            raise FusionInputError(f"channel layer {ly.name!r} must be a grey single-scale Image layer")
+        if tuple(ly.data.shape) != tuple(layer.data.shape):
+            raise FusionInputError(
+                f"channel layer {ly.name!r} has shape {tuple(ly.data.shape)}, "
+                f"the stack layer {tuple(layer.data.shape)}"
+            )
+        if np.dtype(ly.data.dtype) != np.dtype(layer.data.dtype):
+            raise FusionInputError(f"channel layer {ly.name!r} is {ly.data.dtype}, the stack layer {layer.data.dtype}")
+        arrays.append(ly.data[index])
+    if sa != 0:
+        arrays = [np.moveaxis(a, sa, 0) if isinstance(a, np.ndarray) else a.transpose(
+            [sa] + [i for i in range(a.ndim) if i != sa]) for a in arrays]
+    return _ChannelStack(arrays), [layer, *others]
+
+
+def make_focal_job(
+    layer,
+    *,
+    stack_axis: int = 0,
+    z_step: float | None = None,
+    channel_axis: int | None = None,
+    reference_channel: int | None = None,
+    channel_layers: Sequence[Any] = (),
+    data_point: Sequence[float] | None = None,
+) -> FocalJob:
+    """Gather a focal-stack run from a stack layer (and optional channel axis / layers)."""
+    keep = _kept_axes(layer, stack_axis, channel_axis)
     index, _ = _fixed_index(layer, keep, data_point)
     data = layer.data[index]
     # positions of the kept axes after the integer indexing
@@ -170,28 +212,8 @@ def make_focal_job(
         if ref_c is None:
             ref_c = 0
     elif channel_layers:
-        if layer.rgb:
-            raise FusionInputError("separate channel layers need a grey stack layer, not RGB")
-        others = [ly for ly in channel_layers if ly is not layer]
-        arrays = [data]
-        for ly in others:
-            if not _layers.is_image_layer(ly) or ly.rgb:
-                raise FusionInputError(f"channel layer {ly.name!r} must be a grey single-scale Image layer")
-            if tuple(ly.data.shape) != tuple(layer.data.shape):
-                raise FusionInputError(
-                    f"channel layer {ly.name!r} has shape {tuple(ly.data.shape)}, "
-                    f"the stack layer {tuple(layer.data.shape)}"
-                )
-            if np.dtype(ly.data.dtype) != np.dtype(layer.data.dtype):
-                raise FusionInputError(f"channel layer {ly.name!r} is {ly.data.dtype}, the stack layer {layer.data.dtype}")
-            a = ly.data[index]
-            arrays.append(a)
-        if sa != 0:
-            arrays = [np.moveaxis(a, sa, 0) if isinstance(a, np.ndarray) else a.transpose(
-                [sa] + [i for i in range(a.ndim) if i != sa]) for a in arrays]
-            sa = 0
-        images = _ChannelStack(arrays)
-        chan_layers = [layer, *others]
+        images, chan_layers = _channel_layer_stack(layer, data, index, sa, channel_layers)
+        sa = 0  # _ChannelStack slices along its first axis
         channel_names = [ly.name for ly in chan_layers]
         ref_c = 0  # the stack layer is the reference channel
     elif not layer.rgb:
@@ -204,7 +226,7 @@ def make_focal_job(
         channel_names=channel_names,
         channel_layers=chan_layers,
         z_positions=zpos,
-        z_unit=_layers._unit_name(layer, stack_axis),
+        z_unit=_layers.unit_name(layer, stack_axis),
         reference=layer,
         n=n,
         names=[f"{layer.name} [{k}]" for k in range(n)],
@@ -316,7 +338,7 @@ def surface_data(height: np.ndarray, fused: np.ndarray, geo: dict[str, Any], *, 
 
 
 # ---------------------------------------------------------------------------- the widget
-class FocalStackWidget(QWidget):
+class FocalStackWidget(WorkerControls, QWidget):
     """Dock widget for focal stacks: align, fuse, height map, 3-D surface, retouch."""
 
     #: Emitted when a run ends, with "done", "cancelled" or "error".
@@ -325,34 +347,50 @@ class FocalStackWidget(QWidget):
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.worker = None
         self.job: FocalJob | None = None
         self.result: FocalStackResult | None = None
         self.output_layers: dict[str, Any] = {}
-        self._cancel = threading.Event()
+        self._init_worker_state()
         self._z_from_layer = True
-        self._outcome = "error"
-        self.destroyed.connect(lambda *_, c=self._cancel: c.set())
 
         layout = QVBoxLayout(self)
+        layout.addWidget(self._build_inputs_box())
+        layout.addWidget(self._build_method_box())
+        layout.addWidget(self._build_options_box())
+        layout.addLayout(self._build_run_row())
+        self.alignment_label = text_label()
+        layout.addWidget(self.alignment_label)
+        self.status = text_label()
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self._connect_controls()
+        connect_layer_events(self.viewer, self.refresh_layers)
+        index = self.method.findData(DEFAULT_FOCAL_METHOD)
+        self.method.setCurrentIndex(max(index, 0))
+        self._on_method()
+        self.refresh_layers()
+        self._on_channels()
+
+    # ---------------------------------------------------------------- building
+    def _build_inputs_box(self) -> QGroupBox:
+        """Stack layer, stack axis, z step and the channel choices."""
         box = QGroupBox("Focal stack")
         form = QFormLayout(box)
         self.stack_layer = QComboBox()
         self.stack_layer.setToolTip("Image layer holding the focal stack (3 or more dimensions; dask works).")
         self.stack_axis = QSpinBox()
         self.stack_axis.setToolTip("Axis of the layer along which the focal slices lie (last two axes: Y, X).")
-        self.z_step = QDoubleSpinBox()
-        self.z_step.setDecimals(6)
-        self.z_step.setRange(1e-9, 1e9)
-        self.z_step.setValue(1.0)
-        self.z_step.setToolTip("Distance between slices (the layer's scale along the stack axis; edit to override).")
-        self.z_unit = QLabel("")
-        zrow = QHBoxLayout()
-        zrow.addWidget(self.z_step, 1)
-        zrow.addWidget(self.z_unit)
+        self.z_step, self.z_unit, zrow = z_step_row(
+            1e-9, "Distance between slices (the layer's scale along the stack axis; edit to override)."
+        )
         form.addRow("layer", self.stack_layer)
         form.addRow("stack axis", self.stack_axis)
         form.addRow("z step", zrow)
+        self._add_channel_rows(form)
+        return box
+
+    def _add_channel_rows(self, form: QFormLayout) -> None:
         self.channels = QComboBox()
         self.channels.addItems([CHANNELS_NONE, CHANNELS_AXIS, CHANNELS_LAYERS])
         self.channels.setToolTip(
@@ -372,8 +410,9 @@ class FocalStackWidget(QWidget):
         form.addRow("channel axis", self.channel_axis)
         form.addRow("reference channel", self.reference_channel)
         form.addRow("channel layers", self.channel_list)
-        layout.addWidget(box)
 
+    def _build_method_box(self) -> QGroupBox:
+        """Multi-focus methods that make a decision, and their parameters."""
         box = QGroupBox("Method")
         mform = QVBoxLayout(box)
         self.method = QComboBox()
@@ -384,8 +423,10 @@ class FocalStackWidget(QWidget):
         mform.addWidget(self.method)
         self.params = ParamPanel()
         mform.addWidget(self.params)
-        layout.addWidget(box)
+        return box
 
+    def _build_options_box(self) -> QGroupBox:
+        """Alignment, crop, height refinement, which outputs, and the retouch blending."""
         box = QGroupBox("Options")
         oform = QFormLayout(box)
         self.align = QComboBox()
@@ -418,32 +459,19 @@ class FocalStackWidget(QWidget):
         oform.addRow("refine", self.refine)
         oform.addRow(hrow)
         oform.addRow("retouch blend", self.blend)
-        layout.addWidget(box)
+        return box
 
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
+    def _build_run_row(self) -> QHBoxLayout:
+        """Run, Cancel and Recompose (enabled once a run has made a decision)."""
         self.recompose_button = QPushButton("Recompose")
         self.recompose_button.setEnabled(False)
         self.recompose_button.setToolTip(
             "Paint the 'decision' layer (label = slice index + 1; 0 keeps the previous choice),\n"
             "then rebuild the fused image and height map from it (no focus measure is recomputed)."
         )
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        buttons.addWidget(self.recompose_button)
-        layout.addLayout(buttons)
-        self.alignment_label = QLabel("")
-        self.alignment_label.setWordWrap(True)
-        self.alignment_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        layout.addWidget(self.alignment_label)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        return self._build_run_buttons(self.recompose_button)
 
+    def _connect_controls(self) -> None:
         self.stack_layer.currentIndexChanged.connect(self._on_stack_choice)
         self.stack_axis.valueChanged.connect(self._on_stack_choice)
         self.z_step.valueChanged.connect(self._on_z_edited)
@@ -452,55 +480,27 @@ class FocalStackWidget(QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.recompose_button.clicked.connect(self.recompose)
-        events = self.viewer.layers.events
-        for name in ("inserted", "removed", "reordered", "renamed"):
-            emitter = getattr(events, name, None)
-            if emitter is not None:
-                emitter.connect(self.refresh_layers)
-        index = self.method.findData(DEFAULT_FOCAL_METHOD)
-        self.method.setCurrentIndex(max(index, 0))
-        self._on_method()
-        self.refresh_layers()
-        self._on_channels()
 
     # ---------------------------------------------------------------- inputs
     def refresh_layers(self, *_args) -> None:
         current = self.stack_layer.currentData()
         checked = {id(ly) for ly in self.checked_channel_layers()}
-        self.stack_layer.blockSignals(True)
-        self.stack_layer.clear()
-        for ly in self.viewer.layers:
-            if _layers.is_image_layer(ly) and ly.ndim >= 3:
-                self.stack_layer.addItem(ly.name, ly)
-        for i in range(self.stack_layer.count()):
-            if self.stack_layer.itemData(i) is current:
-                self.stack_layer.setCurrentIndex(i)
-        self.stack_layer.blockSignals(False)
+        stacks = [ly for ly in self.viewer.layers if _layers.is_image_layer(ly) and ly.ndim >= 3]
+        fill_layer_combo(self.stack_layer, stacks, current)
         self.channel_list.clear()
-        for ly in self.viewer.layers:
-            if _layers.is_image_layer(ly) and ly.ndim >= 3 and not ly.rgb:
-                item = QListWidgetItem(ly.name)
-                item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-                item.setCheckState(Qt.Checked if id(ly) in checked else Qt.Unchecked)
-                item.setData(Qt.UserRole, ly)
-                self.channel_list.addItem(item)
+        for ly in stacks:
+            if not ly.rgb:
+                self.channel_list.addItem(checkable_item(ly.name, ly, id(ly) in checked))
         if self.stack_layer.currentData() is not current:
             self._z_from_layer = True
         self._on_stack_layer()
 
     def checked_channel_layers(self) -> list:
-        return [
-            self.channel_list.item(i).data(Qt.UserRole)
-            for i in range(self.channel_list.count())
-            if self.channel_list.item(i).checkState() == Qt.Checked
-        ]
+        return checked_layers(self.channel_list)
 
     def set_stack_layer(self, layer, axis: int = 0) -> None:
         """Choose ``layer`` (object or name) as the focal stack, along ``axis``."""
-        name = layer if isinstance(layer, str) else layer.name
-        index = self.stack_layer.findText(name)
-        if index < 0:
-            raise ValueError(f"{name!r} is not an Image layer with 3 or more dimensions")
+        index = layer_index(self.stack_layer, layer)
         self._z_from_layer = True
         self.stack_layer.setCurrentIndex(index)
         self.stack_axis.setValue(axis)
@@ -508,10 +508,7 @@ class FocalStackWidget(QWidget):
 
     def set_channel_layers(self, layers) -> None:
         """Use separate channel layers: check exactly ``layers`` (objects or names)."""
-        wanted = {ly if isinstance(ly, str) else ly.name for ly in layers}
-        for i in range(self.channel_list.count()):
-            item = self.channel_list.item(i)
-            item.setCheckState(Qt.Checked if item.data(Qt.UserRole).name in wanted else Qt.Unchecked)
+        check_exactly(self.channel_list, layers)
         self.channels.setCurrentText(CHANNELS_LAYERS)
 
     def _on_stack_choice(self, *_args) -> None:
@@ -531,12 +528,7 @@ class FocalStackWidget(QWidget):
         if layer is None:
             self.z_unit.setText("")
             return
-        axis = self.stack_axis.value()
-        if self._z_from_layer:
-            self.z_step.blockSignals(True)
-            self.z_step.setValue(float(layer.scale[axis]))
-            self.z_step.blockSignals(False)
-        self.z_unit.setText(_layers._unit_name(layer, axis))
+        sync_z_step(self.z_step, self.z_unit, layer, self.stack_axis.value(), from_layer=self._z_from_layer)
 
     def _on_channels(self, *_args) -> None:
         mode = self.channels.currentText()
@@ -552,11 +544,7 @@ class FocalStackWidget(QWidget):
         layer = self.stack_layer.currentData()
         if layer is None:
             raise FusionInputError("no stack layer: add an Image layer with 3 or more dimensions")
-        point = None
-        try:
-            point = layer.world_to_data(self.viewer.dims.point[-layer.ndim :])
-        except Exception:  # noqa: BLE001 - index 0 on exotic transforms
-            point = None
+        point = viewer_data_point(self.viewer, layer)
         mode = self.channels.currentText()
         kwargs: dict[str, Any] = {}
         if mode == CHANNELS_AXIS:
@@ -574,8 +562,6 @@ class FocalStackWidget(QWidget):
         """Start fuse_focal_stack in a thread worker; returns the worker (None on bad input)."""
         if self.worker is not None:
             return self.worker
-        from napari.qt.threading import create_worker
-
         try:
             job = self.make_job()
             method = self.method.currentData()
@@ -593,23 +579,9 @@ class FocalStackWidget(QWidget):
             "refine": self.refine.currentText(),
             "height": self.make_height.isChecked() or self.make_surface.isChecked(),
         }
-        self._cancel.clear()
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+        self._begin_run(f"fusing {job.n} slices ({method})...")
         self.recompose_button.setEnabled(False)
-        self.status.setText(f"fusing {job.n} slices ({method})...")
-        self.worker = create_worker(_compute, job, options, self._cancel, _start_thread=False, _ignore_errors=True)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._on_errored)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
-        return self.worker
-
-    def cancel(self) -> None:
-        if self.worker is not None:
-            self._cancel.set()
-            self.cancel_button.setEnabled(False)
-            self.status.setText("cancelling...")
+        return self._start_worker(_compute, job, options, self._cancel)
 
     def _on_returned(self, value) -> None:
         job, result = value
@@ -623,27 +595,9 @@ class FocalStackWidget(QWidget):
         self.status.setText(f"{result.method}: done in {result.seconds:.2f} s{extra}")
         self._outcome = "done"
 
-    def _on_errored(self, exc: BaseException) -> None:
-        if isinstance(exc, FusionCancelled):
-            self.status.setText("cancelled; output layers unchanged")
-            self._outcome = "cancelled"
-            return
-        self._fail(str(exc) if isinstance(exc, FusionError) else f"{type(exc).__name__}: {exc}")
-        self._outcome = "error"
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+    def _on_worker_finished(self) -> None:
         self.recompose_button.setEnabled(self.result is not None and self.result.labels is not None)
-        self.run_finished.emit(self._outcome)
-        self._outcome = "error"
-
-    def _fail(self, message: str) -> None:
-        from napari.utils.notifications import show_error
-
-        self.status.setText(f"error: {message}")
-        show_error(f"napari-fusion: {message}")
+        self._finish_run()
 
     # ---------------------------------------------------------------- outputs
     def _record(self, job: FocalJob, result: FocalStackResult, **extra) -> dict[str, Any]:
@@ -660,7 +614,7 @@ class FocalStackWidget(QWidget):
 
     def _show(self, job: FocalJob, result: FocalStackResult, fused, labels, height, **extra) -> None:
         ref = job.reference
-        geo = _layers._geometry(ref)
+        geo = _layers.geometry(ref)
         record = self._record(job, result, **extra)
         meta = dict(ref.metadata or {})
         meta["napari_fusion"] = record
@@ -680,9 +634,7 @@ class FocalStackWidget(QWidget):
                 self._put(key, np.ascontiguousarray(fused[..., c]), kw, "image")
                 fused_keys.append(key)
         for key in [k for k in self.output_layers if k.startswith("fused") and k not in fused_keys]:
-            old = self.output_layers.pop(key)
-            if old in self.viewer.layers:
-                self.viewer.layers.remove(old)
+            drop_layer(self.viewer, self.output_layers, key)
         if labels is not None:
             features = {
                 "index": np.arange(1, job.n + 1),
@@ -705,33 +657,36 @@ class FocalStackWidget(QWidget):
         else:
             self._drop("height")
         if height is not None and self.make_surface.isChecked():
-            fused_layer = self.output_layers.get(fused_keys[0])
-            texture_src = fused if job.channel_names is None else fused[..., job.reference_channel or 0]
-            (verts, faces), skw = surface_data(np.asarray(height, np.float32), texture_src, geo,
-                                               fused_layer=fused_layer if job.channel_names is None else
-                                               self.output_layers.get(fused_keys[job.reference_channel or 0]))
-            skw["metadata"] = {"napari_fusion": {**record, "height_unit": job.z_unit}}
-            old = self.output_layers.get("surface")
-            index = None
-            if old is not None and old in self.viewer.layers:
-                index = self.viewer.layers.index(old)
-                self.viewer.layers.remove(old)
-            from napari.layers import Surface
-
-            surf = Surface((verts, faces), **skw)
-            if index is None:
-                self.viewer.add_layer(surf)
-            else:
-                self.viewer.layers.insert(index, surf)
-            surf.visible = self.viewer.dims.ndisplay == 3
-            self.output_layers["surface"] = surf
+            self._show_surface(job, fused, height, geo, record, fused_keys)
         else:
             self._drop("surface")
 
-    def _drop(self, key: str) -> None:
-        old = self.output_layers.pop(key, None)
+    def _show_surface(self, job: FocalJob, fused, height, geo: dict[str, Any], record: dict[str, Any],
+                      fused_keys: list[str]) -> None:
+        """Replace the ``height surface`` layer (a Surface cannot be updated in place), keeping its place."""
+        fused_layer = self.output_layers.get(fused_keys[0])
+        texture_src = fused if job.channel_names is None else fused[..., job.reference_channel or 0]
+        (verts, faces), skw = surface_data(np.asarray(height, np.float32), texture_src, geo,
+                                           fused_layer=fused_layer if job.channel_names is None else
+                                           self.output_layers.get(fused_keys[job.reference_channel or 0]))
+        skw["metadata"] = {"napari_fusion": {**record, "height_unit": job.z_unit}}
+        old = self.output_layers.get("surface")
+        index = None
         if old is not None and old in self.viewer.layers:
+            index = self.viewer.layers.index(old)
             self.viewer.layers.remove(old)
+        from napari.layers import Surface
+
+        surf = Surface((verts, faces), **skw)
+        if index is None:
+            self.viewer.add_layer(surf)
+        else:
+            self.viewer.layers.insert(index, surf)
+        surf.visible = self.viewer.dims.ndisplay == 3
+        self.output_layers["surface"] = surf
+
+    def _drop(self, key: str) -> None:
+        drop_layer(self.viewer, self.output_layers, key)
 
     # ---------------------------------------------------------------- retouch
     def recompose(self) -> bool:

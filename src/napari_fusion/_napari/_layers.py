@@ -51,7 +51,8 @@ def _spatial(values: Sequence[Any]) -> tuple:
     return tuple(values)[-2:]
 
 
-def _unit_name(layer, axis: int) -> str:
+def unit_name(layer, axis: int) -> str:
+    """The unit of ``layer`` along ``axis`` (``"pixel"`` when the layer has none)."""
     units = getattr(layer, "units", None)
     if not units:
         return "pixel"
@@ -176,7 +177,7 @@ def job_from_stack_layer(
         images=images,
         names=names,
         z_positions=(origin + step * np.arange(n, dtype=np.float64)).astype(np.float32),
-        z_unit=_unit_name(layer, axis),
+        z_unit=unit_name(layer, axis),
         reference=layer,
         rgb=bool(layer.rgb),
         base_name=layer.name,
@@ -200,7 +201,8 @@ def provenance(job: FusionJob, result: FusionResult, *, device: str, seconds: fl
     }
 
 
-def _geometry(ref) -> dict[str, Any]:
+def geometry(ref) -> dict[str, Any]:
+    """Layer kwargs (scale, translate, units, axis labels) that put an output on ``ref``'s last two axes."""
     geo: dict[str, Any] = {
         "scale": _spatial(ref.scale),
         "translate": _spatial(ref.translate),
@@ -217,7 +219,7 @@ def _geometry(ref) -> dict[str, Any]:
 def output_layer_data(job: FusionJob, result: FusionResult, record: dict[str, Any]) -> dict[str, tuple]:
     """``{"fused"|"decision"|"depth": (data, kwargs, layer_type)}`` for the outputs the method gave."""
     ref = job.reference
-    geo = _geometry(ref)
+    geo = geometry(ref)
     meta = dict(ref.metadata or {})
     meta["napari_fusion"] = dict(record)
     out: dict[str, tuple] = {}

@@ -12,7 +12,6 @@ report raise :class:`napari_fusion.FusionCancelled`, which stops the run.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -20,13 +19,11 @@ import numpy as np
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QListWidget,
-    QListWidgetItem,
     QPushButton,
     QSpinBox,
     QStackedWidget,
@@ -38,6 +35,20 @@ from ..api import DEFAULT_METHOD, fuse
 from ..errors import FusionCancelled, FusionError
 from ..registry import TASKS, get_method, list_methods
 from . import _layers
+from ._common import (
+    WorkerControls,
+    check_exactly,
+    checkable_item,
+    checked_layers,
+    connect_layer_events,
+    drop_layer,
+    fill_layer_combo,
+    layer_index,
+    sync_z_step,
+    text_label,
+    viewer_data_point,
+    z_step_row,
+)
 from ._params import ParamPanel
 
 MODE_IMAGES = "image layers"
@@ -67,7 +78,7 @@ class _MethodCombo(QComboBox):
         super().showPopup()
 
 
-class FusionWidget(QWidget):
+class FusionWidget(WorkerControls, QWidget):
     """Dock widget: fuse image layers with any registered method.
 
     Output layers (``fused``, ``decision``, ``depth``) are created on the first
@@ -80,21 +91,36 @@ class FusionWidget(QWidget):
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.worker = None
         self.output_layers: dict[str, Any] = {}
         self.last_result = None
-        self._cancel = threading.Event()
+        self._init_worker_state()
         self._pbar = None
         self._pbar_n = 0
         self._pbar_desc = ""
         self._bridge = _ProgressBridge()
         self._bridge.changed.connect(self._on_progress)
         self._z_step_from_layer = True
-        self._outcome = "error"
+        self._tiling_seen_layer: int | None = None
 
         layout = QVBoxLayout(self)
+        layout.addWidget(self._build_inputs_box())
+        layout.addWidget(self._build_method_box())
+        layout.addWidget(self._build_params_box())
+        layout.addLayout(self._build_run_options())
+        layout.addLayout(self._build_run_buttons())
+        self.status = text_label()
+        layout.addWidget(self.status)
+        layout.addStretch(1)
 
-        # --- inputs -------------------------------------------------------------
+        self._connect_controls()
+        connect_layer_events(self.viewer, self.refresh_layers)
+        self.refresh_layers()
+        self.refresh_methods()
+        self._on_mode()
+
+    # ------------------------------------------------------------------ building
+    def _build_inputs_box(self) -> QGroupBox:
+        """Input mode, the two input pages (checked layers / stack layer) and the z step."""
         box = QGroupBox("Inputs")
         form = QVBoxLayout(box)
         row = QHBoxLayout()
@@ -112,8 +138,22 @@ class FusionWidget(QWidget):
         self.image_list.setToolTip("Check the 2-D Image layers to fuse (at least two).")
         self.image_list.setMinimumHeight(80)
         self.input_pages.addWidget(self.image_list)
-        stack_page = QWidget()
-        stack_form = QFormLayout(stack_page)
+        self.input_pages.addWidget(self._build_stack_page())
+        form.addWidget(self.input_pages)
+        zrow = QFormLayout()
+        zrow.setContentsMargins(0, 0, 0, 0)
+        self.z_step, self.z_unit, zbox = z_step_row(
+            1e-6,
+            "Distance between consecutive images, in the units of the depth map.\n"
+            "Taken from the stack layer's scale along the stack axis; edit to override.",
+        )
+        zrow.addRow("z step", zbox)
+        form.addLayout(zrow)
+        return box
+
+    def _build_stack_page(self) -> QWidget:
+        page = QWidget()
+        stack_form = QFormLayout(page)
         stack_form.setContentsMargins(0, 0, 0, 0)
         self.stack_layer = QComboBox()
         self.stack_layer.setToolTip("Image layer with at least 3 dimensions holding the images.")
@@ -124,27 +164,10 @@ class FusionWidget(QWidget):
         )
         stack_form.addRow("layer", self.stack_layer)
         stack_form.addRow("stack axis", self.stack_axis)
-        self.input_pages.addWidget(stack_page)
-        form.addWidget(self.input_pages)
-        zrow = QFormLayout()
-        zrow.setContentsMargins(0, 0, 0, 0)
-        self.z_step = QDoubleSpinBox()
-        self.z_step.setDecimals(6)
-        self.z_step.setRange(1e-6, 1e9)
-        self.z_step.setValue(1.0)
-        self.z_step.setToolTip(
-            "Distance between consecutive images, in the units of the depth map.\n"
-            "Taken from the stack layer's scale along the stack axis; edit to override."
-        )
-        self.z_unit = QLabel("")
-        zbox = QHBoxLayout()
-        zbox.addWidget(self.z_step, 1)
-        zbox.addWidget(self.z_unit)
-        zrow.addRow("z step", zbox)
-        form.addLayout(zrow)
-        layout.addWidget(box)
+        return page
 
-        # --- method -------------------------------------------------------------
+    def _build_method_box(self) -> QGroupBox:
+        """Task filter, method chooser, the method's description and its weights status."""
         box = QGroupBox("Method")
         mform = QFormLayout(box)
         self.task = QComboBox()
@@ -152,19 +175,15 @@ class FusionWidget(QWidget):
         self.task.setToolTip("Show only the methods made for this task.")
         self.method = _MethodCombo()
         self.method.setToolTip("Fusion method (from the napari-fusion registry).")
-        self.description = QLabel("")
-        self.description.setWordWrap(True)
-        self.description.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.description = text_label()
         mform.addRow("task", self.task)
         mform.addRow("method", self.method)
         mform.addRow(self.description)
-        self.weights_status = QLabel("")
-        self.weights_status.setWordWrap(True)
-        self.weights_status.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.weights_status.setToolTip("Where the learned method's weights come from.")
+        self.weights_status = text_label("Where the learned method's weights come from.")
         mform.addRow(self.weights_status)
-        layout.addWidget(box)
+        return box
 
+    def _build_params_box(self) -> QGroupBox:
         box = QGroupBox("Parameters")
         pbox = QVBoxLayout(box)
         self.params = ParamPanel()
@@ -172,9 +191,10 @@ class FusionWidget(QWidget):
         self.reset_button = QPushButton("Reset to defaults")
         self.reset_button.clicked.connect(self.params.reset)
         pbox.addWidget(self.reset_button)
-        layout.addWidget(box)
+        return box
 
-        # --- run ----------------------------------------------------------------
+    def _build_run_options(self) -> QFormLayout:
+        """Device, tiling mode and tile size."""
         dform = QFormLayout()
         self.device = QComboBox()
         self.device.addItems(list(DEVICES))
@@ -197,22 +217,9 @@ class FusionWidget(QWidget):
         self.tile_size.setToolTip("Edge of a square tile (before its halo), in pixels.")
         dform.addRow("tiling", self.tiling)
         dform.addRow("tile size", self.tile_size)
-        self._tiling_seen_layer: int | None = None
-        layout.addLayout(dform)
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        layout.addLayout(buttons)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        return dform
 
-        # --- wiring -------------------------------------------------------------
+    def _connect_controls(self) -> None:
         self.input_mode.currentIndexChanged.connect(self._on_mode)
         self.stack_layer.currentIndexChanged.connect(self._on_stack_choice)
         self.stack_axis.valueChanged.connect(self._on_stack_choice)
@@ -222,19 +229,6 @@ class FusionWidget(QWidget):
         self.method.about_to_show.connect(self.refresh_methods)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
-        events = self.viewer.layers.events
-        for name in ("inserted", "removed", "reordered", "renamed"):
-            emitter = getattr(events, name, None)
-            if emitter is not None:
-                emitter.connect(self.refresh_layers)
-
-        # a run still going when the widget is closed stops at its next progress report
-        cancel = self._cancel
-        self.destroyed.connect(lambda *_: cancel.set())
-
-        self.refresh_layers()
-        self.refresh_methods()
-        self._on_mode()
 
     # ------------------------------------------------------------------ inputs
     def _image_candidates(self) -> list:
@@ -249,50 +243,27 @@ class FusionWidget(QWidget):
         self.image_list.blockSignals(True)
         self.image_list.clear()
         for ly in self._image_candidates():
-            item = QListWidgetItem(f"{ly.name}{'  (RGB)' if ly.rgb else ''}")
-            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setCheckState(Qt.Checked if id(ly) in checked else Qt.Unchecked)
-            item.setData(Qt.UserRole, ly)
-            self.image_list.addItem(item)
+            self.image_list.addItem(checkable_item(f"{ly.name}{'  (RGB)' if ly.rgb else ''}", ly, id(ly) in checked))
         self.image_list.blockSignals(False)
 
         current = self.stack_layer.currentData()
-        self.stack_layer.blockSignals(True)
-        self.stack_layer.clear()
-        for ly in self._stack_candidates():
-            self.stack_layer.addItem(ly.name, ly)
-        if current is not None:
-            for i in range(self.stack_layer.count()):
-                if self.stack_layer.itemData(i) is current:
-                    self.stack_layer.setCurrentIndex(i)
-        self.stack_layer.blockSignals(False)
+        fill_layer_combo(self.stack_layer, self._stack_candidates(), current)
         if self.stack_layer.currentData() is not current:
             self._z_step_from_layer = True
         self._on_stack_layer()
 
     def selected_image_layers(self) -> list:
         """Checked Image layers, in layer-list order."""
-        out = []
-        for i in range(self.image_list.count()):
-            item = self.image_list.item(i)
-            if item.checkState() == Qt.Checked:
-                out.append(item.data(Qt.UserRole))
-        return out
+        return checked_layers(self.image_list)
 
     def set_image_layers(self, layers) -> None:
         """Check exactly ``layers`` (layer objects or names) and switch to image-layer mode."""
-        wanted = {ly if isinstance(ly, str) else ly.name for ly in layers}
-        for i in range(self.image_list.count()):
-            item = self.image_list.item(i)
-            item.setCheckState(Qt.Checked if item.data(Qt.UserRole).name in wanted else Qt.Unchecked)
+        check_exactly(self.image_list, layers)
         self.input_mode.setCurrentText(MODE_IMAGES)
 
     def set_stack_layer(self, layer, axis: int = 0) -> None:
         """Choose ``layer`` (object or name) as the stack, along ``axis``."""
-        name = layer if isinstance(layer, str) else layer.name
-        index = self.stack_layer.findText(name)
-        if index < 0:
-            raise ValueError(f"{name!r} is not an Image layer with 3 or more dimensions")
+        index = layer_index(self.stack_layer, layer)
         self.input_mode.setCurrentText(MODE_STACK)
         self._z_step_from_layer = True
         self.stack_layer.setCurrentIndex(index)
@@ -311,12 +282,7 @@ class FusionWidget(QWidget):
         self.stack_axis.setRange(0, max(axes[-1] if axes else 0, 0))
         self.stack_axis.blockSignals(False)
         if self.input_mode.currentText() == MODE_STACK and layer is not None:
-            axis = self.stack_axis.value()
-            if self._z_step_from_layer:
-                self.z_step.blockSignals(True)
-                self.z_step.setValue(float(layer.scale[axis]))
-                self.z_step.blockSignals(False)
-            self.z_unit.setText(_layers._unit_name(layer, axis))
+            sync_z_step(self.z_step, self.z_unit, layer, self.stack_axis.value(), from_layer=self._z_step_from_layer)
             self._suggest_tiling(layer)
         else:
             self.z_unit.setText("")
@@ -343,13 +309,11 @@ class FusionWidget(QWidget):
             layer = self.stack_layer.currentData()
             if layer is None:
                 raise FusionError("no stack layer: add an Image layer with 3 or more dimensions")
-            point = None
-            try:
-                point = layer.world_to_data(self.viewer.dims.point[-layer.ndim :])
-            except Exception:  # noqa: BLE001 - fall back to index 0 on exotic transforms
-                point = None
             return _layers.job_from_stack_layer(
-                layer, axis=self.stack_axis.value(), z_step=self.z_step.value(), data_point=point
+                layer,
+                axis=self.stack_axis.value(),
+                z_step=self.z_step.value(),
+                data_point=viewer_data_point(self.viewer, layer),
             )
         name = self.current_method()
         mixed = bool(name) and get_method(name).mixed_colour
@@ -410,8 +374,6 @@ class FusionWidget(QWidget):
         """Start fusing in a thread worker; returns the worker (None if the inputs are invalid)."""
         if self.worker is not None:
             return self.worker
-        from napari.qt.threading import create_worker
-
         try:
             job = self.make_job()
             method = self.current_method()
@@ -424,36 +386,11 @@ class FusionWidget(QWidget):
             return None
         device = self.device.currentText()
         tiling = (self.tiling.currentText(), int(self.tile_size.value()))
-        self._cancel.clear()
+        self._begin_run(f"running {method} on {job.n} images...")
         self._start_progress(f"Fusing {job.n} images ({method})")
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status.setText(f"running {method} on {job.n} images...")
-        self.worker = create_worker(
-            _compute,
-            job,
-            method,
-            params,
-            device,
-            self._progress_callback,
-            self._cancel,
-            tiling,
-            _start_thread=False,
-            _ignore_errors=True,
+        return self._start_worker(
+            _compute, job, method, params, device, self._progress_callback, self._cancel, tiling
         )
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._on_errored)
-        self.worker.finished.connect(self._on_worker_finished)
-        self.worker.start()
-        return self.worker
-
-    def cancel(self) -> None:
-        """Ask the running fusion to stop at its next progress report."""
-        if self.worker is None:
-            return
-        self._cancel.set()
-        self.cancel_button.setEnabled(False)
-        self.status.setText("cancelling...")
 
     def _progress_callback(self, done: float, total: float, message: str) -> None:
         # called from the worker thread: only touch thread-safe state here
@@ -499,9 +436,7 @@ class FusionWidget(QWidget):
                 )
             else:
                 # the method gives no such output: drop the stale layer of a previous run
-                old = self.output_layers.pop(key, None)
-                if old is not None and old in self.viewer.layers:
-                    self.viewer.layers.remove(old)
+                drop_layer(self.viewer, self.output_layers, key)
         if _layers.is_lazy_array(result.fused):
             tiles = getattr(getattr(result, "grid", None), "n_tiles", "?")
             self.status.setText(
@@ -513,27 +448,9 @@ class FusionWidget(QWidget):
             self.status.setText(f"{result.method}: done in {seconds:.2f} s on {device}{extra}")
         self._outcome = "done"
 
-    def _on_errored(self, exc: BaseException) -> None:
-        if isinstance(exc, FusionCancelled):
-            self.status.setText("cancelled; output layers unchanged")
-            self._outcome = "cancelled"
-            return
-        self._fail(f"{type(exc).__name__}: {exc}" if not isinstance(exc, FusionError) else str(exc))
-        self._outcome = "error"
-
     def _on_worker_finished(self) -> None:
         self._close_progress()
-        self.worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.run_finished.emit(self._outcome)
-        self._outcome = "error"
-
-    def _fail(self, message: str) -> None:
-        from napari.utils.notifications import show_error
-
-        self.status.setText(f"error: {message}")
-        show_error(f"napari-fusion: {message}")
+        self._finish_run()
 
 
 def weights_line(spec) -> str:
@@ -574,30 +491,15 @@ def _compute(job, method, params, device, progress, cancel, tiling=(TILING_OFF, 
     start = time.perf_counter()
     images = job.images
     mode, tile = tiling
+    common = {"method": method, "stack_axis": 0, "z_positions": job.z_positions, "device": device}
     if mode == TILING_OFF:
         if not isinstance(images, list):
             images = np.asarray(images)  # materialise lazy (dask) stacks here, off the GUI thread
         else:
             images = [np.asarray(im) for im in images]
-        result = fuse(
-            images,
-            method=method,
-            stack_axis=0,
-            z_positions=job.z_positions,
-            device=device,
-            progress=progress,
-            **params,
-        )
+        result = fuse(images, **common, progress=progress, **params)
     else:
-        result = fuse(
-            images,
-            method=method,
-            stack_axis=0,
-            z_positions=job.z_positions,
-            device=device,
-            chunks=int(tile),
-            **params,
-        )
+        result = fuse(images, **common, chunks=int(tile), **params)
         if mode == TILING_NOW:
             result = result.compute(progress=progress)
         else:

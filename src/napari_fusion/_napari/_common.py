@@ -1,0 +1,204 @@
+"""Qt set-up shared by the run-style dock widgets ("Image fusion" and "Focal stack").
+
+Small helpers for what the two widgets did line for line the same: selectable
+status labels, the layer-list wiring, the stack-layer and channel-layer choosers,
+the z-step field, and the Run/Cancel plumbing around a napari thread worker
+(:class:`WorkerControls`). Each widget still builds its own panels and decides
+what a run computes and shows; this module holds no fusion logic.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Iterable
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QDoubleSpinBox, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton
+
+from ..errors import FusionCancelled, FusionError
+from ._layers import unit_name
+
+#: The layer-list events after which the widgets re-read the viewer's layers.
+LAYER_EVENTS = ("inserted", "removed", "reordered", "renamed")
+
+
+# ---------------------------------------------------------------------------- widgets
+def text_label(tooltip: str | None = None) -> QLabel:
+    """An empty, word-wrapped label whose text can be selected (status lines, descriptions)."""
+    label = QLabel("")
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+    if tooltip is not None:
+        label.setToolTip(tooltip)
+    return label
+
+
+def z_step_row(minimum: float, tooltip: str) -> tuple[QDoubleSpinBox, QLabel, QHBoxLayout]:
+    """``(z step spin box, unit label, row holding both)``; the step starts at 1.0."""
+    z_step = QDoubleSpinBox()
+    z_step.setDecimals(6)
+    z_step.setRange(minimum, 1e9)
+    z_step.setValue(1.0)
+    z_step.setToolTip(tooltip)
+    z_unit = QLabel("")
+    row = QHBoxLayout()
+    row.addWidget(z_step, 1)
+    row.addWidget(z_unit)
+    return z_step, z_unit, row
+
+
+def sync_z_step(z_step: QDoubleSpinBox, z_unit: QLabel, layer, axis: int, *, from_layer: bool) -> None:
+    """Show ``layer``'s unit along ``axis``; with ``from_layer``, also take the step from its scale."""
+    if from_layer:
+        z_step.blockSignals(True)
+        z_step.setValue(float(layer.scale[axis]))
+        z_step.blockSignals(False)
+    z_unit.setText(unit_name(layer, axis))
+
+
+# ---------------------------------------------------------------------------- layer choosers
+def connect_layer_events(viewer, callback: Callable[..., Any]) -> None:
+    """Call ``callback`` whenever the viewer's layer list changes (see :data:`LAYER_EVENTS`)."""
+    events = viewer.layers.events
+    for name in LAYER_EVENTS:
+        emitter = getattr(events, name, None)
+        if emitter is not None:
+            emitter.connect(callback)
+
+
+def fill_layer_combo(combo, layers: Iterable[Any], current) -> None:
+    """Refill ``combo`` with ``layers`` (name, layer), re-selecting ``current``; no signals emitted."""
+    combo.blockSignals(True)
+    combo.clear()
+    for ly in layers:
+        combo.addItem(ly.name, ly)
+    for i in range(combo.count()):
+        if combo.itemData(i) is current:
+            combo.setCurrentIndex(i)
+    combo.blockSignals(False)
+
+
+def layer_index(combo, layer) -> int:
+    """Index of ``layer`` (object or name) in a stack-layer chooser; ValueError if absent."""
+    name = layer if isinstance(layer, str) else layer.name
+    index = combo.findText(name)
+    if index < 0:
+        raise ValueError(f"{name!r} is not an Image layer with 3 or more dimensions")
+    return index
+
+
+def checkable_item(text: str, layer, checked: bool) -> QListWidgetItem:
+    """A checkable list item carrying ``layer`` as its user data."""
+    item = QListWidgetItem(text)
+    item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+    item.setCheckState(Qt.Checked if checked else Qt.Unchecked)
+    item.setData(Qt.UserRole, layer)
+    return item
+
+
+def checked_layers(layer_list: QListWidget) -> list:
+    """The layers of the checked items, in list order."""
+    return [
+        layer_list.item(i).data(Qt.UserRole)
+        for i in range(layer_list.count())
+        if layer_list.item(i).checkState() == Qt.Checked
+    ]
+
+
+def check_exactly(layer_list: QListWidget, layers) -> None:
+    """Check the items of ``layers`` (objects or names) and uncheck every other one."""
+    wanted = {ly if isinstance(ly, str) else ly.name for ly in layers}
+    for i in range(layer_list.count()):
+        item = layer_list.item(i)
+        item.setCheckState(Qt.Checked if item.data(Qt.UserRole).name in wanted else Qt.Unchecked)
+
+
+def viewer_data_point(viewer, layer):
+    """The viewer's current position in ``layer``'s data coordinates (None on exotic transforms)."""
+    try:
+        return layer.world_to_data(viewer.dims.point[-layer.ndim :])
+    except Exception:  # noqa: BLE001 - callers fall back to index 0
+        return None
+
+
+def drop_layer(viewer, output_layers: dict[str, Any], key: str) -> None:
+    """Forget output ``key`` and remove its layer from the viewer if it is still there."""
+    old = output_layers.pop(key, None)
+    if old is not None and old in viewer.layers:
+        viewer.layers.remove(old)
+
+
+# ---------------------------------------------------------------------------- run plumbing
+class WorkerControls:
+    """Run/Cancel plumbing of a widget that fuses in a napari thread worker (a mixin).
+
+    The widget provides ``run_finished`` (a ``Signal(str)``), ``status`` (a label),
+    ``_on_returned(value)`` and, if it needs more than :meth:`_finish_run`,
+    its own ``_on_worker_finished``. A run still going when the widget is closed
+    stops at its next progress report.
+    """
+
+    def _init_worker_state(self) -> None:
+        self.worker = None
+        self._cancel = threading.Event()
+        self._outcome = "error"
+        cancel = self._cancel  # not self: the lambda must outlive the widget
+        self.destroyed.connect(lambda *_: cancel.set())
+
+    def _build_run_buttons(self, *extra: QPushButton) -> QHBoxLayout:
+        """``Run`` and a disabled ``Cancel`` button (then ``extra``) in one row."""
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        for button in (self.run_button, self.cancel_button, *extra):
+            buttons.addWidget(button)
+        return buttons
+
+    def _begin_run(self, message: str) -> None:
+        self._cancel.clear()
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status.setText(message)
+
+    def _start_worker(self, func: Callable[..., Any], *args: Any):
+        from napari.qt.threading import create_worker
+
+        self.worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(self._on_errored)
+        self.worker.finished.connect(self._on_worker_finished)
+        self.worker.start()
+        return self.worker
+
+    def cancel(self) -> None:
+        """Ask the running fusion to stop at its next progress report."""
+        if self.worker is None:
+            return
+        self._cancel.set()
+        self.cancel_button.setEnabled(False)
+        self.status.setText("cancelling...")
+
+    def _on_errored(self, exc: BaseException) -> None:
+        if isinstance(exc, FusionCancelled):
+            self.status.setText("cancelled; output layers unchanged")
+            self._outcome = "cancelled"
+            return
+        self._fail(str(exc) if isinstance(exc, FusionError) else f"{type(exc).__name__}: {exc}")
+        self._outcome = "error"
+
+    def _on_worker_finished(self) -> None:
+        self._finish_run()
+
+    def _finish_run(self) -> None:
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.run_finished.emit(self._outcome)
+        self._outcome = "error"
+
+    def _fail(self, message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.setText(f"error: {message}")
+        show_error(f"napari-fusion: {message}")
