@@ -756,80 +756,95 @@ def _write_zarr(outputs: dict, path: Path, meta: dict, lazy, progress, *, overwr
     return path
 
 
+def _tiff_writer(q, arr, target: Path, desc: str, compression: str | None, errors: list) -> None:
+    """Thread body: write the tiles arriving on ``q`` (None ends) as one tiled TIFF at ``target``."""
+    import tifffile
+
+    ended = []
+
+    def tiles():
+        while True:
+            item = q.get()
+            if item is None:
+                ended.append(True)
+                return
+            yield item
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        photometric = "rgb" if arr.ndim == 3 and arr.shape[-1] == 3 else "minisblack"
+        nbytes = int(np.prod(arr.shape)) * arr.dtype.itemsize
+        tifffile.imwrite(
+            target, tiles(), shape=arr.shape, dtype=arr.dtype, tile=(TIFF_TILE, TIFF_TILE),
+            photometric=photometric, description=desc, compression=compression, bigtiff=nbytes > 2**31,
+        )
+    except BaseException as exc:  # reported by the main thread
+        errors.append(exc)
+        while not ended and q.get() is not None:  # keep draining so the producer never blocks
+            pass
+
+
+def _compute_band(arrays: list, r0: int, r1: int, col_edges: list[int], group: int) -> list[np.ndarray]:
+    """One band of tile rows of every output, a few tile columns per compute.
+
+    Memory stays bounded by the group, not the image width; each group computes
+    its tiles once for all outputs.
+    """
+    import dask
+
+    parts = []
+    for g in range(0, len(col_edges) - 1, group):
+        c0, c1 = col_edges[g], col_edges[min(g + group, len(col_edges) - 1)]
+        parts.append(dask.compute(*[a[r0:r1, c0:c1] for a in arrays]))
+    return [np.concatenate([part[k] for part in parts], axis=1) for k in range(len(arrays))]
+
+
+def _queue_tiles(q, band: np.ndarray, carry: np.ndarray | None, last: bool) -> np.ndarray | None:
+    """Cut full TIFF tile rows off ``carry + band`` onto ``q``; return the rows left over."""
+    buf = band if carry is None else np.concatenate([carry, band])
+    while buf.shape[0] >= TIFF_TILE or (last and buf.shape[0] > 0):
+        rows, buf = buf[:TIFF_TILE], buf[TIFF_TILE:]
+        for x0 in range(0, rows.shape[1], TIFF_TILE):
+            q.put(np.ascontiguousarray(rows[:, x0 : x0 + TIFF_TILE]))
+    return buf if buf.shape[0] else None
+
+
 def _write_tiffs(items: dict, meta: dict, compression: str | None) -> None:
-    """Write each ``name -> (array, path)`` as a tiled TIFF, band by band, computing each band once."""
+    """Write each ``name -> (array, path)`` as a tiled TIFF, band by band, computing each band once.
+
+    One writer thread per file streams tiles into a hidden temporary; all files
+    are renamed into place together when every one is complete.
+    """
     import json
-    import os
     import queue
     import threading
 
     import dask
-    import tifffile
-
-    arrays = [a for a, _ in items.values()]
-    height = arrays[0].shape[0]
-    edges = np.cumsum((0,) + tuple(arrays[0].chunks[0])).tolist()
-    desc = json.dumps(meta, default=str)
-    queues = []
-    errors: list[BaseException] = []
-    threads = []
-
-    def writer(q, arr, target):
-        ended = []
-
-        def tiles():
-            while True:
-                item = q.get()
-                if item is None:
-                    ended.append(True)
-                    return
-                yield item
-
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            photometric = "rgb" if arr.ndim == 3 and arr.shape[-1] == 3 else "minisblack"
-            nbytes = int(np.prod(arr.shape)) * arr.dtype.itemsize
-            tifffile.imwrite(
-                target, tiles(), shape=arr.shape, dtype=arr.dtype, tile=(TIFF_TILE, TIFF_TILE),
-                photometric=photometric, description=desc, compression=compression, bigtiff=nbytes > 2**31,
-            )
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-            while not ended and q.get() is not None:  # keep draining so the producer never blocks
-                pass
 
     from .output_safety import AtomicGroup
 
+    arrays = [a for a, _ in items.values()]
+    height = arrays[0].shape[0]
+    row_edges = np.cumsum((0,) + tuple(arrays[0].chunks[0])).tolist()
+    col_edges = np.cumsum((0,) + tuple(arrays[0].chunks[1])).tolist()
+    desc = json.dumps(meta, default=str)
+    errors: list[BaseException] = []
     files = AtomicGroup()  # every TIFF goes to a hidden temporary, renamed into place at the end
+    queues, threads = [], []
     for arr, target in items.values():
         q: queue.Queue = queue.Queue(maxsize=2 * (arr.shape[1] // TIFF_TILE + 1))
-        th = threading.Thread(target=writer, args=(q, arr, files.temp_for(target)), daemon=True)
+        th = threading.Thread(target=_tiff_writer, args=(q, arr, files.temp_for(target), desc, compression, errors),
+                              daemon=True)
         th.start()
         queues.append(q)
         threads.append(th)
     carry: list[np.ndarray | None] = [None] * len(arrays)
     ok = False
     try:
-        col_edges = np.cumsum((0,) + tuple(arrays[0].chunks[1])).tolist()
         group = TILES_PER_COMPUTE or max(2, int(dask.config.get("num_workers", None) or os.cpu_count() or 2))
-        groups = list(range(0, len(col_edges) - 1, group))
-        for r0, r1 in zip(edges[:-1], edges[1:]):
-            # a band of tiles, a few tile columns per compute: memory stays bounded by the
-            # group, not the image width (each group computes its tiles once for all outputs)
-            parts = []
-            for g in groups:
-                c0, c1 = col_edges[g], col_edges[min(g + group, len(col_edges) - 1)]
-                parts.append(dask.compute(*[a[r0:r1, c0:c1] for a in arrays]))
-            bands = [np.concatenate([part[k] for part in parts], axis=1) for k in range(len(arrays))]
-            del parts
-            for k, band in enumerate(bands):
-                buf = band if carry[k] is None else np.concatenate([carry[k], band])
-                last = r1 == height
-                while buf.shape[0] >= TIFF_TILE or (last and buf.shape[0] > 0):
-                    rows, buf = buf[:TIFF_TILE], buf[TIFF_TILE:]
-                    for x0 in range(0, rows.shape[1], TIFF_TILE):
-                        queues[k].put(np.ascontiguousarray(rows[:, x0 : x0 + TIFF_TILE]))
-                carry[k] = buf if buf.shape[0] else None
+        for r0, r1 in zip(row_edges[:-1], row_edges[1:]):
+            for k, band in enumerate(_compute_band(arrays, r0, r1, col_edges, group)):
+                carry[k] = _queue_tiles(queues[k], band, carry[k], last=r1 == height)
             if errors:
                 break
         ok = not errors
@@ -838,7 +853,7 @@ def _write_tiffs(items: dict, meta: dict, compression: str | None) -> None:
             q.put(None)
         for th in threads:
             th.join()
-        if not ok or errors:  # never leave a truncated file, even under a temporary name
+        if not ok:  # never leave a truncated file, even under a temporary name
             files.abort()
     if errors:
         raise errors[0]

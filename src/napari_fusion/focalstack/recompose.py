@@ -120,6 +120,21 @@ def recompose(
     if blend not in BLENDS:
         raise FusionInputError(f"blend must be one of {', '.join(BLENDS)}; got {blend!r}")
     items = slices(images, stack_axis=stack_axis, channel_axis=channel_axis)
+    lab, used = _checked_labels(items, labels)
+    if blend == "none" or (blend == "gaussian" and sigma <= 0):
+        return _copy_from_slices(items, lab, used)
+    dev = torch.device(device)
+    lab_t = torch.from_numpy(lab.astype(np.int64)).to(dev)
+    with torch.inference_mode():
+        if blend == "gaussian":
+            fused, low, high = _gaussian_blend(items, lab_t, used, float(sigma))
+        else:
+            fused, low, high = _pyramid_blend(items, lab_t, used, levels or pyramid_levels(*lab.shape))
+    return _to_slice_layout(fused, low, high, np.dtype(items[0].dtype), grey=items[0].ndim == 2)
+
+
+def _checked_labels(items: list, labels: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """``labels`` as an array after checking shape, dtype and range; and the slice indices used."""
     n, (h, w) = check_slices(items, minimum=1)
     lab = np.asarray(labels)
     if lab.shape != (h, w):
@@ -132,51 +147,57 @@ def recompose(
             f"labels must be 0-based slice indices in [0, {n - 1}]; got values in [{used[0]}, {used[-1]}]. "
             "napari Labels layers hold index + 1: convert with labels_from_napari"
         )
-    dtype = np.dtype(items[0].dtype)
-    if blend == "none":
-        out = None
-        for k in used.tolist():
-            s = load(items[k])
-            if out is None:
-                out = np.empty_like(s)
-            m = lab == k
-            out[m] = s[m]
-        return out
-    if blend == "gaussian" and sigma <= 0:
-        return recompose(items, lab, blend="none")
-    dev = torch.device(device)
-    lab_t = torch.from_numpy(lab.astype(np.int64)).to(dev)
+    return lab, used.tolist()
+
+
+def _copy_from_slices(items: list, lab: np.ndarray, used: list[int]) -> np.ndarray:
+    """Each pixel copied from its labelled slice (no blending)."""
+    out = None
+    for k in used:
+        s = load(items[k])
+        if out is None:
+            out = np.empty_like(s)
+        m = lab == k
+        out[m] = s[m]
+    return out
+
+
+def _gaussian_blend(items: list, lab_t: torch.Tensor, used: list[int], sigma: float):
+    """Slices weighted by their Gaussian-smoothed label masks; returns (fused, low, high)."""
     low, high = np.inf, -np.inf
-    grey_in = items[0].ndim == 2
-    with torch.inference_mode():
-        if blend == "gaussian":
-            acc = None
-            total = torch.zeros((h, w), dtype=torch.float64, device=dev)
-            for k in used.tolist():
-                s = load(items[k])
-                low, high = min(low, float(s.min())), max(high, float(s.max()))
-                wk = gaussian_filter((lab_t == k).double(), float(sigma))
-                x = _as_tensor(s).to(dev)
-                acc = wk * x if acc is None else acc + wk * x
-                total += wk
-            fused = acc / total.clamp_min(1e-12)
-        else:
-            nlev = levels or pyramid_levels(h, w)
-            acc = None
-            for k in used.tolist():
-                s = load(items[k])
-                low, high = min(low, float(s.min())), max(high, float(s.max()))
-                gm = gaussian_pyramid((lab_t == k).double(), nlev)
-                lp = laplacian_pyramid(_as_tensor(s).to(dev), nlev)
-                terms = [g * l for g, l in zip(gm, lp)]
-                acc = terms if acc is None else [a + t for a, t in zip(acc, terms)]
-            fused = reconstruct_laplacian_pyramid(acc)
-    out = fused.cpu().numpy()
-    out = np.clip(out, low, high)
+    acc = None
+    total = torch.zeros(lab_t.shape, dtype=torch.float64, device=lab_t.device)
+    for k in used:
+        s = load(items[k])
+        low, high = min(low, float(s.min())), max(high, float(s.max()))
+        wk = gaussian_filter((lab_t == k).double(), sigma)
+        x = _as_tensor(s).to(lab_t.device)
+        acc = wk * x if acc is None else acc + wk * x
+        total += wk
+    return acc / total.clamp_min(1e-12), low, high
+
+
+def _pyramid_blend(items: list, lab_t: torch.Tensor, used: list[int], nlev: int):
+    """Laplacian pyramids of the slices blended by Gaussian pyramids of their masks; (fused, low, high)."""
+    low, high = np.inf, -np.inf
+    acc = None
+    for k in used:
+        s = load(items[k])
+        low, high = min(low, float(s.min())), max(high, float(s.max()))
+        gm = gaussian_pyramid((lab_t == k).double(), nlev)
+        lp = laplacian_pyramid(_as_tensor(s).to(lab_t.device), nlev)
+        terms = [g * l for g, l in zip(gm, lp)]
+        acc = terms if acc is None else [a + t for a, t in zip(acc, terms)]
+    return reconstruct_laplacian_pyramid(acc), low, high
+
+
+def _to_slice_layout(fused: torch.Tensor, low: float, high: float, dtype: np.dtype, *, grey: bool) -> np.ndarray:
+    """Clip to the slices' range, round for integers, and return in the slices' dtype and layout."""
+    out = np.clip(fused.cpu().numpy(), low, high)
     if np.issubdtype(dtype, np.integer):
         out = np.rint(out)
     out = out.astype(dtype)
-    return out[0] if grey_in else np.ascontiguousarray(np.moveaxis(out, 0, -1))
+    return out[0] if grey else np.ascontiguousarray(np.moveaxis(out, 0, -1))
 
 
 __all__ = ["BLENDS", "labels_from_napari", "labels_to_napari", "recompose"]
