@@ -8,7 +8,7 @@ import torch
 
 import napari_fusion as nf
 from napari_fusion.errors import FusionCancelled, FusionInputError
-from napari_fusion.registry import MethodOutput, register_method, _REGISTRY
+from napari_fusion.registry import MethodOutput, temporary_method
 
 
 def _pair(dtype=np.uint8, colour=False, size=(32, 40), seed=0):
@@ -122,7 +122,6 @@ def pick_sharper_pair_method():
 
     name = "_test_pair_sharper"
 
-    @register_method(name=name, title="test", tasks=("multi-focus",), mode="pairwise", outputs=("fused", "labels", "weights", "depth"))
     def run(stack, *, ctx):
         assert stack.shape[0] == 2
         fm = torch.stack([focus_measure(stack[i].mean(0), "variance", 2) for i in range(2)])
@@ -131,8 +130,9 @@ def pick_sharper_pair_method():
         fused = (stack * w[:, None]).sum(0)
         return MethodOutput(fused=fused, labels=labels, weights=w)
 
-    yield name
-    del _REGISTRY[name]
+    outputs = ("fused", "labels", "weights", "depth")
+    with temporary_method(run, name=name, title="test", tasks=("multi-focus",), mode="pairwise", outputs=outputs):
+        yield name
 
 
 def test_pairwise_fold_carries_labels(pick_sharper_pair_method, small_focal_stack):
@@ -250,3 +250,22 @@ def test_cuda_matches_cpu(method, small_focal_stack):
     rc = nf.fuse(s, method=method, device="cpu")
     rg = nf.fuse(s, method=method, device="cuda")
     np.testing.assert_allclose(rc.fused, rg.fused, atol=1e-4)
+
+
+def test_engine_is_shared_and_imports_no_front_end():
+    """``api`` re-exports the engine; the engine and the tiled path never import ``api`` back."""
+    import ast
+    from pathlib import Path
+
+    from napari_fusion import _engine, api
+
+    assert api.label_dtype is _engine.label_dtype and api.run_method is _engine.run_method
+    assert api.fold_pairwise is _engine.fold_pairwise
+    src = Path(_engine.__file__).parent
+    for rel in ("_engine.py", "tiling.py", "memory.py", "_inputs.py", "registry.py", "focalstack/height.py"):
+        tree = ast.parse((src / rel).read_text())
+        imported = {
+            f"{node.module or ''}.{a.name}" if isinstance(node, ast.ImportFrom) else a.name
+            for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)) for a in node.names
+        } | {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not {m for m in imported if m.split(".")[-1] == "api"}, rel

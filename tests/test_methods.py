@@ -126,3 +126,47 @@ def test_pcb_labels_follow_board_tilt(dataset):
     assert rho < -0.4, rho
     top, bottom = lab[: lab.shape[0] // 4].mean(), lab[-lab.shape[0] // 4 :].mean()
     assert top > bottom + 2
+
+
+# --- the registry helper ------------------------------------------------------
+
+
+def test_registry_refuses_duplicates_and_names_the_known_entries():
+    from napari_fusion._registry_base import Registry
+    from napari_fusion.errors import FusionInputError
+
+    reg = Registry("widget")
+    reg.register("b", 2)
+    reg.register("a", 1)
+    with pytest.raises(ValueError, match="widget 'a' is already registered"):
+        reg.register("a", 3)
+    with pytest.raises(FusionInputError, match="unknown widget 'c'; available widgets: a, b"):
+        reg.get("c")
+    assert reg.get("a") == 1 and reg.names() == ["b", "a"] and "a" in reg and len(reg) == 2
+    with reg.temporarily("c", 3):
+        assert reg.get("c") == 3
+    assert "c" not in reg
+    assert reg.unregister("a") == 1 and reg.unregister("a") is None
+    assert reg.entries == {"b": 2}
+
+
+def test_temporary_and_unregistered_methods():
+    from napari_fusion import registry
+
+    def run(stack, *, ctx):
+        return registry.MethodOutput(fused=stack.mean(0))
+
+    name = "_test_temporary_mean"
+    with registry.temporary_method(run, name=name, title="test", tasks=("multi-focus",), mode="nway") as spec:
+        assert nf.get_method(name) is spec and name in [s.name for s in nf.list_methods()]
+        r = nf.fuse(np.ones((2, 16, 16), np.float32), method=name, device="cpu")
+        np.testing.assert_array_equal(r.fused, np.ones((16, 16), np.float32))
+        with pytest.raises(ValueError, match="already registered"):
+            registry.register_method(name=name, title="t", tasks=("multi-focus",), mode="nway")(run)
+    with pytest.raises(nf.FusionInputError, match=f"unknown method '{name}'"):
+        nf.get_method(name)
+    registry.register_method(name=name, title="test", tasks=("multi-focus",), mode="nway")(run)
+    assert registry.unregister_method(name).run is run
+    assert registry.unregister_method(name) is None
+    assert registry._ensure_loaded is registry.ensure_methods_loaded
+    assert registry._REGISTRY is registry.METHODS.entries

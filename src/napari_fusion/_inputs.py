@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,7 +59,8 @@ def check_z_positions(z_positions: Any, n: int) -> np.ndarray:
     """Slice positions as float64 ``(n,)``: finite and strictly increasing or strictly decreasing.
 
     The one check of slice positions used by :func:`napari_fusion.fuse`, the
-    tiled path and the focal-stack pipeline.
+    tiled path and the focal-stack pipeline (through :mod:`._engine`, which
+    re-exports it with :func:`check_z_step` and adds ``slice_positions``).
     """
     z = np.asarray(z_positions, dtype=np.float64).ravel()
     if z.size != n:

@@ -11,12 +11,14 @@ with :func:`register_method`; nothing else has to change for it to appear in
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field, asdict
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
+from ._registry_base import Registry
 from .errors import FusionCancelled, FusionInputError
 
 #: Task vocabulary used in method metadata.
@@ -215,7 +217,17 @@ class MethodSpec:
         }
 
 
-_REGISTRY: dict[str, MethodSpec] = {}
+def ensure_methods_loaded() -> None:
+    """Import the built-in methods (importing them registers them); cheap after the first call."""
+    from . import methods  # noqa: F401
+
+
+#: Every registered method, by name (built-ins are loaded on first look-up).
+METHODS: Registry[MethodSpec] = Registry("method", loader=ensure_methods_loaded)
+#: Old name of the live ``name -> MethodSpec`` dict; use :data:`METHODS` and the functions below.
+_REGISTRY: dict[str, MethodSpec] = METHODS.entries
+#: Old private name of :func:`ensure_methods_loaded`, still used by other modules.
+_ensure_loaded = ensure_methods_loaded
 
 
 def register_method(
@@ -255,9 +267,7 @@ def register_method(
         halo = lambda params: fixed  # noqa: E731
 
     def decorate(func):
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} is already registered")
-        _REGISTRY[name] = MethodSpec(
+        METHODS.register(name, MethodSpec(
             name=name,
             title=title,
             run=func,
@@ -272,33 +282,47 @@ def register_method(
             halo=halo,
             colour=colour,
             mixed_colour=bool(mixed_colour),
-        )
+        ))
         return func
 
     return decorate
 
 
-def _ensure_loaded() -> None:
-    from . import methods  # noqa: F401  (importing registers the built-in methods)
+def unregister_method(name: str) -> MethodSpec | None:
+    """Remove the method ``name`` from the registry and return its spec (None if absent).
+
+    For tests and plugins; built-in methods come back only in a new process.
+    """
+    return METHODS.unregister(name)
+
+
+@contextlib.contextmanager
+def temporary_method(func: Callable[..., MethodOutput], **registration: Any) -> Iterator[MethodSpec]:
+    """Register ``func`` as a method for the ``with`` block only; yields its :class:`MethodSpec`.
+
+    ``registration`` are the keyword arguments of :func:`register_method`::
+
+        with temporary_method(run, name="_test", title="test", tasks=("multi-focus",), mode="nway"):
+            nf.fuse(stack, method="_test")
+    """
+    name = registration["name"]
+    register_method(**registration)(func)
+    try:
+        yield METHODS.entries[name]
+    finally:
+        unregister_method(name)
 
 
 def get_method(name: str) -> MethodSpec:
     """The :class:`MethodSpec` registered under ``name``."""
-    _ensure_loaded()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise FusionInputError(
-            f"unknown method {name!r}; available methods: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+    return METHODS.get(name)
 
 
 def list_methods(task: str | None = None) -> list[MethodSpec]:
     """All registered methods (optionally only those for ``task``), sorted by name."""
-    _ensure_loaded()
     if task is not None and task not in TASKS:
         raise FusionInputError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
-    specs = sorted(_REGISTRY.values(), key=lambda s: s.name)
+    specs = sorted(METHODS.values(), key=lambda s: s.name)
     if task is not None:
         specs = [s for s in specs if task in s.tasks]
     return specs
@@ -312,7 +336,11 @@ __all__ = [
     "MethodSpec",
     "FusionContext",
     "FusionCancelled",
+    "METHODS",
     "register_method",
+    "unregister_method",
+    "temporary_method",
+    "ensure_methods_loaded",
     "get_method",
     "list_methods",
 ]

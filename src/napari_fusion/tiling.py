@@ -52,6 +52,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ._engine import label_dtype, output_planes, run_method, slice_positions
 from ._inputs import (
     PreparedStack,
     check_items,
@@ -315,8 +316,6 @@ class TileJob:
         }
 
     def _run_once(self, block: np.ndarray, block_box, core) -> dict[str, np.ndarray]:
-        from .api import label_dtype, run_method
-
         data = scale_stack(block, colour=self.colour, offset=self.offset, scale=self.scale)
         prepared = PreparedStack(data, self.dtype, self.colour, self.offset, self.scale, self.out_low, self.out_high)
         dev = resolve_device(self.device)
@@ -326,15 +325,9 @@ class TileJob:
         with torch.inference_mode():
             stack = prepared.to_tensor(dev)
             out = run_method(self.spec, stack, ctx=FusionContext(dev, None), params=self.params)
-            result = {"fused": prepared.restore(out.fused[:, cy, cx])}
-            if self.want_labels:
-                if out.labels is None:
-                    raise FusionError(f"method {self.spec.name!r} declares labels but returned none")
-                labels = out.labels[cy, cx].detach().cpu().numpy().astype(label_dtype(self.n))
-                result["labels"] = labels
-                if self.want_depth:
-                    result["depth"] = self.positions[labels.astype(np.intp)]
-        return result
+            if self.want_labels and out.labels is None:
+                raise FusionError(f"method {self.spec.name!r} declares labels but returned none")
+            return output_planes(self.spec, out, prepared, self.positions, core=(cy, cx), with_labels=self.want_labels)
 
 
 class _TileGraph:
@@ -456,14 +449,6 @@ def global_statistics(stack, *, dtype: np.dtype) -> tuple[float, float]:
     return float(values[0]), float(values[1])
 
 
-def _positions(z_positions, n: int) -> np.ndarray:
-    if z_positions is None:
-        return np.arange(n, dtype=np.float32)
-    from ._inputs import check_z_positions
-
-    return check_z_positions(z_positions, n).astype(np.float32)
-
-
 # --------------------------------------------------------------------------- result
 
 
@@ -582,75 +567,102 @@ def fuse_lazy(
     (and, for floats, the non-finite check) is computed here in one pass over
     the data. The returned arrays are not computed.
     """
-    import dask.array as da
-    from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
-
     spec = method if isinstance(method, MethodSpec) else get_method(method)
     resolved = spec.resolve_params(params)
     stack, dtype, colour = lazy_stack(
         images, stack_axis=stack_axis, channel_axis=channel_axis, mixed_colour=spec.mixed_colour
     )
     n, h, w = stack.shape[:3]
-    positions = _positions(z_positions, n)
+    positions = slice_positions(z_positions, n)
     dev = resolve_device(device)  # validates here; "auto" is resolved again on each worker
     device_name = "auto" if device is None or device == "auto" else str(dev)
-
     input_chunks = (stack.chunks[1][0], stack.chunks[2][0]) if _is_dask(images) or _is_zarr(images) else None
-    tile = normalise_tile(chunks, (h, w), input_chunks)
-    align = tile_alignment(spec, resolved)
-    tile = (min(_round_up(tile[0], align), h), min(_round_up(tile[1], align), w))
-    declared = spec.halo_for(resolved)
-    if halo is not None:
-        if isinstance(halo, bool) or not isinstance(halo, (int, np.integer)) or halo < 0:
-            raise FusionInputError(f"halo must be a whole number >= 0, got {halo!r}")
-        declared = int(halo)
-    single = tile[0] >= h and tile[1] >= w
-    if declared is None and not single:
-        raise FusionInputError(
-            f"method {spec.name!r} with these parameters is global (every output pixel may depend on the "
-            f"whole image), so it cannot be fused in {tile[0]}x{tile[1]} tiles of a {h}x{w} image. "
-            + (
-                "Give it a fixed number of pyramid levels (levels=1..16) to tile it, "
-                if "levels" in resolved
-                else ""
-            )
-            + f"use chunks >= the image size ({h}x{w}) for one tile, or fuse in memory (a numpy input without chunks=)."
-        )
-    halo_px = _round_up(declared or 0, align)
-    grid = TileGrid((h, w), tile, halo_px, align)
-
+    grid = plan_grid(spec, resolved, (h, w), chunks=chunks, input_chunks=input_chunks, halo=halo)
     offset, scale, out_low, out_high = intensity_mapping(dtype, *global_statistics(stack, dtype=dtype), spec.intensity)
     want_labels = "labels" in spec.outputs
     job = TileJob(
-        spec=spec,
-        params=resolved,
-        shape=(h, w),
-        halo=halo_px,
-        align=align,
-        n=n,
-        colour=colour,
-        dtype=dtype,
-        offset=offset,
-        scale=scale,
-        out_low=out_low,
-        out_high=out_high,
-        positions=positions,
-        device=device_name,
-        want_labels=want_labels,
-        want_depth=want_labels and "depth" in spec.outputs,
+        spec=spec, params=resolved, shape=(h, w), halo=grid.halo, align=grid.align, n=n, colour=colour, dtype=dtype,
+        offset=offset, scale=scale, out_low=out_low, out_high=out_high, positions=positions, device=device_name,
+        want_labels=want_labels, want_depth=want_labels and "depth" in spec.outputs,
     )
-    from .api import label_dtype
+    prefix = _key_prefix(stack, job, grid.tile)
+    outputs = _lazy_outputs(_tile_graph(stack, grid, job, prefix), grid, job, prefix)
+    return LazyFusionResult(
+        fused=outputs["fused"],
+        labels=outputs["labels"],
+        depth=outputs["depth"],
+        method=spec.name,
+        params=dict(resolved),
+        grid=grid,
+        progress=progress,
+        key_prefix=prefix,
+    )
 
-    token = tokenize(stack.name, spec.name, resolved, offset, scale, out_low, out_high, positions, tile, halo_px, device_name)
-    prefix = f"{TILE_KEY_PREFIX}-{spec.name}-{token}"
-    lab_dtype = label_dtype(n)
-    graph = _tile_graph(stack, grid, job, prefix)
+
+def plan_grid(
+    spec: MethodSpec,
+    params: dict[str, Any],
+    shape: tuple[int, int],
+    *,
+    chunks: Any = None,
+    input_chunks: tuple[int, int] | None = None,
+    halo: int | None = None,
+) -> TileGrid:
+    """The tile grid of a ``shape`` image for ``spec``: tile size, alignment and halo.
+
+    Tiles and halo are rounded up to the method's :func:`tile_alignment`;
+    ``halo`` overrides the declared halo; a global method (halo ``None``) is
+    refused unless one tile covers the image.
+    """
+    h, w = shape
+    tile = normalise_tile(chunks, (h, w), input_chunks)
+    align = tile_alignment(spec, params)
+    tile = (min(_round_up(tile[0], align), h), min(_round_up(tile[1], align), w))
+    declared = spec.halo_for(params)
+    if halo is not None:
+        declared = _checked_halo(halo)
+    if declared is None and not (tile[0] >= h and tile[1] >= w):
+        raise FusionInputError(_global_method_message(spec, params, tile, (h, w)))
+    return TileGrid((h, w), tile, _round_up(declared or 0, align), align)
+
+
+def _checked_halo(halo: Any) -> int:
+    if isinstance(halo, bool) or not isinstance(halo, (int, np.integer)) or halo < 0:
+        raise FusionInputError(f"halo must be a whole number >= 0, got {halo!r}")
+    return int(halo)
+
+
+def _global_method_message(spec: MethodSpec, params: dict[str, Any], tile: tuple[int, int], shape: tuple[int, int]) -> str:
+    h, w = shape
+    return (
+        f"method {spec.name!r} with these parameters is global (every output pixel may depend on the "
+        f"whole image), so it cannot be fused in {tile[0]}x{tile[1]} tiles of a {h}x{w} image. "
+        + ("Give it a fixed number of pyramid levels (levels=1..16) to tile it, " if "levels" in params else "")
+        + f"use chunks >= the image size ({h}x{w}) for one tile, or fuse in memory (a numpy input without chunks=)."
+    )
+
+
+def _key_prefix(stack, job: TileJob, tile: tuple[int, int]) -> str:
+    """Dask key prefix of the tile tasks: a token of everything that decides their values."""
+    from dask.base import tokenize
+
+    token = tokenize(
+        stack.name, job.spec.name, job.params, job.offset, job.scale, job.out_low, job.out_high, job.positions,
+        tile, job.halo, job.device,
+    )
+    return f"{TILE_KEY_PREFIX}-{job.spec.name}-{token}"
+
+
+def _lazy_outputs(graph: _TileGraph, grid: TileGrid, job: TileJob, prefix: str) -> dict[str, Any]:
+    """``fused``, ``labels`` and ``depth`` as dask arrays whose blocks pick from the tile tasks (None if not made)."""
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+
     rows, cols = grid.chunks
     outputs = {}
     for name, dt, extra in (
-        ("fused", dtype, ((3,),) if colour else ()),
-        ("labels", lab_dtype, ()),
+        ("fused", job.dtype, ((3,),) if job.colour else ()),
+        ("labels", label_dtype(job.n), ()),
         ("depth", np.dtype(np.float32), ()),
     ):
         if name == "labels" and not job.want_labels or name == "depth" and not job.want_depth:
@@ -665,17 +677,7 @@ def fuse_lazy(
         }
         hlg = HighLevelGraph.from_collections(out_name, layer, dependencies=[graph])
         outputs[name] = da.Array(hlg, out_name, chunks=(rows, cols) + extra, dtype=dt)
-    fused, labels, depth = outputs["fused"], outputs["labels"], outputs["depth"]
-    return LazyFusionResult(
-        fused=fused,
-        labels=labels,
-        depth=depth,
-        method=spec.name,
-        params=dict(resolved),
-        grid=grid,
-        progress=progress,
-        key_prefix=prefix,
-    )
+    return outputs
 
 
 __all__ = [
@@ -692,6 +694,7 @@ __all__ = [
     "is_out_of_memory",
     "lazy_stack",
     "normalise_tile",
+    "plan_grid",
     "tile_alignment",
     "tile_progress",
     "wants_tiling",

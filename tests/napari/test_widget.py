@@ -14,7 +14,7 @@ pytest.importorskip("qtpy")
 pytest.importorskip("pytestqt")
 
 from napari_fusion import fuse, list_methods  # noqa: E402
-from napari_fusion.registry import MethodOutput, Param, _REGISTRY, register_method  # noqa: E402
+from napari_fusion.registry import MethodOutput, Param, register_method, unregister_method  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -79,7 +79,7 @@ def blocking_method():
 
     yield state
     state.release.set()
-    _REGISTRY.pop(name, None)
+    unregister_method(name)
 
 
 def run_and_wait(qtbot, w) -> str:

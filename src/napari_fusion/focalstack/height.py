@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..api import label_dtype
+from .._engine import check_z_positions, check_z_step, label_dtype
 from ..errors import FusionInputError
 from ..methods.focus_measure import MEASURES, focus_map
 from ..ops.regions import mode_filter
@@ -55,8 +55,6 @@ class HeightMap:
 
 def z_positions_for(n: int, *, z_step: float | None = None, z_positions: Sequence[float] | None = None) -> np.ndarray:
     """Slice positions: ``z_positions`` as given, else ``k * z_step`` (``z_step`` 1: slice units)."""
-    from .._inputs import check_z_positions, check_z_step
-
     if z_positions is not None:
         if z_step is not None:
             raise FusionInputError("give z_step or z_positions, not both")
@@ -242,22 +240,30 @@ def height_map(
         lab, index, focus = decide(items, measure=measure, window=window, smooth=smooth, consistency=consistency,
                                    halo_control=halo_control, refine=refine, device=device, progress=progress)
     else:
-        lab_np = _check_labels(labels, n, shape)
+        lab = _check_labels(labels, n, shape)
         if refine not in REFINE:
             raise FusionInputError(f"refine must be one of {', '.join(REFINE)}; got {refine!r}")
-        dev = torch.device(device)
-        lab_t = torch.from_numpy(lab_np.astype(np.int64)).to(dev)
-        vr = _grey_range(items) if halo_control else None
-        with torch.inference_mode():
-            b, c, a = _gather(items, lab_t, measure=measure, window=window, smooth=smooth,
-                              halo_control=halo_control, device=dev, value_range=vr)
-            off = torch.zeros_like(c) if refine == "none" else peak_offset(b, c, a, refine)
-        lab = lab_np
-        index = (lab_t.float() + off).cpu().numpy().astype(np.float32)
-        focus = c.cpu().numpy().astype(np.float32)
+        index, focus = _refine_labels(items, lab, measure=measure, window=window, smooth=smooth,
+                                      halo_control=halo_control, refine=refine, device=device)
         params["consistency"] = None  # the given labels are used as they are
     height = index_to_z(index, z)
     return HeightMap(height, index, np.asarray(lab).astype(label_dtype(n)), focus, z, params)
+
+
+def _refine_labels(
+    items: Sequence[Any], labels: np.ndarray, *, measure: str, window: int, smooth: float, halo_control: bool,
+    refine: str, device: str | torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(fractional index, focus)`` of given 0-based ``labels``: one streaming pass of focus measures."""
+    dev = torch.device(device)
+    lab_t = torch.from_numpy(labels.astype(np.int64)).to(dev)
+    vr = _grey_range(items) if halo_control else None
+    with torch.inference_mode():
+        b, c, a = _gather(items, lab_t, measure=measure, window=window, smooth=smooth,
+                          halo_control=halo_control, device=dev, value_range=vr)
+        off = torch.zeros_like(c) if refine == "none" else peak_offset(b, c, a, refine)
+    index = (lab_t.float() + off).cpu().numpy().astype(np.float32)
+    return index, c.cpu().numpy().astype(np.float32)
 
 
 def height_surface(

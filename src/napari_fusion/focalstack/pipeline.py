@@ -17,9 +17,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..api import fuse, label_dtype
+from .._engine import label_dtype
+from ..api import fuse  # the public entry point (memory guard, lazy path); api never imports focalstack
 from ..errors import FusionInputError
-from ..registry import get_method
+from ..registry import MethodSpec, get_method
 from .align import Alignment, align_stack, apply_alignment, estimate_alignment
 from .height import REFINE, height_map, z_positions_for
 from .recompose import recompose
@@ -167,77 +168,107 @@ def fuse_focal_stack(
     if refine not in REFINE:
         raise FusionInputError(f"refine must be one of {', '.join(REFINE)}; got {refine!r}")
     items = list(slices(images, stack_axis=stack_axis, channel_axis=channel_axis))
-    n, shape = check_slices(items)
+    n, _ = check_slices(items)
     zpos = z_positions_for(n, z_step=z_step, z_positions=z_positions)
-    nchan = 1 if items[0].ndim == 2 else int(items[0].shape[-1])
-    multichannel = nchan not in (1, 3) or reference_channel is not None
-    if reference_channel is not None and not -nchan <= reference_channel < nchan:
-        raise FusionInputError(f"reference_channel {reference_channel} is out of range for {nchan} channels")
-    ref_c = None
-    if multichannel:
-        ref_c = 0 if reference_channel is None else reference_channel % nchan
-    alignment = None
-    if align is not None and align not in ("none", ""):
-        est = dict(align_options or {})
-        if ref_c is not None:
-            ref_view = [load(s)[..., ref_c] for s in items]
-            alignment = estimate_alignment(ref_view, mode=align, **est)
-            items = apply_alignment(items, alignment)
-        else:
-            items, alignment = align_stack(items, mode=align, **est)
-        if crop:
-            r0, r1, c0, c1 = alignment.valid_box()
-            items = [np.ascontiguousarray(load(a)[r0:r1, c0:c1]) for a in items]
-            shape = (r1 - r0, c1 - c0)
+    nchan, ref_c = _reference_channel(items, reference_channel)
+    items, alignment = _align(items, align, align_options, crop=crop, ref_c=ref_c)
     blend_used = dict(blend) if blend else default_blend(method, resolved)
     ref_items = [load(s)[..., ref_c] for s in items] if ref_c is not None else items
-    labels = None
+    run = dict(spec=spec, params=resolved, blend=blend_used, device=device)
     if slab is not None and slab < n:
-        from .slabs import decide_in_slabs
-
-        if "labels" not in spec.outputs:
-            raise FusionInputError(f"method {method!r} makes no labels; slabs need a method that does")
-        labels = decide_in_slabs(ref_items, slab=slab, method=method, params=resolved, device=device)
-        fused = recompose(items, labels, **blend_used)
-    elif multichannel:
-        res = fuse([load(s) for s in ref_items], method=method, device=device, progress=progress, **resolved)
-        if res.labels is not None:
-            labels = res.labels.astype(np.int64)
-            fused = recompose(items, labels, **blend_used)
-        elif res.weights is not None:
-            blend_used = {"blend": "weights"}
-            fused = _apply_weights(items, res.weights)
-        else:
-            raise FusionInputError(
-                f"method {method!r} gives neither labels nor weights to apply to the other channels"
-            )
+        fused, labels, blend_used = _fuse_in_slabs(items, ref_items, slab=slab, **run)
+    elif ref_c is not None:
+        fused, labels, blend_used = _fuse_on_reference(items, ref_items, progress=progress, **run)
     else:
-        res = fuse([load(s) for s in items], method=method, device=device, progress=progress, **resolved)
-        fused = res.fused
-        blend_used = {"blend": "method"}
-        if res.labels is not None:
-            labels = res.labels.astype(np.int64)
+        fused, labels, blend_used = _fuse_directly(items, progress=progress, **run)
     hmap = index = None
     if height and labels is not None:
-        hm = height_map(ref_items, labels, z_positions=zpos, refine=refine, **_height_kwargs(method, resolved))
-        hmap, index = hm.height, hm.index
+        hmap, index = _height(ref_items, labels, zpos, refine=refine, method=method, params=resolved)
     options = {
         "align": align, "align_options": align_options or {}, "crop": crop, "refine": refine,
         "reference_channel": ref_c, "slab": slab, "device": device, "n_slices": n, "channels": nchan,
     }
     return FocalStackResult(
-        fused=fused,
-        labels=None if labels is None else labels.astype(label_dtype(n)),
-        height=hmap,
-        index=index,
-        alignment=alignment,
-        method=method,
-        params=resolved,
-        options=options,
-        z_positions=zpos,
-        blend=blend_used,
+        fused=fused, labels=None if labels is None else labels.astype(label_dtype(n)), height=hmap, index=index,
+        alignment=alignment, method=method, params=resolved, options=options, z_positions=zpos, blend=blend_used,
         seconds=time.perf_counter() - t0,
     )
+
+
+# --------------------------------------------------------------------------- steps of fuse_focal_stack
+#: Each fusing step returns ``(fused, labels or None, blend used)``.
+Fused = tuple[np.ndarray, "np.ndarray | None", dict[str, Any]]
+
+
+def _reference_channel(items: Sequence[Any], reference_channel: int | None) -> tuple[int, int | None]:
+    """``(channel count, reference channel)``; the reference is None for grey/RGB decided as a whole."""
+    nchan = 1 if items[0].ndim == 2 else int(items[0].shape[-1])
+    multichannel = nchan not in (1, 3) or reference_channel is not None
+    if reference_channel is not None and not -nchan <= reference_channel < nchan:
+        raise FusionInputError(f"reference_channel {reference_channel} is out of range for {nchan} channels")
+    if not multichannel:
+        return nchan, None
+    return nchan, 0 if reference_channel is None else reference_channel % nchan
+
+
+def _align(
+    items: list, align: str | None, align_options: dict[str, Any] | None, *, crop: bool, ref_c: int | None
+) -> tuple[list, Alignment | None]:
+    """Align the slices (on the reference channel if any), optionally cropped to the common area."""
+    if align is None or align in ("none", ""):
+        return items, None
+    est = dict(align_options or {})
+    if ref_c is not None:
+        alignment = estimate_alignment([load(s)[..., ref_c] for s in items], mode=align, **est)
+        items = apply_alignment(items, alignment)
+    else:
+        items, alignment = align_stack(items, mode=align, **est)
+    if crop:
+        r0, r1, c0, c1 = alignment.valid_box()
+        items = [np.ascontiguousarray(load(a)[r0:r1, c0:c1]) for a in items]
+    return items, alignment
+
+
+def _height(ref_items, labels: np.ndarray, zpos: np.ndarray, *, refine: str, method: str, params: dict[str, Any]):
+    """``(height, fractional index)`` of the decision, refined on the reference slices."""
+    hm = height_map(ref_items, labels, z_positions=zpos, refine=refine, **_height_kwargs(method, params))
+    return hm.height, hm.index
+
+
+def _fuse_in_slabs(
+    items, ref_items, *, slab: int, spec: MethodSpec, params: dict[str, Any], blend: dict[str, Any], device: str
+) -> Fused:
+    """Deep stacks: decide in sub-stacks (:mod:`.slabs`), then recompose every channel."""
+    from .slabs import decide_in_slabs
+
+    if "labels" not in spec.outputs:
+        raise FusionInputError(f"method {spec.name!r} makes no labels; slabs need a method that does")
+    labels = decide_in_slabs(ref_items, slab=slab, method=spec.name, params=params, device=device)
+    return recompose(items, labels, **blend), labels, blend
+
+
+def _fuse_on_reference(
+    items, ref_items, *, spec: MethodSpec, params: dict[str, Any], blend: dict[str, Any], device: str, progress
+) -> Fused:
+    """Multichannel: decide on the reference channel, apply the labels (or weights) to every channel."""
+    res = fuse([load(s) for s in ref_items], method=spec.name, device=device, progress=progress, **params)
+    if res.labels is not None:
+        labels = res.labels.astype(np.int64)
+        return recompose(items, labels, **blend), labels, blend
+    if res.weights is not None:
+        return _apply_weights(items, res.weights), None, {"blend": "weights"}
+    raise FusionInputError(
+        f"method {spec.name!r} gives neither labels nor weights to apply to the other channels"
+    )
+
+
+def _fuse_directly(
+    items, *, spec: MethodSpec, params: dict[str, Any], blend: dict[str, Any], device: str, progress
+) -> Fused:
+    """Grey or RGB: the method fuses the slices itself (RGB decided on luminance)."""
+    res = fuse([load(s) for s in items], method=spec.name, device=device, progress=progress, **params)
+    labels = None if res.labels is None else res.labels.astype(np.int64)
+    return res.fused, labels, {"blend": "method"}
 
 
 def _apply_weights(items: Sequence[Any], weights: np.ndarray) -> np.ndarray:

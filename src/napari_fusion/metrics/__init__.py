@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
+from .._registry_base import Registry
 from ..errors import FusionInputError
 from . import fusion, reference, spectral, vifb
 from .fusion import (
@@ -78,11 +79,15 @@ class MetricSpec:
         return self.func(fused, list(sources or ()), **opts)
 
 
-METRICS: dict[str, MetricSpec] = {}
+#: The metric catalogue; :data:`METRICS` is its live ``name -> MetricSpec`` dict.
+METRIC_REGISTRY: Registry[MetricSpec] = Registry(
+    "metric", sort_names=False, unknown_message="unknown {kind} {name}; known: {names}"
+)
+METRICS: dict[str, MetricSpec] = METRIC_REGISTRY.entries
 
 
 def _reg(name, func, needs, higher, variant, n_sources=None, **kwargs):
-    METRICS[name] = MetricSpec(name, func, needs, higher, variant, n_sources, tuple(kwargs.items()))
+    METRIC_REGISTRY.register(name, MetricSpec(name, func, needs, higher, variant, n_sources, tuple(kwargs.items())))
 
 
 _reg("qabf", qabf, "sources", True, "Xydeas-Petrovic, corrected equal-strength case, grey")
@@ -126,14 +131,12 @@ VIFB_METRIC_NAMES = tuple(f"vifb_{n.lower()}" for n in VIFB_METRICS)
 
 def list_metrics() -> list[str]:
     """Registered metric names."""
-    return list(METRICS)
+    return METRIC_REGISTRY.names()
 
 
 def get_metric(name: str) -> MetricSpec:
-    try:
-        return METRICS[name]
-    except KeyError:
-        raise FusionInputError(f"unknown metric {name!r}; known: {', '.join(METRICS)}") from None
+    """The :class:`MetricSpec` registered under ``name``."""
+    return METRIC_REGISTRY.get(name)
 
 
 def compute_metrics(
@@ -160,6 +163,7 @@ def compute_metrics(
 
 __all__ = [
     "METRICS",
+    "METRIC_REGISTRY",
     "DEFAULT_METRICS",
     "DEFAULT_GT_METRICS",
     "VIFB_METRICS",
