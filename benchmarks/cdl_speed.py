@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import napari_fusion as nf
 from napari_fusion.datasets import iter_cases, shared_data_dir
-from napari_fusion.methods.cdl_jsr import coupled_dictionary, load_dictionaries
+from napari_fusion.methods.veshki_cdl import coupled_dictionary, load_dictionaries
 from napari_fusion.ops.sparse import batch_omp
 
 PAPER_SECONDS = 2.56

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
 
     hook = None
     if args.smoke_untrained:
-        from napari_fusion.methods.vgg19_li2018 import untrained_network_for_tests
+        from napari_fusion.methods.li2018_vgg19 import untrained_network_for_tests
         from napari_fusion.nets.vgg19 import VGG19
 
         torch.manual_seed(0)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from napari_fusion.training.checkpoints import PACKAGE_WEIGHTS_DIR
+from napari_fusion.weights import PACKAGE_WEIGHTS_DIR
 from napari_fusion.training.csc_mmfn import evaluate_heldout, table_markdown, weights_name
 
 

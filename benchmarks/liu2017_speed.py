@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from napari_fusion.nets.liu2017 import LiuFocusNet, difference_filters, image_terms, pair_scores, score_map_size
+from napari_fusion.nets.liu2017_cnn import LiuFocusNet, difference_filters, image_terms, pair_scores, score_map_size
 
 
 def conv_flops(cin, cout, k, h, w):

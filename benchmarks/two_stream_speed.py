@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from napari_fusion.nets.two_stream import TwoStreamFusionNet
+from napari_fusion.nets.tiis2018_fcn import TwoStreamFusionNet
 
 
 def net_flops(net: TwoStreamFusionNet, h: int, w: int) -> float:
@@ -73,7 +73,7 @@ def main() -> None:
     print(f"| network, one grey {s}x{s} pair | {fl / 1e9:.1f} | {fl / rate:.2f} | {t_net:.2f} |")
     try:
         import napari_fusion as nf
-        from napari_fusion.methods.two_stream import default_weights_path
+        from napari_fusion.methods.tiis2018_fcn import default_weights_path
 
         if not default_weights_path().is_file():
             raise FileNotFoundError

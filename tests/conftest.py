@@ -1,12 +1,40 @@
 """Shared fixtures. Real data is read from ``$NAPARI_FUSION_DATA`` or
-``../shared/data`` beside the checkout; tests that need it skip when absent."""
+``../shared/data`` beside the checkout; tests that need it skip when absent.
+
+Tests that run methods take the ``device`` fixture: ``"cpu"`` by default,
+``NAPARI_FUSION_TEST_DEVICE=cuda`` (or ``cuda:1``, ``mps``) runs them there.
+"""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
 
 from napari_fusion.datasets import shared_data_dir
+
+
+#: Environment variable naming the torch device the ``device`` fixture gives.
+TEST_DEVICE_ENV = "NAPARI_FUSION_TEST_DEVICE"
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """The device tests fuse on: ``$NAPARI_FUSION_TEST_DEVICE``, default ``"cpu"``.
+
+    A named device that is not available fails the tests that use it (a GPU
+    run asked for must not quietly become a CPU run).
+    """
+    from napari_fusion.device import resolve_device
+    from napari_fusion.errors import FusionInputError
+
+    name = os.environ.get(TEST_DEVICE_ENV, "").strip() or "cpu"
+    try:
+        resolve_device(name)
+    except FusionInputError as exc:
+        pytest.fail(f"{TEST_DEVICE_ENV}={name!r}: {exc}", pytrace=False)
+    return name
 
 
 @pytest.fixture(scope="session")

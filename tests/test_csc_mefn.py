@@ -12,7 +12,7 @@ from napari_fusion.metrics import mef_ssim
 from napari_fusion.metrics.mef_torch import mef_ssim_torch
 from napari_fusion.methods.csc_mefn import default_weights_path, luma_logits
 from napari_fusion.nets.csc_mefn import CSCMEFN, fuse_exposures, percentile_bounds, postprocess
-from napari_fusion.training.checkpoints import read_manifest, sha256_file
+from napari_fusion.weights import read_manifest, sha256_file
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import napari_fusion as nf
 from napari_fusion import WeightsUnavailableError
 from napari_fusion import weights as W
 from napari_fusion.io import read_image
-from napari_fusion.methods import vgg19_li2018 as M
+from napari_fusion.methods import li2018_vgg19 as M
 from napari_fusion.nets.vgg19 import LAYER_INDEX, VGG19, layer_stride, load_torchvision_state_dict
 from napari_fusion.ops.colour import rgb_to_ycbcr
 from napari_fusion.ops.decomposition import tikhonov_split
@@ -33,7 +33,7 @@ def small_net(seed: int = 0) -> VGG19:
 @pytest.fixture
 def no_weights(tmp_path, monkeypatch):
     """Make sure no real VGG19 weights are visible, even on a machine that has them."""
-    monkeypatch.setattr(W, "hub_checkpoints_dir", lambda: tmp_path / "empty-hub")
+    monkeypatch.setattr(W.catalogue, "hub_checkpoints_dir", lambda: tmp_path / "empty-hub")
     monkeypatch.delenv("NAPARI_FUSION_VGG19_WEIGHTS", raising=False)
 
 
@@ -280,7 +280,7 @@ def test_weights_file_path_end_to_end(tmp_path, monkeypatch, no_weights):
     torch.save(state, path, _use_new_zipfile_serialization=False)
     spec = W.WeightsSpec(**{**W.VGG19_IMAGENET.__dict__, "sha256": W.sha256_of(path)})
     monkeypatch.setattr(M, "VGG19_IMAGENET", spec)
-    monkeypatch.setattr(M, "_CACHE", {})
+    W.clear_cache()
     g = np.random.default_rng(0)
     a = (g.random((24, 40)) * 255).astype(np.uint8)
     b = (g.random((24, 40)) * 255).astype(np.uint8)

@@ -9,8 +9,8 @@ import pytest
 
 import napari_fusion as nf
 from napari_fusion.errors import FusionInputError, WeightsUnavailableError
-from napari_fusion.methods.cnn_focus import default_weights_path
-from napari_fusion.training.checkpoints import read_manifest, sha256_file
+from napari_fusion.methods.liu2017_cnn import default_weights_path
+from napari_fusion.weights import read_manifest, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_real_lytro_pair_agrees_with_focus_measure_and_commutes(lytro_crop):
 
 def test_missing_or_corrupt_weights_refused(tmp_path, synthetic_pair):
     pair = list(synthetic_pair.slices)
-    with pytest.raises(WeightsUnavailableError, match="napari-fusion train liu2017"):
+    with pytest.raises(WeightsUnavailableError, match="napari-fusion train liu2017_cnn"):
         nf.fuse(pair, "liu2017_cnn", weights=str(tmp_path / "none.pt"), device="cpu")
     src = default_weights_path("slight")
     bad = tmp_path / "liu2017_slight.pt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_fusion.nets.liu2017 import (
+from napari_fusion.nets.liu2017_cnn import (
     LiuFocusNet,
     count_parameters,
     difference_filters,

@@ -238,19 +238,19 @@ def test_interrupted_zarr_is_reported_and_resumed_to_the_uninterrupted_result(fi
 
 
 def test_cli_resumes_an_interrupted_zarr_and_refuses_other_parameters(files, capsys, monkeypatch):
-    import napari_fusion.cli_fuse as cli_fuse
+    import napari_fusion.cli.fuse as cli_fuse
 
-    real = cli_fuse._TqdmProgress
+    real = cli_fuse.TqdmProgress
 
     class Interrupting(real):
         def __call__(self, done, total, message=""):
             if done >= 2:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_fuse, "_TqdmProgress", Interrupting)
+    monkeypatch.setattr(cli_fuse, "TqdmProgress", Interrupting)
     assert main(["fuse", "stack.tif", "-o", "o.zarr", "--chunks", "32", "-q"]) == 130
     assert zarr_output_status(files / "o.zarr")["complete"] is False
-    monkeypatch.setattr(cli_fuse, "_TqdmProgress", real)
+    monkeypatch.setattr(cli_fuse, "TqdmProgress", real)
     assert main(["fuse", "stack.tif", "-o", "o.zarr", "--chunks", "32", "-q", "-m", "average"]) == 2
     assert "different run" in capsys.readouterr().err
     assert main(["fuse", "stack.tif", "-o", "o.zarr", "--chunks", "32", "-q"]) == 0

@@ -13,15 +13,9 @@ import torch
 
 from napari_fusion.errors import WeightsUnavailableError
 from napari_fusion.shipped_weights import SHIPPED_SHA256
-from napari_fusion.training import checkpoints, run_options
-from napari_fusion.training.checkpoints import (
-    PACKAGE_WEIGHTS_DIR,
-    export_weights,
-    load_checkpoint,
-    load_verified_weights,
-    save_checkpoint,
-    sha256_file,
-)
+from napari_fusion.training import run_options
+from napari_fusion.training.checkpoints import export_weights, load_checkpoint, save_checkpoint
+from napari_fusion.weights import PACKAGE_WEIGHTS_DIR, load_verified_weights, sha256_file, verified
 
 
 class _Evil:
@@ -50,7 +44,7 @@ def package_copy(tmp_path, monkeypatch):
     """A copy of the package's weights folder that the loader treats as the package."""
     dest = tmp_path / "trained_weights"
     shutil.copytree(PACKAGE_WEIGHTS_DIR, dest)
-    monkeypatch.setattr(checkpoints, "PACKAGE_WEIGHTS_DIR", dest)
+    monkeypatch.setattr(verified, "PACKAGE_WEIGHTS_DIR", dest)
     return dest
 
 
@@ -138,7 +132,7 @@ def test_install_records_the_sha256_in_the_table(tmp_path, monkeypatch):
     shutil.copy(real, table)
     pkg = tmp_path / "trained_weights"
     monkeypatch.setattr(run_options, "PACKAGE_WEIGHTS_DIR", pkg)
-    monkeypatch.setattr(checkpoints, "PACKAGE_WEIGHTS_DIR", pkg)
+    monkeypatch.setattr(verified, "PACKAGE_WEIGHTS_DIR", pkg)
     monkeypatch.setattr(run_options, "SHIPPED_TABLE_FILE", table)
     run = tmp_path / "run"
     export_weights({"w": torch.arange(4.0)}, run / "newnet.pt", manifest={"model": "newnet"})

@@ -11,10 +11,10 @@ import torch
 
 import napari_fusion as nf
 from napari_fusion.errors import FusionInputError, WeightsUnavailableError
-from napari_fusion.methods.two_stream import default_weights_path, load_two_stream_net, run_net_tiled
-from napari_fusion.nets.two_stream import TwoStreamFusionNet, receptive_radius
-from napari_fusion.training.checkpoints import read_manifest, sha256_file
-from napari_fusion.training.two_stream import (
+from napari_fusion.methods.tiis2018_fcn import default_weights_path, load_two_stream_net, run_net_tiled
+from napari_fusion.nets.tiis2018_fcn import TwoStreamFusionNet, receptive_radius
+from napari_fusion.weights import read_manifest, sha256_file
+from napari_fusion.training.tiis2018_fcn import (
     FusionTriplets,
     build_model,
     fusion_step,
@@ -263,7 +263,7 @@ def test_bad_inputs_and_weights(tmp_path, half_blurred_pair):
         nf.fuse([a[:8, :30], b[:8, :30]], "tiis2018_fcn", device="cpu")
     with pytest.raises(FusionInputError, match="colour"):
         nf.fuse([a, b], "tiis2018_fcn", device="cpu", colour="rgb")
-    with pytest.raises(WeightsUnavailableError, match="napari-fusion train two_stream"):
+    with pytest.raises(WeightsUnavailableError, match="napari-fusion train tiis2018_fcn"):
         nf.fuse([a, b], "tiis2018_fcn", weights=str(tmp_path / "none.pt"), device="cpu")
     src = default_weights_path()
     bad = tmp_path / "w.pt"
@@ -289,7 +289,7 @@ def test_training_cli_registered():
     from napari_fusion.cli import build_parser
 
     args = build_parser().parse_args(["train", "two_stream", "--config", "smoke", "--layout", "3-1-2", "--out", "x"])
-    from napari_fusion.training.two_stream import config_from_args
+    from napari_fusion.training.tiis2018_fcn import config_from_args
 
     cfg = config_from_args(args)
     assert cfg.net.layout == (3, 1, 2) and cfg.name == "smoke"

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from napari_fusion.errors import WeightsUnavailableError
-from napari_fusion.nets.liu2017 import LiuFocusNet
+from napari_fusion.nets.liu2017_cnn import LiuFocusNet
 from napari_fusion.ops.filters import gaussian_filter
-from napari_fusion.training.checkpoints import export_weights, load_verified_weights, sha256_file
+from napari_fusion.training.checkpoints import export_weights
+from napari_fusion.weights import load_verified_weights, sha256_file
 from napari_fusion.training.data import (
     DefocusRenderer,
     SwappedPairs,
@@ -21,7 +22,7 @@ from napari_fusion.training.data import (
     split_indices,
     to_grey01,
 )
-from napari_fusion.training.liu2017 import get_config, liu_step
+from napari_fusion.training.liu2017_cnn import get_config, liu_step
 from napari_fusion.training.loop import TrainConfig, evaluate, train
 
 

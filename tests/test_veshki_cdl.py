@@ -10,9 +10,9 @@ import torch
 
 import napari_fusion as nf
 from napari_fusion.errors import FusionInputError, WeightsUnavailableError
-from napari_fusion.methods.cdl_jsr import _centred_box_mean, default_dictionary_path
-from napari_fusion.training import cdl
-from napari_fusion.training.checkpoints import read_manifest, sha256_file
+from napari_fusion.methods.veshki_cdl import _centred_box_mean, default_dictionary_path
+from napari_fusion.training import veshki_cdl as cdl
+from napari_fusion.weights import read_manifest, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_bad_parameters_and_inputs():
 
 def test_missing_corrupt_or_mismatched_dictionary(tmp_path):
     a, b, _, _ = _half_blurred(size=40)
-    with pytest.raises(WeightsUnavailableError, match="napari-fusion train cdl"):
+    with pytest.raises(WeightsUnavailableError, match="napari-fusion train veshki_cdl"):
         nf.fuse([a, b], "veshki_cdl", device="cpu", dictionary=str(tmp_path / "none.pt"))
     src = default_dictionary_path(8)
     bad = tmp_path / "d.pt"

@@ -21,7 +21,7 @@ DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 def hub(tmp_path, monkeypatch):
     """An empty torch hub cache, so real weights on this machine are never seen."""
     d = tmp_path / "hub" / "checkpoints"
-    monkeypatch.setattr(W, "hub_checkpoints_dir", lambda: d)
+    monkeypatch.setattr(W.catalogue, "hub_checkpoints_dir", lambda: d)
     return d
 
 
@@ -172,3 +172,58 @@ def test_load_state_dict_formats(tmp_path, legacy):
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(WeightsUnavailableError, match="cannot read"):
         W.load_state_dict(tmp_path / "junk.pth")
+
+
+# --- one loader for released weights: verify, build once, cache -------------------
+
+
+def test_load_weights_builds_once_and_reloads_a_changed_file(tmp_path):
+    import os
+
+    from napari_fusion.training.checkpoints import export_weights
+
+    p = tmp_path / "mine.pt"
+    export_weights({"w": torch.ones(3)}, p, manifest={"model": "mine"})
+    calls = []
+
+    def build(w):
+        calls.append(w.path)
+        return w.state["w"].to(w.device) * 2
+
+    W.clear_cache()
+    a = W.load_weights(p, build=build, device="cpu", expect={"model": "mine"}, name="mine")
+    b = W.load_weights(p, build=build, device="cpu", expect={"model": "mine"}, name="mine")
+    assert a is b and len(calls) == 1 and torch.equal(a, torch.full((3,), 2.0))
+    # a new file at the same path (other mtime and size) is read and verified again
+    export_weights({"w": torch.zeros(5)}, p, manifest={"model": "mine"})
+    st = p.stat()
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    c = W.load_weights(p, build=build, device="cpu", expect={"model": "mine"}, name="mine")
+    assert len(calls) == 2 and c.shape == (5,)
+    with pytest.raises(WeightsUnavailableError, match="expected 'other'"):
+        W.load_weights(p, build=build, expect={"model": "other"})
+    with pytest.raises(WeightsUnavailableError, match="not found"):
+        W.load_shipped("no_such_weights", build=build, how_to_get=W.how_to_train("x"))
+    W.clear_cache()
+
+
+def test_inference_code_does_not_import_training():
+    """methods/, nets/, upsample.py and weights/ never import napari_fusion.training."""
+    import ast
+    from pathlib import Path
+
+    import napari_fusion
+
+    root = Path(napari_fusion.__file__).parent
+    files = [*root.glob("methods/*.py"), *root.glob("nets/*.py"), *root.glob("weights/*.py"), root / "upsample.py"]
+    bad = []
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                names = [mod] if node.level == 0 else ["." * node.level + mod]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            bad += [f"{f.name}: {n}" for n in names if "training" in n]
+    assert not bad, bad

@@ -2,7 +2,7 @@
 
 The JSON manifest beside each weights file also records its sha256, which
 catches a damaged file but not a deliberately replaced one (whoever edits the
-weights can edit the manifest too). :func:`napari_fusion.training.checkpoints.load_verified_weights`
+weights can edit the manifest too). :func:`napari_fusion.weights.load_verified_weights`
 therefore also checks files inside the package against this table, which
 lives in the code: changing shipped weights means changing this module.
 

@@ -228,34 +228,31 @@ def guided_filter_upsample(
 
 # --------------------------------------------------------------------------- CSC-MMFN models
 
-_MODEL_CACHE: dict[tuple[str, str], tuple[torch.nn.Module, dict]] = {}
-
-
 def model_path(model: str | Path) -> Path:
     """The weights file of a shipped model name or a path."""
-    from .training.checkpoints import PACKAGE_WEIGHTS_DIR
+    from .weights import shipped_path
 
     if isinstance(model, str) and model in MODELS:
-        return PACKAGE_WEIGHTS_DIR / f"{MODELS[model]}.pt"
+        return shipped_path(MODELS[model])
     return Path(model)
 
 
-def load_csc_mmfn(model: str | Path, device: torch.device | str = "cpu"):
-    """``(network, manifest)`` of a shipped model name or a weights file (sha256-verified)."""
+def _build_csc_mmfn(w) -> tuple[torch.nn.Module, dict]:
     from .nets.csc_mmfn import build_from_config
-    from .training.checkpoints import load_verified_weights
 
-    path = model_path(model)
-    key = (str(path.resolve()) if path.exists() else str(path), str(device))
-    if key in _MODEL_CACHE:
-        return _MODEL_CACHE[key]
+    net = build_from_config(w.manifest["net"])
+    net.load_state_dict(w.state)
+    net.eval().to(w.device)
+    return net, w.manifest
+
+
+def load_csc_mmfn(model: str | Path, device: torch.device | str = "cpu"):
+    """``(network, manifest)`` of a shipped model name or a weights file (sha256-verified, cached)."""
+    from .weights import load_weights
+
     how = "Train one with `napari-fusion train csc_mmfn --task cave|pansharpening --install`."
-    state, manifest = load_verified_weights(path, how_to_get=how, expect={"method": "csc_mmfn"})
-    net = build_from_config(manifest["net"])
-    net.load_state_dict(state)
-    net.eval().to(device)
-    _MODEL_CACHE[key] = (net, manifest)
-    return net, manifest
+    return load_weights(model_path(model), build=_build_csc_mmfn, device=device, expect={"method": "csc_mmfn"},
+                        how_to_get=how, name="csc_mmfn")
 
 
 def _choose_model(bands: int, guide_channels: int) -> str:

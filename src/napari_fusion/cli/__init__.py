@@ -1,9 +1,33 @@
-"""Command line: ``napari-fusion fuse | methods | demo | ...``.
+"""Command line: ``napari-fusion fuse | methods | demo | weights | upsample | batch | evaluate | train``.
 
-Subcommands live in the modules that own the work; each such module exposes
-``add_subparser(subparsers)`` which registers its parser and sets
-``func=<callable(args) -> int>``. Add a module to ``_SUBCOMMAND_MODULES`` to
-extend the CLI.
+One module per subcommand (``cli/fuse.py``, ``cli/methods.py``, ...), each
+with the same three names:
+
+* ``NAME``: the subcommand, ``HELP``: its one-line help (shown by ``--help``);
+* ``add_subparser(subparsers)``: registers the full parser and sets
+  ``func=<callable(args) -> int>`` (the work function);
+* the work functions import what they need (torch, I/O, the registry) when
+  they run; the modules import nothing heavy, so importing them is cheap.
+
+Startup without torch: ``napari-fusion --help``, ``--version`` and argument
+errors must not import torch (seconds of CPU). :func:`build_parser` is given
+the arguments about to be parsed and builds the full parser only for the
+subcommand they name; every other subcommand is registered with its ``NAME``
+and ``HELP`` only (which is all the top-level ``--help`` and the "invalid
+choice" error show, and argparse never parses a subcommand that was not
+named). This matters for ``train`` (its parser comes from
+:mod:`napari_fusion.training.cli` and imports every training module, hence
+torch) and ``upsample`` (its choices come from :mod:`napari_fusion.upsample`):
+they are imported only when they are the command. ``build_parser()`` without
+arguments builds every subcommand in full (for tests and documentation tools).
+Parsers that are built eagerly stay light: defaults come from
+:mod:`napari_fusion._defaults`, ``-p NAME=VALUE`` is split by
+:func:`._params.parse_param` and typed only when the command runs
+(:func:`._params.parse_method_params`, i.e. ``Param.validate``).
+
+To add a subcommand, add a module with ``NAME``, ``HELP`` and
+``add_subparser`` and list it in ``_SUBCOMMAND_MODULES`` (the order of the
+help listing).
 """
 
 from __future__ import annotations
@@ -12,23 +36,35 @@ import argparse
 import importlib
 import sys
 import traceback
-from typing import Sequence
+from collections.abc import Sequence
 
-from .errors import FusionError
+from ..errors import FusionError
 
-_SUBCOMMAND_MODULES = (
-    "napari_fusion.cli_fuse",
-    "napari_fusion.cli_weights",
-    "napari_fusion.cli_upsample",
-    "napari_fusion.focalstack.batch",
-    "napari_fusion.evaluation",
-    "napari_fusion.training.cli",
-)
+#: subcommand modules (in ``napari_fusion.cli``), in the order ``--help`` lists them
+_SUBCOMMAND_MODULES = ("fuse", "methods", "demo", "weights", "upsample", "batch", "evaluate", "train")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is not an option (the top-level
+    options ``--version``, ``--debug`` and ``--help`` take no value)."""
+    for arg in argv:
+        if arg == "--":
+            continue
+        if not arg.startswith("-"):
+            return arg
+    return None
 
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``napari-fusion`` parser.
+
+    ``argv``: the arguments it will parse; only the subcommand they name gets
+    its full parser, the others are listed by name and help (see the module
+    docstring). ``None`` (the default): every subcommand in full.
+    """
+    from .. import __version__
+
+    command = None if argv is None else _command_of(argv)
     parser = argparse.ArgumentParser(
         prog="napari-fusion",
         description="Image fusion: focal stacks, infrared/visible, multi-exposure, medical, multispectral.",
@@ -38,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _SUBCOMMAND_MODULES:
-        importlib.import_module(name).add_subparser(sub)
+        module = importlib.import_module(f"{__name__}.{name}")
+        if argv is None or command == module.NAME:
+            module.add_subparser(sub)
+        else:
+            sub.add_parser(module.NAME, help=module.HELP)
     return parser
 
 
@@ -66,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if threading_main():
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
@@ -110,7 +150,3 @@ def threading_main() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,63 +1,22 @@
-"""The ``fuse``, ``methods`` and ``demo`` subcommands."""
+"""``napari-fusion fuse IN... -o OUT``: fuse images or a stack into one image (in memory, or
+tile by tile with ``--chunks``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+from .._defaults import DEFAULT_METHOD
+from ..errors import FusionInputError
+from ._params import parse_method_params, parse_param
+from ._progress import TqdmProgress
 
-from .errors import FusionInputError
-
-
-def _parse_param(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"parameter {text!r} must look like NAME=VALUE")
-    name, value = text.split("=", 1)
-    return name.strip(), value.strip()
-
-
-def _coerce_params(method: str, pairs: list[tuple[str, str]]) -> dict[str, Any]:
-    """Turn NAME=VALUE strings into typed values using the registry metadata."""
-    from .registry import get_method
-
-    spec = get_method(method)
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        try:
-            p = spec.param(name)
-        except KeyError:
-            out[name] = value  # resolve_params reports unknown names with the valid list
-            continue
-        out[name] = p.validate(value, spec.name)
-    return out
-
-
-class _TqdmProgress:
-    """Progress callback drawing a tqdm bar on stderr."""
-
-    def __init__(self, desc: str, enabled: bool):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=100, desc=desc, unit="%", leave=False, file=sys.stderr)
-
-    def __call__(self, done: float, total: float, message: str = "") -> None:
-        if self.bar is None:
-            return
-        pct = int(round(100 * done / total)) if total else 100
-        self.bar.update(max(0, pct - self.bar.n))
-        if message:
-            self.bar.set_postfix_str(message, refresh=False)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
+NAME = "fuse"
+HELP = "fuse images or a stack into one image"
 
 
 def _parse_chunks(text: str):
@@ -73,7 +32,7 @@ def _parse_chunks(text: str):
 
 
 def _z_step(text: str) -> float:
-    from ._inputs import check_z_step
+    from .._inputs import check_z_step
 
     try:
         return check_z_step(text)
@@ -83,8 +42,8 @@ def _z_step(text: str) -> float:
 
 def check_fuse_outputs(args: argparse.Namespace, *, fingerprint: str | None = None) -> None:
     """Refuse unsafe or unwritable outputs of ``fuse`` before anything is read or fused."""
-    from .io import IMAGE_SUFFIXES, zarr_output_action
-    from .output_safety import check_distinct, check_output_path
+    from ..io import IMAGE_SUFFIXES, zarr_output_action
+    from ..output_safety import check_distinct, check_output_path
 
     outs = {"-o": args.output, "--labels": args.labels, "--depth": args.depth}
     check_distinct(outs)
@@ -106,7 +65,7 @@ def check_fuse_outputs(args: argparse.Namespace, *, fingerprint: str | None = No
 def _fingerprint(args: argparse.Namespace, params: dict) -> str:
     import hashlib
 
-    from .output_safety import fingerprint_paths
+    from ..output_safety import fingerprint_paths
 
     record = {
         "inputs": fingerprint_paths(args.inputs),
@@ -120,8 +79,8 @@ def _fingerprint(args: argparse.Namespace, params: dict) -> str:
 
 
 def _output_bytes(shape: tuple[int, ...], itemsize: int, args: argparse.Namespace) -> int:
-    plane = int(np.prod(shape[1:3]))
-    total = plane * (int(np.prod(shape[3:])) if len(shape) > 3 else 1) * itemsize
+    plane = math.prod(shape[1:3])
+    total = plane * (math.prod(shape[3:]) if len(shape) > 3 else 1) * itemsize
     if args.labels is not None or args.output.suffix.lower() == ".zarr":
         total += plane * 2
     if args.depth is not None or args.output.suffix.lower() == ".zarr":
@@ -131,11 +90,13 @@ def _output_bytes(shape: tuple[int, ...], itemsize: int, args: argparse.Namespac
 
 def cmd_fuse_tiled(args: argparse.Namespace) -> int:
     """``fuse --chunks``: read lazily, fuse tile by tile, write tile by tile."""
-    from .api import fuse
-    from .io import open_lazy_stack, write_lazy
-    from .output_safety import check_disk_space
+    import numpy as np
 
-    params = _coerce_params(args.method, args.param or [])
+    from ..api import fuse
+    from ..io import open_lazy_stack, write_lazy
+    from ..output_safety import check_disk_space
+
+    params = parse_method_params(args.method, args.param or [])
     fingerprint = _fingerprint(args, params)
     check_fuse_outputs(args, fingerprint=fingerprint)
     stack = open_lazy_stack(args.inputs)
@@ -145,7 +106,7 @@ def cmd_fuse_tiled(args: argparse.Namespace) -> int:
         z = np.arange(stack.shape[0], dtype=np.float32) * args.z_step
     t0 = time.perf_counter()
     result = fuse(stack, method=args.method, z_positions=z, device=args.device, chunks=args.chunks, **params)
-    progress = _TqdmProgress(f"fusing {stack.shape[0]} images ({args.method}), {result.grid.n_tiles} tiles", not args.quiet)
+    progress = TqdmProgress(f"fusing {stack.shape[0]} images ({args.method}), {result.grid.n_tiles} tiles", not args.quiet)
     zarr_out = args.output.suffix.lower() == ".zarr"
     for flag, name in ((args.labels, "labels"), (args.depth, "depth")):
         if flag is not None and getattr(result, name) is None:
@@ -175,15 +136,17 @@ def cmd_fuse_tiled(args: argparse.Namespace) -> int:
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
-    from .api import fuse
-    from .io import read_stack, write_image
-    from .output_safety import AtomicGroup, check_disk_space
+    import numpy as np
+
+    from ..api import fuse
+    from ..io import read_stack, write_image
+    from ..output_safety import AtomicGroup, check_disk_space
 
     if getattr(args, "chunks", None) is not None:
         return cmd_fuse_tiled(args)
     check_fuse_outputs(args)
-    params = _coerce_params(args.method, args.param or [])
-    from .registry import get_method
+    params = parse_method_params(args.method, args.param or [])
+    from ..registry import get_method
 
     get_method(args.method).resolve_params(params)  # unknown parameters: refused before reading
     images = read_stack(args.inputs)
@@ -195,7 +158,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     z = None
     if args.z_step is not None:
         z = np.arange(len(images), dtype=np.float32) * args.z_step
-    progress = _TqdmProgress(f"fusing {len(images)} images ({args.method})", not args.quiet)
+    progress = TqdmProgress(f"fusing {len(images)} images ({args.method})", not args.quiet)
     t0 = time.perf_counter()
     try:
         result = fuse(images, method=args.method, z_positions=z, device=args.device, progress=progress, **params)
@@ -224,49 +187,10 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_methods(args: argparse.Namespace) -> int:
-    from .registry import list_methods
-
-    specs = list_methods(args.task)
-    if args.json:
-        print(json.dumps([s.as_dict() for s in specs], indent=2))
-        return 0
-    for s in specs:
-        kind = "learned" if s.learned else "classical"
-        print(f"{s.name:20s} {s.title}")
-        print(f"{'':20s} tasks: {', '.join(s.tasks)}; {s.n_inputs}; {kind}; outputs: {', '.join(s.outputs)}")
-        if args.verbose:
-            for p in s.params:
-                rng = ""
-                if p.choices:
-                    rng = f" one of {', '.join(p.choices)}"
-                elif p.low is not None or p.high is not None:
-                    rng = f" in [{p.low}, {p.high}]"
-                print(f"{'':22s}{p.name}={p.default!r}{rng}: {p.help}")
-            print(f"{'':20s} cite: {s.citation}")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    run_demo(
-        output_dir=Path(args.output_dir),
-        method=args.method,
-        n_slices=args.slices,
-        device=args.device,
-        seed=args.seed,
-        show_progress=not args.quiet,
-    )
-    return 0
-
-
 def add_subparser(sub) -> None:
-    from .api import DEFAULT_METHOD
-
     p = sub.add_parser(
-        "fuse",
-        help="fuse images or a stack into one image",
+        NAME,
+        help=HELP,
         description=(
             "Fuse images. IN is a multi-page TIFF stack, a folder of slices (natural order), "
             "or two or more image files (TIFF incl. 16-bit, PNG, JPEG)."
@@ -278,7 +202,7 @@ def add_subparser(sub) -> None:
     p.add_argument("--labels", type=Path, help="write the decision labels (source index per pixel)")
     p.add_argument("--depth", type=Path, help="write the depth map (float32 TIFF)")
     p.add_argument("--z-step", type=_z_step, help="distance between slices (e.g. microns, > 0) for the depth map")
-    p.add_argument("-p", "--param", action="append", type=_parse_param, metavar="NAME=VALUE", help="method parameter (repeatable)")
+    p.add_argument("-p", "--param", action="append", type=parse_param, metavar="NAME=VALUE", help="method parameter (repeatable)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument(
         "--chunks",
@@ -291,21 +215,3 @@ def add_subparser(sub) -> None:
                    help="replace existing outputs (inputs are never overwritten, whatever the flag)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_fuse)
-
-    m = sub.add_parser("methods", help="list the fusion methods")
-    m.add_argument("--task", help="only methods for this task")
-    m.add_argument("--json", action="store_true", help="machine-readable metadata")
-    m.add_argument("-v", "--verbose", action="store_true", help="show parameters and citations")
-    m.set_defaults(func=cmd_methods)
-
-    d = sub.add_parser(
-        "demo",
-        help="render a synthetic focal stack, fuse it, write TIFFs and print PSNR/SSIM",
-    )
-    d.add_argument("-o", "--output-dir", default="napari-fusion-demo", help="folder for the outputs")
-    d.add_argument("-m", "--method", default=DEFAULT_METHOD)
-    d.add_argument("--slices", type=int, default=8)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default="auto")
-    d.add_argument("-q", "--quiet", action="store_true")
-    d.set_defaults(func=cmd_demo)

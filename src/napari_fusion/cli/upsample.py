@@ -1,17 +1,25 @@
 """``napari-fusion upsample LOWRES GUIDE -o OUT``: guided upsampling from the command line
-(see :func:`napari_fusion.guided_upsample`)."""
+(see :func:`napari_fusion.guided_upsample`).
+
+Building this parser imports :mod:`napari_fusion.upsample` (and torch) for the
+method and model names; :func:`napari_fusion.cli.build_parser` builds it only
+when ``upsample`` is the command being run.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+NAME = "upsample"
+HELP = "upsample a low-resolution multiband image with a high-resolution guide (pansharpening, HSI + RGB)"
+
 
 def add_subparser(sub) -> None:
-    from .upsample import MODELS, UPSAMPLE_METHODS
+    from ..upsample import MODELS, UPSAMPLE_METHODS
 
     p = sub.add_parser(
-        "upsample",
-        help="upsample a low-resolution multiband image with a high-resolution guide (pansharpening, HSI + RGB)",
+        NAME,
+        help=HELP,
         description="Upsample LOWRES (h x w [x B]) to the size of GUIDE (s*h x s*w [x G]); the result is written "
         "as float32 TIFF in LOWRES's layout and units.",
     )
@@ -31,10 +39,10 @@ def add_subparser(sub) -> None:
 
 
 def run(args) -> int:
-    from .errors import FusionInputError
-    from .io import read_image, write_image
-    from .output_safety import check_output_path
-    from .upsample import guided_upsample
+    from ..errors import FusionInputError
+    from ..io import read_image, write_image
+    from ..output_safety import check_output_path
+    from ..upsample import guided_upsample
 
     output = Path(args.output)
     if output.suffix.lower() not in (".tif", ".tiff"):

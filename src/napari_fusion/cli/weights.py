@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+NAME = "weights"
+HELP = "pretrained weights of learned methods: status, fetch"
+
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .weights import get_weights_spec, list_weights, weights_status
+    from ..weights import get_weights_spec, list_weights, weights_status
 
     specs = [get_weights_spec(n) for n in args.names] if args.names else list_weights()
     rows = [(s, weights_status(s)) for s in specs]
@@ -25,7 +28,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .weights import fetch_weights, get_weights_spec
+    from ..weights import fetch_weights, get_weights_spec
 
     spec = get_weights_spec(args.name)
     if not args.quiet:
@@ -36,7 +39,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_path(args: argparse.Namespace) -> int:
-    from .weights import locate_weights
+    from ..weights import locate_weights
 
     print(locate_weights(args.name).path)
     return 0
@@ -44,8 +47,8 @@ def cmd_path(args: argparse.Namespace) -> int:
 
 def add_subparser(sub) -> None:
     p = sub.add_parser(
-        "weights",
-        help="pretrained weights of learned methods: status, fetch",
+        NAME,
+        help=HELP,
         description=(
             "Pretrained weights of learned methods are looked up in the file given as the method's "
             "'weights' parameter, then the weights' environment variable, then the torch hub cache "

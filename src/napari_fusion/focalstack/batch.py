@@ -1,4 +1,5 @@
-"""``napari-fusion batch``: many focal stacks with the same settings.
+"""Many focal stacks with the same settings: the work of ``napari-fusion batch``
+(its command line is :mod:`napari_fusion.cli.batch`).
 
 Each INPUT is a folder of slices, a multi-page TIFF (``(Z, Y, X)`` or
 ``(Z, Y, X, 3)``), a multi-position TIFF (``(P, Z, Y, X)``: one stack per
@@ -33,7 +34,6 @@ Data safety:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as _dt
 import hashlib
@@ -41,7 +41,6 @@ import json
 import os
 import re
 import sys
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FusionError, FusionInputError, FusionOutputError
+from ..errors import FusionInputError, FusionOutputError
 from ..io import list_image_files, read_image, read_stack, write_image
 
 #: Version of the fingerprint layout; bump when its content changes meaning.
@@ -466,10 +465,10 @@ def process(
     return list(written) + [paths["record"]]
 
 
-# --------------------------------------------------------------------------- command
+# --------------------------------------------------------------------------- output folder
 
 
-def _remove_dead_partials(outdir: Path) -> None:
+def remove_dead_partials(outdir: Path) -> None:
     """Delete hidden temporaries left in ``outdir`` by killed runs (never files of live processes)."""
     from ..output_safety import _PARTIAL_RE, _pid_alive
 
@@ -482,130 +481,13 @@ def _remove_dead_partials(outdir: Path) -> None:
                 entry.unlink()
 
 
-def _write_summary(outdir: Path, summary: dict[str, Any]) -> None:
+def write_summary(outdir: Path, summary: dict[str, Any]) -> None:
+    """Write ``OUTDIR/batch_summary.json`` atomically."""
     from ..output_safety import atomic_file
 
     with atomic_file(outdir / SUMMARY_NAME) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=str))
 
 
-def cmd_batch(args: argparse.Namespace) -> int:
-    from ..cli_fuse import _coerce_params
-    from ..output_safety import check_output_path
-    from ..registry import get_method
-
-    get_method(args.method)  # unknown method: one clear error before any work
-    params = _coerce_params(args.method, args.param or [])
-    get_method(args.method).resolve_params(params)
-    outdir = check_output_path(Path(args.output_dir), inputs=args.inputs, folder=True, what="output folder")
-    sources = discover(args.inputs)
-    if not sources:
-        raise FusionInputError("no stacks found in the inputs")
-    outdir.mkdir(parents=True, exist_ok=True)
-    _remove_dead_partials(outdir)
-    align = None if args.align == "none" else args.align
-    resume = getattr(args, "resume", True)
-    overwrite = getattr(args, "overwrite", False)
-    options = {"method": args.method, "params": params, "align": align, "z_step": args.z_step,
-               "refine": args.refine, "reference_channel": args.reference_channel, "slab": args.slab,
-               "crop": args.crop}
-    done: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
-    n = len(sources)
-    for i, src in enumerate(sources, 1):
-        entry = {"stack": src.name, "output_name": src.output_name, "source": src.key or src.name}
-        try:
-            fp = stack_fingerprint(src, **options)
-            state, detail = stack_state(outdir, src.output_name, fp)
-            if state == "done" and resume:
-                skipped.append({**entry, "reason": detail})
-                if not args.quiet:
-                    print(f"[{i}/{n}] {src.name}: skipped ({detail})")
-                continue
-            written = process(src, outdir, device=args.device, overwrite=overwrite, fingerprint=fp, **options)
-            done.append({**entry, "files": [p.name for p in written]})
-            if not args.quiet:
-                print(f"[{i}/{n}] {src.name}: " + ", ".join(p.name for p in written))
-        except (FusionError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-            reason = str(exc) if isinstance(exc, FusionOutputError) else f"{type(exc).__name__}: {exc}"
-            failed.append({**entry, "reason": reason})
-            print(f"[{i}/{n}] {src.name}: FAILED: {exc}", file=sys.stderr)
-            if args.verbose:
-                traceback.print_exc()
-    summary = {
-        "output_dir": str(outdir),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv) if sys.argv else "",
-        "total": n,
-        "done": done,
-        "skipped": skipped,
-        "failed": failed,
-    }
-    with contextlib.suppress(OSError):
-        _write_summary(outdir, summary)
-    stream = sys.stderr if failed else sys.stdout
-    ok = len(done) + len(skipped)
-    print(f"batch: {ok} of {n} stacks fused into {outdir} "
-          f"({len(done)} done, {len(skipped)} skipped, {len(failed)} failed; summary in {SUMMARY_NAME})",
-          file=stream)
-    if done:
-        print("done:", file=stream)
-        for e in done:
-            print(f"  {e['stack']} -> {e['output_name']}", file=stream)
-    if skipped:
-        print("skipped stacks:", file=stream)
-        for e in skipped:
-            print(f"  {e['stack']} ({e['output_name']}): {e['reason']}", file=stream)
-    if failed:
-        print("failed stacks:", file=sys.stderr)
-        for e in failed:
-            print(f"  {e['stack']} ({e['output_name']}): {e['reason']}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def add_subparser(sub) -> None:
-    from ..api import DEFAULT_METHOD
-    from ..cli_fuse import _parse_param
-
-    p = sub.add_parser(
-        "batch",
-        help="fuse many focal stacks with the same settings (fused, labels, height, JSON record)",
-        description=(
-            "Fuse many focal stacks with the same settings. Each INPUT is a folder of slices, a "
-            "multi-page TIFF, a multi-position TIFF (P, Z, Y, X) or a folder of stack folders (in a "
-            "folder, single-page images form one stack and each multi-page TIFF is a stack of its own). "
-            "Writes <name>_fused.tif, <name>_labels.tif, <name>_height.tif and <name>_record.json "
-            "(all parameters, alignment, versions, inputs) per stack; names are made unique. "
-            "A rerun skips stacks already done with the same parameters and inputs. OUTDIR may not "
-            "be inside an input. Failing stacks are skipped and listed at the end (exit status 1); "
-            "the summary is also written to OUTDIR/batch_summary.json."
-        ),
-    )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", type=Path)
-    p.add_argument("-o", "--output-dir", required=True, type=Path, help="folder for the outputs")
-    p.add_argument("-m", "--method", default=DEFAULT_METHOD, help=f"fusion method (default {DEFAULT_METHOD})")
-    p.add_argument("-p", "--param", action="append", type=_parse_param, metavar="NAME=VALUE",
-                   help="method parameter (repeatable)")
-    p.add_argument("--align", choices=("none", "translation", "similarity"), default="none",
-                   help="align slices first: 'translation' (shift) or 'similarity' (scale + shift, for "
-                        "stacks whose magnification changes with focus); default none")
-    p.add_argument("--crop", action="store_true", help="crop aligned stacks to the region all slices cover")
-    p.add_argument("--z-step", type=float, help="distance between slices (e.g. microns) for the height map")
-    p.add_argument("--refine", default="parabola", choices=("parabola", "gaussian", "none"),
-                   help="sub-slice height refinement (default parabola)")
-    p.add_argument("--reference-channel", type=int, help="channel the decision is made on (multichannel data)")
-    p.add_argument("--slab", type=int, help="fuse deep stacks in sub-stacks of this many slices")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="redo stacks already done with the same parameters (default: skip them)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace outputs that exist from other parameters (default: report the stack as failed)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
-    p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failing stacks")
-    p.set_defaults(func=cmd_batch)
-
-
-__all__ = ["StackSource", "add_subparser", "assign_output_names", "cmd_batch", "discover", "output_paths",
-           "process", "stack_fingerprint", "stack_state"]
+__all__ = ["SUMMARY_NAME", "StackSource", "assign_output_names", "discover", "output_paths", "process",
+           "remove_dead_partials", "stack_fingerprint", "stack_state", "write_summary"]

@@ -50,7 +50,6 @@ github.com/Zhaozixiang1228/IF-CSCFuse (CSC-IVF).
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import torch
@@ -62,7 +61,7 @@ from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..ops.filters import box_filter
 from ..ops.guided import guided_filter
 from ..registry import FusionContext, MethodOutput, Param, register_method
-from ..training.checkpoints import PACKAGE_WEIGHTS_DIR, load_verified_weights
+from ..weights import LoadedWeights, how_to_train, load_shipped, shipped_path
 
 CITATION = (
     "Z. Zhao, J. Zhang, H. Bai, Y. Wang, Y. Cui, L. Deng, K. Sun, C. Zhang, J. Liu, S. Xu, "
@@ -75,8 +74,11 @@ LEVELS = 256
 CHANNEL_CHUNK = 8
 
 
+WEIGHTS_NAME = "csc_ivfn"
+
+
 def default_weights_path() -> Path:
-    return PACKAGE_WEIGHTS_DIR / "csc_ivfn.pt"
+    return shipped_path(WEIGHTS_NAME)
 
 
 # --------------------------------------------------------------------------- fusion rules
@@ -159,38 +161,24 @@ def visible_source(stack: torch.Tensor) -> int:
 # --------------------------------------------------------------------------- network
 
 
-_LOCK = threading.Lock()
-_CACHE: dict[tuple, tuple] = {}
-
-
 def load_network(weights: str | Path | None, device: torch.device) -> CSCIVFN:
     """The trained network (shipped weights, or ``weights``), sha256-verified, eval mode, cached."""
-    path = Path(weights) if weights else default_weights_path()
-    how = (
-        "Train it with `napari-fusion train csc_ivfn --config cpu --install` or pass "
-        "weights=<path to a .pt with its .json manifest>."
-    )
-    stamp = path.stat().st_mtime_ns if path.is_file() else None
-    key = (str(path.resolve()) if path.exists() else str(path), str(device))
-    with _LOCK:
-        cached = _CACHE.get(key)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        state, manifest = load_verified_weights(path, how_to_get=how, expect={"model": "csc_ivfn"})
-        cfg = manifest.get("net_config") or {}
-        with torch.inference_mode(False), torch.no_grad():
-            try:
-                net = CSCIVFN(
-                    int(cfg.get("channels", 64)), int(cfg.get("depth", 8)),
-                    blur=int(cfg.get("blur", 11)), signal=str(cfg.get("signal", "paper")),
-                )
-                net.load_state_dict(state)
-            except (RuntimeError, ValueError) as exc:
-                raise WeightsUnavailableError(f"weights {path} do not fit CSC-IVFN: {exc}. {how}") from None
-            net = net.to(device).eval().requires_grad_(False)
-        _CACHE.clear()
-        _CACHE[key] = (stamp, net)
-        return net
+    how = how_to_train("csc_ivfn")
+
+    def build(w: LoadedWeights) -> CSCIVFN:
+        cfg = w.manifest.get("net_config") or {}
+        try:
+            net = CSCIVFN(
+                int(cfg.get("channels", 64)), int(cfg.get("depth", 8)),
+                blur=int(cfg.get("blur", 11)), signal=str(cfg.get("signal", "paper")),
+            )
+            net.load_state_dict(w.state)
+        except (RuntimeError, ValueError) as exc:
+            raise WeightsUnavailableError(f"weights {w.path} do not fit CSC-IVFN: {exc}. {how}") from None
+        return net.to(w.device).eval().requires_grad_(False)
+
+    return load_shipped(WEIGHTS_NAME, path=weights or None, device=device, build=build,
+                        expect={"model": "csc_ivfn"}, how_to_get=how)
 
 
 # --------------------------------------------------------------------------- method

@@ -37,7 +37,7 @@ from ..errors import FusionInputError, WeightsUnavailableError
 from ..nets.csc_mefn import CSCMEFN, chroma_weights, postprocess
 from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..registry import FusionContext, MethodOutput, Param, register_method
-from ..training.checkpoints import PACKAGE_WEIGHTS_DIR, load_verified_weights
+from ..weights import LoadedWeights, how_to_train, load_shipped, shipped_path
 
 CITATION = (
     "Z. Zhao, J. Zhang, H. Bai, Y. Wang, Y. Cui, L. Deng, K. Sun, C. Zhang, J. Liu, S. Xu, "
@@ -49,37 +49,28 @@ WEIGHTS_NAME = "csc_mefn"
 STRIP_ROWS = 256  # rows of luma pushed through the network at once (bounds memory)
 _FALLBACK_HALO = 16
 
-_CACHE: dict[tuple, tuple] = {}
-
 
 def default_weights_path() -> Path:
-    return PACKAGE_WEIGHTS_DIR / f"{WEIGHTS_NAME}.pt"
+    return shipped_path(WEIGHTS_NAME)
 
 
 def _how() -> str:
-    return (
-        "Train them with `napari-fusion train csc_mefn --config cpu --install` or pass "
-        "weights=<path to a .pt with its .json manifest>."
-    )
+    return how_to_train("csc_mefn")
 
 
 def load_csc_mefn(weights: str | Path | None, device: torch.device) -> CSCMEFN:
     """The weight network on ``device`` (eval mode), sha256-verified and cached."""
-    path = Path(weights) if weights else default_weights_path()
-    stamp = path.stat().st_mtime_ns if path.is_file() else None
-    key = (str(path.resolve()) if path.exists() else str(path), str(device))
-    cached = _CACHE.get(key)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    state, manifest = load_verified_weights(path, how_to_get=_how(), expect={"method": "csc_mefn"})
-    try:
-        net = CSCMEFN(int(manifest.get("channels", 24)), int(manifest.get("n_dcu", 2)))
-        net.load_state_dict(state)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise WeightsUnavailableError(f"weights {path} do not fit the CSC-MEFN network: {exc}. {_how()}") from None
-    net.eval().requires_grad_(False).to(device)
-    _CACHE[key] = (stamp, net)
-    return net
+
+    def build(w: LoadedWeights) -> CSCMEFN:
+        try:
+            net = CSCMEFN(int(w.manifest.get("channels", 24)), int(w.manifest.get("n_dcu", 2)))
+            net.load_state_dict(w.state)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise WeightsUnavailableError(f"weights {w.path} do not fit the CSC-MEFN network: {exc}. {_how()}") from None
+        return net.eval().requires_grad_(False).to(w.device)
+
+    return load_shipped(WEIGHTS_NAME, path=weights or None, device=device, build=build,
+                        expect={"method": "csc_mefn"}, how_to_get=_how())
 
 
 def _halo(params: dict) -> int | None:

@@ -49,7 +49,6 @@ github.com/hli1221/imagefusion_deeplearning.
 
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -63,7 +62,7 @@ from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..ops.decomposition import tikhonov_split
 from ..ops.filters import box_filter
 from ..registry import FusionContext, MethodOutput, Param, register_method
-from ..weights import VGG19_IMAGENET, load_state_dict, locate_weights
+from ..weights import VGG19_IMAGENET, LoadedWeights, load_catalogued
 
 #: The four feature layers of each ``layers`` choice, as torchvision indices.
 LAYER_SETS: dict[str, tuple[int, ...]] = {
@@ -166,8 +165,6 @@ def visible_source(stack: torch.Tensor) -> int:
 # --------------------------------------------------------------------------- #
 
 _TEST_NETWORK: VGG19 | None = None
-_CACHE_LOCK = threading.Lock()
-_CACHE: dict[tuple[str, str], VGG19] = {}
 
 
 @contextmanager
@@ -192,32 +189,24 @@ def untrained_network_for_tests(net: VGG19) -> Iterator[VGG19]:
         _TEST_NETWORK = previous
 
 
+def _build(w: LoadedWeights) -> VGG19:
+    net = VGG19(depth=_NET_DEPTH)
+    try:
+        load_torchvision_state_dict(net, w.state)
+    except ValueError as exc:
+        raise WeightsUnavailableError(f"{w.path}: {exc}") from None
+    return net.to(w.device).eval().requires_grad_(False)
+
+
 def load_network(weights: str = "", *, device: torch.device | str = "cpu") -> VGG19:
     """The ImageNet VGG19 truncated after relu4_1, on ``device``, in eval mode.
 
     ``weights`` names a file; empty means locate it (environment variable
     ``NAPARI_FUSION_VGG19_WEIGHTS``, then the torch hub cache). Raises
     :class:`napari_fusion.WeightsUnavailableError` when no verified file
-    exists. The last network loaded is kept in memory.
+    exists. Loaded networks are kept by :mod:`napari_fusion.weights`.
     """
-    loc = locate_weights(VGG19_IMAGENET, weights or None)
-    key = (loc.sha256, str(torch.device(device)))
-    with _CACHE_LOCK:
-        net = _CACHE.get(key)
-        if net is None:
-            state = load_state_dict(loc.path)
-            # normal (not inference-mode) tensors: the cached network outlives this call
-            with torch.inference_mode(False), torch.no_grad():
-                net = VGG19(depth=_NET_DEPTH)
-                try:
-                    load_torchvision_state_dict(net, state)
-                except ValueError as exc:
-                    raise WeightsUnavailableError(f"{loc.path}: {exc}") from None
-                del state
-                net = net.to(device).eval().requires_grad_(False)
-            _CACHE.clear()
-            _CACHE[key] = net
-    return net
+    return load_catalogued(VGG19_IMAGENET, weights or None, device=device, build=_build)
 
 
 def _network(weights: str, device: torch.device) -> VGG19:

@@ -3,7 +3,7 @@
 Y. Liu, X. Chen, H. Peng, Z. Wang, "Multi-focus image fusion with a deep
 convolutional neural network", Information Fusion 36:191-207, 2017.
 
-1. A siamese CNN (:mod:`napari_fusion.nets.liu2017`) scores every 16x16
+1. A siamese CNN (:mod:`napari_fusion.nets.liu2017_cnn`) scores every 16x16
    patch (stride 2) of the grey sources: the probability that source A is
    in focus there. Each score is spread over its patch and overlapping
    scores are averaged: the focus map.
@@ -20,7 +20,7 @@ sources). ``liu2017_cnn_nway`` scores every slice against every other slice
 (the mean probability that it is the sharper one), takes the best slice per
 pixel and applies the same verification to the label map.
 
-The networks are trained here (``napari-fusion train liu2017``); the weights
+The networks are trained here (``napari-fusion train liu2017_cnn``); the weights
 shipped in ``napari_fusion/trained_weights`` are checked against their sha256.
 """
 
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import FusionInputError
-from ..nets.liu2017 import (
+from ..errors import FusionInputError, WeightsUnavailableError
+from ..nets.liu2017_cnn import (
     PATCH,
     VARIANTS,
     LiuFocusNet,
@@ -45,45 +45,40 @@ from ..ops.blend import luminance_stack, normalise_weights, one_hot, select, wei
 from ..ops.guided import guided_filter
 from ..ops.regions import remove_small_regions
 from ..registry import FusionContext, MethodOutput, Param, register_method
-from ..training.checkpoints import PACKAGE_WEIGHTS_DIR, load_verified_weights, sha256_file
+from ..weights import LoadedWeights, how_to_train, load_shipped, shipped_path
 
 CITATION = (
     "Y. Liu, X. Chen, H. Peng, Z. Wang, 'Multi-focus image fusion with a deep convolutional "
     "neural network', Information Fusion 36:191-207, 2017."
 )
 
-_CACHE: dict[tuple, tuple[LiuFocusNet, torch.Tensor, float]] = {}
+
+def weights_name(variant: str) -> str:
+    """Name of the shipped weights of ``variant`` (``liu2017_<variant>``)."""
+    return f"liu2017_{variant}"
 
 
 def default_weights_path(variant: str) -> Path:
     """Where the shipped weights of ``variant`` live."""
-    return PACKAGE_WEIGHTS_DIR / f"liu2017_{variant}.pt"
+    return shipped_path(weights_name(variant))
 
 
 def load_liu_net(variant: str, weights: str | Path | None, device: torch.device):
     """(net, difference filters, bias difference) on ``device``, verified and cached."""
-    path = Path(weights) if weights else default_weights_path(variant)
-    how = (
-        f"Train them with `napari-fusion train liu2017 --config cpu --variant {variant} --install` "
-        "or pass weights=<path to a .pt with its .json manifest>."
-    )
-    key = (str(path.resolve()) if path.exists() else str(path), variant, str(device))
-    stamp = path.stat().st_mtime_ns if path.is_file() else None
-    cached = _CACHE.get(key)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    state, _ = load_verified_weights(path, how_to_get=how, expect={"variant": variant})
-    net = LiuFocusNet(variant)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        from ..errors import WeightsUnavailableError
+    how = how_to_train("liu2017_cnn", options=f"--config cpu --variant {variant}")
 
-        raise WeightsUnavailableError(f"weights {path} do not fit the {variant} model: {exc}. {how}") from None
-    net.eval().requires_grad_(False).to(device)
-    filters, db = difference_filters(net)
-    _CACHE[key] = (stamp, (net, filters, db))
-    return net, filters, db
+    def build(w: LoadedWeights):
+        net = LiuFocusNet(variant)
+        try:
+            net.load_state_dict(w.state)
+        except RuntimeError as exc:
+            raise WeightsUnavailableError(f"weights {w.path} do not fit the {variant} model: {exc}. {how}") from None
+        net.eval().requires_grad_(False).to(w.device)
+        filters, db = difference_filters(net)
+        return net, filters, db
+
+    return load_shipped(weights_name(variant), path=weights or None, device=device, build=build,
+                        expect={"variant": variant}, how_to_get=how)
 
 
 def _check_size(stack: torch.Tensor) -> None:

@@ -1,6 +1,6 @@
 """End-to-end two-stream fully convolutional fusion (KSII TIIS 2018): ``tiis2018_fcn``.
 
-The network (:mod:`napari_fusion.nets.two_stream`: two conv streams, a 1x1
+The network (:mod:`napari_fusion.nets.tiis2018_fcn`: two conv streams, a 1x1
 fusion layer, a transposed-conv decoder, ReLU after every layer; 2-1-2, 64
 filters of 5x5) regresses the all-in-focus image directly from two
 differently focused sources. No released code or weights exist; the network
@@ -39,46 +39,33 @@ from pathlib import Path
 import torch
 
 from ..errors import FusionInputError, WeightsUnavailableError
-from ..nets.two_stream import TwoStreamFusionNet, receptive_radius
+from ..nets.tiis2018_fcn import TwoStreamFusionNet, receptive_radius
 from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..ops.filters import box_filter
 from ..registry import FusionContext, MethodOutput, Param, register_method
-from ..training.checkpoints import PACKAGE_WEIGHTS_DIR, load_verified_weights
+from ..weights import LoadedWeights, how_to_train, load_shipped, shipped_path
 
 CITATION = (
     "End-to-end two-stream fully convolutional network for multi-focus image fusion "
     "(conv - fusion - deconv), KSII Transactions on Internet and Information Systems 12(5), 2018."
 )
 WEIGHTS_NAME = "tiis2018_fcn"
-HOW_TO_GET = (
-    "Train them with `napari-fusion train two_stream --config cpu --install` "
-    "or pass weights=<path to a .pt with its .json manifest>."
-)
-
-_CACHE: dict[tuple, tuple] = {}
+HOW_TO_GET = how_to_train("tiis2018_fcn")
 
 
 def default_weights_path() -> Path:
     """Where the shipped weights live."""
-    return PACKAGE_WEIGHTS_DIR / f"{WEIGHTS_NAME}.pt"
+    return shipped_path(WEIGHTS_NAME)
 
 
 def _weights_path(weights: str | Path | None) -> Path:
     return Path(weights).expanduser() if weights else default_weights_path()
 
 
-def load_two_stream_net(weights: str | Path | None, device: torch.device) -> TwoStreamFusionNet:
-    """The trained network on ``device`` (sha256-verified, cached by path and mtime)."""
-    path = _weights_path(weights)
-    key = (str(path.resolve()) if path.exists() else str(path), str(device))
-    stamp = path.stat().st_mtime_ns if path.is_file() else None
-    cached = _CACHE.get(key)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    state, manifest = load_verified_weights(path, how_to_get=HOW_TO_GET, expect={"architecture": "TwoStreamFusionNet"})
-    cfg = manifest.get("net")
+def _build(w: LoadedWeights) -> TwoStreamFusionNet:
+    cfg = w.manifest.get("net")
     if not isinstance(cfg, dict):
-        raise WeightsUnavailableError(f"manifest of {path} has no 'net' entry describing the architecture. {HOW_TO_GET}")
+        raise WeightsUnavailableError(f"manifest of {w.path} has no 'net' entry describing the architecture. {HOW_TO_GET}")
     try:
         net = TwoStreamFusionNet(
             channels=int(cfg.get("channels", 1)),
@@ -88,14 +75,18 @@ def load_two_stream_net(weights: str | Path | None, device: torch.device) -> Two
             shared_streams=bool(cfg.get("shared_streams", False)),
             init="kaiming",
         )
-        net.load_state_dict(state)
+        net.load_state_dict(w.state)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise WeightsUnavailableError(f"weights {path} do not fit their declared architecture {cfg}: {exc}. {HOW_TO_GET}") from None
+        raise WeightsUnavailableError(f"weights {w.path} do not fit their declared architecture {cfg}: {exc}. {HOW_TO_GET}") from None
     if net.channels != 1:
-        raise WeightsUnavailableError(f"weights {path} are for {net.channels}-channel input; this method uses grey networks. {HOW_TO_GET}")
-    net.eval().requires_grad_(False).to(device)
-    _CACHE[key] = (stamp, net)
-    return net
+        raise WeightsUnavailableError(f"weights {w.path} are for {net.channels}-channel input; this method uses grey networks. {HOW_TO_GET}")
+    return net.eval().requires_grad_(False).to(w.device)
+
+
+def load_two_stream_net(weights: str | Path | None, device: torch.device) -> TwoStreamFusionNet:
+    """The trained network on ``device`` (sha256-verified, cached by path, mtime, size and device)."""
+    return load_shipped(WEIGHTS_NAME, path=weights or None, device=device, build=_build,
+                        expect={"architecture": "TwoStreamFusionNet"}, how_to_get=HOW_TO_GET)
 
 
 def _halo(params: dict) -> int:

@@ -6,7 +6,7 @@ representations and coupled dictionary learning", ICASSP 2020, pp.
 8344-8348. Authors' code: github.com/FarshadGVeshki/CDL-multifocus-fusion
 (MATLAB + SPAMS), followed here where the paper leaves details open.
 
-Two dictionaries are learned jointly (:mod:`napari_fusion.training.cdl`):
+Two dictionaries are learned jointly (:mod:`napari_fusion.training.veshki_cdl`):
 ``Df`` for focused patches and ``Db`` for the same patches blurred, sharing
 one sparse code. For fusion, every pair of co-located, mean-removed patches
 ``x1, x2`` (grey = mean of the channels; a grid at ``stride``) is coded by
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from ..errors import FusionInputError, WeightsUnavailableError
 from ..ops.sparse import batch_omp, normalise_columns
 from ..registry import FusionContext, MethodOutput, Param, register_method
-from ..training.checkpoints import PACKAGE_WEIGHTS_DIR, load_verified_weights
+from ..weights import LoadedWeights, how_to_train, load_shipped, shipped_path
 
 CITATION = (
     "F. G. Veshki, N. Ouzir, S. A. Vorobyov, 'Image fusion using joint sparse representations "
@@ -56,42 +56,33 @@ CITATION = (
 PATCH_SIZES = (8, 16)
 BOUNDARY_MODES = ("paper", "released")
 
-_CACHE: dict[tuple, tuple] = {}
-
 
 def weights_name(patch: int) -> str:
     return f"veshki_cdl_{patch}x{patch}"
 
 
 def default_dictionary_path(patch: int) -> Path:
-    return PACKAGE_WEIGHTS_DIR / f"{weights_name(patch)}.pt"
+    return shipped_path(weights_name(patch))
 
 
 def load_dictionaries(patch: int, path: str | Path | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(Df, Db)``, each ``(patch^2, K)``, verified against their manifest and cached."""
-    p = Path(path) if path else default_dictionary_path(patch)
-    how = (
-        f"Train them with `napari-fusion train cdl --config cpu --patch {patch} --install` "
-        "or pass dictionary=<path to a .pt with its .json manifest>."
-    )
-    stamp = p.stat().st_mtime_ns if p.is_file() else None
-    key = (str(p), patch, str(device))
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    state, _ = load_verified_weights(p, how_to_get=how, expect={"patch": patch})
-    try:
-        df, db = state["Df"].float(), state["Db"].float()
-    except KeyError:
-        raise WeightsUnavailableError(f"{p} holds no Df/Db dictionaries. {how}") from None
-    n = patch * patch
-    if df.shape != db.shape or df.ndim != 2 or df.shape[0] != n:
-        raise WeightsUnavailableError(
-            f"dictionaries in {p} have shapes {tuple(df.shape)}/{tuple(db.shape)}, expected ({n}, K). {how}"
-        )
-    out = (df.to(device), db.to(device))
-    _CACHE[key] = (stamp, out)
-    return out
+    how = how_to_train("veshki_cdl", options=f"--config cpu --patch {patch}", param="dictionary")
+
+    def build(w: LoadedWeights) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            df, db = w.state["Df"].float(), w.state["Db"].float()
+        except KeyError:
+            raise WeightsUnavailableError(f"{w.path} holds no Df/Db dictionaries. {how}") from None
+        n = patch * patch
+        if df.shape != db.shape or df.ndim != 2 or df.shape[0] != n:
+            raise WeightsUnavailableError(
+                f"dictionaries in {w.path} have shapes {tuple(df.shape)}/{tuple(db.shape)}, expected ({n}, K). {how}"
+            )
+        return df.to(w.device), db.to(w.device)
+
+    return load_shipped(weights_name(patch), path=path or None, device=device, build=build,
+                        expect={"patch": patch}, how_to_get=how)
 
 
 def coupled_dictionary(df: torch.Tensor, db: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ fusion layer, two deconvolution layers) with 64 filters of 5x5; its ablation
 varies width, depth and kernel size, so all three are parameters here.
 
 No code was released; these are the choices made here where the paper is
-silent (see ``docs/methods/two_stream.md``):
+silent (see ``docs/methods/tiis2018_fcn.md``):
 
 * **Geometry.** Convolutions are 'valid' and the transposed convolutions are
   'valid' too (stride 1), so the encoder shrinks the map by ``k - 1`` per
@@ -25,7 +25,7 @@ silent (see ``docs/methods/two_stream.md``):
   ``shared_streams=True`` makes them siamese.
 * **Output range.** The final ReLU (as in the paper) makes the output
   non-negative; the upper end is not bounded by the network, so callers clamp
-  to [0, 1] (:func:`napari_fusion.methods.two_stream` does).
+  to [0, 1] (:func:`napari_fusion.methods.tiis2018_fcn` does).
 * **Initialisation** (``init='average'``, ours, not the paper's): one channel
   of every layer is initialised as a pass-through (centred delta kernels,
   exact since inputs and activations are non-negative), the fusion layer

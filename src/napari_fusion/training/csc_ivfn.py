@@ -34,11 +34,10 @@ import torch.nn.functional as F
 
 from ..nets.csc_ivfn import CSCIVFN, count_parameters
 from ..ops.filters import gaussian_kernel1d
-from .run_options import add_run_arguments, apply_train_overrides, command_line, install_weights
-from .checkpoints import export_weights
 from .data import list_photos, load_photos, resolve_data_path
-from .loop import TrainConfig, train
-from .model_card import environment
+from .loop import TrainConfig
+from .run_options import add_run_arguments, apply_train_overrides
+from .skeleton import LoopRecipe, Run, loop_summary, run_from_args, run_recipe
 
 CITATION = (
     "Z. Zhao, J. Zhang, H. Bai, Y. Wang, Y. Cui, L. Deng, K. Sun, C. Zhang, J. Liu, S. Xu, "
@@ -225,57 +224,56 @@ def reconstruction_scores(model: CSCIVFN, crops: Crops, *, batch_size: int = 32)
 # --------------------------------------------------------------------------- run
 
 
-def run_training(
-    cfg: IVFNTrainConfig,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    command: str | None = None,
-    log=print,
-    name: str = WEIGHTS_NAME,
-) -> dict[str, Any]:
-    """Train and export ``out_dir/<name>.{pt,json,md}``; returns the manifest."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    train_set, val_set, info = build_datasets(cfg, progress=progress)
-    log(f"{info['train_crops']} training crops from {info['train_photos']} photos, {info['val_crops']} validation crops")
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
-    torch.manual_seed(cfg.train.seed)
-    model = CSCIVFN(cfg.channels, cfg.depth, signal=cfg.signal)
-    result = train(
-        model, train_set, val_set, make_step(cfg.ssim_weight), cfg.train,
-        run_dir=out_dir, resume=resume, progress=progress, log=log,
-    )
-    model = result.model.to("cpu").eval()
-    scores = reconstruction_scores(model, val_set)
-    log(f"validation reconstruction: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}")
-    manifest = {
-        "model": "csc_ivfn",
-        "architecture": f"CSCIVFN(channels={cfg.channels}, depth={cfg.depth}, blur=11, signal={cfg.signal!r})",
-        "net_config": model.config,
-        "parameters": count_parameters(model),
-        "config": cfg.as_dict(),
-        "command": command or "",
-        "data": info,
-        "environment": environment(),
-        "training": {
-            "seed": cfg.train.seed,
-            "steps": result.steps,
-            "epochs_done": result.epochs_done,
-            "train_minutes": result.train_seconds / 60,
-            "stopped_by_time": result.stopped_by_time,
-            "val_loss": result.val_loss,
-            "val_psnr_db": scores["psnr"],
-            "val_ssim": scores["ssim"],
-            "val_examples": len(val_set),
-        },
-    }
-    manifest = export_weights(model.state_dict(), out_dir / f"{name}.pt", manifest=manifest)
-    write_card(out_dir / f"{name}.md", cfg, manifest, result.history)
-    log(f"wrote {out_dir / (name + '.pt')} (sha256 {manifest['sha256']}), {result.train_seconds / 60:.1f} min")
-    return manifest
+class IVFNRecipe(LoopRecipe):
+    """CSC-IVFN trained as an autoencoder of grey crops (MSE + SSIM); scored by reconstruction PSNR/SSIM."""
+
+    write_config = False
+
+    def __init__(self, cfg: IVFNTrainConfig, *, name: str = WEIGHTS_NAME):
+        self.cfg = cfg
+        self.name = name
+
+    def build_data(self, run: Run):
+        return build_datasets(self.cfg, progress=run.progress)
+
+    def data_message(self, data, seconds: float) -> str:
+        info = data[2]
+        return f"{info['train_crops']} training crops from {info['train_photos']} photos, {info['val_crops']} validation crops"
+
+    def build_model(self, data) -> CSCIVFN:
+        return CSCIVFN(self.cfg.channels, self.cfg.depth, signal=self.cfg.signal)
+
+    def step(self):
+        return make_step(self.cfg.ssim_weight)
+
+    def evaluate(self, result, data, run: Run) -> dict[str, float]:
+        result.model = result.model.to("cpu").eval()
+        scores = reconstruction_scores(result.model, data[1])
+        run.log(f"validation reconstruction: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}")
+        return scores
+
+    def manifest(self, result, data, scores, run: Run) -> dict[str, Any]:
+        cfg, model = self.cfg, result.model
+        return {
+            "model": "csc_ivfn",
+            "architecture": f"CSCIVFN(channels={cfg.channels}, depth={cfg.depth}, blur=11, signal={cfg.signal!r})",
+            "net_config": model.config,
+            "parameters": count_parameters(model),
+            "config": cfg.as_dict(),
+            "data": data[2],
+            "training": loop_summary(cfg.train.seed, result, val_examples=len(data[1]), omit=("val_accuracy",),
+                                     val_psnr_db=scores["psnr"], val_ssim=scores["ssim"]),
+        }
+
+    def finish(self, result, data, scores, manifest: dict[str, Any], run: Run) -> None:
+        write_card(run.out_dir / f"{self.name}.md", self.cfg, manifest, result.history)
+
+
+def run_training(cfg: IVFNTrainConfig, out_dir: str | Path, *, name: str = WEIGHTS_NAME, **options) -> dict[str, Any]:
+    """Train and export ``out_dir/<name>.{pt,json,md}``; returns the manifest.
+
+    ``options``: those of :func:`~napari_fusion.training.skeleton.run_recipe` (resume, progress, command, log)."""
+    return run_recipe(IVFNRecipe(cfg, name=name), out_dir, **options)
 
 
 def write_card(path: Path, cfg: IVFNTrainConfig, manifest: dict[str, Any], history: list[dict[str, Any]]) -> Path:
@@ -354,12 +352,7 @@ def add_arguments(p) -> None:
 def main_from_args(args) -> int:
     cfg = get_config(args.config, signal=args.signal)
     apply_train_overrides(cfg.train, args)
-    out = Path(args.out or f"runs/csc_ivfn-{args.config}")
-    command = command_line()
-    manifest = run_training(cfg, out, resume=args.resume, progress=not args.no_progress, command=command)
-    if args.install:
-        install_weights(out, WEIGHTS_NAME)
-    return 0 if manifest else 1
+    return run_from_args(args, IVFNRecipe(cfg), f"runs/csc_ivfn-{args.config}")
 
 
 __all__ = [

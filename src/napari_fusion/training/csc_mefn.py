@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,11 +46,11 @@ from ..metrics.mef_torch import mef_ssim_torch
 from ..nets.csc_mefn import CSCMEFN, count_parameters, fuse_exposures, postprocess
 from ..ops.colour import luminance
 from ..ops.filters import sobel_gradients
-from .run_options import add_run_arguments, apply_train_overrides, command_line, install_weights
-from .checkpoints import export_weights
 from .data import list_photos, resolve_data_path
-from .loop import TrainConfig, train
-from .model_card import environment, write_model_card
+from .loop import TrainConfig
+from .model_card import write_model_card
+from .run_options import add_run_arguments, apply_train_overrides
+from .skeleton import LoopRecipe, Run, loop_summary, run_from_args, run_recipe
 
 CITATION = (
     "Z. Zhao, J. Zhang, H. Bai, Y. Wang, Y. Cui, L. Deng, K. Sun, C. Zhang, J. Liu, S. Xu, "
@@ -387,59 +386,9 @@ def score_real_sequences(model: CSCMEFN, folder: Path, *, max_side: int = 256, d
 # run
 
 
-def run_training(cfg: MEFNTrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-                 command: str | None = None, real_validation: bool = True, log=print) -> dict[str, Any]:
-    """Train, export ``out_dir/csc_mefn.{pt,json,md}``; returns the manifest."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
-    t0 = time.perf_counter()
-    train_set, val_set, info = build_datasets(cfg, progress=progress, log=log)
-    log(f"data ready in {time.perf_counter() - t0:.0f} s: {info}")
-    torch.manual_seed(cfg.train.seed)
-    model = CSCMEFN(cfg.channels, cfg.n_dcu)
-    step = MEFNLoss(cfg.halo_max, cfg.halo_ramp)
-    result = train(model, train_set, val_set, step, cfg.train, run_dir=out_dir, resume=resume, progress=progress, log=log)
-    real = None
-    if real_validation:
-        try:
-            folder = resolve_data_path(cfg.data.real_validation)
-        except FileNotFoundError:
-            folder = None
-        if folder is not None and folder.is_dir():
-            log(f"scoring real sequences in {folder} (never trained on)")
-            real = score_real_sequences(result.model, folder, max_side=cfg.data.real_max_side, log=log)
-            (out_dir / "real_validation.json").write_text(json.dumps(real, indent=1) + "\n")
-    manifest = {
-        "method": "csc_mefn",
-        "architecture": f"CSCMEFN(channels={cfg.channels}, n_dcu={cfg.n_dcu})",
-        "channels": cfg.channels,
-        "n_dcu": cfg.n_dcu,
-        "parameters": count_parameters(result.model),
-        "config": cfg.as_dict(),
-        "data": info,
-        "training": {
-            "seed": cfg.train.seed,
-            "steps": result.steps,
-            "epochs_done": result.epochs_done,
-            "train_minutes": result.train_seconds / 60,
-            "stopped_by_time": result.stopped_by_time,
-            "val_accuracy": result.val_accuracy,
-            "val_loss": result.val_loss,
-            "val_examples": len(val_set),
-            "train_examples": len(train_set),
-            "val_accuracy_means": "mean MEF-SSIM (MEF-Net variant) of held-out synthetic series",
-        },
-        "real_validation": None if real is None else {"folder": cfg.data.real_validation, "max_side": real["max_side"],
-                                                      "mean_mef_ssim": real["mean"], "cases": len(real["cases"])},
-        "environment": environment(),
-        "command": command or "",
-    }
-    manifest = export_weights(result.model.state_dict(), out_dir / f"{WEIGHTS_NAME}.pt", manifest=manifest)
+def _data_text(cfg: MEFNTrainConfig, info: dict[str, Any]) -> str:
     r = cfg.data.render
-    data_text = (
+    return (
         f"Exposure series rendered on the fly from {info['train_photos']} BSDS500 photographs "
         f"(`{cfg.data.photos}`, splits {', '.join(cfg.data.train_splits)}); validation series from "
         f"{info['val_photos']} disjoint photographs (split {', '.join(cfg.data.val_splits)}). Each series: "
@@ -450,40 +399,109 @@ def run_training(cfg: MEFNTrainConfig, out_dir: str | Path, *, resume: bool = Fa
         "The 'accuracy' columns below are the mean MEF-SSIM (MEF-Net variant, the training objective) "
         "of the synthetic validation series."
     )
-    card = write_model_card(
-        out_dir / f"{WEIGHTS_NAME}.md",
-        title=f"CSC-MEFN weight network, `{cfg.name}` configuration",
-        summary=(
-            "Weights of the luma weight network of the `csc_mefn` multi-exposure fusion method "
-            f"(`napari_fusion.nets.csc_mefn.CSCMEFN`, {cfg.n_dcu} DCUs at {cfg.channels} channels)."
-        ),
-        manifest=manifest,
-        command=command or "",
-        data=data_text,
-        history=result.history,
-        citation=CITATION,
-    )
-    if real is not None:
-        lines = [
-            "",
-            "## Validation on real sequences (never trained on)",
-            "",
-            f"MEF-SSIM (`napari_fusion.metrics.mef_ssim`, Ma et al.'s MATLAB definition) on the "
-            f"{len(real['cases'])} sequences of `{cfg.data.real_validation}`, long side downscaled to "
-            f"{real['max_side']} px; csc_mefn with its default percentile stretch.",
-            "",
-            "| sequence | K | csc_mefn | mertens | average |",
-            "|---|---|---|---|---|",
-        ]
-        for row in real["cases"]:
-            lines.append(f"| {row['case']} | {row['K']} | {row['csc_mefn']:.4f} | {row['mertens']:.4f} | {row['average']:.4f} |")
-        m = real["mean"]
-        lines.append(f"| **mean** | | **{m['csc_mefn']:.4f}** | **{m['mertens']:.4f}** | **{m['average']:.4f}** |")
-        with open(card, "a") as fh:
-            fh.write("\n".join(lines) + "\n")
-    log(f"wrote {out_dir / (WEIGHTS_NAME + '.pt')} (sha256 {manifest['sha256']}), synthetic val MEF-SSIM "
-        f"{result.val_accuracy:.4f}, {result.train_seconds / 60:.1f} min")
-    return manifest
+
+
+def _real_validation_section(cfg: MEFNTrainConfig, real: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## Validation on real sequences (never trained on)",
+        "",
+        f"MEF-SSIM (`napari_fusion.metrics.mef_ssim`, Ma et al.'s MATLAB definition) on the "
+        f"{len(real['cases'])} sequences of `{cfg.data.real_validation}`, long side downscaled to "
+        f"{real['max_side']} px; csc_mefn with its default percentile stretch.",
+        "",
+        "| sequence | K | csc_mefn | mertens | average |",
+        "|---|---|---|---|---|",
+    ]
+    for row in real["cases"]:
+        lines.append(f"| {row['case']} | {row['K']} | {row['csc_mefn']:.4f} | {row['mertens']:.4f} | {row['average']:.4f} |")
+    m = real["mean"]
+    lines.append(f"| **mean** | | **{m['csc_mefn']:.4f}** | **{m['mertens']:.4f}** | **{m['average']:.4f}** |")
+    return lines
+
+
+class MEFNRecipe(LoopRecipe):
+    """CSC-MEFN's weight network: rendered exposure series, MEF-SSIM loss; scored on real sequences."""
+
+    name = WEIGHTS_NAME
+
+    def __init__(self, cfg: MEFNTrainConfig, *, real_validation: bool = True):
+        self.cfg = cfg
+        self.real_validation = real_validation
+
+    def build_data(self, run: Run):
+        return build_datasets(self.cfg, progress=run.progress, log=run.log)
+
+    def data_message(self, data, seconds: float) -> str:
+        return f"data ready in {seconds:.0f} s: {data[2]}"
+
+    def build_model(self, data) -> CSCMEFN:
+        return CSCMEFN(self.cfg.channels, self.cfg.n_dcu)
+
+    def step(self):
+        return MEFNLoss(self.cfg.halo_max, self.cfg.halo_ramp)
+
+    def evaluate(self, result, data, run: Run) -> dict[str, Any] | None:
+        """MEF-SSIM on the real sequences (never trained on), when they are there."""
+        if not self.real_validation:
+            return None
+        try:
+            folder = resolve_data_path(self.cfg.data.real_validation)
+        except FileNotFoundError:
+            return None
+        if not folder.is_dir():
+            return None
+        run.log(f"scoring real sequences in {folder} (never trained on)")
+        real = score_real_sequences(result.model, folder, max_side=self.cfg.data.real_max_side, log=run.log)
+        (run.out_dir / "real_validation.json").write_text(json.dumps(real, indent=1) + "\n")
+        return real
+
+    def manifest(self, result, data, real, run: Run) -> dict[str, Any]:
+        cfg, (train_set, val_set, info) = self.cfg, data
+        return {
+            "method": "csc_mefn",
+            "architecture": f"CSCMEFN(channels={cfg.channels}, n_dcu={cfg.n_dcu})",
+            "channels": cfg.channels,
+            "n_dcu": cfg.n_dcu,
+            "parameters": count_parameters(result.model),
+            "config": cfg.as_dict(),
+            "data": info,
+            "training": loop_summary(
+                cfg.train.seed, result, val_examples=len(val_set), train_examples=len(train_set),
+                val_accuracy_means="mean MEF-SSIM (MEF-Net variant) of held-out synthetic series",
+            ),
+            "real_validation": None if real is None else {"folder": cfg.data.real_validation, "max_side": real["max_side"],
+                                                          "mean_mef_ssim": real["mean"], "cases": len(real["cases"])},
+        }
+
+    def finish(self, result, data, real, manifest: dict[str, Any], run: Run) -> None:
+        card = write_model_card(
+            run.out_dir / f"{WEIGHTS_NAME}.md",
+            title=f"CSC-MEFN weight network, `{self.cfg.name}` configuration",
+            summary=(
+                "Weights of the luma weight network of the `csc_mefn` multi-exposure fusion method "
+                f"(`napari_fusion.nets.csc_mefn.CSCMEFN`, {self.cfg.n_dcu} DCUs at {self.cfg.channels} channels)."
+            ),
+            manifest=manifest,
+            command=run.command,
+            data=_data_text(self.cfg, data[2]),
+            history=result.history,
+            citation=CITATION,
+        )
+        if real is not None:
+            with open(card, "a") as fh:
+                fh.write("\n".join(_real_validation_section(self.cfg, real)) + "\n")
+
+    def done_message(self, result, real, manifest: dict[str, Any], run: Run) -> str:
+        return (f"wrote {run.out_dir / (WEIGHTS_NAME + '.pt')} (sha256 {manifest['sha256']}), synthetic val MEF-SSIM "
+                f"{result.val_accuracy:.4f}, {result.train_seconds / 60:.1f} min")
+
+
+def run_training(cfg: MEFNTrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+                 command: str | None = None, real_validation: bool = True, log=print) -> dict[str, Any]:
+    """Train, export ``out_dir/csc_mefn.{pt,json,md}``; returns the manifest."""
+    return run_recipe(MEFNRecipe(cfg, real_validation=real_validation), out_dir, resume=resume, progress=progress,
+                      command=command, log=log)
 
 
 def add_arguments(p) -> None:
@@ -498,11 +516,5 @@ def add_arguments(p) -> None:
 def main_from_args(args) -> int:
     cfg = get_config(args.config, n_dcu=args.n_dcu, halo_max=args.halo_max)
     apply_train_overrides(cfg.train, args)
-    out = Path(args.out or f"runs/csc_mefn-{args.config}")
-    command = command_line()
-    manifest = run_training(cfg, out, resume=args.resume, progress=not args.no_progress, command=command,
-                            real_validation=not args.no_real_validation)
-    if args.install:
-        install_weights(out, WEIGHTS_NAME)
-    return 0 if manifest else 1
+    return run_from_args(args, MEFNRecipe(cfg, real_validation=not args.no_real_validation), f"runs/csc_mefn-{args.config}")
 

@@ -30,11 +30,10 @@ import numpy as np
 import torch
 
 from ..nets.csc_mmfn import CSCMMFN, count_parameters
-from .run_options import add_run_arguments, apply_train_overrides, command_line, install_weights
-from .checkpoints import export_weights
-from .loop import TrainConfig, train
+from .loop import TrainConfig
 from .mmf_data import PatchSet, task_cases
-from .model_card import environment
+from .run_options import add_run_arguments, apply_train_overrides
+from .skeleton import LoopRecipe, Run, loop_summary, run_from_args, run_recipe
 
 CITATION = (
     "Z. Zhao, J. Zhang, H. Bai, Y. Wang, Y. Cui, L. Deng, K. Sun, C. Zhang, J. Liu, S. Xu, "
@@ -226,53 +225,58 @@ def _write_card(path: Path, cfg: MMFTrainConfig, manifest: dict, history: list, 
     path.write_text("\n".join(lines))
 
 
+class MMFNRecipe(LoopRecipe):
+    """CSC-MMFN for one task: Wald-protocol patches, MSE; card with the held-out table."""
+
+    examples = "patches"
+
+    def __init__(self, cfg: MMFTrainConfig, *, evaluate: bool = True):
+        self.cfg = cfg
+        self.name = weights_name(cfg.task)
+        self.heldout = evaluate
+
+    def build_data(self, run: Run):
+        return build_datasets(self.cfg)
+
+    def build_model(self, data) -> CSCMMFN:
+        sample = data[0].batch([0])
+        return CSCMMFN(sample[0].shape[1], sample[1].shape[1], **dataclasses.asdict(self.cfg.net))
+
+    def step(self):
+        return mmf_step
+
+    def manifest(self, result, data, scores, run: Run) -> dict[str, Any]:
+        cfg, (train_set, val_set), net = self.cfg, data, result.model
+        return {
+            "method": "csc_mmfn",
+            "task": cfg.task,
+            "architecture": "CSCMMFN({bands}, {guide_channels}, features={features}, n_dcu={n_dcu}, radius={radius}, "
+                            "eps={eps})".format(**net.config),
+            "net": net.config,
+            "parameters": count_parameters(net),
+            "config": cfg.as_dict(),
+            "training": loop_summary(cfg.train.seed, result, val_examples=len(val_set), train_examples=len(train_set),
+                                     omit=("epochs_done", "val_accuracy")),
+        }
+
+    def finish(self, result, data, scores, manifest: dict[str, Any], run: Run) -> None:
+        table = "(not evaluated)"
+        if self.heldout:
+            from ..weights import clear_cache
+
+            clear_cache()
+            rows = evaluate_heldout(self.cfg.task, run.out_dir / f"{self.name}.pt", scale=self.cfg.data.scale)
+            table = table_markdown(rows)
+            (run.out_dir / "heldout.json").write_text(json.dumps(rows, indent=1) + "\n")
+            run.log(table)
+        _write_card(run.out_dir / f"{self.name}.md", self.cfg, manifest, result.history, table, run.command)
+
+
 def run_training(cfg: MMFTrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  command: str | None = None, evaluate: bool = True, log=print) -> dict[str, Any]:
     """Train, export ``out_dir/csc_mmfn_<task>.{pt,json,md}`` (card with the held-out table); returns the manifest."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
-    t0 = time.perf_counter()
-    train_set, val_set = build_datasets(cfg)
-    log(f"data ready in {time.perf_counter() - t0:.0f} s: {len(train_set)} training, {len(val_set)} validation patches")
-    torch.manual_seed(cfg.train.seed)
-    sample = train_set.batch([0])
-    model = CSCMMFN(sample[0].shape[1], sample[1].shape[1], **dataclasses.asdict(cfg.net))
-    result = train(model, train_set, val_set, mmf_step, cfg.train, run_dir=out_dir, resume=resume,
-                   progress=progress, log=log)
-    name = weights_name(cfg.task)
-    manifest = {
-        "method": "csc_mmfn",
-        "task": cfg.task,
-        "architecture": "CSCMMFN({bands}, {guide_channels}, features={features}, n_dcu={n_dcu}, radius={radius}, "
-                        "eps={eps})".format(**model.config),
-        "net": model.config,
-        "parameters": count_parameters(result.model),
-        "config": cfg.as_dict(),
-        "training": {
-            "seed": cfg.train.seed, "steps": result.steps, "train_minutes": result.train_seconds / 60,
-            "stopped_by_time": result.stopped_by_time, "val_loss": result.val_loss,
-            "val_examples": len(val_set), "train_examples": len(train_set),
-        },
-        "environment": environment(),
-        "command": command or "",
-    }
-    path = out_dir / f"{name}.pt"
-    manifest = export_weights(result.model.state_dict(), path, manifest=manifest)
-    table = "(not evaluated)"
-    if evaluate:
-        from .. import upsample
-
-        upsample._MODEL_CACHE.clear()
-        rows = evaluate_heldout(cfg.task, path, scale=cfg.data.scale)
-        table = table_markdown(rows)
-        (out_dir / "heldout.json").write_text(json.dumps(rows, indent=1) + "\n")
-        log(table)
-    _write_card(out_dir / f"{name}.md", cfg, manifest, result.history, table, command or "")
-    log(f"wrote {path} (sha256 {manifest['sha256']}), {result.train_seconds / 60:.1f} min")
-    return manifest
+    return run_recipe(MMFNRecipe(cfg, evaluate=evaluate), out_dir, resume=resume, progress=progress,
+                      command=command, log=log)
 
 
 def add_arguments(p) -> None:
@@ -284,9 +288,4 @@ def add_arguments(p) -> None:
 def main_from_args(args) -> int:
     cfg = get_config(args.config, args.task)
     apply_train_overrides(cfg.train, args)
-    out = Path(args.out or f"runs/csc_mmfn-{args.task}-{args.config}")
-    command = command_line()
-    manifest = run_training(cfg, out, resume=args.resume, progress=not args.no_progress, command=command)
-    if args.install:
-        install_weights(out, weights_name(cfg.task))
-    return 0 if manifest else 1
+    return run_from_args(args, MMFNRecipe(cfg), f"runs/csc_mmfn-{args.task}-{args.config}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..nets.liu2017 import VARIANTS, LiuFocusNet, count_parameters
-from .run_options import add_run_arguments, apply_train_overrides, command_line, install_weights
-from .checkpoints import export_weights
+from ..nets.liu2017_cnn import VARIANTS, LiuFocusNet, count_parameters
+from .run_options import add_run_arguments, apply_train_overrides
 from .data import (
     resolve_data_path,
     DefocusRenderer,
@@ -39,8 +37,9 @@ from .data import (
     sample_patch_pairs,
     split_indices,
 )
-from .loop import TrainConfig, train
-from .model_card import environment, write_model_card
+from .loop import TrainConfig
+from .model_card import write_model_card
+from .skeleton import LoopRecipe, Run, loop_summary, run_from_args, run_recipe
 
 CITATION = (
     "Y. Liu, X. Chen, H. Peng, Z. Wang, 'Multi-focus image fusion with a deep convolutional "
@@ -176,80 +175,74 @@ def weights_name(variant: str) -> str:
     return f"liu2017_{variant}"
 
 
-def run_training(
-    cfg: LiuTrainConfig,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    command: str | None = None,
-    log=print,
-) -> dict[str, Any]:
-    """Build the data, train, export ``out_dir/liu2017_<variant>.{pt,json,md}``; returns the manifest."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
-    t0 = time.perf_counter()
-    train_set, val_set, info = build_datasets(cfg, cache_dir=out_dir, progress=progress, log=log)
-    log(f"data ready in {time.perf_counter() - t0:.0f} s: {len(train_set)} training, {len(val_set)} validation examples")
-    torch.manual_seed(cfg.train.seed)
-    model = LiuFocusNet(cfg.variant)
-    result = train(model, train_set, val_set, liu_step, cfg.train, run_dir=out_dir, resume=resume, progress=progress, log=log)
-    name = weights_name(cfg.variant)
-    manifest = {
-        "method": "liu2017_cnn",
-        "architecture": f"LiuFocusNet(variant={cfg.variant!r})",
-        "variant": cfg.variant,
-        "parameters": count_parameters(result.model),
-        "config": cfg.as_dict(),
-        "data": {k: v for k, v in info.items() if k not in ("train_photos", "val_photos")},
-        "training": {
-            "seed": cfg.train.seed,
-            "steps": result.steps,
-            "epochs_done": result.epochs_done,
-            "train_minutes": result.train_seconds / 60,
-            "stopped_by_time": result.stopped_by_time,
-            "val_accuracy": result.val_accuracy,
-            "val_loss": result.val_loss,
-            "val_examples": len(val_set),
-            "train_examples": len(train_set),
-        },
-        "environment": environment(),
-        "command": command or "",
-    }
-    manifest = export_weights(result.model.state_dict(), out_dir / f"{name}.pt", manifest=manifest)
-    (out_dir / "photos.json").write_text(json.dumps({"train": info["train_photos"], "val": info["val_photos"]}, indent=1) + "\n")
-    d = cfg.data
-    data_text = (
-        f"{info['photos_found']} photographs from `{d.photos}` (BSDS500, grey, [0, 1]); "
-        f"{info['photos_sharp']} pass the sharpness filter (re-blur ratio < {d.sharp_threshold} on at least "
-        f"{d.min_sharp_fraction:.0%} of the textured area). {1 - d.val_fraction:.0%} of them give "
-        f"{info['train_pairs']} training pairs, the other {d.val_fraction:.0%} (disjoint photographs) "
-        f"{info['val_pairs']} validation pairs: 16x16 sharp patches with variance > {d.var_threshold} "
-        f"(0-255 scale) in sharp regions, paired with the same patch blurred by the paper's cumulative "
-        f"Gaussian filter (sigma 2, 7x7, applied 1-5 times, levels equally likely); each pair is used in "
-        f"both orders (label = which input is sharp). The photograph lists are in `photos.json` of the run folder."
-    )
-    write_model_card(
-        out_dir / f"{name}.md",
-        title=f"Liu et al. 2017 focus CNN, {cfg.variant} model, `{cfg.name}` configuration",
-        summary=(
-            "Weights of the siamese focus classifier used by the `liu2017_cnn` fusion method "
-            "(`napari_fusion.nets.liu2017.LiuFocusNet`). Output channel 0 = first input in focus."
-        ),
-        manifest=manifest,
-        command=command or "",
-        data=data_text,
-        history=result.history,
-        citation=CITATION,
-    )
-    log(
-        f"wrote {out_dir / (name + '.pt')} (sha256 {manifest['sha256']}), val accuracy "
-        f"{result.val_accuracy:.4f}, {result.train_seconds / 60:.1f} min"
-    )
-    return manifest
+class LiuRecipe(LoopRecipe):
+    """Liu et al.'s focus CNN: swapped sharp/blurred patch pairs, softmax loss."""
+
+    def __init__(self, cfg: LiuTrainConfig):
+        self.cfg = cfg
+        self.name = weights_name(cfg.variant)
+
+    def build_data(self, run: Run):
+        return build_datasets(self.cfg, cache_dir=run.out_dir, progress=run.progress, log=run.log)
+
+    def build_model(self, data) -> LiuFocusNet:
+        return LiuFocusNet(self.cfg.variant)
+
+    def step(self):
+        return liu_step
+
+    def manifest(self, result, data, scores, run: Run) -> dict[str, Any]:
+        cfg, (train_set, val_set, info) = self.cfg, data
+        return {
+            "method": "liu2017_cnn",
+            "architecture": f"LiuFocusNet(variant={cfg.variant!r})",
+            "variant": cfg.variant,
+            "parameters": count_parameters(result.model),
+            "config": cfg.as_dict(),
+            "data": {k: v for k, v in info.items() if k not in ("train_photos", "val_photos")},
+            "training": loop_summary(cfg.train.seed, result, val_examples=len(val_set), train_examples=len(train_set)),
+        }
+
+    def finish(self, result, data, scores, manifest: dict[str, Any], run: Run) -> None:
+        cfg, info, out_dir = self.cfg, data[2], run.out_dir
+        (out_dir / "photos.json").write_text(json.dumps({"train": info["train_photos"], "val": info["val_photos"]}, indent=1) + "\n")
+        d = cfg.data
+        data_text = (
+            f"{info['photos_found']} photographs from `{d.photos}` (BSDS500, grey, [0, 1]); "
+            f"{info['photos_sharp']} pass the sharpness filter (re-blur ratio < {d.sharp_threshold} on at least "
+            f"{d.min_sharp_fraction:.0%} of the textured area). {1 - d.val_fraction:.0%} of them give "
+            f"{info['train_pairs']} training pairs, the other {d.val_fraction:.0%} (disjoint photographs) "
+            f"{info['val_pairs']} validation pairs: 16x16 sharp patches with variance > {d.var_threshold} "
+            f"(0-255 scale) in sharp regions, paired with the same patch blurred by the paper's cumulative "
+            f"Gaussian filter (sigma 2, 7x7, applied 1-5 times, levels equally likely); each pair is used in "
+            f"both orders (label = which input is sharp). The photograph lists are in `photos.json` of the run folder."
+        )
+        write_model_card(
+            out_dir / f"{self.name}.md",
+            title=f"Liu et al. 2017 focus CNN, {cfg.variant} model, `{cfg.name}` configuration",
+            summary=(
+                "Weights of the siamese focus classifier used by the `liu2017_cnn` fusion method "
+                "(`napari_fusion.nets.liu2017_cnn.LiuFocusNet`). Output channel 0 = first input in focus."
+            ),
+            manifest=manifest,
+            command=run.command,
+            data=data_text,
+            history=result.history,
+            citation=CITATION,
+        )
+
+    def done_message(self, result, scores, manifest: dict[str, Any], run: Run) -> str:
+        return (
+            f"wrote {run.out_dir / (self.name + '.pt')} (sha256 {manifest['sha256']}), val accuracy "
+            f"{result.val_accuracy:.4f}, {result.train_seconds / 60:.1f} min"
+        )
+
+
+def run_training(cfg: LiuTrainConfig, out_dir: str | Path, **options) -> dict[str, Any]:
+    """Build the data, train, export ``out_dir/liu2017_<variant>.{pt,json,md}``; returns the manifest.
+
+    ``options``: those of :func:`~napari_fusion.training.skeleton.run_recipe` (resume, progress, command, log)."""
+    return run_recipe(LiuRecipe(cfg), out_dir, **options)
 
 
 def add_arguments(p) -> None:
@@ -261,9 +254,4 @@ def add_arguments(p) -> None:
 def main_from_args(args) -> int:
     cfg = get_config(args.config, variant=args.variant)
     apply_train_overrides(cfg.train, args)
-    out = Path(args.out or f"runs/liu2017-{args.config}-{args.variant}")
-    command = command_line()
-    manifest = run_training(cfg, out, resume=args.resume, progress=not args.no_progress, command=command)
-    if args.install:
-        install_weights(out, weights_name(cfg.variant))
-    return 0 if manifest else 1
+    return run_from_args(args, LiuRecipe(cfg), f"runs/liu2017-{args.config}-{args.variant}")

@@ -160,6 +160,153 @@ def evaluate(model, dataset, step: StepFn, *, batch_size: int, device: torch.dev
     return total_loss / max(count, 1), correct / max(count, 1)
 
 
+@dataclass
+class _LoopState:
+    """Everything the loop changes as it goes (what a checkpoint saves, and the running sums)."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    cfg: TrainConfig
+    device: torch.device
+    ckpt_path: Path
+    steps_per_epoch: int
+    total_steps: int
+    global_step: int = 0
+    elapsed: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    run_loss: float = 0.0
+    run_ok: int = 0
+    run_n: int = 0
+    last_val_step: int = -1
+    val_loss: float = float("nan")
+    val_acc: float = float("nan")
+    stopped_by_time: bool = False
+    t_mark: float = 0.0
+
+
+def _prepare(model: torch.nn.Module, train_set, cfg: TrainConfig, run_dir: Path) -> _LoopState:
+    """Device, threads, seeds, optimiser and step counts of a fresh run."""
+    from ..device import resolve_device
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    if cfg.threads and device.type == "cpu":
+        torch.set_num_threads(int(cfg.threads))
+    seed_everything(cfg.seed)
+    model.to(device)
+    model.train()
+    opt = _make_optimizer(cfg, model)
+    n = len(train_set)
+    if n < cfg.batch_size:
+        raise ValueError(f"training set has {n} examples, fewer than one batch of {cfg.batch_size}")
+    steps_per_epoch = n // cfg.batch_size
+    return _LoopState(model, opt, cfg, device, run_dir / "checkpoint.pt", steps_per_epoch, steps_per_epoch * cfg.epochs)
+
+
+def _resume(st: _LoopState, log: Callable[[str], None]) -> None:
+    """Continue from the run folder's checkpoint (model, optimiser, step, time, history, RNG)."""
+    ck = load_checkpoint(st.ckpt_path)
+    st.model.load_state_dict(ck["model"])
+    st.opt.load_state_dict(ck["optimizer"])
+    st.global_step = int(ck["step"])
+    st.elapsed = float(ck["elapsed"])
+    st.history = list(ck.get("history", []))
+    if "rng" in ck:
+        set_rng_states(ck["rng"])
+    elif "torch_rng" in ck:  # format 1 (torch state only)
+        torch.set_rng_state(ck["torch_rng"])
+    log(f"resumed from {st.ckpt_path} at step {st.global_step}/{st.total_steps} ({st.elapsed / 60:.1f} min trained)")
+
+
+def _checkpoint(st: _LoopState) -> None:
+    # only tensors and plain values, so load_checkpoint can use weights_only=True
+    save_checkpoint(
+        st.ckpt_path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": st.model.state_dict(),
+            "optimizer": st.opt.state_dict(),
+            "step": int(st.global_step),
+            "elapsed": float(st.elapsed),
+            "history": st.history,
+            "rng": rng_states(),
+            "config": st.cfg.as_dict(),
+        },
+    )
+
+
+def _optimise(st: _LoopState, batch: tuple, step: StepFn) -> None:
+    """One gradient step on ``batch``, with the scheduled learning rate; counts time and running sums."""
+    cfg = st.cfg
+    for group in st.opt.param_groups:
+        group["lr"] = cfg.lr * _lr_factor(cfg, st.global_step, st.total_steps, st.elapsed)
+    loss, ok, cnt = step(st.model, _to(batch, st.device))
+    st.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    st.opt.step()
+    st.global_step += 1
+    st.run_loss += float(loss.detach()) * cnt
+    st.run_ok += ok
+    st.run_n += cnt
+    now = time.perf_counter()
+    st.elapsed += now - st.t_mark
+    st.t_mark = now
+
+
+def _validate(st: _LoopState, val_set, step: StepFn, log: Callable[[str], None]) -> None:
+    """Score the validation set, add a history row, log it and reset the running sums."""
+    cfg, g = st.cfg, st.global_step
+    st.val_loss, st.val_acc = evaluate(st.model, val_set, step, batch_size=cfg.val_batch_size, device=st.device)
+    st.last_val_step = g
+    st.t_mark = time.perf_counter()  # validation time is not training time
+    train_loss, train_acc = st.run_loss / max(st.run_n, 1), st.run_ok / max(st.run_n, 1)
+    st.history.append(
+        {
+            "step": g,
+            "epoch": g / st.steps_per_epoch,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": st.val_loss,
+            "val_acc": st.val_acc,
+            "minutes": st.elapsed / 60,
+        }
+    )
+    log(
+        f"step {g}/{st.total_steps} epoch {g / st.steps_per_epoch:.2f}: "
+        f"train loss {train_loss:.4f} acc {train_acc:.4f}, "
+        f"val loss {st.val_loss:.4f} acc {st.val_acc:.4f} ({st.elapsed / 60:.1f} min)"
+    )
+    st.run_loss, st.run_ok, st.run_n = 0.0, 0, 0
+
+
+def _run_epoch(st: _LoopState, train_set, val_set, step: StepFn, bar, log: Callable[[str], None]) -> bool:
+    """The rest of the current epoch; True when the run must stop (time budget or last step)."""
+    cfg = st.cfg
+    epoch = st.global_step // st.steps_per_epoch
+    order = _epoch_order(len(train_set), cfg.seed, epoch)
+    for pos in range(st.global_step - epoch * st.steps_per_epoch, st.steps_per_epoch):
+        _optimise(st, train_set.batch(order[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]), step)
+        bar.update(1)
+        if st.global_step % 20 == 0 or st.global_step == st.total_steps:
+            bar.set_postfix(loss=f"{st.run_loss / st.run_n:.4f}", acc=f"{st.run_ok / st.run_n:.3f}")
+        end_of_epoch = pos == st.steps_per_epoch - 1
+        last = st.global_step == st.total_steps
+        want_val = (cfg.val_every and st.global_step % cfg.val_every == 0) or (not cfg.val_every and end_of_epoch)
+        over_time = cfg.max_minutes is not None and st.elapsed >= cfg.max_minutes * 60
+        if want_val or over_time or last:
+            _validate(st, val_set, step, log)
+        if st.global_step % cfg.checkpoint_every == 0 or over_time or last:
+            _checkpoint(st)
+            st.t_mark = time.perf_counter()
+        if over_time:
+            st.stopped_by_time = True
+            log(f"time budget of {cfg.max_minutes} min reached at step {st.global_step}/{st.total_steps}")
+            return True
+        if st.global_step >= st.total_steps:
+            return True
+    return False
+
+
 def train(
     model: torch.nn.Module,
     train_set,
@@ -179,127 +326,24 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    from ..device import resolve_device
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / "checkpoint.pt"
-    device = resolve_device(cfg.device)
-    if cfg.threads and device.type == "cpu":
-        torch.set_num_threads(int(cfg.threads))
-    seed_everything(cfg.seed)
-    model.to(device)
-    model.train()
-    opt = _make_optimizer(cfg, model)
-    n = len(train_set)
-    if n < cfg.batch_size:
-        raise ValueError(f"training set has {n} examples, fewer than one batch of {cfg.batch_size}")
-    steps_per_epoch = n // cfg.batch_size
-    total_steps = steps_per_epoch * cfg.epochs
-    global_step = 0
-    elapsed = 0.0
-    history: list[dict[str, Any]] = []
-    if resume and ckpt_path.is_file():
-        ck = load_checkpoint(ckpt_path)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        global_step = int(ck["step"])
-        elapsed = float(ck["elapsed"])
-        history = list(ck.get("history", []))
-        if "rng" in ck:
-            set_rng_states(ck["rng"])
-        elif "torch_rng" in ck:  # format 1 (torch state only)
-            torch.set_rng_state(ck["torch_rng"])
-        log(f"resumed from {ckpt_path} at step {global_step}/{total_steps} ({elapsed / 60:.1f} min trained)")
-
-    def checkpoint():
-        # only tensors and plain values, so load_checkpoint can use weights_only=True
-        save_checkpoint(
-            ckpt_path,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "step": int(global_step),
-                "elapsed": float(elapsed),
-                "history": history,
-                "rng": rng_states(),
-                "config": cfg.as_dict(),
-            },
-        )
-
-    stopped_by_time = False
-    val_loss, val_acc = float("nan"), float("nan")
-    bar = tqdm(total=total_steps, initial=global_step, desc="training", unit="step", disable=not progress)
-    run_loss, run_ok, run_n = 0.0, 0, 0
-    last_val_step = -1
-    t_mark = time.perf_counter()
-    while global_step < total_steps:
-        epoch = global_step // steps_per_epoch
-        order = _epoch_order(n, cfg.seed, epoch)
-        for pos in range(global_step - epoch * steps_per_epoch, steps_per_epoch):
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * _lr_factor(cfg, global_step, total_steps, elapsed)
-            idx = order[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
-            loss, ok, cnt = step(model, _to(train_set.batch(idx), device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            global_step += 1
-            run_loss += float(loss.detach()) * cnt
-            run_ok += ok
-            run_n += cnt
-            now = time.perf_counter()
-            elapsed += now - t_mark
-            t_mark = now
-            bar.update(1)
-            if global_step % 20 == 0 or global_step == total_steps:
-                bar.set_postfix(loss=f"{run_loss / run_n:.4f}", acc=f"{run_ok / run_n:.3f}")
-            end_of_epoch = pos == steps_per_epoch - 1
-            want_val = (cfg.val_every and global_step % cfg.val_every == 0) or (not cfg.val_every and end_of_epoch)
-            over_time = cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60
-            if want_val or over_time or global_step == total_steps:
-                val_loss, val_acc = evaluate(model, val_set, step, batch_size=cfg.val_batch_size, device=device)
-                last_val_step = global_step
-                t_mark = time.perf_counter()  # validation time is not training time
-                history.append(
-                    {
-                        "step": global_step,
-                        "epoch": global_step / steps_per_epoch,
-                        "train_loss": run_loss / max(run_n, 1),
-                        "train_acc": run_ok / max(run_n, 1),
-                        "val_loss": val_loss,
-                        "val_acc": val_acc,
-                        "minutes": elapsed / 60,
-                    }
-                )
-                log(
-                    f"step {global_step}/{total_steps} epoch {global_step / steps_per_epoch:.2f}: "
-                    f"train loss {run_loss / max(run_n, 1):.4f} acc {run_ok / max(run_n, 1):.4f}, "
-                    f"val loss {val_loss:.4f} acc {val_acc:.4f} ({elapsed / 60:.1f} min)"
-                )
-                run_loss, run_ok, run_n = 0.0, 0, 0
-            if global_step % cfg.checkpoint_every == 0 or over_time or global_step == total_steps:
-                checkpoint()
-                t_mark = time.perf_counter()
-            if over_time:
-                stopped_by_time = True
-                log(f"time budget of {cfg.max_minutes} min reached at step {global_step}/{total_steps}")
-                break
-            if global_step >= total_steps:
-                break
-        if stopped_by_time:
+    st = _prepare(model, train_set, cfg, Path(run_dir))
+    if resume and st.ckpt_path.is_file():
+        _resume(st, log)
+    bar = tqdm(total=st.total_steps, initial=st.global_step, desc="training", unit="step", disable=not progress)
+    st.t_mark = time.perf_counter()
+    while st.global_step < st.total_steps:
+        if _run_epoch(st, train_set, val_set, step, bar, log):
             break
     bar.close()
-    if last_val_step != global_step:  # resumed a finished run, or nothing to do
-        val_loss, val_acc = evaluate(model, val_set, step, batch_size=cfg.val_batch_size, device=device)
+    if st.last_val_step != st.global_step:  # resumed a finished run, or nothing to do
+        st.val_loss, st.val_acc = evaluate(model, val_set, step, batch_size=cfg.val_batch_size, device=st.device)
     return TrainResult(
         model=model,
-        steps=global_step,
-        epochs_done=global_step / steps_per_epoch,
-        train_seconds=elapsed,
-        val_accuracy=val_acc,
-        val_loss=val_loss,
-        stopped_by_time=stopped_by_time,
-        history=history,
+        steps=st.global_step,
+        epochs_done=st.global_step / st.steps_per_epoch,
+        train_seconds=st.elapsed,
+        val_accuracy=st.val_acc,
+        val_loss=st.val_loss,
+        stopped_by_time=st.stopped_by_time,
+        history=st.history,
     )

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import shipped_weights
-from . import checkpoints
-from .checkpoints import PACKAGE_WEIGHTS_DIR
+from ..weights import verified
+from ..weights.verified import PACKAGE_WEIGHTS_DIR
 
 #: The in-code sha256 table of the package's weights, rewritten by :func:`install_weights`.
 SHIPPED_TABLE_FILE: Path | None = None  # None: the module napari_fusion/shipped_weights.py
@@ -54,7 +54,7 @@ def install_weights(out: str | Path, name: str) -> Path:
     """Copy ``<name>.pt/.json/.md`` from the run folder ``out`` into the package.
 
     When the destination is the folder the loader treats as the package's
-    (``checkpoints.PACKAGE_WEIGHTS_DIR``), the weights file's sha256 is also
+    (``napari_fusion.weights.verified.PACKAGE_WEIGHTS_DIR``), the weights file's sha256 is also
     recorded in :mod:`napari_fusion.shipped_weights` (that module is
     rewritten), without which the loader would refuse the new file.
     """
@@ -66,8 +66,8 @@ def install_weights(out: str | Path, name: str) -> Path:
     for ext in (".pt", ".json", ".md"):
         shutil.copy2(out / f"{name}{ext}", PACKAGE_WEIGHTS_DIR / f"{name}{ext}")
     dest = PACKAGE_WEIGHTS_DIR / f"{name}.pt"
-    if Path(PACKAGE_WEIGHTS_DIR).resolve() == Path(checkpoints.PACKAGE_WEIGHTS_DIR).resolve():
-        shipped_weights.record(dest.name, checkpoints.sha256_file(dest), path=SHIPPED_TABLE_FILE)
+    if Path(PACKAGE_WEIGHTS_DIR).resolve() == Path(verified.PACKAGE_WEIGHTS_DIR).resolve():
+        shipped_weights.record(dest.name, verified.sha256_file(dest), path=SHIPPED_TABLE_FILE)
         print(f"recorded the sha256 of {dest.name} in {SHIPPED_TABLE_FILE or shipped_weights.__file__}")
     print(f"installed {name} into {PACKAGE_WEIGHTS_DIR}")
     return dest

@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,13 +36,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..nets.two_stream import DEFAULT_KERNEL, DEFAULT_LAYOUT, DEFAULT_WIDTH, TwoStreamFusionNet, count_parameters
+from ..nets.tiis2018_fcn import DEFAULT_KERNEL, DEFAULT_LAYOUT, DEFAULT_WIDTH, TwoStreamFusionNet, count_parameters
 from ..ops.filters import gaussian_filter
-from .run_options import add_run_arguments, apply_train_overrides, command_line, install_weights
-from .checkpoints import export_weights
 from .data import filter_sharp_photos, list_photos, load_photos, patch_variance, split_indices, resolve_data_path
-from .loop import TrainConfig, train
-from .model_card import environment, write_model_card
+from .loop import TrainConfig
+from .model_card import write_model_card
+from .run_options import add_run_arguments, apply_train_overrides
+from .skeleton import LoopRecipe, Run, loop_summary, run_from_args, run_recipe
 
 CITATION = (
     "End-to-end two-stream fully convolutional network for multi-focus image fusion "
@@ -332,62 +331,9 @@ def psnr_summary(model: torch.nn.Module, dataset: FusionTriplets, *, batch_size:
     }
 
 
-def run_training(
-    cfg: TwoStreamTrainConfig,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    command: str | None = None,
-    log=print,
-) -> dict[str, Any]:
-    """Build the data, train, export ``out_dir/tiis2018_fcn.{pt,json,md}``; returns the manifest."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
-    t0 = time.perf_counter()
-    train_set, val_set, info = build_datasets(cfg, cache_dir=out_dir, progress=progress, log=log)
-    log(f"data ready in {time.perf_counter() - t0:.0f} s: {len(train_set)} training, {len(val_set)} validation examples")
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg)
-    result = train(model, train_set, val_set, fusion_step, cfg.train, run_dir=out_dir, resume=resume, progress=progress, log=log)
-    val = psnr_summary(result.model, val_set, batch_size=cfg.train.val_batch_size)
-    log(
-        f"validation: network {val['psnr_net']:.2f} dB, plain average {val['psnr_average']:.2f} dB "
-        f"(MSE {val['mse_net']:.5f} vs {val['mse_average']:.5f})"
-    )
-    net = result.model
-    manifest = {
-        "method": "tiis2018_fcn",
-        "architecture": "TwoStreamFusionNet",
-        "net": net.config(),
-        "parameters": count_parameters(net),
-        "config": cfg.as_dict(),
-        "data": {k: v for k, v in info.items() if k not in ("train_photos", "val_photos")},
-        "training": {
-            "seed": cfg.train.seed,
-            "steps": result.steps,
-            "epochs_done": result.epochs_done,
-            "train_minutes": result.train_seconds / 60,
-            "stopped_by_time": result.stopped_by_time,
-            "val_accuracy": result.val_accuracy,
-            "val_accuracy_meaning": "fraction of held-out patches where the network's MSE is below the plain average's",
-            "val_loss": result.val_loss,
-            "val_psnr": val["psnr_net"],
-            "val_psnr_average": val["psnr_average"],
-            "val_examples": len(val_set),
-            "train_examples": len(train_set),
-        },
-        "environment": environment(),
-        "command": command or "",
-    }
-    pt = out_dir / f"{WEIGHTS_NAME}.pt"
-    manifest = export_weights(net.state_dict(), pt, manifest=manifest)
-    (out_dir / "photos.json").write_text(json.dumps({"train": info["train_photos"], "val": info["val_photos"]}, indent=1) + "\n")
+def _data_text(cfg: TwoStreamTrainConfig, info: dict[str, Any], val: dict[str, float]) -> str:
     d = cfg.data
-    data_text = (
+    return (
         f"{info['photos_found']} photographs from `{d.photos}` (BSDS500, grey, [0, 1]); {info['photos_sharp']} pass "
         f"the shared sharpness filter (re-blur ratio < {d.sharp_threshold} on at least {d.min_sharp_fraction:.0%} of the "
         f"textured area). {1 - d.val_fraction:.0%} of them give {info['train_examples']} training examples, the other "
@@ -401,24 +347,75 @@ def run_training(
         f"the plain average (A+B)/2's. Held-out PSNR: network {val['psnr_net']:.2f} dB, plain average "
         f"{val['psnr_average']:.2f} dB."
     )
-    nc = net.config()
-    write_model_card(
-        out_dir / f"{WEIGHTS_NAME}.md",
-        title=f"Two-stream fully convolutional fusion network (KSII TIIS 2018), `{cfg.name}` configuration",
-        summary=(
-            "Weights of the end-to-end conv - fusion - deconv network used by the `tiis2018_fcn` fusion method "
-            f"(`napari_fusion.nets.two_stream.TwoStreamFusionNet`, layout {'-'.join(map(str, nc['layout']))}, "
-            f"{nc['width']} filters of {nc['kernel']}x{nc['kernel']}, grey input; the method runs it on the luma of colour "
-            "sources, or per RGB channel with colour='channels'). Output: the fused grey image (ReLU, clamped to [0, 1] by the method)."
-        ),
-        manifest=manifest,
-        command=command or "",
-        data=data_text,
-        history=result.history,
-        citation=CITATION,
-    )
-    log(f"wrote {pt} (sha256 {manifest['sha256']}), {result.train_seconds / 60:.1f} min")
-    return manifest
+
+
+class TwoStreamRecipe(LoopRecipe):
+    """The two-stream conv-fusion-deconv network: region-masked blur pairs, MSE to the sharp patch."""
+
+    name = WEIGHTS_NAME
+
+    def __init__(self, cfg: TwoStreamTrainConfig):
+        self.cfg = cfg
+
+    def build_data(self, run: Run):
+        return build_datasets(self.cfg, cache_dir=run.out_dir, progress=run.progress, log=run.log)
+
+    def build_model(self, data) -> TwoStreamFusionNet:
+        return build_model(self.cfg)
+
+    def step(self):
+        return fusion_step
+
+    def evaluate(self, result, data, run: Run) -> dict[str, float]:
+        val = psnr_summary(result.model, data[1], batch_size=self.cfg.train.val_batch_size)
+        run.log(
+            f"validation: network {val['psnr_net']:.2f} dB, plain average {val['psnr_average']:.2f} dB "
+            f"(MSE {val['mse_net']:.5f} vs {val['mse_average']:.5f})"
+        )
+        return val
+
+    def manifest(self, result, data, val, run: Run) -> dict[str, Any]:
+        cfg, (train_set, val_set, info), net = self.cfg, data, result.model
+        return {
+            "method": "tiis2018_fcn",
+            "architecture": "TwoStreamFusionNet",
+            "net": net.config(),
+            "parameters": count_parameters(net),
+            "config": cfg.as_dict(),
+            "data": {k: v for k, v in info.items() if k not in ("train_photos", "val_photos")},
+            "training": loop_summary(
+                cfg.train.seed, result, val_examples=len(val_set), train_examples=len(train_set),
+                val_accuracy_meaning="fraction of held-out patches where the network's MSE is below the plain average's",
+                val_psnr=val["psnr_net"], val_psnr_average=val["psnr_average"],
+            ),
+        }
+
+    def finish(self, result, data, val, manifest: dict[str, Any], run: Run) -> None:
+        info = data[2]
+        (run.out_dir / "photos.json").write_text(json.dumps({"train": info["train_photos"], "val": info["val_photos"]}, indent=1) + "\n")
+        nc = result.model.config()
+        write_model_card(
+            run.out_dir / f"{WEIGHTS_NAME}.md",
+            title=f"Two-stream fully convolutional fusion network (KSII TIIS 2018), `{self.cfg.name}` configuration",
+            summary=(
+                "Weights of the end-to-end conv - fusion - deconv network used by the `tiis2018_fcn` fusion method "
+                f"(`napari_fusion.nets.tiis2018_fcn.TwoStreamFusionNet`, layout {'-'.join(map(str, nc['layout']))}, "
+                f"{nc['width']} filters of {nc['kernel']}x{nc['kernel']}, grey input; the method runs it on the luma of colour "
+                "sources, or per RGB channel with colour='channels'). Output: the fused grey image (ReLU, clamped to [0, 1] by the method)."
+            ),
+            manifest=manifest,
+            command=run.command,
+            data=_data_text(self.cfg, info, val),
+            history=result.history,
+            citation=CITATION,
+        )
+
+
+def run_training(cfg: TwoStreamTrainConfig, out_dir: str | Path, **options) -> dict[str, Any]:
+    """Build the data, train, export ``out_dir/tiis2018_fcn.{pt,json,md}``; returns the manifest.
+
+    ``options``: those of :func:`~napari_fusion.training.skeleton.run_recipe` (resume, progress, command, log)."""
+    return run_recipe(TwoStreamRecipe(cfg), out_dir, **options)
 
 
 def add_arguments(p) -> None:
@@ -448,10 +445,4 @@ def config_from_args(args) -> TwoStreamTrainConfig:
 
 
 def main_from_args(args) -> int:
-    cfg = config_from_args(args)
-    out = Path(args.out or f"runs/two_stream-{args.config}")
-    command = command_line()
-    manifest = run_training(cfg, out, resume=args.resume, progress=not args.no_progress, command=command)
-    if args.install:
-        install_weights(out, WEIGHTS_NAME)
-    return 0 if manifest else 1
+    return run_from_args(args, TwoStreamRecipe(config_from_args(args)), f"runs/two_stream-{args.config}")

@@ -51,10 +51,10 @@ import numpy as np
 import torch
 
 from ..ops.sparse import batch_omp, normalise_columns, overcomplete_dct
-from .run_options import command_line, install_weights
-from .checkpoints import PACKAGE_WEIGHTS_DIR, export_weights
+from ..weights import PACKAGE_WEIGHTS_DIR
 from .data import DefocusRenderer, filter_sharp_photos, list_photos, load_photos, sample_patch_pairs, split_indices, resolve_data_path
-from .model_card import environment, write_model_card
+from .model_card import write_model_card
+from .skeleton import Run, TrainingRecipe, run_from_args, run_recipe
 
 CITATION = (
     "F. G. Veshki, N. Ouzir, S. A. Vorobyov, 'Image fusion using joint sparse representations "
@@ -292,59 +292,30 @@ def split_dictionary(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return normalise_columns(d[:n]).contiguous(), normalise_columns(d[n:]).contiguous()
 
 
-def run_training(cfg: CDLConfig, out_dir: str | Path, *, command: str = "", log=print, progress: bool = False) -> dict[str, Any]:
-    """Make data, learn, export ``out_dir/veshki_cdl_<p>x<p>.{pt,json,md}``; returns the manifest."""
-    from ..methods.cdl_jsr import weights_name
+@dataclass
+class CDLResult:
+    """Learned dictionaries, the learning history and its duration."""
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    t0 = time.perf_counter()
+    df: torch.Tensor
+    db: torch.Tensor
+    history: list[dict]
+    seconds: float
+
+
+def _pairs(cfg: CDLConfig, out_dir: Path, *, log=print, progress: bool = False):
+    """Training and validation signals, cached in ``out_dir/pairs.npz`` keyed by the config."""
     key = hashlib.sha256(json.dumps(cfg.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
     cache = out_dir / "pairs.npz"
     if cache.is_file() and str(np.load(cache)["key"]) == key:
         z = np.load(cache)
-        y, yv, info = z["y"], z["yv"], json.loads(str(z["info"]))
-    else:
-        y, yv, info = make_pairs(cfg, log=log, progress=progress)
-        np.savez(cache, key=key, y=y, yv=yv, info=json.dumps(info))
-    data_seconds = time.perf_counter() - t0
-    log(f"data ready in {data_seconds:.0f} s: {y.shape[1]} training, {yv.shape[1]} validation pairs")
-    t1 = time.perf_counter()
-    d, history = learn(cfg, torch.from_numpy(y), torch.from_numpy(yv), log=log)
-    seconds = time.perf_counter() - t1
-    df, db = split_dictionary(d)
-    last, first = history[-1], history[0]
-    name = weights_name(cfg.patch)
-    manifest = {
-        "method": "veshki_cdl",
-        "architecture": f"coupled dictionaries Df, Db ({cfg.patch**2}x{cfg.atoms()} each)",
-        "patch": cfg.patch,
-        "n_atoms": cfg.atoms(),
-        "update": cfg.update,
-        "parameters": 2 * cfg.patch**2 * cfg.atoms(),
-        "config": cfg.as_dict(),
-        "data": info,
-        "training": {
-            "seed": cfg.seed,
-            "steps": last["iteration"],
-            "epochs_done": float(last["iteration"]),
-            "train_minutes": seconds / 60,
-            "data_minutes": data_seconds / 60,
-            "stopped_by_time": last["iteration"] < cfg.iterations,
-            "val_accuracy": last.get("val_accuracy", float("nan")),
-            "val_loss": last.get("val_error", float("nan")),
-            "val_examples": info["val_pairs"],
-            "val_accuracy_dct_init": first.get("val_accuracy", float("nan")),
-            "val_error_dct_init": first.get("val_error", float("nan")),
-        },
-        "environment": environment(),
-        "command": command,
-    }
-    manifest = export_weights({"Df": df, "Db": db}, out_dir / f"{name}.pt", manifest=manifest)
-    card_history = [
+        return z["y"], z["yv"], json.loads(str(z["info"]))
+    y, yv, info = make_pairs(cfg, log=log, progress=progress)
+    np.savez(cache, key=key, y=y, yv=yv, info=json.dumps(info))
+    return y, yv, info
+
+
+def _card_history(history: list[dict]) -> list[dict]:
+    return [
         {
             "step": h["iteration"],
             "epoch": float(h["iteration"]),
@@ -356,12 +327,15 @@ def run_training(cfg: CDLConfig, out_dir: str | Path, *, command: str = "", log=
         }
         for h in history
     ]
+
+
+def _data_text(cfg: CDLConfig, info: dict[str, Any], iterations_done: int) -> str:
     variant = (
         f"paper's atom update with the structured-incoherence term (lambda={cfg.lam})"
         if cfg.update == "incoherent"
         else "released code's K-SVD-style atom update (no incoherence term)"
     )
-    data_text = (
+    text = (
         f"{info['photos_found']} photographs from `{cfg.photos}` (BSDS500, grey); {info['photos_sharp']} pass "
         f"the sharpness filter; {info['train_photos']} give {info['train_pairs']} training pairs and the other "
         f"{info['val_photos']} (disjoint) {info['val_pairs']} validation pairs. A pair is a {cfg.patch}x{cfg.patch} "
@@ -378,31 +352,106 @@ def run_training(cfg: CDLConfig, out_dir: str | Path, *, command: str = "", log=
         "atoms, as in fusion). Row 0 is the DCT initialisation."
     )
     if cfg.name != "full":
-        data_text += (
+        text += (
             f"\n\nThis `{cfg.name}` configuration uses fewer training pairs"
             f"{' and iterations' if cfg.iterations < 20 else ''} than the paper (40,000 pairs, 20 iterations) "
             "/ the released code (50,000 pairs) to fit a shared 2-core machine; `--config full` has their sizes."
         )
-    if last["iteration"] < cfg.iterations:
-        data_text += (
-            f"\n\nThe time budget ({cfg.max_minutes} min) stopped learning after {last['iteration']} of the "
+    if iterations_done < cfg.iterations:
+        text += (
+            f"\n\nThe time budget ({cfg.max_minutes} min) stopped learning after {iterations_done} of the "
             f"{cfg.iterations} configured iterations."
         )
-    write_model_card(
-        out_dir / f"{name}.md",
-        title=f"Coupled dictionaries for veshki_cdl, {cfg.patch}x{cfg.patch} patches, `{cfg.name}` configuration",
-        summary=(
-            f"Focused/blurred dictionaries Df, Db ({cfg.patch**2}x{cfg.atoms()}, unit-norm columns) used by the "
-            "`veshki_cdl` fusion method (`napari_fusion.methods.cdl_jsr`)."
-        ),
-        manifest=manifest,
-        command=command,
-        data=data_text,
-        history=card_history,
-        citation=CITATION,
-    )
-    log(f"wrote {out_dir / (name + '.pt')} (sha256 {manifest['sha256']}) in {seconds / 60:.1f} min")
-    return manifest
+    return text
+
+
+class CDLRecipe(TrainingRecipe):
+    """Coupled dictionaries: sharp/blurred patch pairs, alternating OMP coding and atom updates."""
+
+    def __init__(self, cfg: CDLConfig):
+        from ..methods.veshki_cdl import weights_name
+
+        self.cfg = cfg
+        self.name = weights_name(cfg.patch)
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.cfg.as_dict()
+
+    def seed(self) -> int:
+        return self.cfg.seed
+
+    def threads(self) -> int | None:
+        return self.cfg.threads
+
+    def build_data(self, run: Run):
+        return _pairs(self.cfg, run.out_dir, log=run.log, progress=run.progress)
+
+    def data_message(self, data, seconds: float) -> str:
+        return f"data ready in {seconds:.0f} s: {data[0].shape[1]} training, {data[1].shape[1]} validation pairs"
+
+    def build_model(self, data) -> None:
+        return None  # the dictionaries start from an overcomplete DCT inside learn()
+
+    def train(self, model, data, run: Run) -> CDLResult:
+        t1 = time.perf_counter()
+        d, history = learn(self.cfg, torch.from_numpy(data[0]), torch.from_numpy(data[1]), log=run.log)
+        seconds = time.perf_counter() - t1
+        df, db = split_dictionary(d)
+        return CDLResult(df, db, history, seconds)
+
+    def weights(self, result: CDLResult) -> dict[str, torch.Tensor]:
+        return {"Df": result.df, "Db": result.db}
+
+    def manifest(self, result: CDLResult, data, scores, run: Run) -> dict[str, Any]:
+        cfg, info = self.cfg, data[2]
+        last, first = result.history[-1], result.history[0]
+        return {
+            "method": "veshki_cdl",
+            "architecture": f"coupled dictionaries Df, Db ({cfg.patch**2}x{cfg.atoms()} each)",
+            "patch": cfg.patch,
+            "n_atoms": cfg.atoms(),
+            "update": cfg.update,
+            "parameters": 2 * cfg.patch**2 * cfg.atoms(),
+            "config": cfg.as_dict(),
+            "data": info,
+            "training": {
+                "seed": cfg.seed,
+                "steps": last["iteration"],
+                "epochs_done": float(last["iteration"]),
+                "train_minutes": result.seconds / 60,
+                "data_minutes": run.data_seconds / 60,
+                "stopped_by_time": last["iteration"] < cfg.iterations,
+                "val_accuracy": last.get("val_accuracy", float("nan")),
+                "val_loss": last.get("val_error", float("nan")),
+                "val_examples": info["val_pairs"],
+                "val_accuracy_dct_init": first.get("val_accuracy", float("nan")),
+                "val_error_dct_init": first.get("val_error", float("nan")),
+            },
+        }
+
+    def finish(self, result: CDLResult, data, scores, manifest: dict[str, Any], run: Run) -> None:
+        cfg = self.cfg
+        write_model_card(
+            run.out_dir / f"{self.name}.md",
+            title=f"Coupled dictionaries for veshki_cdl, {cfg.patch}x{cfg.patch} patches, `{cfg.name}` configuration",
+            summary=(
+                f"Focused/blurred dictionaries Df, Db ({cfg.patch**2}x{cfg.atoms()}, unit-norm columns) used by the "
+                "`veshki_cdl` fusion method (`napari_fusion.methods.veshki_cdl`)."
+            ),
+            manifest=manifest,
+            command=run.command,
+            data=_data_text(cfg, data[2], result.history[-1]["iteration"]),
+            history=_card_history(result.history),
+            citation=CITATION,
+        )
+
+    def done_message(self, result: CDLResult, scores, manifest: dict[str, Any], run: Run) -> str:
+        return f"wrote {run.out_dir / (self.name + '.pt')} (sha256 {manifest['sha256']}) in {result.seconds / 60:.1f} min"
+
+
+def run_training(cfg: CDLConfig, out_dir: str | Path, *, command: str = "", log=print, progress: bool = False) -> dict[str, Any]:
+    """Make data, learn, export ``out_dir/veshki_cdl_<p>x<p>.{pt,json,md}``; returns the manifest."""
+    return run_recipe(CDLRecipe(cfg), out_dir, progress=progress, command=command, log=log)
 
 
 def add_arguments(p) -> None:
@@ -426,11 +475,4 @@ def main_from_args(args) -> int:
                       ("max_minutes", args.max_minutes)):
         if val is not None:
             setattr(cfg, attr, val)
-    out = Path(args.out or f"runs/cdl-{args.config}-{args.patch}")
-    command = command_line()
-    manifest = run_training(cfg, out, command=command)
-    if args.install:
-        from ..methods.cdl_jsr import weights_name
-
-        install_weights(out, weights_name(cfg.patch))
-    return 0 if manifest else 1
+    return run_from_args(args, CDLRecipe(cfg), f"runs/cdl-{args.config}-{args.patch}", progress=False)

@@ -1,4 +1,4 @@
-"""Finding, verifying and fetching the pretrained weights of learned methods.
+"""The catalogue of downloadable weights: describing, locating, verifying and fetching them.
 
 Each set of weights is described once by a :class:`WeightsSpec` (registered
 with :func:`register_weights`) and located, in this order, at
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import FusionInputError, WeightsUnavailableError
+from ..errors import FusionInputError, WeightsUnavailableError
 
 
 class WeightsChecksumError(WeightsUnavailableError):
@@ -111,7 +111,7 @@ def unregister_weights(name: str) -> None:
 
 def _ensure_catalogue() -> None:
     # Method modules register the weights they need when they are imported.
-    from .registry import _ensure_loaded
+    from ..registry import _ensure_loaded
 
     _ensure_loaded()
 
@@ -219,7 +219,7 @@ def _candidates(spec: WeightsSpec, path: str | Path | None) -> list[tuple[str, P
         out.append((f"environment variable {spec.env_var}", Path(env).expanduser(), True))
         return out
     if spec.package_file:
-        out.append(("package", Path(__file__).resolve().parent / spec.package_file, False))
+        out.append(("package", Path(__file__).resolve().parent.parent / spec.package_file, False))
     out.append(("torch hub cache", hub_path(spec), False))
     return out
 
