@@ -280,7 +280,7 @@ def test_cli_upsample_and_train_registration(tmp_path, capsys):
     assert main(["upsample", str(tmp_path / "ms.tif"), str(tmp_path / "pan.tif"), "-o", str(out), "-m", "guided_filter"]) == 0
     got = tifffile.imread(out)
     np.testing.assert_allclose(got, nf.guided_upsample(ms, pan, method="guided_filter"), rtol=1e-6)
-    assert main(["upsample", str(tmp_path / "ms.tif"), str(tmp_path / "ms.tif"), "-o", str(out)]) == 2
+    assert main(["upsample", str(tmp_path / "ms.tif"), str(tmp_path / "ms.tif"), "-o", str(out), "--overwrite"]) == 2
     assert "nothing to upsample" in capsys.readouterr().err
     args = build_parser().parse_args(["train", "csc_mmfn", "--task", "cave", "--config", "smoke"])
     assert args.task == "cave" and callable(args.func)

@@ -134,19 +134,18 @@ def read_stack(paths: str | Path | Sequence[str | Path]) -> list[np.ndarray]:
     order), or several files. Returns a list of 2-D grey or ``(H, W, 3)``
     arrays.
     """
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    paths = [Path(p) for p in paths]
-    if len(paths) == 1 and paths[0].is_dir():
+    given = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    files: list[Path] = [Path(p) for p in given]
+    if len(files) == 1 and files[0].is_dir():
         from .output_safety import remember_input
 
-        remember_input(paths[0])
-        files = list_image_files(paths[0])
+        folder = files[0]
+        remember_input(folder)
+        files = list_image_files(folder)
         if not files:
-            raise FusionInputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {paths[0]}")
-        paths = files
+            raise FusionInputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
     images: list[np.ndarray] = []
-    for p in paths:
+    for p in files:
         arr = read_image(p)
         if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4)):
             images.append(arr)  # one grey or colour image
@@ -259,7 +258,8 @@ class LazyTiff:
                 import zarr
 
                 with s.aszarr() as store:
-                    self.native_chunks = tuple(zarr.open(store, mode="r").chunks)
+                    z: Any = zarr.open(store, mode="r")
+                    self.native_chunks = tuple(z.chunks)
         self._handle = None
 
     @property
@@ -304,7 +304,7 @@ def _stack_axes_to_front(arr, axes: str, path):
     """Arrange a lazily opened array with named axes as ``(N, H, W[, 3])``."""
     axes = axes.upper()
     # drop singleton axes that are neither the stack, rows, columns nor colour
-    keep = []
+    keep: list[str] = []
     shape = tuple(arr.shape)
     for i, a in enumerate(axes):
         if shape[i] == 1 and a not in "YX":
@@ -362,7 +362,7 @@ def _open_zarr_lazy(path: Path, component: str | None):
         if info is not None and not info.get("complete"):
             raise FusionInputError(_incomplete_message(candidate, info))
     try:
-        node = zarr.open(str(path), mode="r")
+        node: Any = zarr.open(str(path), mode="r")
     except Exception as exc:
         raise FusionInputError(f"cannot open {path} as zarr: {exc}") from None
     if component:
@@ -372,7 +372,7 @@ def _open_zarr_lazy(path: Path, component: str | None):
             raise FusionInputError(f"{path} has no array {component!r}") from None
     axes = None
     if isinstance(node, zarr.Group):
-        attrs = dict(node.attrs)
+        attrs: dict[str, Any] = dict(node.attrs)
         ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
         if ms:  # OME-Zarr (NGFF 0.4 / 0.5): highest resolution, axes from metadata
             first = ms[0]
@@ -470,7 +470,7 @@ def _stack_files(paths: list[Path], chunks: int | None):
 
     from .output_safety import remember_input
 
-    planes = []
+    planes: list[Any] = []
     for p in paths:
         if p.suffix.lower() not in (".tif", ".tiff"):
             raise FusionInputError(f"{p}: only TIFF slices can be read lazily; use read_stack for other formats")
@@ -495,12 +495,6 @@ def _stack_files(paths: list[Path], chunks: int | None):
     return da.stack(planes)
 
 
-def _lazy_outputs(result: Any) -> dict[str, Any]:
-    if hasattr(result, "fused"):
-        return {k: getattr(result, k) for k in ("fused", "labels", "depth") if getattr(result, k, None) is not None}
-    return {"fused": result}
-
-
 #: Group attribute of zarr outputs: ``{"complete": bool, "fingerprint": str, "tiles": int, ...}``.
 ZARR_OUTPUT_MARKER = "napari_fusion_output"
 #: Array of a zarr output recording which tiles are written (1 per finished tile).
@@ -521,7 +515,7 @@ def zarr_output_status(path: str | Path) -> dict[str, Any] | None:
     try:
         import zarr
 
-        group = zarr.open_group(str(path), mode="r")
+        group: Any = zarr.open_group(str(path), mode="r")
         info = dict(group.attrs.get(ZARR_OUTPUT_MARKER) or {})
     except Exception:
         return None
@@ -702,6 +696,7 @@ def _write_zarr(outputs: dict, path: Path, meta: dict, lazy, progress, *, overwr
         shutil.rmtree(path)  # only our own entries (checked by zarr_output_action)
     resume = action == "resume"
     marker = {"complete": False, "fingerprint": fingerprint, "tiles": n_tiles, "version": __version__}
+    group: Any
     if resume:
         group = zarr.open_group(str(path), mode="r+")
         targets = [group[name] for name in outputs]
@@ -732,7 +727,7 @@ def _write_zarr(outputs: dict, path: Path, meta: dict, lazy, progress, *, overwr
             key = key[0]
         return key
 
-    layer = {}
+    layer: dict[Any, Any] = {}
     for i in range(grid[0]):
         for j in range(grid[1]):
             if finished[i, j]:

@@ -29,7 +29,7 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 from .errors import FusionOutputError
 
@@ -158,7 +158,7 @@ def check_writable_folder(folder: Path, *, what: str = "output", target: Path | 
         raise FusionOutputError(f"cannot write {what} {target}: folder {probe} is not writable")
 
 
-def check_distinct(paths: dict[str, str | os.PathLike | None]) -> None:
+def check_distinct(paths: Mapping[str, str | os.PathLike | None]) -> None:
     """Refuse two outputs of one run that are the same file (e.g. ``-o x.tif --labels x.tif``)."""
     seen: dict[Path, str] = {}
     for name, p in paths.items():
@@ -218,7 +218,7 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_partials(final: Path) -> list[Path]:
     """Delete temporaries of ``final`` left by processes that no longer run; return them."""
-    removed = []
+    removed: list[Path] = []
     folder = final.parent
     if not folder.is_dir():
         return removed

@@ -106,7 +106,7 @@ def infer_layout(
         cands = _axis_choices(len(low_shape), band_axis, "the low-resolution image")
         if len(cands) > 1:
             # bands are the short axis; a genuinely ambiguous shape needs band_axis
-            short = [a for a in cands if low_shape[a] < min(_spatial(low_shape, a))]
+            short: list[int | None] = [a for a in cands if a is not None and low_shape[a] < min(_spatial(low_shape, a))]
             if len(short) != 1:
                 raise FusionInputError(f"cannot tell the band axis of shape {low_shape}; give band_axis=0 or -1")
             cands = short
@@ -342,7 +342,7 @@ def guided_upsample(
         raise FusionInputError(f"the low-resolution image is too small ({lay.low_size}); need at least 2x2 pixels")
     dev = torch.device(device)
     lo_t = torch.from_numpy(np.ascontiguousarray(_to_bands(low, lay.band_axis))).unsqueeze(0).to(dev)
-    if method == "bicubic":
+    if method == "bicubic" or g is None:
         out = bicubic_upsample(lo_t, lay.high_size)
     else:
         gu_t = torch.from_numpy(np.ascontiguousarray(_to_bands(g, lay.guide_axis))).unsqueeze(0).to(dev)

@@ -24,15 +24,7 @@ HELP = "fuse many focal stacks with the same settings (fused, labels, height, JS
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from ..focalstack.batch import (
-        SUMMARY_NAME,
-        discover,
-        process,
-        remove_dead_partials,
-        stack_fingerprint,
-        stack_state,
-        write_summary,
-    )
+    from ..focalstack.batch import discover, remove_dead_partials, write_summary
     from ..output_safety import check_output_path
     from ..registry import get_method
 
@@ -46,11 +38,31 @@ def cmd_batch(args: argparse.Namespace) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     remove_dead_partials(outdir)
     align = None if args.align == "none" else args.align
-    resume = getattr(args, "resume", True)
-    overwrite = getattr(args, "overwrite", False)
     options = {"method": args.method, "params": params, "align": align, "z_step": args.z_step,
                "refine": args.refine, "reference_channel": args.reference_channel, "slab": args.slab,
                "crop": args.crop}
+    done, skipped, failed = _run_stacks(sources, outdir, options, args)
+    summary = {
+        "output_dir": str(outdir),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv) if sys.argv else "",
+        "total": len(sources),
+        "done": done,
+        "skipped": skipped,
+        "failed": failed,
+    }
+    with contextlib.suppress(OSError):
+        write_summary(outdir, summary)
+    _print_summary(outdir, len(sources), done, skipped, failed)
+    return 1 if failed else 0
+
+
+def _run_stacks(sources, outdir: Path, options: dict[str, Any], args: argparse.Namespace) -> tuple[list, list, list]:
+    """Fuse the stacks one by one; a failing stack is reported and skipped. Returns (done, skipped, failed)."""
+    from ..focalstack.batch import process, stack_fingerprint, stack_state
+
+    resume = getattr(args, "resume", True)
+    overwrite = getattr(args, "overwrite", False)
     done: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -75,17 +87,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
             print(f"[{i}/{n}] {src.name}: FAILED: {exc}", file=sys.stderr)
             if args.verbose:
                 traceback.print_exc()
-    summary = {
-        "output_dir": str(outdir),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv) if sys.argv else "",
-        "total": n,
-        "done": done,
-        "skipped": skipped,
-        "failed": failed,
-    }
-    with contextlib.suppress(OSError):
-        write_summary(outdir, summary)
+    return done, skipped, failed
+
+
+def _print_summary(outdir: Path, n: int, done: list, skipped: list, failed: list) -> None:
+    """The closing summary: on stdout, or on stderr when any stack failed (failures always on stderr)."""
+    from ..focalstack.batch import SUMMARY_NAME
+
     stream = sys.stderr if failed else sys.stdout
     ok = len(done) + len(skipped)
     print(f"batch: {ok} of {n} stacks fused into {outdir} "
@@ -103,8 +111,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
         print("failed stacks:", file=sys.stderr)
         for e in failed:
             print(f"  {e['stack']} ({e['output_name']}): {e['reason']}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def add_subparser(sub) -> None:
