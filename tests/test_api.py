@@ -27,13 +27,31 @@ def _pair(dtype=np.uint8, colour=False, size=(32, 40), seed=0):
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64, np.int16])
 @pytest.mark.parametrize("method", ["average", "focus_measure", "gff", "laplacian_pyramid", "mertens"])
 def test_dtype_and_range_preserved(dtype, method):
-    a, b = _pair(dtype)
+    """The inputs fill only a band inside the dtype's range, so the range check can fail.
+
+    (Inputs spanning the whole range of an integer dtype would make any value
+    of that dtype pass.) A dropped offset, a wrong scale or an overshoot that
+    is not clipped leaves ``[lo, hi]``; a result pinned to a bound does not
+    stay inside it.
+    """
+    rng = np.random.default_rng(0)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        span = float(info.max) - float(info.min)
+        band = (info.min + 0.3 * span, info.min + 0.6 * span)
+    else:
+        band = (0.3, 0.6)
+    a, b = (rng.uniform(*band, (32, 40)).astype(dtype) for _ in range(2))
     r = nf.fuse([a, b], method=method)
     assert r.fused.dtype == np.dtype(dtype)
     assert r.fused.shape == a.shape
     lo = min(a.min(), b.min())
     hi = max(a.max(), b.max())
     assert r.fused.min() >= lo and r.fused.max() <= hi
+    fused = r.fused.astype(np.float64)
+    assert ((fused > lo) & (fused < hi)).mean() > 0.9, "fused pinned to the inputs' bounds"
+    middle = (float(a.mean()) + float(b.mean())) / 2
+    assert abs(fused.mean() - middle) < 0.2 * (float(hi) - float(lo))
 
 
 def test_uint16_not_rescaled():

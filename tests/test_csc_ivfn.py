@@ -180,6 +180,12 @@ def test_shipped_weights_reconstruct_an_unseen_photograph(data_dir):
 @needs_weights
 @pytest.mark.parametrize("strategy", ["saliency", "l1", "average"])
 def test_each_strategy_runs_on_a_real_pair(dataset, strategy):
+    """Every strategy runs, and fuses: the result is not the plain average of the pair.
+
+    Measured on this crop: mean |fused - average| 6.3 (average), 6.9 (saliency),
+    7.7 (l1) grey levels; gradient energy 4.39 / 4.93 / 4.92 against 3.90 for
+    the average; detail weights |w - 1/2| 0.107 (saliency, l1).
+    """
     ir, vis = _tno_pair(dataset)
     ir, vis = ir[:96, :128], vis[:96, :128]
     before = (ir.copy(), vis.copy())
@@ -191,6 +197,18 @@ def test_each_strategy_runs_on_a_real_pair(dataset, strategy):
     np.testing.assert_allclose(out.weights.sum(0), 1.0, atol=1e-5)
     assert (out.labels is None) == (strategy == "average")
     assert out.extras["base_weight"].shape == (2, 96, 128)
+
+    def grad_energy(img):
+        gy, gx = np.gradient(img)
+        return np.hypot(gx, gy).mean()
+
+    fused = out.fused.astype(np.float64)
+    avg = (ir.astype(np.float64) + vis) / 2
+    assert np.abs(fused - avg).mean() > 3.0, "csc_ivfn returned (nearly) the plain average"
+    assert grad_energy(fused) > 1.05 * grad_energy(avg)
+    if strategy != "average":  # detail codes chosen by activity: sharper than averaging, weights decided
+        assert grad_energy(fused) > 1.15 * grad_energy(avg)
+        assert np.abs(out.weights - 0.5).mean() > 0.05
 
 
 @needs_weights

@@ -119,10 +119,13 @@ def test_cli_evaluate_passes_method_parameters(tmp_path, capsys):
     args = ["evaluate", str(root), "-m", "focus_measure,gff", "--metrics", "qabf", "-q", "-o", str(out)]
     assert main(args + ["-p", "gff.r1=3", "-p", "focus_measure.measure=variance"]) == 0
     with_params = {c["method"]: c["qabf"] for c in json.loads(out.read_text())["cases"]}
-    assert main(args) == 0
+    assert main(args) == 2  # the table exists: replaced only when asked
+    assert "already exists" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
     defaults = {c["method"]: c["qabf"] for c in json.loads(out.read_text())["cases"]}
     assert with_params["gff"] != defaults["gff"]  # the parameter reached the method
     capsys.readouterr()
+    args.append("--overwrite")
     # ambiguous, unknown method, unknown parameter: one clear error each, exit status 2
     assert main(args + ["-p", "r1=3"]) == 2
     assert "METHOD.r1=3" in capsys.readouterr().err

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ._inputs import PreparedStack, check_z_positions, check_z_step
+from ._inputs import PreparedStack
+from ._zpositions import check_z_positions, check_z_step
 from .registry import FusionContext, MethodOutput, MethodSpec
 from .results import FusionResult
 

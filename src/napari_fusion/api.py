@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ._defaults import DEFAULT_METHOD  # re-exported: one home, shared with the torch-free CLI
 from ._engine import build_result, fold_pairwise, label_dtype, run_method, slice_positions
 from ._inputs import prepare
 from .device import resolve_device
@@ -20,8 +21,6 @@ from .registry import FusionContext, MethodSpec, get_method
 from .results import FusionResult
 from .tiling import fuse_lazy, wants_tiling
 
-#: Method used when none is named: fast, N-way, gives labels and depth.
-DEFAULT_METHOD = "focus_measure"
 
 ProgressCallback = Callable[[float, float, str], Any]
 

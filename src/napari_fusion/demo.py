@@ -39,14 +39,14 @@ def run_demo(
     show_progress: bool = True,
 ) -> dict:
     """Render a synthetic focal stack with known ground truth, fuse it, write TIFFs, print scores."""
-    from .cli_fuse import _TqdmProgress
+    from .cli._progress import TqdmProgress
     from .metrics.reference import psnr, ssim
 
     photo = demo_photograph()
     t0 = time.perf_counter()
     stack = render_focal_stack(photo, n_slices=n_slices, seed=seed)
     t_render = time.perf_counter() - t0
-    progress = _TqdmProgress(f"fusing {n_slices} slices ({method})", show_progress)
+    progress = TqdmProgress(f"fusing {n_slices} slices ({method})", show_progress)
     t0 = time.perf_counter()
     try:
         result = fuse(stack.slices, method=method, device=device, progress=progress)

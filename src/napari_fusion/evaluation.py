@@ -143,12 +143,48 @@ def evaluate_dataset(
 ) -> EvaluationResult:
     """Fuse every case of ``dataset_dir`` with ``methods`` and score the results (and, with
     ``reference``, the published outputs: ``True`` for all, or a list of names)."""
-    from .api import fuse
-    from .datasets import iter_cases
-    from .metrics import DEFAULT_GT_METRICS, DEFAULT_METRICS, METRICS, get_metric
+    dataset_dir = Path(dataset_dir)
+    all_cases = _select_cases(dataset_dir, cases, limit)
     from .registry import get_method
 
-    dataset_dir = Path(dataset_dir)
+    for m in methods:
+        get_method(m)  # unknown names fail before any work
+    if not methods and not reference:
+        raise FusionInputError("nothing to evaluate: give methods (-m) and/or --reference")
+    names, specs = _select_metrics(dataset_dir, all_cases, metrics)
+    result = EvaluationResult(metrics=names)
+    jobs = _jobs(all_cases, methods, reference)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc=f"evaluating {dataset_dir.name}", unit="run", file=sys.stderr)
+    loaded: dict[str, tuple] = {}
+    try:
+        for case, kind, name in jobs:
+            if case.name not in loaded:
+                loaded.clear()
+                srcs, gt = case.load_sources(), case.load_gt()
+                _check_case_images(case.name, srcs, gt)
+                loaded[case.name] = (srcs, gt)
+            if bar is not None:
+                bar.set_postfix_str(f"{case.name} {name}", refresh=False)
+            row = _score(case, kind, name, *loaded[case.name], specs, device, (method_params or {}).get(name, {}))
+            result.rows.append(row)
+            if on_row is not None:
+                on_row(row)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return result
+
+
+def _select_cases(dataset_dir: Path, cases: Sequence[str] | None, limit: int | None) -> list:
+    """The dataset's cases, restricted to ``cases`` and the first ``limit``; refused when none are left."""
+    from .datasets import iter_cases
+
     if not dataset_dir.is_dir():
         raise FusionInputError(f"dataset folder not found: {dataset_dir}")
     all_cases = iter_cases(dataset_dir)
@@ -162,15 +198,17 @@ def evaluate_dataset(
         all_cases = all_cases[: max(0, int(limit))]
     if not all_cases:
         raise FusionInputError(f"{dataset_dir} has no cases (folders with src_00.*, src_01.* ...)")
-    for m in methods:
-        get_method(m)  # unknown names fail before any work
-    if not methods and not reference:
-        raise FusionInputError("nothing to evaluate: give methods (-m) and/or --reference")
+    return all_cases
+
+
+def _select_metrics(dataset_dir: Path, all_cases: list, metrics: Sequence[str] | None) -> tuple[list[str], list]:
+    """Metric names and specs: the defaults that fit the data (source count, ground truth), or those given."""
+    from .metrics import DEFAULT_GT_METRICS, DEFAULT_METRICS, METRICS, get_metric
+
     has_gt = any(c.gt is not None for c in all_cases)
-    n_src = {len(c.sources) for c in all_cases}
     if metrics is None:
         names = list(DEFAULT_METRICS)
-        if n_src != {2}:
+        if {len(c.sources) for c in all_cases} != {2}:
             names = [n for n in names if METRICS[n].n_sources is None]
         if has_gt:
             names += list(DEFAULT_GT_METRICS)
@@ -179,8 +217,11 @@ def evaluate_dataset(
     specs = [get_metric(n) for n in names]
     if not has_gt and any(s.needs == "gt" for s in specs):
         raise FusionInputError(f"{dataset_dir} has no ground truth (gt.*) for {[s.name for s in specs if s.needs == 'gt']}")
+    return names, specs
 
-    result = EvaluationResult(metrics=names)
+
+def _jobs(all_cases: list, methods: Sequence[str], reference: bool | Sequence[str]) -> list[tuple]:
+    """``(case, "ours" | "reference", name)`` for every run, case by case (each case is loaded once)."""
     ref_names = None if reference is True else (list(reference) if reference else [])
     jobs = []
     for c in all_cases:
@@ -188,49 +229,30 @@ def evaluate_dataset(
         if reference:
             refs = c.references if ref_names is None else {k: v for k, v in c.references.items() if k in ref_names}
             jobs += [(c, "reference", r) for r in sorted(refs)]
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    return jobs
 
-        bar = tqdm(total=len(jobs), desc=f"evaluating {dataset_dir.name}", unit="run", file=sys.stderr)
-    loaded: dict[str, tuple] = {}
-    try:
-        for case, kind, name in jobs:
-            if case.name not in loaded:
-                loaded.clear()
-                srcs = case.load_sources()
-                gt = case.load_gt()
-                _check_case_images(case.name, srcs, gt)
-                loaded[case.name] = (srcs, gt)
-            srcs, gt = loaded[case.name]
-            if bar is not None:
-                bar.set_postfix_str(f"{case.name} {name}", refresh=False)
-            seconds = math.nan
-            if kind == "ours":
-                t0 = time.perf_counter()
-                try:
-                    res = fuse(_harmonise_channels(list(srcs)), method=name, device=device, **(method_params or {}).get(name, {}))
-                except FusionInputError as exc:
-                    raise FusionInputError(f"case {case.name}, method {name}: {exc}") from None
-                seconds = time.perf_counter() - t0
-                fused = res.fused
-            else:
-                from .io import read_image
 
-                fused = read_image(case.references[name])
-            row: dict[str, Any] = {"case": case.name, "method": name, "kind": kind, "seconds": seconds}
-            for spec in specs:
-                try:
-                    row[spec.name] = spec(fused, srcs, gt, device=device if device != "auto" else None)
-                except FusionInputError as exc:
-                    what = f"reference {name}" if kind == "reference" else f"method {name}"
-                    raise FusionInputError(f"case {case.name}, {what}, metric {spec.name}: {exc}") from None
-            result.rows.append(row)
-            if on_row is not None:
-                on_row(row)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    return result
+def _score(case, kind: str, name: str, srcs, gt, specs: list, device: str, params: dict) -> dict[str, Any]:
+    """Fuse one case with ``name`` (or read its published output) and score it with every metric."""
+    seconds = math.nan
+    if kind == "ours":
+        from .api import fuse
+
+        t0 = time.perf_counter()
+        try:
+            fused = fuse(_harmonise_channels(list(srcs)), method=name, device=device, **params).fused
+        except FusionInputError as exc:
+            raise FusionInputError(f"case {case.name}, method {name}: {exc}") from None
+        seconds = time.perf_counter() - t0
+    else:
+        from .io import read_image
+
+        fused = read_image(case.references[name])
+    row: dict[str, Any] = {"case": case.name, "method": name, "kind": kind, "seconds": seconds}
+    for spec in specs:
+        try:
+            row[spec.name] = spec(fused, srcs, gt, device=device if device != "auto" else None)
+        except FusionInputError as exc:
+            what = f"reference {name}" if kind == "reference" else f"method {name}"
+            raise FusionInputError(f"case {case.name}, {what}, metric {spec.name}: {exc}") from None
+    return row

@@ -32,7 +32,7 @@ def _parse_chunks(text: str):
 
 
 def _z_step(text: str) -> float:
-    from .._inputs import check_z_step
+    from .._zpositions import check_z_step
 
     try:
         return check_z_step(text)

@@ -406,7 +406,6 @@ def process(
     ``overwrite``. The images are written together (temporaries renamed at the
     end), then the record.
     """
-    from ..output_safety import AtomicGroup, atomic_file
     from .pipeline import fuse_focal_stack
 
     outdir = Path(outdir)
@@ -414,7 +413,6 @@ def process(
     if fingerprint is None:
         fingerprint = stack_fingerprint(source, method=method, params=params, align=align, crop=crop, z_step=z_step,
                                         refine=refine, reference_channel=reference_channel, slab=slab)
-    digest = fingerprint["digest"]
 
     def check() -> None:
         state, detail = stack_state(outdir, stem, fingerprint)
@@ -431,11 +429,21 @@ def process(
     )
     del images
     paths = output_paths(outdir, stem)
+    written = _write_stack_images(res, paths, source, stem, fingerprint, check)
+    _write_record(res, paths, written, source, stem, fingerprint, z_step)
+    return list(written) + [paths["record"]]
+
+
+def _write_stack_images(res, paths: dict[str, Path], source: StackSource, stem: str, fingerprint: dict,
+                        check: Callable[[], None]) -> list[Path]:
+    """Fused, labels and height of one stack, renamed into place together; returns what was written."""
+    from ..output_safety import AtomicGroup
+
     meta = {"method": res.method, "params": res.params, "record": paths["record"].name,
-            "output_name": stem, "source": source.key or source.name, "fingerprint": digest}
+            "output_name": stem, "source": source.key or source.name, "fingerprint": fingerprint["digest"]}
     arrays = {"fused": res.fused, "labels": res.labels,
               "height": None if res.height is None else res.height.astype(np.float32)}
-    outdir.mkdir(parents=True, exist_ok=True)
+    paths["record"].parent.mkdir(parents=True, exist_ok=True)
     with AtomicGroup() as group:
         for role, arr in arrays.items():
             if arr is not None:
@@ -447,6 +455,14 @@ def process(
     for role in _ROLES:  # an output of ours from an earlier run that this method no longer makes
         if arrays[role] is None and paths[role].exists():
             paths[role].unlink()
+    return written
+
+
+def _write_record(res, paths: dict[str, Path], written: list[Path], source: StackSource, stem: str,
+                  fingerprint: dict, z_step: float | None) -> None:
+    """The stack's JSON record, written last and atomically: its presence means "done"."""
+    from ..output_safety import atomic_file
+
     record = res.record()
     record.update({
         "status": "done",
@@ -462,7 +478,6 @@ def process(
     })
     with atomic_file(paths["record"]) as tmp:
         tmp.write_text(json.dumps(record, indent=2, default=str))
-    return list(written) + [paths["record"]]
 
 
 # --------------------------------------------------------------------------- output folder
