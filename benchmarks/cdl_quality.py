@@ -27,7 +27,11 @@ VARIANTS = {
 }
 DATASETS = {
     "lytro": ("multifocus/lytro", ["qabf", "nmi"], ["gff"]),
-    "mf_voc": ("multifocus/mf_voc", ["mse_gt", "psnr_gt", "qabf"], ["gff", "focus_measure", "laplacian_pyramid", "liu2017_cnn"]),
+    "mf_voc": (
+        "multifocus/mf_voc",
+        ["mse_gt", "psnr_gt", "qabf"],
+        ["gff", "focus_measure", "laplacian_pyramid", "liu2017_cnn"],
+    ),
 }
 
 
@@ -49,8 +53,14 @@ def main() -> None:
         rel, metrics, baselines = DATASETS[ds]
         rows = []
         for label in args.variants:
-            res = evaluate_dataset(root / rel, methods=["veshki_cdl"], metrics=metrics, limit=args.limit,
-                                   device="cpu", method_params={"veshki_cdl": VARIANTS[label]})
+            res = evaluate_dataset(
+                root / rel,
+                methods=["veshki_cdl"],
+                metrics=metrics,
+                limit=args.limit,
+                device="cpu",
+                method_params={"veshki_cdl": VARIANTS[label]},
+            )
             s = res.summary()[0]
             s["method"] = label
             rows.append(s)

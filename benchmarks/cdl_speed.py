@@ -50,9 +50,13 @@ def main() -> None:
     cases = iter_cases(root / "multifocus" / "lytro")[: args.pairs]
     pairs = [c.load_sources() for c in cases]
     dev = torch.device(args.device)
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}, device {dev}; {len(pairs)} Lytro pairs 520x520")
-    print("| patch | stride | atoms | boundary | s / pair (median wall) | CPU s / pair | paper 2.56 s / ours | OMP patches/s | OMP s / pair |")
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}, device {dev}; {len(pairs)} Lytro pairs 520x520"
+    )
+    print(
+        "| patch | stride | atoms | boundary | s / pair (median wall) | CPU s / pair | paper 2.56 s / ours | OMP patches/s | OMP s / pair |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for patch, boundary in ((8, "released"), (8, "paper"), (16, "released"), (16, "paper")):
         stride, atoms, eps = 2, 3, 1e-4 * patch * patch
@@ -78,8 +82,10 @@ def main() -> None:
                 torch.cuda.synchronize()
             otimes.append(time.perf_counter() - t)
         osec = min(otimes)
-        print(f"| {patch}x{patch} | {stride} | {atoms} | {boundary} | {sec:.2f} | {statistics.median(cpu):.2f} | {PAPER_SECONDS / sec:.2f} | "
-              f"{s.shape[0] / osec:,.0f} | {osec:.2f} ({s.shape[0]:,} signals) |")
+        print(
+            f"| {patch}x{patch} | {stride} | {atoms} | {boundary} | {sec:.2f} | {statistics.median(cpu):.2f} | {PAPER_SECONDS / sec:.2f} | "
+            f"{s.shape[0] / osec:,.0f} | {osec:.2f} ({s.shape[0]:,} signals) |"
+        )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, device {args.device}")
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, device {args.device}"
+    )
     print(f"# grey uint8 focal stacks of {args.slices} slices; best of {args.repeat} runs")
     print(f"{'method':20s} {'size':>10s} {'seconds':>9s} {'MP/s':>8s}")
     for size in args.sizes:

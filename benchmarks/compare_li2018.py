@@ -139,7 +139,9 @@ def main(argv=None) -> int:
                 if vis.ndim == 3 and ir.ndim == 2:
                     ir = np.repeat(ir[..., None], 3, axis=-1)
                 t0 = time.perf_counter()
-                ours = fuse([ir, vis], method="li2018_vgg19", device=args.device, layers=layers, weights=args.weights).fused
+                ours = fuse(
+                    [ir, vis], method="li2018_vgg19", device=args.device, layers=layers, weights=args.weights
+                ).fused
                 sec = time.perf_counter() - t0
                 s = ssim(_grey(ours), _grey(ref), data_range=255)
                 p = psnr(_grey(ref), _grey(ours), data_range=255)
@@ -151,7 +153,10 @@ def main(argv=None) -> int:
             for ds, r in rows.items():
                 a = np.asarray(r).mean(0)
                 k = len(names)
-                print(f"{ds:7s} {'MEAN (' + str(len(r)) + ')':14s} {a[0]:6.4f} {a[1]:6.2f} {a[2]:6.1f} " + " ".join(f"{d:+9.4f}" for d in a[3 : 3 + k]))
+                print(
+                    f"{ds:7s} {'MEAN (' + str(len(r)) + ')':14s} {a[0]:6.4f} {a[1]:6.2f} {a[2]:6.1f} "
+                    + " ".join(f"{d:+9.4f}" for d in a[3 : 3 + k])
+                )
                 print(f"{'':7s} {'ours':14s} " + " ".join(f"{n}={v:.4f}" for n, v in zip(names, a[3 + k : 3 + 2 * k])))
                 print(f"{'':7s} {'authors':14s} " + " ".join(f"{n}={v:.4f}" for n, v in zip(names, a[3 + 2 * k :])))
     finally:

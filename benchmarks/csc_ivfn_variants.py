@@ -34,7 +34,10 @@ def main() -> None:
 
     def show(name, s):
         vals = [s.get(m, math.nan) for m in METRICS]
-        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {s.get('s_per_case', math.nan):.1f} |", flush=True)
+        print(
+            f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {s.get('s_per_case', math.nan):.1f} |",
+            flush=True,
+        )
 
     base = evaluate_dataset(args.dataset, methods=["average"], metrics=METRICS, limit=args.limit, device=args.device)
     show("average (plain mean of the sources)", base.summary()[0])
@@ -42,7 +45,11 @@ def main() -> None:
         strategy, scale = v.split(":")
         params = {"csc_ivfn": {"strategy": strategy, "code_scale": float(scale)}}
         res = evaluate_dataset(
-            args.dataset, methods=["csc_ivfn"], metrics=METRICS, limit=args.limit, device=args.device,
+            args.dataset,
+            methods=["csc_ivfn"],
+            metrics=METRICS,
+            limit=args.limit,
+            device=args.device,
             method_params=params,
         )
         show(f"csc_ivfn strategy={strategy} code_scale={scale}", res.summary()[0])

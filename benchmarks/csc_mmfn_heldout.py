@@ -19,12 +19,20 @@ from pathlib import Path
 
 import torch
 
-from napari_fusion.weights import PACKAGE_WEIGHTS_DIR
 from napari_fusion.training.csc_mmfn import evaluate_heldout, table_markdown, weights_name
+from napari_fusion.weights import PACKAGE_WEIGHTS_DIR
 
 
 def rgb_table() -> str:
-    from napari_fusion.training.mmf_data import CAVE_DIR, CAVE_SCENES, data_root, load_camera_response, load_cave_scene, rgb_agreement, simulate_rgb
+    from napari_fusion.training.mmf_data import (
+        CAVE_DIR,
+        CAVE_SCENES,
+        data_root,
+        load_camera_response,
+        load_cave_scene,
+        rgb_agreement,
+        simulate_rgb,
+    )
 
     root = data_root(CAVE_DIR)
     resp = load_camera_response()
@@ -52,7 +60,9 @@ def probes(task: str, weights: Path) -> str:
     for split in HELDOUT_SPLITS[task]:
         for c in task_cases(task, split):
             g = torch.from_numpy(c.guide)
-            flat = F.interpolate(degrade(g, c.scale)[None], size=g.shape[-2:], mode="bicubic", align_corners=False)[0].numpy()
+            flat = F.interpolate(degrade(g, c.scale)[None], size=g.shape[-2:], mode="bicubic", align_corners=False)[
+                0
+            ].numpy()
             vals = [
                 nf.guided_upsample(c.lr, c.guide, method="bicubic", band_axis=0, guide_axis=0),
                 nf.guided_upsample(c.lr, c.guide, model=weights, band_axis=0, guide_axis=0),
@@ -62,10 +72,16 @@ def probes(task: str, weights: Path) -> str:
             lines.append(f"| {c.name} | {p[0]:.2f} | {p[1]:.2f} | {p[2]:.2f} | scale {c.scale} |")
     if task == "cave":
         for c in task_cases(task, "test", scale=2):
-            vals = [nf.guided_upsample(c.lr, c.guide, method=m, model=weights if m == "csc_mmfn" else None,
-                                       band_axis=0, guide_axis=0) for m in ("bicubic", "csc_mmfn", "guided_filter")]
+            vals = [
+                nf.guided_upsample(
+                    c.lr, c.guide, method=m, model=weights if m == "csc_mmfn" else None, band_axis=0, guide_axis=0
+                )
+                for m in ("bicubic", "csc_mmfn", "guided_filter")
+            ]
             p = [psnr_bands(v, c.gt, data_range=rng, band_axis=0) for v in vals]
-            lines.append(f"| {c.name} | {p[0]:.2f} | {p[1]:.2f} | (guided_filter {p[2]:.2f}) | scale 2, untrained scale |")
+            lines.append(
+                f"| {c.name} | {p[0]:.2f} | {p[1]:.2f} | (guided_filter {p[2]:.2f}) | scale 2, untrained scale |"
+            )
     return "\n".join(lines)
 
 
@@ -92,8 +108,13 @@ def main() -> None:
         card = weights.with_suffix(".md")
         if args.update_cards and card.is_file():
             text = card.read_text()
-            new = re.sub(r"(## Held-out results[^\n]*\n\n).*?(\n\nPSNR/SSIM:)", lambda m: m.group(1) + table + m.group(2),
-                         text, count=1, flags=re.S)
+            new = re.sub(
+                r"(## Held-out results[^\n]*\n\n).*?(\n\nPSNR/SSIM:)",
+                lambda m: m.group(1) + table + m.group(2),
+                text,
+                count=1,
+                flags=re.S,
+            )
             card.write_text(new)
             print(f"updated {card}")
 

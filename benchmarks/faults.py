@@ -131,14 +131,24 @@ def run_refusal(ws: Workspace, name: str, args: list[str], row_table: list[Row],
     row_table.append(row)
 
 
-def run_kills(ws: Workspace, name: str, args: list[str], out: Path, kills: int, seed: int,
-              window: tuple[float, float], reference: dict | None, rows: list[Row], zarr_out: bool = False,
-              rerun_args: list[str] | None = None) -> None:
+def run_kills(
+    ws: Workspace,
+    name: str,
+    args: list[str],
+    out: Path,
+    kills: int,
+    seed: int,
+    window: tuple[float, float],
+    reference: dict | None,
+    rows: list[Row],
+    zarr_out: bool = False,
+    rerun_args: list[str] | None = None,
+) -> None:
     from napari_fusion.io import zarr_output_status
 
     row = Row(name)
     rng = random.Random(seed)
-    for k in range(kills):
+    for _ in range(kills):
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         before = ws.digests()
@@ -193,8 +203,14 @@ def fault_table(kills: int) -> list[Row]:
             ("--labels names an input", ["fuse", "a.tif", "b.tif", "-o", "x.tif", "--labels", "b.tif"]),
             ("-o symlink to input", ["fuse", "stack.tif", "-o", "link.tif", "--overwrite"]),
             ("-o hard link to input", ["fuse", "stack.tif", "-o", "hard.tif", "--overwrite"]),
-            ("upsample -o low-res input", ["upsample", "ms.tif", "pan.tif", "-m", "bicubic", "-o", "ms.tif", "--overwrite"]),
-            ("--chunks -o input (was SIGBUS)", ["fuse", "stack.tif", "-o", "stack.tif", "--chunks", "256", "--overwrite"]),
+            (
+                "upsample -o low-res input",
+                ["upsample", "ms.tif", "pan.tif", "-m", "bicubic", "-o", "ms.tif", "--overwrite"],
+            ),
+            (
+                "--chunks -o input (was SIGBUS)",
+                ["fuse", "stack.tif", "-o", "stack.tif", "--chunks", "256", "--overwrite"],
+            ),
             ("zarr in -o same zarr", ["fuse", "in.zarr", "-o", "in.zarr", "--chunks", "32", "--overwrite"]),
             ("-o inside input zarr", ["fuse", "in.zarr", "-o", "in.zarr/out.zarr", "--chunks", "32"]),
             ("-o inside input folder", ["fuse", "slices", "-o", "slices/fused.tif"]),
@@ -209,7 +225,12 @@ def fault_table(kills: int) -> list[Row]:
         proj.mkdir()
         (proj / "notes.txt").write_text("keep me")
         ws.inputs.append(proj)
-        run_refusal(ws, "-o project.zarr (other files)", ["fuse", "a.tif", "b.tif", "-o", "project.zarr", "--chunks", "64", "--overwrite"], rows)
+        run_refusal(
+            ws,
+            "-o project.zarr (other files)",
+            ["fuse", "a.tif", "b.tif", "-o", "project.zarr", "--chunks", "64", "--overwrite"],
+            rows,
+        )
         # damaged inputs
         data = (ws.root / "stack.tif").read_bytes()
         (ws.root / "cut.tif").write_bytes(data[: len(data) // 3])
@@ -226,20 +247,59 @@ def fault_table(kills: int) -> list[Row]:
         # SIGKILL during writes
         ref_tif = ws.root / "ref.tif"
         subprocess.run(_cli("fuse", "stack.tif", "-o", str(ref_tif), "-q"), cwd=ws.root, check=True)
-        run_kills(ws, "SIGKILL during TIFF write + rerun", ["fuse", "stack.tif", "-o", "k.tif", "-q"], ws.root / "k.tif",
-                  kills, 1, (3.5, 7.0), {"fused": tifffile.imread(ref_tif)}, rows,
-                  rerun_args=["fuse", "stack.tif", "-o", "k.tif", "-q", "--overwrite"])
-        run_kills(ws, "SIGKILL during PNG write", ["fuse", "a.tif", "b.tif", "-o", "k.png", "-m", "average", "-q"],
-                  ws.root / "k.png", kills, 2, (3.5, 6.0), None, rows)
+        run_kills(
+            ws,
+            "SIGKILL during TIFF write + rerun",
+            ["fuse", "stack.tif", "-o", "k.tif", "-q"],
+            ws.root / "k.tif",
+            kills,
+            1,
+            (3.5, 7.0),
+            {"fused": tifffile.imread(ref_tif)},
+            rows,
+            rerun_args=["fuse", "stack.tif", "-o", "k.tif", "-q", "--overwrite"],
+        )
+        run_kills(
+            ws,
+            "SIGKILL during PNG write",
+            ["fuse", "a.tif", "b.tif", "-o", "k.png", "-m", "average", "-q"],
+            ws.root / "k.png",
+            kills,
+            2,
+            (3.5, 6.0),
+            None,
+            rows,
+        )
         ref_tiled = ws.root / "ref_tiled.tif"
-        subprocess.run(_cli("fuse", "stack.tif", "-o", str(ref_tiled), "--chunks", "256", "-q"), cwd=ws.root, check=True)
-        run_kills(ws, "SIGKILL during tiled TIFF write + rerun", ["fuse", "stack.tif", "-o", "kt.tif", "--chunks", "256", "-q"],
-                  ws.root / "kt.tif", kills, 3, (3.5, 8.0), {"fused": tifffile.imread(ref_tiled)}, rows,
-                  rerun_args=["fuse", "stack.tif", "-o", "kt.tif", "--chunks", "256", "-q", "--overwrite"])
+        subprocess.run(
+            _cli("fuse", "stack.tif", "-o", str(ref_tiled), "--chunks", "256", "-q"), cwd=ws.root, check=True
+        )
+        run_kills(
+            ws,
+            "SIGKILL during tiled TIFF write + rerun",
+            ["fuse", "stack.tif", "-o", "kt.tif", "--chunks", "256", "-q"],
+            ws.root / "kt.tif",
+            kills,
+            3,
+            (3.5, 8.0),
+            {"fused": tifffile.imread(ref_tiled)},
+            rows,
+            rerun_args=["fuse", "stack.tif", "-o", "kt.tif", "--chunks", "256", "-q", "--overwrite"],
+        )
         ref_zarr = ws.root / "ref.zarr"
         subprocess.run(_cli("fuse", "stack.tif", "-o", str(ref_zarr), "--chunks", "128", "-q"), cwd=ws.root, check=True)
-        run_kills(ws, "SIGKILL during zarr write + rerun", ["fuse", "stack.tif", "-o", "kz.zarr", "--chunks", "128", "-q"],
-                  ws.root / "kz.zarr", kills, 4, (3.5, 8.0), _load(ref_zarr, True), rows, zarr_out=True)
+        run_kills(
+            ws,
+            "SIGKILL during zarr write + rerun",
+            ["fuse", "stack.tif", "-o", "kz.zarr", "--chunks", "128", "-q"],
+            ws.root / "kz.zarr",
+            kills,
+            4,
+            (3.5, 8.0),
+            _load(ref_zarr, True),
+            rows,
+            zarr_out=True,
+        )
         rows.extend(batch_faults(ws, kills))
     return rows
 
@@ -254,23 +314,61 @@ def batch_faults(ws: Workspace, kills: int) -> list[Row]:
     multi = ws.root / "multi"
     multi.mkdir()
     for k in range(3):
-        tifffile.imwrite(multi / f"s{k}.tif", ws.stack[k:k + 3, :96, :96], photometric="minisblack")
+        tifffile.imwrite(multi / f"s{k}.tif", ws.stack[k : k + 3, :96, :96], photometric="minisblack")
     ws.inputs += [root, multi]
     out = ws.root / "batch_out"
     before = ws.digests()
-    args = ["batch", str(root / "day1" / "stackA"), str(root / "day2" / "stackA"), str(root / "odd name"),
-            str(root / "odd_name"), str(multi), "-o", str(out), "-q"]
+    args = [
+        "batch",
+        str(root / "day1" / "stackA"),
+        str(root / "day2" / "stackA"),
+        str(root / "odd name"),
+        str(root / "odd_name"),
+        str(multi),
+        "-o",
+        str(out),
+        "-q",
+    ]
     proc = subprocess.run(_cli(*args), cwd=ws.root, capture_output=True, text=True)
     fused = sorted(p.name for p in out.glob("*_fused.tif"))
-    rows.append(Row("batch: 4 colliding names + 3 multi-page", 1, int(ws.digests() != before), 0, 0, 0,
-                    f"exit {proc.returncode}: {len(fused)} fused files for 7 stacks"))
+    rows.append(
+        Row(
+            "batch: 4 colliding names + 3 multi-page",
+            1,
+            int(ws.digests() != before),
+            0,
+            0,
+            0,
+            f"exit {proc.returncode}: {len(fused)} fused files for 7 stacks",
+        )
+    )
     proc = subprocess.run(_cli(*args), cwd=ws.root, capture_output=True, text=True)
     skipped = proc.stdout.count("skipped") + proc.stderr.count("skipped")
-    rows.append(Row("batch: rerun skips done stacks", 1, int(ws.digests() != before), 0, 0, 0,
-                    f"exit {proc.returncode}: 'skipped' x{skipped}"))
-    inside = subprocess.run(_cli("batch", str(root), "-o", str(root / "out"), "-q"), cwd=ws.root, capture_output=True, text=True)
-    rows.append(Row("batch: -o inside the input", 1, int(ws.digests() != before), 0, 0, 0,
-                    f"exit {inside.returncode}: {inside.stderr.strip()[:70]}"))
+    rows.append(
+        Row(
+            "batch: rerun skips done stacks",
+            1,
+            int(ws.digests() != before),
+            0,
+            0,
+            0,
+            f"exit {proc.returncode}: 'skipped' x{skipped}",
+        )
+    )
+    inside = subprocess.run(
+        _cli("batch", str(root), "-o", str(root / "out"), "-q"), cwd=ws.root, capture_output=True, text=True
+    )
+    rows.append(
+        Row(
+            "batch: -o inside the input",
+            1,
+            int(ws.digests() != before),
+            0,
+            0,
+            0,
+            f"exit {inside.returncode}: {inside.stderr.strip()[:70]}",
+        )
+    )
     # SIGKILL during batch, then rerun: same outputs as the uninterrupted run
     row = Row("SIGKILL during batch + rerun")
     rng = random.Random(9)
@@ -279,8 +377,9 @@ def batch_faults(ws: Workspace, kills: int) -> list[Row]:
         tgt = ws.root / "batch_kill"
         shutil.rmtree(tgt, ignore_errors=True)
         b = ws.digests()
-        proc = subprocess.Popen(_cli(*args[:-3], "-o", str(tgt), "-q"), cwd=ws.root, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _cli(*args[:-3], "-o", str(tgt), "-q"), cwd=ws.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(rng.uniform(3.8, 6.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -291,8 +390,9 @@ def batch_faults(ws: Workspace, kills: int) -> list[Row]:
         done = subprocess.run(_cli(*args[:-3], "-o", str(tgt), "-q"), cwd=ws.root, capture_output=True, text=True)
         row.resumed += 1
         got = {p.name: tifffile.imread(p) for p in tgt.glob("*.tif")}
-        row.resumed_identical += int(done.returncode == 0 and got.keys() == ref.keys()
-                                     and all(np.array_equal(got[k], ref[k]) for k in ref))
+        row.resumed_identical += int(
+            done.returncode == 0 and got.keys() == ref.keys() and all(np.array_equal(got[k], ref[k]) for k in ref)
+        )
     row.outcome = "SIGKILL at 3.8-6.0 s"
     rows.append(row)
     return rows
@@ -328,12 +428,16 @@ def main() -> None:
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
         resumed = f"{r.resumed_identical}/{r.resumed}" if r.resumed else "-"
-        print(f"| {r.case:40s} | {r.tried:5d} | {r.inputs_changed:14d} | {r.partial_left:12d} | {resumed:17s} | "
-              f"{r.outcome}{' (' + ', '.join(r.notes) + ')' if r.notes else ''} |")
+        print(
+            f"| {r.case:40s} | {r.tried:5d} | {r.inputs_changed:14d} | {r.partial_left:12d} | {resumed:17s} | "
+            f"{r.outcome}{' (' + ', '.join(r.notes) + ')' if r.notes else ''} |"
+        )
     tried = sum(r.tried for r in rows)
-    print(f"\ntotal: {len(rows)} cases, {tried} runs, inputs changed {sum(r.inputs_changed for r in rows)}, "
-          f"partial outputs left {sum(r.partial_left for r in rows)}, resumed identical "
-          f"{sum(r.resumed_identical for r in rows)}/{sum(r.resumed for r in rows)} ({time.perf_counter() - t0:.0f} s)")
+    print(
+        f"\ntotal: {len(rows)} cases, {tried} runs, inputs changed {sum(r.inputs_changed for r in rows)}, "
+        f"partial outputs left {sum(r.partial_left for r in rows)}, resumed identical "
+        f"{sum(r.resumed_identical for r in rows)}/{sum(r.resumed for r in rows)} ({time.perf_counter() - t0:.0f} s)"
+    )
     if not args.no_memory:
         print("\n| shape | method | estimated MiB | measured MiB | error |")
         print("|---|---|---|---|---|")

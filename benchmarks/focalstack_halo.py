@@ -25,18 +25,26 @@ CONFIGS = [
 
 def main() -> None:
     torch.set_num_threads(1)
-    print(f"{'config':48s} {'seed':>4s} {'halo off':>9s} {'halo on':>9s} {'reduction':>9s} {'obj err off':>11s} {'obj err on':>10s}")
+    print(
+        f"{'config':48s} {'seed':>4s} {'halo off':>9s} {'halo on':>9s} {'reduction':>9s} {'obj err off':>11s} {'obj err on':>10s}"
+    )
     for cfg in CONFIGS:
         for seed in (0, 1, 2):
             st = render_bright_objects(seed=seed, **cfg)
             row = []
             for hc in (False, True):
                 r = fuse(st.slices, method="focus_measure", device="cpu", halo_control=hc)
-                row.append((halo_excess(r.fused, st.ground_truth, st.objects),
-                            float(np.abs(r.fused - st.ground_truth)[st.objects].mean())))
+                row.append(
+                    (
+                        halo_excess(r.fused, st.ground_truth, st.objects),
+                        float(np.abs(r.fused - st.ground_truth)[st.objects].mean()),
+                    )
+                )
             red = 1 - row[1][0] / row[0][0]
             name = ", ".join(f"{k}={v}" for k, v in cfg.items())
-            print(f"{name:48s} {seed:4d} {row[0][0]:9.5f} {row[1][0]:9.5f} {red:9.1%} {row[0][1]:11.4f} {row[1][1]:10.4f}")
+            print(
+                f"{name:48s} {seed:4d} {row[0][0]:9.5f} {row[1][0]:9.5f} {red:9.1%} {row[0][1]:11.4f} {row[1][1]:10.4f}"
+            )
 
 
 if __name__ == "__main__":

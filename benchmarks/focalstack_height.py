@@ -28,7 +28,9 @@ def main() -> None:
         for seed in (0, 1):
             st = render_focal_stack(photo, n_slices=n, max_sigma=sig, seed=seed)
             true = st.depth * (n - 1)
-            errs = [np.abs(height_map(st.slices, refine=r).index - true).mean() for r in ("none", "parabola", "gaussian")]
+            errs = [
+                np.abs(height_map(st.slices, refine=r).index - true).mean() for r in ("none", "parabola", "gaussian")
+            ]
             print(f"{n:6d} {sig:9.1f} {seed:4d} " + " ".join(f"{e:8.3f}" for e in errs))
     d = shared_data_dir()
     if d is None:
@@ -38,9 +40,11 @@ def main() -> None:
     fused = fuse(stack).fused
     nucleus = fused > threshold_otsu(fused)
     q = np.percentile(hm.height[nucleus], [10, 50, 90])
-    print(f"dapi_widefield (40 x 201x101 uint16, z-step 0.3 um): height range [{hm.height.min():.3f}, "
-          f"{hm.height.max():.3f}] um; nucleus (Otsu on fused, {nucleus.mean():.0%} of pixels) "
-          f"height p10/p50/p90 = {q[0]:.2f}/{q[1]:.2f}/{q[2]:.2f} um")
+    print(
+        f"dapi_widefield (40 x 201x101 uint16, z-step 0.3 um): height range [{hm.height.min():.3f}, "
+        f"{hm.height.max():.3f}] um; nucleus (Otsu on fused, {nucleus.mean():.0%} of pixels) "
+        f"height p10/p50/p90 = {q[0]:.2f}/{q[1]:.2f}/{q[2]:.2f} um"
+    )
 
 
 if __name__ == "__main__":

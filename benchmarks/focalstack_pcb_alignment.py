@@ -46,7 +46,9 @@ def main() -> None:
     stack = [down(a) for a in read_stack(folder)]
     ref = down(read_image(folder / "reference" / "focus-stack.jpg"))
     print(f"PCB stack downsampled by {f}: {stack[0].shape}")
-    print(f"{'alignment':12s} {'PSNR dB':>8s} {'SSIM':>7s} {'seconds':>8s}  magnification (slice 0..6, vs middle) / centre shifts (full-res px)")
+    print(
+        f"{'alignment':12s} {'PSNR dB':>8s} {'SSIM':>7s} {'seconds':>8s}  magnification (slice 0..6, vs middle) / centre shifts (full-res px)"
+    )
     for mode in (None, "translation", "similarity"):
         t0 = time.perf_counter()
         r = fuse_focal_stack(stack, align=mode, height=False)

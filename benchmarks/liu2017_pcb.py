@@ -86,5 +86,6 @@ def main() -> None:
         Image.fromarray(row).save(args.save)
         print(f"saved {args.save}: middle slice, then labels of " + ", ".join(maps) + " (dark = first slice)")
 
+
 if __name__ == "__main__":
     main()

@@ -63,19 +63,24 @@ def main() -> None:
     rate = 2 * n**3 / t_mm
     print(f"device {dev}, threads {args.threads}: float32 {n}x{n} matmul {rate / 1e9:.1f} GFLOP/s")
     x1, x2 = torch.rand(args.size, args.size, device=dev), torch.rand(args.size, args.size, device=dev)
-    print(f"\n| model | head | GFLOP/pair | bound s | measured s | fraction of bound |")
+    print("\n| model | head | GFLOP/pair | bound s | measured s | fraction of bound |")
     print("|---|---|---|---|---|---|")
     for variant in ("slight", "original"):
         net = LiuFocusNet(variant).eval().to(dev)
         filt, db = difference_filters(net)
         with torch.no_grad():
-            t = best_time(lambda: pair_scores(image_terms(net, x1, filters=filt), image_terms(net, x2, filters=filt), db), args.repeats)
+            t = best_time(
+                lambda: pair_scores(image_terms(net, x1, filters=filt), image_terms(net, x2, filters=filt), db),
+                args.repeats,
+            )
         for folded in (False, True):
             fl = pair_flops(args.size, variant, folded)
             bound = fl / rate
             meas = f"{t:.3f}" if folded else "-"
             frac = f"{bound / t:.2f}" if folded else "-"
-            print(f"| {variant} | {'folded (used)' if folded else 'layered'} | {fl / 1e9:.1f} | {bound:.3f} | {meas} | {frac} |")
+            print(
+                f"| {variant} | {'folded (used)' if folded else 'layered'} | {fl / 1e9:.1f} | {bound:.3f} | {meas} | {frac} |"
+            )
 
 
 if __name__ == "__main__":

@@ -55,15 +55,24 @@ def main() -> None:
             r = nf.fuse(list(st.slices), m, device="cpu")
             dt = time.perf_counter() - t
             ok = r.labels == st.true_labels
-            rows[m].append((ok.mean(), ok[clear].mean(), psnr(r.fused, st.ground_truth),
-                            psnr(r.fused[clear], st.ground_truth[clear]), dt))
+            rows[m].append(
+                (
+                    ok.mean(),
+                    ok[clear].mean(),
+                    psnr(r.fused, st.ground_truth),
+                    psnr(r.fused[clear], st.ground_truth[clear]),
+                    dt,
+                )
+            )
         print(f"{f.name}: " + ", ".join(f"{m} {rows[m][-1][1]:.3f}" for m in methods), flush=True)
     print(f"\n{len(files)} Kodak24 crops {args.crop}x{args.crop}, 2-slice synthetic stacks (max_sigma 5)\n")
     print("| method | label acc (all) | label acc (clear) | PSNR dB (all) | PSNR dB (clear) | s/pair |")
     print("|---|---|---|---|---|---|")
     for m in methods:
         a = np.array(rows[m])
-        print(f"| {m} | {a[:, 0].mean():.4f} | {a[:, 1].mean():.4f} | {a[:, 2].mean():.3f} | {a[:, 3].mean():.3f} | {a[:, 4].mean():.2f} |")
+        print(
+            f"| {m} | {a[:, 0].mean():.4f} | {a[:, 1].mean():.4f} | {a[:, 2].mean():.3f} | {a[:, 3].mean():.3f} | {a[:, 4].mean():.2f} |"
+        )
     src = [max(psnr(s, st.ground_truth) for s in st.slices)]  # last image only, for scale
     print(f"\n(last image: best single source PSNR {src[0]:.2f} dB)")
 

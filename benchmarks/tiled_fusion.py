@@ -66,8 +66,15 @@ def make_stack(path: Path, size: int, slices: int, seed: int = 0) -> Path:
                     yield (img * 50000 + 2000).astype(np.uint16)
 
     tmp = path.with_suffix(".part.tif")
-    tifffile.imwrite(tmp, tiles(), shape=(slices, size, size), dtype=np.uint16, tile=(GEN_TILE, GEN_TILE),
-                     photometric="minisblack", bigtiff=slices * size * size * 2 > 2**31)
+    tifffile.imwrite(
+        tmp,
+        tiles(),
+        shape=(slices, size, size),
+        dtype=np.uint16,
+        tile=(GEN_TILE, GEN_TILE),
+        photometric="minisblack",
+        bigtiff=slices * size * size * 2 > 2**31,
+    )
     tmp.rename(path)
     return path
 
@@ -93,9 +100,13 @@ def _child(args: argparse.Namespace) -> None:
         with dask.config.set(scheduler="threads", num_workers=args.threads):
             stack = open_lazy_stack(args.input)
             result = nf.fuse(stack, args.method, device=args.device, chunks=args.tile, **params)
-            write_lazy(result, out / "fused.tif", overwrite=True,
-                       labels=out / "labels.tif" if result.labels is not None else None,
-                       depth=out / "depth.tif" if result.depth is not None else None)
+            write_lazy(
+                result,
+                out / "fused.tif",
+                overwrite=True,
+                labels=out / "labels.tif" if result.labels is not None else None,
+                depth=out / "depth.tif" if result.depth is not None else None,
+            )
         n, h, w = stack.shape[:3]
         tiles = result.grid.n_tiles
     else:
@@ -158,14 +169,29 @@ def main(argv=None) -> int:
             modes = ["tiled"] + ([] if args.no_untiled or size > args.untiled_max else ["untiled"])
             for mode in modes:
                 out = work / f"out_{method}_{size}_{mode}"
-                r = _run_child(dict(mode=mode, method=method, input=src, out=out, tile=args.tile,
-                                    device=args.device, threads=args.threads, params=args.params))
+                r = _run_child(
+                    dict(
+                        mode=mode,
+                        method=method,
+                        input=src,
+                        out=out,
+                        tile=args.tile,
+                        device=args.device,
+                        threads=args.threads,
+                        params=args.params,
+                    )
+                )
                 if "error" in r:
-                    print(f"{method:15s} {args.slices:>3d}x{size:>5d}^2 {mode:7s} {args.device:6s} failed: {r['error']}")
+                    print(
+                        f"{method:15s} {args.slices:>3d}x{size:>5d}^2 {mode:7s} {args.device:6s} failed: {r['error']}"
+                    )
                     continue
                 mp = r["n"] * r["h"] * r["w"] / 1e6
-                print(f"{method:15s} {args.slices:>3d}x{size:>5d}^2 {mode:7s} {args.device:6s} {r['tiles']:5d} "
-                      f"{r['seconds']:8.2f} {mp / r['seconds']:7.2f} {r['rss_mb']:11.0f}", flush=True)
+                print(
+                    f"{method:15s} {args.slices:>3d}x{size:>5d}^2 {mode:7s} {args.device:6s} {r['tiles']:5d} "
+                    f"{r['seconds']:8.2f} {mp / r['seconds']:7.2f} {r['rss_mb']:11.0f}",
+                    flush=True,
+                )
                 rows.append(dict(method=method, size=size, mode=mode, **r))
                 if not args.keep_outputs:
                     for f in out.glob("*.tif"):

@@ -90,7 +90,9 @@ def main(argv=None) -> int:
         got = lazy.compute()
         diff = float(np.abs(got.fused - ref.fused).max())
         lab = int((got.labels != ref.labels).sum())
-        print(f"{'control: ' + what:30s} {method:34s} {lazy.grid.tile[0]:5d} {lazy.grid.halo:5d} {diff:11.3g} {lab:13d}")
+        print(
+            f"{'control: ' + what:30s} {method:34s} {lazy.grid.tile[0]:5d} {lazy.grid.halo:5d} {diff:11.3g} {lab:13d}"
+        )
     return 0
 
 

@@ -68,7 +68,7 @@ def main() -> None:
     fl = net_flops(net, s, s)
     with torch.no_grad():
         t_net = best_time(lambda: net(x1, x2), args.repeats)
-    print(f"\n| what | GFLOP | matmul bound s | measured s |")
+    print("\n| what | GFLOP | matmul bound s | measured s |")
     print("|---|---|---|---|")
     print(f"| network, one grey {s}x{s} pair | {fl / 1e9:.1f} | {fl / rate:.2f} | {t_net:.2f} |")
     try:
@@ -81,7 +81,9 @@ def main() -> None:
         img = [(rng.random((s, s, 3)) * 255).astype(np.uint8) for _ in range(2)]
         for colour, passes in (("luma", 1), ("channels", 3)):
             t = best_time(lambda: nf.fuse(img, "tiis2018_fcn", device=args.device, colour=colour), args.repeats)
-            print(f"| method, colour {s}x{s} pair, colour='{colour}' | {passes * fl / 1e9:.1f} | {passes * fl / rate:.2f} | {t:.2f} |")
+            print(
+                f"| method, colour {s}x{s} pair, colour='{colour}' | {passes * fl / 1e9:.1f} | {passes * fl / rate:.2f} | {t:.2f} |"
+            )
     except FileNotFoundError:
         print("(shipped weights not found: method timings skipped)")
 

@@ -70,8 +70,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-sigma", type=float, default=8.0)
     p.add_argument("--kinds", default="focal,regions")
-    p.add_argument("--methods", default="tiis2018_fcn,tiis2018_fcn:output=decision,average,gff,liu2017_cnn",
-                   help="comma-separated; NAME:key=value[:key=value] passes parameters")
+    p.add_argument(
+        "--methods",
+        default="tiis2018_fcn,tiis2018_fcn:output=decision,average,gff,liu2017_cnn",
+        help="comma-separated; NAME:key=value[:key=value] passes parameters",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     folder = shared_data_dir() / "train" / "kodak24"
@@ -102,20 +105,30 @@ def main() -> None:
                 name, *kv = m.split(":")
                 r = nf.fuse(sources, name, device="cpu", **dict(x.split("=", 1) for x in kv))
                 dt = time.perf_counter() - t
-                rows[(kind, m)].append((
-                    ref_psnr(r.fused, img), ref_ssim(r.fused, img),
-                    mse_mask(r.fused, img, near) if near.any() else np.nan,
-                    mse_mask(r.fused, img, far) if far.any() else np.nan, dt,
-                ))
-        print(f"{f.name}: " + ", ".join(f"{k}/{m} {rows[(k, m)][-1][0]:.2f}" for k in kinds for m in methods), flush=True)
-    print(f"\n{len(files)} Kodak24 crops {args.crop}x{args.crop}; focal: max_sigma {args.max_sigma}; regions: sigma 2-10\n")
+                rows[(kind, m)].append(
+                    (
+                        ref_psnr(r.fused, img),
+                        ref_ssim(r.fused, img),
+                        mse_mask(r.fused, img, near) if near.any() else np.nan,
+                        mse_mask(r.fused, img, far) if far.any() else np.nan,
+                        dt,
+                    )
+                )
+        print(
+            f"{f.name}: " + ", ".join(f"{k}/{m} {rows[(k, m)][-1][0]:.2f}" for k in kinds for m in methods), flush=True
+        )
+    print(
+        f"\n{len(files)} Kodak24 crops {args.crop}x{args.crop}; focal: max_sigma {args.max_sigma}; regions: sigma 2-10\n"
+    )
     print("| render | method | PSNR dB | SSIM | PSNR dB, <= 6 px from boundary | PSNR dB, > 20 px | s/pair |")
     print("|---|---|---|---|---|---|---|")
     for k in kinds:
         for m in methods:
             a = np.array(rows[(k, m)], dtype=np.float64)
-            print(f"| {k} | {m} | {a[:, 0].mean():.2f} | {a[:, 1].mean():.4f} | {pooled_psnr(a[:, 2]):.2f} | "
-                  f"{pooled_psnr(a[:, 3]):.2f} | {a[:, 4].mean():.2f} |")
+            print(
+                f"| {k} | {m} | {a[:, 0].mean():.2f} | {a[:, 1].mean():.4f} | {pooled_psnr(a[:, 2]):.2f} | "
+                f"{pooled_psnr(a[:, 3]):.2f} | {a[:, 4].mean():.2f} |"
+            )
         print(f"| {k} | best single source | {np.mean(best_src[k]):.2f} | | | | |")
 
 

@@ -55,7 +55,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--csv", type=Path, default=None, help="write every computed value here")
     ap.add_argument("--worst", type=int, default=3, help="worst entries listed per metric")
-    ap.add_argument("--exclude", default="SwinFusion,YDTR", help="methods also summarised separately (their stored JPEGs are not what VIFB scored)")
+    ap.add_argument(
+        "--exclude",
+        default="SwinFusion,YDTR",
+        help="methods also summarised separately (their stored JPEGs are not what VIFB scored)",
+    )
     ap.add_argument("--from-csv", type=Path, default=None, help="summarise a CSV written by --csv instead of computing")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -84,13 +88,15 @@ def main(argv=None) -> int:
                 if stored is None or r["metric"] not in metrics or r["image"] not in cases:
                     continue
                 value = float(r["computed"])
-                errors[r["metric"]].append((abs(value - stored) / max(abs(stored), 1e-12), r["image"], r["method"], value, stored))
+                errors[r["metric"]].append(
+                    (abs(value - stored) / max(abs(stored), 1e-12), r["image"], r["method"], value, stored)
+                )
         cases_done = sorted({e[1] for v in errors.values() for e in v})
         _report(errors, seconds, metrics, args, len(cases_done), math.nan, math.nan)
         return 0
     out_fh = None
     if args.csv:
-        out_fh = open(args.csv, "w", newline="")
+        out_fh = open(args.csv, "w", newline="")  # noqa: SIM115 - closed at the end of the run
         out_w = csv.writer(out_fh)
         out_w.writerow(["image", "method", "metric", "computed", "stored"])
     for case in cases:
@@ -112,7 +118,11 @@ def main(argv=None) -> int:
         if out_fh is not None:  # written case by case, so a long run leaves partial results
             out_w.writerows(r for r in rows if r[0] == case)
             out_fh.flush()
-        print(f"{case}: done ({time.perf_counter() - t_all:.0f} s wall, {time.process_time() - cpu_all:.0f} s CPU)", file=sys.stderr, flush=True)
+        print(
+            f"{case}: done ({time.perf_counter() - t_all:.0f} s wall, {time.process_time() - cpu_all:.0f} s CPU)",
+            file=sys.stderr,
+            flush=True,
+        )
     total = time.perf_counter() - t_all
     cpu = time.process_time() - cpu_all
     n_bad = _report(errors, seconds, metrics, args, len(cases), total, cpu)

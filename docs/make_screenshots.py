@@ -73,9 +73,9 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="also write /tmp/focal_surface_top.png")
     args = ap.parse_args(argv)
     os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
-    import napari
     from qtpy.QtWidgets import QApplication
 
+    import napari
     from napari_fusion._napari._focal import FocalStackWidget
 
     OUT.mkdir(exist_ok=True)
@@ -137,8 +137,7 @@ def main(argv=None) -> int:
         for ly in list(viewer.layers):
             viewer.layers.remove(ly)
         data = np.stack(read_stack(root))
-        layer = viewer.add_image(data, name="dapi", scale=(0.3, 0.13, 0.13), units=("um", "um", "um"),
-                                 colormap="gray")
+        layer = viewer.add_image(data, name="dapi", scale=(0.3, 0.13, 0.13), units=("um", "um", "um"), colormap="gray")
         widget.set_stack_layer(layer)
         widget.make_surface.setChecked(False)
         _wait(app, widget)
@@ -153,8 +152,10 @@ def main(argv=None) -> int:
         viewer.reset_view()
         _settle(app)
         _save(viewer.screenshot(canvas_only=False, flash=False), OUT / "focal_dapi_height.png")
-        print(f"DAPI height range: {float(height.data.min()):.2f} - {float(height.data.max()):.2f} um; "
-              f"fused {fused.data.dtype}")
+        print(
+            f"DAPI height range: {float(height.data.min()):.2f} - {float(height.data.max()):.2f} um; "
+            f"fused {fused.data.dtype}"
+        )
     viewer.close()
     return 0
 

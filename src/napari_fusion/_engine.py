@@ -16,7 +16,8 @@ Import graph: ``api -> tiling -> _engine``, ``api -> _engine``,
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +30,7 @@ from .results import FusionResult
 # --------------------------------------------------------------------------- running a method
 
 
-def run_method(
-    spec: MethodSpec, stack: torch.Tensor, *, ctx: FusionContext, params: dict[str, Any]
-) -> MethodOutput:
+def run_method(spec: MethodSpec, stack: torch.Tensor, *, ctx: FusionContext, params: dict[str, Any]) -> MethodOutput:
     """Run ``spec`` on a prepared ``(N, C, H, W)`` tensor, folding pairwise methods over N."""
     n = stack.shape[0]
     if spec.mode == "nway" or n == 2:
@@ -39,9 +38,7 @@ def run_method(
     return fold_pairwise(spec, stack, ctx=ctx, params=params)
 
 
-def fold_pairwise(
-    spec: MethodSpec, stack: torch.Tensor, *, ctx: FusionContext, params: dict[str, Any]
-) -> MethodOutput:
+def fold_pairwise(spec: MethodSpec, stack: torch.Tensor, *, ctx: FusionContext, params: dict[str, Any]) -> MethodOutput:
     """Fuse a stack with a two-input method: ((I0 + I1) + I2) + ...
 
     After each step, pixels the pair method takes from the new slice get that
@@ -66,9 +63,7 @@ def fold_pairwise(
     return MethodOutput(fused=acc, labels=labels if has_labels else None, weights=weights, extras=extras)
 
 
-def _compose_weights(
-    weights: torch.Tensor | None, pair: torch.Tensor, k: int, stack: torch.Tensor
-) -> torch.Tensor:
+def _compose_weights(weights: torch.Tensor | None, pair: torch.Tensor, k: int, stack: torch.Tensor) -> torch.Tensor:
     """Fold the ``k``-th pair step's weights into the ``(N, H, W)`` stack weights (in place)."""
     if weights is None:
         weights = torch.zeros((stack.shape[0], *stack.shape[-2:]), dtype=torch.float32, device=stack.device)

@@ -128,8 +128,7 @@ def check_items(items: list, *, mixed_colour: bool = False) -> tuple[list, np.dt
     for a in items:
         if a.dtype not in SUPPORTED_DTYPES:
             raise FusionInputError(
-                f"unsupported dtype {a.dtype}; supported: "
-                + ", ".join(str(d) for d in SUPPORTED_DTYPES)
+                f"unsupported dtype {a.dtype}; supported: " + ", ".join(str(d) for d in SUPPORTED_DTYPES)
             )
     if len(dtypes) > 1:
         raise FusionInputError(
@@ -148,9 +147,7 @@ def check_items(items: list, *, mixed_colour: bool = False) -> tuple[list, np.dt
         elif a.ndim == 3 and a.shape[-1] == 3:
             kinds.append("rgb")
         elif a.ndim == 3 and a.shape[-1] == 4:
-            raise FusionInputError(
-                f"image {i} has 4 channels (RGBA); drop the alpha channel first (image[..., :3])"
-            )
+            raise FusionInputError(f"image {i} has 4 channels (RGBA); drop the alpha channel first (image[..., :3])")
         else:
             raise FusionInputError(
                 f"image {i} has {_describe(a)}; each image must be 2-D grey (H, W) or colour (H, W, 3)"
@@ -162,8 +159,7 @@ def check_items(items: list, *, mixed_colour: bool = False) -> tuple[list, np.dt
         grey = [i for i, k in enumerate(kinds) if k == "grey"]
         rgb = [i for i, k in enumerate(kinds) if k == "rgb"]
         raise FusionInputError(
-            f"grey and RGB images are mixed (grey: {grey}, RGB: {rgb}); "
-            "convert them all to grey or all to RGB"
+            f"grey and RGB images are mixed (grey: {grey}, RGB: {rgb}); convert them all to grey or all to RGB"
         )
     shapes = {tuple(a.shape[:2]) for a in items}
     if len(shapes) > 1:

@@ -23,7 +23,8 @@ dict, so ``METRICS = registry.entries`` keeps ``METRICS[name]``,
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from .errors import FusionInputError
 

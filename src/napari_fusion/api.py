@@ -8,7 +8,8 @@ live in :mod:`._engine`, shared with the tiled path and the focal-stack tools.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -20,7 +21,6 @@ from .memory import guard_untiled
 from .registry import FusionContext, MethodSpec, get_method
 from .results import FusionResult
 from .tiling import fuse_lazy, wants_tiling
-
 
 ProgressCallback = Callable[[float, float, str], Any]
 
@@ -76,18 +76,60 @@ def fuse(
     are refused, except by methods registered with ``mixed_colour=True``
     (e.g. ``csc_ivfn``: grey infrared + colour visible): there each grey image
     gets three equal channels and the result is RGB.
+
+    Examples
+    --------
+    A synthetic focal stack of four slices, 0.5 microns apart:
+
+    >>> import napari_fusion as nf
+    >>> from napari_fusion.synthetic import render_focal_stack
+    >>> from skimage import data
+    >>> stack = render_focal_stack(data.camera()[:128, :128], n_slices=4, seed=0)
+    >>> result = nf.fuse(stack.slices, method="focus_measure", z_positions=[0.0, 0.5, 1.0, 1.5])
+    >>> result.fused.dtype, result.fused.shape
+    (dtype('uint8'), (128, 128))
+    >>> sorted(set(result.labels.ravel().tolist()))  # which slice each pixel came from
+    [0, 1, 2, 3]
+    >>> float(result.depth.max())
+    1.5
     """
     if wants_tiling(images, chunks):
-        return fuse_lazy(images, method, stack_axis=stack_axis, channel_axis=channel_axis, z_positions=z_positions,
-                         device=device, progress=progress, chunks=chunks, **params)
+        return fuse_lazy(
+            images,
+            method,
+            stack_axis=stack_axis,
+            channel_axis=channel_axis,
+            z_positions=z_positions,
+            device=device,
+            progress=progress,
+            chunks=chunks,
+            **params,
+        )
     spec = get_method(method)
     resolved = spec.resolve_params(params)
-    tiled = guard_untiled(images, spec, resolved, stack_axis=stack_axis, channel_axis=channel_axis,
-                          z_positions=z_positions, device=device, progress=progress, params=params)
+    tiled = guard_untiled(
+        images,
+        spec,
+        resolved,
+        stack_axis=stack_axis,
+        channel_axis=channel_axis,
+        z_positions=z_positions,
+        device=device,
+        progress=progress,
+        params=params,
+    )
     if tiled is not None:  # too large for memory: fused tile by tile (else guard_untiled raised or passed)
         return tiled
-    return fuse_in_memory(images, spec, resolved, stack_axis=stack_axis, channel_axis=channel_axis,
-                          z_positions=z_positions, device=device, progress=progress)
+    return fuse_in_memory(
+        images,
+        spec,
+        resolved,
+        stack_axis=stack_axis,
+        channel_axis=channel_axis,
+        z_positions=z_positions,
+        device=device,
+        progress=progress,
+    )
 
 
 def fuse_in_memory(
@@ -103,7 +145,10 @@ def fuse_in_memory(
 ) -> FusionResult:
     """The untiled path of :func:`fuse`: the whole stack as one tensor; ``params`` already resolved."""
     prepared = prepare(
-        images, stack_axis=stack_axis, channel_axis=channel_axis, intensity=spec.intensity,
+        images,
+        stack_axis=stack_axis,
+        channel_axis=channel_axis,
+        intensity=spec.intensity,
         mixed_colour=spec.mixed_colour,
     )
     positions = slice_positions(z_positions, prepared.n)

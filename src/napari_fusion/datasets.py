@@ -51,7 +51,11 @@ class Case:
 
 def _images(folder: Path, stem_prefix: str) -> list[Path]:
     return sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.stem.startswith(stem_prefix)),
+        (
+            p
+            for p in folder.iterdir()
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.stem.startswith(stem_prefix)
+        ),
         key=_natural_key,
     )
 

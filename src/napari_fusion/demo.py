@@ -10,6 +10,7 @@ import numpy as np
 from .api import DEFAULT_METHOD, fuse
 from .errors import FusionOutputError
 from .io import write_image
+from .synthetic import demo_photograph, render_focal_stack
 
 #: Key in the TIFF description of the demo's files: a rerun replaces only files carrying it.
 DEMO_MARK = "napari_fusion_demo"
@@ -26,7 +27,6 @@ def _is_demo_output(path: Path) -> bool:
         return bool(json.loads(desc).get(DEMO_MARK))
     except Exception:
         return False
-from .synthetic import demo_photograph, render_focal_stack
 
 
 def run_demo(
@@ -54,8 +54,12 @@ def run_demo(
         progress.close()
     t_fuse = time.perf_counter() - t0
     output_dir = Path(output_dir)
-    meta = {"method": method, "params": result.params, "source": "skimage.data.astronaut, synthetic defocus",
-            DEMO_MARK: True}
+    meta = {
+        "method": method,
+        "params": result.params,
+        "source": "skimage.data.astronaut, synthetic defocus",
+        DEMO_MARK: True,
+    }
     files = {"stack.tif": stack.slices, "fused.tif": result.fused, "ground_truth.tif": stack.ground_truth}
     if result.labels is not None:
         files["labels.tif"] = result.labels
@@ -78,8 +82,12 @@ def run_demo(
     }
     if result.labels is not None:
         scores["label_accuracy"] = float((result.labels == stack.true_labels).mean())
-    print(f"napari-fusion demo: {n_slices}-slice synthetic focal stack, {gt.shape[1]}x{gt.shape[0]} RGB, method {method}")
-    print(f"  PSNR fused vs ground truth: {scores['psnr_fused']:.2f} dB (best single slice {scores['psnr_best_slice']:.2f} dB)")
+    print(
+        f"napari-fusion demo: {n_slices}-slice synthetic focal stack, {gt.shape[1]}x{gt.shape[0]} RGB, method {method}"
+    )
+    print(
+        f"  PSNR fused vs ground truth: {scores['psnr_fused']:.2f} dB (best single slice {scores['psnr_best_slice']:.2f} dB)"
+    )
     print(f"  SSIM fused vs ground truth: {scores['ssim_fused']:.4f}")
     if "label_accuracy" in scores:
         print(f"  labels naming the nearest-focused slice: {100 * scores['label_accuracy']:.1f}%")

@@ -38,6 +38,4 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         if mps is None or not mps.is_available():
             raise FusionInputError("device 'mps' was requested but MPS is not available")
         return torch.device("mps")
-    raise FusionInputError(
-        f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}"
-    )
+    raise FusionInputError(f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}")

@@ -15,9 +15,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -216,7 +217,9 @@ def _select_metrics(dataset_dir: Path, all_cases: list, metrics: Sequence[str] |
         names = list(metrics)
     specs = [get_metric(n) for n in names]
     if not has_gt and any(s.needs == "gt" for s in specs):
-        raise FusionInputError(f"{dataset_dir} has no ground truth (gt.*) for {[s.name for s in specs if s.needs == 'gt']}")
+        raise FusionInputError(
+            f"{dataset_dir} has no ground truth (gt.*) for {[s.name for s in specs if s.needs == 'gt']}"
+        )
     return names, specs
 
 

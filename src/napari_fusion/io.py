@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,8 +68,14 @@ def _read_error(path: Path, exc: BaseException) -> FusionInputError:
     """One clear message for a reader's exception."""
     text = str(exc)
     low = text.lower()
-    if "truncated" in low or "failed to read" in low or "mmap length" in low or "unexpected end" in low \
-            or "eof" in low or "not enough data" in low:
+    if (
+        "truncated" in low
+        or "failed to read" in low
+        or "mmap length" in low
+        or "unexpected end" in low
+        or "eof" in low
+        or "not enough data" in low
+    ):
         return FusionInputError(f"{path} is truncated (the file ends before its image data does): {text}")
     return FusionInputError(f"{path} is damaged or not a supported image: {text}")
 
@@ -104,7 +111,9 @@ def read_image(path: str | Path) -> np.ndarray:
 
             arr = iio.imread(path, extension=suffix)
     except MemoryError:
-        raise FusionInputError(f"{path} is too large to read into memory; use --chunks (chunks=) for tiled fusion") from None
+        raise FusionInputError(
+            f"{path} is too large to read into memory; use --chunks (chunks=) for tiled fusion"
+        ) from None
     except Exception as exc:  # the readers raise many kinds of errors
         raise _read_error(path, exc) from None
     remember_input(path)
@@ -121,8 +130,7 @@ def list_image_files(folder: str | Path) -> list[Path]:
     """Image files of a folder in natural order (slice_2 before slice_10)."""
     folder = Path(folder)
     files = [
-        p for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     ]  # hidden files include the temporaries of interrupted writes
     return sorted(files, key=_natural_key)
 
@@ -385,9 +393,7 @@ def _open_zarr_lazy(path: Path, component: str | None):
             if ZARR_OUTPUT_MARKER in attrs and "fused" in arrays and component is None:
                 arrays = ["fused"]  # a napari-fusion output: its fused image
             if len(arrays) != 1:
-                raise FusionInputError(
-                    f"{path} is a zarr group with arrays {arrays}; name one with component=..."
-                )
+                raise FusionInputError(f"{path} is a zarr group with arrays {arrays}; name one with component=...")
             node = node[arrays[0]]
     return da.from_zarr(node), axes
 
@@ -408,7 +414,6 @@ def open_lazy_stack(
     a zarr group. Pass the result to :func:`napari_fusion.fuse` (tiled, lazy)
     or to napari.
     """
-    import dask.array as da
 
     if not isinstance(path, (str, Path)):
         paths = [Path(p) for p in path]
@@ -436,9 +441,7 @@ def _open_lazy_path(path: Path, *, chunks: int | None, component: str | None):
             raise FusionInputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
         return _stack_files(files, chunks)
     if path.suffix.lower() not in (".tif", ".tiff"):
-        raise FusionInputError(
-            f"{path}: only TIFF and zarr can be read lazily; use read_stack for {path.suffix} files"
-        )
+        raise FusionInputError(f"{path}: only TIFF and zarr can be read lazily; use read_stack for {path.suffix} files")
     try:
         arr, axes = _open_tiff_lazy(path, chunks)
     except FusionInputError:
@@ -583,8 +586,10 @@ def write_lazy(
     from .output_safety import check_distinct, check_output_path
 
     path = Path(path)
-    outputs = {k: (v if hasattr(v, "dask") else da.from_array(np.asarray(v), chunks=(1024, 1024) + (-1,) * (np.ndim(v) - 2)))
-               for k, v in _lazy_outputs(result).items()}
+    outputs = {
+        k: (v if hasattr(v, "dask") else da.from_array(np.asarray(v), chunks=(1024, 1024) + (-1,) * (np.ndim(v) - 2)))
+        for k, v in _lazy_outputs(result).items()
+    }
     meta = {"method": getattr(result, "method", ""), "params": getattr(result, "params", {})}
     suffix = path.suffix.lower()
     from .tiling import LazyFusionResult, tile_progress
@@ -673,7 +678,9 @@ def _store_tile(targets: list, done, index: tuple[int, int], box: tuple[int, int
     done[index[0], index[1]] = 1
 
 
-def _write_zarr(outputs: dict, path: Path, meta: dict, lazy, progress, *, overwrite: bool, fingerprint: str | None) -> Path:
+def _write_zarr(
+    outputs: dict, path: Path, meta: dict, lazy, progress, *, overwrite: bool, fingerprint: str | None
+) -> Path:
     import json
 
     import dask
@@ -739,8 +746,10 @@ def _write_zarr(outputs: dict, path: Path, meta: dict, lazy, progress, *, overwr
     already = int(finished.sum())
     report = None
     if progress is not None:
+
         def report(d, t, m, _p=progress, _a=already):
             return _p(d + _a, t, f"tile {d + _a}/{t}")
+
     from .tiling import tile_progress
 
     with tile_progress(lazy, report):
@@ -770,8 +779,15 @@ def _tiff_writer(q, arr, target: Path, desc: str, compression: str | None, error
         photometric = "rgb" if arr.ndim == 3 and arr.shape[-1] == 3 else "minisblack"
         nbytes = int(np.prod(arr.shape)) * arr.dtype.itemsize
         tifffile.imwrite(
-            target, tiles(), shape=arr.shape, dtype=arr.dtype, tile=(TIFF_TILE, TIFF_TILE),
-            photometric=photometric, description=desc, compression=compression, bigtiff=nbytes > 2**31,
+            target,
+            tiles(),
+            shape=arr.shape,
+            dtype=arr.dtype,
+            tile=(TIFF_TILE, TIFF_TILE),
+            photometric=photometric,
+            description=desc,
+            compression=compression,
+            bigtiff=nbytes > 2**31,
         )
     except BaseException as exc:  # reported by the main thread
         errors.append(exc)
@@ -828,8 +844,9 @@ def _write_tiffs(items: dict, meta: dict, compression: str | None) -> None:
     queues, threads = [], []
     for arr, target in items.values():
         q: queue.Queue = queue.Queue(maxsize=2 * (arr.shape[1] // TIFF_TILE + 1))
-        th = threading.Thread(target=_tiff_writer, args=(q, arr, files.temp_for(target), desc, compression, errors),
-                              daemon=True)
+        th = threading.Thread(
+            target=_tiff_writer, args=(q, arr, files.temp_for(target), desc, compression, errors), daemon=True
+        )
         th.start()
         queues.append(q)
         threads.append(th)

@@ -243,8 +243,9 @@ def _message(need, room, n, h, w, c, dtype, method, remedy) -> str:
     )
 
 
-def input_geometry(images: Any, *, stack_axis: int = 0, channel_axis: int | None = None,
-                   mixed_colour: bool = False) -> tuple[int, int, int, int, np.dtype] | None:
+def input_geometry(
+    images: Any, *, stack_axis: int = 0, channel_axis: int | None = None, mixed_colour: bool = False
+) -> tuple[int, int, int, int, np.dtype] | None:
     """``(N, H, W, C, dtype)`` of ``fuse``'s raw input, from metadata only; None when unclear."""
     try:
         if hasattr(images, "shape") and hasattr(images, "dtype"):
@@ -289,9 +290,18 @@ def _auto_tile(n, c, dtype, method, halo, room, workers) -> int:
     return tile
 
 
-def guard_untiled(images: Any, spec, resolved: dict[str, Any], *, stack_axis: int = 0,
-                  channel_axis: int | None = None, z_positions=None, device=None, progress=None,
-                  params: dict[str, Any] | None = None):
+def guard_untiled(
+    images: Any,
+    spec,
+    resolved: dict[str, Any],
+    *,
+    stack_axis: int = 0,
+    channel_axis: int | None = None,
+    z_positions=None,
+    device=None,
+    progress=None,
+    params: dict[str, Any] | None = None,
+):
     """Called by :func:`napari_fusion.fuse` before it prepares an in-memory stack.
 
     Returns None when the untiled fusion fits in memory (or the input's shape
@@ -319,8 +329,10 @@ def guard_untiled(images: Any, spec, resolved: dict[str, Any], *, stack_axis: in
         if "levels" in resolved:
             remedy = "give it a fixed number of pyramid levels (levels=1..16) and " + REMEDY
         else:
-            remedy = (f"free memory or fuse fewer or smaller images: {spec.name!r} is global and cannot be fused "
-                      f"tile by tile; with a method that can (e.g. 'focus_measure'), " + REMEDY)
+            remedy = (
+                f"free memory or fuse fewer or smaller images: {spec.name!r} is global and cannot be fused "
+                f"tile by tile; with a method that can (e.g. 'focus_measure'), " + REMEDY
+            )
         raise FusionInputError(_message(need, room, n, h, w, c, dtype, spec.name, remedy))
     from .tiling import fuse_lazy
 
@@ -334,8 +346,17 @@ def guard_untiled(images: Any, spec, resolved: dict[str, Any], *, stack_axis: in
         RuntimeWarning,
         stacklevel=3,
     )
-    lazy = fuse_lazy(images, spec.name, stack_axis=stack_axis, channel_axis=channel_axis, z_positions=z_positions,
-                     device=device, progress=progress, chunks=tile, **(params or {}))
+    lazy = fuse_lazy(
+        images,
+        spec.name,
+        stack_axis=stack_axis,
+        channel_axis=channel_axis,
+        z_positions=z_positions,
+        device=device,
+        progress=progress,
+        chunks=tile,
+        **(params or {}),
+    )
     return lazy.compute(progress=progress)
 
 
@@ -384,8 +405,18 @@ print("NAPARI_FUSION_PEAK", json.dumps({"base": base, "peak": peak}))
 """
 
 
-def measure_peak_rss(n: int, h: int, w: int, c: int = 1, dtype: Any = np.uint16, method: str = "focus_measure",
-                     *, timeout: float | None = 600, threads: int = 1, **params: Any) -> int:
+def measure_peak_rss(
+    n: int,
+    h: int,
+    w: int,
+    c: int = 1,
+    dtype: Any = np.uint16,
+    method: str = "focus_measure",
+    *,
+    timeout: float | None = 600,
+    threads: int = 1,
+    **params: Any,
+) -> int:
     """Measured peak memory (bytes) of one untiled CPU ``fuse`` of random ``(n, h, w[, c])`` data.
 
     Runs in a fresh Python subprocess: after importing napari_fusion and torch
@@ -396,12 +427,26 @@ def measure_peak_rss(n: int, h: int, w: int, c: int = 1, dtype: Any = np.uint16,
     comparable with :func:`estimate_peak_bytes`. Raises ``RuntimeError`` when
     the subprocess fails and ``subprocess.TimeoutExpired`` after ``timeout``.
     """
-    args = {"n": int(n), "h": int(h), "w": int(w), "c": int(c), "dtype": np.dtype(dtype).name,
-            "method": method, "params": params, "threads": int(threads)}
+    args = {
+        "n": int(n),
+        "h": int(h),
+        "w": int(w),
+        "c": int(c),
+        "dtype": np.dtype(dtype).name,
+        "method": method,
+        "params": params,
+        "threads": int(threads),
+    }
     env = dict(os.environ)
     env.pop(ENV_VAR, None)  # the child must fuse in memory
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(args)], capture_output=True, text=True,
-                          timeout=timeout, env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
     for line in proc.stdout.splitlines():
         if line.startswith("NAPARI_FUSION_PEAK "):
             r = json.loads(line.split(" ", 1)[1])
@@ -409,8 +454,9 @@ def measure_peak_rss(n: int, h: int, w: int, c: int = 1, dtype: Any = np.uint16,
     raise RuntimeError(f"measuring {method} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
 
 
-def calibrate(grey=(4, 1536, 1536, "uint16"), rgb=(8, 768, 768, "uint8"), methods=None,
-              timeout: float = 40) -> dict[str, tuple[float, float]]:
+def calibrate(
+    grey=(4, 1536, 1536, "uint16"), rgb=(8, 768, 768, "uint8"), methods=None, timeout: float = 40
+) -> dict[str, tuple[float, float]]:
     """Measure each method's ``(a, b)`` (see :data:`WORKING_SET_FACTORS`) and print them."""
     from .registry import list_methods
 
@@ -423,7 +469,9 @@ def calibrate(grey=(4, 1536, 1536, "uint16"), rgb=(8, 768, 768, "uint8"), method
                 peak = measure_peak_rss(n, h, w, c, dt, name, timeout=timeout)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 why = str(exc).splitlines()[-1][:150] if str(exc) else type(exc).__name__
-                print(f"{name} {n}x{h}x{w}x{c} {dt}: not measured ({'timeout' if isinstance(exc, subprocess.TimeoutExpired) else why})")
+                print(
+                    f"{name} {n}x{h}x{w}x{c} {dt}: not measured ({'timeout' if isinstance(exc, subprocess.TimeoutExpired) else why})"
+                )
                 break
             known = dict(WORKING_SET_FACTORS)
             WORKING_SET_FACTORS[name] = (0.0, 0.0)

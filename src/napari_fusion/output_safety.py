@@ -27,9 +27,9 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
 
 from .errors import FusionOutputError
 
@@ -47,7 +47,7 @@ class PathIdentity:
     is_dir: bool
 
     @classmethod
-    def of(cls, path: str | os.PathLike) -> "PathIdentity":
+    def of(cls, path: str | os.PathLike) -> PathIdentity:
         real = Path(os.path.realpath(os.fspath(path)))
         try:
             st = os.stat(real)
@@ -57,7 +57,7 @@ class PathIdentity:
 
         return cls(real, (st.st_dev, st.st_ino), _stat.S_ISDIR(st.st_mode))
 
-    def contains(self, other: "PathIdentity") -> bool:
+    def contains(self, other: PathIdentity) -> bool:
         """True when ``other`` lies inside this folder (or is it)."""
         return other.real == self.real or self.real in other.real.parents
 
@@ -124,9 +124,7 @@ def check_output_path(
             raise FusionOutputError(f"{what} {out} is the input {inp.real}; choose another output path")
         if inp.is_dir and inp.contains(ident):
             kind = "zarr store" if _is_store(inp.real) else "folder"
-            raise FusionOutputError(
-                f"{what} {out} lies inside the input {kind} {inp.real}; write outside the input"
-            )
+            raise FusionOutputError(f"{what} {out} lies inside the input {kind} {inp.real}; write outside the input")
         if folder and ident.contains(inp):
             raise FusionOutputError(f"{what} {out} contains the input {inp.real}; choose another output folder")
     if folder:
@@ -298,7 +296,7 @@ class AtomicGroup:
                 tmp.unlink()
         self._pairs = []
 
-    def __enter__(self) -> "AtomicGroup":
+    def __enter__(self) -> AtomicGroup:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field, asdict
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
@@ -66,9 +67,7 @@ class Param:
         if self.kind is str:
             value = str(value)
             if self.choices is not None and value not in self.choices:
-                raise FusionInputError(
-                    f"{where} must be one of {', '.join(self.choices)}; got {value!r}"
-                )
+                raise FusionInputError(f"{where} must be one of {', '.join(self.choices)}; got {value!r}")
             return value
         if self.kind in (int, float):
             try:
@@ -76,9 +75,7 @@ class Param:
                     raise TypeError
                 num = float(value)
             except (TypeError, ValueError):
-                raise FusionInputError(
-                    f"{where} must be a number, got {value!r}"
-                ) from None
+                raise FusionInputError(f"{where} must be a number, got {value!r}") from None
             if not math.isfinite(num):
                 raise FusionInputError(f"{where} must be finite, got {value!r}")
             if self.kind is int:
@@ -137,7 +134,7 @@ class FusionContext:
         frac = 0.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
         self._progress(self._offset + frac * self._span, self._total, message)
 
-    def sub(self, index: int, count: int) -> "FusionContext":
+    def sub(self, index: int, count: int) -> FusionContext:
         """A context for the ``index``-th of ``count`` equal parts of this one's work."""
         span = self._span / count
         return FusionContext(
@@ -267,22 +264,25 @@ def register_method(
         halo = lambda params: fixed  # noqa: E731
 
     def decorate(func):
-        METHODS.register(name, MethodSpec(
-            name=name,
-            title=title,
-            run=func,
-            tasks=tuple(tasks),
-            mode=mode,
-            learned=learned,
-            outputs=tuple(outputs),
-            params=tuple(params),
-            citation=citation,
-            description=description or (func.__doc__ or "").strip().split("\n\n")[0],
-            intensity=intensity,
-            halo=halo,
-            colour=colour,
-            mixed_colour=bool(mixed_colour),
-        ))
+        METHODS.register(
+            name,
+            MethodSpec(
+                name=name,
+                title=title,
+                run=func,
+                tasks=tuple(tasks),
+                mode=mode,
+                learned=learned,
+                outputs=tuple(outputs),
+                params=tuple(params),
+                citation=citation,
+                description=description or (func.__doc__ or "").strip().split("\n\n")[0],
+                intensity=intensity,
+                halo=halo,
+                colour=colour,
+                mixed_colour=bool(mixed_colour),
+            ),
+        )
         return func
 
     return decorate

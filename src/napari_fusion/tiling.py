@@ -43,11 +43,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import operator
 import logging
 import math
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -355,11 +356,11 @@ def _assemble_block(shape, dtype, pieces, *chunks) -> np.ndarray:
     return out
 
 
-def _run_tile_task(job: "TileJob", block_box, core, shape, dtype, pieces, *chunks):
+def _run_tile_task(job: TileJob, block_box, core, shape, dtype, pieces, *chunks):
     return job(_assemble_block(shape, dtype, pieces, *chunks), block_box, core)
 
 
-def _tile_graph(stack, grid: TileGrid, job: "TileJob", prefix: str) -> _TileGraph:
+def _tile_graph(stack, grid: TileGrid, job: TileJob, prefix: str) -> _TileGraph:
     """One task per tile that reads the input chunks its block overlaps and fuses them.
 
     Tasks refer to the input's chunk keys directly, so building the graph
@@ -376,8 +377,9 @@ def _tile_graph(stack, grid: TileGrid, job: "TileJob", prefix: str) -> _TileGrap
         spans = []
         for ax, (lo, hi) in enumerate(want):
             e = edges[ax]
-            spans.append([(k, max(lo, e[k]), min(hi, e[k + 1]), e[k]) for k in range(len(e) - 1)
-                          if e[k] < hi and e[k + 1] > lo])
+            spans.append(
+                [(k, max(lo, e[k]), min(hi, e[k + 1]), e[k]) for k in range(len(e) - 1) if e[k] < hi and e[k + 1] > lo]
+            )
         pieces, deps = [], []
         for combo in itertools.product(*spans):
             dst = tuple(slice(a - lo, b - lo) for (_, a, b, _), (lo, _) in zip(combo, want))
@@ -416,8 +418,11 @@ def lazy_stack(images: Any, *, stack_axis: int = 0, channel_axis: int | None = N
 
     if isinstance(images, (str, bytes)):
         raise FusionInputError("images must be arrays; to read files lazily use napari_fusion.io.open_lazy_stack")
-    if _is_dask(images) or _is_zarr(images) or hasattr(images, "__array__") or (
-        hasattr(images, "shape") and hasattr(images, "dtype")
+    if (
+        _is_dask(images)
+        or _is_zarr(images)
+        or hasattr(images, "__array__")
+        or (hasattr(images, "shape") and hasattr(images, "dtype"))
     ):
         items = split_stack(_as_dask(images), stack_axis=stack_axis, channel_axis=channel_axis)
     else:
@@ -468,7 +473,9 @@ class LazyFusionResult(FusionResult):
 
     def arrays(self) -> dict[str, Any]:
         """The lazy outputs that exist, by name."""
-        return {k: v for k, v in (("fused", self.fused), ("labels", self.labels), ("depth", self.depth)) if v is not None}
+        return {
+            k: v for k, v in (("fused", self.fused), ("labels", self.labels), ("depth", self.depth)) if v is not None
+        }
 
     def compute(self, *, progress: Callable[[float, float, str], Any] | None = None, **kwargs) -> FusionResult:
         """Compute all outputs together (each tile once) and return them as numpy arrays."""
@@ -581,9 +588,22 @@ def fuse_lazy(
     offset, scale, out_low, out_high = intensity_mapping(dtype, *global_statistics(stack, dtype=dtype), spec.intensity)
     want_labels = "labels" in spec.outputs
     job = TileJob(
-        spec=spec, params=resolved, shape=(h, w), halo=grid.halo, align=grid.align, n=n, colour=colour, dtype=dtype,
-        offset=offset, scale=scale, out_low=out_low, out_high=out_high, positions=positions, device=device_name,
-        want_labels=want_labels, want_depth=want_labels and "depth" in spec.outputs,
+        spec=spec,
+        params=resolved,
+        shape=(h, w),
+        halo=grid.halo,
+        align=grid.align,
+        n=n,
+        colour=colour,
+        dtype=dtype,
+        offset=offset,
+        scale=scale,
+        out_low=out_low,
+        out_high=out_high,
+        positions=positions,
+        device=device_name,
+        want_labels=want_labels,
+        want_depth=want_labels and "depth" in spec.outputs,
     )
     prefix = _key_prefix(stack, job, grid.tile)
     outputs = _lazy_outputs(_tile_graph(stack, grid, job, prefix), grid, job, prefix)
@@ -632,7 +652,9 @@ def _checked_halo(halo: Any) -> int:
     return int(halo)
 
 
-def _global_method_message(spec: MethodSpec, params: dict[str, Any], tile: tuple[int, int], shape: tuple[int, int]) -> str:
+def _global_method_message(
+    spec: MethodSpec, params: dict[str, Any], tile: tuple[int, int], shape: tuple[int, int]
+) -> str:
     h, w = shape
     return (
         f"method {spec.name!r} with these parameters is global (every output pixel may depend on the "
@@ -647,8 +669,17 @@ def _key_prefix(stack, job: TileJob, tile: tuple[int, int]) -> str:
     from dask.base import tokenize
 
     token = tokenize(
-        stack.name, job.spec.name, job.params, job.offset, job.scale, job.out_low, job.out_high, job.positions,
-        tile, job.halo, job.device,
+        stack.name,
+        job.spec.name,
+        job.params,
+        job.offset,
+        job.scale,
+        job.out_low,
+        job.out_high,
+        job.positions,
+        tile,
+        job.halo,
+        job.device,
     )
     return f"{TILE_KEY_PREFIX}-{job.spec.name}-{token}"
 

@@ -124,9 +124,17 @@ def infer_layout(
             sy, sx = H // h, W // w
             if sy != sx or sy < 1 or (scale is not None and sy != scale):
                 continue
-            found.append(Layout(
-                a, g, 1 if a is None else low_shape[a], 1 if g is None else guide_shape[g], (h, w), (H, W), sy,
-            ))
+            found.append(
+                Layout(
+                    a,
+                    g,
+                    1 if a is None else low_shape[a],
+                    1 if g is None else guide_shape[g],
+                    (h, w),
+                    (H, W),
+                    sy,
+                )
+            )
     if found and all(f.scale == 1 for f in found):
         raise FusionInputError(
             f"the guide (shape {guide_shape}) and the low-resolution image (shape {low_shape}) have the same "
@@ -228,6 +236,7 @@ def guided_filter_upsample(
 
 # --------------------------------------------------------------------------- CSC-MMFN models
 
+
 def model_path(model: str | Path) -> Path:
     """The weights file of a shipped model name or a path."""
     from .weights import shipped_path
@@ -251,8 +260,14 @@ def load_csc_mmfn(model: str | Path, device: torch.device | str = "cpu"):
     from .weights import load_weights
 
     how = "Train one with `napari-fusion train csc_mmfn --task cave|pansharpening --install`."
-    return load_weights(model_path(model), build=_build_csc_mmfn, device=device, expect={"method": "csc_mmfn"},
-                        how_to_get=how, name="csc_mmfn")
+    return load_weights(
+        model_path(model),
+        build=_build_csc_mmfn,
+        device=device,
+        expect={"method": "csc_mmfn"},
+        how_to_get=how,
+        name="csc_mmfn",
+    )
 
 
 def _choose_model(bands: int, guide_channels: int) -> str:
@@ -330,6 +345,18 @@ def guided_upsample(
     -------
     numpy.ndarray
         float32, the low-resolution input's layout at the guide's size, in the input's units.
+
+    Examples
+    --------
+    Four bands at 16x16 sharpened by a 64x64 panchromatic guide:
+
+    >>> import numpy as np
+    >>> import napari_fusion as nf
+    >>> low = np.random.default_rng(0).random((16, 16, 4)).astype(np.float32)
+    >>> pan = np.random.default_rng(1).random((64, 64)).astype(np.float32)
+    >>> out = nf.guided_upsample(low, pan, method="guided_filter")
+    >>> out.shape, out.dtype
+    ((64, 64, 4), dtype('float32'))
     """
     if method not in UPSAMPLE_METHODS:
         raise FusionInputError(f"unknown upsampling method {method!r}; use one of {', '.join(UPSAMPLE_METHODS)}")
@@ -337,7 +364,9 @@ def guided_upsample(
     g = None if guide is None else _as_float(guide, "guide")
     if g is None and method != "bicubic":
         raise FusionInputError(f"method {method!r} needs a guide image")
-    lay = infer_layout(low.shape, None if g is None else g.shape, scale=scale, band_axis=band_axis, guide_axis=guide_axis)
+    lay = infer_layout(
+        low.shape, None if g is None else g.shape, scale=scale, band_axis=band_axis, guide_axis=guide_axis
+    )
     if min(lay.low_size) < 2:
         raise FusionInputError(f"the low-resolution image is too small ({lay.low_size}); need at least 2x2 pixels")
     dev = torch.device(device)

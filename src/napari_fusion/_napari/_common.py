@@ -10,7 +10,8 @@ what a run computes and shows; this module holds no fusion logic.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QDoubleSpinBox, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton

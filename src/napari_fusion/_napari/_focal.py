@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Signal
@@ -167,15 +168,18 @@ def _channel_layer_stack(
             raise FusionInputError(f"channel layer {ly.name!r} must be a grey single-scale Image layer")
         if tuple(ly.data.shape) != tuple(layer.data.shape):
             raise FusionInputError(
-                f"channel layer {ly.name!r} has shape {tuple(ly.data.shape)}, "
-                f"the stack layer {tuple(layer.data.shape)}"
+                f"channel layer {ly.name!r} has shape {tuple(ly.data.shape)}, the stack layer {tuple(layer.data.shape)}"
             )
         if np.dtype(ly.data.dtype) != np.dtype(layer.data.dtype):
             raise FusionInputError(f"channel layer {ly.name!r} is {ly.data.dtype}, the stack layer {layer.data.dtype}")
         arrays.append(ly.data[index])
     if sa != 0:
-        arrays = [np.moveaxis(a, sa, 0) if isinstance(a, np.ndarray) else a.transpose(
-            [sa] + [i for i in range(a.ndim) if i != sa]) for a in arrays]
+        arrays = [
+            np.moveaxis(a, sa, 0)
+            if isinstance(a, np.ndarray)
+            else a.transpose([sa] + [i for i in range(a.ndim) if i != sa])
+            for a in arrays
+        ]
     return _ChannelStack(arrays), [layer, *others]
 
 
@@ -318,8 +322,9 @@ def _texture(fused: np.ndarray, layer) -> np.ndarray:
     return np.ascontiguousarray(t[..., :3])
 
 
-def surface_data(height: np.ndarray, fused: np.ndarray, geo: dict[str, Any], *, fused_layer=None,
-                 max_vertices: int = 250_000) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+def surface_data(
+    height: np.ndarray, fused: np.ndarray, geo: dict[str, Any], *, fused_layer=None, max_vertices: int = 250_000
+) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
     """``((vertices, faces), kwargs)`` for a Surface layer of the height map textured with ``fused``.
 
     Vertices are ``(z, row, col)`` in world units (the pixel size from ``geo``'s scale
@@ -332,8 +337,7 @@ def surface_data(height: np.ndarray, fused: np.ndarray, geo: dict[str, Any], *, 
     verts, faces, tex = height_surface(height, step=step, scale=scale)
     translate = geo.get("translate", (0.0, 0.0))
     verts = verts + np.array([0.0, float(translate[0]), float(translate[1])], dtype=np.float32)
-    kwargs = {"name": "height surface", "texture": _texture(fused, fused_layer), "texcoords": tex,
-              "shading": "none"}
+    kwargs = {"name": "height surface", "texture": _texture(fused, fused_layer), "texcoords": tex, "shading": "none"}
     return (verts, faces), kwargs
 
 
@@ -443,7 +447,9 @@ class FocalStackWidget(WorkerControls, QWidget):
         self.make_height = QCheckBox("height map")
         self.make_height.setChecked(True)
         self.make_surface = QCheckBox("3-D surface (textured)")
-        self.make_surface.setToolTip("A Surface layer of the height map textured with the fused image (toggle 3-D view).")
+        self.make_surface.setToolTip(
+            "A Surface layer of the height map textured with the fused image (toggle 3-D view)."
+        )
         hrow = QHBoxLayout()
         hrow.addWidget(self.make_height)
         hrow.addWidget(self.make_surface)
@@ -554,8 +560,9 @@ class FocalStackWidget(WorkerControls, QWidget):
             if not [ly for ly in others if ly is not layer]:
                 raise FusionInputError("check at least one other channel layer (or choose channels: none)")
             kwargs = {"channel_layers": others}
-        return make_focal_job(layer, stack_axis=self.stack_axis.value(), z_step=self.z_step.value(),
-                              data_point=point, **kwargs)
+        return make_focal_job(
+            layer, stack_axis=self.stack_axis.value(), z_step=self.z_step.value(), data_point=point, **kwargs
+        )
 
     # ---------------------------------------------------------------- run
     def run(self):
@@ -603,8 +610,15 @@ class FocalStackWidget(WorkerControls, QWidget):
     def _record(self, job: FocalJob, result: FocalStackResult, **extra) -> dict[str, Any]:
         rec = result.record()
         rec.pop("versions", None)
-        rec.update({"sources": list(job.names), "z_unit": job.z_unit, "channels": job.channel_names,
-                    "widget": "focal stack", **extra})
+        rec.update(
+            {
+                "sources": list(job.names),
+                "z_unit": job.z_unit,
+                "channels": job.channel_names,
+                "widget": "focal stack",
+                **extra,
+            }
+        )
         return rec
 
     def _put(self, key: str, data, kwargs: dict[str, Any], layer_type: str):
@@ -642,8 +656,12 @@ class FocalStackWidget(WorkerControls, QWidget):
                 "slice": np.arange(job.n),
                 "z": np.asarray(job.z_positions if result is None else result.z_positions, dtype=np.float64),
             }
-            self._put("decision", labels_to_napari(labels),
-                      {"name": "decision", "features": features, "metadata": meta, **geo}, "labels")
+            self._put(
+                "decision",
+                labels_to_napari(labels),
+                {"name": "decision", "features": features, "metadata": meta, **geo},
+                "labels",
+            )
         want_height = height is not None and self.make_height.isChecked()
         if want_height:
             hmeta = dict(meta)
@@ -661,14 +679,20 @@ class FocalStackWidget(WorkerControls, QWidget):
         else:
             self._drop("surface")
 
-    def _show_surface(self, job: FocalJob, fused, height, geo: dict[str, Any], record: dict[str, Any],
-                      fused_keys: list[str]) -> None:
+    def _show_surface(
+        self, job: FocalJob, fused, height, geo: dict[str, Any], record: dict[str, Any], fused_keys: list[str]
+    ) -> None:
         """Replace the ``height surface`` layer (a Surface cannot be updated in place), keeping its place."""
         fused_layer = self.output_layers.get(fused_keys[0])
         texture_src = fused if job.channel_names is None else fused[..., job.reference_channel or 0]
-        (verts, faces), skw = surface_data(np.asarray(height, np.float32), texture_src, geo,
-                                           fused_layer=fused_layer if job.channel_names is None else
-                                           self.output_layers.get(fused_keys[job.reference_channel or 0]))
+        (verts, faces), skw = surface_data(
+            np.asarray(height, np.float32),
+            texture_src,
+            geo,
+            fused_layer=fused_layer
+            if job.channel_names is None
+            else self.output_layers.get(fused_keys[job.reference_channel or 0]),
+        )
         skw["metadata"] = {"napari_fusion": {**record, "height_unit": job.z_unit}}
         old = self.output_layers.get("surface")
         index = None
@@ -705,13 +729,20 @@ class FocalStackWidget(WorkerControls, QWidget):
             return False
         changed = int(np.count_nonzero(labels != result.labels))
         new = FocalStackResult(
-            fused=fused, labels=labels.astype(result.labels.dtype), height=height, index=result.index,
-            alignment=result.alignment, method=result.method, params=result.params, options=result.options,
-            z_positions=result.z_positions, blend=blend, seconds=result.seconds,
+            fused=fused,
+            labels=labels.astype(result.labels.dtype),
+            height=height,
+            index=result.index,
+            alignment=result.alignment,
+            method=result.method,
+            params=result.params,
+            options=result.options,
+            z_positions=result.z_positions,
+            blend=blend,
+            seconds=result.seconds,
         )
         self.result = new
-        self._show(job, new, fused, new.labels, height,
-                   retouched={"pixels_changed": changed, "blend": blend})
+        self._show(job, new, fused, new.labels, height, retouched={"pixels_changed": changed, "blend": blend})
         self.status.setText(
             f"recomposed ({blend['blend']}) in {time.perf_counter() - start:.2f} s: "
             f"{changed} pixels now come from another slice"
@@ -725,8 +756,10 @@ def alignment_summary(al: Alignment | None) -> str:
     mags = al.scales
     shift = float(np.max(np.hypot(al.shifts[:, 0], al.shifts[:, 1]))) if al.n else 0.0
     weak = int(np.sum(al.pair_scores < 0.02))
-    text = (f"alignment ({al.mode}, reference slice {al.reference}): magnification "
-            f"{mags.min():.4f}-{mags.max():.4f}, centre shift up to {shift:.1f} px")
+    text = (
+        f"alignment ({al.mode}, reference slice {al.reference}): magnification "
+        f"{mags.min():.4f}-{mags.max():.4f}, centre shift up to {shift:.1f} px"
+    )
     if weak:
         text += f"; {weak} unreliable pair(s) (score < 0.02)"
     return text + " (hover for each slice)"

@@ -18,8 +18,9 @@ metadata plus a ``"napari_fusion"`` entry recording method, parameters and sourc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -299,4 +300,3 @@ def update_or_add(viewer, existing, data, kwargs: dict[str, Any], layer_type: st
         return layer
     cls = Image if layer_type == "image" else Labels
     return viewer.add_layer(cls(data, **kwargs))
-

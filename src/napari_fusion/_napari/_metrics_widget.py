@@ -47,7 +47,7 @@ def _plane(viewer, layer) -> np.ndarray:
         data = data[0]
     n_lead = data.ndim - (3 if layer.rgb else 2)
     if n_lead > 0:
-        steps = list(viewer.dims.current_step)[-(data.ndim - (1 if layer.rgb else 0)):]
+        steps = list(viewer.dims.current_step)[-(data.ndim - (1 if layer.rgb else 0)) :]
         index = tuple(min(max(int(steps[i]), 0), data.shape[i] - 1) for i in range(n_lead))
         data = data[index]
     return np.asarray(data)
@@ -102,8 +102,11 @@ class MetricsWidget(QWidget):
 
     def _refresh_layers(self, event: Any = None) -> None:
         names = [layer.name for layer in _image_layers(self.viewer)]
-        checked = {self.sources.item(i).text() for i in range(self.sources.count())
-                   if self.sources.item(i).checkState() == Qt.Checked}
+        checked = {
+            self.sources.item(i).text()
+            for i in range(self.sources.count())
+            if self.sources.item(i).checkState() == Qt.Checked
+        }
         for combo, extra in ((self.fused, []), (self.gt, [NONE])):
             current = combo.currentText()
             combo.blockSignals(True)
@@ -129,8 +132,11 @@ class MetricsWidget(QWidget):
 
     def compute(self) -> dict[str, float]:
         layers = {layer.name: layer for layer in _image_layers(self.viewer)}
-        src_names = [self.sources.item(i).text() for i in range(self.sources.count())
-                     if self.sources.item(i).checkState() == Qt.Checked]
+        src_names = [
+            self.sources.item(i).text()
+            for i in range(self.sources.count())
+            if self.sources.item(i).checkState() == Qt.Checked
+        ]
         fused_name = self.fused.currentText()
         if fused_name not in layers:
             self.status.setText("choose the fused layer")
@@ -147,7 +153,8 @@ class MetricsWidget(QWidget):
             self.values = {}
             return {}
         self.status.setText(
-            f"{fused_name} against {len(src_names)} source(s)" + (f" and ground truth {gt_name}" if gt is not None else "")
+            f"{fused_name} against {len(src_names)} source(s)"
+            + (f" and ground truth {gt_name}" if gt is not None else "")
         )
         self.table.setRowCount(len(self.values))
         for row, (name, value) in enumerate(self.values.items()):

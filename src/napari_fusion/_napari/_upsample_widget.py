@@ -50,7 +50,9 @@ class GuidedUpsampleWidget(QWidget):
         self.lowres = QComboBox()
         self.lowres.setToolTip("Low-resolution multiband layer: (bands, y, x) or RGB.")
         self.guide = QComboBox()
-        self.guide.setToolTip("High-resolution guide layer of the same scene: panchromatic (y, x), RGB or (channels, y, x).")
+        self.guide.setToolTip(
+            "High-resolution guide layer of the same scene: panchromatic (y, x), RGB or (channels, y, x)."
+        )
         self.method = QComboBox()
         self.method.addItems(list(UPSAMPLE_METHODS))
         self.method.setToolTip(
@@ -129,8 +131,10 @@ class GuidedUpsampleWidget(QWidget):
             self.scale_label.setText("-")
             self.status.setText(str(exc))
             return
-        self.scale_label.setText(f"x{lay.scale} ({lay.bands} bands, {lay.low_size[0]}x{lay.low_size[1]} -> "
-                                 f"{lay.high_size[0]}x{lay.high_size[1]})")
+        self.scale_label.setText(
+            f"x{lay.scale} ({lay.bands} bands, {lay.low_size[0]}x{lay.low_size[1]} -> "
+            f"{lay.high_size[0]}x{lay.high_size[1]})"
+        )
         self.status.setText("")
 
     def run(self):
@@ -140,8 +144,9 @@ class GuidedUpsampleWidget(QWidget):
         try:
             lo_layer, g_layer, low, la, gd, ga = self._inputs()
             lay = infer_layout(low.shape, gd.shape, band_axis=la, guide_axis=ga)
-            out = guided_upsample(low, gd, method=method, model=None if model == AUTO else model,
-                                  band_axis=la, guide_axis=ga)
+            out = guided_upsample(
+                low, gd, method=method, model=None if model == AUTO else model, band_axis=la, guide_axis=ga
+            )
         except FusionError as exc:
             self.status.setText(f"cannot upsample: {exc}")
             return None
@@ -152,8 +157,15 @@ class GuidedUpsampleWidget(QWidget):
         if out.ndim == 3 and not rgb:
             scale = (1.0, *scale)
             translate = (0.0, *translate)
-        meta = {"napari_fusion": {"task": "guided_upsample", "method": method, "model": model,
-                                  "lowres": lo_layer.name, "guide": g_layer.name}}
+        meta = {
+            "napari_fusion": {
+                "task": "guided_upsample",
+                "method": method,
+                "model": model,
+                "lowres": lo_layer.name,
+                "guide": g_layer.name,
+            }
+        }
         reuse = (
             self.output_layer is not None
             and self.output_layer in self.viewer.layers
@@ -167,7 +179,9 @@ class GuidedUpsampleWidget(QWidget):
             self.output_layer.scale = scale
             self.output_layer.translate = translate
         else:
-            self.output_layer = self.viewer.add_image(out, name=name, rgb=rgb, scale=scale, translate=translate, metadata=meta)
+            self.output_layer = self.viewer.add_image(
+                out, name=name, rgb=rgb, scale=scale, translate=translate, metadata=meta
+            )
             self._refresh_layers()  # the result is not an input choice
         self.status.setText(f"{method}: {lo_layer.name} x{lay.scale} with guide {g_layer.name}")
         return self.output_layer

@@ -364,9 +364,7 @@ class FusionWidget(WorkerControls, QWidget):
             return
         kind = "learned" if spec.learned else "classical"
         outputs = ", ".join(o for o in spec.outputs if o != "weights")
-        self.description.setText(
-            f"{spec.description}\n({kind}; {spec.n_inputs}; outputs: {outputs})"
-        )
+        self.description.setText(f"{spec.description}\n({kind}; {spec.n_inputs}; outputs: {outputs})")
         self.description.setToolTip(spec.citation)
 
     # --------------------------------------------------------------------- run
@@ -388,9 +386,7 @@ class FusionWidget(WorkerControls, QWidget):
         tiling = (self.tiling.currentText(), int(self.tile_size.value()))
         self._begin_run(f"running {method} on {job.n} images...")
         self._start_progress(f"Fusing {job.n} images ({method})")
-        return self._start_worker(
-            _compute, job, method, params, device, self._progress_callback, self._cancel, tiling
-        )
+        return self._start_worker(_compute, job, method, params, device, self._progress_callback, self._cancel, tiling)
 
     def _progress_callback(self, done: float, total: float, message: str) -> None:
         # called from the worker thread: only touch thread-safe state here
@@ -478,9 +474,7 @@ def weights_line(spec) -> str:
                 "'weights' parameter."
             )
         else:
-            lines.append(
-                f"{ws.description} weights: found ({loc.source}: {loc.path}); checksum verified at run time"
-            )
+            lines.append(f"{ws.description} weights: found ({loc.source}: {loc.path}); checksum verified at run time")
     return "\n".join(lines)
 
 

@@ -38,9 +38,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     remove_dead_partials(outdir)
     align = None if args.align == "none" else args.align
-    options = {"method": args.method, "params": params, "align": align, "z_step": args.z_step,
-               "refine": args.refine, "reference_channel": args.reference_channel, "slab": args.slab,
-               "crop": args.crop}
+    options = {
+        "method": args.method,
+        "params": params,
+        "align": align,
+        "z_step": args.z_step,
+        "refine": args.refine,
+        "reference_channel": args.reference_channel,
+        "slab": args.slab,
+        "crop": args.crop,
+    }
     done, skipped, failed = _run_stacks(sources, outdir, options, args)
     summary = {
         "output_dir": str(outdir),
@@ -96,9 +103,11 @@ def _print_summary(outdir: Path, n: int, done: list, skipped: list, failed: list
 
     stream = sys.stderr if failed else sys.stdout
     ok = len(done) + len(skipped)
-    print(f"batch: {ok} of {n} stacks fused into {outdir} "
-          f"({len(done)} done, {len(skipped)} skipped, {len(failed)} failed; summary in {SUMMARY_NAME})",
-          file=stream)
+    print(
+        f"batch: {ok} of {n} stacks fused into {outdir} "
+        f"({len(done)} done, {len(skipped)} skipped, {len(failed)} failed; summary in {SUMMARY_NAME})",
+        file=stream,
+    )
     if done:
         print("done:", file=stream)
         for e in done:
@@ -131,22 +140,38 @@ def add_subparser(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", type=Path)
     p.add_argument("-o", "--output-dir", required=True, type=Path, help="folder for the outputs")
     p.add_argument("-m", "--method", default=DEFAULT_METHOD, help=f"fusion method (default {DEFAULT_METHOD})")
-    p.add_argument("-p", "--param", action="append", type=parse_param, metavar="NAME=VALUE",
-                   help="method parameter (repeatable)")
-    p.add_argument("--align", choices=("none", "translation", "similarity"), default="none",
-                   help="align slices first: 'translation' (shift) or 'similarity' (scale + shift, for "
-                        "stacks whose magnification changes with focus); default none")
+    p.add_argument(
+        "-p", "--param", action="append", type=parse_param, metavar="NAME=VALUE", help="method parameter (repeatable)"
+    )
+    p.add_argument(
+        "--align",
+        choices=("none", "translation", "similarity"),
+        default="none",
+        help="align slices first: 'translation' (shift) or 'similarity' (scale + shift, for "
+        "stacks whose magnification changes with focus); default none",
+    )
     p.add_argument("--crop", action="store_true", help="crop aligned stacks to the region all slices cover")
     p.add_argument("--z-step", type=float, help="distance between slices (e.g. microns) for the height map")
-    p.add_argument("--refine", default="parabola", choices=("parabola", "gaussian", "none"),
-                   help="sub-slice height refinement (default parabola)")
+    p.add_argument(
+        "--refine",
+        default="parabola",
+        choices=("parabola", "gaussian", "none"),
+        help="sub-slice height refinement (default parabola)",
+    )
     p.add_argument("--reference-channel", type=int, help="channel the decision is made on (multichannel data)")
     p.add_argument("--slab", type=int, help="fuse deep stacks in sub-stacks of this many slices")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="redo stacks already done with the same parameters (default: skip them)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace outputs that exist from other parameters (default: report the stack as failed)")
+    p.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="redo stacks already done with the same parameters (default: skip them)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs that exist from other parameters (default: report the stack as failed)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
     p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failing stacks")
     p.set_defaults(func=cmd_batch)

@@ -34,9 +34,7 @@ def _method_params(items: list[str], methods: list[str]) -> dict[str, dict[str, 
         elif len(methods) == 1:
             method, name = methods[0], key
         else:
-            raise FusionInputError(
-                f"parameter {text!r}: with several methods write METHOD.{key}={value}"
-            )
+            raise FusionInputError(f"parameter {text!r}: with several methods write METHOD.{key}={value}")
         if method not in methods:
             raise FusionInputError(f"parameter {text!r} is for method {method!r}, which is not run (-m)")
         pairs.setdefault(method, []).append((name, value))
@@ -108,16 +106,36 @@ def add_subparser(sub) -> None:
         ),
     )
     p.add_argument("dataset", nargs="?", type=Path, metavar="DATASET_DIR")
-    p.add_argument("-m", "--method", action="append", metavar="METHOD", help="method(s) to run (repeatable or comma-separated; default: all non-learned)")
-    p.add_argument("--metrics", action="append", metavar="NAMES", help="metric names (comma-separated; default: a standard set; see --list-metrics)")
-    p.add_argument("-p", "--param", action="append", metavar="METHOD.NAME=VALUE",
-                   help="method parameter (repeatable; NAME=VALUE is enough when one method runs)")
+    p.add_argument(
+        "-m",
+        "--method",
+        action="append",
+        metavar="METHOD",
+        help="method(s) to run (repeatable or comma-separated; default: all non-learned)",
+    )
+    p.add_argument(
+        "--metrics",
+        action="append",
+        metavar="NAMES",
+        help="metric names (comma-separated; default: a standard set; see --list-metrics)",
+    )
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        metavar="METHOD.NAME=VALUE",
+        help="method parameter (repeatable; NAME=VALUE is enough when one method runs)",
+    )
     p.add_argument("--reference", action="store_true", help="also score the published outputs in reference/")
     p.add_argument("--reference-only", action="store_true", help="score only the published outputs")
-    p.add_argument("--reference-names", action="append", metavar="NAMES", help="only these reference outputs (comma-separated)")
+    p.add_argument(
+        "--reference-names", action="append", metavar="NAMES", help="only these reference outputs (comma-separated)"
+    )
     p.add_argument("--cases", action="append", metavar="NAMES", help="only these cases (comma-separated)")
     p.add_argument("--limit", type=int, help="only the first N cases")
-    p.add_argument("-o", "--output", type=Path, help="write the table: .csv (summary) or .json (summary and per-case values)")
+    p.add_argument(
+        "-o", "--output", type=Path, help="write the table: .csv (summary) or .json (summary and per-case values)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing table file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--list-metrics", action="store_true", help="list the metric names and exit")

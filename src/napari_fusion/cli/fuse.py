@@ -53,11 +53,18 @@ def check_fuse_outputs(args: argparse.Namespace, *, fingerprint: str | None = No
             continue
         suffix = path.suffix.lower()
         tiled = getattr(args, "chunks", None) is not None
-        allowed = (".tif", ".tiff", ".zarr") if tiled and flag == "-o" else (".tif", ".tiff") if tiled or flag == "--depth" \
+        allowed = (
+            (".tif", ".tiff", ".zarr")
+            if tiled and flag == "-o"
+            else (".tif", ".tiff")
+            if tiled or flag == "--depth"
             else IMAGE_SUFFIXES
+        )
         if suffix not in allowed:
             raise FusionInputError(f"unsupported output format {suffix!r} for {flag} {path}; use {', '.join(allowed)}")
-        check_output_path(path, inputs=args.inputs, overwrite=args.overwrite, what=f"output {flag}", folder=suffix == ".zarr")
+        check_output_path(
+            path, inputs=args.inputs, overwrite=args.overwrite, what=f"output {flag}", folder=suffix == ".zarr"
+        )
         if suffix == ".zarr" and fingerprint is not None:
             zarr_output_action(path, fingerprint, overwrite=args.overwrite)
 
@@ -106,7 +113,9 @@ def cmd_fuse_tiled(args: argparse.Namespace) -> int:
         z = np.arange(stack.shape[0], dtype=np.float32) * args.z_step
     t0 = time.perf_counter()
     result = fuse(stack, method=args.method, z_positions=z, device=args.device, chunks=args.chunks, **params)
-    progress = TqdmProgress(f"fusing {stack.shape[0]} images ({args.method}), {result.grid.n_tiles} tiles", not args.quiet)
+    progress = TqdmProgress(
+        f"fusing {stack.shape[0]} images ({args.method}), {result.grid.n_tiles} tiles", not args.quiet
+    )
     zarr_out = args.output.suffix.lower() == ".zarr"
     for flag, name in ((args.labels, "labels"), (args.depth, "depth")):
         if flag is not None and getattr(result, name) is None:
@@ -154,7 +163,9 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         raise FusionInputError(
             f"fusion needs at least two images; {', '.join(map(str, args.inputs))} gave {len(images)}"
         )
-    check_disk_space(args.output.parent, _output_bytes((len(images),) + images[0].shape, images[0].dtype.itemsize, args))
+    check_disk_space(
+        args.output.parent, _output_bytes((len(images),) + images[0].shape, images[0].dtype.itemsize, args)
+    )
     z = None
     if args.z_step is not None:
         z = np.arange(len(images), dtype=np.float32) * args.z_step
@@ -197,12 +208,21 @@ def add_subparser(sub) -> None:
         ),
     )
     p.add_argument("inputs", nargs="+", metavar="IN", type=Path)
-    p.add_argument("-m", "--method", default=DEFAULT_METHOD, help=f"fusion method (default {DEFAULT_METHOD}; see 'napari-fusion methods')")
-    p.add_argument("-o", "--output", required=True, type=Path, help="fused image (.tif keeps dtype; .png/.jpg for 8-bit)")
+    p.add_argument(
+        "-m",
+        "--method",
+        default=DEFAULT_METHOD,
+        help=f"fusion method (default {DEFAULT_METHOD}; see 'napari-fusion methods')",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, type=Path, help="fused image (.tif keeps dtype; .png/.jpg for 8-bit)"
+    )
     p.add_argument("--labels", type=Path, help="write the decision labels (source index per pixel)")
     p.add_argument("--depth", type=Path, help="write the depth map (float32 TIFF)")
     p.add_argument("--z-step", type=_z_step, help="distance between slices (e.g. microns, > 0) for the depth map")
-    p.add_argument("-p", "--param", action="append", type=parse_param, metavar="NAME=VALUE", help="method parameter (repeatable)")
+    p.add_argument(
+        "-p", "--param", action="append", type=parse_param, metavar="NAME=VALUE", help="method parameter (repeatable)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument(
         "--chunks",
@@ -211,7 +231,10 @@ def add_subparser(sub) -> None:
         help="fuse out of core, tile by tile (tile size in pixels): inputs are read lazily (TIFF, zarr, "
         "OME-Zarr) and outputs written tile by tile (.tif or .zarr)",
     )
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing outputs (inputs are never overwritten, whatever the flag)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (inputs are never overwritten, whatever the flag)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_fuse)

@@ -27,14 +27,25 @@ def add_subparser(sub) -> None:
     p.add_argument("guide", help="high-resolution guide image (panchromatic, RGB...)")
     p.add_argument("-o", "--output", required=True, help="output file (.tif)")
     p.add_argument("-m", "--method", choices=UPSAMPLE_METHODS, default="csc_mmfn", help="default csc_mmfn")
-    p.add_argument("--model", default=None, help=f"csc_mmfn model: {', '.join(MODELS)} or a weights file "
-                   "(default: the shipped model matching the band counts)")
-    p.add_argument("--band-axis", type=int, choices=(0, -1), default=None, help="band axis of LOWRES (default: inferred)")
-    p.add_argument("--guide-axis", type=int, choices=(0, -1), default=None, help="channel axis of GUIDE (default: inferred)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"csc_mmfn model: {', '.join(MODELS)} or a weights file "
+        "(default: the shipped model matching the band counts)",
+    )
+    p.add_argument(
+        "--band-axis", type=int, choices=(0, -1), default=None, help="band axis of LOWRES (default: inferred)"
+    )
+    p.add_argument(
+        "--guide-axis", type=int, choices=(0, -1), default=None, help="channel axis of GUIDE (default: inferred)"
+    )
     p.add_argument("--scale", type=int, default=None, help="expected scale factor (checked against the shapes)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing output (inputs are never overwritten, whatever the flag)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output (inputs are never overwritten, whatever the flag)",
+    )
     p.set_defaults(func=run)
 
 
@@ -52,11 +63,21 @@ def run(args) -> int:
     low = read_image(args.lowres)
     guide = read_image(args.guide)
     out = guided_upsample(
-        low, guide, method=args.method, model=args.model, scale=args.scale, band_axis=args.band_axis,
-        guide_axis=args.guide_axis, device=args.device,
+        low,
+        guide,
+        method=args.method,
+        model=args.model,
+        scale=args.scale,
+        band_axis=args.band_axis,
+        guide_axis=args.guide_axis,
+        device=args.device,
     )
-    path = write_image(output, out, metadata={"method": args.method, "model": args.model,
-                                              "lowres": str(args.lowres), "guide": str(args.guide)},
-                       overwrite=args.overwrite, inputs=inputs)
+    path = write_image(
+        output,
+        out,
+        metadata={"method": args.method, "model": args.model, "lowres": str(args.lowres), "guide": str(args.guide)},
+        overwrite=args.overwrite,
+        inputs=inputs,
+    )
     print(f"wrote {path} {out.shape} float32")
     return 0

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,9 +82,7 @@ def grey_tensor(a: np.ndarray, device: torch.device | str = "cpu") -> torch.Tens
         elif f.shape[-1] == 1:
             f = f[..., 0]
         else:
-            raise FusionInputError(
-                f"slice has {f.shape[-1]} channels; pick a reference channel for the decision"
-            )
+            raise FusionInputError(f"slice has {f.shape[-1]} channels; pick a reference channel for the decision")
     if f.ndim != 2:
         raise FusionInputError(f"slice has shape {arr.shape}; expected (H, W) or (H, W, 3)")
     if not np.isfinite(f).all():

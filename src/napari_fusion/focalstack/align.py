@@ -29,8 +29,9 @@ Functions return new arrays and never modify their inputs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,7 +118,7 @@ class Alignment:
         }
 
     @classmethod
-    def identity(cls, n: int, shape: tuple[int, int], reference: int = 0) -> "Alignment":
+    def identity(cls, n: int, shape: tuple[int, int], reference: int = 0) -> Alignment:
         return cls(np.tile(np.eye(3), (n, 1, 1)), reference, "none", tuple(shape), np.ones(max(n - 1, 0)))
 
 
@@ -139,8 +140,10 @@ def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
 
 
 def _hann(h: int, w: int) -> torch.Tensor:
-    return torch.outer(torch.hann_window(h, periodic=False, dtype=torch.float64),
-                       torch.hann_window(w, periodic=False, dtype=torch.float64)).float()
+    return torch.outer(
+        torch.hann_window(h, periodic=False, dtype=torch.float64),
+        torch.hann_window(w, periodic=False, dtype=torch.float64),
+    ).float()
 
 
 def _prep(a: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
@@ -151,7 +154,9 @@ def _prep(a: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
 
 def _subpixel(v_m: torch.Tensor, v_0: torch.Tensor, v_p: torch.Tensor) -> torch.Tensor:
     den = v_m - 2 * v_0 + v_p
-    off = torch.where(den < 0, 0.5 * (v_m - v_p) / torch.where(den < 0, den, torch.ones_like(den)), torch.zeros_like(den))
+    off = torch.where(
+        den < 0, 0.5 * (v_m - v_p) / torch.where(den < 0, den, torch.ones_like(den)), torch.zeros_like(den)
+    )
     return off.clamp(-0.5, 0.5)
 
 
@@ -170,9 +175,7 @@ def _peak(surf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([dy, dx], 1), peak
 
 
-def _phase_corr_batch(
-    ref: torch.Tensor, movs: torch.Tensor, *, refine: int = 2
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _phase_corr_batch(ref: torch.Tensor, movs: torch.Tensor, *, refine: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Shifts ``(B, 2)`` and peaks ``(B,)`` of windowed ``movs (B, H, W)`` against ``ref (H, W)``.
 
     The integer peak is refined with a parabola, then ``refine`` times more by
@@ -238,6 +241,7 @@ def _pair_transform(
         d, peak = _phase_corr_batch(r, _prep(mov, win)[None])
         s_best, d_best, p_best = 1.0, d[0].numpy(), float(peak[0])
     else:
+
         def score(scales: np.ndarray, refine: int = 1):
             movs = _prep(_scaled(mov, torch.as_tensor(scales)), win)
             return _phase_corr_batch(r, movs, refine=refine)
@@ -360,10 +364,7 @@ def apply_alignment(
             continue
         work = a.astype(np.float64 if a.dtype == np.float64 else np.float32)
         planes = [work] if a.ndim == 2 else [work[..., i] for i in range(a.shape[-1])]
-        res = [
-            ndimage.affine_transform(p, m[:2, :2], offset=m[:2, 2], order=order, mode="nearest")
-            for p in planes
-        ]
+        res = [ndimage.affine_transform(p, m[:2, :2], offset=m[:2, 2], order=order, mode="nearest") for p in planes]
         r = res[0] if a.ndim == 2 else np.stack(res, -1)
         if np.issubdtype(a.dtype, np.integer):
             info = np.iinfo(a.dtype)
@@ -387,8 +388,9 @@ def align_stack(
     ``crop=True`` crops every aligned slice to :meth:`Alignment.valid_box`.
     Other keyword arguments go to :func:`estimate_alignment`.
     """
-    al = estimate_alignment(images, mode=mode, reference=reference, stack_axis=stack_axis,
-                            channel_axis=channel_axis, **kwargs)
+    al = estimate_alignment(
+        images, mode=mode, reference=reference, stack_axis=stack_axis, channel_axis=channel_axis, **kwargs
+    )
     aligned = apply_alignment(images, al, stack_axis=stack_axis, channel_axis=channel_axis)
     if crop:
         r0, r1, c0, c1 = al.valid_box()

@@ -135,12 +135,26 @@ def _file_sources(p: Path, kind: str | None = None) -> list[StackSource]:
     if kind == "positions":
         shape = _tiff_shape(p) or (0,)
         return [
-            StackSource(f"{p.stem}_p{i:03d}", [f"{p}#position={i}"], lambda p=p, i=i: list(read_image(p)[i]),
-                        key=f"{_real(p)}#position={i}", files=[str(p)], parts=parent + (f"{p.stem}_p{i:03d}",))
+            StackSource(
+                f"{p.stem}_p{i:03d}",
+                [f"{p}#position={i}"],
+                lambda p=p, i=i: list(read_image(p)[i]),
+                key=f"{_real(p)}#position={i}",
+                files=[str(p)],
+                parts=parent + (f"{p.stem}_p{i:03d}",),
+            )
             for i in range(shape[0])
         ]
-    return [StackSource(p.stem or str(p), [str(p)], lambda p=p: read_stack(p), key=_real(p), files=[str(p)],
-                        parts=parent + (p.stem or str(p),))]
+    return [
+        StackSource(
+            p.stem or str(p),
+            [str(p)],
+            lambda p=p: read_stack(p),
+            key=_real(p),
+            files=[str(p)],
+            parts=parent + (p.stem or str(p),),
+        )
+    ]
 
 
 def _folder_sources(d: Path) -> tuple[list[StackSource], bool]:
@@ -154,8 +168,17 @@ def _folder_sources(d: Path) -> tuple[list[StackSource], bool]:
         else:
             out.extend(_file_sources(f, kind))
     if slices:
-        out.insert(0, StackSource(d.name, [str(f) for f in slices], lambda s=tuple(slices): read_stack(list(s)),
-                                  key=_real(d), files=[str(f) for f in slices], parts=_abs(d).parts))
+        out.insert(
+            0,
+            StackSource(
+                d.name,
+                [str(f) for f in slices],
+                lambda s=tuple(slices): read_stack(list(s)),
+                key=_real(d),
+                files=[str(f) for f in slices],
+                parts=_abs(d).parts,
+            ),
+        )
     return out, bool(slices)
 
 
@@ -174,13 +197,24 @@ def discover(inputs: list[Path]) -> list[StackSource]:
             if found:
                 out.extend(found)
             else:
-                out.append(StackSource(p.name, [str(p)], lambda p=p: _fail(f"no image files in {p}"),
-                                       key=_real(p), parts=_abs(p).parts))
+                out.append(
+                    StackSource(
+                        p.name, [str(p)], lambda p=p: _fail(f"no image files in {p}"), key=_real(p), parts=_abs(p).parts
+                    )
+                )
         elif p.suffix.lower() in (".tif", ".tiff") and p.exists():
             out.extend(_file_sources(p))
         else:
-            out.append(StackSource(p.stem or str(p), [str(p)], lambda p=p: read_stack(p), key=_real(p),
-                                   files=[str(p)], parts=_abs(p).parent.parts + (p.stem or str(p),)))
+            out.append(
+                StackSource(
+                    p.stem or str(p),
+                    [str(p)],
+                    lambda p=p: read_stack(p),
+                    key=_real(p),
+                    files=[str(p)],
+                    parts=_abs(p).parent.parts + (p.stem or str(p),),
+                )
+            )
     unique: list[StackSource] = []
     seen: set[str] = set()
     for s in out:  # the same stack named twice (a folder and its parent, or twice on the command line)
@@ -209,10 +243,10 @@ def assign_output_names(sources: list[StackSource]) -> None:
     depth = [1] * len(sources)
 
     def name_at(i: int) -> str:
-        return _safe("/".join(parts[i][-depth[i]:]))
+        return _safe("/".join(parts[i][-depth[i] :]))
 
     def prefix(i: int) -> tuple[str, ...]:  # the folders above the name, as they would appear in it
-        return tuple(_safe(c).casefold() for c in parts[i][:len(parts[i]) - depth[i]])
+        return tuple(_safe(c).casefold() for c in parts[i][: len(parts[i]) - depth[i]])
 
     for _ in range(max((len(p) for p in parts), default=1) + 1):
         groups: dict[str, list[int]] = {}
@@ -242,7 +276,7 @@ def assign_output_names(sources: list[StackSource]) -> None:
     for i, s in enumerate(sources):
         s.stem = names[i]
         if s.parts:
-            s.name = "/".join(parts[i][-depth[i]:])
+            s.name = "/".join(parts[i][-depth[i] :])
 
 
 def _fail(msg: str):
@@ -352,7 +386,9 @@ def stack_state(outdir: Path, stem: str, fingerprint: dict[str, Any]) -> tuple[s
     if rec is not None:
         if rec["fingerprint"].get("digest") != digest:
             old = rec["fingerprint"]
-            changed = sorted(k for k in set(old) | set(fingerprint) if k != "digest" and old.get(k) != fingerprint.get(k))
+            changed = sorted(
+                k for k in set(old) | set(fingerprint) if k != "digest" and old.get(k) != fingerprint.get(k)
+            )
             return "other", ("changed: " + ", ".join(changed)) if changed else ""
         files = rec.get("files") or {}
         for k in existing:  # a file at one of our names that the record does not list
@@ -411,8 +447,17 @@ def process(
     outdir = Path(outdir)
     stem = source.output_name
     if fingerprint is None:
-        fingerprint = stack_fingerprint(source, method=method, params=params, align=align, crop=crop, z_step=z_step,
-                                        refine=refine, reference_channel=reference_channel, slab=slab)
+        fingerprint = stack_fingerprint(
+            source,
+            method=method,
+            params=params,
+            align=align,
+            crop=crop,
+            z_step=z_step,
+            refine=refine,
+            reference_channel=reference_channel,
+            slab=slab,
+        )
 
     def check() -> None:
         state, detail = stack_state(outdir, stem, fingerprint)
@@ -424,8 +469,16 @@ def process(
     if len(images) < 2:
         raise FusionInputError(f"{source.name}: a focal stack needs at least 2 slices, got {len(images)}")
     res = fuse_focal_stack(
-        images, method=method, params=params, align=align, crop=crop, z_step=z_step, refine=refine,
-        reference_channel=reference_channel, slab=slab, device=device,
+        images,
+        method=method,
+        params=params,
+        align=align,
+        crop=crop,
+        z_step=z_step,
+        refine=refine,
+        reference_channel=reference_channel,
+        slab=slab,
+        device=device,
     )
     del images
     paths = output_paths(outdir, stem)
@@ -434,15 +487,25 @@ def process(
     return list(written) + [paths["record"]]
 
 
-def _write_stack_images(res, paths: dict[str, Path], source: StackSource, stem: str, fingerprint: dict,
-                        check: Callable[[], None]) -> list[Path]:
+def _write_stack_images(
+    res, paths: dict[str, Path], source: StackSource, stem: str, fingerprint: dict, check: Callable[[], None]
+) -> list[Path]:
     """Fused, labels and height of one stack, renamed into place together; returns what was written."""
     from ..output_safety import AtomicGroup
 
-    meta = {"method": res.method, "params": res.params, "record": paths["record"].name,
-            "output_name": stem, "source": source.key or source.name, "fingerprint": fingerprint["digest"]}
-    arrays = {"fused": res.fused, "labels": res.labels,
-              "height": None if res.height is None else res.height.astype(np.float32)}
+    meta = {
+        "method": res.method,
+        "params": res.params,
+        "record": paths["record"].name,
+        "output_name": stem,
+        "source": source.key or source.name,
+        "fingerprint": fingerprint["digest"],
+    }
+    arrays = {
+        "fused": res.fused,
+        "labels": res.labels,
+        "height": None if res.height is None else res.height.astype(np.float32),
+    }
     paths["record"].parent.mkdir(parents=True, exist_ok=True)
     with AtomicGroup() as group:
         for role, arr in arrays.items():
@@ -458,24 +521,33 @@ def _write_stack_images(res, paths: dict[str, Path], source: StackSource, stem: 
     return written
 
 
-def _write_record(res, paths: dict[str, Path], written: list[Path], source: StackSource, stem: str,
-                  fingerprint: dict, z_step: float | None) -> None:
+def _write_record(
+    res,
+    paths: dict[str, Path],
+    written: list[Path],
+    source: StackSource,
+    stem: str,
+    fingerprint: dict,
+    z_step: float | None,
+) -> None:
     """The stack's JSON record, written last and atomically: its presence means "done"."""
     from ..output_safety import atomic_file
 
     record = res.record()
-    record.update({
-        "status": "done",
-        "stack": source.name,
-        "output_name": stem,
-        "source": source.key or source.name,
-        "inputs": source.inputs,
-        "z_step": z_step,
-        "fingerprint": fingerprint,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "files": {k: p.name for k, p in paths.items() if p in written or k == "record"},
-        "command": " ".join(sys.argv) if sys.argv else "",
-    })
+    record.update(
+        {
+            "status": "done",
+            "stack": source.name,
+            "output_name": stem,
+            "source": source.key or source.name,
+            "inputs": source.inputs,
+            "z_step": z_step,
+            "fingerprint": fingerprint,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "files": {k: p.name for k, p in paths.items() if p in written or k == "record"},
+            "command": " ".join(sys.argv) if sys.argv else "",
+        }
+    )
     with atomic_file(paths["record"]) as tmp:
         tmp.write_text(json.dumps(record, indent=2, default=str))
 
@@ -504,5 +576,15 @@ def write_summary(outdir: Path, summary: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(summary, indent=2, default=str))
 
 
-__all__ = ["SUMMARY_NAME", "StackSource", "assign_output_names", "discover", "output_paths", "process",
-           "remove_dead_partials", "stack_fingerprint", "stack_state", "write_summary"]
+__all__ = [
+    "SUMMARY_NAME",
+    "StackSource",
+    "assign_output_names",
+    "discover",
+    "output_paths",
+    "process",
+    "remove_dead_partials",
+    "stack_fingerprint",
+    "stack_state",
+    "write_summary",
+]

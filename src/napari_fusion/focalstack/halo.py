@@ -67,8 +67,7 @@ def render_bright_objects(
     if noise > 0:
         stack += rng.normal(0, noise, stack.shape)
     objects = truth > background + 1e-9
-    return BrightObjectsStack(stack.astype(np.float32), truth.astype(np.float32), objects,
-                              np.asarray(depths), focus)
+    return BrightObjectsStack(stack.astype(np.float32), truth.astype(np.float32), objects, np.asarray(depths), focus)
 
 
 def halo_excess(fused: np.ndarray, truth: np.ndarray, objects: np.ndarray, *, inner: int = 2, outer: int = 40) -> float:

@@ -20,8 +20,9 @@ unsigned dtype that holds the slice count (no 255-slice cap).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -234,33 +235,71 @@ def height_map(
     items = slices(images, stack_axis=stack_axis, channel_axis=channel_axis)
     n, shape = check_slices(items)
     z = z_positions_for(n, z_step=z_step, z_positions=z_positions)
-    params = dict(measure=measure, window=int(window), smooth=float(smooth), consistency=int(consistency),
-                  halo_control=bool(halo_control), refine=refine)
+    params = dict(
+        measure=measure,
+        window=int(window),
+        smooth=float(smooth),
+        consistency=int(consistency),
+        halo_control=bool(halo_control),
+        refine=refine,
+    )
     if labels is None:
-        lab, index, focus = decide(items, measure=measure, window=window, smooth=smooth, consistency=consistency,
-                                   halo_control=halo_control, refine=refine, device=device, progress=progress)
+        lab, index, focus = decide(
+            items,
+            measure=measure,
+            window=window,
+            smooth=smooth,
+            consistency=consistency,
+            halo_control=halo_control,
+            refine=refine,
+            device=device,
+            progress=progress,
+        )
     else:
         lab = _check_labels(labels, n, shape)
         if refine not in REFINE:
             raise FusionInputError(f"refine must be one of {', '.join(REFINE)}; got {refine!r}")
-        index, focus = _refine_labels(items, lab, measure=measure, window=window, smooth=smooth,
-                                      halo_control=halo_control, refine=refine, device=device)
+        index, focus = _refine_labels(
+            items,
+            lab,
+            measure=measure,
+            window=window,
+            smooth=smooth,
+            halo_control=halo_control,
+            refine=refine,
+            device=device,
+        )
         params["consistency"] = None  # the given labels are used as they are
     height = index_to_z(index, z)
     return HeightMap(height, index, np.asarray(lab).astype(label_dtype(n)), focus, z, params)
 
 
 def _refine_labels(
-    items: Sequence[Any], labels: np.ndarray, *, measure: str, window: int, smooth: float, halo_control: bool,
-    refine: str, device: str | torch.device,
+    items: Sequence[Any],
+    labels: np.ndarray,
+    *,
+    measure: str,
+    window: int,
+    smooth: float,
+    halo_control: bool,
+    refine: str,
+    device: str | torch.device,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(fractional index, focus)`` of given 0-based ``labels``: one streaming pass of focus measures."""
     dev = torch.device(device)
     lab_t = torch.from_numpy(labels.astype(np.int64)).to(dev)
     vr = _grey_range(items) if halo_control else None
     with torch.inference_mode():
-        b, c, a = _gather(items, lab_t, measure=measure, window=window, smooth=smooth,
-                          halo_control=halo_control, device=dev, value_range=vr)
+        b, c, a = _gather(
+            items,
+            lab_t,
+            measure=measure,
+            window=window,
+            smooth=smooth,
+            halo_control=halo_control,
+            device=dev,
+            value_range=vr,
+        )
         off = torch.zeros_like(c) if refine == "none" else peak_offset(b, c, a, refine)
     index = (lab_t.float() + off).cpu().numpy().astype(np.float32)
     return index, c.cpu().numpy().astype(np.float32)
@@ -303,9 +342,8 @@ def _check_labels(labels: Any, n: int, shape: tuple[int, int]) -> np.ndarray:
     lab = np.asarray(labels)
     if lab.shape != tuple(shape):
         raise FusionInputError(f"labels have shape {lab.shape}, the slices are {tuple(shape)}")
-    if not np.issubdtype(lab.dtype, np.integer):
-        if not np.all(np.equal(np.mod(lab, 1), 0)):
-            raise FusionInputError("labels must be whole numbers (0-based slice indices)")
+    if not np.issubdtype(lab.dtype, np.integer) and not np.all(np.equal(np.mod(lab, 1), 0)):
+        raise FusionInputError("labels must be whole numbers (0-based slice indices)")
     if lab.size and (lab.min() < 0 or lab.max() >= n):
         raise FusionInputError(
             f"labels must be 0-based slice indices in [0, {n - 1}]; got values in [{lab.min()}, {lab.max()}]"
@@ -314,4 +352,13 @@ def _check_labels(labels: Any, n: int, shape: tuple[int, int]) -> np.ndarray:
     return lab.astype(np.int64)
 
 
-__all__ = ["HeightMap", "REFINE", "decide", "height_map", "height_surface", "index_to_z", "peak_offset", "z_positions_for"]
+__all__ = [
+    "HeightMap",
+    "REFINE",
+    "decide",
+    "height_map",
+    "height_surface",
+    "index_to_z",
+    "peak_offset",
+    "z_positions_for",
+]

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,10 +22,10 @@ from .._engine import label_dtype
 from ..api import fuse  # the public entry point (memory guard, lazy path); api never imports focalstack
 from ..errors import FusionInputError
 from ..registry import MethodSpec, get_method
+from ._stack import check_slices, load, slices
 from .align import Alignment, align_stack, apply_alignment, estimate_alignment
 from .height import REFINE, height_map, z_positions_for
 from .recompose import recompose
-from ._stack import check_slices, load, slices
 
 
 @dataclass
@@ -65,9 +66,16 @@ class FocalStackResult:
             "alignment": None if self.alignment is None else self.alignment.as_dict(),
             "outputs": {
                 "fused": {"shape": list(self.fused.shape), "dtype": str(self.fused.dtype)},
-                "labels": None if self.labels is None else {"shape": list(self.labels.shape), "dtype": str(self.labels.dtype), "convention": "0-based slice index"},
-                "height": None if self.height is None else {
-                    "min": float(np.min(self.height)), "max": float(np.max(self.height)), "dtype": "float32"},
+                "labels": None
+                if self.labels is None
+                else {
+                    "shape": list(self.labels.shape),
+                    "dtype": str(self.labels.dtype),
+                    "convention": "0-based slice index",
+                },
+                "height": None
+                if self.height is None
+                else {"min": float(np.min(self.height)), "max": float(np.max(self.height)), "dtype": "float32"},
             },
             "seconds": round(self.seconds, 3),
             "versions": {
@@ -161,6 +169,25 @@ def fuse_focal_stack(
     slab:
         Fuse very deep stacks in sub-stacks of this many slices, then fuse the
         sub-stack results (see :mod:`~.slabs`).
+
+    Returns
+    -------
+    FocalStackResult
+        ``fused`` in the slices' dtype, ``labels`` (0-based slice per pixel),
+        ``height`` (float32, in the units of ``z_step``), alignment and
+        :meth:`~FocalStackResult.record` with every parameter used.
+
+    Examples
+    --------
+    >>> from napari_fusion.focalstack import fuse_focal_stack
+    >>> from napari_fusion.synthetic import render_focal_stack
+    >>> from skimage import data
+    >>> stack = render_focal_stack(data.camera()[:128, :128], n_slices=4, seed=0)
+    >>> res = fuse_focal_stack(stack.slices, z_step=0.5)
+    >>> res.fused.shape, res.height.dtype
+    ((128, 128), dtype('float32'))
+    >>> 0.0 <= float(res.height.min()) and float(res.height.max()) <= 1.5
+    True
     """
     t0 = time.perf_counter()
     spec = get_method(method)
@@ -185,12 +212,27 @@ def fuse_focal_stack(
     if height and labels is not None:
         hmap, index = _height(ref_items, labels, zpos, refine=refine, method=method, params=resolved)
     options = {
-        "align": align, "align_options": align_options or {}, "crop": crop, "refine": refine,
-        "reference_channel": ref_c, "slab": slab, "device": device, "n_slices": n, "channels": nchan,
+        "align": align,
+        "align_options": align_options or {},
+        "crop": crop,
+        "refine": refine,
+        "reference_channel": ref_c,
+        "slab": slab,
+        "device": device,
+        "n_slices": n,
+        "channels": nchan,
     }
     return FocalStackResult(
-        fused=fused, labels=None if labels is None else labels.astype(label_dtype(n)), height=hmap, index=index,
-        alignment=alignment, method=method, params=resolved, options=options, z_positions=zpos, blend=blend_used,
+        fused=fused,
+        labels=None if labels is None else labels.astype(label_dtype(n)),
+        height=hmap,
+        index=index,
+        alignment=alignment,
+        method=method,
+        params=resolved,
+        options=options,
+        z_positions=zpos,
+        blend=blend_used,
         seconds=time.perf_counter() - t0,
     )
 
@@ -257,9 +299,7 @@ def _fuse_on_reference(
         return recompose(items, labels, **blend), labels, blend
     if res.weights is not None:
         return _apply_weights(items, res.weights), None, {"blend": "weights"}
-    raise FusionInputError(
-        f"method {spec.name!r} gives neither labels nor weights to apply to the other channels"
-    )
+    raise FusionInputError(f"method {spec.name!r} gives neither labels nor weights to apply to the other channels")
 
 
 def _fuse_directly(

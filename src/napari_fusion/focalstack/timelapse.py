@@ -50,11 +50,15 @@ def fuse_timelapse(
         raise FusionInputError("crop is not available for time-lapse data (time points must keep one shape)")
     nd = data.ndim
     if nd not in (4, 5):
-        raise FusionInputError(f"time-lapse data must be (T, Z, Y, X) or (T, Z, Y, X, C); got shape {tuple(data.shape)}")
+        raise FusionInputError(
+            f"time-lapse data must be (T, Z, Y, X) or (T, Z, Y, X, C); got shape {tuple(data.shape)}"
+        )
     ta, sa = time_axis % nd, stack_axis % nd
     if ta == sa:
         raise FusionInputError("time_axis and stack_axis must differ")
-    order = [ta, sa] + [a for a in range(nd) if a not in (ta, sa) and a != (channel_axis % nd if channel_axis is not None else -1)]
+    order = [ta, sa] + [
+        a for a in range(nd) if a not in (ta, sa) and a != (channel_axis % nd if channel_axis is not None else -1)
+    ]
     if channel_axis is not None:
         order.append(channel_axis % nd)
     arr = data.transpose(order) if hasattr(data, "transpose") else np.transpose(data, order)

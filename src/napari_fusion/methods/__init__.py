@@ -4,9 +4,16 @@ One module per method; each registers itself with
 :func:`napari_fusion.registry.register_method`.
 """
 
-from . import average, liu2017_cnn, focus_measure, gff, laplacian_pyramid, mertens  # noqa: F401
-from . import li2018_vgg19  # noqa: F401
-from . import csc_mefn  # noqa: F401
-from . import tiis2018_fcn  # noqa: F401
-from . import veshki_cdl  # noqa: F401
-from . import csc_ivfn  # noqa: F401
+from . import (  # noqa: F401
+    average,
+    csc_ivfn,  # noqa: F401
+    csc_mefn,  # noqa: F401
+    focus_measure,
+    gff,
+    laplacian_pyramid,
+    li2018_vgg19,  # noqa: F401
+    liu2017_cnn,
+    mertens,
+    tiis2018_fcn,  # noqa: F401
+    veshki_cdl,  # noqa: F401
+)

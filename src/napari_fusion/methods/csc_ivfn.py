@@ -169,16 +169,19 @@ def load_network(weights: str | Path | None, device: torch.device) -> CSCIVFN:
         cfg = w.manifest.get("net_config") or {}
         try:
             net = CSCIVFN(
-                int(cfg.get("channels", 64)), int(cfg.get("depth", 8)),
-                blur=int(cfg.get("blur", 11)), signal=str(cfg.get("signal", "paper")),
+                int(cfg.get("channels", 64)),
+                int(cfg.get("depth", 8)),
+                blur=int(cfg.get("blur", 11)),
+                signal=str(cfg.get("signal", "paper")),
             )
             net.load_state_dict(w.state)
         except (RuntimeError, ValueError) as exc:
             raise WeightsUnavailableError(f"weights {w.path} do not fit CSC-IVFN: {exc}. {how}") from None
         return net.to(w.device).eval().requires_grad_(False)
 
-    return load_shipped(WEIGHTS_NAME, path=weights or None, device=device, build=build,
-                        expect={"model": "csc_ivfn"}, how_to_get=how)
+    return load_shipped(
+        WEIGHTS_NAME, path=weights or None, device=device, build=build, expect={"model": "csc_ivfn"}, how_to_get=how
+    )
 
 
 # --------------------------------------------------------------------------- method
@@ -201,14 +204,34 @@ def load_network(weights: str | Path | None, device: torch.device) -> CSCIVFN:
             choices=STRATEGIES,
         ),
         Param("gf_radius", 45, int, "Guided-filter radius of the saliency weights (paper: 45).", low=0, high=500),
-        Param("gf_eps", 0.01, float, "Guided-filter regularisation of the saliency weights (paper: 0.01).",
-              low=1e-6, high=10.0),
-        Param("code_scale", 1.0, float, "Factor on the fused codes before decoding: 1 = paper, 2 = released code.",
-              low=0.1, high=10.0, step=0.1),
-        Param("chroma_source", -1, int,
-              "Colour inputs: index of the visible source whose chroma is kept; -1 = the most colourful.",
-              low=-1, high=65535),
-        Param("weights", "", str, "Path to other trained weights (.pt with its .json manifest); empty: shipped weights."),
+        Param(
+            "gf_eps",
+            0.01,
+            float,
+            "Guided-filter regularisation of the saliency weights (paper: 0.01).",
+            low=1e-6,
+            high=10.0,
+        ),
+        Param(
+            "code_scale",
+            1.0,
+            float,
+            "Factor on the fused codes before decoding: 1 = paper, 2 = released code.",
+            low=0.1,
+            high=10.0,
+            step=0.1,
+        ),
+        Param(
+            "chroma_source",
+            -1,
+            int,
+            "Colour inputs: index of the visible source whose chroma is kept; -1 = the most colourful.",
+            low=-1,
+            high=65535,
+        ),
+        Param(
+            "weights", "", str, "Path to other trained weights (.pt with its .json manifest); empty: shipped weights."
+        ),
     ),
     citation=CITATION,
     description=(

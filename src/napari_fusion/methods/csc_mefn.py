@@ -66,11 +66,14 @@ def load_csc_mefn(weights: str | Path | None, device: torch.device) -> CSCMEFN:
             net = CSCMEFN(int(w.manifest.get("channels", 24)), int(w.manifest.get("n_dcu", 2)))
             net.load_state_dict(w.state)
         except (RuntimeError, ValueError, TypeError) as exc:
-            raise WeightsUnavailableError(f"weights {w.path} do not fit the CSC-MEFN network: {exc}. {_how()}") from None
+            raise WeightsUnavailableError(
+                f"weights {w.path} do not fit the CSC-MEFN network: {exc}. {_how()}"
+            ) from None
         return net.eval().requires_grad_(False).to(w.device)
 
-    return load_shipped(WEIGHTS_NAME, path=weights or None, device=device, build=build,
-                        expect={"method": "csc_mefn"}, how_to_get=_how())
+    return load_shipped(
+        WEIGHTS_NAME, path=weights or None, device=device, build=build, expect={"method": "csc_mefn"}, how_to_get=_how()
+    )
 
 
 def _halo(params: dict) -> int | None:
@@ -109,8 +112,12 @@ def luma_logits(net: CSCMEFN, luma: torch.Tensor, *, rows: int = STRIP_ROWS) -> 
 
 
 _PARAMS = (
-    Param("stretch", True, bool,
-          "Stretch the result between the low/high percentiles (released code; global, so no tiling)."),
+    Param(
+        "stretch",
+        True,
+        bool,
+        "Stretch the result between the low/high percentiles (released code; global, so no tiling).",
+    ),
     Param("low_percentile", 0.5, float, "Percentile mapped to black by the stretch.", low=0.0, high=50.0, step=0.1),
     Param("high_percentile", 99.5, float, "Percentile mapped to white by the stretch.", low=50.0, high=100.0, step=0.1),
     Param("weights", "", str, "Path to other trained weights (.pt with its .json manifest); empty: shipped weights."),
@@ -149,9 +156,7 @@ def fuse_csc_mefn(
     if h < 2 or w < 2:
         raise FusionInputError(f"csc_mefn needs images of at least 2x2 pixels, got {h}x{w}")
     if stretch and low_percentile >= high_percentile:
-        raise FusionInputError(
-            f"low_percentile ({low_percentile}) must be below high_percentile ({high_percentile})"
-        )
+        raise FusionInputError(f"low_percentile ({low_percentile}) must be below high_percentile ({high_percentile})")
     net = load_csc_mefn(weights, ctx.device)
     x = stack.float().clamp(0.0, 1.0)
     ycc = rgb_to_ycbcr(x, channel_dim=1) if c == 3 else x  # (N, C, H, W)

@@ -82,10 +82,36 @@ def _halo(p) -> int:
     params=(
         Param("measure", "sml", str, "Focus measure computed on luminance.", choices=MEASURES),
         Param("window", 4, int, "Radius (pixels) of the window the measure is summed over.", low=0, high=64),
-        Param("smooth", 2.0, float, "Gaussian sigma (pixels) smoothing each focus map before the decision.", low=0.0, high=50.0),
-        Param("consistency", 3, int, "Radius of the majority filter that cleans the decision map (0: off).", low=0, high=50),
-        Param("blend", 0.0, float, "Gaussian sigma of a soft transition between chosen slices (0: hard choice).", low=0.0, high=20.0),
-        Param("halo_control", False, bool, "Decide on log-intensity: fewer halos around bright objects on a dark background.", ),
+        Param(
+            "smooth",
+            2.0,
+            float,
+            "Gaussian sigma (pixels) smoothing each focus map before the decision.",
+            low=0.0,
+            high=50.0,
+        ),
+        Param(
+            "consistency",
+            3,
+            int,
+            "Radius of the majority filter that cleans the decision map (0: off).",
+            low=0,
+            high=50,
+        ),
+        Param(
+            "blend",
+            0.0,
+            float,
+            "Gaussian sigma of a soft transition between chosen slices (0: hard choice).",
+            low=0.0,
+            high=20.0,
+        ),
+        Param(
+            "halo_control",
+            False,
+            bool,
+            "Decide on log-intensity: fewer halos around bright objects on a dark background.",
+        ),
     ),
     citation=(
         "Nayar & Nakagawa, 'Shape from focus', IEEE TPAMI 16(8), 1994; "

@@ -36,7 +36,14 @@ def gff_saliency(grey: torch.Tensor, *, sigma: float, radius: int) -> torch.Tens
     mode="nway",
     outputs=("fused", "labels", "weights", "depth"),
     params=(
-        Param("base_radius", 15, int, "Radius of the mean filter giving the base layer (paper: 31x31 -> 15).", low=1, high=100),
+        Param(
+            "base_radius",
+            15,
+            int,
+            "Radius of the mean filter giving the base layer (paper: 31x31 -> 15).",
+            low=1,
+            high=100,
+        ),
         Param("saliency_sigma", 5.0, float, "Sigma of the Gaussian smoothing of |Laplacian|.", low=0.1, high=50.0),
         Param("saliency_radius", 5, int, "Radius of that Gaussian (paper: 11x11 -> 5).", low=1, high=100),
         Param("r1", 45, int, "Guided-filter radius for the base weights.", low=1, high=200),

@@ -40,9 +40,7 @@ from ..registry import FusionContext, MethodOutput, Param, register_method
     description="Multi-scale choose-max fusion of Laplacian band-pass coefficients.",
     halo=lambda p: 4 * 2 ** p["levels"] if p["levels"] > 0 else None,
 )
-def fuse_laplacian_pyramid(
-    stack: torch.Tensor, *, ctx: FusionContext, levels: int, window: int
-) -> MethodOutput:
+def fuse_laplacian_pyramid(stack: torch.Tensor, *, ctx: FusionContext, levels: int, window: int) -> MethodOutput:
     n, c, h, w = stack.shape
     nlev = levels or pyramid_levels(h, w)
     grey = luminance_stack(stack)

@@ -49,8 +49,8 @@ github.com/hli1221/imagefusion_deeplearning.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -259,7 +259,9 @@ def layer_activities(
             "value (paper); 'absmax' = largest magnitude.",
             choices=("max", "absmax"),
         ),
-        Param("lam", 5.0, float, "Tikhonov smoothing strength of the base/detail split (paper: 5).", low=0.0, high=1000.0),
+        Param(
+            "lam", 5.0, float, "Tikhonov smoothing strength of the base/detail split (paper: 5).", low=0.0, high=1000.0
+        ),
         Param("pad", 16, int, "Symmetric padding (pixels) before the FFT solve (paper code: 16).", low=0, high=512),
         Param(
             "chroma_source",
@@ -315,9 +317,7 @@ def fuse_li2018_vgg19(
     base, detail = tikhonov_split(lum, lam=lam, pad=pad)
     layer_ids = LAYER_SETS[layers]
     acts = layer_activities(net, detail, layer_ids, ctx=ctx)
-    fused_detail, w_detail, layer = fuse_details(
-        detail, acts, [layer_stride(i) for i in layer_ids], rule=selection
-    )
+    fused_detail, w_detail, layer = fuse_details(detail, acts, [layer_stride(i) for i in layer_ids], rule=selection)
     fused_lum = base.mean(0) + fused_detail
     if c == 3:
         v = visible_source(stack) if chroma_source < 0 else chroma_source

@@ -77,8 +77,14 @@ def load_liu_net(variant: str, weights: str | Path | None, device: torch.device)
         filters, db = difference_filters(net)
         return net, filters, db
 
-    return load_shipped(weights_name(variant), path=weights or None, device=device, build=build,
-                        expect={"variant": variant}, how_to_get=how)
+    return load_shipped(
+        weights_name(variant),
+        path=weights or None,
+        device=device,
+        build=build,
+        expect={"variant": variant},
+        how_to_get=how,
+    )
 
 
 def _check_size(stack: torch.Tensor) -> None:
@@ -94,7 +100,15 @@ def _min_area(fraction: float, h: int, w: int) -> int:
 _PARAMS = (
     Param("variant", "slight", str, "Network: 'slight' (paper's fast model, no fc1) or 'original'.", choices=VARIANTS),
     Param("threshold", 0.5, float, "Focus-map threshold for the initial decision.", low=0.0, high=1.0, step=0.05),
-    Param("area_fraction", 0.01, float, "Regions smaller than this fraction of the image are removed (0: off).", low=0.0, high=0.5, step=0.005),
+    Param(
+        "area_fraction",
+        0.01,
+        float,
+        "Regions smaller than this fraction of the image are removed (0: off).",
+        low=0.0,
+        high=0.5,
+        step=0.005,
+    ),
     Param("gf_radius", 8, int, "Guided-filter radius for the final weight map (0: hard decision).", low=0, high=100),
     Param("gf_eps", 0.1, float, "Guided-filter regularisation.", low=1e-6, high=10.0),
     Param("weights", "", str, "Path to other trained weights (.pt with its .json manifest); empty: shipped weights."),

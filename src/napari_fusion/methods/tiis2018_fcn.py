@@ -65,7 +65,9 @@ def _weights_path(weights: str | Path | None) -> Path:
 def _build(w: LoadedWeights) -> TwoStreamFusionNet:
     cfg = w.manifest.get("net")
     if not isinstance(cfg, dict):
-        raise WeightsUnavailableError(f"manifest of {w.path} has no 'net' entry describing the architecture. {HOW_TO_GET}")
+        raise WeightsUnavailableError(
+            f"manifest of {w.path} has no 'net' entry describing the architecture. {HOW_TO_GET}"
+        )
     try:
         net = TwoStreamFusionNet(
             channels=int(cfg.get("channels", 1)),
@@ -77,16 +79,26 @@ def _build(w: LoadedWeights) -> TwoStreamFusionNet:
         )
         net.load_state_dict(w.state)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise WeightsUnavailableError(f"weights {w.path} do not fit their declared architecture {cfg}: {exc}. {HOW_TO_GET}") from None
+        raise WeightsUnavailableError(
+            f"weights {w.path} do not fit their declared architecture {cfg}: {exc}. {HOW_TO_GET}"
+        ) from None
     if net.channels != 1:
-        raise WeightsUnavailableError(f"weights {w.path} are for {net.channels}-channel input; this method uses grey networks. {HOW_TO_GET}")
+        raise WeightsUnavailableError(
+            f"weights {w.path} are for {net.channels}-channel input; this method uses grey networks. {HOW_TO_GET}"
+        )
     return net.eval().requires_grad_(False).to(w.device)
 
 
 def load_two_stream_net(weights: str | Path | None, device: torch.device) -> TwoStreamFusionNet:
     """The trained network on ``device`` (sha256-verified, cached by path, mtime, size and device)."""
-    return load_shipped(WEIGHTS_NAME, path=weights or None, device=device, build=_build,
-                        expect={"architecture": "TwoStreamFusionNet"}, how_to_get=HOW_TO_GET)
+    return load_shipped(
+        WEIGHTS_NAME,
+        path=weights or None,
+        device=device,
+        build=_build,
+        expect={"architecture": "TwoStreamFusionNet"},
+        how_to_get=HOW_TO_GET,
+    )
 
 
 def _halo(params: dict) -> int:
@@ -101,7 +113,9 @@ def _halo(params: dict) -> int:
 
 
 @torch.no_grad()
-def run_net_tiled(net: TwoStreamFusionNet, a: torch.Tensor, b: torch.Tensor, *, tile: int = 512, ctx=None) -> torch.Tensor:
+def run_net_tiled(
+    net: TwoStreamFusionNet, a: torch.Tensor, b: torch.Tensor, *, tile: int = 512, ctx=None
+) -> torch.Tensor:
     """Fuse grey planes ``(P, H, W)`` pairwise with the network, in tiles; returns ``(P, H, W)`` in [0, 1].
 
     Each tile is cut with ``net.halo`` pixels of real context on every inner
@@ -148,11 +162,39 @@ def decision_from_output(fused_grey: torch.Tensor, grey_a: torch.Tensor, grey_b:
     learned=True,
     outputs=("fused", "labels", "weights", "depth"),
     params=(
-        Param("colour", "luma", str, "Colour inputs: network on luma, chroma by the decision weights ('luma'), or on each RGB channel ('channels').", choices=("luma", "channels")),
-        Param("output", "network", str, "'network': the regressed image (the paper); 'decision': each pixel copied from the source the network's output is locally closer to.", choices=("network", "decision")),
-        Param("smooth_radius", 4, int, "Window radius for the decision map (which source the output is closer to).", low=0, high=50),
-        Param("tile", 512, int, "Tile size for the network (memory bound; results do not depend on it).", low=32, high=8192),
-        Param("weights", "", str, "Path to other trained weights (.pt with its .json manifest); empty: shipped weights."),
+        Param(
+            "colour",
+            "luma",
+            str,
+            "Colour inputs: network on luma, chroma by the decision weights ('luma'), or on each RGB channel ('channels').",
+            choices=("luma", "channels"),
+        ),
+        Param(
+            "output",
+            "network",
+            str,
+            "'network': the regressed image (the paper); 'decision': each pixel copied from the source the network's output is locally closer to.",
+            choices=("network", "decision"),
+        ),
+        Param(
+            "smooth_radius",
+            4,
+            int,
+            "Window radius for the decision map (which source the output is closer to).",
+            low=0,
+            high=50,
+        ),
+        Param(
+            "tile",
+            512,
+            int,
+            "Tile size for the network (memory bound; results do not depend on it).",
+            low=32,
+            high=8192,
+        ),
+        Param(
+            "weights", "", str, "Path to other trained weights (.pt with its .json manifest); empty: shipped weights."
+        ),
     ),
     citation=CITATION,
     description="A conv-fusion-deconv network maps two differently focused images straight to the fused image.",

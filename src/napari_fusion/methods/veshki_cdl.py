@@ -81,8 +81,9 @@ def load_dictionaries(patch: int, path: str | Path | None, device: torch.device)
             )
         return df.to(w.device), db.to(w.device)
 
-    return load_shipped(weights_name(patch), path=path or None, device=device, build=build,
-                        expect={"patch": patch}, how_to_get=how)
+    return load_shipped(
+        weights_name(patch), path=path or None, device=device, build=build, expect={"patch": patch}, how_to_get=how
+    )
 
 
 def coupled_dictionary(df: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
@@ -228,10 +229,25 @@ def _halo(params) -> int:
         Param("patch", 8, int, "Patch size: 8 (released code's default) or 16 (paper).", low=8, high=16, step=8),
         Param("stride", 2, int, "Patch grid step in pixels (released code: 2).", low=1, high=16),
         Param("max_atoms", 3, int, "OMP atoms per coupled patch (released code: 3).", low=1, high=32),
-        Param("eps", 1e-4, float, "OMP stops when the squared residual is <= eps * patch^2 (released: 1e-4).", low=0.0, high=1.0),
-        Param("boundary", "released", str, "Mixed pixels: 'paper' (per-pixel errors) or 'released' (box vote).", choices=BOUNDARY_MODES),
+        Param(
+            "eps",
+            1e-4,
+            float,
+            "OMP stops when the squared residual is <= eps * patch^2 (released: 1e-4).",
+            low=0.0,
+            high=1.0,
+        ),
+        Param(
+            "boundary",
+            "released",
+            str,
+            "Mixed pixels: 'paper' (per-pixel errors) or 'released' (box vote).",
+            choices=BOUNDARY_MODES,
+        ),
         Param("vote_size", 10, int, "Box-vote window for boundary='released' (0/1: off).", low=0, high=101),
-        Param("dictionary", "", str, "Path to other trained dictionaries (.pt with its .json manifest); empty: shipped."),
+        Param(
+            "dictionary", "", str, "Path to other trained dictionaries (.pt with its .json manifest); empty: shipped."
+        ),
     ),
     citation=CITATION,
     description=(
@@ -264,9 +280,16 @@ def fuse_veshki_cdl(
     df, db = load_dictionaries(patch, dictionary or None, ctx.device)
     grey = stack.float().mean(1)  # (2, H, W): the released code's grey image
     dec, m = cdl_decision(
-        grey[0], grey[1], df, db,
-        stride=stride, max_atoms=max_atoms, eps=eps * patch * patch, boundary=boundary,
-        vote_size=vote_size, report=lambda done, total: ctx.report(done, total + 1, "sparse coding"),
+        grey[0],
+        grey[1],
+        df,
+        db,
+        stride=stride,
+        max_atoms=max_atoms,
+        eps=eps * patch * patch,
+        boundary=boundary,
+        vote_size=vote_size,
+        report=lambda done, total: ctx.report(done, total + 1, "sparse coding"),
     )
     fused = dec * stack[0] + (1 - dec) * stack[1]
     ctx.report(1, 1, "fused")

@@ -15,8 +15,9 @@ are the corrected/standard forms and are the defaults.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from .._registry_base import Registry
 from ..errors import FusionInputError
@@ -75,7 +76,9 @@ class MetricSpec:
             if not sources:
                 raise FusionInputError(f"metric {self.name!r} needs the source images")
             if self.n_sources is not None and len(sources) != self.n_sources:
-                raise FusionInputError(f"metric {self.name!r} needs exactly {self.n_sources} sources, got {len(sources)}")
+                raise FusionInputError(
+                    f"metric {self.name!r} needs exactly {self.n_sources} sources, got {len(sources)}"
+                )
         return self.func(fused, list(sources or ()), **opts)
 
 
@@ -118,7 +121,11 @@ _reg("ssim_gt", reference.ssim, "gt", True, "SSIM (Wang 2004) against ground tru
 
 _VIFB_DIRECTION = {"Cross_entropy": False, "Qcv": False, "Rmse": False, "Psnr": None}
 for _name, _fn in VIFB_METRICS.items():
-    _needs = "fused" if _name in ("Avg_gradient", "Edge_intensity", "Entropy", "Spatial_frequency", "Variance") else "sources"
+    _needs = (
+        "fused"
+        if _name in ("Avg_gradient", "Edge_intensity", "Entropy", "Spatial_frequency", "Variance")
+        else "sources"
+    )
     _reg(f"vifb_{_name.lower()}", _fn, _needs, _VIFB_DIRECTION.get(_name, True), f"VIFB metrics{_name}.m (faithful)")
 
 #: Metrics computed by default (``napari-fusion evaluate`` without ``--metrics``).

@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,9 +99,7 @@ def prepare_inputs(
                 f"source {i} has size {tuple(t.shape[-2:])} but the fused image has {tuple(f.shape[-2:])}"
             )
         if t.shape[0] not in (1, f.shape[0]) and f.shape[0] != 1:
-            raise FusionInputError(
-                f"source {i} has {t.shape[0]} channels but the fused image has {f.shape[0]}"
-            )
+            raise FusionInputError(f"source {i} has {t.shape[0]} channels but the fused image has {f.shape[0]}")
         out.append(t)
     return f, out
 

@@ -13,7 +13,8 @@ of Z. Liu's and Y. Liu's MATLAB toolboxes, which take grey images);
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +78,8 @@ def qabf(fused: Any, sources: Sequence[Any], *, variant: str = "corrected", colo
     if variant not in ("corrected", "vifb"):
         raise FusionInputError(f"variant must be 'corrected' or 'vifb', not {variant!r}")
     return _mean(
-        qabf_plane(s, f, vifb_quirk=variant == "vifb") for s, f in _planes(fused, sources, colour, min_sources=1, device=device)
+        qabf_plane(s, f, vifb_quirk=variant == "vifb")
+        for s, f in _planes(fused, sources, colour, min_sources=1, device=device)
     )
 
 
@@ -110,7 +112,11 @@ def _nabf_plane(sources, f):
         gv, gh = _kumar_sobel(s)
         g = torch.sqrt(gv**2 + gh**2)
         hi = torch.maximum(g, gF)
-        rel = torch.where((g == 0) | (gF == 0), torch.zeros_like(g), torch.minimum(g, gF) / torch.where(hi == 0, torch.ones_like(hi), hi))
+        rel = torch.where(
+            (g == 0) | (gF == 0),
+            torch.zeros_like(g),
+            torch.minimum(g, gF) / torch.where(hi == 0, torch.ones_like(hi), hi),
+        )
         a = ((angle(gv, gh) - aF).abs() - math.pi / 2).abs() * 2 / math.pi
         qg = p["Nrg"] / (1 + torch.exp(-p["kg"] * (rel - p["sg"])))
         qa = p["Nra"] / (1 + torch.exp(-p["ka"] * (a - p["sa"])))
@@ -303,10 +309,14 @@ def _fmi_pairs(a: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     dbound = bp[:, 1:, 1:] - bp[:, :-1, 1:] - bp[:, 1:, :-1] + bp[:, :-1, :-1]
     jpdf = wgt.view(-1, 1, 1) * dbound + (1 - wgt.view(-1, 1, 1)) * pf.unsqueeze(2) * pa.unsqueeze(1)
     absj = jpdf.abs()
-    hj = torch.where(jpdf != 0, -jpdf * torch.log2(torch.where(absj == 0, torch.ones_like(absj), absj)), torch.zeros_like(jpdf)).sum((1, 2))
+    hj = torch.where(
+        jpdf != 0, -jpdf * torch.log2(torch.where(absj == 0, torch.ones_like(absj), absj)), torch.zeros_like(jpdf)
+    ).sum((1, 2))
 
     def ent(p):
-        return torch.where(p > 0, -p * torch.log2(torch.where(p > 0, p, torch.ones_like(p))), torch.zeros_like(p)).sum(1)
+        return torch.where(p > 0, -p * torch.log2(torch.where(p > 0, p, torch.ones_like(p))), torch.zeros_like(p)).sum(
+            1
+        )
 
     ha, hf = ent(pa), ent(pf)
     mi = ha + hf - hj
@@ -497,7 +507,9 @@ def viff(fused: Any, sources: Sequence[Any], *, colour: str = "grey", device=Non
     return _mean(vals)
 
 
-def ssim_fusion(fused: Any, sources: Sequence[Any], *, reduce: str = "mean", colour: str = "channels", device=None) -> float:
+def ssim_fusion(
+    fused: Any, sources: Sequence[Any], *, reduce: str = "mean", colour: str = "channels", device=None
+) -> float:
     """Fusion SSIM: SSIM(S, F) (Wang et al. 2004; Gaussian 11, sigma 1.5, 'valid') combined over sources.
 
     ``reduce="mean"`` (default, 0..1) or ``"sum"`` (VIFB ``metricsSsim``, 0..2
@@ -582,7 +594,9 @@ def _mef_ssim_scale(seq: torch.Tensor, f: torch.Tensor, g2: torch.Tensor, w: int
             norm2 = norm2 + cc * nw * (box_pairs[i, j] - mu[i] * mu[j])
             e11 = e11 + cc * (gxx[i, j] - mu[i] * gx[j] - mu[j] * gx[i] + mu[i] * mu[j])
     nrm = torch.sqrt(norm2.clamp_min(0))
-    scale = torch.where(nrm > 0, ed.max(0).values / torch.where(nrm > 0, nrm, torch.ones_like(nrm)), torch.ones_like(nrm))
+    scale = torch.where(
+        nrm > 0, ed.max(0).values / torch.where(nrm > 0, nrm, torch.ones_like(nrm)), torch.ones_like(nrm)
+    )
     mu1 = mu1 * scale
     s1 = e11 * scale * scale - mu1 * mu1
     s2 = gff - gf * gf

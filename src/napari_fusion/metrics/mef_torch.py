@@ -42,8 +42,15 @@ def mef_ssim_loss_terms(
     luminance: bool = True,
 ) -> torch.Tensor:
     """Quality map ``(B, H, W)`` of grey ``fused (B, H, W)`` against ``sources (B, K, H, W)``."""
-    if fused.ndim != 3 or sources.ndim != 4 or sources.shape[0] != fused.shape[0] or sources.shape[-2:] != fused.shape[-2:]:
-        raise ValueError(f"expected fused (B, H, W) and sources (B, K, H, W); got {tuple(fused.shape)}, {tuple(sources.shape)}")
+    if (
+        fused.ndim != 3
+        or sources.ndim != 4
+        or sources.shape[0] != fused.shape[0]
+        or sources.shape[-2:] != fused.shape[-2:]
+    ):
+        raise ValueError(
+            f"expected fused (B, H, W) and sources (B, K, H, W); got {tuple(fused.shape)}, {tuple(sources.shape)}"
+        )
     sigma = window / 6.0 if sigma is None else sigma
     g = gaussian_kernel1d(sigma, window // 2, device=fused.device, dtype=fused.dtype)
 

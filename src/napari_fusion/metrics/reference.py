@@ -17,7 +17,9 @@ def _pair(fused: Any, gt: Any, device=None):
     f = as_tensor255(fused, name="fused", device=device)
     g = as_tensor255(gt, name="ground truth", device=f.device)
     if f.shape[-2:] != g.shape[-2:]:
-        raise FusionInputError(f"ground truth has size {tuple(g.shape[-2:])} but the fused image has {tuple(f.shape[-2:])}")
+        raise FusionInputError(
+            f"ground truth has size {tuple(g.shape[-2:])} but the fused image has {tuple(f.shape[-2:])}"
+        )
     if f.shape[0] != g.shape[0]:
         raise FusionInputError(f"ground truth has {g.shape[0]} channels but the fused image has {f.shape[0]}")
     return f, g

@@ -37,7 +37,9 @@ def _pair(fused, gt, band_axis):
     f = _bands(fused, band_axis, "fused")
     g = _bands(gt, band_axis, "ground truth")
     if f.shape != g.shape:
-        raise FusionInputError(f"fused image {tuple(f.shape)} and ground truth {tuple(g.shape)} differ in shape (bands first)")
+        raise FusionInputError(
+            f"fused image {tuple(f.shape)} and ground truth {tuple(g.shape)} differ in shape (bands first)"
+        )
     return f, g
 
 

@@ -22,7 +22,8 @@ symmetric in the two sources) and returns a Python float.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -172,7 +173,9 @@ def _blocks(x: torch.Tensor, size: int) -> torch.Tensor:
     return x.reshape(nby, size, nbx, size).permute(0, 2, 1, 3).reshape(nby, nbx, size * size)
 
 
-def qcv_plane(sources: Sequence[torch.Tensor], f: torch.Tensor, *, window: int = 16, alpha: float = 5.0) -> torch.Tensor:
+def qcv_plane(
+    sources: Sequence[torch.Tensor], f: torch.Tensor, *, window: int = 16, alpha: float = 5.0
+) -> torch.Tensor:
     """Chen-Varshney Q_CV of one plane, as Z. Liu's ``metricChen`` (used by VIFB ``metricsQcv``); lower is better."""
     h, w = f.shape
     r = freqspace_radius(h, w, w / 8.0, h / 8.0, device=f.device)
@@ -262,7 +265,9 @@ def vifb_psnr(fused: Any, sources: Sequence[Any], *, device=None) -> float:
 
 def vifb_qabf(fused: Any, sources: Sequence[Any], *, device=None) -> float:
     """Q^{AB/F}, VIFB ``metricsQabf`` with its g_A == g_F quirk (see :func:`qabf_plane`)."""
-    return _mean_over_channels(fused, sources, lambda s, f: qabf_plane(s, f, vifb_quirk=True), round_grey=False, device=device)
+    return _mean_over_channels(
+        fused, sources, lambda s, f: qabf_plane(s, f, vifb_quirk=True), round_grey=False, device=device
+    )
 
 
 def vifb_qcb(fused: Any, sources: Sequence[Any], *, device=None) -> float:

@@ -87,8 +87,12 @@ class CSCMMFN(nn.Module):
     ):
         super().__init__()
         self.config = dict(
-            bands=int(bands), guide_channels=int(guide_channels), features=int(features),
-            n_dcu=int(n_dcu), radius=int(radius), eps=float(eps),
+            bands=int(bands),
+            guide_channels=int(guide_channels),
+            features=int(features),
+            n_dcu=int(n_dcu),
+            radius=int(radius),
+            eps=float(eps),
         )
         self.lr_branch = _Branch(bands, features, n_dcu)
         self.guide_branch = _Branch(guide_channels, features, n_dcu)
@@ -117,8 +121,12 @@ def build_from_config(config: dict[str, Any]) -> CSCMMFN:
     """A :class:`CSCMMFN` from the ``config`` dict stored in a weights manifest."""
     c = dict(config)
     return CSCMMFN(
-        c.pop("bands"), c.pop("guide_channels"), features=c["features"], n_dcu=c["n_dcu"],
-        radius=c["radius"], eps=c["eps"],
+        c.pop("bands"),
+        c.pop("guide_channels"),
+        features=c["features"],
+        n_dcu=c["n_dcu"],
+        radius=c["radius"],
+        eps=c["eps"],
     )
 
 

@@ -26,8 +26,8 @@ score ``(i, j)`` belongs to the 16x16 input patch with top-left corner
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 VARIANTS = ("slight", "original")
 

@@ -89,18 +89,13 @@ class TwoStreamFusionNet(nn.Module):
         self.shared_streams = bool(shared_streams)
 
         def stream() -> nn.ModuleList:
-            return nn.ModuleList(
-                nn.Conv2d(self.channels if i == 0 else width, width, kernel) for i in range(n_conv)
-            )
+            return nn.ModuleList(nn.Conv2d(self.channels if i == 0 else width, width, kernel) for i in range(n_conv))
 
         self.stream_a = stream()
         self.stream_b = self.stream_a if shared_streams else stream()
-        self.fusion = nn.ModuleList(
-            nn.Conv2d(2 * width if i == 0 else width, width, 1) for i in range(n_fuse)
-        )
+        self.fusion = nn.ModuleList(nn.Conv2d(2 * width if i == 0 else width, width, 1) for i in range(n_fuse))
         self.decoder = nn.ModuleList(
-            nn.ConvTranspose2d(width, self.channels if i == n_deconv - 1 else width, kernel)
-            for i in range(n_deconv)
+            nn.ConvTranspose2d(width, self.channels if i == n_deconv - 1 else width, kernel) for i in range(n_deconv)
         )
         self.reset_parameters(init)
 
@@ -123,7 +118,9 @@ class TwoStreamFusionNet(nn.Module):
     def reset_parameters(self, init: str = "average") -> None:
         layers = [*self.stream_a, *([] if self.shared_streams else self.stream_b), *self.fusion, *self.decoder]
         for m in layers:
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu", mode="fan_in" if isinstance(m, nn.Conv2d) else "fan_out")
+            nn.init.kaiming_normal_(
+                m.weight, nonlinearity="relu", mode="fan_in" if isinstance(m, nn.Conv2d) else "fan_out"
+            )
             nn.init.zeros_(m.bias)
         if init != "average":
             return
@@ -133,7 +130,7 @@ class TwoStreamFusionNet(nn.Module):
         if c > self.width:
             raise ValueError("init='average' needs width >= channels")
         for stream in {id(s): s for s in (self.stream_a, self.stream_b)}.values():
-            for i, conv in enumerate(stream):
+            for conv in stream:
                 for ch in range(c):
                     conv.weight[ch].zero_()
                     conv.weight[ch, ch, mid, mid] = 1.0

@@ -60,9 +60,7 @@ def pad_symmetric(x: torch.Tensor, pad: int | tuple[int, int, int, int]) -> torc
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
-def tikhonov_denominator(
-    height: int, width: int, lam: float, *, device=None, dtype=torch.float64
-) -> torch.Tensor:
+def tikhonov_denominator(height: int, width: int, lam: float, *, device=None, dtype=torch.float64) -> torch.Tensor:
     """``1 + lam |G_x|^2 + lam |G_y|^2`` on the ``rfft2`` grid of a ``height x width`` plane.
 
     For the difference filter ``[-1, 1]``, ``|G(w)|^2 = 2 - 2 cos(w)``.
@@ -98,9 +96,7 @@ def tikhonov_base(x: torch.Tensor, *, lam: float = 5.0, pad: int = 16) -> torch.
     return base[..., pad : pad + h, pad : pad + w].to(x.dtype)
 
 
-def tikhonov_split(
-    x: torch.Tensor, *, lam: float = 5.0, pad: int = 16
-) -> tuple[torch.Tensor, torch.Tensor]:
+def tikhonov_split(x: torch.Tensor, *, lam: float = 5.0, pad: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """``(base, detail)`` with ``base = tikhonov_base(x)`` and ``detail = x - base``."""
     base = tikhonov_base(x, lam=lam, pad=pad)
     return base, x - base

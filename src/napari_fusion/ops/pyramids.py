@@ -63,6 +63,4 @@ def reconstruct_laplacian_pyramid(pyr: list[torch.Tensor]) -> torch.Tensor:
 
 def downsample_like(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Area-average resize, used for weight maps."""
-    return F.interpolate(x.reshape(-1, 1, *x.shape[-2:]), size=size, mode="area").reshape(
-        *x.shape[:-2], *size
-    )
+    return F.interpolate(x.reshape(-1, 1, *x.shape[-2:]), size=size, mode="area").reshape(*x.shape[:-2], *size)

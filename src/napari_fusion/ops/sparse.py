@@ -198,9 +198,7 @@ def batch_omp(
     if signals.ndim != 2 or dictionary.ndim != 2:
         raise ValueError("signals must be (B, n) and dictionary (n, K)")
     if signals.shape[1] != dictionary.shape[0]:
-        raise ValueError(
-            f"signal length {signals.shape[1]} does not match the dictionary's {dictionary.shape[0]} rows"
-        )
+        raise ValueError(f"signal length {signals.shape[1]} does not match the dictionary's {dictionary.shape[0]} rows")
     if max_atoms < 1:
         raise ValueError("max_atoms must be >= 1")
     n, k = dictionary.shape

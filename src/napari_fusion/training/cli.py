@@ -15,11 +15,20 @@ import importlib
 
 _MODELS = {
     "liu2017_cnn": ("napari_fusion.training.liu2017_cnn", "focus CNN of Liu et al. 2017 (method liu2017_cnn)"),
-    "csc_mmfn": ("napari_fusion.training.csc_mmfn", "CSC-MMFN guided upsampling (CAVE or pansharpening, Wald protocol)"),
+    "csc_mmfn": (
+        "napari_fusion.training.csc_mmfn",
+        "CSC-MMFN guided upsampling (CAVE or pansharpening, Wald protocol)",
+    ),
     "csc_mefn": ("napari_fusion.training.csc_mefn", "CSC-MEFN multi-exposure weight network (method csc_mefn)"),
-    "tiis2018_fcn": ("napari_fusion.training.tiis2018_fcn", "two-stream conv-fusion-deconv network, KSII TIIS 2018 (method tiis2018_fcn)"),
+    "tiis2018_fcn": (
+        "napari_fusion.training.tiis2018_fcn",
+        "two-stream conv-fusion-deconv network, KSII TIIS 2018 (method tiis2018_fcn)",
+    ),
     "veshki_cdl": ("napari_fusion.training.veshki_cdl", "coupled dictionaries of Veshki et al. (method veshki_cdl)"),
-    "csc_ivfn": ("napari_fusion.training.csc_ivfn", "CSC-IVFN sparse-coding autoencoder of Zhao et al. 2023 (method csc_ivfn)"),
+    "csc_ivfn": (
+        "napari_fusion.training.csc_ivfn",
+        "CSC-IVFN sparse-coding autoencoder of Zhao et al. 2023 (method csc_ivfn)",
+    ),
 }
 
 #: older ``napari-fusion train`` names (used in model cards) -> the names above

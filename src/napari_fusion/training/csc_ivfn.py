@@ -85,31 +85,70 @@ def get_config(name: str, *, signal: str = "paper") -> IVFNTrainConfig:
     """``cpu`` (22 min, 1 thread), ``gpu`` (paper scale) or ``smoke`` (tests)."""
     if name == "cpu":
         return IVFNTrainConfig(
-            "cpu", 32, 8, signal,
+            "cpu",
+            32,
+            8,
+            signal,
             data=IVFNDataConfig(crop=48, n_train=24_000, n_val=256),
             train=TrainConfig(
-                seed=2023, batch_size=8, epochs=1, optimizer="adam", lr=1e-2, weight_decay=0.0,
-                schedule="step", lr_drop_at=(0.5,), lr_drop_factor=0.1, max_minutes=22,
-                checkpoint_every=100, val_every=200, val_batch_size=32, threads=1,
+                seed=2023,
+                batch_size=8,
+                epochs=1,
+                optimizer="adam",
+                lr=1e-2,
+                weight_decay=0.0,
+                schedule="step",
+                lr_drop_at=(0.5,),
+                lr_drop_factor=0.1,
+                max_minutes=22,
+                checkpoint_every=100,
+                val_every=200,
+                val_batch_size=32,
+                threads=1,
             ),
         )
     if name == "gpu":
         return IVFNTrainConfig(
-            "gpu", 64, 8, signal,
+            "gpu",
+            64,
+            8,
+            signal,
             data=IVFNDataConfig(crop=128, n_train=40_000, n_val=512),
             train=TrainConfig(
-                seed=2023, batch_size=16, epochs=4, optimizer="adam", lr=1e-2, weight_decay=0.0,
-                schedule="step", lr_drop_at=(0.5,), lr_drop_factor=0.1, checkpoint_every=1000,
-                val_every=2000, val_batch_size=64, threads=None,
+                seed=2023,
+                batch_size=16,
+                epochs=4,
+                optimizer="adam",
+                lr=1e-2,
+                weight_decay=0.0,
+                schedule="step",
+                lr_drop_at=(0.5,),
+                lr_drop_factor=0.1,
+                checkpoint_every=1000,
+                val_every=2000,
+                val_batch_size=64,
+                threads=None,
             ),
         )
     if name == "smoke":
         return IVFNTrainConfig(
-            "smoke", 8, 2, signal,
+            "smoke",
+            8,
+            2,
+            signal,
             data=IVFNDataConfig(crop=32, n_train=256, n_val=32, max_photos=6),
             train=TrainConfig(
-                seed=0, batch_size=8, epochs=2, optimizer="adam", lr=1e-2, weight_decay=0.0,
-                schedule="step", lr_drop_at=(0.5,), checkpoint_every=1000, val_batch_size=32, threads=1,
+                seed=0,
+                batch_size=8,
+                epochs=2,
+                optimizer="adam",
+                lr=1e-2,
+                weight_decay=0.0,
+                schedule="step",
+                lr_drop_at=(0.5,),
+                checkpoint_every=1000,
+                val_batch_size=32,
+                threads=1,
             ),
         )
     raise ValueError(f"unknown configuration {name!r}; use cpu, gpu or smoke")
@@ -261,8 +300,14 @@ class IVFNRecipe(LoopRecipe):
             "parameters": count_parameters(model),
             "config": cfg.as_dict(),
             "data": data[2],
-            "training": loop_summary(cfg.train.seed, result, val_examples=len(data[1]), omit=("val_accuracy",),
-                                     val_psnr_db=scores["psnr"], val_ssim=scores["ssim"]),
+            "training": loop_summary(
+                cfg.train.seed,
+                result,
+                val_examples=len(data[1]),
+                omit=("val_accuracy",),
+                val_psnr_db=scores["psnr"],
+                val_ssim=scores["ssim"],
+            ),
         }
 
     def finish(self, result, data, scores, manifest: dict[str, Any], run: Run) -> None:
@@ -344,8 +389,12 @@ def write_card(path: Path, cfg: IVFNTrainConfig, manifest: dict[str, Any], histo
 
 def add_arguments(p) -> None:
     p.add_argument("--config", choices=("cpu", "gpu", "smoke"), default="cpu", help="training scale (default cpu)")
-    p.add_argument("--signal", choices=("paper", "released"), default="paper",
-                   help="what the later DCUs code: the base/detail layer (paper) or the raw image (released code)")
+    p.add_argument(
+        "--signal",
+        choices=("paper", "released"),
+        default="paper",
+        help="what the later DCUs code: the base/detail layer (paper) or the raw image (released code)",
+    )
     add_run_arguments(p, default_out="runs/csc_ivfn-<config>")
 
 
@@ -356,7 +405,17 @@ def main_from_args(args) -> int:
 
 
 __all__ = [
-    "IVFNDataConfig", "IVFNTrainConfig", "get_config", "ssim_map", "autoencoder_loss", "Crops",
-    "random_crops", "build_datasets", "reconstruction_scores", "run_training", "add_arguments",
-    "main_from_args", "WEIGHTS_NAME",
+    "IVFNDataConfig",
+    "IVFNTrainConfig",
+    "get_config",
+    "ssim_map",
+    "autoencoder_loss",
+    "Crops",
+    "random_crops",
+    "build_datasets",
+    "reconstruction_scores",
+    "run_training",
+    "add_arguments",
+    "main_from_args",
+    "WEIGHTS_NAME",
 ]

@@ -268,21 +268,38 @@ def get_config(name: str, *, n_dcu: int | None = None, halo_max: float | None = 
             halo_max=0.0,  # the released weights' run (".._lw0.000000"); see the docs
             data=MEFNDataConfig(n_train_series=40_000, n_val_series=32, render=ExposureRenderConfig(crop=64)),
             train=TrainConfig(
-                seed=2023, batch_size=8, epochs=1, optimizer="adam", lr=2e-3, weight_decay=0.0,
-                schedule="cosine", max_minutes=22, checkpoint_every=100, val_every=150,
-                val_batch_size=16, threads=1,
+                seed=2023,
+                batch_size=8,
+                epochs=1,
+                optimizer="adam",
+                lr=2e-3,
+                weight_decay=0.0,
+                schedule="cosine",
+                max_minutes=22,
+                checkpoint_every=100,
+                val_every=150,
+                val_batch_size=16,
+                threads=1,
             ),
         )
     elif name == "gpu":
         cfg = MEFNTrainConfig(
             "gpu",
             n_dcu=6,
-            data=MEFNDataConfig(n_train_series=200_000, n_val_series=256,
-                                render=ExposureRenderConfig(crop=256)),
+            data=MEFNDataConfig(n_train_series=200_000, n_val_series=256, render=ExposureRenderConfig(crop=256)),
             train=TrainConfig(
-                seed=2023, batch_size=8, epochs=1, optimizer="adam", lr=5e-4, weight_decay=0.0,
-                schedule="step", lr_drop_at=(), checkpoint_every=1000, val_every=2000,
-                val_batch_size=32, threads=None,
+                seed=2023,
+                batch_size=8,
+                epochs=1,
+                optimizer="adam",
+                lr=5e-4,
+                weight_decay=0.0,
+                schedule="step",
+                lr_drop_at=(),
+                checkpoint_every=1000,
+                val_every=2000,
+                val_batch_size=32,
+                threads=None,
             ),
         )
     elif name == "smoke":
@@ -291,11 +308,20 @@ def get_config(name: str, *, n_dcu: int | None = None, halo_max: float | None = 
             channels=8,
             n_dcu=1,
             halo_max=1.0,
-            data=MEFNDataConfig(n_train_series=64, n_val_series=8, max_photos=6,
-                                render=ExposureRenderConfig(crop=48), real_max_side=96),
+            data=MEFNDataConfig(
+                n_train_series=64, n_val_series=8, max_photos=6, render=ExposureRenderConfig(crop=48), real_max_side=96
+            ),
             train=TrainConfig(
-                seed=0, batch_size=4, epochs=2, optimizer="adam", lr=5e-3, weight_decay=0.0,
-                schedule="cosine", checkpoint_every=8, val_batch_size=8, threads=1,
+                seed=0,
+                batch_size=4,
+                epochs=2,
+                optimizer="adam",
+                lr=5e-3,
+                weight_decay=0.0,
+                schedule="cosine",
+                checkpoint_every=8,
+                val_batch_size=8,
+                threads=1,
             ),
         )
     else:
@@ -328,8 +354,13 @@ def build_datasets(cfg: MEFNTrainConfig, *, progress: bool = True, log=print):
     renderer = ExposureSeriesRenderer(d.render)
     tr = load_rgb_photos(tr_paths, min_size=d.render.crop, progress=progress)
     va = load_rgb_photos(va_paths, min_size=d.render.crop, progress=progress)
-    info = {"folder": str(folder), "train_photos": len(tr), "val_photos": len(va),
-            "train_series": d.n_train_series, "val_series": d.n_val_series}
+    info = {
+        "folder": str(folder),
+        "train_photos": len(tr),
+        "val_photos": len(va),
+        "train_series": d.n_train_series,
+        "val_series": d.n_val_series,
+    }
     return (
         RenderedSeries(tr, renderer, d.n_train_series, cfg.train.seed),
         RenderedSeries(va, renderer, d.n_val_series, cfg.train.seed + 7919),
@@ -351,13 +382,17 @@ def load_sequence(case, max_side: int) -> np.ndarray:
     f = max_side / max(h, w)
     if f < 1:
         size = (max(1, round(h * f)), max(1, round(w * f)))
-        srcs = [np.clip(np.rint(resize(s, size, anti_aliasing=True, preserve_range=True)), 0, 255).astype(np.uint8)
-                for s in srcs]
+        srcs = [
+            np.clip(np.rint(resize(s, size, anti_aliasing=True, preserve_range=True)), 0, 255).astype(np.uint8)
+            for s in srcs
+        ]
     return np.stack(srcs)
 
 
 @torch.no_grad()
-def score_real_sequences(model: CSCMEFN, folder: Path, *, max_side: int = 256, device="cpu", log=print) -> dict[str, Any]:
+def score_real_sequences(
+    model: CSCMEFN, folder: Path, *, max_side: int = 256, device="cpu", log=print
+) -> dict[str, Any]:
     """MEF-SSIM (the MATLAB-faithful metric) of the model, Mertens fusion and the average
     on every sequence of ``folder`` (downscaled to ``max_side``)."""
     from ..api import fuse
@@ -374,10 +409,17 @@ def score_real_sequences(model: CSCMEFN, folder: Path, *, max_side: int = 256, d
         srcs = list(seq)
         mert = fuse(srcs, method="mertens", device="cpu").fused
         avg = fuse(srcs, method="average", device="cpu").fused
-        row = {"case": case.name, "K": len(srcs), "csc_mefn": mef_ssim(ours, srcs),
-               "mertens": mef_ssim(mert, srcs), "average": mef_ssim(avg, srcs)}
+        row = {
+            "case": case.name,
+            "K": len(srcs),
+            "csc_mefn": mef_ssim(ours, srcs),
+            "mertens": mef_ssim(mert, srcs),
+            "average": mef_ssim(avg, srcs),
+        }
         rows.append(row)
-        log(f"  {case.name:16s} K={row['K']:2d} csc_mefn {row['csc_mefn']:.4f} mertens {row['mertens']:.4f} average {row['average']:.4f}")
+        log(
+            f"  {case.name:16s} K={row['K']:2d} csc_mefn {row['csc_mefn']:.4f} mertens {row['mertens']:.4f} average {row['average']:.4f}"
+        )
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("csc_mefn", "mertens", "average")} if rows else {}
     return {"folder": str(folder), "max_side": max_side, "cases": rows, "mean": mean}
 
@@ -414,7 +456,9 @@ def _real_validation_section(cfg: MEFNTrainConfig, real: dict[str, Any]) -> list
         "|---|---|---|---|---|",
     ]
     for row in real["cases"]:
-        lines.append(f"| {row['case']} | {row['K']} | {row['csc_mefn']:.4f} | {row['mertens']:.4f} | {row['average']:.4f} |")
+        lines.append(
+            f"| {row['case']} | {row['K']} | {row['csc_mefn']:.4f} | {row['mertens']:.4f} | {row['average']:.4f} |"
+        )
     m = real["mean"]
     lines.append(f"| **mean** | | **{m['csc_mefn']:.4f}** | **{m['mertens']:.4f}** | **{m['average']:.4f}** |")
     return lines
@@ -467,11 +511,20 @@ class MEFNRecipe(LoopRecipe):
             "config": cfg.as_dict(),
             "data": info,
             "training": loop_summary(
-                cfg.train.seed, result, val_examples=len(val_set), train_examples=len(train_set),
+                cfg.train.seed,
+                result,
+                val_examples=len(val_set),
+                train_examples=len(train_set),
                 val_accuracy_means="mean MEF-SSIM (MEF-Net variant) of held-out synthetic series",
             ),
-            "real_validation": None if real is None else {"folder": cfg.data.real_validation, "max_side": real["max_side"],
-                                                          "mean_mef_ssim": real["mean"], "cases": len(real["cases"])},
+            "real_validation": None
+            if real is None
+            else {
+                "folder": cfg.data.real_validation,
+                "max_side": real["max_side"],
+                "mean_mef_ssim": real["mean"],
+                "cases": len(real["cases"]),
+            },
         }
 
     def finish(self, result, data, real, manifest: dict[str, Any], run: Run) -> None:
@@ -493,22 +546,42 @@ class MEFNRecipe(LoopRecipe):
                 fh.write("\n".join(_real_validation_section(self.cfg, real)) + "\n")
 
     def done_message(self, result, real, manifest: dict[str, Any], run: Run) -> str:
-        return (f"wrote {run.out_dir / (WEIGHTS_NAME + '.pt')} (sha256 {manifest['sha256']}), synthetic val MEF-SSIM "
-                f"{result.val_accuracy:.4f}, {result.train_seconds / 60:.1f} min")
+        return (
+            f"wrote {run.out_dir / (WEIGHTS_NAME + '.pt')} (sha256 {manifest['sha256']}), synthetic val MEF-SSIM "
+            f"{result.val_accuracy:.4f}, {result.train_seconds / 60:.1f} min"
+        )
 
 
-def run_training(cfg: MEFNTrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-                 command: str | None = None, real_validation: bool = True, log=print) -> dict[str, Any]:
+def run_training(
+    cfg: MEFNTrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+    real_validation: bool = True,
+    log=print,
+) -> dict[str, Any]:
     """Train, export ``out_dir/csc_mefn.{pt,json,md}``; returns the manifest."""
-    return run_recipe(MEFNRecipe(cfg, real_validation=real_validation), out_dir, resume=resume, progress=progress,
-                      command=command, log=log)
+    return run_recipe(
+        MEFNRecipe(cfg, real_validation=real_validation),
+        out_dir,
+        resume=resume,
+        progress=progress,
+        command=command,
+        log=log,
+    )
 
 
 def add_arguments(p) -> None:
     p.add_argument("--config", choices=("cpu", "gpu", "smoke"), default="cpu", help="training scale (default cpu)")
     p.add_argument("--n-dcu", type=int, default=None, help="number of DCUs (default from the config: cpu 2, gpu 6)")
-    p.add_argument("--halo-max", type=float, default=None,
-                   help="final weight of the halo loss (default from the config: cpu 0 as the released weights, gpu 10)")
+    p.add_argument(
+        "--halo-max",
+        type=float,
+        default=None,
+        help="final weight of the halo loss (default from the config: cpu 0 as the released weights, gpu 10)",
+    )
     p.add_argument("--no-real-validation", action="store_true", help="skip scoring on the real mef/ma_mef sequences")
     add_run_arguments(p, default_out="runs/csc_mefn-<config>")
 
@@ -516,5 +589,6 @@ def add_arguments(p) -> None:
 def main_from_args(args) -> int:
     cfg = get_config(args.config, n_dcu=args.n_dcu, halo_max=args.halo_max)
     apply_train_overrides(cfg.train, args)
-    return run_from_args(args, MEFNRecipe(cfg, real_validation=not args.no_real_validation), f"runs/csc_mefn-{args.config}")
-
+    return run_from_args(
+        args, MEFNRecipe(cfg, real_validation=not args.no_real_validation), f"runs/csc_mefn-{args.config}"
+    )

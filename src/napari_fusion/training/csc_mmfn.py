@@ -69,8 +69,13 @@ class MMFTrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "task": self.task, "net": dataclasses.asdict(self.net),
-                "data": dataclasses.asdict(self.data), "train": self.train.as_dict()}
+        return {
+            "name": self.name,
+            "task": self.task,
+            "net": dataclasses.asdict(self.net),
+            "data": dataclasses.asdict(self.data),
+            "train": self.train.as_dict(),
+        }
 
 
 def get_config(name: str, task: str) -> MMFTrainConfig:
@@ -79,22 +84,63 @@ def get_config(name: str, task: str) -> MMFTrainConfig:
         raise ValueError(f"task must be one of {TASKS}")
     if name == "cpu":
         return MMFTrainConfig(
-            "cpu", task, MMFNetConfig(features=32, n_dcu=3), MMFDataConfig(n_train=8 * 2500, n_val=64),
-            TrainConfig(seed=2023, batch_size=8, epochs=1, optimizer="adam", lr=1e-3, weight_decay=0.0,
-                        schedule="cosine", max_minutes=14, checkpoint_every=200, val_every=250,
-                        val_batch_size=16, threads=1),
+            "cpu",
+            task,
+            MMFNetConfig(features=32, n_dcu=3),
+            MMFDataConfig(n_train=8 * 2500, n_val=64),
+            TrainConfig(
+                seed=2023,
+                batch_size=8,
+                epochs=1,
+                optimizer="adam",
+                lr=1e-3,
+                weight_decay=0.0,
+                schedule="cosine",
+                max_minutes=14,
+                checkpoint_every=200,
+                val_every=250,
+                val_batch_size=16,
+                threads=1,
+            ),
         )
     if name == "gpu":
         return MMFTrainConfig(
-            "gpu", task, MMFNetConfig(features=256, n_dcu=3), MMFDataConfig(n_train=16 * 20_000, n_val=256),
-            TrainConfig(seed=2023, batch_size=16, epochs=1, optimizer="adam", lr=5e-4, weight_decay=0.0,
-                        schedule="cosine", checkpoint_every=1000, val_every=2000, val_batch_size=32, threads=None),
+            "gpu",
+            task,
+            MMFNetConfig(features=256, n_dcu=3),
+            MMFDataConfig(n_train=16 * 20_000, n_val=256),
+            TrainConfig(
+                seed=2023,
+                batch_size=16,
+                epochs=1,
+                optimizer="adam",
+                lr=5e-4,
+                weight_decay=0.0,
+                schedule="cosine",
+                checkpoint_every=1000,
+                val_every=2000,
+                val_batch_size=32,
+                threads=None,
+            ),
         )
     if name == "smoke":
         return MMFTrainConfig(
-            "smoke", task, MMFNetConfig(features=8, n_dcu=1), MMFDataConfig(patch=32, n_train=8 * 12, n_val=8),
-            TrainConfig(seed=0, batch_size=8, epochs=1, optimizer="adam", lr=3e-3, weight_decay=0.0,
-                        schedule="cosine", checkpoint_every=1000, val_batch_size=8, threads=1),
+            "smoke",
+            task,
+            MMFNetConfig(features=8, n_dcu=1),
+            MMFDataConfig(patch=32, n_train=8 * 12, n_val=8),
+            TrainConfig(
+                seed=0,
+                batch_size=8,
+                epochs=1,
+                optimizer="adam",
+                lr=3e-3,
+                weight_decay=0.0,
+                schedule="cosine",
+                checkpoint_every=1000,
+                val_batch_size=8,
+                threads=1,
+            ),
         )
     raise ValueError(f"unknown configuration {name!r}; use cpu, gpu or smoke")
 
@@ -127,8 +173,14 @@ DATA_RANGE = {"cave": 1.0, "pansharpening": None}
 HELDOUT_SPLITS = {"cave": ("test",), "pansharpening": ("test", "heldout_scene")}
 
 
-def evaluate_heldout(task: str, model: str | Path | None, *, methods=("bicubic", "guided_filter", "csc_mmfn"),
-                     scale: int = 4, cases: dict | None = None) -> list[dict[str, Any]]:
+def evaluate_heldout(
+    task: str,
+    model: str | Path | None,
+    *,
+    methods=("bicubic", "guided_filter", "csc_mmfn"),
+    scale: int = 4,
+    cases: dict | None = None,
+) -> list[dict[str, Any]]:
     """PSNR / SSIM / SAM / ERGAS of each method on every held-out case, through the public
     :func:`napari_fusion.guided_upsample` (raw units in, raw units out)."""
     from ..metrics.spectral import ergas, psnr_bands, sam, ssim_bands
@@ -143,14 +195,18 @@ def evaluate_heldout(task: str, model: str | Path | None, *, methods=("bicubic",
                 out = guided_upsample(case.lr, case.guide, method=m, band_axis=0, guide_axis=0, **kw)
                 sec = time.perf_counter() - t0
                 rng = DATA_RANGE[task]
-                rows.append({
-                    "case": case.name, "split": split, "method": m,
-                    "psnr": psnr_bands(out, case.gt, data_range=rng, band_axis=0),
-                    "ssim": ssim_bands(out, case.gt, data_range=rng, band_axis=0),
-                    "sam": sam(out, case.gt, band_axis=0),
-                    "ergas": ergas(out, case.gt, scale=scale, band_axis=0),
-                    "seconds": sec,
-                })
+                rows.append(
+                    {
+                        "case": case.name,
+                        "split": split,
+                        "method": m,
+                        "psnr": psnr_bands(out, case.gt, data_range=rng, band_axis=0),
+                        "ssim": ssim_bands(out, case.gt, data_range=rng, band_axis=0),
+                        "sam": sam(out, case.gt, band_axis=0),
+                        "ergas": ergas(out, case.gt, scale=scale, band_axis=0),
+                        "seconds": sec,
+                    }
+                )
     return rows
 
 
@@ -164,8 +220,14 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             keys.append(k)
     for split, m in keys:
         sel = [r for r in rows if r["split"] == split and r["method"] == m]
-        out.append({"split": split, "method": m, "n": len(sel),
-                    **{k: float(np.mean([r[k] for r in sel])) for k in ("psnr", "ssim", "sam", "ergas")}})
+        out.append(
+            {
+                "split": split,
+                "method": m,
+                "n": len(sel),
+                **{k: float(np.mean([r[k] for r in sel])) for k in ("psnr", "ssim", "sam", "ergas")},
+            }
+        )
     return out
 
 
@@ -173,10 +235,14 @@ def table_markdown(rows: list[dict[str, Any]], *, per_case: bool = True) -> str:
     lines = ["| case | method | PSNR dB | SSIM | SAM deg | ERGAS |", "|---|---|---|---|---|---|"]
     if per_case:
         for r in rows:
-            lines.append(f"| {r['case']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['sam']:.2f} | {r['ergas']:.2f} |")
+            lines.append(
+                f"| {r['case']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['sam']:.2f} | {r['ergas']:.2f} |"
+            )
     for s in summarise(rows):
-        lines.append(f"| **mean {s['split']}** ({s['n']}) | {s['method']} | {s['psnr']:.2f} | {s['ssim']:.4f} | "
-                     f"{s['sam']:.2f} | {s['ergas']:.2f} |")
+        lines.append(
+            f"| **mean {s['split']}** ({s['n']}) | {s['method']} | {s['psnr']:.2f} | {s['ssim']:.4f} | "
+            f"{s['sam']:.2f} | {s['ergas']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -186,17 +252,24 @@ def table_markdown(rows: list[dict[str, Any]], *, per_case: bool = True) -> str:
 def _write_card(path: Path, cfg: MMFTrainConfig, manifest: dict, history: list, table: str, command: str) -> None:
     t = manifest["training"]
     task_text = {
-        "cave": ("CAVE scenes sponges and stuffed_toys (31 bands 400-700 nm, 512x512, uint16/65535). Guide: linear RGB "
-                 "simulated from the cube with the measured Nikon D700 response (RIT camspec, rows 400-700 nm, each "
-                 "channel normalised to sum 1)."),
-        "pansharpening": ("DGIF pairs scene-1..4 (WV-2, Pleiades, QuickBird; MS 256x256x4, PAN 1024x1024) at reduced "
-                          "resolution: MS and PAN degraded by 4, the original MS is the ground truth. scene-5 is held out whole."),
+        "cave": (
+            "CAVE scenes sponges and stuffed_toys (31 bands 400-700 nm, 512x512, uint16/65535). Guide: linear RGB "
+            "simulated from the cube with the measured Nikon D700 response (RIT camspec, rows 400-700 nm, each "
+            "channel normalised to sum 1)."
+        ),
+        "pansharpening": (
+            "DGIF pairs scene-1..4 (WV-2, Pleiades, QuickBird; MS 256x256x4, PAN 1024x1024) at reduced "
+            "resolution: MS and PAN degraded by 4, the original MS is the ground truth. scene-5 is held out whole."
+        ),
     }[cfg.task]
     lines = [
-        f"# CSC-MMFN, task `{cfg.task}`, `{cfg.name}` configuration", "",
+        f"# CSC-MMFN, task `{cfg.task}`, `{cfg.name}` configuration",
+        "",
         "Weights of `napari_fusion.nets.csc_mmfn.CSCMMFN` used by `napari_fusion.guided_upsample(..., "
-        f"method='csc_mmfn', model='{cfg.task}')`.", "",
-        "| | |", "|---|---|",
+        f"method='csc_mmfn', model='{cfg.task}')`.",
+        "",
+        "| | |",
+        "|---|---|",
         f"| weights file | `{manifest['file']}` ({manifest['bytes']} bytes) |",
         f"| sha256 | `{manifest['sha256']}` |",
         f"| architecture | {manifest['architecture']} |",
@@ -205,19 +278,38 @@ def _write_card(path: Path, cfg: MMFTrainConfig, manifest: dict, history: list, 
         f"| training time | {t['train_minutes']:.1f} min ({t['steps']} steps of batch {cfg.train.batch_size}"
         f"{', stopped by the time budget' if t['stopped_by_time'] else ''}) |",
         f"| validation MSE | {t['val_loss']:.3g} (normalised units, {t['val_examples']} patches of the validation strips) |",
-        "", "## Reproduce", "", "```", command, "```", "",
-        "## Data (Wald protocol)", "",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "## Data (Wald protocol)",
+        "",
         task_text + " Degradation: Gaussian blur (sigma = scale/2) then 4x4 block averaging. Each scene is split by "
         "columns before degradation: left 62.5% training, next 12.5% validation, right 25% test; test pixels never "
         f"influence training. {cfg.data.n_train} random {cfg.data.patch}x{cfg.data.patch} training patches "
         "(random rotations by 90 degrees and flips). Inputs are divided by the low-resolution image's maximum, the "
-        "guide by its own maximum (as at inference).", "",
-        "## Held-out results (only regions never seen in training)", "",
-        table, "",
+        "guide by its own maximum (as at inference).",
+        "",
+        "## Held-out results (only regions never seen in training)",
+        "",
+        table,
+        "",
         "PSNR/SSIM: mean over bands; peak 1.0 for CAVE reflectances, the ground truth's maximum for pansharpening. "
-        "SAM in degrees, ERGAS with ratio 4.", "",
-        "## Configuration", "", "```json", json.dumps(cfg.as_dict(), indent=2, sort_keys=True), "```", "",
-        "## Training history", "", "| step | minutes | train MSE | val MSE |", "|---|---|---|---|",
+        "SAM in degrees, ERGAS with ratio 4.",
+        "",
+        "## Configuration",
+        "",
+        "```json",
+        json.dumps(cfg.as_dict(), indent=2, sort_keys=True),
+        "```",
+        "",
+        "## Training history",
+        "",
+        "| step | minutes | train MSE | val MSE |",
+        "|---|---|---|---|",
     ]
     lines += [f"| {h['step']} | {h['minutes']:.1f} | {h['train_loss']:.3g} | {h['val_loss']:.3g} |" for h in history]
     lines += ["", "## Environment", ""] + [f"- {k}: {v}" for k, v in manifest["environment"].items()]
@@ -251,12 +343,17 @@ class MMFNRecipe(LoopRecipe):
             "method": "csc_mmfn",
             "task": cfg.task,
             "architecture": "CSCMMFN({bands}, {guide_channels}, features={features}, n_dcu={n_dcu}, radius={radius}, "
-                            "eps={eps})".format(**net.config),
+            "eps={eps})".format(**net.config),
             "net": net.config,
             "parameters": count_parameters(net),
             "config": cfg.as_dict(),
-            "training": loop_summary(cfg.train.seed, result, val_examples=len(val_set), train_examples=len(train_set),
-                                     omit=("epochs_done", "val_accuracy")),
+            "training": loop_summary(
+                cfg.train.seed,
+                result,
+                val_examples=len(val_set),
+                train_examples=len(train_set),
+                omit=("epochs_done", "val_accuracy"),
+            ),
         }
 
     def finish(self, result, data, scores, manifest: dict[str, Any], run: Run) -> None:
@@ -272,15 +369,26 @@ class MMFNRecipe(LoopRecipe):
         _write_card(run.out_dir / f"{self.name}.md", self.cfg, manifest, result.history, table, run.command)
 
 
-def run_training(cfg: MMFTrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-                 command: str | None = None, evaluate: bool = True, log=print) -> dict[str, Any]:
+def run_training(
+    cfg: MMFTrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+    evaluate: bool = True,
+    log=print,
+) -> dict[str, Any]:
     """Train, export ``out_dir/csc_mmfn_<task>.{pt,json,md}`` (card with the held-out table); returns the manifest."""
-    return run_recipe(MMFNRecipe(cfg, evaluate=evaluate), out_dir, resume=resume, progress=progress,
-                      command=command, log=log)
+    return run_recipe(
+        MMFNRecipe(cfg, evaluate=evaluate), out_dir, resume=resume, progress=progress, command=command, log=log
+    )
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--task", choices=TASKS, required=True, help="cave (31 bands + RGB) or pansharpening (4 bands + PAN)")
+    p.add_argument(
+        "--task", choices=TASKS, required=True, help="cave (31 bands + RGB) or pansharpening (4 bands + PAN)"
+    )
     p.add_argument("--config", choices=("cpu", "gpu", "smoke"), default="cpu", help="training scale (default cpu)")
     add_run_arguments(p, default_out="runs/csc_mmfn-<task>-<config>")
 

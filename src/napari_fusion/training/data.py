@@ -23,9 +23,9 @@ Everything is seeded; the same seed gives the same patches.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -100,9 +100,7 @@ def texture_map(grey: np.ndarray | torch.Tensor, *, radius: int = 8) -> torch.Te
     return (box_filter(g * g, radius) - m * m).clamp_min(0)
 
 
-def sharp_fraction(
-    grey: np.ndarray, *, var_threshold: float, sharp_threshold: float, radius: int = 8
-) -> float:
+def sharp_fraction(grey: np.ndarray, *, var_threshold: float, sharp_threshold: float, radius: int = 8) -> float:
     """Fraction of the textured pixels (local variance > threshold) that are sharp."""
     tex = texture_map(grey, radius=radius) > var_threshold
     if not bool(tex.any()):

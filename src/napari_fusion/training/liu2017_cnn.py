@@ -26,19 +26,19 @@ import torch
 import torch.nn.functional as F
 
 from ..nets.liu2017_cnn import VARIANTS, LiuFocusNet, count_parameters
-from .run_options import add_run_arguments, apply_train_overrides
 from .data import (
-    resolve_data_path,
     DefocusRenderer,
     SwappedPairs,
     filter_sharp_photos,
     list_photos,
     load_photos,
+    resolve_data_path,
     sample_patch_pairs,
     split_indices,
 )
 from .loop import TrainConfig
 from .model_card import write_model_card
+from .run_options import add_run_arguments, apply_train_overrides
 from .skeleton import LoopRecipe, Run, loop_summary, run_from_args, run_recipe
 
 CITATION = (
@@ -88,9 +88,18 @@ def get_config(name: str, *, variant: str = "slight") -> LiuTrainConfig:
             variant,
             LiuDataConfig(n_train_pairs=60_000, n_val_pairs=2_000),
             TrainConfig(
-                seed=2017, batch_size=64, epochs=1, optimizer="adam", lr=1e-3, weight_decay=1e-4,
-                schedule="cosine", max_minutes=45, checkpoint_every=100, val_every=400,
-                val_batch_size=500, threads=2,
+                seed=2017,
+                batch_size=64,
+                epochs=1,
+                optimizer="adam",
+                lr=1e-3,
+                weight_decay=1e-4,
+                schedule="cosine",
+                max_minutes=45,
+                checkpoint_every=100,
+                val_every=400,
+                val_batch_size=500,
+                threads=2,
             ),
         )
     if name == "gpu":
@@ -99,9 +108,18 @@ def get_config(name: str, *, variant: str = "slight") -> LiuTrainConfig:
             variant,
             LiuDataConfig(n_train_pairs=1_000_000, n_val_pairs=20_000),
             TrainConfig(
-                seed=2017, batch_size=128, epochs=10, optimizer="sgd", lr=1e-4, momentum=0.9,
-                weight_decay=5e-4, schedule="step", lr_drop_at=(0.7,), checkpoint_every=2000,
-                val_batch_size=2048, threads=None,
+                seed=2017,
+                batch_size=128,
+                epochs=10,
+                optimizer="sgd",
+                lr=1e-4,
+                momentum=0.9,
+                weight_decay=5e-4,
+                schedule="step",
+                lr_drop_at=(0.7,),
+                checkpoint_every=2000,
+                val_batch_size=2048,
+                threads=None,
             ),
         )
     if name == "smoke":
@@ -110,8 +128,16 @@ def get_config(name: str, *, variant: str = "slight") -> LiuTrainConfig:
             variant,
             LiuDataConfig(n_train_pairs=256, n_val_pairs=64, max_photos=12),
             TrainConfig(
-                seed=0, batch_size=32, epochs=2, optimizer="adam", lr=1e-3, weight_decay=0.0,
-                schedule="cosine", checkpoint_every=4, val_batch_size=128, threads=1,
+                seed=0,
+                batch_size=32,
+                epochs=2,
+                optimizer="adam",
+                lr=1e-3,
+                weight_decay=0.0,
+                schedule="cosine",
+                checkpoint_every=4,
+                val_batch_size=128,
+                threads=1,
             ),
         )
     raise ValueError(f"unknown configuration {name!r}; use cpu, gpu or smoke")
@@ -133,9 +159,7 @@ def build_datasets(cfg: LiuTrainConfig, *, cache_dir: Path | None = None, progre
     and seed, so resuming does not re-sample.
     """
     d = cfg.data
-    key = hashlib.sha256(
-        json.dumps([dataclasses.asdict(d), cfg.train.seed], sort_keys=True).encode()
-    ).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([dataclasses.asdict(d), cfg.train.seed], sort_keys=True).encode()).hexdigest()[:16]
     cache = cache_dir / "patches.npz" if cache_dir is not None else None
     if cache is not None and cache.is_file():
         z = np.load(cache)
@@ -149,13 +173,19 @@ def build_datasets(cfg: LiuTrainConfig, *, cache_dir: Path | None = None, progre
         paths = paths[: d.max_photos]
     photos = load_photos(paths, progress=progress)
     vt = d.var_threshold / 255.0**2
-    keep = filter_sharp_photos(photos, var_threshold=vt, sharp_threshold=d.sharp_threshold, min_fraction=d.min_sharp_fraction)
+    keep = filter_sharp_photos(
+        photos, var_threshold=vt, sharp_threshold=d.sharp_threshold, min_fraction=d.min_sharp_fraction
+    )
     log(f"{len(keep)} of {len(photos)} photographs pass the sharpness filter")
     tr_idx, va_idx = split_indices(len(keep), fraction=d.val_fraction, seed=cfg.train.seed)
     renderer = DefocusRenderer(mode=d.blur_mode)
     common = dict(renderer=renderer, var_threshold=vt, sharp_threshold=d.sharp_threshold, progress=progress)
-    tr_s, tr_b = sample_patch_pairs([photos[keep[i]] for i in tr_idx], n_pairs=d.n_train_pairs, seed=cfg.train.seed, **common)
-    va_s, va_b = sample_patch_pairs([photos[keep[i]] for i in va_idx], n_pairs=d.n_val_pairs, seed=cfg.train.seed + 1, **common)
+    tr_s, tr_b = sample_patch_pairs(
+        [photos[keep[i]] for i in tr_idx], n_pairs=d.n_train_pairs, seed=cfg.train.seed, **common
+    )
+    va_s, va_b = sample_patch_pairs(
+        [photos[keep[i]] for i in va_idx], n_pairs=d.n_val_pairs, seed=cfg.train.seed + 1, **common
+    )
     info = {
         "folder": str(folder),
         "photos_found": len(photos),
@@ -205,7 +235,9 @@ class LiuRecipe(LoopRecipe):
 
     def finish(self, result, data, scores, manifest: dict[str, Any], run: Run) -> None:
         cfg, info, out_dir = self.cfg, data[2], run.out_dir
-        (out_dir / "photos.json").write_text(json.dumps({"train": info["train_photos"], "val": info["val_photos"]}, indent=1) + "\n")
+        (out_dir / "photos.json").write_text(
+            json.dumps({"train": info["train_photos"], "val": info["val_photos"]}, indent=1) + "\n"
+        )
         d = cfg.data
         data_text = (
             f"{info['photos_found']} photographs from `{d.photos}` (BSDS500, grey, [0, 1]); "

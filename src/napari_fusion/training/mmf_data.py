@@ -176,7 +176,11 @@ def pansharpening_cases(split: str, scale: int = 4, *, scenes=None) -> list[Case
     if root is None:
         raise FileNotFoundError("pansharpening data not found in the shared data folder")
     if scenes is None:
-        scenes = DGIF_HELDOUT_SCENES if split == "heldout_scene" else tuple(s for s in DGIF_SCENES if s not in DGIF_HELDOUT_SCENES)
+        scenes = (
+            DGIF_HELDOUT_SCENES
+            if split == "heldout_scene"
+            else tuple(s for s in DGIF_SCENES if s not in DGIF_HELDOUT_SCENES)
+        )
     cases = []
     for sc in scenes:
         ms, pan = load_dgif_scene(root / sc)
@@ -205,8 +209,11 @@ def _norm(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Max-normalised tensors as :func:`napari_fusion.upsample.run_csc_mmfn` feeds the network."""
     s = float(case.lr.max()) or 1.0
     g = float(case.guide.max()) or 1.0
-    return (torch.from_numpy(case.lr / s).float(), torch.from_numpy(case.guide / g).float(),
-            torch.from_numpy(case.gt / s).float())
+    return (
+        torch.from_numpy(case.lr / s).float(),
+        torch.from_numpy(case.guide / g).float(),
+        torch.from_numpy(case.gt / s).float(),
+    )
 
 
 class PatchSet:
@@ -244,7 +251,11 @@ class PatchSet:
         k, y, x, rot, flip = self.specs[i]
         lr, g, gt = self.data[k]
         p, s = self.patch, self.scale
-        out = [lr[:, y // s : (y + p) // s, x // s : (x + p) // s], g[:, y : y + p, x : x + p], gt[:, y : y + p, x : x + p]]
+        out = [
+            lr[:, y // s : (y + p) // s, x // s : (x + p) // s],
+            g[:, y : y + p, x : x + p],
+            gt[:, y : y + p, x : x + p],
+        ]
         if flip:
             out = [t.flip(-1) for t in out]
         if rot:

@@ -21,9 +21,16 @@ from ..weights.verified import PACKAGE_WEIGHTS_DIR
 SHIPPED_TABLE_FILE: Path | None = None  # None: the module napari_fusion/shipped_weights.py
 
 
-def add_run_arguments(p, *, default_out: str, resume: bool = True, device: bool = True, progress: bool = True,
-                      threads_help: str = "CPU threads (default from the config)",
-                      budget_help: str = "override the wall-clock budget") -> None:
+def add_run_arguments(
+    p,
+    *,
+    default_out: str,
+    resume: bool = True,
+    device: bool = True,
+    progress: bool = True,
+    threads_help: str = "CPU threads (default from the config)",
+    budget_help: str = "override the wall-clock budget",
+) -> None:
     """``--out --resume --threads --device --max-minutes --install --no-progress``."""
     p.add_argument("--out", default=None, help=f"run folder (default {default_out})")
     if resume:
@@ -32,15 +39,20 @@ def add_run_arguments(p, *, default_out: str, resume: bool = True, device: bool 
     if device:
         p.add_argument("--device", default=None, help="auto, cpu, cuda... (default auto)")
     p.add_argument("--max-minutes", type=float, default=None, help=budget_help)
-    p.add_argument("--install", action="store_true", help=f"copy the finished weights and card into {PACKAGE_WEIGHTS_DIR}")
+    p.add_argument(
+        "--install", action="store_true", help=f"copy the finished weights and card into {PACKAGE_WEIGHTS_DIR}"
+    )
     if progress:
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def apply_train_overrides(train: Any, args) -> None:
     """Copy ``--threads``, ``--device`` and ``--max-minutes`` (when given) onto a ``TrainConfig``."""
-    for attr, value in (("threads", args.threads), ("device", getattr(args, "device", None)),
-                        ("max_minutes", args.max_minutes)):
+    for attr, value in (
+        ("threads", args.threads),
+        ("device", getattr(args, "device", None)),
+        ("max_minutes", args.max_minutes),
+    ):
         if value is not None:
             setattr(train, attr, value)
 

@@ -118,8 +118,7 @@ class LoopRecipe(TrainingRecipe):
         return self.cfg.train.threads
 
     def data_message(self, data: Any, seconds: float) -> str:
-        return (f"data ready in {seconds:.0f} s: {len(data[0])} training, {len(data[1])} validation "
-                f"{self.examples}")
+        return f"data ready in {seconds:.0f} s: {len(data[0])} training, {len(data[1])} validation {self.examples}"
 
     def done_message(self, result: Any, scores: Any, manifest: dict[str, Any], run: Run) -> str:
         return f"{super().done_message(result, scores, manifest, run)}, {result.train_seconds / 60:.1f} min"
@@ -131,8 +130,17 @@ class LoopRecipe(TrainingRecipe):
     def train(self, model: torch.nn.Module | None, data: Any, run: Run) -> Any:
         from .loop import train
 
-        return train(model, data[0], data[1], self.step(), self.cfg.train, run_dir=run.out_dir,
-                     resume=run.resume, progress=run.progress, log=run.log)
+        return train(
+            model,
+            data[0],
+            data[1],
+            self.step(),
+            self.cfg.train,
+            run_dir=run.out_dir,
+            resume=run.resume,
+            progress=run.progress,
+            log=run.log,
+        )
 
 
 def run_recipe(
@@ -167,8 +175,15 @@ def run_recipe(
     return manifest
 
 
-def loop_summary(seed: int, result: Any, *, val_examples: int, train_examples: int | None = None,
-                 omit: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
+def loop_summary(
+    seed: int,
+    result: Any,
+    *,
+    val_examples: int,
+    train_examples: int | None = None,
+    omit: tuple[str, ...] = (),
+    **extra: Any,
+) -> dict[str, Any]:
     """The manifest's ``training`` entry for a run of :func:`napari_fusion.training.loop.train`."""
     out = {
         "seed": seed,

@@ -29,16 +29,17 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..nets.tiis2018_fcn import DEFAULT_KERNEL, DEFAULT_LAYOUT, DEFAULT_WIDTH, TwoStreamFusionNet, count_parameters
 from ..ops.filters import gaussian_filter
-from .data import filter_sharp_photos, list_photos, load_photos, patch_variance, split_indices, resolve_data_path
+from .data import filter_sharp_photos, list_photos, load_photos, patch_variance, resolve_data_path, split_indices
 from .loop import TrainConfig
 from .model_card import write_model_card
 from .run_options import add_run_arguments, apply_train_overrides
@@ -231,9 +232,18 @@ def get_config(name: str) -> TwoStreamTrainConfig:
             TwoStreamDataConfig(n_train=24_000, n_val=400),
             TwoStreamNetConfig(),
             TrainConfig(
-                seed=2018, batch_size=16, epochs=1, optimizer="adam", lr=3e-4, weight_decay=0.0,
-                schedule="cosine", max_minutes=55, checkpoint_every=50, val_every=150,
-                val_batch_size=50, threads=2,
+                seed=2018,
+                batch_size=16,
+                epochs=1,
+                optimizer="adam",
+                lr=3e-4,
+                weight_decay=0.0,
+                schedule="cosine",
+                max_minutes=55,
+                checkpoint_every=50,
+                val_every=150,
+                val_batch_size=50,
+                threads=2,
             ),
         )
     if name == "gpu":
@@ -242,8 +252,17 @@ def get_config(name: str) -> TwoStreamTrainConfig:
             TwoStreamDataConfig(n_train=400_000, n_val=4_000),
             TwoStreamNetConfig(),
             TrainConfig(
-                seed=2018, batch_size=64, epochs=10, optimizer="adam", lr=3e-4, weight_decay=0.0,
-                schedule="cosine", checkpoint_every=2000, val_every=5000, val_batch_size=500, threads=None,
+                seed=2018,
+                batch_size=64,
+                epochs=10,
+                optimizer="adam",
+                lr=3e-4,
+                weight_decay=0.0,
+                schedule="cosine",
+                checkpoint_every=2000,
+                val_every=5000,
+                val_batch_size=500,
+                threads=None,
             ),
         )
     if name == "smoke":
@@ -252,8 +271,16 @@ def get_config(name: str) -> TwoStreamTrainConfig:
             TwoStreamDataConfig(n_train=192, n_val=32, patch=32, max_photos=12),
             TwoStreamNetConfig(width=12, kernel=3),
             TrainConfig(
-                seed=0, batch_size=16, epochs=2, optimizer="adam", lr=1e-3, weight_decay=0.0,
-                schedule="cosine", checkpoint_every=6, val_batch_size=32, threads=1,
+                seed=0,
+                batch_size=16,
+                epochs=2,
+                optimizer="adam",
+                lr=1e-3,
+                weight_decay=0.0,
+                schedule="cosine",
+                checkpoint_every=6,
+                val_batch_size=32,
+                threads=1,
             ),
         )
     raise ValueError(f"unknown configuration {name!r}; use cpu, gpu or smoke")
@@ -261,7 +288,9 @@ def get_config(name: str) -> TwoStreamTrainConfig:
 
 def build_model(cfg: TwoStreamTrainConfig) -> TwoStreamFusionNet:
     n = cfg.net
-    return TwoStreamFusionNet(width=n.width, kernel=n.kernel, layout=tuple(n.layout), shared_streams=n.shared_streams, init=n.init)
+    return TwoStreamFusionNet(
+        width=n.width, kernel=n.kernel, layout=tuple(n.layout), shared_streams=n.shared_streams, init=n.init
+    )
 
 
 def build_datasets(cfg: TwoStreamTrainConfig, *, cache_dir: Path | None = None, progress: bool = True, log=print):
@@ -284,14 +313,20 @@ def build_datasets(cfg: TwoStreamTrainConfig, *, cache_dir: Path | None = None, 
         paths = paths[: d.max_photos]
     photos = load_photos(paths, progress=progress)
     vt = d.var_threshold / 255.0**2
-    keep = filter_sharp_photos(photos, var_threshold=vt, sharp_threshold=d.sharp_threshold, min_fraction=d.min_sharp_fraction)
+    keep = filter_sharp_photos(
+        photos, var_threshold=vt, sharp_threshold=d.sharp_threshold, min_fraction=d.min_sharp_fraction
+    )
     if len(keep) < 2:
         keep = list(range(len(photos)))
     log(f"{len(keep)} of {len(photos)} photographs pass the sharpness filter")
     tr_idx, va_idx = split_indices(len(keep), fraction=d.val_fraction, seed=cfg.train.seed)
     common = dict(
-        patch=d.patch, sigma_low=d.sigma_low, sigma_high=d.sigma_high, levels_per_photo=d.levels_per_photo,
-        var_threshold=vt, progress=progress,
+        patch=d.patch,
+        sigma_low=d.sigma_low,
+        sigma_high=d.sigma_high,
+        levels_per_photo=d.levels_per_photo,
+        var_threshold=vt,
+        progress=progress,
     )
     tr = sample_fusion_examples([photos[keep[i]] for i in tr_idx], n=d.n_train, seed=cfg.train.seed, **common)
     va = sample_fusion_examples([photos[keep[i]] for i in va_idx], n=d.n_val, seed=cfg.train.seed + 1, **common)
@@ -306,7 +341,17 @@ def build_datasets(cfg: TwoStreamTrainConfig, *, cache_dir: Path | None = None, 
     }
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, key=key, info=json.dumps(info), tr_a=tr[0], tr_b=tr[1], tr_s=tr[2], va_a=va[0], va_b=va[1], va_s=va[2])
+        np.savez(
+            cache,
+            key=key,
+            info=json.dumps(info),
+            tr_a=tr[0],
+            tr_b=tr[1],
+            tr_s=tr[2],
+            va_a=va[0],
+            va_b=va[1],
+            va_s=va[2],
+        )
     return FusionTriplets(*tr), FusionTriplets(*va), info
 
 
@@ -384,15 +429,21 @@ class TwoStreamRecipe(LoopRecipe):
             "config": cfg.as_dict(),
             "data": {k: v for k, v in info.items() if k not in ("train_photos", "val_photos")},
             "training": loop_summary(
-                cfg.train.seed, result, val_examples=len(val_set), train_examples=len(train_set),
+                cfg.train.seed,
+                result,
+                val_examples=len(val_set),
+                train_examples=len(train_set),
                 val_accuracy_meaning="fraction of held-out patches where the network's MSE is below the plain average's",
-                val_psnr=val["psnr_net"], val_psnr_average=val["psnr_average"],
+                val_psnr=val["psnr_net"],
+                val_psnr_average=val["psnr_average"],
             ),
         }
 
     def finish(self, result, data, val, manifest: dict[str, Any], run: Run) -> None:
         info = data[2]
-        (run.out_dir / "photos.json").write_text(json.dumps({"train": info["train_photos"], "val": info["val_photos"]}, indent=1) + "\n")
+        (run.out_dir / "photos.json").write_text(
+            json.dumps({"train": info["train_photos"], "val": info["val_photos"]}, indent=1) + "\n"
+        )
         nc = result.model.config()
         write_model_card(
             run.out_dir / f"{WEIGHTS_NAME}.md",

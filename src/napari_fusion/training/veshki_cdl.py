@@ -52,7 +52,15 @@ import torch
 
 from ..ops.sparse import batch_omp, normalise_columns, overcomplete_dct
 from ..weights import PACKAGE_WEIGHTS_DIR
-from .data import DefocusRenderer, filter_sharp_photos, list_photos, load_photos, sample_patch_pairs, split_indices, resolve_data_path
+from .data import (
+    DefocusRenderer,
+    filter_sharp_photos,
+    list_photos,
+    load_photos,
+    resolve_data_path,
+    sample_patch_pairs,
+    split_indices,
+)
 from .model_card import write_model_card
 from .skeleton import Run, TrainingRecipe, run_from_args, run_recipe
 
@@ -100,20 +108,45 @@ def get_config(name: str, *, patch: int = 8) -> CDLConfig:
     if patch not in (8, 16):
         raise ValueError("patch must be 8 or 16")
     if name == "smoke":
-        return CDLConfig("smoke", patch=patch, n_atoms=256, n_pairs=3000,
-                         n_val_pairs=500, iterations=3, max_photos=12, val_fraction=0.25, seed=0,
-                         min_sharp_fraction=0.0)
+        return CDLConfig(
+            "smoke",
+            patch=patch,
+            n_atoms=256,
+            n_pairs=3000,
+            n_val_pairs=500,
+            iterations=3,
+            max_photos=12,
+            val_fraction=0.25,
+            seed=0,
+            min_sharp_fraction=0.0,
+        )
     if name == "cpu":
         if patch == 8:  # released code's setting, fewer pairs
-            return CDLConfig("cpu", patch=8, n_pairs=30_000, iterations=20, train_atoms=5, update="ksvd",
-                             max_photos=300, max_minutes=20)
-        return CDLConfig("cpu", patch=16, n_pairs=20_000, iterations=10, train_atoms=10, update="incoherent",
-                         lam=0.05, max_photos=300, max_minutes=20)
+            return CDLConfig(
+                "cpu",
+                patch=8,
+                n_pairs=30_000,
+                iterations=20,
+                train_atoms=5,
+                update="ksvd",
+                max_photos=300,
+                max_minutes=20,
+            )
+        return CDLConfig(
+            "cpu",
+            patch=16,
+            n_pairs=20_000,
+            iterations=10,
+            train_atoms=10,
+            update="incoherent",
+            lam=0.05,
+            max_photos=300,
+            max_minutes=20,
+        )
     if name == "full":
         if patch == 8:
             return CDLConfig("full", patch=8, n_pairs=50_000, iterations=20, train_atoms=5, update="ksvd")
-        return CDLConfig("full", patch=16, n_pairs=40_000, iterations=20, train_atoms=10, update="incoherent",
-                         lam=0.05)
+        return CDLConfig("full", patch=16, n_pairs=40_000, iterations=20, train_atoms=10, update="incoherent", lam=0.05)
     raise ValueError(f"unknown configuration {name!r}; use smoke, cpu or full")
 
 
@@ -125,8 +158,9 @@ def make_pairs(cfg: CDLConfig, *, log=print, progress: bool = False) -> tuple[np
         paths = paths[: cfg.max_photos]
     photos = load_photos(paths, progress=progress)
     vt = cfg.var_threshold / 255.0**2
-    keep = filter_sharp_photos(photos, var_threshold=vt, sharp_threshold=cfg.sharp_threshold,
-                               min_fraction=cfg.min_sharp_fraction)
+    keep = filter_sharp_photos(
+        photos, var_threshold=vt, sharp_threshold=cfg.sharp_threshold, min_fraction=cfg.min_sharp_fraction
+    )
     log(f"{len(keep)} of {len(photos)} photographs pass the sharpness filter")
     tr, va = split_indices(len(keep), fraction=cfg.val_fraction, seed=cfg.seed)
     renderer = DefocusRenderer(mode="random", sigma_low=cfg.blur_sigma, sigma_high=cfg.blur_sigma)
@@ -258,7 +292,9 @@ def cdl_iteration(
     return d, stats
 
 
-def learn(cfg: CDLConfig, y: torch.Tensor, y_val: torch.Tensor | None = None, *, log=print) -> tuple[torch.Tensor, list[dict]]:
+def learn(
+    cfg: CDLConfig, y: torch.Tensor, y_val: torch.Tensor | None = None, *, log=print
+) -> tuple[torch.Tensor, list[dict]]:
     """Run CDL on signals ``y`` ``(2n, N)``; returns the coupled ``D`` (unit columns) and history."""
     if cfg.update not in UPDATES:
         raise ValueError(f"update must be one of {UPDATES}")
@@ -446,10 +482,14 @@ class CDLRecipe(TrainingRecipe):
         )
 
     def done_message(self, result: CDLResult, scores, manifest: dict[str, Any], run: Run) -> str:
-        return f"wrote {run.out_dir / (self.name + '.pt')} (sha256 {manifest['sha256']}) in {result.seconds / 60:.1f} min"
+        return (
+            f"wrote {run.out_dir / (self.name + '.pt')} (sha256 {manifest['sha256']}) in {result.seconds / 60:.1f} min"
+        )
 
 
-def run_training(cfg: CDLConfig, out_dir: str | Path, *, command: str = "", log=print, progress: bool = False) -> dict[str, Any]:
+def run_training(
+    cfg: CDLConfig, out_dir: str | Path, *, command: str = "", log=print, progress: bool = False
+) -> dict[str, Any]:
     """Make data, learn, export ``out_dir/veshki_cdl_<p>x<p>.{pt,json,md}``; returns the manifest."""
     return run_recipe(CDLRecipe(cfg), out_dir, progress=progress, command=command, log=log)
 
@@ -457,7 +497,9 @@ def run_training(cfg: CDLConfig, out_dir: str | Path, *, command: str = "", log=
 def add_arguments(p) -> None:
     p.add_argument("--config", choices=("smoke", "cpu", "full"), default="cpu", help="training scale (default cpu)")
     p.add_argument("--patch", type=int, choices=(8, 16), default=8, help="patch size (default 8)")
-    p.add_argument("--update", choices=UPDATES, default=None, help="atom update: paper's 'incoherent' or released 'ksvd'")
+    p.add_argument(
+        "--update", choices=UPDATES, default=None, help="atom update: paper's 'incoherent' or released 'ksvd'"
+    )
     p.add_argument("--lam", type=float, default=None, help="structured-incoherence weight (update=incoherent)")
     p.add_argument("--iterations", type=int, default=None, help="override the number of CDL iterations")
     p.add_argument("--pairs", type=int, default=None, help="override the number of training pairs")
@@ -470,9 +512,15 @@ def add_arguments(p) -> None:
 
 def main_from_args(args) -> int:
     cfg = get_config(args.config, patch=args.patch)
-    for attr, val in (("update", args.update), ("lam", args.lam), ("iterations", args.iterations),
-                      ("n_pairs", args.pairs), ("seed", args.seed), ("threads", args.threads),
-                      ("max_minutes", args.max_minutes)):
+    for attr, val in (
+        ("update", args.update),
+        ("lam", args.lam),
+        ("iterations", args.iterations),
+        ("n_pairs", args.pairs),
+        ("seed", args.seed),
+        ("threads", args.threads),
+        ("max_minutes", args.max_minutes),
+    ):
         if val is not None:
             setattr(cfg, attr, val)
     return run_from_args(args, CDLRecipe(cfg), f"runs/cdl-{args.config}-{args.patch}", progress=False)

@@ -224,9 +224,7 @@ def _candidates(spec: WeightsSpec, path: str | Path | None) -> list[tuple[str, P
     return out
 
 
-def locate_weights(
-    spec: str | WeightsSpec, path: str | Path | None = None, *, verify: bool = True
-) -> WeightsLocation:
+def locate_weights(spec: str | WeightsSpec, path: str | Path | None = None, *, verify: bool = True) -> WeightsLocation:
     """Find and verify ``spec``'s weights (see the module docstring for the order).
 
     Raises :class:`napari_fusion.WeightsUnavailableError` (or its subclass
@@ -260,7 +258,9 @@ def weights_status(spec: str | WeightsSpec, path: str | Path | None = None) -> W
     except WeightsUnavailableError as exc:
         first = str(exc).split("\n", 1)[0]
         return WeightsStatus(spec.name, False, None, None, first)
-    return WeightsStatus(spec.name, True, loc.path, loc.source, f"found in the {loc.source}: {loc.path} (SHA-256 verified)")
+    return WeightsStatus(
+        spec.name, True, loc.path, loc.source, f"found in the {loc.source}: {loc.path} (SHA-256 verified)"
+    )
 
 
 def weights_for_method(method: str) -> list[WeightsSpec]:
@@ -316,8 +316,7 @@ def fetch_weights(
         reason = getattr(exc, "reason", None) or exc
         raise WeightsUnavailableError(
             f"could not download the {spec.name} weights from {spec.url}: {reason}. "
-            "This needs internet access; on a machine without it, copy the file over instead.\n"
-            + how_to_get(spec)
+            "This needs internet access; on a machine without it, copy the file over instead.\n" + how_to_get(spec)
         ) from None
     try:
         verify_file(partial, spec)

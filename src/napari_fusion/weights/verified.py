@@ -109,8 +109,7 @@ def load_verified_weights(
     got = sha256_file(p)
     if want != got:
         raise WeightsUnavailableError(
-            f"weights file {p} is corrupt or was replaced: sha256 {got} does not match the "
-            f"manifest's {want}.{hint}"
+            f"weights file {p} is corrupt or was replaced: sha256 {got} does not match the manifest's {want}.{hint}"
         )
     check_shipped(p, got, hint=hint)
     for key, value in (expect or {}).items():
