@@ -14,7 +14,6 @@ import pytest
 
 from napari_fusion.datasets import shared_data_dir
 
-
 #: Environment variable naming the torch device the ``device`` fixture gives.
 TEST_DEVICE_ENV = "NAPARI_FUSION_TEST_DEVICE"
 

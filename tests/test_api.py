@@ -284,6 +284,8 @@ def test_engine_is_shared_and_imports_no_front_end():
         tree = ast.parse((src / rel).read_text())
         imported = {
             f"{node.module or ''}.{a.name}" if isinstance(node, ast.ImportFrom) else a.name
-            for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)) for a in node.names
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for a in node.names
         } | {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert not {m for m in imported if m.split(".")[-1] == "api"}, rel

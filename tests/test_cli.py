@@ -27,8 +27,22 @@ def stack_files(tmp_path, small_focal_stack):
 
 def test_fuse_files_writes_outputs(tmp_path, stack_files, capsys):
     out = tmp_path / "out" / "fused.tif"
-    rc = main(["fuse", *map(str, stack_files), "-o", str(out), "--labels", str(tmp_path / "l.tif"),
-               "--depth", str(tmp_path / "d.tif"), "--z-step", "0.5", "-p", "measure=tenengrad"])
+    rc = main(
+        [
+            "fuse",
+            *map(str, stack_files),
+            "-o",
+            str(out),
+            "--labels",
+            str(tmp_path / "l.tif"),
+            "--depth",
+            str(tmp_path / "d.tif"),
+            "--z-step",
+            "0.5",
+            "-p",
+            "measure=tenengrad",
+        ]
+    )
     assert rc == 0
     fused = tifffile.imread(out)
     assert fused.dtype == np.uint8 and fused.shape == (96, 128, 3)
@@ -53,8 +67,19 @@ def test_fuse_folder_and_multipage_uint16(tmp_path):
     folder.mkdir()
     for i in (10, 2, 1):  # natural order: 1, 2, 10
         tifffile.imwrite(folder / f"z{i}.tif", stack[[1, 2, 10].index(i)])
-    rc = main(["fuse", str(folder), "-m", "focus_measure", "-o", str(tmp_path / "g.tif"),
-               "--labels", str(tmp_path / "gl.tif"), "-q"])
+    rc = main(
+        [
+            "fuse",
+            str(folder),
+            "-m",
+            "focus_measure",
+            "-o",
+            str(tmp_path / "g.tif"),
+            "--labels",
+            str(tmp_path / "gl.tif"),
+            "-q",
+        ]
+    )
     assert rc == 0
     assert tifffile.imread(tmp_path / "gl.tif").max() <= 2
 
@@ -141,7 +166,9 @@ def test_console_script_installed(tmp_path):
     out = tmp_path / "fused.tif"
     r = subprocess.run(
         [script, "fuse", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "-o", str(out), "--device", "cpu", "-q"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     np.testing.assert_array_equal(tifffile.imread(out), napari_fusion.fuse([a, b], device="cpu").fused)

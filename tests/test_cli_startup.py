@@ -23,7 +23,9 @@ print(json.dumps({{"code": code, "torch": "torch" in sys.modules}}), file=sys.__
 
 
 def _run(argv: list[str]) -> tuple[int, bool, str, str]:
-    r = subprocess.run([sys.executable, "-c", _PROBE.format(argv=argv)], capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(argv=argv)], capture_output=True, text=True, timeout=120, check=False
+    )
     import json
 
     assert r.returncode == 0, r.stderr

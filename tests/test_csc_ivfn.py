@@ -73,8 +73,19 @@ def test_smoke_autoencoder_training_reduces_the_loss(tmp_path):
     step = tr.make_step(5.0)
     with torch.no_grad():
         before = float(step(model.eval(), val_set.batch(torch.arange(16)))[0])
-    cfg = TrainConfig(seed=0, batch_size=8, epochs=6, optimizer="adam", lr=1e-2, weight_decay=0.0,
-                      schedule="step", lr_drop_at=(0.5,), checkpoint_every=1000, val_batch_size=16, threads=1)
+    cfg = TrainConfig(
+        seed=0,
+        batch_size=8,
+        epochs=6,
+        optimizer="adam",
+        lr=1e-2,
+        weight_decay=0.0,
+        schedule="step",
+        lr_drop_at=(0.5,),
+        checkpoint_every=1000,
+        val_batch_size=16,
+        threads=1,
+    )
     res = train(model, train_set, val_set, step, cfg, run_dir=tmp_path, progress=False, log=lambda s: None)
     assert res.val_loss < 0.5 * before, (before, res.val_loss)
     scores = tr.reconstruction_scores(res.model, val_set)

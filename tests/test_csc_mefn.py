@@ -8,9 +8,9 @@ import torch
 
 import napari_fusion as nf
 from napari_fusion.errors import FusionInputError, WeightsUnavailableError
+from napari_fusion.methods.csc_mefn import default_weights_path, luma_logits
 from napari_fusion.metrics import mef_ssim
 from napari_fusion.metrics.mef_torch import mef_ssim_torch
-from napari_fusion.methods.csc_mefn import default_weights_path, luma_logits
 from napari_fusion.nets.csc_mefn import CSCMEFN, fuse_exposures, percentile_bounds, postprocess
 from napari_fusion.weights import read_manifest, sha256_file
 
@@ -99,9 +99,9 @@ def test_mef_ssim_torch_prefers_the_well_exposed_fusion(series5):
 
 
 def test_renderer_is_seeded_and_spans_exposures():
-    from napari_fusion.training.csc_mefn import ExposureRenderConfig, ExposureSeriesRenderer, RenderedSeries
-
     from skimage import data
+
+    from napari_fusion.training.csc_mefn import ExposureRenderConfig, ExposureSeriesRenderer, RenderedSeries
 
     photo = data.astronaut()
     ds = RenderedSeries([photo], ExposureSeriesRenderer(ExposureRenderConfig(crop=64, n_exposures=4)), 10, seed=3)
@@ -173,7 +173,9 @@ def test_registry_entry():
     assert spec.mode == "nway" and spec.learned and spec.tasks == ("multi-exposure",)
     assert spec.colour == "native" and spec.intensity == "dtype"
     assert spec.halo_for(spec.defaults()) is None  # percentile stretch is global
-    assert spec.halo_for({**spec.defaults(), "stretch": False}) == 1 + 2 * read_manifest(default_weights_path())["n_dcu"]
+    assert (
+        spec.halo_for({**spec.defaults(), "stretch": False}) == 1 + 2 * read_manifest(default_weights_path())["n_dcu"]
+    )
 
 
 @pytest.mark.parametrize("k", [2, 3, 5])
@@ -206,7 +208,7 @@ def test_inputs_not_modified_and_float_input(series5):
     for a, b in zip(srcs, before):
         np.testing.assert_array_equal(a, b)
     f = nf.fuse([s.astype(np.float32) / 255 for s in srcs], method="csc_mefn", device="cpu")
-    assert f.fused.dtype == np.float32 and 0 <= f.fused.min() and f.fused.max() <= 1
+    assert f.fused.dtype == np.float32 and f.fused.min() >= 0 and f.fused.max() <= 1
 
 
 def test_stretch_off_tiles_exactly_and_stretch_on_is_global(series5):

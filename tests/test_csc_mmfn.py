@@ -224,7 +224,13 @@ def _cases_or_skip(task, split):
 
 
 def test_simulated_rgb_agrees_with_stored_rgb():
-    from napari_fusion.training.mmf_data import data_root, load_camera_response, load_cave_scene, rgb_agreement, simulate_rgb
+    from napari_fusion.training.mmf_data import (
+        data_root,
+        load_camera_response,
+        load_cave_scene,
+        rgb_agreement,
+        simulate_rgb,
+    )
 
     root = data_root("multispectral/cave")
     if root is None:
@@ -249,7 +255,9 @@ def test_shipped_model_beats_bicubic_on_heldout_crop(task):
     rng = 1.0 if task == "cave" else None
     scores = {}
     for m in ("bicubic", "csc_mmfn"):
-        out = nf.guided_upsample(lr, guide, method=m, model=task if m == "csc_mmfn" else None, band_axis=0, guide_axis=0)
+        out = nf.guided_upsample(
+            lr, guide, method=m, model=task if m == "csc_mmfn" else None, band_axis=0, guide_axis=0
+        )
         assert out.shape == gt.shape
         scores[m] = psnr_bands(out, gt, data_range=rng, band_axis=0)
     assert scores["csc_mmfn"] > scores["bicubic"] + 0.5, scores
@@ -277,7 +285,10 @@ def test_cli_upsample_and_train_registration(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "ms.tif", ms)
     tifffile.imwrite(tmp_path / "pan.tif", pan)
     out = tmp_path / "out.tif"
-    assert main(["upsample", str(tmp_path / "ms.tif"), str(tmp_path / "pan.tif"), "-o", str(out), "-m", "guided_filter"]) == 0
+    assert (
+        main(["upsample", str(tmp_path / "ms.tif"), str(tmp_path / "pan.tif"), "-o", str(out), "-m", "guided_filter"])
+        == 0
+    )
     got = tifffile.imread(out)
     np.testing.assert_allclose(got, nf.guided_upsample(ms, pan, method="guided_filter"), rtol=1e-6)
     assert main(["upsample", str(tmp_path / "ms.tif"), str(tmp_path / "ms.tif"), "-o", str(out), "--overwrite"]) == 2

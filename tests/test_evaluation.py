@@ -64,11 +64,27 @@ def test_cli_evaluate_writes_csv_and_json(tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "average" in printed and "GOOD" in printed
-    rows = list(csv.DictReader(open(out_csv)))
+    rows = list(csv.DictReader(out_csv.read_text().splitlines()))
     assert [r["method"] for r in rows] == ["average", "BAD", "GOOD"]
     assert float(rows[2]["qabf"]) > float(rows[1]["qabf"])
     out_json = tmp_path / "t.json"
-    assert main(["evaluate", str(root), "--reference-only", "--reference-names", "GOOD", "--metrics", "en", "-o", str(out_json), "-q"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(root),
+                "--reference-only",
+                "--reference-names",
+                "GOOD",
+                "--metrics",
+                "en",
+                "-o",
+                str(out_json),
+                "-q",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(out_json.read_text())
     assert doc["metrics"] == ["en"] and len(doc["cases"]) == 2 and doc["summary"][0]["method"] == "GOOD"
 

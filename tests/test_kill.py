@@ -72,7 +72,11 @@ def test_sigkill_during_image_writes_never_leaves_a_cut_file(tmp_path, suffix):
     else:
         got = tifffile.imread(out)
     # the file at the final name is one of the complete images written, never a mix
-    matches = [k for k in range(1, 60) if np.array_equal(got, np.random.default_rng(k).integers(0, 255, (1200, 1200, 3), dtype=np.uint8))]
+    matches = [
+        k
+        for k in range(1, 60)
+        if np.array_equal(got, np.random.default_rng(k).integers(0, 255, (1200, 1200, 3), dtype=np.uint8))
+    ]
     assert matches, "the output is not any complete image the writer produced"
     leftovers = [p for p in tmp_path.iterdir() if is_partial_name(p.name)]
     for p in leftovers:  # a killed writer may leave its hidden temporary; the next write removes it

@@ -116,8 +116,13 @@ def test_fuse_from_tiff_write_tiff_and_zarr_equal_untiled(tmp_path, stack16):
     ref = nf.fuse(stack16, device="cpu")
     lazy = nf.fuse(open_lazy_stack(src), device="cpu", chunks=(100, 90))
     ticks = []
-    written = write_lazy(lazy, tmp_path / "f.tif", labels=tmp_path / "l.tif", depth=tmp_path / "d.tif",
-                         progress=lambda d, t, m: ticks.append(d))
+    written = write_lazy(
+        lazy,
+        tmp_path / "f.tif",
+        labels=tmp_path / "l.tif",
+        depth=tmp_path / "d.tif",
+        progress=lambda d, t, m: ticks.append(d),
+    )
     assert ticks == list(range(1, lazy.grid.n_tiles + 1))  # each tile computed once for all three files
     np.testing.assert_array_equal(tifffile.imread(written[0]), ref.fused)
     np.testing.assert_array_equal(tifffile.imread(written[1]), ref.labels)
@@ -164,14 +169,49 @@ def test_write_errors_and_cancel_leaves_no_file(tmp_path, stack16):
 def test_cli_chunks_matches_in_memory_cli(tmp_path, stack16):
     src = tmp_path / "stack.tif"
     tifffile.imwrite(src, stack16)
-    assert main(["fuse", str(src), "-o", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "al.tif"),
-                 "--device", "cpu", "-q"]) == 0
-    assert main(["fuse", str(src), "-o", str(tmp_path / "b.tif"), "--labels", str(tmp_path / "bl.tif"),
-                 "--depth", str(tmp_path / "bd.tif"), "--device", "cpu", "--chunks", "96x128", "-q"]) == 0
+    assert (
+        main(
+            [
+                "fuse",
+                str(src),
+                "-o",
+                str(tmp_path / "a.tif"),
+                "--labels",
+                str(tmp_path / "al.tif"),
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "fuse",
+                str(src),
+                "-o",
+                str(tmp_path / "b.tif"),
+                "--labels",
+                str(tmp_path / "bl.tif"),
+                "--depth",
+                str(tmp_path / "bd.tif"),
+                "--device",
+                "cpu",
+                "--chunks",
+                "96x128",
+                "-q",
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "a.tif"), tifffile.imread(tmp_path / "b.tif"))
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "al.tif"), tifffile.imread(tmp_path / "bl.tif"))
     assert main(["fuse", str(src), "-o", str(tmp_path / "c.zarr"), "--chunks", "auto", "-q", "--device", "cpu"]) == 0
-    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "c.zarr"), mode="r")["fused"][:],
-                                  tifffile.imread(tmp_path / "a.tif"))
+    np.testing.assert_array_equal(
+        zarr.open_group(str(tmp_path / "c.zarr"), mode="r")["fused"][:], tifffile.imread(tmp_path / "a.tif")
+    )
     # a global method is refused with the library's message and exit status 2
-    assert main(["fuse", str(src), "-o", str(tmp_path / "d.tif"), "-m", "laplacian_pyramid", "--chunks", "64", "-q"]) == 2
+    assert (
+        main(["fuse", str(src), "-o", str(tmp_path / "d.tif"), "-m", "laplacian_pyramid", "--chunks", "64", "-q"]) == 2
+    )

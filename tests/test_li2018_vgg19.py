@@ -19,9 +19,22 @@ from napari_fusion.ops.decomposition import tikhonov_split
 
 #: torchvision's vgg19().features parameter names and shapes (conv layers only).
 TV_CONVS = {
-    0: (64, 3), 2: (64, 64), 5: (128, 64), 7: (128, 128), 10: (256, 128), 12: (256, 256),
-    14: (256, 256), 16: (256, 256), 19: (512, 256), 21: (512, 512), 23: (512, 512),
-    25: (512, 512), 28: (512, 512), 30: (512, 512), 32: (512, 512), 34: (512, 512),
+    0: (64, 3),
+    2: (64, 64),
+    5: (128, 64),
+    7: (128, 128),
+    10: (256, 128),
+    12: (256, 256),
+    14: (256, 256),
+    16: (256, 256),
+    19: (512, 256),
+    21: (512, 512),
+    23: (512, 512),
+    25: (512, 512),
+    28: (512, 512),
+    30: (512, 512),
+    32: (512, 512),
+    34: (512, 512),
 }
 
 
@@ -143,7 +156,10 @@ def test_fuse_details_hand_case_and_consistency():
     torch.testing.assert_close(fused, (weights * d3).sum(0))
     # the fused value is the max of the four candidates
     cands = torch.stack(
-        [(M.upsample_weights(M.ratio_weights(M.block_average(a)), s, (h, w)) * d3).sum(0) for a, s in zip(acts, strides)]
+        [
+            (M.upsample_weights(M.ratio_weights(M.block_average(a)), s, (h, w)) * d3).sum(0)
+            for a, s in zip(acts, strides)
+        ]
     )
     torch.testing.assert_close(fused, cands.max(0).values)
     assert set(layer.unique().tolist()) <= {0, 1, 2, 3}
@@ -170,9 +186,8 @@ def test_missing_weights_refuses(no_weights, tmp_path):
         nf.fuse([a, b], method="li2018_vgg19")
     with pytest.raises(WeightsUnavailableError):
         nf.fuse([a, b], method="li2018_vgg19")
-    with pytest.raises(TypeError):
-        with M.untrained_network_for_tests(torch.nn.Conv2d(3, 3, 3)):
-            pass
+    with pytest.raises(TypeError), M.untrained_network_for_tests(torch.nn.Conv2d(3, 3, 3)):
+        pass
 
 
 def test_registry_metadata():
@@ -180,7 +195,14 @@ def test_registry_metadata():
     assert spec.learned and spec.mode == "nway"
     assert set(spec.tasks) == {"infrared-visible", "medical"}
     assert spec.outputs == ("fused", "labels", "weights")
-    assert spec.defaults() == {"layers": "conv", "selection": "max", "lam": 5.0, "pad": 16, "chroma_source": -1, "weights": ""}
+    assert spec.defaults() == {
+        "layers": "conv",
+        "selection": "max",
+        "lam": 5.0,
+        "pad": 16,
+        "chroma_source": -1,
+        "weights": "",
+    }
     with pytest.raises(nf.FusionInputError):
         spec.resolve_params({"layers": "pool"})
 

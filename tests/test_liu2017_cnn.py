@@ -41,7 +41,12 @@ def test_registry_entry():
     spec = nf.get_method("liu2017_cnn")
     assert spec.mode == "pairwise" and spec.learned and "multi-focus" in spec.tasks
     assert spec.defaults() == {
-        "variant": "slight", "threshold": 0.5, "area_fraction": 0.01, "gf_radius": 8, "gf_eps": 0.1, "weights": "",
+        "variant": "slight",
+        "threshold": 0.5,
+        "area_fraction": 0.01,
+        "gf_radius": 8,
+        "gf_eps": 0.1,
+        "weights": "",
     }
     assert nf.get_method("liu2017_cnn_nway").mode == "nway"
 
@@ -53,7 +58,7 @@ def test_synthetic_pair_decision_and_fusion(synthetic_pair):
     acc = (res.labels == st.true_labels)[clear].mean()
     assert acc >= 0.9, acc
     fm = res.extras["focus_map"]
-    assert fm.shape == st.depth.shape and 0 <= fm.min() and fm.max() <= 1
+    assert fm.shape == st.depth.shape and fm.min() >= 0 and fm.max() <= 1
     # where slice 0 is focused the map says "first input in focus"
     assert fm[clear & (st.true_labels == 0)].mean() > 0.7 > 0.3 > fm[clear & (st.true_labels == 1)].mean()
     p_fused = psnr(res.fused, st.ground_truth)

@@ -31,7 +31,9 @@ def test_parameter_counts():
     # the paper's slight model: 435,202 parameters
     assert count_parameters(LiuFocusNet("slight")) == 435_202
     # original: + fc1 (512*8*8*256 + 256) and fc2 (256*2 + 2) instead of the 8x8 512->2 head
-    assert count_parameters(LiuFocusNet("original")) == 435_202 - (512 * 64 * 2 + 2) + 512 * 64 * 256 + 256 + 256 * 2 + 2
+    assert (
+        count_parameters(LiuFocusNet("original")) == 435_202 - (512 * 64 * 2 + 2) + 512 * 64 * 256 + 256 + 256 * 2 + 2
+    )
 
 
 @pytest.mark.parametrize("variant", ["slight", "original"])

@@ -247,7 +247,9 @@ class TestMethodContract:
         if r.labels is not None:
             follows = perm[rp.labels] == r.labels
             agree = follows.mean()
-            assert agree >= PERMUTATION_LABEL_AGREEMENT.get(name, 0.999), f"{name}: labels follow the permutation on {agree:.4f}"
+            assert agree >= PERMUTATION_LABEL_AGREEMENT.get(name, 0.999), (
+                f"{name}: labels follow the permutation on {agree:.4f}"
+            )
         assert grey_levels(rp.fused[follows], r.fused[follows]) <= 1, f"{name}: fused depends on the input order"
         if r.weights is not None:
             np.testing.assert_allclose(rp.weights, r.weights[perm], atol=1e-4)
@@ -304,7 +306,9 @@ class TestMethodContract:
         if ref.labels is not None:
             assert got.labels.dtype == ref.labels.dtype
             same = got.labels == ref.labels
-            assert (~same).mean() <= TILED_LABEL_MISMATCH.get(name, 0.0), f"{name}: tiled labels differ on {(~same).mean():.4f}"
+            assert (~same).mean() <= TILED_LABEL_MISMATCH.get(name, 0.0), (
+                f"{name}: tiled labels differ on {(~same).mean():.4f}"
+            )
             if ref.depth is not None:
                 np.testing.assert_array_equal(got.depth[same], ref.depth[same])
         atol = TILED_FUSED_ATOL.get(name, 0.0)
@@ -376,9 +380,7 @@ def _inverted(spec: nf.MethodSpec) -> nf.MethodSpec:
     def run(stack, *, ctx, **params):
         out = spec.run(stack, ctx=ctx, **params)
         w = out.weights.flip(0)
-        return dataclasses.replace(
-            out, fused=w[0] * stack[0] + w[1] * stack[1], labels=1 - out.labels, weights=w
-        )
+        return dataclasses.replace(out, fused=w[0] * stack[0] + w[1] * stack[1], labels=1 - out.labels, weights=w)
 
     return dataclasses.replace(spec, run=run)
 

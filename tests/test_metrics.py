@@ -27,7 +27,7 @@ from napari_fusion.metrics import (
     viff,
 )
 from napari_fusion.metrics import reference as ref
-from napari_fusion.metrics.fusion import entropy, spatial_frequency, standard_deviation, average_gradient
+from napari_fusion.metrics.fusion import average_gradient, entropy, spatial_frequency, standard_deviation
 
 torch.set_num_threads(1)
 
@@ -155,7 +155,9 @@ def test_colour_handling():
     rgb = lambda x: np.stack([x, x, x], -1)  # noqa: E731
     # a grey image stored as RGB scores like the grey image
     for name in ("qabf", "ssim", "en", "nmi", "q_y"):
-        assert METRICS[name](rgb(scene), [rgb(a), rgb(b)]) == pytest.approx(METRICS[name](scene, [a, b]), rel=1e-9), name
+        assert METRICS[name](rgb(scene), [rgb(a), rgb(b)]) == pytest.approx(METRICS[name](scene, [a, b]), rel=1e-9), (
+            name
+        )
     # grey infrared + colour visible (VIFB's layout) is accepted
     assert 0 < qabf(rgb(scene), [a, rgb(b)]) < 1
 

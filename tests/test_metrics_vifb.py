@@ -15,7 +15,17 @@ from napari_fusion.metrics.vifb import VIFB_METRICS
 # exactly the images VIFB scored (several of their values differ by 0.1-5 %;
 # see docs/metrics.md). Every other method reproduces within rounding.
 NOT_REPRODUCIBLE = {"SwinFusion", "YDTR"}
-CHEAP = ["Avg_gradient", "Cross_entropy", "Edge_intensity", "Entropy", "Mutinf", "Psnr", "Rmse", "Spatial_frequency", "Variance"]
+CHEAP = [
+    "Avg_gradient",
+    "Cross_entropy",
+    "Edge_intensity",
+    "Entropy",
+    "Mutinf",
+    "Psnr",
+    "Rmse",
+    "Spatial_frequency",
+    "Variance",
+]
 EXPENSIVE = ["Qabf", "Qcb", "Qcv", "Ssim"]
 
 
@@ -37,7 +47,12 @@ def vifb(data_dir):
 
     def case(name):
         d = root / name
-        return read(d / "src_01.jpg"), read(d / "src_00.jpg"), {p.stem: p for p in (d / "reference").glob("*.jpg")}, read
+        return (
+            read(d / "src_01.jpg"),
+            read(d / "src_00.jpg"),
+            {p.stem: p for p in (d / "reference").glob("*.jpg")},
+            read,
+        )
 
     return table, case
 
@@ -66,7 +81,9 @@ def test_vifb_cheap_metrics_all_methods_grey_ir(vifb):
     assert worst < 1e-3
 
 
-@pytest.mark.parametrize("case_name, methods", [("running", ["ADF", "CNN", "LatLRR"]), ("walking", ["CBF", "U2Fusion"])])
+@pytest.mark.parametrize(
+    "case_name, methods", [("running", ["ADF", "CNN", "LatLRR"]), ("walking", ["CBF", "U2Fusion"])]
+)
 def test_vifb_expensive_metrics(vifb, case_name, methods):
     """Q_AB/F (with VIFB's quirk), Q_CB, Q_CV and SSIM; 'walking' has a 3-channel infrared JPEG."""
     torch.set_num_threads(1)

@@ -115,7 +115,15 @@ def test_upsample_refuses_its_low_resolution_input(tmp_path, capsys):
     pan = np.random.default_rng(1).random((32, 32)).astype(np.float32)
     tifffile.imwrite(tmp_path / "ms.tif", low)
     tifffile.imwrite(tmp_path / "pan.tif", pan)
-    args = ["upsample", str(tmp_path / "ms.tif"), str(tmp_path / "pan.tif"), "-m", "bicubic", "-o", str(tmp_path / "ms.tif")]
+    args = [
+        "upsample",
+        str(tmp_path / "ms.tif"),
+        str(tmp_path / "pan.tif"),
+        "-m",
+        "bicubic",
+        "-o",
+        str(tmp_path / "ms.tif"),
+    ]
     rc = _unchanged([tmp_path / "ms.tif", tmp_path / "pan.tif"], lambda: main(args + ["--overwrite"]))
     assert rc == 2 and "is the input" in capsys.readouterr().err
 
@@ -152,7 +160,9 @@ def test_zarr_output_onto_a_folder_with_other_files_deletes_nothing(files, capsy
     (project / "raw").mkdir()
     (project / "raw" / "data.bin").write_bytes(b"\x01" * 100)
     for extra in ([], ["--overwrite"]):
-        rc = _unchanged([project], lambda: main(["fuse", "stack.tif", "-o", str(project), "--chunks", "32", "-q", *extra]))
+        rc = _unchanged(
+            [project], lambda: main(["fuse", "stack.tif", "-o", str(project), "--chunks", "32", "-q", *extra])
+        )
         assert rc == 2
         assert "not a napari-fusion output" in capsys.readouterr().err
 

@@ -13,17 +13,15 @@ import napari_fusion as nf
 from napari_fusion.errors import FusionInputError, WeightsUnavailableError
 from napari_fusion.methods.tiis2018_fcn import default_weights_path, load_two_stream_net, run_net_tiled
 from napari_fusion.nets.tiis2018_fcn import TwoStreamFusionNet, receptive_radius
-from napari_fusion.weights import read_manifest, sha256_file
 from napari_fusion.training.tiis2018_fcn import (
-    FusionTriplets,
     build_model,
     fusion_step,
     get_config,
-    psnr_summary,
     region_mask,
     run_training,
     sample_fusion_examples,
 )
+from napari_fusion.weights import read_manifest, sha256_file
 
 
 def _psnr(a, b):
@@ -36,8 +34,12 @@ def _psnr(a, b):
 
 @pytest.mark.parametrize(
     "kw",
-    [{}, {"kernel": 3, "width": 8, "layout": (3, 2, 1)}, {"kernel": 7, "width": 6, "layout": (1, 1, 3)},
-     {"width": 8, "shared_streams": True}],
+    [
+        {},
+        {"kernel": 3, "width": 8, "layout": (3, 2, 1)},
+        {"kernel": 7, "width": 6, "layout": (1, 1, 3)},
+        {"width": 8, "shared_streams": True},
+    ],
 )
 @pytest.mark.parametrize("size", [(37, 53), (10, 11), (64, 21)])
 def test_network_preserves_any_size(kw, size):

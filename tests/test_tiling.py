@@ -36,7 +36,7 @@ def _stack(seed: int, n: int, h: int, w: int, colour: bool = False) -> np.ndarra
     base = rng.random(shape).astype(np.float32)
     sig = (1, 1, 0) if colour else (1, 1)
     out = []
-    for k in range(n):
+    for _ in range(n):
         s = rng.uniform(0, 2.5)
         sl = gaussian_filter(base, [s, s, 0] if colour else s)
         mask = rng.random((h, w)) < 0.5
@@ -80,8 +80,16 @@ tiles = st.one_of(st.integers(8, 40), st.tuples(st.integers(8, 40), st.integers(
 )
 def test_focus_measure_tiled_equals_untiled(seed, n, h, w, chunks, measure, window, smooth, consistency, blend):
     images = _stack(seed, n, h, w)
-    _compare(images, "focus_measure", chunks, measure=measure, window=window, smooth=smooth,
-             consistency=consistency, blend=blend)
+    _compare(
+        images,
+        "focus_measure",
+        chunks,
+        measure=measure,
+        window=window,
+        smooth=smooth,
+        consistency=consistency,
+        blend=blend,
+    )
 
 
 @SETTINGS
@@ -104,13 +112,27 @@ def test_average_tiled_equals_untiled(seed, n, h, w, chunks, colour):
 )
 def test_gff_tiled_equals_untiled(seed, n, h, w, chunks, r1, base_radius, saliency_radius, r2):
     images = _stack(seed, n, h, w)
-    _compare(images, "gff", chunks, r1=r1, base_radius=base_radius, saliency_radius=saliency_radius, r2=r2,
-             saliency_sigma=1.0)
+    _compare(
+        images,
+        "gff",
+        chunks,
+        r1=r1,
+        base_radius=base_radius,
+        saliency_radius=saliency_radius,
+        r2=r2,
+        saliency_sigma=1.0,
+    )
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10_000), h=st.integers(16, 64), w=st.integers(16, 64), chunks=tiles,
-       levels=st.integers(1, 4), method=st.sampled_from(["laplacian_pyramid", "mertens"]))
+@given(
+    seed=st.integers(0, 10_000),
+    h=st.integers(16, 64),
+    w=st.integers(16, 64),
+    chunks=tiles,
+    levels=st.integers(1, 4),
+    method=st.sampled_from(["laplacian_pyramid", "mertens"]),
+)
 def test_pyramid_with_fixed_levels_tiles_on_an_aligned_grid(seed, h, w, chunks, levels, method):
     images = _stack(seed, 3, h, w)
     lazy, _, _ = _compare(images, method, chunks, levels=levels)
@@ -212,7 +234,9 @@ def test_lazy_validation_gives_the_in_memory_errors(images):
 
 def test_lazy_validation_of_axes_chunks_and_positions():
     x = da.zeros((3, 16, 16), dtype=np.uint8)
-    assert _message(lambda: nf.fuse(x, stack_axis=4)) == _message(lambda: nf.fuse(np.zeros((3, 16, 16), np.uint8), stack_axis=4))
+    assert _message(lambda: nf.fuse(x, stack_axis=4)) == _message(
+        lambda: nf.fuse(np.zeros((3, 16, 16), np.uint8), stack_axis=4)
+    )
     assert "at least two" in _message(lambda: nf.fuse(da.zeros((16, 16))))
     assert "chunks" in _message(lambda: nf.fuse(x, chunks=0))
     assert "chunks" in _message(lambda: nf.fuse(x, chunks="big"))

@@ -12,7 +12,6 @@ from napari_fusion.errors import WeightsUnavailableError
 from napari_fusion.nets.liu2017_cnn import LiuFocusNet
 from napari_fusion.ops.filters import gaussian_filter
 from napari_fusion.training.checkpoints import export_weights
-from napari_fusion.weights import load_verified_weights, sha256_file
 from napari_fusion.training.data import (
     DefocusRenderer,
     SwappedPairs,
@@ -24,6 +23,7 @@ from napari_fusion.training.data import (
 )
 from napari_fusion.training.liu2017_cnn import get_config, liu_step
 from napari_fusion.training.loop import TrainConfig, evaluate, train
+from napari_fusion.weights import load_verified_weights, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +88,20 @@ def test_split_is_disjoint_and_seeded():
 
 
 def _cfg(**kw):
-    base = dict(seed=0, batch_size=16, epochs=2, optimizer="adam", lr=2e-3, weight_decay=0.0,
-                schedule="step", lr_drop_at=(), checkpoint_every=3, val_batch_size=64, threads=1,
-                device="cpu")
+    base = dict(
+        seed=0,
+        batch_size=16,
+        epochs=2,
+        optimizer="adam",
+        lr=2e-3,
+        weight_decay=0.0,
+        schedule="step",
+        lr_drop_at=(),
+        checkpoint_every=3,
+        val_batch_size=64,
+        threads=1,
+        device="cpu",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -100,8 +111,7 @@ def test_smoke_training_loss_decreases(pairs, tmp_path):
     torch.manual_seed(0)
     model = LiuFocusNet("slight")
     before, acc0 = evaluate(model, ds, liu_step, batch_size=64, device=torch.device("cpu"))
-    res = train(model, ds, ds, liu_step, _cfg(epochs=12, lr=1e-3), run_dir=tmp_path, progress=False,
-                log=lambda s: None)
+    res = train(model, ds, ds, liu_step, _cfg(epochs=12, lr=1e-3), run_dir=tmp_path, progress=False, log=lambda s: None)
     after, acc = evaluate(res.model, ds, liu_step, batch_size=64, device=torch.device("cpu"))
     assert res.steps == 12 * (len(ds) // 16)
     # 24 steps only leave the initial plateau (the full run needs a few hundred), but the loss
@@ -114,16 +124,41 @@ def test_smoke_training_loss_decreases(pairs, tmp_path):
 def test_resume_matches_uninterrupted_run(pairs, tmp_path):
     ds = SwappedPairs(pairs[0][:32], pairs[1][:32])
     torch.manual_seed(0)
-    full = train(LiuFocusNet("slight"), ds, ds, liu_step, _cfg(epochs=2), run_dir=tmp_path / "a",
-                 progress=False, log=lambda s: None)
+    full = train(
+        LiuFocusNet("slight"),
+        ds,
+        ds,
+        liu_step,
+        _cfg(epochs=2),
+        run_dir=tmp_path / "a",
+        progress=False,
+        log=lambda s: None,
+    )
     # interrupted: one epoch, then resumed to two
     torch.manual_seed(0)
-    train(LiuFocusNet("slight"), ds, ds, liu_step, _cfg(epochs=1), run_dir=tmp_path / "b",
-          progress=False, log=lambda s: None)
+    train(
+        LiuFocusNet("slight"),
+        ds,
+        ds,
+        liu_step,
+        _cfg(epochs=1),
+        run_dir=tmp_path / "b",
+        progress=False,
+        log=lambda s: None,
+    )
     msgs = []
     torch.manual_seed(123)  # a different init must be overwritten by the checkpoint
-    resumed = train(LiuFocusNet("slight"), ds, ds, liu_step, _cfg(epochs=2), run_dir=tmp_path / "b",
-                    resume=True, progress=False, log=msgs.append)
+    resumed = train(
+        LiuFocusNet("slight"),
+        ds,
+        ds,
+        liu_step,
+        _cfg(epochs=2),
+        run_dir=tmp_path / "b",
+        resume=True,
+        progress=False,
+        log=msgs.append,
+    )
     assert any("resumed" in m for m in msgs)
     assert resumed.steps == full.steps
     for k, v in full.model.state_dict().items():
@@ -155,7 +190,12 @@ def test_configs_and_cli_parser():
     # the paper's recipe at scale: 2M examples (pairs in both orders), SGD 0.9, wd 5e-4, batch 128, lr 1e-4
     assert 2 * gpu.data.n_train_pairs == 2_000_000 and gpu.variant == "original"
     assert (gpu.train.optimizer, gpu.train.momentum, gpu.train.weight_decay, gpu.train.batch_size, gpu.train.lr) == (
-        "sgd", 0.9, 5e-4, 128, 1e-4)
+        "sgd",
+        0.9,
+        5e-4,
+        128,
+        1e-4,
+    )
     json.dumps(cpu.as_dict())
     from napari_fusion.cli import build_parser
 

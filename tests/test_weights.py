@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from napari_fusion import WeightsUnavailableError
+from napari_fusion import weights as W
 from napari_fusion.cli import main
 from napari_fusion.errors import FusionInputError
-from napari_fusion import weights as W
 
 PAYLOAD = b"pretend these are network weights\n" * 100
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()

@@ -31,8 +31,24 @@ def test_batch_writes_outputs_and_records(tmp_path, capsys):
     broken = tmp_path / "in" / "broken.tif"
     broken.write_bytes(b"not a tiff")
     out = tmp_path / "out"
-    rc = main(["batch", str(folder), str(multipage), str(broken), str(positions), "-o", str(out),
-               "-p", "window=3", "--align", "translation", "--z-step", "0.5", "-q"])
+    rc = main(
+        [
+            "batch",
+            str(folder),
+            str(multipage),
+            str(broken),
+            str(positions),
+            "-o",
+            str(out),
+            "-p",
+            "window=3",
+            "--align",
+            "translation",
+            "--z-step",
+            "0.5",
+            "-q",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 1
     assert "broken" in captured.err and "4 of 5" in captured.err
@@ -42,8 +58,14 @@ def test_batch_writes_outputs_and_records(tmp_path, capsys):
         height = tifffile.imread(out / f"{name}_height.tif")
         assert height.dtype == np.float32 and height.max() <= 1.5 + 1e-6
         rec = json.loads((out / f"{name}_record.json").read_text())
-        assert rec["params"] == {"measure": "sml", "window": 3, "smooth": 2.0, "consistency": 3,
-                                 "blend": 0.0, "halo_control": False}
+        assert rec["params"] == {
+            "measure": "sml",
+            "window": 3,
+            "smooth": 2.0,
+            "consistency": 3,
+            "blend": 0.0,
+            "halo_control": False,
+        }
         assert rec["options"]["align"] == "translation"
         assert len(rec["alignment"]["matrices"]) == 4
         assert rec["z_positions"] == [0.0, 0.5, 1.0, 1.5]

@@ -53,8 +53,11 @@ def _final_files(out: Path) -> list[str]:
 
 
 def _sha256_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --------------------------------------------------------------------------- unique output names
@@ -248,11 +251,40 @@ def test_inputs_are_byte_identical_after_a_batch(tmp_path):
     tifffile.imwrite(root / "plate.tif", np.stack([_slices(3), _slices(4)]), photometric="minisblack")
     before = _sha256_tree(root)
     out = tmp_path / "out"
-    assert main(["batch", str(root / "day1"), str(root / "multi"), str(root / "plate.tif"), "-o", str(out),
-                 "-q", "--align", "translation"]) == 0
+    assert (
+        main(
+            [
+                "batch",
+                str(root / "day1"),
+                str(root / "multi"),
+                str(root / "plate.tif"),
+                "-o",
+                str(out),
+                "-q",
+                "--align",
+                "translation",
+            ]
+        )
+        == 0
+    )
     assert set(_records(out)) == {"stackA", "m", "plate_p000", "plate_p001"}
-    assert main(["batch", str(root / "day1"), str(root / "multi"), str(root / "plate.tif"), "-o", str(out),
-                 "-q", "--align", "translation", "--no-resume"]) == 0
+    assert (
+        main(
+            [
+                "batch",
+                str(root / "day1"),
+                str(root / "multi"),
+                str(root / "plate.tif"),
+                "-o",
+                str(out),
+                "-q",
+                "--align",
+                "translation",
+                "--no-resume",
+            ]
+        )
+        == 0
+    )
     assert _sha256_tree(root) == before
 
 
@@ -281,8 +313,12 @@ def test_killed_run_leaves_no_partial_file_and_resumes_to_the_same_outputs(tmp_p
 
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "napari_fusion.cli", "batch", str(folder), "-o", str(out), "-q"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_fusion.cli", "batch", str(folder), "-o", str(out), "-q"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while not out.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -83,7 +83,7 @@ class _LazyStack:
         blur = np.abs(self.depth - k) / max(self.n / 12.0, 1.0)
         a = ndimage.gaussian_filter(self.texture, 2.0)
         # per-pixel mix of sharp and blurred texture: sharp where |depth - k| is small
-        wgt = np.exp(-blur**2)
+        wgt = np.exp(-(blur**2))
         return (wgt * self.texture + (1 - wgt) * a).astype(np.float32)
 
 
@@ -107,8 +107,9 @@ def test_deep_stack_not_capped_at_255_and_streams():
 
 
 def test_dapi_height_in_microns(dataset):
-    from napari_fusion.io import read_stack
     from skimage.filters import threshold_otsu
+
+    from napari_fusion.io import read_stack
 
     stack = read_stack(dataset("focalstack/dapi_widefield/dapi"))
     assert stack[0].dtype == np.uint16 and len(stack) == 40

@@ -18,6 +18,7 @@ import sys
 
 import pytest
 
+
 def _qt_starts(platform: str) -> bool:
     probe = "from qtpy.QtWidgets import QApplication; QApplication([])"
     env = dict(os.environ, QT_QPA_PLATFORM=platform)
@@ -70,3 +71,26 @@ def pytest_collection_modifyitems(config, items):
         return
     for item in gui_items:
         item.add_marker(pytest.mark.skip(reason=reason))
+
+
+# --------------------------------------------------------------------------- shared GUI fixtures
+# (a test module may override one with its own fixture of the same name, e.g.
+# test_focal_widget.py's ``widget`` and test_upsample_widget.py's ``viewer``)
+
+
+@pytest.fixture
+def viewer():
+    """A viewer model without a window: the widgets only need layers and dims (fast)."""
+    from napari.components import ViewerModel
+
+    return ViewerModel()
+
+
+@pytest.fixture
+def widget(qtbot, viewer):
+    """The generic fusion dock widget on ``viewer``, closed by qtbot after the test."""
+    from napari_fusion._napari._widget import FusionWidget
+
+    w = FusionWidget(viewer)
+    qtbot.addWidget(w)
+    return w

@@ -20,22 +20,6 @@ pytestmark = [
 TIMEOUT_MS = 60_000
 
 
-@pytest.fixture
-def viewer():
-    from napari.components import ViewerModel
-
-    return ViewerModel()
-
-
-@pytest.fixture
-def widget(qtbot, viewer):
-    from napari_fusion._napari._widget import FusionWidget
-
-    w = FusionWidget(viewer)
-    qtbot.addWidget(w)
-    return w
-
-
 def _pair():
     rng = np.random.default_rng(0)
     h, w = 48, 64

@@ -15,14 +15,8 @@ TIMEOUT_MS = 60_000
 
 
 @pytest.fixture
-def viewer():
-    from napari.components import ViewerModel
-
-    return ViewerModel()
-
-
-@pytest.fixture
 def widget(qtbot, viewer):
+    """The focal-stack widget (overrides conftest's fusion ``widget`` in this module)."""
     from napari_fusion._napari._focal import FocalStackWidget
 
     w = FocalStackWidget(viewer)
@@ -59,7 +53,7 @@ def test_height_in_microns_surface_and_inputs_unchanged(qtbot, viewer, widget, g
     # height in the layer's z units: slice positions k * 0.3 um, refined below one slice
     h = np.asarray(height.data)
     n = grey_stack.shape[0]
-    assert h.dtype == np.float32 and -0.15 - 1e-4 <= h.min() and h.max() <= 0.3 * (n - 1) + 0.15 + 1e-4
+    assert h.dtype == np.float32 and h.min() >= -0.15 - 1e-4 and h.max() <= 0.3 * (n - 1) + 0.15 + 1e-4
     idx = np.asarray(dec.data).astype(int) - 1
     assert np.all(np.abs(h - 0.3 * idx) <= 0.15 + 1e-4)
     assert height.metadata["napari_fusion"]["height_unit"] == "micrometer"
@@ -79,11 +73,14 @@ def test_alignment_option_reports_shifts(qtbot, viewer, widget, grey_stack):
 
     # shift every slice by a known translation: slice k moved by (k - 2) * (1.5, -1) px
     ref = 2
-    shifted = np.stack([
-        np.rint(ndimage.shift(sl.astype(np.float64), ((k - ref) * 1.5, (k - ref) * -1.0), order=1, mode="nearest"))
-        .astype(np.uint16)
-        for k, sl in enumerate(grey_stack)
-    ])
+    shifted = np.stack(
+        [
+            np.rint(
+                ndimage.shift(sl.astype(np.float64), ((k - ref) * 1.5, (k - ref) * -1.0), order=1, mode="nearest")
+            ).astype(np.uint16)
+            for k, sl in enumerate(grey_stack)
+        ]
+    )
     layer = viewer.add_image(shifted, name="shifted")
     widget.set_stack_layer(layer)
     widget.align.setCurrentText("translation")
@@ -97,7 +94,10 @@ def test_alignment_option_reports_shifts(qtbot, viewer, widget, grey_stack):
     expected = np.array([((k - r) * 1.5, (k - r) * -1.0) for k in range(n)])
     np.testing.assert_allclose(shifts, expected, atol=0.35)
     assert "translation" in widget.alignment_label.text()
-    assert "magnification" in widget.alignment_label.toolTip() and len(widget.alignment_label.toolTip().splitlines()) == n + 1
+    assert (
+        "magnification" in widget.alignment_label.toolTip()
+        and len(widget.alignment_label.toolTip().splitlines()) == n + 1
+    )
     # off again: no alignment in the record
     widget.align.setCurrentText("none")
     assert run_and_wait(qtbot, widget) == "done"

@@ -39,7 +39,9 @@ def test_manifest_found_through_entry_point_is_the_top_level_file(manifest):
 
 def test_manifest_lists_widget_samples_and_writer(manifest):
     contrib = manifest.contributions
-    assert {"Image fusion", "Fusion metrics", "Focal stack", "Guided upsampling"} <= {w.display_name for w in contrib.widgets}
+    assert {"Image fusion", "Fusion metrics", "Focal stack", "Guided upsampling"} <= {
+        w.display_name for w in contrib.widgets
+    }
     assert {s.key for s in contrib.sample_data} == {"focal_stack", "exposure_series"}
     writer_types = sorted(lt for w in contrib.writers for lt in w.layer_types)
     assert writer_types == ["image", "labels"]

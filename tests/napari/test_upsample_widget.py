@@ -16,6 +16,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def viewer():
+    """A viewer holding a multispectral and a pan layer (overrides conftest's empty ``viewer``)."""
     from napari.components import ViewerModel
 
     rng = np.random.default_rng(0)
@@ -37,7 +38,9 @@ def test_widget_matches_library_and_places_result_on_guide_grid(qtbot, viewer):
     assert not w.model.isEnabled()
     layer = w.run()
     assert layer is not None and layer.name == "ms upsampled"
-    expected = nf.guided_upsample(viewer.layers["ms"].data, viewer.layers["pan"].data, method="guided_filter", band_axis=0)
+    expected = nf.guided_upsample(
+        viewer.layers["ms"].data, viewer.layers["pan"].data, method="guided_filter", band_axis=0
+    )
     assert layer.data.shape == (4, 48, 64)
     np.testing.assert_allclose(layer.data, expected, rtol=1e-6)
     assert tuple(layer.scale[-2:]) == (0.5, 0.5)

@@ -22,23 +22,6 @@ TIMEOUT_MS = 30_000
 
 
 @pytest.fixture
-def viewer():
-    """A viewer model without a window: the widget only needs layers and dims (fast)."""
-    from napari.components import ViewerModel
-
-    return ViewerModel()
-
-
-@pytest.fixture
-def widget(qtbot, viewer):
-    from napari_fusion._napari._widget import FusionWidget
-
-    w = FusionWidget(viewer)
-    qtbot.addWidget(w)
-    return w
-
-
-@pytest.fixture
 def grey_pair(small_focal_stack):
     """Two uint16 grey slices (near and far focus) and the truth of which is sharper."""
     from skimage.color import rgb2gray
@@ -99,8 +82,9 @@ def test_widget_lists_registry(widget):
 
 
 def test_param_panel_is_generated_from_registry(widget, blocking_method):
-    from napari_fusion import get_method
     from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QSpinBox
+
+    from napari_fusion import get_method
 
     widget.set_method("focus_measure")
     ed = widget.params.editors
@@ -113,7 +97,15 @@ def test_param_panel_is_generated_from_registry(widget, blocking_method):
     assert "Radius (pixels)" in ed["window"].toolTip()
 
     widget.set_method("gff")
-    assert list(widget.params.editors) == ["base_radius", "saliency_sigma", "saliency_radius", "r1", "eps1", "r2", "eps2"]
+    assert list(widget.params.editors) == [
+        "base_radius",
+        "saliency_sigma",
+        "saliency_radius",
+        "r1",
+        "eps1",
+        "r2",
+        "eps2",
+    ]
     eps2 = widget.params.editors["eps2"]
     assert eps2.value() == 1e-6 and eps2.text() == "1e-06"
     eps2.stepBy(1)  # log-scale range: one step is a factor of ten
