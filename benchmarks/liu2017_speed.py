@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from napari_fusion.nets.liu2017_cnn import LiuFocusNet, difference_filters, image_terms, pair_scores, score_map_size
+from napari_fusion.nets.liu2017_cnn import DenseScorer, LiuFocusNet, pair_scores, score_map_size, stack_terms
 
 
 def conv_flops(cin, cout, k, h, w):
@@ -67,12 +67,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for variant in ("slight", "original"):
         net = LiuFocusNet(variant).eval().to(dev)
-        filt, db = difference_filters(net)
-        with torch.no_grad():
-            t = best_time(
-                lambda: pair_scores(image_terms(net, x1, filters=filt), image_terms(net, x2, filters=filt), db),
-                args.repeats,
-            )
+        scorer = DenseScorer(net)
+        grey = torch.stack([x1, x2])
+
+        def score(scorer=scorer, grey=grey):
+            ta, tb = stack_terms(scorer, grey)
+            return pair_scores(ta, tb, scorer.db)
+
+        t = best_time(score, args.repeats)
         for folded in (False, True):
             fl = pair_flops(args.size, variant, folded)
             bound = fl / rate

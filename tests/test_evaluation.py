@@ -149,3 +149,25 @@ def test_cli_evaluate_passes_method_parameters(tmp_path, capsys):
     assert "not run" in capsys.readouterr().err
     assert main(args + ["-p", "gff.nope=1"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_evaluate_prints_an_estimate_before_starting(tmp_path, capsys):
+    from napari_fusion.evaluation import _estimate_message, estimate_metric_seconds
+
+    root = _make_dataset(tmp_path / "ds")
+    rc = main(["evaluate", str(root), "-m", "average", "--metrics", "qabf,ssim", "--reference"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "evaluating 2 cases x 3 methods (6 runs), about " in err
+    assert "of metrics plus the fusion time of 1 method(s)" in err
+    assert err.index("evaluating 2 cases") < err.index("evaluating ds")  # the estimate, then the bar
+    from napari_fusion.datasets import iter_cases
+    from napari_fusion.evaluation import _jobs
+    from napari_fusion.metrics import get_metric
+
+    cases = iter_cases(root)
+    jobs = _jobs(cases, [], True)
+    est = estimate_metric_seconds(cases, jobs, [get_metric("qabf")])
+    assert est is not None and est > 0
+    assert _estimate_message(2, 4, [], 200.0) == "evaluating 2 cases x 2 methods (4 runs), about 3 min"
+    assert _estimate_message(2, 4, [], None) == "evaluating 2 cases x 2 methods (4 runs)"

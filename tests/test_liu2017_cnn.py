@@ -78,6 +78,40 @@ def test_nway_on_three_slices(small_focal_stack):
     assert (res.labels == truth).mean() > 0.6
 
 
+def test_fold_reuses_scores_without_changing_decisions(small_focal_stack, monkeypatch):
+    import napari_fusion.methods.liu2017_cnn as mod
+
+    slices = list(small_focal_stack.slices)  # 4 slices, 96x128: a fold of 3 pairs
+    reused = []
+    real = mod.stack_terms
+
+    def spy(*args, known=None, **kw):
+        reused.append(known is not None)
+        return real(*args, known=known, **kw)
+
+    monkeypatch.setattr(mod, "stack_terms", spy)
+    mod.clear_score_cache()
+    res = nf.fuse(slices, "liu2017_cnn", device="cpu", area_fraction=0.0)
+    assert reused == [False, True, True]
+    monkeypatch.setattr(mod, "stack_terms", lambda *a, known=None, **kw: real(*a, **kw))
+    ref = nf.fuse(slices, "liu2017_cnn", device="cpu", area_fraction=0.0)
+    np.testing.assert_array_equal(res.labels, ref.labels)
+    np.testing.assert_array_equal(res.fused, ref.fused)
+
+
+def test_filtered_weights_exact_away_from_the_boundary():
+    import torch
+
+    from napari_fusion.methods.liu2017_cnn import _exact_where_flat
+
+    d = torch.zeros(60, 80)
+    d[:, 40:] = 1
+    wa = d + 1e-7 * torch.randn(60, 80)
+    out = _exact_where_flat(wa, d, 4)  # support radius 8: columns 32..47 keep the filter's values
+    assert torch.equal(out[:, :32], d[:, :32]) and torch.equal(out[:, 48:], d[:, 48:])
+    assert torch.equal(out[:, 32:48], wa[:, 32:48])
+
+
 @pytest.fixture(scope="module")
 def lytro_crop(data_dir):
     case = data_dir / "multifocus" / "lytro" / "lytro-01"

@@ -81,3 +81,44 @@ def test_spread_scores_averages_patches():
 def test_small_input_rejected():
     with pytest.raises(ValueError, match="16x16"):
         LiuFocusNet()(torch.rand(1, 1, 15, 40), torch.rand(1, 1, 15, 40))
+
+
+def test_stack_terms_batches_progress_and_cancel():
+    from napari_fusion.nets.liu2017_cnn import DenseScorer, stack_terms
+
+    net = _net("slight")
+    scorer = DenseScorer(net)
+    grey = torch.rand(3, 50, 61)
+    ref = torch.stack([image_terms(net, g, tile=500) for g in grey])
+    calls = []
+    out = stack_terms(scorer, grey, tile=7, batch=2, progress=lambda d, t: calls.append((d, t)))
+    torch.testing.assert_close(out, ref, atol=2e-6, rtol=0)
+    assert calls[-1][0] == calls[-1][1] and len(calls) > 4  # per batch, to the end
+
+    class Stop(Exception):
+        pass
+
+    def cancel(done, total):
+        raise Stop
+
+    with pytest.raises(Stop):
+        stack_terms(scorer, grey, tile=7, progress=cancel)
+
+
+def test_known_tiles_are_reused_exactly():
+    from napari_fusion.nets.liu2017_cnn import DenseScorer, stack_terms, tile_grid
+
+    scorer = DenseScorer(_net("slight"))
+    a, b = torch.rand(70, 66), torch.rand(70, 66)
+    known = torch.stack([a, b])
+    known_terms = stack_terms(scorer, known, tile=8)
+    blend = a.clone()
+    blend[40:] = b[40:]  # bottom from b: tiles there reuse b's, the seam is recomputed
+    calls = []
+    out = stack_terms(
+        scorer, blend[None], tile=8, known=(known, known_terms), batch=1, progress=lambda d, t: calls.append(d)
+    )
+    torch.testing.assert_close(out, stack_terms(scorer, blend[None], tile=8), atol=2e-6, rtol=0)
+    assert torch.equal(out[0, :, :5], known_terms[0, :, :5])
+    assert torch.equal(out[0, :, -3:], known_terms[1, :, -3:])
+    assert calls[-1] == len(tile_grid(70, 66, 8))  # progress reaches the end

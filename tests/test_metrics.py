@@ -195,3 +195,34 @@ def test_registry_and_compute_metrics():
         assert isinstance(v, float), name
     # the fused-only metrics ignore the sources
     assert compute_metrics(scene, names=["en", "sd"]) == compute_metrics(scene, [a, b], names=["en", "sd"])
+
+
+def test_remembered_results_follow_the_content():
+    """Conversions and maps are remembered by content: an array changed in place is scored afresh,
+    and a caller's tensor is never aliased by the remembered copy."""
+    from napari_fusion.metrics._common import as_tensor255, clear_memo
+
+    a, b, scene = _pair()
+    f = scene.copy()
+    before = [METRICS[n](f, [a, b]) for n in ("qabf", "ssim", "q_y", "viff", "nmi")]
+    f[10:30, 10:30] = 0
+    after = [METRICS[n](f, [a, b]) for n in ("qabf", "ssim", "q_y", "viff", "nmi")]
+    clear_memo()
+    fresh = [METRICS[n](f, [a, b]) for n in ("qabf", "ssim", "q_y", "viff", "nmi")]
+    assert after == fresh and all(x != y for x, y in zip(before, after))
+    t = torch.from_numpy(scene.astype(np.float64))
+    conv = as_tensor255(t)
+    t += 1
+    assert torch.equal(conv[0], torch.from_numpy(scene.astype(np.float64)))
+
+
+def test_sobel_is_exact_where_the_response_is_zero():
+    """The separable Sobel gives exactly 0 where the two rows (columns) it compares are equal,
+    even on non-integer grey levels (a tap-by-tap sum leaves rounding noise there)."""
+    from napari_fusion.metrics._common import sobel_valid
+
+    rng = np.random.default_rng(3)
+    row = torch.from_numpy(rng.uniform(0, 255, 40) * 0.2989)
+    x = torch.stack([row, row * 0.587, row])  # rows 0 and 2 equal: the vertical response is 0
+    _, gy = sobel_valid(x)
+    assert torch.all(gy == 0)

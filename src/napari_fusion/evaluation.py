@@ -155,9 +155,13 @@ def evaluate_dataset(
     names, specs = _select_metrics(dataset_dir, all_cases, metrics)
     result = EvaluationResult(metrics=names)
     jobs = _jobs(all_cases, methods, reference)
+    metric_device = device if device != "auto" else None
     bar = None
     if progress:
         from tqdm import tqdm
+
+        est = estimate_metric_seconds(all_cases, jobs, specs, device=metric_device)
+        print(_estimate_message(len(all_cases), len(jobs), methods, est), file=sys.stderr, flush=True)
 
         bar = tqdm(total=len(jobs), desc=f"evaluating {dataset_dir.name}", unit="run", file=sys.stderr)
     loaded: dict[str, tuple] = {}
@@ -180,6 +184,55 @@ def evaluate_dataset(
         if bar is not None:
             bar.close()
     return result
+
+
+def _probe_images(case) -> tuple[list[np.ndarray], Any, list[np.ndarray]]:
+    """The sources and ground truth of ``case``, and two stand-in fused images (mean and maximum of the sources)."""
+    srcs, gt = case.load_sources(), case.load_gt()
+    _check_case_images(case.name, srcs, gt)
+    stack = np.stack([s.astype(np.float64) for s in _harmonise_channels(list(srcs))])
+    fakes = [stack.mean(0), stack.max(0)]
+    dtype = srcs[0].dtype
+    if np.issubdtype(dtype, np.integer):
+        fakes = [np.round(f).astype(dtype) for f in fakes]
+    return srcs, gt, fakes
+
+
+def estimate_metric_seconds(all_cases: list, jobs: list, specs: list, *, device=None) -> float | None:
+    """Seconds the metrics of ``jobs`` will take, from timing them on the first case (None if that fails).
+
+    Two stand-in fused images (the mean and the maximum of the sources) are
+    scored: the first pays the sources' side too (once per case), the second
+    only the fused image's side (every further run of the case). The sources'
+    side stays remembered, so this probe is not all extra work.
+    """
+    try:
+        srcs, gt, (first, second) = _probe_images(all_cases[0])
+        times = []
+        for fused in (first, second):
+            t0 = time.perf_counter()
+            for spec in specs:
+                spec(fused, srcs, gt, device=device)
+            times.append(time.perf_counter() - t0)
+    except (FusionInputError, ValueError, OSError):
+        return None
+    runs_per_case = {}
+    for case, _, _ in jobs:
+        runs_per_case[case.name] = runs_per_case.get(case.name, 0) + 1
+    return sum(times[0] + (n - 1) * times[1] for n in runs_per_case.values())
+
+
+def _estimate_message(n_cases: int, n_runs: int, methods: Sequence[str], seconds: float | None) -> str:
+    """'evaluating N cases x M methods (R runs), about T s' for the start of a run."""
+    per_case = n_runs / max(n_cases, 1)
+    per = f"{per_case:.0f}" if per_case == int(per_case) else f"{per_case:.1f}"
+    head = f"evaluating {n_cases} cases x {per} methods ({n_runs} runs)"
+    if seconds is None:
+        return head
+    t = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    if methods:
+        return f"{head}, about {t} of metrics plus the fusion time of {len(methods)} method(s)"
+    return f"{head}, about {t}"
 
 
 def _select_cases(dataset_dir: Path, cases: Sequence[str] | None, limit: int | None) -> list:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FusionError, FusionInputError, FusionOutputError
+from .microscopy import Calibration
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
@@ -171,6 +172,7 @@ def write_image(
     metadata: dict | None = None,
     overwrite: bool = False,
     inputs: Sequence[str | Path] = (),
+    calibration: Calibration | None = None,
 ) -> Path:
     """Write an array; TIFF keeps any dtype (16-bit, float), PNG/JPEG need uint8 (or uint16 PNG).
 
@@ -182,7 +184,10 @@ def write_image(
     The file is written under a hidden temporary name in the same folder and
     renamed into place when complete, so an interrupted write never leaves a
     cut-short file at ``path``. Parent folders are created. ``metadata`` is
-    stored in the TIFF description.
+    stored in the TIFF description. A known ``calibration``
+    (:func:`read_calibration`) goes into a TIFF's resolution tags (pixels per
+    centimetre when the unit is a length, as ImageJ and Fiji read them) and,
+    whole, into its description under ``"calibration"``.
     """
     from .output_safety import atomic_file, check_output_path
 
@@ -196,12 +201,20 @@ def write_image(
     ):
         raise FusionInputError(f"cannot write {image.dtype} data as {suffix}; use .tif to keep the data unchanged")
     check_output_path(path, inputs=inputs, overwrite=overwrite)
+    if calibration is not None and calibration.known:
+        metadata = {**(metadata or {}), "calibration": calibration.as_dict()}
+    resolution = _tiff_resolution(calibration)
     with atomic_file(path) as tmp:
-        _encode_image(tmp, image, suffix, metadata)
+        if resolution:
+            _encode_image(tmp, image, suffix, metadata, resolution)
+        else:  # the call of uncalibrated writes is unchanged
+            _encode_image(tmp, image, suffix, metadata)
     return path
 
 
-def _encode_image(target: Path, image: np.ndarray, suffix: str, metadata: dict | None) -> None:
+def _encode_image(
+    target: Path, image: np.ndarray, suffix: str, metadata: dict | None, resolution: dict | None = None
+) -> None:
     if suffix in (".tif", ".tiff"):
         import json
 
@@ -209,11 +222,38 @@ def _encode_image(target: Path, image: np.ndarray, suffix: str, metadata: dict |
 
         photometric = "rgb" if image.ndim == 3 and image.shape[-1] == 3 else "minisblack"
         desc = json.dumps(metadata, default=str) if metadata else None
-        tifffile.imwrite(target, image, photometric=photometric, description=desc)
+        tifffile.imwrite(target, image, photometric=photometric, description=desc, **(resolution or {}))
     else:
         import imageio.v3 as iio
 
         iio.imwrite(target, image, extension=suffix)
+
+
+def read_calibration(path: str | Path | Sequence[str | Path]) -> Calibration:
+    """Pixel size, z step and unit of an input, as its metadata states them (nothing guessed).
+
+    Reads only metadata: OME-XML of OME-TIFFs, ImageJ TIFF calibration, the
+    calibration napari-fusion writes into its outputs, OME-Zarr (NGFF) scales
+    and units, and, through bioio and its plugins, CZI, ND2 and LIF. Lengths
+    with a known unit are in micrometres. Returns a
+    :class:`~napari_fusion.microscopy.Calibration` whose ``known`` is False
+    when the metadata says nothing (plain TIFF, PNG, folders of such slices).
+    For several files, the z step is never taken (their distance is stated
+    nowhere). See :mod:`napari_fusion.microscopy`.
+    """
+    from .microscopy import read_calibration as _read
+
+    return _read(path)
+
+
+def _tiff_resolution(calibration: Calibration | None) -> dict[str, Any]:
+    """tifffile ``resolution`` keywords for a calibrated image: pixels per cm (µm known), else per unit."""
+    if calibration is None or calibration.pixel_size_yx is None:
+        return {}
+    y, x = calibration.pixel_size_yx
+    if calibration.unit == "µm":
+        return {"resolution": (1e4 / x, 1e4 / y), "resolutionunit": "CENTIMETER"}
+    return {"resolution": (1.0 / x, 1.0 / y), "resolutionunit": "NONE"}
 
 
 # --------------------------------------------------------------------------- lazy (out-of-core) I/O
@@ -557,6 +597,7 @@ def write_lazy(
     overwrite: bool = False,
     inputs: Sequence[str | Path] = (),
     fingerprint: str | None = None,
+    calibration: Calibration | None = None,
 ) -> list[Path]:
     """Write a (lazy) fusion result tile by tile, never holding a whole output in memory.
 
@@ -580,6 +621,10 @@ def write_lazy(
     and input identity) resumes it, computing only the missing tiles; a
     complete one is replaced only with ``overwrite=True``; a folder holding
     anything else is never deleted.
+
+    A known ``calibration`` is stored with the outputs: as the ``calibration``
+    attribute of a zarr group, and in TIFF resolution tags and descriptions
+    (as :func:`write_image` does).
     """
     import dask.array as da
 
@@ -591,6 +636,8 @@ def write_lazy(
         for k, v in _lazy_outputs(result).items()
     }
     meta = {"method": getattr(result, "method", ""), "params": getattr(result, "params", {})}
+    if calibration is not None and calibration.known:
+        meta["calibration"] = calibration.as_dict()
     suffix = path.suffix.lower()
     from .tiling import LazyFusionResult, tile_progress
 
@@ -615,7 +662,7 @@ def write_lazy(
     for name, target in targets.items():
         check_output_path(target, inputs=inputs, overwrite=overwrite, what=f"{name} output")
     with tile_progress(lazy, progress):
-        _write_tiffs({k: (outputs[k], p) for k, p in targets.items()}, meta, compression)
+        _write_tiffs({k: (outputs[k], p) for k, p in targets.items()}, meta, compression, _tiff_resolution(calibration))
     return list(targets.values())
 
 
@@ -760,7 +807,9 @@ def _write_zarr(
     return path
 
 
-def _tiff_writer(q, arr, target: Path, desc: str, compression: str | None, errors: list) -> None:
+def _tiff_writer(
+    q, arr, target: Path, desc: str, compression: str | None, errors: list, resolution: dict | None = None
+) -> None:
     """Thread body: write the tiles arriving on ``q`` (None ends) as one tiled TIFF at ``target``."""
     import tifffile
 
@@ -788,6 +837,7 @@ def _tiff_writer(q, arr, target: Path, desc: str, compression: str | None, error
             description=desc,
             compression=compression,
             bigtiff=nbytes > 2**31,
+            **(resolution or {}),
         )
     except BaseException as exc:  # reported by the main thread
         errors.append(exc)
@@ -820,7 +870,7 @@ def _queue_tiles(q, band: np.ndarray, carry: np.ndarray | None, last: bool) -> n
     return buf if buf.shape[0] else None
 
 
-def _write_tiffs(items: dict, meta: dict, compression: str | None) -> None:
+def _write_tiffs(items: dict, meta: dict, compression: str | None, resolution: dict | None = None) -> None:
     """Write each ``name -> (array, path)`` as a tiled TIFF, band by band, computing each band once.
 
     One writer thread per file streams tiles into a hidden temporary; all files
@@ -845,7 +895,9 @@ def _write_tiffs(items: dict, meta: dict, compression: str | None) -> None:
     for arr, target in items.values():
         q: queue.Queue = queue.Queue(maxsize=2 * (arr.shape[1] // TIFF_TILE + 1))
         th = threading.Thread(
-            target=_tiff_writer, args=(q, arr, files.temp_for(target), desc, compression, errors), daemon=True
+            target=_tiff_writer,
+            args=(q, arr, files.temp_for(target), desc, compression, errors, resolution),
+            daemon=True,
         )
         th.start()
         queues.append(q)

@@ -1,6 +1,8 @@
-"""Alignment: known synthetic shifts/scales, chaining, and the real PCB stack."""
+"""Alignment: known synthetic shifts/scales, chaining, the checks that make it harmless, real stacks."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
@@ -134,3 +136,89 @@ def test_pcb_similarity_alignment_beats_unaligned(dataset):
     p1, s1 = _pcb_scores(aligned.fused, ref)
     assert p1 > p0 + 1.0
     assert s1 > s0 + 0.05
+
+
+# --------------------------------------------------------------------------- alignment that does no harm
+
+
+@pytest.fixture(scope="module")
+def registered_stack():
+    """A registered 192x192 RGB synthetic stack of 6 slices."""
+    from skimage import data
+    from skimage.transform import resize
+
+    from napari_fusion.synthetic import render_focal_stack
+
+    photo = (resize(data.astronaut(), (192, 192), anti_aliasing=True) * 255).astype(np.uint8)
+    return render_focal_stack(photo, n_slices=6, seed=2)
+
+
+def _psnr(a, b):
+    from skimage.metrics import peak_signal_noise_ratio
+
+    return peak_signal_noise_ratio(a, b, data_range=255)
+
+
+@pytest.mark.parametrize("mode", ["translation", "similarity"])
+def test_registered_stack_is_left_unchanged(registered_stack, mode):
+    st = registered_stack
+    plain = fuse_focal_stack(st.slices, height=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing worth a warning on a clean stack
+        aligned = fuse_focal_stack(st.slices, align=mode, height=False)
+    al = aligned.alignment
+    np.testing.assert_array_equal(al.matrices, np.tile(np.eye(3), (al.n, 1, 1)))
+    assert al.fallback == [(k, k + 1) for k in range(al.n - 1)]
+    assert all(c.model == "identity" and c.reason for c in al.checks)
+    assert abs(_psnr(st.ground_truth, aligned.fused) - _psnr(st.ground_truth, plain.fused)) < 0.1
+
+
+def test_known_shift_of_a_synthetic_stack_is_recovered(registered_stack):
+    truth = np.array([(0, 0), (0, 0), (1.6, -2.3), (1.6, -2.3), (-0.8, 3.4), (-0.8, 3.4)])
+    stack = [
+        np.stack([ndimage.shift(s[..., c].astype(np.float32), t, order=3, mode="nearest") for c in range(3)], -1)
+        for s, t in zip(registered_stack.slices, truth)
+    ]
+    al = estimate_alignment(stack, mode="translation", reference=0)
+    np.testing.assert_allclose(al.shifts, truth, atol=0.5)
+    assert [c.model for c in al.checks] == ["identity", "translation", "identity", "translation", "identity"]
+    assert all(c.gain > 0.1 for c in al.checks if c.model == "translation")
+    assert al.confidence[0] == 1.0 and al.confidence[2] > 0.1
+
+
+def test_noise_slice_falls_back_to_identity_with_a_warning(grey_photo):
+    rng = np.random.default_rng(3)
+    stack = [ndimage.shift(grey_photo, (k * 1.5, -k), order=3, mode="nearest") for k in range(4)]
+    stack[2] = rng.random(grey_photo.shape).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"neighbour slices 1-2, 2-3"):
+        al = estimate_alignment(stack, mode="translation", reference=0)
+    assert al.fallback == [(1, 2), (2, 3)]
+    np.testing.assert_allclose(al.shifts[:2], [(0, 0), (1.5, -1)], atol=0.25)
+    np.testing.assert_array_equal(al.matrices[2], al.matrices[1])  # the noise slice is not moved
+    rec = al.as_dict()
+    assert rec["fallback_pairs"] == [[1, 2], [2, 3]]
+    assert rec["pairs"][1]["model"] == "identity" and rec["pairs"][1]["reason"]
+
+
+def test_shift_beyond_the_bound_falls_back(grey_photo):
+    stack = [grey_photo, ndimage.shift(grey_photo, (6.0, 0.0), order=3, mode="nearest")]
+    assert abs(estimate_alignment(stack, reference=0).shifts[1, 0] - 6.0) < 0.25
+    with pytest.warns(UserWarning, match="beyond 3% of the size"):
+        al = estimate_alignment(stack, reference=0, max_shift=0.03)
+    np.testing.assert_array_equal(al.matrices[1], np.eye(3))
+    with pytest.raises(FusionInputError, match="scale_bounds"):
+        estimate_alignment(stack, scale_bounds=(1.01, 1.1))
+
+
+@pytest.mark.parametrize("mode", ["translation", "similarity"])
+def test_registered_real_widefield_stack_stays_put(dataset, mode):
+    from napari_fusion.io import read_stack
+
+    stack = read_stack(dataset("focalstack/dapi_widefield/dapi"))
+    if mode == "similarity":
+        stack = stack[12:28]  # the in-focus part; keeps the test short
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the blurred end planes give unreliable estimates
+        al = estimate_alignment(stack, mode=mode)
+    assert np.abs(al.shifts).max() <= 2.0
+    np.testing.assert_allclose(al.scales, 1.0, atol=0.01)

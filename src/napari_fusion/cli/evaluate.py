@@ -102,7 +102,9 @@ def add_subparser(sub) -> None:
         description=(
             "Fuse every case of DATASET_DIR (shared layout: <case>/src_00.*, src_01.*, optional gt.*, "
             "optional reference/<METHOD>.*) with the given methods and print the mean of each metric per "
-            "method and the seconds per case. --reference scores the published outputs with the same code."
+            "method and the seconds per case. --reference scores the published outputs with the same code. "
+            "Before starting it prints an estimate of the metrics' run time (timed on the first case), "
+            "then a progress bar."
         ),
     )
     p.add_argument("dataset", nargs="?", type=Path, metavar="DATASET_DIR")
@@ -139,5 +141,5 @@ def add_subparser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing table file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--list-metrics", action="store_true", help="list the metric names and exit")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no run-time estimate and no progress bar")
     p.set_defaults(func=cmd_evaluate)

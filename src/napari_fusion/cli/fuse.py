@@ -85,6 +85,69 @@ def _fingerprint(args: argparse.Namespace, params: dict) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _microscopy_stack(args: argparse.Namespace):
+    """The input opened by :mod:`napari_fusion.microscopy`, or None when the usual readers take it.
+
+    CZI, ND2 and LIF files always go through it (bioio), as does any input
+    with ``--scene``, ``--channel`` or ``--timepoint``, and, in memory,
+    OME-Zarr images. The result is grey ``(Z, Y, X)`` or RGB ``(Z, Y, X, 3)``.
+    """
+    from ..microscopy import BIOIO_FORMATS, is_ome_zarr, open_microscopy
+
+    chosen = {k: getattr(args, k, None) for k in ("scene", "channel", "timepoint")}
+    picked = any(v is not None for v in chosen.values())
+    if len(args.inputs) != 1:
+        if picked:
+            raise FusionInputError("--scene, --channel and --timepoint choose inside one file: give one input")
+        return None
+    path = args.inputs[0]
+    in_memory = getattr(args, "chunks", None) is None
+    if not (picked or path.suffix.lower() in BIOIO_FORMATS or (in_memory and is_ome_zarr(path))):
+        return None
+    ms = open_microscopy(path, **chosen)
+    if ms.axes == "ZYXC":
+        names = f" ({', '.join(ms.channel_names)})" if ms.channel_names else ""
+        raise FusionInputError(
+            f"{path} has {ms.shape[-1]} channels{names}; choose the one to fuse with --channel N (number or name)"
+        )
+    if ms.axes == "ZYXS" and ms.shape[-1] not in (3, 4):
+        raise FusionInputError(f"{path} has {ms.shape[-1]} samples per pixel; napari-fusion fuses grey or RGB images")
+    if ms.axes == "ZYXS":
+        ms.data = ms.data[..., :3]
+    return ms
+
+
+def _z_from_calibration(args: argparse.Namespace, cal):
+    """The z step to use and the calibration to write: ``--z-step``, else the metadata's; never a guess.
+
+    Prints a note saying where the z step came from, or that it is missing
+    (then the depth map is in slice units).
+    """
+    depth_out = args.depth is not None or args.output.suffix.lower() == ".zarr"
+    if args.z_step is not None:
+        if cal.z_step is not None and not math.isclose(cal.z_step, args.z_step, rel_tol=1e-6):
+            print(
+                f"note: --z-step {args.z_step:g} replaces the z step {cal.z_step:g} {cal.unit_text} "
+                f"in the metadata ({cal.source})",
+                file=sys.stderr,
+            )
+        return args.z_step, cal.with_z_step(args.z_step, cal.source if cal.pixel_size_yx else "--z-step")
+    if cal.z_step is not None:
+        print(
+            f"note: z step {cal.z_step:g} {cal.unit_text} from metadata ({cal.source})"
+            + (f"; depth map in {cal.unit_text}" if depth_out else ""),
+            file=sys.stderr,
+        )
+        return cal.z_step, cal
+    if depth_out:
+        print(
+            f"note: calibration missing: {', '.join(map(str, args.inputs))} states no z step, so the depth map "
+            "is in slice units (nothing is guessed; pass --z-step to give the distance between slices)",
+            file=sys.stderr,
+        )
+    return None, cal
+
+
 def _output_bytes(shape: tuple[int, ...], itemsize: int, args: argparse.Namespace) -> int:
     plane = math.prod(shape[1:3])
     total = plane * (math.prod(shape[3:]) if len(shape) > 3 else 1) * itemsize
@@ -100,17 +163,19 @@ def cmd_fuse_tiled(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..api import fuse
-    from ..io import open_lazy_stack, write_lazy
+    from ..io import open_lazy_stack, read_calibration, write_lazy
     from ..output_safety import check_disk_space
 
     params = parse_method_params(args.method, args.param or [])
     fingerprint = _fingerprint(args, params)
     check_fuse_outputs(args, fingerprint=fingerprint)
-    stack = open_lazy_stack(args.inputs)
+    ms = _microscopy_stack(args)
+    stack = ms.data if ms is not None else open_lazy_stack(args.inputs)
     check_disk_space(args.output.parent, _output_bytes(tuple(stack.shape), stack.dtype.itemsize, args))
+    z_step, cal = _z_from_calibration(args, ms.calibration if ms is not None else read_calibration(args.inputs))
     z = None
-    if args.z_step is not None:
-        z = np.arange(stack.shape[0], dtype=np.float32) * args.z_step
+    if z_step is not None:
+        z = np.arange(stack.shape[0], dtype=np.float32) * z_step
     t0 = time.perf_counter()
     result = fuse(stack, method=args.method, z_positions=z, device=args.device, chunks=args.chunks, **params)
     progress = TqdmProgress(
@@ -132,6 +197,7 @@ def cmd_fuse_tiled(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             inputs=args.inputs,
             fingerprint=fingerprint,
+            calibration=cal,
         )
     finally:
         progress.close()
@@ -148,7 +214,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..api import fuse
-    from ..io import read_stack, write_image
+    from ..io import read_calibration, read_stack, write_image
     from ..output_safety import AtomicGroup, check_disk_space
 
     if getattr(args, "chunks", None) is not None:
@@ -158,7 +224,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     from ..registry import get_method
 
     get_method(args.method).resolve_params(params)  # unknown parameters: refused before reading
-    images = read_stack(args.inputs)
+    ms = _microscopy_stack(args)
+    images = list(np.asarray(ms.data)) if ms is not None else read_stack(args.inputs)
     if len(images) < 2:
         raise FusionInputError(
             f"fusion needs at least two images; {', '.join(map(str, args.inputs))} gave {len(images)}"
@@ -166,9 +233,10 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     check_disk_space(
         args.output.parent, _output_bytes((len(images),) + images[0].shape, images[0].dtype.itemsize, args)
     )
+    z_step, cal = _z_from_calibration(args, ms.calibration if ms is not None else read_calibration(args.inputs))
     z = None
-    if args.z_step is not None:
-        z = np.arange(len(images), dtype=np.float32) * args.z_step
+    if z_step is not None:
+        z = np.arange(len(images), dtype=np.float32) * z_step
     progress = TqdmProgress(f"fusing {len(images)} images ({args.method})", not args.quiet)
     t0 = time.perf_counter()
     try:
@@ -177,6 +245,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         progress.close()
     elapsed = time.perf_counter() - t0
     provenance = {"method": result.method, "params": result.params, "inputs": [str(p) for p in args.inputs]}
+    if z_step is not None:
+        provenance["z_step"] = z_step
     items = [(args.output, result.fused)]
     if args.labels:
         if result.labels is None:
@@ -191,7 +261,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     # all outputs under temporary names first, then renamed into place together
     with AtomicGroup() as group:
         for path, data in items:
-            write_image(group.temp_for(path), data, metadata=provenance, inputs=args.inputs)
+            write_image(group.temp_for(path), data, metadata=provenance, inputs=args.inputs, calibration=cal)
     written = [str(p) for p, _ in items]
     if not args.quiet:
         print(f"fused {len(images)} images with {args.method} in {elapsed:.2f} s -> {', '.join(written)}")
@@ -204,7 +274,9 @@ def add_subparser(sub) -> None:
         help=HELP,
         description=(
             "Fuse images. IN is a multi-page TIFF stack, a folder of slices (natural order), "
-            "or two or more image files (TIFF incl. 16-bit, PNG, JPEG)."
+            "two or more image files (TIFF incl. 16-bit, PNG, JPEG), an OME-TIFF or OME-Zarr, or a microscope's "
+            "CZI, ND2 or LIF file (needs bioio and its plugin: pip install 'napari-fusion[microscopy]'). The z step "
+            "and pixel size in the metadata calibrate the depth map and are written with the outputs."
         ),
     )
     p.add_argument("inputs", nargs="+", metavar="IN", type=Path)
@@ -219,7 +291,15 @@ def add_subparser(sub) -> None:
     )
     p.add_argument("--labels", type=Path, help="write the decision labels (source index per pixel)")
     p.add_argument("--depth", type=Path, help="write the depth map (float32 TIFF)")
-    p.add_argument("--z-step", type=_z_step, help="distance between slices (e.g. microns, > 0) for the depth map")
+    p.add_argument(
+        "--z-step",
+        type=_z_step,
+        help="distance between slices (> 0; in µm for calibrated files) for the depth map; default: the z step "
+        "in the input's metadata (OME-TIFF, OME-Zarr, CZI, ND2, LIF), else slice units",
+    )
+    p.add_argument("--scene", help="scene (image series) of a microscopy file to fuse, by number or name")
+    p.add_argument("--channel", help="channel of a microscopy file to fuse, by number or name")
+    p.add_argument("--timepoint", type=int, help="time point of a microscopy file to fuse (from 0)")
     p.add_argument(
         "-p", "--param", action="append", type=parse_param, metavar="NAME=VALUE", help="method parameter (repeatable)"
     )

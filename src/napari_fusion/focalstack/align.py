@@ -1,4 +1,4 @@
-"""Optional alignment of the slices of a focal stack before fusion.
+"""Optional alignment of the slices of a focal stack before fusion, that does no harm.
 
 Two models, both estimated between *neighbouring* slices (whose blur differs
 least) and chained to one reference slice:
@@ -15,7 +15,21 @@ least) and chained to one reference slice:
   refined by a parabola through the best three scores (the idea of scanning
   scale with phase correlation is that of Reddy & Chatterji, IEEE TIP 5(8),
   1996, who do it in log-polar coordinates; an explicit search is more
-  accurate for the sub-percent changes of focal stacks).
+  accurate for the sub-percent changes of focal stacks). The search is coarse
+  to fine: the scan runs at half the estimation size, only the last parabola
+  at the estimation size.
+
+Every neighbour estimate is *checked* before it is used. The normalised
+cross-correlation (NCC) of the gradients of the two slices over their common
+area is computed at identity, with the translation estimate and (similarity)
+with the similarity estimate. A model is kept only when it stays within bounds
+(shift under ``max_shift`` of the image size, accumulated magnification within
+``scale_bounds``) and removes at least ``min_gain`` of the decorrelation left by
+the simpler model, ``(ncc - ncc_simpler) / (1 - ncc_simpler)``; otherwise the
+pair falls back to the simpler model, down to identity, and a warning names
+the slices. A registered stack therefore stays exactly as it is, and a slice
+that does not match its neighbour (pure noise, a different field) is not
+moved. Each pair's estimate, scores and decision are kept in the result.
 
 Estimation runs on luminance, block-averaged so the longer side is at most
 ``max_size`` pixels, with a Hann window against border effects. Transforms are
@@ -29,8 +43,9 @@ Functions return new arrays and never modify their inputs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,6 +57,50 @@ from ..errors import FusionInputError
 from ._stack import load, slices
 
 MODES = ("translation", "similarity")
+#: Models in order of complexity; a pair keeps the simplest one that is not clearly beaten.
+MODELS = ("identity", "translation", "similarity")
+
+
+@dataclass
+class PairCheck:
+    """Estimate and checks for one neighbour pair ``(k, k + 1)``.
+
+    ``estimate`` is the best transform of the alignment's mode (full-size
+    coordinates of slice ``k`` -> slice ``k + 1``), ``used`` what the
+    alignment uses after the checks. ``ncc`` holds the gradient NCC of the
+    pair over their common area for each model tried (``"identity"``,
+    ``"translation"``, ``"similarity"``); ``peak`` is the normalised phase
+    correlation peak of the estimate; ``model`` the model kept; ``reason``
+    why a more complex model was refused (empty when the estimate was kept).
+    """
+
+    estimate: np.ndarray
+    used: np.ndarray
+    peak: float
+    ncc: dict[str, float]
+    model: str
+    reason: str = ""
+
+    @property
+    def gain(self) -> float:
+        """Decorrelation removed by the model kept, relative to identity (0 for identity)."""
+        if self.model == "identity":
+            return 0.0
+        n0 = self.ncc.get(f"identity~{self.model}", self.ncc.get("identity", 1.0))
+        return float(_gain(self.ncc.get(self.model, n0), n0))
+
+    def as_dict(self, k: int) -> dict[str, Any]:
+        s = float(np.sqrt(abs(np.linalg.det(self.estimate[:2, :2]))))
+        return {
+            "slices": [k, k + 1],
+            "model": self.model,
+            "reason": self.reason,
+            "phase_peak": round(float(self.peak), 6),
+            "ncc": {m: round(float(v), 6) for m, v in self.ncc.items()},
+            "gain": round(self.gain, 6),
+            "estimate_magnification": round(s, 8),
+            "estimate_translation": self.estimate[:2, 2].round(4).tolist(),
+        }
 
 
 @dataclass
@@ -52,6 +111,9 @@ class Alignment:
     ``k``'s pixel coordinates. ``pair_scores[k]`` is the normalised phase
     correlation peak between slices ``k`` and ``k + 1`` (1 = identical up to
     the transform; below about 0.02 the estimate is unreliable).
+    ``checks[k]`` (:class:`PairCheck`) holds that pair's raw estimate, NCC
+    scores and the model kept; :attr:`fallback` lists the pairs whose estimate
+    was refused.
     """
 
     matrices: np.ndarray  # (N, 3, 3) float64
@@ -59,6 +121,7 @@ class Alignment:
     mode: str
     shape: tuple[int, int]  # (H, W) of the slices
     pair_scores: np.ndarray  # (N - 1,)
+    checks: list[PairCheck] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -85,6 +148,20 @@ class Alignment:
         c = np.array([(h - 1) / 2.0, (w - 1) / 2.0, 1.0])
         return (self.matrices @ c)[:, :2] - c[:2]
 
+    @property
+    def fallback(self) -> list[tuple[int, int]]:
+        """Neighbour pairs ``(k, k + 1)`` whose estimate was refused (a simpler model used)."""
+        return [(k, k + 1) for k, c in enumerate(self.checks) if c.model != self.mode]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """``(N,)`` per slice: decorrelation removed by the link towards the reference (reference: 1)."""
+        out = np.ones(self.n)
+        for k in range(self.n):
+            if k != self.reference and self.checks:
+                out[k] = self.checks[k - 1 if k > self.reference else k].gain
+        return out
+
     def valid_box(self) -> tuple[int, int, int, int]:
         """``(row0, row1, col0, col1)`` of the output region every slice covers (half-open)."""
         h, w = self.shape
@@ -104,7 +181,7 @@ class Alignment:
         return max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly record (matrices, scales, shifts, scores)."""
+        """JSON-friendly record (matrices, scales, shifts, scores, per-pair checks)."""
         return {
             "mode": self.mode,
             "reference": int(self.reference),
@@ -113,6 +190,9 @@ class Alignment:
             "magnification": self.scales.round(8).tolist(),
             "shifts_rows_cols": self.shifts.round(4).tolist(),
             "pair_scores": self.pair_scores.round(6).tolist(),
+            "confidence": self.confidence.round(6).tolist(),
+            "pairs": [c.as_dict(k) for k, c in enumerate(self.checks)],
+            "fallback_pairs": [list(p) for p in self.fallback],
             "valid_box": list(self.valid_box()),
             "convention": "aligned_k[r, c] = slice_k[M_k @ (r, c, 1)]",
         }
@@ -229,47 +309,188 @@ def _scaled(mov: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
 
 
-def _pair_transform(
-    ref: torch.Tensor, mov: torch.Tensor, mode: str, scale_range: float, scale_steps: int
-) -> tuple[np.ndarray, float]:
-    """3x3 matrix ``P`` with ``mov(P x) ~= ref(x)`` (small-image coordinates) and its score."""
+def _half(a: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(a[None, None], 2)[0, 0]
+
+
+def _scan(r: torch.Tensor, mov: torch.Tensor, win: torch.Tensor, scales: np.ndarray, refine: int = 1):
+    """Shifts and peaks of ``mov`` resampled at each scale against the prepared ``r``."""
+    return _phase_corr_batch(r, _prep(_scaled(mov, torch.as_tensor(scales)), win), refine=refine)
+
+
+def _similarity(ref: torch.Tensor, mov: torch.Tensor, scale_range: float, scale_steps: int):
+    """``(scale, shift, peak)`` of ``mov`` against ``ref``: coarse scan at half size, parabola at full."""
     h, w = ref.shape
+    rc, mc = (_half(ref), _half(mov)) if min(h, w) >= 128 else (ref, mov)
+    win_c = _hann(*rc.shape)
+    r_c = _prep(rc, win_c)
+    grid = 1.0 + np.linspace(-scale_range, scale_range, scale_steps)
+    _, peaks = _scan(r_c, mc, win_c, grid)
+    centre, step = grid[int(peaks.argmax())], grid[1] - grid[0]
+    for _ in range(2):  # two rounds of local refinement around the best scale
+        cand = centre + np.array([-step, -step / 2, 0.0, step / 2, step]) / 2
+        _, pk = _scan(r_c, mc, win_c, cand)
+        centre, step = cand[int(pk.argmax())], step / 2
     win = _hann(h, w)
     r = _prep(ref, win)
-    c = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
-    if mode == "translation":
-        d, peak = _phase_corr_batch(r, _prep(mov, win)[None])
-        s_best, d_best, p_best = 1.0, d[0].numpy(), float(peak[0])
-    else:
+    _, pk = _scan(r, mov, win, centre + np.array([-step / 2, 0.0, step / 2]))
+    pk = pk.numpy()
+    den = pk[0] - 2 * pk[1] + pk[2]
+    off = 0.0 if den >= 0 else float(np.clip(0.5 * (pk[0] - pk[2]) / den, -1, 1))
+    s_best = float(centre + off * step / 2)
+    d, peak = _scan(r, mov, win, np.array([s_best]), refine=2)
+    return s_best, d[0].numpy(), float(peak[0])
 
-        def score(scales: np.ndarray, refine: int = 1):
-            movs = _prep(_scaled(mov, torch.as_tensor(scales)), win)
-            return _phase_corr_batch(r, movs, refine=refine)
 
-        grid = 1.0 + np.linspace(-scale_range, scale_range, scale_steps)
-        _, peaks = score(grid)
-        i = int(peaks.argmax())
-        step = grid[1] - grid[0]
-        # two rounds of local refinement around the best scale
-        centre = grid[i]
-        for _ in range(2):
-            cand = centre + np.array([-step, -step / 2, 0.0, step / 2, step]) / 2
-            _, pk = score(cand)
-            j = int(pk.argmax())
-            centre = cand[j]
-            step = step / 2
-        trio = centre + np.array([-step / 2, 0.0, step / 2])
-        _, pk = score(trio)
-        pk = pk.numpy()
-        den = pk[0] - 2 * pk[1] + pk[2]
-        off = 0.0 if den >= 0 else float(np.clip(0.5 * (pk[0] - pk[2]) / den, -1, 1))
-        s_best = float(centre + off * step / 2)
-        d, peak = score(np.array([s_best]), refine=2)
-        d_best, p_best = d[0].numpy(), float(peak[0])
+def _matrix(s: float, d: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pair matrix ``P`` with ``mov(P x) ~= ref(x)`` for ``mov`` scaled by ``s`` about the centre, then shifted by ``d``."""
+    c = np.array([(shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0])
     m = np.eye(3)
-    m[0, 0] = m[1, 1] = s_best
-    m[:2, 2] = c - s_best * c + s_best * d_best
-    return m, p_best
+    m[0, 0] = m[1, 1] = s
+    m[:2, 2] = c - s * c + s * np.asarray(d, dtype=np.float64)
+    return m
+
+
+def _candidates(ref: torch.Tensor, mov: torch.Tensor, mode: str, scale_range: float, scale_steps: int):
+    """``{model: (P, peak)}`` in small-image coordinates, from identity up to ``mode``."""
+    h, w = ref.shape
+    win = _hann(h, w)
+    d, peak = _phase_corr_batch(_prep(ref, win), _prep(mov, win)[None])
+    out = {"identity": (np.eye(3), 1.0), "translation": (_matrix(1.0, d[0].numpy(), (h, w)), float(peak[0]))}
+    if mode == "similarity":
+        s, d, p = _similarity(ref, mov, scale_range, scale_steps)
+        out["similarity"] = (_matrix(s, d, (h, w)), p)
+    return out
+
+
+def _gradients(a: torch.Tensor) -> torch.Tensor:
+    """``(2, H, W)`` central-difference gradients (rows, cols), edges replicated."""
+    p = F.pad(a[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
+    return torch.stack([(p[2:, 1:-1] - p[:-2, 1:-1]) / 2, (p[1:-1, 2:] - p[1:-1, :-2]) / 2])
+
+
+def _warp(feat: torch.Tensor, m: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out(x) = feat(m x)`` (bilinear) and the mask of ``x`` whose source lies inside the image."""
+    _, h, w = feat.shape
+    rr, cc = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    p = torch.as_tensor(m, dtype=torch.float32)
+    sr = p[0, 0] * rr + p[0, 1] * cc + p[0, 2]
+    sc = p[1, 0] * rr + p[1, 1] * cc + p[1, 2]
+    grid = torch.stack([2 * sc / max(w - 1, 1) - 1, 2 * sr / max(h - 1, 1) - 1], -1)[None]
+    out = F.grid_sample(feat[None], grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+    return out, (sr >= 0) & (sr <= h - 1) & (sc >= 0) & (sc <= w - 1)
+
+
+def _ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    """Normalised cross-correlation of two ``(C, H, W)`` feature images over ``mask``."""
+    m = mask.to(a.dtype)
+    n = float(m.sum())
+    if n < 16:
+        return 0.0
+    a = (a - (a * m).sum((1, 2), keepdim=True) / n) * m
+    b = (b - (b * m).sum((1, 2), keepdim=True) / n) * m
+    den = float(torch.sqrt((a * a).sum(dtype=torch.float64) * (b * b).sum(dtype=torch.float64)))
+    return float((a * b).sum(dtype=torch.float64)) / den if den > 0 else 0.0
+
+
+def _corner_displacement(m1: np.ndarray, m2: np.ndarray, shape: tuple[int, int]) -> float:
+    """Largest distance between where ``m1`` and ``m2`` send the image corners (pixels)."""
+    h, w = shape
+    corners = np.array([[0, 0, 1], [0, w - 1, 1], [h - 1, 0, 1], [h - 1, w - 1, 1]], dtype=np.float64).T
+    return float(np.abs((m1 - m2) @ corners)[:2].max())
+
+
+@dataclass
+class _Rules:
+    """The checks a pair estimate must pass (see :func:`estimate_alignment`)."""
+
+    min_gain: float = 0.1
+    min_peak: float = 0.02
+    max_shift: float = 0.1
+    scale_bounds: tuple[float, float] = (0.9, 1.1)
+    tolerance: float = 0.5  # full-size pixels: a refused estimate closer than this is no warning
+
+    def out_of_bounds(self, m: np.ndarray, shape: tuple[int, int]) -> str:
+        """Why the (pair or accumulated) transform ``m`` is out of bounds, or ``""``."""
+        h, w = shape
+        s = float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
+        if not self.scale_bounds[0] <= s <= self.scale_bounds[1]:
+            return f"magnification {s:.4f} outside [{self.scale_bounds[0]:g}, {self.scale_bounds[1]:g}]"
+        c = np.array([(h - 1) / 2.0, (w - 1) / 2.0, 1.0])
+        dr, dc = (m @ c)[:2] - c[:2]
+        if abs(dr) > self.max_shift * h or abs(dc) > self.max_shift * w:
+            return f"shift ({dr:+.1f}, {dc:+.1f}) px beyond {self.max_shift:.0%} of the size"
+        return ""
+
+
+def _interp_blur(feat: torch.Tensor, var: tuple[float, float]) -> torch.Tensor:
+    """Symmetric 3-tap blur of the given variance per axis: the smoothing bilinear resampling adds."""
+    p = F.pad(feat[None], (1, 1, 1, 1), mode="replicate")[0]
+    a, b = var[0] / 2, var[1] / 2
+    rows = a * p[:, :-2, :] + (1 - 2 * a) * p[:, 1:-1, :] + a * p[:, 2:, :]
+    return b * rows[:, :, :-2] + (1 - 2 * b) * rows[:, :, 1:-1] + b * rows[:, :, 2:]
+
+
+def _warp_var(m: np.ndarray, shape: tuple[int, int]) -> tuple[float, float]:
+    """Mean variance per axis of the bilinear kernel ``m`` resamples with: ``frac * (1 - frac)``."""
+    h, w = shape
+    rr, cc = np.meshgrid(np.arange(0, h, max(1, h // 64)), np.arange(0, w, max(1, w // 64)), indexing="ij")
+    sr = m[0, 0] * rr + m[0, 1] * cc + m[0, 2]
+    sc = m[1, 0] * rr + m[1, 1] * cc + m[1, 2]
+    fr, fc = sr - np.floor(sr), sc - np.floor(sc)
+    return float(np.mean(fr * (1 - fr))), float(np.mean(fc * (1 - fc)))
+
+
+def _gain(ncc: float, base: float) -> float:
+    return (ncc - base) / max(1.0 - base, 1e-12)
+
+
+def _admissible(cands: dict, rules: _Rules, shape: tuple[int, int]) -> tuple[dict, str]:
+    """Candidates within bounds and with a clear phase-correlation peak, and why others were refused."""
+    reasons, ok = [], {"identity": cands["identity"]}
+    for model in MODELS[1:]:
+        if model not in cands:
+            continue
+        m, peak = cands[model]
+        why = "" if peak >= rules.min_peak else f"phase-correlation peak {peak:.3f} below {rules.min_peak:g}"
+        why = why or rules.out_of_bounds(m, shape)
+        if why:
+            reasons.append(f"{model}: {why}")
+        else:
+            ok[model] = cands[model]
+    return ok, reasons
+
+
+def _check_pair(ref: torch.Tensor, mov: torch.Tensor, cands: dict, rules: _Rules) -> tuple[str, str, dict]:
+    """``(model kept, why models were refused, ncc per model)`` of one neighbour pair.
+
+    Bilinear resampling smooths, which alone raises the correlation of two
+    differently blurred slices; each model is therefore compared with identity
+    smoothed by the same amount (``ncc["identity~model"]``).
+    """
+    shape = tuple(ref.shape)
+    ok, reasons = _admissible(cands, rules, shape)
+    fr, fm = _gradients(ref), _gradients(mov)
+    warped = {model: _warp(fm, m) for model, (m, _) in ok.items()}
+    mask = torch.ones(shape, dtype=torch.bool)
+    for _, valid in warped.values():
+        mask &= valid
+    mask = torch.from_numpy(ndimage.binary_erosion(mask.numpy(), iterations=2))
+    ncc = {model: _ncc(fr, wf, mask) for model, (wf, _) in warped.items()}
+    kept = "identity"
+    for model in MODELS[1:]:
+        if model not in ncc:
+            continue
+        if kept == "identity":
+            ncc[f"identity~{model}"] = base = _ncc(fr, _interp_blur(fm, _warp_var(ok[model][0], shape)), mask)
+        else:
+            base = ncc[kept]
+        gain = _gain(ncc[model], base)
+        if gain > rules.min_gain:
+            kept = model
+        else:
+            reasons.append(f"{model}: correlation gain {gain:+.3f} below {rules.min_gain:g}")
+    return kept, "; ".join(reasons), ncc
 
 
 def estimate_alignment(
@@ -280,10 +501,14 @@ def estimate_alignment(
     max_size: int = 512,
     scale_range: float = 0.05,
     scale_steps: int = 11,
+    min_gain: float = 0.1,
+    min_peak: float = 0.02,
+    max_shift: float = 0.1,
+    scale_bounds: tuple[float, float] = (0.9, 1.1),
     stack_axis: int = 0,
     channel_axis: int | None = None,
 ) -> Alignment:
-    """Estimate how each slice maps onto the reference slice, chaining neighbour pairs.
+    """Estimate how each slice maps onto the reference slice, chaining checked neighbour pairs.
 
     Parameters
     ----------
@@ -299,6 +524,20 @@ def estimate_alignment(
         Estimation runs on block-averaged images whose longer side is at most this.
     scale_range, scale_steps:
         Relative scale change searched between *neighbouring* slices (+-range, steps).
+    min_gain:
+        A model is kept for a pair only if it removes at least this fraction of
+        the gradient decorrelation left by the simpler model (identity <
+        translation < similarity); otherwise the simpler model is used.
+    min_peak:
+        Estimates whose normalised phase-correlation peak is lower are refused.
+    max_shift, scale_bounds:
+        Bounds on each pair's and each slice's accumulated transform: centre
+        shift at most ``max_shift`` of the height / width, magnification
+        within ``scale_bounds``. A pair beyond them falls back to identity.
+
+    Refused estimates that would have moved a slice by more than half a pixel
+    are reported with a :class:`UserWarning` naming the slices; every pair's
+    estimate and scores are in :attr:`Alignment.checks`.
     """
     if mode not in MODES:
         raise FusionInputError(f"alignment mode must be one of {', '.join(MODES)}; got {mode!r}")
@@ -311,31 +550,79 @@ def estimate_alignment(
         raise FusionInputError("scale_range must be in (0, 0.5)")
     if scale_steps < 3:
         raise FusionInputError("scale_steps must be at least 3")
+    if not scale_bounds[0] <= 1.0 <= scale_bounds[1] or not 0 < max_shift <= 1:
+        raise FusionInputError("scale_bounds must contain 1 and max_shift be in (0, 1]")
+    rules = _Rules(min_gain=min_gain, min_peak=min_peak, max_shift=max_shift, scale_bounds=tuple(scale_bounds))
+    h, w = np.shape(items[0])[:2]
+    checks = _estimate_pairs(items, mode, rules, max_size, scale_range, scale_steps)
+    mats = _chain(checks, ref_idx, rules, (int(h), int(w)))
+    _warn_refused(checks, mode, rules, (int(h), int(w)))
+    scores = np.asarray([c.peak for c in checks])
+    return Alignment(mats, ref_idx, mode, (int(h), int(w)), scores, checks)
+
+
+def _estimate_pairs(
+    items: Sequence[Any], mode: str, rules: _Rules, max_size: int, scale_range: float, scale_steps: int
+) -> list[PairCheck]:
+    """Estimate and check each neighbour pair ``(k, k + 1)`` on block-averaged luminance."""
     h, w = np.shape(items[0])[:2]
     f = max(1, int(np.ceil(max(h, w) / float(max_size))))
     # small <-> full coordinates: x_full = f * x_small + (f - 1) / 2
     to_full = np.diag([f, f, 1.0])
     to_full[:2, 2] = (f - 1) / 2.0
     to_small = np.linalg.inv(to_full)
-    pairs = []
-    scores = []
+    full = lambda m: to_full @ m @ to_small  # noqa: E731
+    checks = []
     prev = torch.from_numpy(_block_mean(_grey(load(items[0])), f))
     with torch.inference_mode():
-        for k in range(1, n):
+        for k in range(1, len(items)):
             cur = torch.from_numpy(_block_mean(_grey(load(items[k])), f))
             if cur.shape != prev.shape:
                 raise FusionInputError("slices have different sizes; alignment needs one size")
-            p_small, sc = _pair_transform(prev, cur, mode, scale_range, scale_steps)
-            pairs.append(to_full @ p_small @ to_small)  # coords in slice k-1 -> slice k
-            scores.append(sc)
+            cands = _candidates(prev, cur, mode, scale_range, scale_steps)
+            kept, reason, ncc = _check_pair(prev, cur, cands, rules)
+            est, peak = cands[mode]
+            checks.append(PairCheck(full(est), full(cands[kept][0]), peak, ncc, kept, reason if kept != mode else ""))
             prev = cur
+    return checks
+
+
+def _chain(checks: list[PairCheck], ref_idx: int, rules: _Rules, shape: tuple[int, int]) -> np.ndarray:
+    """Accumulate the pair transforms outwards from the reference; a slice out of bounds breaks its link."""
+    n = len(checks) + 1
     mats = np.zeros((n, 3, 3))
     mats[ref_idx] = np.eye(3)
-    for k in range(ref_idx + 1, n):
-        mats[k] = pairs[k - 1] @ mats[k - 1]
-    for k in range(ref_idx - 1, -1, -1):
-        mats[k] = np.linalg.inv(pairs[k]) @ mats[k + 1]
-    return Alignment(mats, ref_idx, mode, (int(h), int(w)), np.asarray(scores))
+    order = [(k, k - 1, k - 1) for k in range(ref_idx + 1, n)] + [(k, k + 1, k) for k in range(ref_idx - 1, -1, -1)]
+    for k, nb, p in order:
+        c = checks[p]
+        step = c.used if k > nb else np.linalg.inv(c.used)
+        m = step @ mats[nb]
+        why = rules.out_of_bounds(m, shape)
+        if why:
+            c.used, c.model, c.reason = np.eye(3), "identity", f"slice {k} accumulated {why}"
+            m = mats[nb]
+        mats[k] = m
+    return mats
+
+
+def _warn_refused(checks: list[PairCheck], mode: str, rules: _Rules, shape: tuple[int, int]) -> None:
+    """One warning naming the pairs whose refused estimate would have moved a slice noticeably."""
+    bad = [
+        (k, c)
+        for k, c in enumerate(checks)
+        if c.model != mode and _corner_displacement(c.estimate, c.used, shape) > rules.tolerance
+    ]
+    if not bad:
+        return
+    names = ", ".join(f"{k}-{k + 1}" for k, _ in bad)
+    detail = "; ".join(f"slices {k}-{k + 1} kept {c.model} ({c.reason})" for k, c in bad[:3])
+    more = f"; ... ({len(bad) - 3} more)" if len(bad) > 3 else ""
+    warnings.warn(
+        f"{mode} alignment: unreliable estimate for neighbour slices {names}; a simpler model "
+        f"(identity at worst) is used there: {detail}{more}. Per-pair scores: Alignment.checks.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def apply_alignment(
@@ -416,4 +703,12 @@ def _items(images: Any, stack_axis: int, channel_axis: int | None) -> Sequence[A
     return slices(images, stack_axis=stack_axis, channel_axis=channel_axis)
 
 
-__all__ = ["Alignment", "MODES", "align_stack", "apply_alignment", "estimate_alignment", "phase_correlation"]
+__all__ = [
+    "Alignment",
+    "MODES",
+    "PairCheck",
+    "align_stack",
+    "apply_alignment",
+    "estimate_alignment",
+    "phase_correlation",
+]

@@ -465,6 +465,10 @@ def process(
             raise FusionOutputError(_refusal(state, detail))
 
     check()
+    z_note = "--z-step"
+    if z_step is None:
+        z_step, z_note = metadata_z_step(source)
+        print(f"note: {source.name}: {z_note}", file=sys.stderr)
     images = source.load()
     if len(images) < 2:
         raise FusionInputError(f"{source.name}: a focal stack needs at least 2 slices, got {len(images)}")
@@ -483,8 +487,26 @@ def process(
     del images
     paths = output_paths(outdir, stem)
     written = _write_stack_images(res, paths, source, stem, fingerprint, check)
-    _write_record(res, paths, written, source, stem, fingerprint, z_step)
+    _write_record(res, paths, written, source, stem, fingerprint, z_step, z_note)
     return list(written) + [paths["record"]]
+
+
+def metadata_z_step(source: StackSource) -> tuple[float | None, str]:
+    """The z step a stack's file states in its metadata (OME-TIFF, ImageJ TIFF), and a note saying so.
+
+    Never a guess: slices in separate files, and files without calibration,
+    give ``None`` (the height map stays in slice units) and a note that the
+    calibration is missing.
+    """
+    from ..io import read_calibration
+
+    try:
+        cal = read_calibration([Path(f) for f in source.files]) if source.files else None
+    except FusionInputError:
+        cal = None  # unreadable metadata: the stack's reader reports the file
+    if cal is None or cal.z_step is None:
+        return None, "calibration missing: no z step in the metadata, height map in slice units (pass --z-step)"
+    return cal.z_step, f"z step {cal.z_step:g} {cal.unit_text} from metadata ({cal.source})"
 
 
 def _write_stack_images(
@@ -529,6 +551,7 @@ def _write_record(
     stem: str,
     fingerprint: dict,
     z_step: float | None,
+    z_source: str = "--z-step",
 ) -> None:
     """The stack's JSON record, written last and atomically: its presence means "done"."""
     from ..output_safety import atomic_file
@@ -542,6 +565,7 @@ def _write_record(
             "source": source.key or source.name,
             "inputs": source.inputs,
             "z_step": z_step,
+            "z_step_source": z_source,
             "fingerprint": fingerprint,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "files": {k: p.name for k, p in paths.items() if p in written or k == "record"},

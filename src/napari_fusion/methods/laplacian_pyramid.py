@@ -10,6 +10,16 @@ image code", IEEE Trans. Communications 31(4), 1983; P. J. Burt, R. J.
 Kolczynski, "Enhanced image capture through fusion", ICCV 1993.
 The labels are the level-0 decision (finest details), smoothed by a small
 majority filter.
+
+The slices are streamed: one slice at a time, its luminance pyramid decides
+where it beats the running per-level maximum of band energy, then its
+channels' pyramids, one channel and one level at a time, update the running
+per-level accumulators (the coefficients of the best slice so far, the sum
+of the coarsest levels). Memory stays at the fused pyramid plus a few
+single-plane maps whatever the depth of the stack. Labels and chosen
+coefficients are exactly those of a whole-stack argmax (ties: first slice);
+the averaged coarsest level differs from a whole-stack mean by float32
+rounding only.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import torch
 
 from ..ops.blend import luminance_stack
 from ..ops.filters import box_filter
-from ..ops.pyramids import laplacian_pyramid, pyramid_levels, reconstruct_laplacian_pyramid
+from ..ops.pyramids import iter_laplacian_levels, pyramid_levels, reconstruct_laplacian_pyramid
 from ..ops.regions import mode_filter
 from ..registry import FusionContext, MethodOutput, Param, register_method
 
@@ -43,24 +53,52 @@ from ..registry import FusionContext, MethodOutput, Param, register_method
 def fuse_laplacian_pyramid(stack: torch.Tensor, *, ctx: FusionContext, levels: int, window: int) -> MethodOutput:
     n, c, h, w = stack.shape
     nlev = levels or pyramid_levels(h, w)
-    grey = luminance_stack(stack)
-    pyr = laplacian_pyramid(stack, nlev)  # each (N, C, h, w)
-    gpyr = laplacian_pyramid(grey, nlev)  # each (N, h, w)
-    fused_pyr = []
-    labels = None
-    for level in range(nlev - 1):
-        energy = box_filter(gpyr[level] ** 2, window)
-        choice = energy.argmax(0)
-        if level == 0:
-            labels = choice
-        lh, lw = choice.shape
-        idx = choice.view(1, 1, lh, lw).expand(1, c, lh, lw)
-        fused_pyr.append(pyr[level].gather(0, idx)[0])
-        ctx.report(level + 1, nlev, f"pyramid level {level + 1}/{nlev}")
-    fused_pyr.append(pyr[-1].mean(0))
-    fused = reconstruct_laplacian_pyramid(fused_pyr)
-    if labels is None:  # a single level: nothing to choose, use band energy of the image
-        labels = box_filter(grey**2, window).argmax(0)
+    best: list[torch.Tensor] = []  # running maximum of the band energy, per decided level
+    chosen: list[torch.Tensor] = []  # (C, h, w) coefficients of the running winner, per band level
+    coarse: torch.Tensor | None = None  # running sum of the coarsest levels
+    labels = torch.zeros((h, w), dtype=torch.long, device=stack.device)
+    for k in range(n):
+        gbands = list(iter_laplacian_levels(luminance_stack(stack[k : k + 1])[0], nlev))
+        wins = _choose_max(gbands, best, window, nlev)
+        labels.masked_fill_(wins[0], k)
+        for ch in range(c):
+            bands = gbands if c == 1 else iter_laplacian_levels(stack[k, ch], nlev)
+            for level, band in enumerate(bands):
+                if level == nlev - 1:
+                    if coarse is None:
+                        coarse = torch.zeros((c, *band.shape), dtype=band.dtype, device=band.device)
+                    coarse[ch] += band
+                    continue
+                if k == 0 and ch == 0:
+                    chosen.append(torch.empty((c, *band.shape), dtype=band.dtype, device=band.device))
+                chosen[level][ch] = torch.where(wins[level], band, chosen[level][ch])
+        del gbands, wins
+        ctx.report(k + 1, n + 1, f"pyramid of slice {k + 1}/{n}")
+    coarse /= n
+    fused = torch.empty((c, h, w), dtype=stack.dtype, device=stack.device)
+    for ch in range(c):  # one channel at a time: the collapse's buffers are single planes
+        fused[ch] = reconstruct_laplacian_pyramid([level[ch] for level in (*chosen, coarse)])
+    del chosen, coarse, best
     labels = mode_filter(labels, 2)
-    ctx.report(nlev, nlev, "collapsed")
+    ctx.report(1, 1, "collapsed")
     return MethodOutput(fused=fused, labels=labels)
+
+
+def _choose_max(gbands: list[torch.Tensor], best: list[torch.Tensor], window: int, nlev: int) -> list[torch.Tensor]:
+    """Where this slice's band energy beats the running maximum ``best`` (updated in place), per level.
+
+    The decided levels are the band-pass ones, or the image itself when there
+    is a single level. ``best`` starts empty: the first slice wins everywhere.
+    Ties keep the earlier slice, as ``argmax`` over the whole stack does.
+    """
+    wins = []
+    for level in range(max(nlev - 1, 1)):
+        energy = box_filter(gbands[level] ** 2, window)
+        if len(best) <= level:
+            best.append(energy)
+            wins.append(torch.ones_like(energy, dtype=torch.bool))
+            continue
+        better = energy > best[level]
+        best[level] = torch.where(better, energy, best[level])
+        wins.append(better)
+    return wins

@@ -30,16 +30,17 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import FusionInputError, WeightsUnavailableError
 from ..nets.liu2017_cnn import (
     PATCH,
     VARIANTS,
+    DenseScorer,
     LiuFocusNet,
-    difference_filters,
-    image_terms,
     pair_scores,
     spread_scores,
+    stack_terms,
 )
 from ..ops.blend import luminance_stack, normalise_weights, one_hot, select, weighted_sum
 from ..ops.guided import guided_filter
@@ -64,7 +65,7 @@ def default_weights_path(variant: str) -> Path:
 
 
 def load_liu_net(variant: str, weights: str | Path | None, device: torch.device):
-    """(net, difference filters, bias difference) on ``device``, verified and cached."""
+    """(net, prepared :class:`DenseScorer`) on ``device``, verified and cached."""
     how = how_to_train("liu2017_cnn", options=f"--config cpu --variant {variant}")
 
     def build(w: LoadedWeights):
@@ -74,8 +75,7 @@ def load_liu_net(variant: str, weights: str | Path | None, device: torch.device)
         except RuntimeError as exc:
             raise WeightsUnavailableError(f"weights {w.path} do not fit the {variant} model: {exc}. {how}") from None
         net.eval().requires_grad_(False).to(w.device)
-        filters, db = difference_filters(net)
-        return net, filters, db
+        return net, DenseScorer(net)
 
     return load_shipped(
         weights_name(variant),
@@ -91,6 +91,49 @@ def _check_size(stack: torch.Tensor) -> None:
     h, w = stack.shape[-2:]
     if h < PATCH or w < PATCH:
         raise FusionInputError(f"liu2017_cnn needs images of at least {PATCH}x{PATCH} pixels, got {h}x{w}")
+
+
+#: The last pair scored by ``liu2017_cnn``: (scorer, grey, terms). A pairwise fold
+#: scores ``(I0 + I1) + I2``: away from the decision boundaries the blend is bitwise
+#: I0 or I1, whose tiles' scores are then reused (see ``stack_terms(known=...)``).
+_LAST_PAIR: list[tuple[DenseScorer, torch.Tensor, torch.Tensor]] = []
+
+
+def clear_score_cache() -> None:
+    """Forget the last pair's scores (benchmarks: time the network, not the reuse)."""
+    _LAST_PAIR.clear()
+
+
+def _scores(
+    scorer: DenseScorer, grey: torch.Tensor, ctx: FusionContext, steps: int, *, reuse: bool = False
+) -> torch.Tensor:
+    """(s, t) maps of every grey slice, reporting progress (and honouring cancel) per tile batch.
+
+    The CNN is ``steps - 2`` of the ``steps`` units this method reports.
+    """
+    share = steps - 2
+
+    def progress(done: int, total: int) -> None:
+        ctx.report(share * done / total, steps, f"CNN scores, image tile {done}/{total}")
+
+    known = None
+    if reuse and _LAST_PAIR and _LAST_PAIR[0][0] is scorer:
+        known = _LAST_PAIR[0][1:]
+    terms = stack_terms(scorer, grey, progress=progress, known=known)
+    if reuse:
+        _LAST_PAIR[:] = [(scorer, grey, terms)]
+    return terms
+
+
+def _exact_where_flat(wa: torch.Tensor, d: torch.Tensor, radius: int) -> torch.Tensor:
+    """``wa`` with the decision ``d`` restored exactly wherever ``d`` is constant over the guided
+    filter's support (radius ``2 * radius``): there the filter's exact output is ``d``, and
+    its float result differs only by rounding. Then the fused image is bitwise one source."""
+    k, p = 4 * radius + 1, 2 * radius
+    x = d[None, None]
+    hi = F.max_pool2d(F.max_pool2d(x, (k, 1), 1, (p, 0)), (1, k), 1, (0, p))
+    lo = -F.max_pool2d(F.max_pool2d(-x, (k, 1), 1, (p, 0)), (1, k), 1, (0, p))
+    return torch.where((hi == lo)[0, 0], d, wa)
 
 
 def _min_area(fraction: float, h: int, w: int) -> int:
@@ -140,14 +183,11 @@ def fuse_liu2017(
     _check_size(stack)
     if stack.shape[0] != 2:
         raise FusionInputError("liu2017_cnn fuses two images at a time")
-    net, filters, db = load_liu_net(variant, weights, ctx.device)
+    _, scorer = load_liu_net(variant, weights, ctx.device)
     h, w = stack.shape[-2:]
     grey = luminance_stack(stack).float()
-    ta = image_terms(net, grey[0], filters=filters)
-    ctx.report(1, 4, "CNN scores, source 1")
-    tb = image_terms(net, grey[1], filters=filters)
-    ctx.report(2, 4, "CNN scores, source 2")
-    focus = spread_scores(pair_scores(ta, tb, db), h, w)
+    ta, tb = _scores(scorer, grey, ctx, 4, reuse=True)
+    focus = spread_scores(pair_scores(ta, tb, scorer.db), h, w)
     d = (focus > threshold).to(torch.uint8)
     if area_fraction > 0:
         d = remove_small_regions(d, _min_area(area_fraction, h, w))
@@ -155,7 +195,7 @@ def fuse_liu2017(
     ctx.report(3, 4, "consistency verification")
     if gf_radius > 0:
         guide = grey[0] * df + grey[1] * (1 - df)
-        wa = guided_filter(guide, df, gf_radius, gf_eps)
+        wa = _exact_where_flat(guided_filter(guide, df, gf_radius, gf_eps), df, gf_radius)
     else:
         wa = df
     fused = wa * stack[0] + (1 - wa) * stack[1]
@@ -200,13 +240,11 @@ def fuse_liu2017_nway(
     """
     _check_size(stack)
     n, _, h, w = stack.shape
-    net, filters, db = load_liu_net(variant, weights, ctx.device)
+    _, scorer = load_liu_net(variant, weights, ctx.device)
+    db = scorer.db
     grey = luminance_stack(stack).float()
     steps = n + 3
-    terms = []
-    for k in range(n):
-        terms.append(image_terms(net, grey[k], filters=filters))
-        ctx.report(k + 1, steps, f"CNN scores, slice {k + 1}/{n}")
+    terms = _scores(scorer, grey, ctx, steps)
     if n == 2:
         focus = spread_scores(pair_scores(terms[0], terms[1], db), h, w)
         labels = (focus <= threshold).long()

@@ -10,17 +10,24 @@ Reference: T. Mertens, J. Kautz, F. Van Reeth, "Exposure fusion", Pacific
 Graphics 2007 (Computer Graphics Forum 28(1), 2009). Intensities are taken
 on the dtype's full scale (uint8 / 255, uint16 / 65535, floats as in [0, 1]),
 since well-exposedness refers to absolute exposure.
+
+The slices are streamed in two passes: the quality weights of every slice
+(the ``(N, H, W)`` ``weights`` output, normalised in place), then one
+slice's weight pyramid and, one channel and one level at a time, its image
+pyramid, multiplied and added into running per-level sums (the fused
+pyramid); nothing else holds the whole stack. Weights and labels are those of
+the whole-stack formulation exactly; the fused image up to float32 rounding.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..ops.blend import luminance_stack, normalise_weights
+from ..ops.blend import luminance_stack, normalise_weights_
 from ..ops.filters import laplacian
 from ..ops.pyramids import (
-    gaussian_pyramid,
-    laplacian_pyramid,
+    iter_gaussian_levels,
+    iter_laplacian_levels,
     pyramid_levels,
     reconstruct_laplacian_pyramid,
 )
@@ -76,15 +83,27 @@ def fuse_mertens(
     levels: int,
 ) -> MethodOutput:
     n, c, h, w = stack.shape
-    weights = normalise_weights(
-        mertens_weights(stack, contrast=contrast, saturation=saturation, exposedness=exposedness, sigma=sigma)
-    )
-    ctx.report(1, 3, "weights")
+    weights = torch.empty((n, h, w), dtype=stack.dtype, device=stack.device)
+    for k in range(n):
+        weights[k] = mertens_weights(
+            stack[k : k + 1], contrast=contrast, saturation=saturation, exposedness=exposedness, sigma=sigma
+        )[0]
+        ctx.report(k + 1, 2 * n + 1, f"weights of slice {k + 1}/{n}")
+    normalise_weights_(weights)
     nlev = levels or pyramid_levels(h, w)
-    wpyr = gaussian_pyramid(weights, nlev)
-    ipyr = laplacian_pyramid(stack, nlev)
-    ctx.report(2, 3, "pyramids")
-    fused_pyr = [(ip * wp.unsqueeze(1)).sum(0) for ip, wp in zip(ipyr, wpyr)]
-    fused = reconstruct_laplacian_pyramid(fused_pyr)
-    ctx.report(3, 3, "collapsed")
+    fused_pyr: list[torch.Tensor] = []  # (C, h, w) running sums over slices of weighted Laplacian levels
+    for k in range(n):
+        wpyr = list(iter_gaussian_levels(weights[k], nlev))
+        for ch in range(c):
+            for level, band in enumerate(iter_laplacian_levels(stack[k, ch], nlev)):
+                if k == 0 and ch == 0:
+                    fused_pyr.append(torch.zeros((c, *band.shape), dtype=band.dtype, device=band.device))
+                fused_pyr[level][ch].addcmul_(band, wpyr[level])
+        del wpyr
+        ctx.report(n + k + 1, 2 * n + 1, f"pyramids of slice {k + 1}/{n}")
+    fused = torch.empty((c, h, w), dtype=stack.dtype, device=stack.device)
+    for ch in range(c):  # one channel at a time: the collapse's buffers are single planes
+        fused[ch] = reconstruct_laplacian_pyramid([level[ch] for level in fused_pyr])
+    del fused_pyr
+    ctx.report(1, 1, "collapsed")
     return MethodOutput(fused=fused, labels=weights.argmax(0), weights=weights)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,7 +27,38 @@ MATLAB_GREY = (0.298936021293775, 0.587043074451121, 0.114020904255103)
 
 
 def as_tensor255(image: Any, *, name: str = "image", device: torch.device | str | None = None) -> torch.Tensor:
-    """Convert an ``(H, W)`` or ``(H, W, C)`` array (or a tensor of that layout) to ``(C, H, W)`` float64 on 0-255."""
+    """Convert an ``(H, W)`` or ``(H, W, C)`` array (or a tensor of that layout) to ``(C, H, W)`` float64 on 0-255.
+
+    The result is remembered (keyed by an exact digest of the input's bytes) and
+    shared: scoring one fused image with many metrics, or many fused images
+    against the same sources, converts each image once. Callers must not modify
+    it in place.
+    """
+    key = _input_key(image, device)
+    if key is None:
+        return _as_tensor255(image, name, device)
+    return memo(key, None, lambda _: _as_tensor255(image, name, device))
+
+
+def _input_key(image: Any, device) -> tuple | None:
+    """Exact key of an input image (its bytes, dtype, shape) and the requested device; None if not hashable here."""
+    if isinstance(image, torch.Tensor):
+        data = image.detach().cpu()
+        if data.dtype in (torch.bfloat16, torch.uint16, torch.uint32, torch.uint64) or data.is_complex():
+            return None
+        arr = data.contiguous().numpy()
+        where = str(image.device if device is None else device)
+    else:
+        arr = np.asarray(image)
+        if arr.dtype == object:
+            return None
+        arr = np.ascontiguousarray(arr)
+        where = str(device)
+    digest = hashlib.blake2b(arr.view(np.uint8).reshape(-1), digest_size=20).digest()
+    return ("input", type(image).__name__, str(arr.dtype), arr.shape, where, digest)
+
+
+def _as_tensor255(image: Any, name: str, device) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         t = image.detach()
         if device is None:
@@ -34,7 +66,7 @@ def as_tensor255(image: Any, *, name: str = "image", device: torch.device | str 
         arr_dtype = t.dtype
         is_int = not (t.is_floating_point() or t.is_complex())
         itemsize = t.element_size()
-        t = t.to(device=device, dtype=torch.float64)
+        t = t.to(device=device, dtype=torch.float64, copy=True)  # never a view of the caller's tensor
     else:
         arr = np.asarray(image)
         if arr.dtype == bool:
@@ -122,18 +154,27 @@ def rgb2gray(x: torch.Tensor, *, round_to_int: bool = False) -> torch.Tensor:
     return matlab_round(g).clamp(0, 255) if round_to_int else g
 
 
+def plane(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Channel ``k`` of a ``(C, H, W)`` tensor (remembered, so the metrics of one image share it and its maps)."""
+    return memo(("plane", k), x, lambda t: t[k])
+
+
 def grey(x: torch.Tensor) -> torch.Tensor:
     """Grey plane of a ``(C, H, W)`` tensor: MATLAB ``rgb2gray`` weights, unrounded.
 
     A colour image whose three channels are equal (grey stored as RGB) gives
     that channel exactly, not a weighted sum off by rounding (which would flip
-    e.g. the sign of zero Sobel responses).
+    e.g. the sign of zero Sobel responses). Remembered, like :func:`plane`.
     """
     if x.shape[0] == 1:
-        return x[0]
-    if torch.equal(x[0], x[1]) and torch.equal(x[1], x[2]):
-        return x[0]
-    return rgb2gray(x)
+        return plane(x, 0)
+
+    def one(t):
+        if torch.equal(t[0], t[1]) and torch.equal(t[1], t[2]):
+            return t[0]
+        return rgb2gray(t)
+
+    return memo("grey", x, one)
 
 
 def channel_planes(fused: torch.Tensor, sources: Sequence[torch.Tensor], *, round_grey: bool = False):
@@ -148,12 +189,12 @@ def channel_planes(fused: torch.Tensor, sources: Sequence[torch.Tensor], *, roun
         planes = []
         for s in sources:
             if s.shape[0] == 1:
-                planes.append(s[0])
+                planes.append(plane(s, 0))
             elif c == 1:
-                planes.append(rgb2gray(s, round_to_int=round_grey))
+                planes.append(memo(("rgb2gray", round_grey), s, lambda t: rgb2gray(t, round_to_int=round_grey)))
             else:
-                planes.append(s[k])
-        yield planes, fused[k]
+                planes.append(plane(s, k))
+        yield planes, plane(fused, k)
 
 
 def conv2(x: torch.Tensor, kernel: torch.Tensor, mode: str = "same") -> torch.Tensor:
@@ -183,11 +224,29 @@ def conv2(x: torch.Tensor, kernel: torch.Tensor, mode: str = "same") -> torch.Te
             c = float(kv[i, j])
             if c == 0.0:
                 continue
-            term = x[..., i : i + h, j : j + w] * c
-            y = term if y is None else y + term
+            if y is None:
+                y = x[..., i : i + h, j : j + w] * c
+            else:
+                y.add_(x[..., i : i + h, j : j + w], alpha=c)
     if y is None:
         y = torch.zeros((*x.shape[:-2], h, w), dtype=x.dtype, device=x.device)
     return y
+
+
+def sobel_valid(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sobel responses of a padded ``(..., H+2, W+2)`` tensor, 'valid': ``(d/dx, d/dy)`` of shape ``(..., H, W)``.
+
+    ``d/dx`` is the correlation with ``[[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]``,
+    ``d/dy`` with its transpose; computed separably (a difference, then a
+    [1, 2, 1] smoothing), exact for integer-valued images.
+    """
+    dx = p[..., :, 2:] - p[..., :, :-2]
+    gx = dx[..., :-2, :] + dx[..., 2:, :]
+    gx.add_(dx[..., 1:-1, :], alpha=2.0)
+    dy = p[..., 2:, :] - p[..., :-2, :]
+    gy = dy[..., :, :-2] + dy[..., :, 2:]
+    gy.add_(dy[..., :, 1:-1], alpha=2.0)
+    return gx, gy
 
 
 def _fast_len(n: int) -> int:
@@ -211,13 +270,15 @@ def fft_correlate(x: torch.Tensor, kernels: Sequence[torch.Tensor], mode: str = 
     h, w = x.shape[-2:]
     kh = max(k.shape[0] for k in kernels)
     kw = max(k.shape[1] for k in kernels)
-    fh, fw = _fast_len(h + kh - 1), _fast_len(w + kw - 1)
+    if mode == "valid":  # the wrap-around of a size >= (h, w) circular correlation misses the valid part
+        fh, fw = _fast_len(max(h, kh)), _fast_len(max(w, kw))
+    else:
+        fh, fw = _fast_len(h + kh - 1), _fast_len(w + kw - 1)
     X = torch.fft.rfft2(x, s=(fh, fw))
     out = []
     for k in kernels:
-        k = torch.flip(k.to(dtype=x.dtype, device=x.device), (0, 1))  # correlation = convolution with the flip
         a, b = k.shape
-        full = torch.fft.irfft2(X * torch.fft.rfft2(k, s=(fh, fw)), s=(fh, fw))
+        full = torch.fft.irfft2(X * _kernel_spectrum(k, fh, fw, x.dtype, x.device), s=(fh, fw))
         if mode == "same":
             t, l = (a - 1) // 2, (b - 1) // 2
             out.append(full[..., t : t + h, l : l + w])
@@ -227,6 +288,48 @@ def fft_correlate(x: torch.Tensor, kernels: Sequence[torch.Tensor], mode: str = 
             out.append(full[..., a - 1 : h, b - 1 : w])
         else:
             raise ValueError(mode)
+    return out
+
+
+_KERNEL_SPECTRA: OrderedDict = OrderedDict()
+
+
+def _kernel_spectrum(k: torch.Tensor, fh: int, fw: int, dtype, device) -> torch.Tensor:
+    """``rfft2`` of the flipped kernel (correlation = convolution with the flip), remembered per size."""
+    kk = k.detach().to(dtype=torch.float64, device="cpu").contiguous()
+    key = (tuple(kk.shape), kk.numpy().tobytes(), fh, fw, str(dtype), str(device))
+    with _MEMO_LOCK:
+        hit = _KERNEL_SPECTRA.get(key)
+    if hit is None:
+        flipped = torch.flip(k.to(dtype=dtype, device=device), (0, 1))
+        hit = torch.fft.rfft2(flipped, s=(fh, fw))
+        with _MEMO_LOCK:
+            _KERNEL_SPECTRA[key] = hit
+            while len(_KERNEL_SPECTRA) > 32:
+                _KERNEL_SPECTRA.popitem(last=False)
+    return hit
+
+
+def sep_valid(x: torch.Tensor, g: torch.Tensor, *, step: int = 1) -> torch.Tensor:
+    """'valid' correlation of ``(..., H, W)`` with the separable kernel ``g g^T``, by direct summation.
+
+    Each output is a sum over its own window only (no FFT spreading rounding
+    across the image), so it is as exact as its dtype allows locally, and a
+    plane gives bitwise the same result alone or in a stack. ``step``: only
+    every ``step``-th output row and column (``[::step, ::step]`` of the full
+    result), computed directly.
+    """
+    taps = [float(v) for v in g.detach().cpu().double()]
+    n = len(taps)
+    h, w = x.shape[-2] - n + 1, x.shape[-1] - n + 1
+    if h < 1 or w < 1:
+        raise FusionInputError(f"image of size {tuple(x.shape[-2:])} is smaller than the {n}x{n} window")
+    rows = x[..., :, 0:w:step] * taps[0]
+    for j in range(1, n):
+        rows.add_(x[..., :, j : j + w : step], alpha=taps[j])
+    out = rows[..., 0:h:step, :] * taps[0]
+    for i in range(1, n):
+        out.add_(rows[..., i : i + h : step, :], alpha=taps[i])
     return out
 
 
@@ -268,8 +371,13 @@ def freqspace_radius(h: int, w: int, sx: float, sy: float, *, device=None) -> to
 
 
 def freq_filter(x: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
-    """Multiply the 2-D spectrum of ``x`` by an (ifftshift-ed, even) ``response``; real part back."""
-    return torch.fft.ifft2(torch.fft.fft2(x) * response).real
+    """Multiply the 2-D spectrum of ``x`` by an (ifftshift-ed, even) ``response``; real part back.
+
+    An even response (``r[-u, -v] = r[u, v]``, as a radial one on ``freqspace``'s
+    grid) keeps a real image real, so the half spectrum (``rfft2``) is enough.
+    """
+    h, w = x.shape[-2:]
+    return torch.fft.irfft2(torch.fft.rfft2(x) * response[..., : w // 2 + 1], s=(h, w))
 
 
 def hist256(x: torch.Tensor) -> torch.Tensor:
@@ -298,30 +406,68 @@ def to_float(value: torch.Tensor | float) -> float:
 
 
 _MEMO: OrderedDict = OrderedDict()
-_MEMO_SIZE = 48
+_MEMO_SIZE = 160
+_MEMO_MAX_BYTES = 512 << 20
+_memo_bytes = 0
+_MEMO_LOCK = threading.Lock()
+_KEY_ATTR = "_nf_key"
 
 
-def memo(tag: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], Any]) -> Any:
-    """``fn(x)``, remembered for the last few distinct (tag, content of ``x``) pairs.
+def content_key(x: torch.Tensor) -> tuple:
+    """Exact key of a tensor's content: the key :func:`memo` gave it, else a digest of its bytes."""
+    key = getattr(x, _KEY_ATTR, None)
+    if key is not None:
+        return key
+    data = x.detach().contiguous().cpu().numpy()
+    digest = hashlib.blake2b(data.view(np.uint8).reshape(-1), digest_size=20).digest()
+    return (tuple(x.shape), str(x.dtype), str(x.device), digest)
+
+
+def _tag(value: Any, key: tuple) -> int:
+    """Give the tensors in ``value`` a content key (so later look-ups skip hashing); their size in bytes."""
+    if isinstance(value, torch.Tensor):
+        if getattr(value, _KEY_ATTR, None) is None:
+            setattr(value, _KEY_ATTR, key)
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_tag(v, (key, i)) for i, v in enumerate(value))
+    if isinstance(value, dict):
+        return sum(_tag(v, (key, k)) for k, v in value.items())
+    return 0
+
+
+def memo(tag: Any, x: torch.Tensor | None, fn: Callable[[Any], Any]) -> Any:
+    """``fn(x)``, remembered for the last few distinct (tag, content of ``x``) pairs (``x=None``: keyed by ``tag``).
 
     Scoring many fused images against the same sources recomputes the same
-    source-side quantities (gradients, filtered moments, contrast maps); the
-    key is an exact digest of the tensor's bytes, so a hit is the same input.
-    Results are shared: callers must not modify them in place.
+    source-side quantities (gradients, filtered moments, contrast maps), and
+    the metrics of one fused image share its planes and maps. The key is an
+    exact digest of the tensor's bytes (computed once: remembered tensors carry
+    their key), so a hit is the same input. Results are shared: callers must
+    not modify them in place.
     """
-    data = x.detach().contiguous().cpu().numpy().tobytes()
-    key = (tag, tuple(x.shape), str(x.dtype), str(x.device), hashlib.blake2b(data, digest_size=20).digest())
-    hit = _MEMO.get(key)
-    if hit is not None:
-        _MEMO.move_to_end(key)
-        return hit
+    global _memo_bytes
+    key = (tag,) if x is None else (tag, content_key(x))
+    with _MEMO_LOCK:
+        hit = _MEMO.get(key)
+        if hit is not None:
+            _MEMO.move_to_end(key)
+            return hit[0]
     value = fn(x)
-    _MEMO[key] = value
-    while len(_MEMO) > _MEMO_SIZE:
-        _MEMO.popitem(last=False)
+    size = _tag(value, key)
+    with _MEMO_LOCK:
+        if key not in _MEMO:
+            _MEMO[key] = (value, size)
+            _memo_bytes += size
+        while len(_MEMO) > 1 and (len(_MEMO) > _MEMO_SIZE or _memo_bytes > _MEMO_MAX_BYTES):
+            _memo_bytes -= _MEMO.popitem(last=False)[1][1]
     return value
 
 
 def clear_memo() -> None:
-    """Forget the remembered source-side results."""
-    _MEMO.clear()
+    """Forget the remembered conversions and source-side results."""
+    global _memo_bytes
+    with _MEMO_LOCK:
+        _MEMO.clear()
+        _KERNEL_SPECTRA.clear()
+        _memo_bytes = 0

@@ -22,19 +22,21 @@ import torch.nn.functional as F
 from ..errors import FusionInputError
 from ._common import (
     channel_planes,
-    conv2,
     entropy_of,
     fft_correlate,
     fspecial_gaussian,
     grey,
     hist256,
     matlab_gradient,
-    minmax_255,
+    memo,
     prepare_inputs,
+    sep_valid,
+    sobel_valid,
 )
 from .vifb import (
     cross_entropy_plane,
     entropy_plane,
+    minmax_bins,
     qabf_plane,
     qcb_plane,
     qcv_plane,
@@ -89,9 +91,8 @@ _NABF = dict(Td=2.0, wt_min=0.001, Lg=1.5, Nrg=0.9999, kg=19.0, sg=0.5, Nra=0.99
 def _kumar_sobel(x: torch.Tensor):
     """Kumar's ``sobel_fn``: Sobel/8 with mirror (no edge repeat) border; returns (gv, gh)."""
     p = F.pad(x.view(1, 1, *x.shape), (1, 1, 1, 1), mode="reflect")[0, 0]
-    kv = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=torch.float64) / 8
-    kh = torch.tensor([[-1.0, -2, -1], [0, 0, 0], [1, 2, 1]], dtype=torch.float64) / 8
-    return conv2(p, kv, "valid"), conv2(p, kh, "valid")
+    gv, gh = sobel_valid(p)
+    return gv.mul_(0.125), gh.mul_(0.125)
 
 
 def _nabf_plane(sources, f):
@@ -176,26 +177,20 @@ def entropy(fused: Any, sources: Sequence[Any] = (), *, colour: str = "channels"
 # information-based
 
 
-def _mi_log2(a_idx: torch.Tensor, b_idx: torch.Tensor):
-    joint = torch.bincount(a_idx * 256 + b_idx, minlength=65536).to(torch.float64)
-    ha = entropy_of(torch.bincount(a_idx, minlength=256).to(torch.float64))
-    hb = entropy_of(torch.bincount(b_idx, minlength=256).to(torch.float64))
-    return ha + hb - entropy_of(joint), ha, hb
-
-
 def q_mi(fused: Any, sources: Sequence[Any], *, colour: str = "grey", device=None) -> float:
     """Q_MI / NMI (Hossny et al., Electronics Letters 2008), as Z. Liu's ``metricMI(.., 1)``.
 
     Each image min-max scaled and rounded to 0..255; 256x256 joint histogram,
-    log2; Q_MI = 2 sum_S I(S, F) / (H_S + H_F) (0..2 for two sources).
+    log2; Q_MI = 2 sum_S I(S, F) / (H_S + H_F) (0..2 for two sources; the ratio does not depend on
+    the log's base, so the remembered entropies in nats of :func:`minmax_bins` are used).
     """
     vals = []
     for srcs, f in _planes(fused, sources, colour, min_sources=1, device=device):
-        fi = minmax_255(f).long().reshape(-1)
+        fi, hf = minmax_bins(f)
         total = torch.zeros((), dtype=torch.float64)
         for s in srcs:
-            si = minmax_255(s).long().reshape(-1)
-            mi, hs, hf = _mi_log2(si, fi)
+            si, hs = minmax_bins(s)
+            mi = hs + hf - entropy_of(torch.bincount(si * 256 + fi, minlength=65536).to(torch.float64), base=math.e)
             total = total + (mi / (hs + hf) if (hs + hf) > 0 else torch.zeros((), dtype=torch.float64))
         vals.append(2 * total)
     return _mean(vals)
@@ -362,28 +357,40 @@ def fmi(
 
 
 def _local_stats(planes: torch.Tensor, g: torch.Tensor, w: int):
-    """Gaussian-window 'valid' means of a stack of planes, exact 0 variance in constant windows."""
-    return fft_correlate(planes, [torch.outer(g, g)], "valid")[0]
+    """Gaussian-window 'valid' means of a stack of planes (direct summation: a 7x7 window is cheaper than an FFT)."""
+    return sep_valid(planes, g)
+
+
+def _box_count(mask: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
+    """Exact 'valid' ``bh x bw`` window sums of a boolean mask (integral image in int32)."""
+    c = F.pad(mask.to(torch.int32).cumsum(0, dtype=torch.int32).cumsum(1, dtype=torch.int32), (1, 0, 1, 0))
+    return c[bh:, bw:] - c[:-bh, bw:] - c[bh:, :-bw] + c[:-bh, :-bw]
 
 
 def _flat(x: torch.Tensor, w: int) -> torch.Tensor:
-    """True for 'valid' windows in which ``x`` is constant."""
-    x4 = x.view(1, 1, *x.shape)
-    return (F.max_pool2d(x4, w, 1) == -F.max_pool2d(-x4, w, 1))[0, 0]
+    """True for 'valid' ``w x w`` windows in which ``x`` is constant (no step between neighbours inside)."""
+    if w < 2:
+        return torch.ones_like(x, dtype=torch.bool)
+    steps_h = _box_count(x[:, 1:] != x[:, :-1], w, w - 1)
+    steps_v = _box_count(x[1:, :] != x[:-1, :], w - 1, w)
+    return (steps_h == 0) & (steps_v == 0)
 
 
-def _yang_ssim(a, b, g, w, c=2e-16):
-    m = _local_stats(torch.stack([a, b, a * a, b * b, a * b]), g, w)
-    ma, mb = m[0], m[1]
-    va = m[2] - ma * ma
-    vb = m[3] - mb * mb
-    cab = m[4] - ma * mb
-    fa, fb = _flat(a, w), _flat(b, w)
-    va = torch.where(fa, torch.zeros_like(va), va)
-    vb = torch.where(fb, torch.zeros_like(vb), vb)
-    cab = torch.where(fa | fb, torch.zeros_like(cab), cab)
-    smap = ((2 * ma * mb + c) * (2 * cab + c)) / ((ma * ma + mb * mb + c) * (va + vb + c))
-    return smap, va, vb
+def _yang_moments(x: torch.Tensor, g: torch.Tensor, w: int):
+    """Local mean and variance (exactly 0 in constant windows) and the constant-window mask, remembered."""
+
+    def one(x):
+        m = _local_stats(torch.stack([x, x * x]), g, w)
+        flat = _flat(x, w)
+        var = torch.where(flat, torch.zeros_like(m[1]), m[1] - m[0] * m[0])
+        return m[0], var, flat
+
+    return memo(("yang", w), x, one)
+
+
+def _yang_ssim(ma, va, fa, mb, vb, fb, eab, c=2e-16):
+    cab = torch.where(fa | fb, torch.zeros_like(eab), eab - ma * mb)
+    return ((2 * ma * mb + c) * (2 * cab + c)) / ((ma * ma + mb * mb + c) * (va + vb + c))
 
 
 def q_y(fused: Any, sources: Sequence[Any], *, colour: str = "grey", device=None) -> float:
@@ -400,9 +407,12 @@ def q_y(fused: Any, sources: Sequence[Any], *, colour: str = "grey", device=None
     vals = []
     for (a, b), f in _planes(fused, sources, colour, n_sources=2, device=device):
         g = g.to(f.device)
-        s_ab, va, vb = _yang_ssim(a, b, g, 7)
-        s_af, _, _ = _yang_ssim(a, f, g, 7)
-        s_bf, _, _ = _yang_ssim(b, f, g, 7)
+        (ma, va, fa), (mb, vb, fb), (mf, vf, ff) = (_yang_moments(x, g, 7) for x in (a, b, f))
+        e_ab = memo(("yang_ab", 7), torch.stack([a, b]), lambda ab: _local_stats(ab[0] * ab[1], g, 7))
+        e_af, e_bf = _local_stats(torch.stack([a * f, b * f]), g, 7)
+        s_ab = _yang_ssim(ma, va, fa, mb, vb, fb, e_ab)
+        s_af = _yang_ssim(ma, va, fa, mf, vf, ff, e_af)
+        s_bf = _yang_ssim(mb, vb, fb, mf, vf, ff, e_bf)
         zero = (va + vb) == 0
         va = torch.where(zero, va + 0.5, va)
         vb = torch.where(zero, vb + 0.5, vb)
@@ -446,20 +456,51 @@ def scd(fused: Any, sources: Sequence[Any], *, colour: str = "grey", device=None
     return _mean(vals)
 
 
+_VIF_WEIGHTS = (1.0, 0.0, 0.15, 1.0)
+
+
+def _vif_window(scale: int, device) -> torch.Tensor:
+    """1-D factor of VIF's Gaussian window at ``scale`` (N = 2^(5-scale)+1, sigma N/5)."""
+    n = 2 ** (5 - scale) + 1
+    return fspecial_gaussian(n, n / 5.0, device=device)
+
+
+def _vif_filter(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """'valid' Gaussian filtering at ``scale``: by FFT for the 17x17 window, directly for the small ones."""
+    g = _vif_window(scale, x.device)
+    if len(g) > 9:
+        return fft_correlate(x, [torch.outer(g, g)], "valid")[0]
+    return sep_valid(x, g)
+
+
+def _vif_image(x: torch.Tensor):
+    """Per scale: the image at that scale, its local mean and variance ('valid'; None at weight-0 scales). Remembered."""
+
+    def one(x):
+        out = []
+        for scale in range(1, 5):
+            if scale > 1:  # filter and keep every second row and column
+                x = sep_valid(x, _vif_window(scale, x.device), step=2)
+            if _VIF_WEIGHTS[scale - 1] == 0:
+                out.append((x, None, None))
+                continue
+            m = _vif_filter(torch.stack([x, x * x]), scale)
+            out.append((x, m[0], (m[1] - m[0] * m[0]).clamp_min(0)))
+        return out
+
+    return memo("vif", x, one)
+
+
 def _vif_scales(ref: torch.Tensor, dist: torch.Tensor, sigma_nsq: float):
+    """Per scale with a non-zero weight: (VID, VIND, gain) maps of ``dist`` against ``ref`` (None elsewhere)."""
     out = []
-    for scale in range(1, 5):
-        n = 2 ** (5 - scale) + 1
-        g = fspecial_gaussian(n, n / 5.0, device=ref.device)
-        k = torch.outer(g, g)
-        if scale > 1:
-            r2, d2 = fft_correlate(torch.stack([ref, dist]), [k], "valid")[0]
-            ref, dist = r2[::2, ::2], d2[::2, ::2]
-        m = fft_correlate(torch.stack([ref, dist, ref * ref, dist * dist, ref * dist]), [k], "valid")[0]
-        mu1, mu2 = m[0], m[1]
-        s1 = (m[2] - mu1 * mu1).clamp_min(0)
-        s2 = (m[3] - mu2 * mu2).clamp_min(0)
-        s12 = m[4] - mu1 * mu2
+    for scale, rs, ds in zip(range(1, 5), _vif_image(ref), _vif_image(dist)):
+        if _VIF_WEIGHTS[scale - 1] == 0:
+            out.append(None)
+            continue
+        mu1, s1 = rs[1], rs[2]
+        mu2, s2 = ds[1], ds[2]
+        s12 = _vif_filter(rs[0] * ds[0], scale) - mu1 * mu2
         gain = s12 / (s1 + 1e-10)
         sv = s2 - gain * s12
         low1 = s1 < 1e-10
@@ -485,16 +526,18 @@ def viff(fused: Any, sources: Sequence[Any], *, colour: str = "grey", device=Non
     Per scale (4 scales, Gaussian N = 2^(5-s)+1, sigma N/5, 'valid', decimation
     by 2) each pixel takes the source with the smaller gain; score
     sum(VID + C) / sum(VIND + C), C = 1e-7, noise variance 0.005 * 255^2; scales
-    weighted [1, 0, 0.15, 1] / 2.15. Grey input (the reference converts colour
-    to CIELAB L; here MATLAB grey). Higher is better. Any number of sources.
+    weighted [1, 0, 0.15, 1] / 2.15 (the weight-0 scale is not computed). Grey
+    input (the reference converts colour to CIELAB L; here MATLAB grey). Higher
+    is better. Any number of sources.
     """
     sq = 0.005 * 255 * 255
-    weights = [1.0, 0.0, 0.15, 1.0]
     vals = []
     for srcs, f in _planes(fused, sources, colour, min_sources=1, device=device):
         per = [_vif_scales(s, f, sq) for s in srcs]
         total = 0.0
-        for i in range(4):
+        for i, weight in enumerate(_VIF_WEIGHTS):
+            if weight == 0:
+                continue
             vid, vind, gain = per[0][i]
             for other in per[1:]:
                 v2, n2, g2 = other[i]
@@ -502,8 +545,8 @@ def viff(fused: Any, sources: Sequence[Any], *, colour: str = "grey", device=Non
                 vid = torch.where(take, v2, vid)
                 vind = torch.where(take, n2, vind)
                 gain = torch.where(take, g2, gain)
-            total += weights[i] * float((vid + 1e-7).sum() / (vind + 1e-7).sum())
-        vals.append(total / sum(weights))
+            total += weight * float((vid + 1e-7).sum() / (vind + 1e-7).sum())
+        vals.append(total / sum(_VIF_WEIGHTS))
     return _mean(vals)
 
 

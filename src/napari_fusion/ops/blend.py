@@ -20,6 +20,20 @@ def normalise_weights(weights: torch.Tensor, *, eps: float = 1e-12) -> torch.Ten
     return torch.where(total > eps, w / total.clamp_min(eps), uniform)
 
 
+def normalise_weights_(weights: torch.Tensor, *, eps: float = 1e-12) -> torch.Tensor:
+    """:func:`normalise_weights` in place: the same values, without the extra ``(N, H, W)`` copies.
+
+    ``weights`` (a float tensor) is overwritten and returned.
+    """
+    w = weights.clamp_min_(0)
+    total = w.sum(0, keepdim=True)
+    w.div_(total.clamp_min(eps))
+    flat = ~(total > eps)  # as normalise_weights: uniform where the total is 0 (or NaN)
+    if bool(flat.any()):
+        w.masked_fill_(flat.expand_as(w), 1.0 / w.shape[0])
+    return w
+
+
 def weighted_sum(stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``sum_n weights[n] * stack[n]`` with ``(N, H, W)`` weights over ``(N, C, H, W)`` images."""
     return (stack * weights.unsqueeze(1)).sum(0)

@@ -8,6 +8,7 @@ darkening; reconstruction is exact by construction for any size.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,35 @@ def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
     pyr = [g[i] - _expand(g[i + 1], g[i].shape[-2:]) for i in range(levels - 1)]
     pyr.append(g[-1])
     return pyr
+
+
+def iter_gaussian_levels(x: torch.Tensor, levels: int) -> Iterator[torch.Tensor]:
+    """The levels of :func:`gaussian_pyramid`, finest first, one at a time (same values).
+
+    Each reduced level is its own compact tensor (not a strided view of the
+    full-size filtered image), so a caller that keeps only the current level
+    holds little more than it.
+    """
+    g = x
+    yield g
+    for _ in range(levels - 1):
+        g = _reduce(g).contiguous()
+        yield g
+
+
+def iter_laplacian_levels(x: torch.Tensor, levels: int) -> Iterator[torch.Tensor]:
+    """The levels of :func:`laplacian_pyramid`, finest band first, one at a time (same values).
+
+    Only two Gaussian levels are held at once, so streaming over the bands
+    costs a few images of the current level's size instead of the whole
+    Gaussian and Laplacian pyramids.
+    """
+    g = x
+    for _ in range(levels - 1):
+        reduced = _reduce(g).contiguous()
+        yield g - _expand(reduced, g.shape[-2:])
+        g = reduced
+    yield g
 
 
 def reconstruct_laplacian_pyramid(pyr: list[torch.Tensor]) -> torch.Tensor:
