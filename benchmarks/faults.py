@@ -366,7 +366,7 @@ def batch_faults(ws: Workspace, kills: int) -> list[Row]:
             0,
             0,
             0,
-            f"exit {inside.returncode}: {inside.stderr.strip()[:70]}",
+            f"exit {inside.returncode}: {inside.stderr.strip().replace(str(ws.root) + '/', '')[:90]}",
         )
     )
     # SIGKILL during batch, then rerun: same outputs as the uninterrupted run
