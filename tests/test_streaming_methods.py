@@ -167,3 +167,22 @@ def test_streaming_reports_progress_to_the_end(method):
     fn = CASES[method][0]
     fn(_stack(5, 3, 3, 32, 32), ctx=ctx, **get_method(method).defaults())
     assert seen and seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+
+
+def test_gff_zero_weights_fall_back_to_uniform(monkeypatch):
+    """Where every refined weight is 0 both formulations use uniform weights (the mean layers)."""
+    import napari_fusion.methods.gff as gff_module
+
+    real = guided_filter
+
+    def zero_where_bright(guide, src, radius, eps):
+        out = real(guide, src, radius, eps)
+        return torch.where(guide > 0.5, torch.zeros_like(out), out)
+
+    monkeypatch.setattr(gff_module, "guided_filter", zero_where_bright)
+    monkeypatch.setitem(globals(), "guided_filter", zero_where_bright)
+    stack = _stack(8, 4, 3, 40, 56)
+    stack[:, :, :20] = 0.8  # every slice bright in the top half: all weights 0 there
+    out, fused, labels, weights = _run_both("gff", stack, r1=4, r2=2, base_radius=3)
+    assert bool((weights[:, :20] == 0.25).all())
+    _assert_same(out, fused, labels, weights)

@@ -58,12 +58,12 @@ WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
     "csc_ivfn": (8.0, 48.0),  # guess (> 60 s even at 4x512x512)
     "csc_mefn": (8.25, 0.0),  # measured: grey 6.89, RGB 7.20
     "focus_measure": (0.5, 8.5),  # measured: grey 7.79, RGB 2.77
-    "gff": (11.0, 10.25),  # measured: grey 19.16, RGB 13.01
-    "laplacian_pyramid": (17.25, 0.0),  # measured: grey 15.20, RGB 15.51
+    "gff": (0.0, 11.25),  # measured (streaming over slices): grey 10.03, RGB 2.89
+    "laplacian_pyramid": (0.0, 10.0),  # measured (streaming over slices): grey 8.92, RGB 2.62
     "li2018_vgg19": (8.0, 96.0),  # guess (VGG19 weights absent when measured; 64-channel full-size features)
     "liu2017_cnn": (8.0, 48.0),  # guess (> 40 s)
     "liu2017_cnn_nway": (8.0, 48.0),  # guess (> 40 s)
-    "mertens": (17.5, 0.25),  # measured: grey 15.89, RGB 15.89
+    "mertens": (1.0, 5.0),  # measured (streaming over slices): grey 5.26, RGB 2.26
     "tiis2018_fcn": (8.0, 48.0),  # guess (> 40 s)
     "veshki_cdl": (8.0, 48.0),  # guess (> 40 s)
 }
