@@ -188,6 +188,7 @@ def fuse_liu2017(
     grey = luminance_stack(stack).float()
     ta, tb = _scores(scorer, grey, ctx, 4, reuse=True)
     focus = spread_scores(pair_scores(ta, tb, scorer.db), h, w)
+    ctx.report(2.5, 4, "focus map")
     d = (focus > threshold).to(torch.uint8)
     if area_fraction > 0:
         d = remove_small_regions(d, _min_area(area_fraction, h, w))
@@ -195,6 +196,7 @@ def fuse_liu2017(
     ctx.report(3, 4, "consistency verification")
     if gf_radius > 0:
         guide = grey[0] * df + grey[1] * (1 - df)
+        ctx.report(3.5, 4, "guided filter")
         wa = _exact_where_flat(guided_filter(guide, df, gf_radius, gf_eps), df, gf_radius)
     else:
         wa = df
