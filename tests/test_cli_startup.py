@@ -6,6 +6,7 @@ imported torch long before.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -98,3 +99,19 @@ def test_only_the_named_subcommand_gets_its_full_parser():
     argv = ["train", "csc_mmfn", "--task", "cave", "--config", "smoke"]
     args = build_parser(argv).parse_args(argv)
     assert args.model == "csc_mmfn" and callable(args.func)
+
+
+def test_methods_listing_is_torch_free_and_matches_the_registry():
+    code = (
+        "import sys, napari_fusion.cli as c; "
+        "rc = c.main(['methods', '-v']); "
+        "assert rc == 0; assert 'torch' not in sys.modules, 'methods imported torch'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "focus_measure" in proc.stdout and "cite:" in proc.stdout
+    from napari_fusion.cli.methods import live_catalogue, read_catalogue
+
+    # the snapshot the listing reads must equal the live registry (regenerate with
+    # `python -m napari_fusion.cli.methods` after changing a method's metadata)
+    assert read_catalogue() == json.loads(json.dumps(live_catalogue()))
