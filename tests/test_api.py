@@ -263,9 +263,9 @@ def test_error_unknown_device():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("method", ["focus_measure", "gff", "laplacian_pyramid", "mertens"])
-def test_cuda_matches_cpu(method, small_focal_stack):
+def test_cuda_matches_cpu(device, method, small_focal_stack):
     s = small_focal_stack.slices.astype(np.float32) / 255
-    rc = nf.fuse(s, method=method, device="cpu")
+    rc = nf.fuse(s, method=method, device=device)
     rg = nf.fuse(s, method=method, device="cuda")
     np.testing.assert_allclose(rc.fused, rg.fused, atol=1e-4)
 

@@ -138,7 +138,7 @@ def test_demo_runs_and_scores(tmp_path, capsys, monkeypatch):
     assert psnr > best + 3
 
 
-def test_console_script_installed(tmp_path):
+def test_console_script_installed(device, tmp_path):
     """The ``napari-fusion`` script installed beside the interpreter runs: its entry point,
     interpreter line and imports work, ``--version`` answers and a tiny fuse is right."""
     import shutil
@@ -171,4 +171,4 @@ def test_console_script_installed(tmp_path):
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
-    np.testing.assert_array_equal(tifffile.imread(out), napari_fusion.fuse([a, b], device="cpu").fused)
+    np.testing.assert_array_equal(tifffile.imread(out), napari_fusion.fuse([a, b], device=device).fused)

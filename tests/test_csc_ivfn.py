@@ -100,7 +100,7 @@ def test_ssim_map_is_one_for_identical_images_and_lower_for_noise():
     assert float(tr.autoencoder_loss(x, x)) == pytest.approx(0.0, abs=1e-5)
 
 
-def test_smoke_run_training_writes_verified_weights_usable_by_the_method(tmp_path, data_dir):
+def test_smoke_run_training_writes_verified_weights_usable_by_the_method(device, tmp_path, data_dir):
     cfg = tr.get_config("smoke")
     cfg.data.n_train, cfg.data.n_val = 64, 16
     cfg.train.epochs = 1
@@ -111,7 +111,7 @@ def test_smoke_run_training_writes_verified_weights_usable_by_the_method(tmp_pat
     assert manifest["model"] == "csc_ivfn" and manifest["net_config"]["channels"] == 8
     rng = np.random.default_rng(0)
     a, b = rng.random((40, 48)).astype(np.float32), rng.random((40, 48)).astype(np.float32)
-    out = fuse([a, b], "csc_ivfn", weights=str(pt), device="cpu")
+    out = fuse([a, b], "csc_ivfn", weights=str(pt), device=device)
     assert out.fused.shape == (40, 48) and np.isfinite(out.fused).all()
 
 
@@ -190,7 +190,7 @@ def test_shipped_weights_reconstruct_an_unseen_photograph(data_dir):
 
 @needs_weights
 @pytest.mark.parametrize("strategy", ["saliency", "l1", "average"])
-def test_each_strategy_runs_on_a_real_pair(dataset, strategy):
+def test_each_strategy_runs_on_a_real_pair(device, dataset, strategy):
     """Every strategy runs, and fuses: the result is not the plain average of the pair.
 
     Measured on this crop: mean |fused - average| 6.3 (average), 6.9 (saliency),
@@ -200,7 +200,7 @@ def test_each_strategy_runs_on_a_real_pair(dataset, strategy):
     ir, vis = _tno_pair(dataset)
     ir, vis = ir[:96, :128], vis[:96, :128]
     before = (ir.copy(), vis.copy())
-    out = fuse([ir, vis], "csc_ivfn", strategy=strategy, device="cpu")
+    out = fuse([ir, vis], "csc_ivfn", strategy=strategy, device=device)
     assert out.fused.shape == ir.shape and out.fused.dtype == ir.dtype
     np.testing.assert_array_equal(ir, before[0])
     np.testing.assert_array_equal(vis, before[1])
@@ -223,14 +223,14 @@ def test_each_strategy_runs_on_a_real_pair(dataset, strategy):
 
 
 @needs_weights
-def test_fusion_keeps_hot_targets_and_visible_texture(dataset):
+def test_fusion_keeps_hot_targets_and_visible_texture(device, dataset):
     """On a TNO pair the fused image keeps the IR hot spots (brighter there than the plain
     average) and the visible texture (more gradient energy than the plain average)."""
     from napari_fusion.metrics import get_metric
 
     ir, vis = _tno_pair(dataset)
-    out = fuse([ir, vis], "csc_ivfn", device="cpu").fused.astype(np.float64)
-    avg = fuse([ir, vis], "average", device="cpu").fused.astype(np.float64)
+    out = fuse([ir, vis], "csc_ivfn", device=device).fused.astype(np.float64)
+    avg = fuse([ir, vis], "average", device=device).fused.astype(np.float64)
     irf = ir.astype(np.float64)
     hot = irf >= np.percentile(irf, 99)
     assert out[hot].mean() > avg[hot].mean() + 5
@@ -245,7 +245,7 @@ def test_fusion_keeps_hot_targets_and_visible_texture(dataset):
 
 
 @needs_weights
-def test_mixed_grey_ir_and_rgb_visible_keeps_visible_chroma():
+def test_mixed_grey_ir_and_rgb_visible_keeps_visible_chroma(device):
     from napari_fusion.ops.colour import rgb_to_ycbcr
 
     rng = np.random.default_rng(0)
@@ -255,10 +255,10 @@ def test_mixed_grey_ir_and_rgb_visible_keeps_visible_chroma():
     vis[..., 0] = 150
     vis[..., 1] = np.linspace(80, 170, w).astype(np.uint8)[None]
     vis[..., 2] = 110
-    out = fuse([ir, vis], "csc_ivfn", device="cpu")
+    out = fuse([ir, vis], "csc_ivfn", device=device)
     assert out.fused.shape == (h, w, 3) and out.fused.dtype == np.uint8
     # grey infrared first or second: the colour source is found either way
-    out2 = fuse([vis, ir], "csc_ivfn", device="cpu")
+    out2 = fuse([vis, ir], "csc_ivfn", device=device)
     np.testing.assert_allclose(out2.fused.astype(float), out.fused.astype(float), atol=2)
     f = torch.from_numpy(out.fused.astype(np.float32) / 255).permute(2, 0, 1)
     v = torch.from_numpy(vis.astype(np.float32) / 255).permute(2, 0, 1)
@@ -321,10 +321,10 @@ def test_bad_parameters_and_weights_give_clear_errors(tmp_path):
 
 
 @needs_weights
-def test_three_sources_and_labels_name_the_detail_source():
+def test_three_sources_and_labels_name_the_detail_source(device):
     rng = np.random.default_rng(2)
     flat = np.full((40, 40), 0.5, np.float32)
     textured = (0.5 + 0.3 * rng.standard_normal((40, 40))).clip(0, 1).astype(np.float32)
-    out = fuse([flat, textured, flat], "csc_ivfn", device="cpu")
+    out = fuse([flat, textured, flat], "csc_ivfn", device=device)
     assert out.weights.shape == (3, 40, 40)
     assert (out.labels[5:-5, 5:-5] == 1).mean() > 0.9

@@ -179,10 +179,10 @@ def test_registry_entry():
 
 
 @pytest.mark.parametrize("k", [2, 3, 5])
-def test_any_number_of_exposures(series5, k):
+def test_any_number_of_exposures(device, series5, k):
     idx = np.linspace(0, 4, k).round().astype(int)
     srcs = [series5[i] for i in idx]
-    r = nf.fuse(srcs, method="csc_mefn", device="cpu")
+    r = nf.fuse(srcs, method="csc_mefn", device=device)
     assert r.fused.shape == srcs[0].shape and r.fused.dtype == np.uint8
     assert r.weights.shape == (k, *srcs[0].shape[:2])
     np.testing.assert_allclose(r.weights.sum(0), 1.0, atol=1e-4)
@@ -192,29 +192,29 @@ def test_any_number_of_exposures(series5, k):
     assert 60 < r.fused.mean() < 200
 
 
-def test_grey_exposures_fuse_on_their_single_channel(series5):
+def test_grey_exposures_fuse_on_their_single_channel(device, series5):
     grey = [np.rint(s.astype(float) @ [0.299, 0.587, 0.114]).astype(np.uint8) for s in series5[1:4]]
-    r = nf.fuse(grey, method="csc_mefn", device="cpu")
+    r = nf.fuse(grey, method="csc_mefn", device=device)
     assert r.fused.shape == grey[0].shape
-    rgb = nf.fuse(list(series5[1:4]), method="csc_mefn", device="cpu")
+    rgb = nf.fuse(list(series5[1:4]), method="csc_mefn", device=device)
     # grey weights match the RGB run's luma weights (same luma, up to rounding)
     assert np.abs(r.weights - rgb.weights).max() < 0.05
 
 
-def test_inputs_not_modified_and_float_input(series5):
+def test_inputs_not_modified_and_float_input(device, series5):
     srcs = [s.copy() for s in series5[:3]]
     before = [s.copy() for s in srcs]
-    nf.fuse(srcs, method="csc_mefn", device="cpu")
+    nf.fuse(srcs, method="csc_mefn", device=device)
     for a, b in zip(srcs, before):
         np.testing.assert_array_equal(a, b)
-    f = nf.fuse([s.astype(np.float32) / 255 for s in srcs], method="csc_mefn", device="cpu")
+    f = nf.fuse([s.astype(np.float32) / 255 for s in srcs], method="csc_mefn", device=device)
     assert f.fused.dtype == np.float32 and f.fused.min() >= 0 and f.fused.max() <= 1
 
 
-def test_stretch_off_tiles_exactly_and_stretch_on_is_global(series5):
+def test_stretch_off_tiles_exactly_and_stretch_on_is_global(device, series5):
     srcs = list(series5[:3])
-    ref = nf.fuse(srcs, method="csc_mefn", device="cpu", stretch=False)
-    tiled = nf.fuse(srcs, method="csc_mefn", device="cpu", stretch=False, chunks=32).compute()
+    ref = nf.fuse(srcs, method="csc_mefn", device=device, stretch=False)
+    tiled = nf.fuse(srcs, method="csc_mefn", device=device, stretch=False, chunks=32).compute()
     assert np.abs(tiled.fused.astype(int) - ref.fused.astype(int)).max() <= 1
     with pytest.raises(FusionInputError, match="global"):
         nf.fuse(srcs, method="csc_mefn", chunks=32)
@@ -241,7 +241,7 @@ def test_bad_parameters_and_weights(series5, tmp_path):
         nf.fuse(srcs, method="csc_mefn", weights=str(bad))
 
 
-def test_real_sequence_beats_average_and_is_close_to_mertens(dataset):
+def test_real_sequence_beats_average_and_is_close_to_mertens(device, dataset):
     """On real (downscaled) sequences never trained on: MEF-SSIM of the shipped model.
 
     Measured at 160 px: csc_mefn 0.887, mertens 0.848, average 0.841; untrained
@@ -258,7 +258,7 @@ def test_real_sequence_beats_average_and_is_close_to_mertens(dataset):
             continue
         seq = list(load_sequence(cases[name], 160))
         for m in scores:
-            scores[m].append(mef_ssim(nf.fuse(seq, method=m, device="cpu").fused, seq))
+            scores[m].append(mef_ssim(nf.fuse(seq, method=m, device=device).fused, seq))
     if not scores["csc_mefn"]:
         pytest.skip("none of the test sequences present")
     mean = {m: float(np.mean(v)) for m, v in scores.items()}

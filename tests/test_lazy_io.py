@@ -110,11 +110,11 @@ def test_open_errors(tmp_path):
     assert open_lazy_stack(tmp_path / "two.zarr", component="b").shape == (2, 8, 8)
 
 
-def test_fuse_from_tiff_write_tiff_and_zarr_equal_untiled(tmp_path, stack16):
+def test_fuse_from_tiff_write_tiff_and_zarr_equal_untiled(device, tmp_path, stack16):
     src = tmp_path / "stack.tif"
     tifffile.imwrite(src, stack16, tile=(64, 64))
-    ref = nf.fuse(stack16, device="cpu")
-    lazy = nf.fuse(open_lazy_stack(src), device="cpu", chunks=(100, 90))
+    ref = nf.fuse(stack16, device=device)
+    lazy = nf.fuse(open_lazy_stack(src), device=device, chunks=(100, 90))
     ticks = []
     written = write_lazy(
         lazy,
@@ -139,19 +139,19 @@ def test_fuse_from_tiff_write_tiff_and_zarr_equal_untiled(tmp_path, stack16):
     np.testing.assert_array_equal(g["depth"][:], ref.depth)
 
 
-def test_write_rgb_tiff_and_plain_arrays(tmp_path):
+def test_write_rgb_tiff_and_plain_arrays(device, tmp_path):
     rng = np.random.default_rng(2)
     rgb = rng.integers(0, 255, (3, 70, 300, 3), dtype=np.uint8)
-    lazy = nf.fuse(rgb, "average", chunks=64, device="cpu")
+    lazy = nf.fuse(rgb, "average", chunks=64, device=device)
     write_lazy(lazy, tmp_path / "avg.tif")
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "avg.tif"), nf.fuse(rgb, "average", device="cpu").fused)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "avg.tif"), nf.fuse(rgb, "average", device=device).fused)
     arr = np.arange(50 * 60, dtype=np.float32).reshape(50, 60)
     write_lazy(arr, tmp_path / "plain.tif")
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "plain.tif"), arr)
 
 
-def test_write_errors_and_cancel_leaves_no_file(tmp_path, stack16):
-    lazy = nf.fuse(stack16, "average", chunks=64, device="cpu")
+def test_write_errors_and_cancel_leaves_no_file(device, tmp_path, stack16):
+    lazy = nf.fuse(stack16, "average", chunks=64, device=device)
     with pytest.raises(FusionInputError, match="unsupported output format"):
         write_lazy(lazy, tmp_path / "x.png")
     with pytest.raises(FusionInputError, match="no labels"):

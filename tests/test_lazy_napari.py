@@ -13,7 +13,7 @@ from napari_fusion import tiling
 from napari_fusion.registry import get_method
 
 
-def test_viewer_model_computes_tiles_only_when_shown_and_once():
+def test_viewer_model_computes_tiles_only_when_shown_and_once(device):
     components = pytest.importorskip("napari.components")
     calls = []
     spec = get_method("focus_measure")
@@ -24,7 +24,7 @@ def test_viewer_model_computes_tiles_only_when_shown_and_once():
 
     images = (np.random.default_rng(0).random((4, 300, 250)) * 1000).astype(np.uint16)
     x = da.from_array(images, chunks=(1, 100, 125))
-    res = tiling.fuse_lazy(x, dataclasses.replace(spec, run=counting), device="cpu")
+    res = tiling.fuse_lazy(x, dataclasses.replace(spec, run=counting), device=device)
     viewer = components.ViewerModel()
     viewer.add_image(x, name="stack")
     assert calls == []  # fusing and showing the input fused nothing

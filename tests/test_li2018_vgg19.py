@@ -275,7 +275,7 @@ def test_three_sources_and_bad_chroma_source(no_weights):
 
 
 @pytest.mark.slow
-def test_real_weights_reproduce_authors(dataset):
+def test_real_weights_reproduce_authors(device, dataset):
     """Only where the real ImageNet weights exist: compare with the authors' own output."""
     if not W.weights_status("vgg19").found:
         pytest.skip("torchvision VGG19 weights not available (napari-fusion weights fetch vgg19)")
@@ -284,14 +284,14 @@ def test_real_weights_reproduce_authors(dataset):
     case = dataset("irvis/tno_li2018") / "pair-01"
     ir, vis = read_image(case / "src_00.png"), read_image(case / "src_01.png")
     ref = read_image(case / "reference" / "Li2018.png")
-    res = nf.fuse([ir, vis], method="li2018_vgg19", device="cpu")
+    res = nf.fuse([ir, vis], method="li2018_vgg19", device=device)
     ours = structural_similarity(res.fused, ref, data_range=255)
     average = ((ir.astype(np.float64) + vis) / 2).round().astype(np.uint8)
     # closer to the authors' output than the plain average of the inputs is (SSIM 0.9978 on this pair)
     assert ours > structural_similarity(average, ref, data_range=255)
 
 
-def test_weights_file_path_end_to_end(tmp_path, monkeypatch, no_weights):
+def test_weights_file_path_end_to_end(device, tmp_path, monkeypatch, no_weights):
     """The user path (locate -> verify -> load torchvision-named file -> run), exercised with a
     full-width random VGG19 saved like torchvision's checkpoint; only the expected checksum is
     swapped for this file's."""
@@ -306,9 +306,9 @@ def test_weights_file_path_end_to_end(tmp_path, monkeypatch, no_weights):
     g = np.random.default_rng(0)
     a = (g.random((24, 40)) * 255).astype(np.uint8)
     b = (g.random((24, 40)) * 255).astype(np.uint8)
-    from_file = nf.fuse([a, b], method="li2018_vgg19", weights=str(path), device="cpu")
+    from_file = nf.fuse([a, b], method="li2018_vgg19", weights=str(path), device=device)
     with M.untrained_network_for_tests(src):
-        direct = nf.fuse([a, b], method="li2018_vgg19", device="cpu")
+        direct = nf.fuse([a, b], method="li2018_vgg19", device=device)
     assert np.array_equal(from_file.fused, direct.fused)
     assert np.array_equal(from_file.labels, direct.labels)
     # the cached network is usable outside inference mode too

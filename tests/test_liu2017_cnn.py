@@ -51,9 +51,9 @@ def test_registry_entry():
     assert nf.get_method("liu2017_cnn_nway").mode == "nway"
 
 
-def test_synthetic_pair_decision_and_fusion(synthetic_pair):
+def test_synthetic_pair_decision_and_fusion(device, synthetic_pair):
     st = synthetic_pair
-    res = nf.fuse(list(st.slices), "liu2017_cnn", device="cpu")
+    res = nf.fuse(list(st.slices), "liu2017_cnn", device=device)
     clear = np.abs(st.depth - 0.5) > 0.2  # pixels clearly nearer one focal plane
     acc = (res.labels == st.true_labels)[clear].mean()
     assert acc >= 0.9, acc
@@ -67,10 +67,10 @@ def test_synthetic_pair_decision_and_fusion(synthetic_pair):
     np.testing.assert_allclose(w.sum(0), 1, atol=1e-5)
 
 
-def test_nway_on_three_slices(small_focal_stack):
+def test_nway_on_three_slices(device, small_focal_stack):
     st = small_focal_stack  # 4 slices, 96x128
     for name in ("liu2017_cnn", "liu2017_cnn_nway"):
-        res = nf.fuse(list(st.slices[:3]), name, device="cpu", area_fraction=0.0)
+        res = nf.fuse(list(st.slices[:3]), name, device=device, area_fraction=0.0)
         assert set(np.unique(res.labels)) <= {0, 1, 2}
         assert res.fused.shape == st.slices[0].shape and res.fused.dtype == st.slices.dtype
     # the N-way decision is at least as good as chance by a wide margin on this stack
@@ -78,7 +78,7 @@ def test_nway_on_three_slices(small_focal_stack):
     assert (res.labels == truth).mean() > 0.6
 
 
-def test_fold_reuses_scores_without_changing_decisions(small_focal_stack, monkeypatch):
+def test_fold_reuses_scores_without_changing_decisions(device, small_focal_stack, monkeypatch):
     import napari_fusion.methods.liu2017_cnn as mod
 
     slices = list(small_focal_stack.slices)  # 4 slices, 96x128: a fold of 3 pairs
@@ -91,10 +91,10 @@ def test_fold_reuses_scores_without_changing_decisions(small_focal_stack, monkey
 
     monkeypatch.setattr(mod, "stack_terms", spy)
     mod.clear_score_cache()
-    res = nf.fuse(slices, "liu2017_cnn", device="cpu", area_fraction=0.0)
+    res = nf.fuse(slices, "liu2017_cnn", device=device, area_fraction=0.0)
     assert reused == [False, True, True]
     monkeypatch.setattr(mod, "stack_terms", lambda *a, known=None, **kw: real(*a, **kw))
-    ref = nf.fuse(slices, "liu2017_cnn", device="cpu", area_fraction=0.0)
+    ref = nf.fuse(slices, "liu2017_cnn", device=device, area_fraction=0.0)
     np.testing.assert_array_equal(res.labels, ref.labels)
     np.testing.assert_array_equal(res.fused, ref.fused)
 
@@ -125,14 +125,14 @@ def lytro_crop(data_dir):
 
 
 @pytest.mark.data
-def test_real_lytro_pair_agrees_with_focus_measure_and_commutes(lytro_crop):
+def test_real_lytro_pair_agrees_with_focus_measure_and_commutes(device, lytro_crop):
     a, b = lytro_crop
-    res = nf.fuse([a, b], "liu2017_cnn", device="cpu")
-    ref = nf.fuse([a, b], "focus_measure", device="cpu")
+    res = nf.fuse([a, b], "liu2017_cnn", device=device)
+    ref = nf.fuse([a, b], "focus_measure", device=device)
     # both sources own a real share of this crop, and the CNN agrees with a classical focus measure
     assert 0.15 < res.labels.mean() < 0.85
     assert (res.labels == ref.labels).mean() >= 0.9
-    swapped = nf.fuse([b, a], "liu2017_cnn", device="cpu")
+    swapped = nf.fuse([b, a], "liu2017_cnn", device=device)
     total = res.extras["focus_map"] + swapped.extras["focus_map"]
     assert abs(total.mean() - 1) < 0.02
     assert np.abs(total - 1).mean() < 0.05
@@ -140,10 +140,10 @@ def test_real_lytro_pair_agrees_with_focus_measure_and_commutes(lytro_crop):
     np.testing.assert_allclose(res.fused.astype(float), swapped.fused.astype(float), atol=2.0)
 
 
-def test_missing_or_corrupt_weights_refused(tmp_path, synthetic_pair):
+def test_missing_or_corrupt_weights_refused(device, tmp_path, synthetic_pair):
     pair = list(synthetic_pair.slices)
     with pytest.raises(WeightsUnavailableError, match="napari-fusion train liu2017_cnn"):
-        nf.fuse(pair, "liu2017_cnn", weights=str(tmp_path / "none.pt"), device="cpu")
+        nf.fuse(pair, "liu2017_cnn", weights=str(tmp_path / "none.pt"), device=device)
     src = default_weights_path("slight")
     bad = tmp_path / "liu2017_slight.pt"
     shutil.copy(src, bad)
@@ -154,13 +154,13 @@ def test_missing_or_corrupt_weights_refused(tmp_path, synthetic_pair):
         f.seek(1000)
         f.write(bytes([byte[0] ^ 0x01]))
     with pytest.raises(WeightsUnavailableError, match="sha256"):
-        nf.fuse(pair, "liu2017_cnn", weights=str(bad), device="cpu")
+        nf.fuse(pair, "liu2017_cnn", weights=str(bad), device=device)
     # weights of the slight model cannot be used as the original model
     with pytest.raises(WeightsUnavailableError):
-        nf.fuse(pair, "liu2017_cnn", weights=str(src), variant="original", device="cpu")
+        nf.fuse(pair, "liu2017_cnn", weights=str(src), variant="original", device=device)
 
 
-def test_too_small_images_refused():
+def test_too_small_images_refused(device):
     img = np.zeros((12, 40), np.uint8)
     with pytest.raises(FusionInputError, match="16x16"):
-        nf.fuse([img, img + 1], "liu2017_cnn", device="cpu")
+        nf.fuse([img, img + 1], "liu2017_cnn", device=device)

@@ -58,20 +58,20 @@ def test_estimate_scales_and_check_fits():
     assert memory.check_fits(2, 64, 64, 1, np.uint8, "average", available=2**34) > 0
 
 
-def test_tileable_method_switches_to_tiles_with_the_same_result(monkeypatch):
+def test_tileable_method_switches_to_tiles_with_the_same_result(device, monkeypatch):
     x = _stack()
     monkeypatch.delenv(memory.ENV_VAR, raising=False)
-    want = nf.fuse(x, "focus_measure", device="cpu")
+    want = nf.fuse(x, "focus_measure", device=device)
     monkeypatch.setenv(memory.ENV_VAR, "1")  # nothing fits: fuse must tile
     with pytest.warns(RuntimeWarning, match="tile by tile"):
-        got = nf.fuse(x, "focus_measure", device="cpu")
+        got = nf.fuse(x, "focus_measure", device=device)
     assert isinstance(got.fused, np.ndarray) and got.fused.dtype == want.fused.dtype
     np.testing.assert_array_equal(got.fused, want.fused)
     np.testing.assert_array_equal(got.labels, want.labels)
     np.testing.assert_array_equal(got.depth, want.depth)
 
 
-def test_global_method_is_refused_without_allocating(monkeypatch):
+def test_global_method_is_refused_without_allocating(device, monkeypatch):
     monkeypatch.setenv(memory.ENV_VAR, "1")
     spec = nf.get_method("laplacian_pyramid")
     assert spec.halo_for(spec.defaults()) is None  # global with default parameters
@@ -80,18 +80,18 @@ def test_global_method_is_refused_without_allocating(monkeypatch):
     called = []
     monkeypatch.setattr("napari_fusion.api.prepare", lambda *a, **k: called.append(1))
     with pytest.raises(FusionInputError) as err:
-        nf.fuse(x, "laplacian_pyramid", device="cpu")
+        nf.fuse(x, "laplacian_pyramid", device=device)
     msg = str(err.value)
     assert f"{need / 2**20:.1f} MiB" in msg and "chunks" in msg and "levels" in msg
     assert not called  # refused before the stack was converted
     # a list input and a learned global method get the same treatment
     with pytest.raises(FusionInputError, match="cannot be fused tile by tile.*chunks"):
-        nf.fuse([x[0], x[1]], "liu2017_cnn_nway", device="cpu")
+        nf.fuse([x[0], x[1]], "liu2017_cnn_nway", device=device)
 
 
-def test_fits_means_unchanged_path(monkeypatch):
+def test_fits_means_unchanged_path(device, monkeypatch):
     monkeypatch.setenv(memory.ENV_VAR, "64G")
-    res = nf.fuse(_stack(), "average", device="cpu")
+    res = nf.fuse(_stack(), "average", device=device)
     assert res.weights is not None  # the in-memory path (tiled results carry no weights)
 
 

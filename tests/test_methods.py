@@ -150,7 +150,7 @@ def test_registry_refuses_duplicates_and_names_the_known_entries():
     assert reg.entries == {"b": 2}
 
 
-def test_temporary_and_unregistered_methods():
+def test_temporary_and_unregistered_methods(device):
     from napari_fusion import registry
 
     def run(stack, *, ctx):
@@ -159,7 +159,7 @@ def test_temporary_and_unregistered_methods():
     name = "_test_temporary_mean"
     with registry.temporary_method(run, name=name, title="test", tasks=("multi-focus",), mode="nway") as spec:
         assert nf.get_method(name) is spec and name in [s.name for s in nf.list_methods()]
-        r = nf.fuse(np.ones((2, 16, 16), np.float32), method=name, device="cpu")
+        r = nf.fuse(np.ones((2, 16, 16), np.float32), method=name, device=device)
         np.testing.assert_array_equal(r.fused, np.ones((16, 16), np.float32))
         with pytest.raises(ValueError, match="already registered"):
             registry.register_method(name=name, title="t", tasks=("multi-focus",), mode="nway")(run)

@@ -116,7 +116,7 @@ def test_examples_are_complementary(photos):
         assert m.shape == (20, 20) and m.dtype == bool
 
 
-def test_smoke_training_beats_its_starting_point(photos, tmp_path):
+def test_smoke_training_beats_its_starting_point(device, photos, tmp_path):
     """The smoke config, trained on a few photos, lowers the held-out MSE below the plain average."""
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -135,7 +135,7 @@ def test_smoke_training_beats_its_starting_point(photos, tmp_path):
     assert (tmp_path / "run" / "tiis2018_fcn.md").is_file()
     # the trained file works through the method's weights= parameter
     img = (np.asarray(photos[0])[:40, :50] * 255).astype(np.uint8)
-    r = nf.fuse([img, img], "tiis2018_fcn", weights=str(tmp_path / "run" / "tiis2018_fcn.pt"), device="cpu")
+    r = nf.fuse([img, img], "tiis2018_fcn", weights=str(tmp_path / "run" / "tiis2018_fcn.pt"), device=device)
     assert r.fused.shape == img.shape
 
 
@@ -191,10 +191,10 @@ def half_blurred_pair():
     return to8(a), to8(b), img.astype(np.uint8), left
 
 
-def test_labels_point_to_the_sharp_source(half_blurred_pair):
+def test_labels_point_to_the_sharp_source(device, half_blurred_pair):
     a, b, gt, left = half_blurred_pair
     a0, b0 = a.copy(), b.copy()
-    r = nf.fuse([a, b], "tiis2018_fcn", device="cpu")
+    r = nf.fuse([a, b], "tiis2018_fcn", device=device)
     np.testing.assert_array_equal(a, a0)  # inputs not modified
     np.testing.assert_array_equal(b, b0)
     # textured pixels away from the boundary: the output is closer to the sharp source
@@ -211,18 +211,18 @@ def test_labels_point_to_the_sharp_source(half_blurred_pair):
     assert _psnr(r.fused, gt) > _psnr(((a.astype(float) + b) / 2), gt) + 1
 
 
-def test_colour_modes_and_stacks(half_blurred_pair):
+def test_colour_modes_and_stacks(device, half_blurred_pair):
     a, b, gt, _ = half_blurred_pair
-    luma = nf.fuse([a, b], "tiis2018_fcn", device="cpu")
-    chan = nf.fuse([a, b], "tiis2018_fcn", device="cpu", colour="channels")
+    luma = nf.fuse([a, b], "tiis2018_fcn", device=device)
+    chan = nf.fuse([a, b], "tiis2018_fcn", device=device, colour="channels")
     assert luma.fused.shape == chan.fused.shape == a.shape and luma.fused.dtype == np.uint8
     assert abs(_psnr(luma.fused, gt) - _psnr(chan.fused, gt)) < 3
-    grey = nf.fuse([a[..., 1], b[..., 1], a[..., 1]], "tiis2018_fcn", device="cpu")  # folded pairwise
+    grey = nf.fuse([a[..., 1], b[..., 1], a[..., 1]], "tiis2018_fcn", device=device)  # folded pairwise
     assert grey.fused.shape == a.shape[:2] and set(np.unique(grey.labels)) <= {0, 1, 2}
 
 
 @pytest.mark.data
-def test_shipped_weights_beat_the_average_on_kodak_renders(data_dir):
+def test_shipped_weights_beat_the_average_on_kodak_renders(device, data_dir):
     """Paper protocol on photographs not used in training: complementary regions, sigma 2-10."""
     folder = data_dir / "train" / "kodak24"
     if not folder.is_dir():
@@ -239,13 +239,13 @@ def test_shipped_weights_beat_the_average_on_kodak_renders(data_dir):
     for i, name in enumerate(["kodim03.png", "kodim08.png"]):
         img = read_image(folder / name)[100:260, 200:360]
         (a, b), _ = bench.region_render(img, i)
-        r = nf.fuse([a, b], "tiis2018_fcn", device="cpu")
+        r = nf.fuse([a, b], "tiis2018_fcn", device=device)
         gains.append(_psnr(r.fused, img) - _psnr((a.astype(float) + b) / 2, img))
     assert min(gains) > 1.0, gains
 
 
 @pytest.mark.data
-def test_decision_output_beats_the_average_on_mf_voc(dataset):
+def test_decision_output_beats_the_average_on_mf_voc(device, dataset):
     from napari_fusion.datasets import iter_cases
 
     cases = iter_cases(dataset("multifocus/mf_voc"))[:4]
@@ -253,20 +253,20 @@ def test_decision_output_beats_the_average_on_mf_voc(dataset):
     for case in cases:
         a, b = case.load_sources()
         gt = case.load_gt()
-        r = nf.fuse([a, b], "tiis2018_fcn", device="cpu", output="decision")
+        r = nf.fuse([a, b], "tiis2018_fcn", device=device, output="decision")
         assert set(np.unique(r.weights)) <= {0.0, 1.0}
         gains.append(_psnr(r.fused, gt) - _psnr((a.astype(float) + b) / 2, gt))
     assert np.mean(gains) > 3.0, gains
 
 
-def test_bad_inputs_and_weights(tmp_path, half_blurred_pair):
+def test_bad_inputs_and_weights(device, tmp_path, half_blurred_pair):
     a, b, _, _ = half_blurred_pair
     with pytest.raises(FusionInputError, match="larger than"):
-        nf.fuse([a[:8, :30], b[:8, :30]], "tiis2018_fcn", device="cpu")
+        nf.fuse([a[:8, :30], b[:8, :30]], "tiis2018_fcn", device=device)
     with pytest.raises(FusionInputError, match="colour"):
-        nf.fuse([a, b], "tiis2018_fcn", device="cpu", colour="rgb")
+        nf.fuse([a, b], "tiis2018_fcn", device=device, colour="rgb")
     with pytest.raises(WeightsUnavailableError, match="napari-fusion train tiis2018_fcn"):
-        nf.fuse([a, b], "tiis2018_fcn", weights=str(tmp_path / "none.pt"), device="cpu")
+        nf.fuse([a, b], "tiis2018_fcn", weights=str(tmp_path / "none.pt"), device=device)
     src = default_weights_path()
     bad = tmp_path / "w.pt"
     shutil.copy(src, bad)
@@ -277,14 +277,14 @@ def test_bad_inputs_and_weights(tmp_path, half_blurred_pair):
         f.seek(2000)
         f.write(bytes([byte[0] ^ 0x01]))
     with pytest.raises(WeightsUnavailableError, match="sha256"):
-        nf.fuse([a, b], "tiis2018_fcn", weights=str(bad), device="cpu")
+        nf.fuse([a, b], "tiis2018_fcn", weights=str(bad), device=device)
     # a manifest that declares another architecture is refused
     shutil.copy(src, bad)
     m = json.loads(src.with_suffix(".json").read_text())
     m["net"]["width"] = 32
     bad.with_suffix(".json").write_text(json.dumps(m))
     with pytest.raises(WeightsUnavailableError, match="do not fit"):
-        nf.fuse([a, b], "tiis2018_fcn", weights=str(bad), device="cpu")
+        nf.fuse([a, b], "tiis2018_fcn", weights=str(bad), device=device)
 
 
 def test_training_cli_registered():

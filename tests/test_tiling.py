@@ -146,24 +146,24 @@ def test_colour_uint16_default_parameters_on_a_larger_image():
     _compare(images, "focus_measure", (48, 80), tol=1)
 
 
-def test_a_too_small_halo_makes_seams():
+def test_a_too_small_halo_makes_seams(device):
     """The equality tests above can fail: with no halo, tile borders change the result."""
     images = _stack(3, 3, 64, 64)
-    ref = nf.fuse(images, "focus_measure", device="cpu")
-    bad = tiling.fuse_lazy(images, "focus_measure", device="cpu", chunks=16, halo=0).compute()
+    ref = nf.fuse(images, "focus_measure", device=device)
+    bad = tiling.fuse_lazy(images, "focus_measure", device=device, chunks=16, halo=0).compute()
     assert np.abs(bad.fused - ref.fused).max() > 1e-3
     assert (bad.labels != ref.labels).any()
 
 
-def test_global_method_is_refused_unless_one_tile():
+def test_global_method_is_refused_unless_one_tile(device):
     images = _stack(1, 3, 48, 40)
     with pytest.raises(FusionInputError, match="global.*levels=1..16"):
         nf.fuse(images, "laplacian_pyramid", chunks=16)
     with pytest.raises(FusionInputError, match="global"):
         nf.fuse(images, "mertens", chunks=(48, 16))
-    one = nf.fuse(images, "laplacian_pyramid", chunks=64, device="cpu")
+    one = nf.fuse(images, "laplacian_pyramid", chunks=64, device=device)
     assert one.grid.n_tiles == 1
-    ref = nf.fuse(images, "laplacian_pyramid", device="cpu")
+    ref = nf.fuse(images, "laplacian_pyramid", device=device)
     np.testing.assert_allclose(one.compute().fused, ref.fused, atol=1e-6)
 
 
@@ -176,7 +176,7 @@ def test_global_intensity_statistics_come_from_the_whole_stack():
     _compare(images, "average", 20, tol=0)
 
 
-def test_dask_input_uses_its_own_chunks_and_stays_lazy():
+def test_dask_input_uses_its_own_chunks_and_stays_lazy(device):
     images = _stack(4, 3, 60, 50)
     calls = []
     spec = get_method("focus_measure")
@@ -187,23 +187,23 @@ def test_dask_input_uses_its_own_chunks_and_stays_lazy():
 
     probe = dataclasses.replace(spec, run=counting)
     x = da.from_array(images, chunks=(1, 25, 20))
-    lazy = tiling.fuse_lazy(x, probe, device="cpu")
+    lazy = tiling.fuse_lazy(x, probe, device=device)
     assert calls == []  # nothing fused yet
     assert lazy.grid.tile == (25, 20) and lazy.grid.n_tiles == 9
     assert lazy.fused.chunks == ((25, 25, 10), (20, 20, 10))
     lazy.fused[:25, :20].compute(scheduler="synchronous")
     assert len(calls) == 1  # only the tile that was asked for
-    ref = nf.fuse(images, "focus_measure", device="cpu")
-    np.testing.assert_array_equal(nf.fuse(x, device="cpu").compute().fused, ref.fused)
+    ref = nf.fuse(images, "focus_measure", device=device)
+    np.testing.assert_array_equal(nf.fuse(x, device=device).compute().fused, ref.fused)
 
 
-def test_list_of_dask_arrays_and_axes():
+def test_list_of_dask_arrays_and_axes(device):
     images = _stack(6, 3, 32, 40, colour=True)
-    ref = nf.fuse(images, "average", device="cpu")
+    ref = nf.fuse(images, "average", device=device)
     lst = [da.from_array(a, chunks=16) for a in images]
-    np.testing.assert_allclose(nf.fuse(lst, "average", device="cpu").fused.compute(), ref.fused, atol=1e-6)
+    np.testing.assert_allclose(nf.fuse(lst, "average", device=device).fused.compute(), ref.fused, atol=1e-6)
     moved = da.from_array(np.moveaxis(images, [0, 3], [2, 0]))  # (C, H, N, W)
-    got = nf.fuse(moved, "average", stack_axis=2, channel_axis=0, device="cpu", chunks=16)
+    got = nf.fuse(moved, "average", stack_axis=2, channel_axis=0, device=device, chunks=16)
     np.testing.assert_allclose(got.fused.compute(), ref.fused, atol=1e-6)
 
 
@@ -261,10 +261,10 @@ def test_metadata_errors_come_before_any_read():
         nf.fuse(bad, "mertens", chunks=8)
 
 
-def test_depth_uses_z_positions():
+def test_depth_uses_z_positions(device):
     images = _stack(8, 4, 40, 40)
     z = [0.5, 1.0, 2.5, 4.0]
-    lazy = nf.fuse(images, z_positions=z, chunks=16, device="cpu").compute()
+    lazy = nf.fuse(images, z_positions=z, chunks=16, device=device).compute()
     np.testing.assert_array_equal(lazy.depth, np.asarray(z, np.float32)[lazy.labels])
 
 
@@ -281,14 +281,14 @@ def _oom_spec(limit_pixels: int, calls: list):
     return dataclasses.replace(spec, run=fragile)
 
 
-def test_out_of_memory_retries_with_smaller_tiles():
+def test_out_of_memory_retries_with_smaller_tiles(device):
     images = _stack(9, 3, 150, 140)
     calls = []
     limit = 80 * 80  # pixels of a block (core + halo) the fake device can hold
     spec = _oom_spec(limit, calls)
-    lazy = tiling.fuse_lazy(images, spec, device="cpu", chunks=(150, 140))  # one big tile
+    lazy = tiling.fuse_lazy(images, spec, device=device, chunks=(150, 140))  # one big tile
     got = lazy.compute(scheduler="synchronous")
-    ref = nf.fuse(images, "focus_measure", device="cpu")
+    ref = nf.fuse(images, "focus_measure", device=device)
     np.testing.assert_array_equal(got.fused, ref.fused)
     np.testing.assert_array_equal(got.labels, ref.labels)
     assert calls[0] == (150, 140)  # the first try, which failed
@@ -297,11 +297,11 @@ def test_out_of_memory_retries_with_smaller_tiles():
     assert len(calls) > len(fitted)
 
 
-def test_out_of_memory_gives_up_with_a_clear_error():
+def test_out_of_memory_gives_up_with_a_clear_error(device):
     images = _stack(9, 2, 64, 64)
     spec = _oom_spec(1, [])
     with pytest.raises(FusionError, match="out of memory .* even for a tile"):
-        tiling.fuse_lazy(images, spec, device="cpu", chunks=64).compute(scheduler="synchronous")
+        tiling.fuse_lazy(images, spec, device=device, chunks=64).compute(scheduler="synchronous")
 
 
 def test_other_errors_are_not_retried():
@@ -310,10 +310,10 @@ def test_other_errors_are_not_retried():
         tiling.fuse_lazy(_stack(1, 2, 16, 16), spec, chunks=8).compute(scheduler="synchronous")
 
 
-def test_progress_counts_tiles_and_cancel_stops_scheduling():
+def test_progress_counts_tiles_and_cancel_stops_scheduling(device):
     images = _stack(10, 3, 64, 64)
     seen = []
-    lazy = nf.fuse(images, chunks=16, device="cpu", progress=lambda d, t, m: seen.append((d, t, m)))
+    lazy = nf.fuse(images, chunks=16, device=device, progress=lambda d, t, m: seen.append((d, t, m)))
     lazy.compute(scheduler="synchronous")
     assert [s[0] for s in seen] == list(range(1, 17)) and seen[-1][1] == 16 and seen[-1][2] == "tile 16/16"
 
@@ -328,7 +328,7 @@ def test_progress_counts_tiles_and_cancel_stops_scheduling():
         if done >= 3:
             raise FusionCancelled("stop")
 
-    lazy = tiling.fuse_lazy(images, dataclasses.replace(spec, run=counting), chunks=16, device="cpu")
+    lazy = tiling.fuse_lazy(images, dataclasses.replace(spec, run=counting), chunks=16, device=device)
     with pytest.raises(FusionCancelled):
         lazy.compute(progress=cancel_after_three, scheduler="synchronous")
     assert len(calls) == 3  # no tile was started after the cancel

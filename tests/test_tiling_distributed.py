@@ -60,10 +60,10 @@ def tiff_stack(tmp_path_factory):
     return path, stack
 
 
-def test_cluster_gives_the_untiled_result(client, tiff_stack, tmp_path):
+def test_cluster_gives_the_untiled_result(device, client, tiff_stack, tmp_path):
     path, stack = tiff_stack
-    ref = nf.fuse(stack, "gff", device="cpu", r1=6, base_radius=4)
-    lazy = nf.fuse(open_lazy_stack(path), "gff", device="cpu", chunks=100, r1=6, base_radius=4)
+    ref = nf.fuse(stack, "gff", device=device, r1=6, base_radius=4)
+    lazy = nf.fuse(open_lazy_stack(path), "gff", device=device, chunks=100, r1=6, base_radius=4)
     got = lazy.compute()  # runs on the default client's worker processes
     np.testing.assert_array_equal(got.fused, ref.fused)
     np.testing.assert_array_equal(got.labels, ref.labels)
@@ -86,7 +86,7 @@ def _average_or_die(stack, *, ctx, marker):
     return get_method("average").run(stack, ctx=ctx)
 
 
-def test_cluster_survives_losing_a_worker(client, tiff_stack, tmp_path):
+def test_cluster_survives_losing_a_worker(device, client, tiff_stack, tmp_path):
     path, stack = tiff_stack
     marker = tmp_path / "died"
     spec = dataclasses.replace(
@@ -95,7 +95,7 @@ def test_cluster_survives_losing_a_worker(client, tiff_stack, tmp_path):
         run=_average_or_die,
         params=(Param("marker", "", str, "file created by the tile that kills its worker"),),
     )
-    lazy = tiling.fuse_lazy(open_lazy_stack(path), spec, device="cpu", chunks=100, marker=str(marker))
+    lazy = tiling.fuse_lazy(open_lazy_stack(path), spec, device=device, chunks=100, marker=str(marker))
     got = lazy.compute()
     assert marker.exists()  # a worker did die
-    np.testing.assert_array_equal(got.fused, nf.fuse(stack, "average", device="cpu").fused)
+    np.testing.assert_array_equal(got.fused, nf.fuse(stack, "average", device=device).fused)

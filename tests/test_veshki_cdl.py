@@ -96,23 +96,23 @@ def _half_blurred(seed=0, size=96, sigma=2.5):
 
 @pytest.mark.parametrize("boundary", ["paper", "released"])
 @pytest.mark.parametrize("patch", [8, 16])
-def test_half_blurred_pair_picks_the_sharp_side(boundary, patch):
+def test_half_blurred_pair_picks_the_sharp_side(device, boundary, patch):
     a, b, tex, left = _half_blurred()
-    res = nf.fuse([a, b], "veshki_cdl", device="cpu", boundary=boundary, patch=patch)
+    res = nf.fuse([a, b], "veshki_cdl", device=device, boundary=boundary, patch=patch)
     truth = left.astype(int)  # label 1 (source B) on the left
     # the paper's per-pixel relabelling is noisier in the mixed band (16x16: 0.93 measured)
     assert (res.labels == truth).mean() > (0.9 if boundary == "paper" else 0.95)
     assert psnr(res.fused, tex * 255) > max(psnr(a, tex * 255), psnr(b, tex * 255)) + 5
-    sw = nf.fuse([b, a], "veshki_cdl", device="cpu", boundary=boundary, patch=patch)
+    sw = nf.fuse([b, a], "veshki_cdl", device=device, boundary=boundary, patch=patch)
     assert (sw.labels != res.labels).mean() > 0.95
 
 
 @pytest.mark.parametrize("boundary,floor", [("paper", 0.85), ("released", 0.95)])
-def test_synthetic_focal_pair(synthetic_pair, boundary, floor):
+def test_synthetic_focal_pair(device, synthetic_pair, boundary, floor):
     from scipy.ndimage import uniform_filter
 
     st = synthetic_pair
-    res = nf.fuse(list(st.slices), "veshki_cdl", device="cpu", boundary=boundary)
+    res = nf.fuse(list(st.slices), "veshki_cdl", device=device, boundary=boundary)
     clear = np.abs(st.depth - 0.5) > 0.2
     g = st.ground_truth.mean(-1) / 255
     textured = uniform_filter(g * g, 9) - uniform_filter(g, 9) ** 2 > (10 / 255) ** 2
@@ -121,9 +121,9 @@ def test_synthetic_focal_pair(synthetic_pair, boundary, floor):
     assert psnr(res.fused, st.ground_truth) > max(psnr(s, st.ground_truth) for s in st.slices) + 1
 
 
-def test_stack_is_folded_pairwise(small_focal_stack):
+def test_stack_is_folded_pairwise(device, small_focal_stack):
     st = small_focal_stack
-    res = nf.fuse(list(st.slices[:3]), "veshki_cdl", device="cpu")
+    res = nf.fuse(list(st.slices[:3]), "veshki_cdl", device=device)
     assert set(np.unique(res.labels)) <= {0, 1, 2} and len(np.unique(res.labels)) >= 2
     assert res.fused.shape == st.slices[0].shape and res.fused.dtype == st.slices.dtype
 
@@ -142,10 +142,10 @@ def lytro_crop(data_dir):
 
 @pytest.mark.data
 @pytest.mark.parametrize("boundary,floor", [("paper", 0.75), ("released", 0.9)])
-def test_real_lytro_crop_agrees_with_focus_measure(lytro_crop, boundary, floor):
+def test_real_lytro_crop_agrees_with_focus_measure(device, lytro_crop, boundary, floor):
     a, b = lytro_crop
-    res = nf.fuse([a, b], "veshki_cdl", device="cpu", boundary=boundary)
-    ref = nf.fuse([a, b], "focus_measure", device="cpu")
+    res = nf.fuse([a, b], "veshki_cdl", device=device, boundary=boundary)
+    ref = nf.fuse([a, b], "focus_measure", device=device)
     assert 0.15 < res.labels.mean() < 0.85
     # measured: released 0.93, paper 0.81 (the per-pixel relabelling is noisier than the vote)
     assert (res.labels == ref.labels).mean() >= floor
@@ -161,19 +161,19 @@ def test_centred_vote_has_no_shift_and_no_border_bias():
     torch.testing.assert_close(_centred_box_mean(torch.ones(12, 15), 10), torch.ones(12, 15))
 
 
-def test_bad_parameters_and_inputs():
+def test_bad_parameters_and_inputs(device):
     a, b, _, _ = _half_blurred(size=40)
     for bad in ({"patch": 12}, {"stride": 9}, {"boundary": "magic"}, {"max_atoms": 0}, {"eps": -1}):
         with pytest.raises(FusionInputError):
-            nf.fuse([a, b], "veshki_cdl", device="cpu", **bad)
+            nf.fuse([a, b], "veshki_cdl", device=device, **bad)
     with pytest.raises(FusionInputError, match="at least 16x16"):
-        nf.fuse([a[:12], b[:12]], "veshki_cdl", device="cpu", patch=16)
+        nf.fuse([a[:12], b[:12]], "veshki_cdl", device=device, patch=16)
 
 
-def test_missing_corrupt_or_mismatched_dictionary(tmp_path):
+def test_missing_corrupt_or_mismatched_dictionary(device, tmp_path):
     a, b, _, _ = _half_blurred(size=40)
     with pytest.raises(WeightsUnavailableError, match="napari-fusion train veshki_cdl"):
-        nf.fuse([a, b], "veshki_cdl", device="cpu", dictionary=str(tmp_path / "none.pt"))
+        nf.fuse([a, b], "veshki_cdl", device=device, dictionary=str(tmp_path / "none.pt"))
     src = default_dictionary_path(8)
     bad = tmp_path / "d.pt"
     shutil.copy(src, bad)
@@ -184,6 +184,6 @@ def test_missing_corrupt_or_mismatched_dictionary(tmp_path):
         f.seek(2000)
         f.write(bytes([byte[0] ^ 0x01]))
     with pytest.raises(WeightsUnavailableError, match="sha256"):
-        nf.fuse([a, b], "veshki_cdl", device="cpu", dictionary=str(bad))
+        nf.fuse([a, b], "veshki_cdl", device=device, dictionary=str(bad))
     with pytest.raises(WeightsUnavailableError):  # an 8x8 dictionary used for 16x16 patches
-        nf.fuse([a, b], "veshki_cdl", device="cpu", dictionary=str(src), patch=16)
+        nf.fuse([a, b], "veshki_cdl", device=device, dictionary=str(src), patch=16)

@@ -177,7 +177,7 @@ def test_load_state_dict_formats(tmp_path, legacy):
 # --- one loader for released weights: verify, build once, cache -------------------
 
 
-def test_load_weights_builds_once_and_reloads_a_changed_file(tmp_path):
+def test_load_weights_builds_once_and_reloads_a_changed_file(device, tmp_path):
     import os
 
     from napari_fusion.training.checkpoints import export_weights
@@ -191,14 +191,14 @@ def test_load_weights_builds_once_and_reloads_a_changed_file(tmp_path):
         return w.state["w"].to(w.device) * 2
 
     W.clear_cache()
-    a = W.load_weights(p, build=build, device="cpu", expect={"model": "mine"}, name="mine")
-    b = W.load_weights(p, build=build, device="cpu", expect={"model": "mine"}, name="mine")
+    a = W.load_weights(p, build=build, device=device, expect={"model": "mine"}, name="mine")
+    b = W.load_weights(p, build=build, device=device, expect={"model": "mine"}, name="mine")
     assert a is b and len(calls) == 1 and torch.equal(a, torch.full((3,), 2.0))
     # a new file at the same path (other mtime and size) is read and verified again
     export_weights({"w": torch.zeros(5)}, p, manifest={"model": "mine"})
     st = p.stat()
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    c = W.load_weights(p, build=build, device="cpu", expect={"model": "mine"}, name="mine")
+    c = W.load_weights(p, build=build, device=device, expect={"model": "mine"}, name="mine")
     assert len(calls) == 2 and c.shape == (5,)
     with pytest.raises(WeightsUnavailableError, match="expected 'other'"):
         W.load_weights(p, build=build, expect={"model": "other"})

@@ -217,3 +217,152 @@ def test_bad_paint_is_reported(qtbot, viewer, widget, grey_stack):
     fused = np.array(widget.output_layers["fused"].data, copy=True)
     assert widget.recompose() is False and "slice index + 1" in widget.status.text()
     np.testing.assert_array_equal(widget.output_layers["fused"].data, fused)
+
+
+# ---------------------------------------------------------------------------- crop, units, fallback, first view
+def _shifted(stack, step=(1.5, -1.0), ref=1):
+    """Slice ``k`` of ``stack`` moved by ``(k - ref) * step`` pixels (a known shift)."""
+    from scipy import ndimage
+
+    out = [
+        np.rint(ndimage.shift(sl.astype(np.float64), ((k - ref) * step[0], (k - ref) * step[1]), order=1)).astype(
+            np.uint16
+        )
+        for k, sl in enumerate(stack)
+    ]
+    return np.stack(out)
+
+
+def test_crop_places_outputs_at_the_crop_offset(qtbot, viewer, widget, grey_stack):
+    shifted = _shifted(grey_stack)
+    layer = viewer.add_image(shifted, name="shifted", scale=(1.0, 0.5, 0.5), translate=(0.0, 10.0, 20.0))
+    widget.set_stack_layer(layer)
+    widget.align.setCurrentText("translation")
+    widget.crop.setChecked(True)
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    r0, r1, c0, c1 = widget.result.alignment.valid_box()
+    # slices moved by (k - 1) * (1.5, -1) px, k = 0..3: the common area starts below row 1.5
+    # and right of column 2 (the alignment's own box, checked against the known shift)
+    n = shifted.shape[0]
+    assert r0 in (1, 2, 3) and c0 in (n - 3, n - 2, n - 1), (r0, c0)
+    expected = (10.0 + 0.5 * r0, 20.0 + 0.5 * c0)
+    for key in ("fused", "decision", "height"):
+        out = widget.output_layers[key]
+        assert tuple(out.translate) == pytest.approx(expected), key
+        assert tuple(out.scale) == pytest.approx((0.5, 0.5)), key
+        assert out.data.shape[:2] == (r1 - r0, c1 - c0), key
+    # no crop: back at the input's origin
+    widget.crop.setChecked(False)
+    assert run_and_wait(qtbot, widget) == "done"
+    assert tuple(widget.output_layers["fused"].translate) == pytest.approx((10.0, 20.0))
+
+
+def test_units_from_layer_heights_in_microns_and_consistent_surface(qtbot, viewer, widget, grey_stack):
+    import warnings
+
+    layer = viewer.add_image(grey_stack, name="stack", scale=(0.5, 0.2, 0.2), units=("µm", "µm", "µm"))
+    widget.set_stack_layer(layer)
+    assert widget.z_step.value() == pytest.approx(0.5)
+    assert widget.pixel_size.value() == pytest.approx(0.2)
+    assert widget.unit.text() == "micrometer" and widget.z_unit.text() == "micrometer"
+    assert "from the layer" in widget.calibration_label.text()
+    widget.refine.setCurrentText("none")
+    widget.make_surface.setChecked(True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+        viewer.dims.ndisplay = 3
+        viewer.reset_view()
+    assert not [w for w in caught if "Inconsistent units" in str(w.message)]
+    h = np.asarray(widget.output_layers["height"].data)
+    np.testing.assert_allclose(h / 0.5, np.rint(h / 0.5), atol=1e-5)  # slice positions k * 0.5 um
+    assert h.max() > 0
+    for key in ("fused", "decision", "height"):
+        out = widget.output_layers[key]
+        assert tuple(out.scale) == pytest.approx((0.2, 0.2)), key
+        assert [str(u) for u in out.units] == ["micrometer", "micrometer"], key
+    assert [str(u) for u in widget.output_layers["surface"].units] == ["micrometer"] * 3
+    assert widget.output_layers["height"].metadata["napari_fusion"]["height_unit"] == "micrometer"
+
+
+def test_typed_calibration_and_missing_calibration(qtbot, viewer, widget, grey_stack):
+    layer = viewer.add_image(grey_stack, name="plain")
+    widget.set_stack_layer(layer)
+    assert widget.unit.text() == "pixel"
+    assert "calibration missing: sizes in pixels/slices" in widget.calibration_label.text()
+    # the user types the microscope's calibration: heights and pixels follow it
+    widget.z_step.setValue(2.0)
+    widget.pixel_size.setValue(0.25)
+    widget.unit.setText("um")
+    widget.unit.textEdited.emit("um")
+    assert widget.z_unit.text() == "um"
+    widget.refine.setCurrentText("none")
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    height = widget.output_layers["height"]
+    assert height.metadata["napari_fusion"]["height_unit"] == "um"
+    assert tuple(height.scale) == pytest.approx((0.25, 0.25))
+    assert str(height.units[0]) == "micrometer"
+    np.testing.assert_allclose(np.asarray(height.data) % 2.0, 0.0, atol=1e-5)
+
+
+def test_calibration_from_the_layers_file(qtbot, viewer, widget, grey_stack, monkeypatch):
+    from napari.layers import Image
+    from napari.layers._source import layer_source
+
+    from napari_fusion._napari import _focal
+    from napari_fusion.microscopy import Calibration
+
+    seen = []
+
+    def fake_read(path):
+        seen.append(path)
+        return Calibration((0.3, 0.3), 1.5, "µm", "test")
+
+    monkeypatch.setattr("napari_fusion.io.read_calibration", fake_read)
+    monkeypatch.setattr(_focal, "_CALIBRATIONS", {})
+    with layer_source(path="/data/stack.ome.tif"):
+        layer = Image(grey_stack, name="from file")
+    viewer.add_layer(layer)
+    widget.set_stack_layer(layer)
+    assert seen == ["/data/stack.ome.tif"]
+    assert widget.z_step.value() == pytest.approx(1.5) and widget.pixel_size.value() == pytest.approx(0.3)
+    assert widget.unit.text() == "µm" and "from the file" in widget.calibration_label.text()
+
+
+def test_alignment_fallback_is_reported(qtbot, viewer, widget, grey_stack):
+    noisy = grey_stack.copy()
+    rng = np.random.default_rng(0)
+    noisy[2] = rng.integers(0, 65535, size=noisy[2].shape, dtype=np.uint16)
+    layer = viewer.add_image(noisy, name="noisy")
+    widget.set_stack_layer(layer)
+    widget.align.setCurrentText("translation")
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    al = widget.result.alignment
+    assert al.fallback, "the noise slice should make at least one pair fall back"
+    status = widget.status.text()
+    assert "fallback" in status and f"{al.fallback[0][0]}-{al.fallback[0][1]}" in status
+    assert "fell back" in widget.alignment_label.text()
+    table = widget.alignment_label.toolTip().splitlines()
+    assert "confidence" in table[0] and len(table) == noisy.shape[0] + 1
+    assert any("FALLBACK" in row for row in table[1:])
+
+
+def test_first_view_fused_on_top_with_its_own_contrast(qtbot, viewer, widget, grey_stack):
+    # the input is displayed saturated (limits far below its values), like a bright DAPI nucleus
+    layer = viewer.add_image(grey_stack, name="stack", contrast_limits=(0, 1000))
+    widget.set_stack_layer(layer)
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    fused, dec, height = (widget.output_layers[k] for k in ("fused", "decision", "height"))
+    names = [ly.name for ly in viewer.layers]
+    assert names[-1] == "fused"
+    assert names.index("height") < names.index("fused") and names.index("decision") < names.index("fused")
+    f = np.asarray(fused.data)
+    lo, hi = fused.contrast_limits
+    assert hi > 1000 and lo >= f.min() and hi <= f.max()
+    assert hi == pytest.approx(np.percentile(f, 99.9), rel=0.02)
+    assert dec.opacity == pytest.approx(0.5)
+    assert not height.visible or height.opacity <= 0.5
+    # a re-run keeps that order even after the user moved a map on top
+    viewer.layers.move(viewer.layers.index(dec), len(viewer.layers))
+    assert run_and_wait(qtbot, widget) == "done"
+    assert viewer.layers[-1] is widget.output_layers["fused"]

@@ -442,3 +442,21 @@ def test_weights_status_line_for_learned_methods(widget, monkeypatch, tmp_path):
     assert "found" in widget.weights_status.text() and str(present) in widget.weights_status.text()
     widget.set_method("liu2017_cnn")
     assert "shipped with napari-fusion" in widget.weights_status.text()
+
+
+def test_first_view_fused_on_top_translucent_maps_and_own_contrast(qtbot, viewer, widget, small_focal_stack):
+    from skimage.color import rgb2gray
+
+    grey = np.stack([np.rint(rgb2gray(sl) * 65535).astype(np.uint16) for sl in small_focal_stack.slices])
+    stack = viewer.add_image(grey, name="stack", contrast_limits=(0, 1000))  # input shown saturated
+    widget.set_stack_layer(stack, axis=0)
+    widget.set_method("focus_measure")
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    fused, dec, depth = (widget.output_layers[k] for k in ("fused", "decision", "depth"))
+    assert viewer.layers[-1] is fused
+    assert viewer.layers.index(depth) < viewer.layers.index(fused)
+    assert viewer.layers.index(dec) < viewer.layers.index(fused)
+    assert dec.opacity == pytest.approx(0.5) and depth.opacity == pytest.approx(0.5)
+    lo, hi = fused.contrast_limits
+    f = np.asarray(fused.data)
+    assert hi > 1000 and hi == pytest.approx(np.percentile(f, 99.9), rel=0.02) and lo >= f.min()
