@@ -95,6 +95,7 @@ def main(argv=None) -> int:
     stack.visible = False
     dec = widget.output_layers["decision"]
     dec.opacity = 0.35
+    viewer.layers.move(viewer.layers.index(dec), len(viewer.layers))  # the run puts fused on top
     viewer.layers.selection = {dec}
     viewer.reset_view()
     _settle(app)
@@ -146,6 +147,7 @@ def main(argv=None) -> int:
         fused = widget.output_layers["fused"]
         height = widget.output_layers["height"]
         height.visible = True
+        height.opacity = 1.0  # the run shows maps at 0.5 under the fused image; here it has its own grid cell
         viewer.grid.enabled = True
         viewer.grid.shape = (1, 2)
         viewer.layers.selection = {height}

@@ -274,6 +274,8 @@ def test_units_from_layer_heights_in_microns_and_consistent_surface(qtbot, viewe
         viewer.dims.ndisplay = 3
         viewer.reset_view()
     assert not [w for w in caught if "Inconsistent units" in str(w.message)]
+    # napari's canvas warns "Inconsistent units across layers" exactly when this is None
+    assert viewer.layers.extent.units is not None
     h = np.asarray(widget.output_layers["height"].data)
     np.testing.assert_allclose(h / 0.5, np.rint(h / 0.5), atol=1e-5)  # slice positions k * 0.5 um
     assert h.max() > 0

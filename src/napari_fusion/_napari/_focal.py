@@ -39,9 +39,11 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QLineEdit,
     QListWidget,
     QPushButton,
     QSpinBox,
@@ -66,7 +68,6 @@ from ._common import (
     drop_layer,
     fill_layer_combo,
     layer_index,
-    sync_z_step,
     text_label,
     viewer_data_point,
     z_step_row,
@@ -114,6 +115,8 @@ class FocalJob:
     reference: Any  # the stack layer (geometry, metadata)
     n: int
     names: list[str] = field(default_factory=list)
+    pixel_yx: tuple[float, float] | None = None  # output pixel size (None: the layer's xy scale)
+    unit: str | None = None  # unit of heights and output pixels (None: the layer's units)
 
 
 def _fixed_index(layer, keep: Sequence[int], data_point) -> tuple[tuple, dict[int, int]]:
@@ -192,8 +195,14 @@ def make_focal_job(
     reference_channel: int | None = None,
     channel_layers: Sequence[Any] = (),
     data_point: Sequence[float] | None = None,
+    pixel_size: float | None = None,
+    unit: str | None = None,
 ) -> FocalJob:
-    """Gather a focal-stack run from a stack layer (and optional channel axis / layers)."""
+    """Gather a focal-stack run from a stack layer (and optional channel axis / layers).
+
+    ``z_step`` / ``pixel_size`` / ``unit`` override the layer's scale along the stack
+    axis, its xy scale (column pitch; rows keep the layer's aspect) and its units.
+    """
     keep = _kept_axes(layer, stack_axis, channel_axis)
     index, _ = _fixed_index(layer, keep, data_point)
     data = layer.data[index]
@@ -230,11 +239,55 @@ def make_focal_job(
         channel_names=channel_names,
         channel_layers=chan_layers,
         z_positions=zpos,
-        z_unit=_layers.unit_name(layer, stack_axis),
+        z_unit=unit or _layers.unit_name(layer, stack_axis),
         reference=layer,
         n=n,
         names=[f"{layer.name} [{k}]" for k in range(n)],
+        pixel_yx=_pixel_yx(layer, pixel_size),
+        unit=unit,
     )
+
+
+def _pixel_yx(layer, pixel_size: float | None) -> tuple[float, float] | None:
+    """Output ``(row, col)`` pixel size for a column pitch ``pixel_size`` (the layer's aspect kept)."""
+    if pixel_size is None:
+        return None
+    sy, sx = (float(v) for v in tuple(layer.scale)[-2:])
+    return (sy * float(pixel_size) / sx if sx > 0 else float(pixel_size), float(pixel_size))
+
+
+def napari_unit(text: str | None) -> str | None:
+    """``text`` if napari accepts it as a layer unit (a pint length or ``pixel``), else None."""
+    if not text or not text.strip():
+        return None
+    import pint
+
+    try:
+        unit = pint.get_application_registry().parse_expression(text.strip()).units
+    except (pint.errors.PintError, ValueError, TypeError, AttributeError):
+        return None
+    return None if unit.dimensionless else str(unit)
+
+
+def output_geometry(job: FocalJob, result: FocalStackResult | None) -> dict[str, Any]:
+    """Layer kwargs of the 2-D outputs: the job's pixel size and unit, shifted by the crop offset.
+
+    After an aligned, cropped run the outputs cover ``Alignment.valid_box()`` of the
+    input, so their translate is the input's plus that box's corner times the pixel size.
+    """
+    geo = _layers.geometry(job.reference)
+    if job.pixel_yx is not None:
+        geo["scale"] = tuple(job.pixel_yx)
+    unit = napari_unit(job.unit)
+    if unit is not None:
+        geo["units"] = (unit, unit)
+    al = None if result is None else result.alignment
+    if al is not None and result.options.get("crop"):
+        r0, _, c0, _ = al.valid_box()
+        sy, sx = (float(v) for v in geo["scale"])
+        ty, tx = (float(v) for v in geo["translate"])
+        geo["translate"] = (ty + r0 * sy, tx + c0 * sx)
+    return geo
 
 
 class _AlignedSlices:
@@ -341,6 +394,44 @@ def surface_data(
     return (verts, faces), kwargs
 
 
+_CALIBRATIONS: dict[str, Any] = {}
+
+
+def _file_calibration(layer):
+    """The calibration of the file ``layer`` was opened from (cached), or None."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if not path:
+        return None
+    if path not in _CALIBRATIONS:
+        from ..io import read_calibration
+
+        try:
+            _CALIBRATIONS[path] = read_calibration(path)
+        except Exception:  # noqa: BLE001 - an unreadable header means "no calibration"
+            _CALIBRATIONS[path] = None
+    return _CALIBRATIONS[path]
+
+
+def layer_calibration(layer, axis: int) -> tuple[float, float, str, str]:
+    """``(z step, pixel size, unit, where from)`` of a stack layer along ``axis``.
+
+    The layer's scale and units when they say anything (not all 1 and ``pixel``),
+    else its file's calibration (:func:`napari_fusion.io.read_calibration`), else
+    slices and pixels.
+    """
+    z, px = float(layer.scale[axis]), float(layer.scale[-1])
+    zunit, xyunit = _layers.unit_name(layer, axis), _layers.unit_name(layer, layer.ndim - 1)
+    if zunit != "pixel" or xyunit != "pixel" or z != 1.0 or px != 1.0:
+        unit = zunit if zunit != "pixel" else xyunit
+        return z, px, unit, f"from the layer: z step {z:g}, pixel {px:g} {unit}"
+    cal = _file_calibration(layer)
+    if cal is not None and cal.known:
+        z = float(cal.z_step) if cal.z_step else z
+        px = float(cal.pixel_size_yx[1]) if cal.pixel_size_yx else px
+        return z, px, cal.unit or "pixel", f"from the file: {cal.describe()}"
+    return z, px, "pixel", "calibration missing: sizes in pixels/slices"
+
+
 # ---------------------------------------------------------------------------- the widget
 class FocalStackWidget(WorkerControls, QWidget):
     """Dock widget for focal stacks: align, fuse, height map, 3-D surface, retouch."""
@@ -391,8 +482,28 @@ class FocalStackWidget(WorkerControls, QWidget):
         form.addRow("layer", self.stack_layer)
         form.addRow("stack axis", self.stack_axis)
         form.addRow("z step", zrow)
+        self._add_calibration_rows(form)
         self._add_channel_rows(form)
         return box
+
+    def _add_calibration_rows(self, form: QFormLayout) -> None:
+        """Pixel size and unit (from the layer's scale and units, or its file's calibration)."""
+        self.pixel_size = QDoubleSpinBox()
+        self.pixel_size.setDecimals(6)
+        self.pixel_size.setRange(1e-9, 1e9)
+        self.pixel_size.setValue(1.0)
+        self.pixel_size.setToolTip(
+            "Column pitch of the outputs (the layer's x scale; rows keep the layer's aspect). Edit to override."
+        )
+        self.unit = QLineEdit("pixel")
+        self.unit.setToolTip(
+            "Unit of the z step, the pixel size and the heights (e.g. um, nm); the output layers get it\n"
+            "when napari knows it. Taken from the layer's units or its file's calibration."
+        )
+        self.calibration_label = text_label("Where the pixel size and z step come from.")
+        form.addRow("pixel size", self.pixel_size)
+        form.addRow("unit", self.unit)
+        form.addRow(self.calibration_label)
 
     def _add_channel_rows(self, form: QFormLayout) -> None:
         self.channels = QComboBox()
@@ -481,6 +592,8 @@ class FocalStackWidget(WorkerControls, QWidget):
         self.stack_layer.currentIndexChanged.connect(self._on_stack_choice)
         self.stack_axis.valueChanged.connect(self._on_stack_choice)
         self.z_step.valueChanged.connect(self._on_z_edited)
+        self.pixel_size.valueChanged.connect(self._on_z_edited)
+        self.unit.textEdited.connect(self._on_z_edited)
         self.channels.currentIndexChanged.connect(self._on_channels)
         self.method.currentIndexChanged.connect(self._on_method)
         self.run_button.clicked.connect(self.run)
@@ -523,6 +636,7 @@ class FocalStackWidget(WorkerControls, QWidget):
 
     def _on_z_edited(self, *_args) -> None:
         self._z_from_layer = False
+        self.z_unit.setText(self.unit.text())
 
     def _on_stack_layer(self) -> None:
         layer = self.stack_layer.currentData()
@@ -533,8 +647,18 @@ class FocalStackWidget(WorkerControls, QWidget):
             spin.blockSignals(False)
         if layer is None:
             self.z_unit.setText("")
+            self.calibration_label.setText("")
             return
-        sync_z_step(self.z_step, self.z_unit, layer, self.stack_axis.value(), from_layer=self._z_from_layer)
+        if not self._z_from_layer:
+            return
+        z, px, unit, origin = layer_calibration(layer, self.stack_axis.value())
+        for spin, value in ((self.z_step, z), (self.pixel_size, px)):
+            spin.blockSignals(True)
+            spin.setValue(value)
+            spin.blockSignals(False)
+        self.unit.setText(unit)
+        self.z_unit.setText(unit)
+        self.calibration_label.setText(origin)
 
     def _on_channels(self, *_args) -> None:
         mode = self.channels.currentText()
@@ -561,7 +685,13 @@ class FocalStackWidget(WorkerControls, QWidget):
                 raise FusionInputError("check at least one other channel layer (or choose channels: none)")
             kwargs = {"channel_layers": others}
         return make_focal_job(
-            layer, stack_axis=self.stack_axis.value(), z_step=self.z_step.value(), data_point=point, **kwargs
+            layer,
+            stack_axis=self.stack_axis.value(),
+            z_step=self.z_step.value(),
+            data_point=point,
+            pixel_size=self.pixel_size.value(),
+            unit=self.unit.text().strip() or None,
+            **kwargs,
         )
 
     # ---------------------------------------------------------------- run
@@ -591,15 +721,17 @@ class FocalStackWidget(WorkerControls, QWidget):
         return self._start_worker(_compute, job, options, self._cancel)
 
     def _on_returned(self, value) -> None:
-        job, result = value
+        job, result, limits = value
         self.job, self.result = job, result
-        self._show(job, result, result.fused, result.labels, result.height)
+        self._show(job, result, result.fused, result.labels, result.height, limits=limits)
         self.alignment_label.setText(alignment_summary(result.alignment))
         self.alignment_label.setToolTip(alignment_table(result.alignment))
         extra = ""
         if result.labels is not None:
             extra = f", {len(np.unique(result.labels))} of {job.n} slices used"
-        self.status.setText(f"{result.method}: done in {result.seconds:.2f} s{extra}")
+        self.status.setText(
+            f"{result.method}: done in {result.seconds:.2f} s{extra}{fallback_warning(result.alignment)}"
+        )
         self._outcome = "done"
 
     def _on_worker_finished(self) -> None:
@@ -626,17 +758,16 @@ class FocalStackWidget(WorkerControls, QWidget):
         self.output_layers[key] = layer
         return layer
 
-    def _show(self, job: FocalJob, result: FocalStackResult, fused, labels, height, **extra) -> None:
+    def _show_fused(self, job: FocalJob, fused, geo: dict[str, Any], meta: dict[str, Any], limits) -> list[str]:
+        """The fused layer(s), with contrast limits from the fused values; returns their keys."""
         ref = job.reference
-        geo = _layers.geometry(ref)
-        record = self._record(job, result, **extra)
-        meta = dict(ref.metadata or {})
-        meta["napari_fusion"] = record
         fused_keys = []
         if job.channel_names is None:
             kw: dict[str, Any] = {"name": "fused", "rgb": bool(ref.rgb), "metadata": meta, **geo}
             if not ref.rgb:
                 kw["colormap"] = ref.colormap.name
+                if limits[0] is not None:
+                    kw["contrast_limits"] = limits[0]
             self._put("fused", fused, kw, "image")
             fused_keys.append("fused")
         else:
@@ -645,10 +776,22 @@ class FocalStackWidget(WorkerControls, QWidget):
                 key = f"fused [{cname}]"
                 cmap = job.channel_layers[c].colormap.name if job.channel_layers else colormaps[c % len(colormaps)]
                 kw = {"name": key, "colormap": cmap, "blending": "additive", "metadata": meta, **geo}
+                if limits[c] is not None:
+                    kw["contrast_limits"] = limits[c]
                 self._put(key, np.ascontiguousarray(fused[..., c]), kw, "image")
                 fused_keys.append(key)
         for key in [k for k in self.output_layers if k.startswith("fused") and k not in fused_keys]:
             drop_layer(self.viewer, self.output_layers, key)
+        return fused_keys
+
+    def _show(self, job: FocalJob, result: FocalStackResult, fused, labels, height, *, limits=None, **extra) -> None:
+        ref = job.reference
+        geo = output_geometry(job, result)
+        record = self._record(job, result, **extra)
+        meta = dict(ref.metadata or {})
+        meta["napari_fusion"] = record
+        limits = fused_limits(job, fused) if limits is None else limits
+        fused_keys = self._show_fused(job, fused, geo, meta, limits)
         if labels is not None:
             features = {
                 "index": np.arange(1, job.n + 1),
@@ -659,7 +802,7 @@ class FocalStackWidget(WorkerControls, QWidget):
             self._put(
                 "decision",
                 labels_to_napari(labels),
-                {"name": "decision", "features": features, "metadata": meta, **geo},
+                {"name": "decision", "features": features, "metadata": meta, "opacity": _layers.MAP_OPACITY, **geo},
                 "labels",
             )
         want_height = height is not None and self.make_height.isChecked()
@@ -667,7 +810,13 @@ class FocalStackWidget(WorkerControls, QWidget):
             hmeta = dict(meta)
             hmeta["napari_fusion"] = {**record, "height_unit": job.z_unit}
             zmin, zmax = float(np.min(result.z_positions)), float(np.max(result.z_positions))
-            hkw: dict[str, Any] = {"name": "height", "colormap": "viridis", "metadata": hmeta, **geo}
+            hkw: dict[str, Any] = {
+                "name": "height",
+                "colormap": "viridis",
+                "metadata": hmeta,
+                "opacity": _layers.MAP_OPACITY,
+                **geo,
+            }
             if zmax > zmin:
                 hkw["contrast_limits"] = (zmin, zmax)
             layer = self._put("height", np.asarray(height, dtype=np.float32), hkw, "image")
@@ -678,6 +827,9 @@ class FocalStackWidget(WorkerControls, QWidget):
             self._show_surface(job, fused, height, geo, record, fused_keys)
         else:
             self._drop("surface")
+        # first view: the fused image(s) on top, the translucent maps beneath
+        below = [self.output_layers.get(k) for k in ("height", "decision")]
+        _layers.arrange_outputs(self.viewer, below + [self.output_layers.get(k) for k in fused_keys])
 
     def _show_surface(
         self, job: FocalJob, fused, height, geo: dict[str, Any], record: dict[str, Any], fused_keys: list[str]
@@ -694,6 +846,9 @@ class FocalStackWidget(WorkerControls, QWidget):
             else self.output_layers.get(fused_keys[job.reference_channel or 0]),
         )
         skw["metadata"] = {"napari_fusion": {**record, "height_unit": job.z_unit}}
+        unit = napari_unit(job.unit) or napari_unit(job.z_unit)
+        if unit is not None:  # z and xy in one unit, like the 2-D outputs (no "Inconsistent units")
+            skw["units"] = (unit, unit, unit)
         old = self.output_layers.get("surface")
         index = None
         if old is not None and old in self.viewer.layers:
@@ -755,23 +910,38 @@ def alignment_summary(al: Alignment | None) -> str:
         return "alignment: none"
     mags = al.scales
     shift = float(np.max(np.hypot(al.shifts[:, 0], al.shifts[:, 1]))) if al.n else 0.0
-    weak = int(np.sum(al.pair_scores < 0.02))
     text = (
         f"alignment ({al.mode}, reference slice {al.reference}): magnification "
         f"{mags.min():.4f}-{mags.max():.4f}, centre shift up to {shift:.1f} px"
     )
-    if weak:
-        text += f"; {weak} unreliable pair(s) (score < 0.02)"
+    if al.fallback:
+        text += f"; {len(al.fallback)} pair(s) fell back to a simpler model"
     return text + " (hover for each slice)"
 
 
+def fallback_warning(al: Alignment | None) -> str:
+    """Status text warning about refused pair estimates (``Alignment.fallback``), or ``""``."""
+    if al is None or not al.fallback:
+        return ""
+    pairs = ", ".join(f"{a}-{b}" for a, b in al.fallback[:6]) + (", ..." if len(al.fallback) > 6 else "")
+    models = sorted({al.checks[a].model for a, _ in al.fallback})
+    return (
+        f". WARNING: alignment fallback on {len(al.fallback)} slice pair(s) ({pairs}): "
+        f"their {al.mode} estimate was refused, {'/'.join(models)} used; check those slices (hover the alignment line)"
+    )
+
+
 def alignment_table(al: Alignment | None) -> str:
+    """One row per slice: magnification, shift and confidence (fallback pairs marked)."""
     if al is None:
         return ""
-    lines = ["slice  magnification  shift (rows, cols) px"]
+    conf = al.confidence
+    fell = {b if b > al.reference else a for a, b in al.fallback}
+    lines = ["slice  magnification  shift (rows, cols) px  confidence"]
     for k in range(al.n):
         dy, dx = al.shifts[k]
-        lines.append(f"{k:5d}  {al.scales[k]:.5f}  ({dy:+.2f}, {dx:+.2f})")
+        mark = "  FALLBACK" if k in fell else ""
+        lines.append(f"{k:5d}  {al.scales[k]:.5f}  ({dy:+.2f}, {dx:+.2f})  {conf[k]:.3f}{mark}")
     return "\n".join(lines)
 
 
@@ -795,4 +965,12 @@ def _compute(job: FocalJob, options: dict[str, Any], cancel: threading.Event):
     )
     if cancel.is_set():
         raise FusionCancelled("fusion cancelled by the user")
-    return job, result
+    return job, result, fused_limits(job, result.fused)
+
+
+def fused_limits(job: FocalJob, fused) -> list[tuple[float, float] | None]:
+    """Contrast limits of each fused channel from its own values (call off the Qt thread)."""
+    if job.channel_names is None:
+        return [_layers.display_limits(fused, rgb=bool(job.reference.rgb))]
+    f = np.asarray(fused)
+    return [_layers.display_limits(f[..., c]) for c in range(len(job.channel_names))]

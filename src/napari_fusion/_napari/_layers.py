@@ -217,8 +217,48 @@ def geometry(ref) -> dict[str, Any]:
     return geo
 
 
-def output_layer_data(job: FusionJob, result: FusionResult, record: dict[str, Any]) -> dict[str, tuple]:
-    """``{"fused"|"decision"|"depth": (data, kwargs, layer_type)}`` for the outputs the method gave."""
+def display_limits(data: Any, *, rgb: bool = False, max_samples: int = 1_000_000) -> tuple[float, float] | None:
+    """Contrast limits from ``data``'s own 0.5-99.9 percentiles; None for RGB, lazy or flat data.
+
+    Meant for the worker thread (a percentile of a large image takes longer than the
+    Qt thread may be held); large images are subsampled to about ``max_samples`` values.
+    """
+    if data is None or rgb or is_lazy_array(data):
+        return None
+    a = np.asarray(data).ravel()
+    if a.size == 0:
+        return None
+    if a.size > max_samples:
+        a = a[:: int(np.ceil(a.size / max_samples))]
+    if a.dtype.kind == "f":
+        a = a[np.isfinite(a)]
+        if a.size == 0:
+            return None
+    lo, hi = (float(v) for v in np.percentile(a, (0.5, 99.9)))
+    if hi <= lo:
+        lo, hi = float(a.min()), float(a.max())
+    return (lo, hi) if hi > lo else None
+
+
+def arrange_outputs(viewer, bottom_to_top: Sequence[Any]) -> None:
+    """Move the given output layers to the top of the layer list, in this order (last on top)."""
+    for layer in bottom_to_top:
+        if layer is not None and layer in viewer.layers:
+            viewer.layers.move(viewer.layers.index(layer), len(viewer.layers))
+
+
+#: Opacity of the map layers (depth/height, decision) under the fused image.
+MAP_OPACITY = 0.5
+
+
+def output_layer_data(
+    job: FusionJob, result: FusionResult, record: dict[str, Any], limits: tuple[float, float] | None = None
+) -> dict[str, tuple]:
+    """``{"fused"|"decision"|"depth": (data, kwargs, layer_type)}`` for the outputs the method gave.
+
+    ``limits``: the fused image's contrast limits (:func:`display_limits`, computed in the
+    worker); without them napari computes its own, the input's limits are never copied.
+    """
     ref = job.reference
     geo = geometry(ref)
     meta = dict(ref.metadata or {})
@@ -227,9 +267,8 @@ def output_layer_data(job: FusionJob, result: FusionResult, record: dict[str, An
     fused_kw: dict[str, Any] = {"name": "fused", "rgb": job.rgb, "metadata": meta, **geo}
     if not job.rgb:
         fused_kw["colormap"] = ref.colormap.name
-        lo, hi = (float(v) for v in ref.contrast_limits)
-        if hi > lo:
-            fused_kw["contrast_limits"] = (lo, hi)
+        if limits is not None:
+            fused_kw["contrast_limits"] = tuple(limits)
     out["fused"] = (result.fused, fused_kw, "image")
     if result.labels is not None:
         # lazy (dask) outputs stay lazy: the arithmetic below builds a graph, computes nothing
@@ -241,7 +280,8 @@ def output_layer_data(job: FusionJob, result: FusionResult, record: dict[str, An
             "slice": np.arange(job.n),
             "z": np.asarray(job.z_positions, dtype=np.float64),
         }
-        out["decision"] = (dec, {"name": "decision", "features": features, "metadata": meta, **geo}, "labels")
+        dec_kw = {"name": "decision", "features": features, "metadata": meta, "opacity": MAP_OPACITY, **geo}
+        out["decision"] = (dec, dec_kw, "labels")
     if result.depth is not None:
         depth = (
             result.depth.astype(np.float32)
@@ -251,7 +291,13 @@ def output_layer_data(job: FusionJob, result: FusionResult, record: dict[str, An
         zmin, zmax = float(np.min(job.z_positions)), float(np.max(job.z_positions))
         depth_meta = dict(meta)
         depth_meta["napari_fusion"] = {**record, "depth_unit": job.z_unit}
-        depth_kw: dict[str, Any] = {"name": "depth", "colormap": "viridis", "metadata": depth_meta, **geo}
+        depth_kw: dict[str, Any] = {
+            "name": "depth",
+            "colormap": "viridis",
+            "metadata": depth_meta,
+            "opacity": MAP_OPACITY,
+            **geo,
+        }
         if zmax > zmin:
             depth_kw["contrast_limits"] = (zmin, zmax)
         out["depth"] = (depth, depth_kw, "image")
@@ -283,7 +329,7 @@ def update_or_add(viewer, existing, data, kwargs: dict[str, Any], layer_type: st
                 if key in kwargs:
                     setattr(existing, key, kwargs[key])
             existing.data = data
-            for key in ("metadata", "colormap", "features"):
+            for key in ("metadata", "colormap", "features", "opacity"):
                 if key in kwargs:
                     setattr(existing, key, kwargs[key])
             if "contrast_limits" in kwargs:

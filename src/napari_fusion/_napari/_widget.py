@@ -420,10 +420,10 @@ class FusionWidget(WorkerControls, QWidget):
             self._pbar = None
 
     def _on_returned(self, value) -> None:
-        job, result, device, seconds = value
+        job, result, device, seconds, limits = value
         self.last_result = result
         record = _layers.provenance(job, result, device=device, seconds=seconds)
-        specs = _layers.output_layer_data(job, result, record)
+        specs = _layers.output_layer_data(job, result, record, limits)
         for key in ("fused", "decision", "depth"):
             if key in specs:
                 data, kwargs, layer_type = specs[key]
@@ -433,6 +433,8 @@ class FusionWidget(WorkerControls, QWidget):
             else:
                 # the method gives no such output: drop the stale layer of a previous run
                 drop_layer(self.viewer, self.output_layers, key)
+        # first view: the fused image on top, the translucent maps beneath it
+        _layers.arrange_outputs(self.viewer, [self.output_layers.get(k) for k in ("depth", "decision", "fused")])
         if _layers.is_lazy_array(result.fused):
             tiles = getattr(getattr(result, "grid", None), "n_tiles", "?")
             self.status.setText(
@@ -504,4 +506,5 @@ def _compute(job, method, params, device, progress, cancel, tiling=(TILING_OFF, 
     seconds = time.perf_counter() - start
     from ..device import resolve_device
 
-    return job, result, str(resolve_device(device)), seconds
+    limits = _layers.display_limits(result.fused, rgb=job.rgb)  # here, not on the Qt thread
+    return job, result, str(resolve_device(device)), seconds, limits
