@@ -136,6 +136,31 @@ def list_image_files(folder: str | Path) -> list[Path]:
     return sorted(files, key=_natural_key)
 
 
+#: Most decoder threads :func:`read_stack` uses (PNG/JPEG/TIFF decoders release the GIL).
+READ_THREADS = 4
+
+
+def _read_images_parallel(files: list[Path]):
+    """``read_image`` of each file, in order, decoded in a few threads ahead of the consumer.
+
+    The first unreadable file (in order) raises its error, as a sequential
+    read would; reads still pending are then cancelled.
+    """
+    workers = min(len(files), READ_THREADS, os.cpu_count() or 1)
+    if workers <= 1:
+        yield from (read_image(p) for p in files)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read_stack")
+    try:
+        futures = [pool.submit(read_image, p) for p in files]
+        for fut in futures:
+            yield fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def read_stack(paths: str | Path | Sequence[str | Path]) -> list[np.ndarray]:
     """Read the images to fuse.
 
@@ -154,8 +179,7 @@ def read_stack(paths: str | Path | Sequence[str | Path]) -> list[np.ndarray]:
         if not files:
             raise FusionInputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
     images: list[np.ndarray] = []
-    for p in files:
-        arr = read_image(p)
+    for p, arr in zip(files, _read_images_parallel(files)):
         if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4)):
             images.append(arr)  # one grey or colour image
         elif arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] in (3, 4)):

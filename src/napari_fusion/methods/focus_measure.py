@@ -21,13 +21,35 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
-from ..ops.blend import luminance_stack
-from ..ops.filters import box_filter, conv2d_same, gaussian_filter, sobel_gradients
-from ..ops.regions import mode_filter
+from ..ops.colour import luminance
+from ..ops.filters import box_filter, gaussian_filter, sobel_gradients
 from ..registry import FusionContext, MethodOutput, Param, register_method
 
 MEASURES = ("variance", "sml", "tenengrad")
+
+
+def _second_difference(image: torch.Tensor, dim: int) -> torch.Tensor:
+    """``2 I - I[-1] - I[+1]`` along ``dim`` (-1: x, -2: y) with reflected borders.
+
+    The same values as correlating with the 3x3 kernel ``[-1, 2, -1]`` (the
+    zero taps add nothing), without the convolution's cost.
+    """
+    h, w = image.shape[-2:]
+    x4 = image.reshape(-1, 1, h, w)
+    pads = (1, 1, 0, 0) if dim == -1 else (0, 0, 1, 1)
+    mode = "reflect" if min(h, w) > 1 else "replicate"  # as conv2d_same's padding of a 3x3 kernel
+    p = F.pad(x4, pads, mode=mode)
+    n = p.shape[dim]
+    centre, before, after = p.narrow(dim, 1, n - 2), p.narrow(dim, 0, n - 2), p.narrow(dim, 2, n - 2)
+    return (2 * centre - before - after).reshape(image.shape)
+
+
+def modified_laplacian(image: torch.Tensor) -> torch.Tensor:
+    """``|d2I/dx2| + |d2I/dy2|`` (Nayar & Nakagawa's modified Laplacian) of ``(..., H, W)``."""
+    ml = _second_difference(image, -1).abs_()
+    return ml.add_(_second_difference(image, -2).abs_())
 
 
 def focus_measure(image: torch.Tensor, measure: str, window: int) -> torch.Tensor:
@@ -36,13 +58,48 @@ def focus_measure(image: torch.Tensor, measure: str, window: int) -> torch.Tenso
         mean = box_filter(image, window)
         return (box_filter(image * image, window) - mean * mean).clamp_min(0)
     if measure == "sml":
-        kx = torch.tensor([[0.0, 0.0, 0.0], [-1.0, 2.0, -1.0], [0.0, 0.0, 0.0]])
-        ml = conv2d_same(image, kx).abs() + conv2d_same(image, kx.T.contiguous()).abs()
-        return box_filter(ml, window)
+        return box_filter(modified_laplacian(image), window)
     if measure == "tenengrad":
         gx, gy = sobel_gradients(image)
         return box_filter(gx * gx + gy * gy, window)
     raise ValueError(f"unknown focus measure {measure!r}")
+
+
+def _window_counts(mask: torch.Tensor, k: int, h: int, w: int) -> torch.Tensor:
+    """Exact integer count of ``True`` over every ``k x k`` window of a padded ``(h+k-1, w+k-1)`` mask.
+
+    Shifted adds in one small integer type (uint8 while ``k * k`` fits, else
+    int32): cheaper than cumulative sums or a convolution for these windows.
+    """
+    m = mask.to(torch.uint8 if k * k <= 255 else torch.int32)
+    rows = m[:, 0:w].clone()
+    for i in range(1, k):
+        rows += m[:, i : i + w]
+    out = rows[0:h].clone()
+    for i in range(1, k):
+        out += rows[i : i + h]
+    return out
+
+
+def majority_filter(labels: torch.Tensor, radius: int) -> torch.Tensor:
+    """Majority vote over a ``(2r+1)^2`` window, replicated borders, ties to the lowest label.
+
+    The result of :func:`napari_fusion.ops.regions.mode_filter` (whose float
+    votes are these counts over the window area), from exact integer counts.
+    """
+    h, w = labels.shape
+    k = 2 * radius + 1
+    rows = torch.arange(-radius, h + radius, device=labels.device).clamp_(0, h - 1)
+    cols = torch.arange(-radius, w + radius, device=labels.device).clamp_(0, w - 1)
+    padded = labels.index_select(0, rows).index_select(1, cols)
+    best = torch.full((h, w), -1, dtype=torch.int32, device=labels.device)
+    out = labels.clone()
+    for value in torch.unique(labels).tolist():
+        votes = _window_counts(padded == value, k, h, w)
+        better = votes > best
+        out.masked_fill_(better, value)
+        best = torch.where(better, votes.to(best.dtype), best)
+    return out
 
 
 #: Offset added before the logarithm of halo control (intensities scaled to [0, 1]).
@@ -133,17 +190,18 @@ def fuse_focus_measure(
     halo_control: bool = False,
 ) -> MethodOutput:
     n, c, h, w = stack.shape
-    grey = luminance_stack(stack)
     best = torch.full((h, w), -math.inf, device=stack.device)
     labels = torch.zeros((h, w), dtype=torch.long, device=stack.device)
-    for k in range(n):
-        fm = focus_map(grey[k], measure=measure, window=window, smooth=smooth, halo_control=halo_control)
+    for k in range(n):  # one slice at a time: no (N, H, W) grey or focus copies
+        grey = luminance(stack[k], channel_dim=0)
+        fm = focus_map(grey, measure=measure, window=window, smooth=smooth, halo_control=halo_control)
         better = fm > best
-        labels = torch.where(better, torch.full_like(labels, k), labels)
+        labels.masked_fill_(better, k)
         best = torch.where(better, fm, best)
+        del grey, fm, better
         ctx.report(k + 1, n + 1, f"focus measure, slice {k + 1}/{n}")
     if consistency > 0:
-        labels = mode_filter(labels, consistency)
+        labels = majority_filter(labels, consistency)
     if blend > 0:
         fused = torch.zeros((c, h, w), device=stack.device)
         total = torch.zeros((h, w), device=stack.device)
