@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import IMAGE_SUFFIXES, _natural_key, read_image
+from .io import IMAGE_SUFFIXES, natural_key, read_image
 
 DATA_ENV = "NAPARI_FUSION_DATA"
 
@@ -56,7 +56,7 @@ def _images(folder: Path, stem_prefix: str) -> list[Path]:
             for p in folder.iterdir()
             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.stem.startswith(stem_prefix)
         ),
-        key=_natural_key,
+        key=natural_key,
     )
 
 
@@ -78,7 +78,7 @@ def iter_cases(dataset_dir: str | Path) -> list[Case]:
     """All cases of a dataset folder (sub-folders with at least two ``src_*`` images)."""
     dataset_dir = Path(dataset_dir)
     cases = []
-    for sub in sorted(dataset_dir.iterdir(), key=_natural_key):
+    for sub in sorted(dataset_dir.iterdir(), key=natural_key):
         if sub.is_dir():
             case = load_case(sub)
             if len(case.sources) >= 2:

@@ -22,7 +22,8 @@ from .microscopy import Calibration
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
 
-def _natural_key(path: Path):
+def natural_key(path: Path) -> list:
+    """Sort key for file names in natural order (slice_2 before slice_10)."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
@@ -133,7 +134,7 @@ def list_image_files(folder: str | Path) -> list[Path]:
     files = [
         p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     ]  # hidden files include the temporaries of interrupted writes
-    return sorted(files, key=_natural_key)
+    return sorted(files, key=natural_key)
 
 
 #: Most decoder threads :func:`read_stack` uses (PNG/JPEG/TIFF decoders release the GIL).

@@ -111,9 +111,9 @@ def unregister_weights(name: str) -> None:
 
 def _ensure_catalogue() -> None:
     # Method modules register the weights they need when they are imported.
-    from ..registry import _ensure_loaded
+    from ..registry import ensure_methods_loaded
 
-    _ensure_loaded()
+    ensure_methods_loaded()
 
 
 def get_weights_spec(name: str | WeightsSpec) -> WeightsSpec:
