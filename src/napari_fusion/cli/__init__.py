@@ -108,8 +108,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.remove("--debug")
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    if threading_main():
-        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if threading_main() else None
+    try:
+        return _run(args, debug)
+    finally:
+        if previous is not None:  # a caller's own handler (e.g. when main() is called in-process)
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace, debug: bool) -> int:
+    """Run the parsed command; every failure becomes one error line and an exit status."""
     try:
         return int(args.func(args) or 0)
     except FusionError as exc:
