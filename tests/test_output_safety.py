@@ -412,3 +412,30 @@ def test_no_writer_ever_changes_an_input(tmp_path_factory, method, route, target
     if target in ("input", "link") or (target == "inside-folder" and not lazy):
         assert rc == 2
     assert not [p for p in folder.rglob("*") if is_partial_name(p.name)]
+
+
+def test_changed_input_is_not_mixed_into_an_interrupted_zarr(files, capsys, monkeypatch):
+    import napari_fusion.cli.fuse as cli_fuse
+
+    real = cli_fuse.TqdmProgress
+
+    class Interrupting(real):
+        def __call__(self, done, total, message=""):
+            if done >= 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_fuse, "TqdmProgress", Interrupting)
+    assert main(["fuse", "stack.tif", "-o", "o.zarr", "--chunks", "32", "-q"]) == 130
+    monkeypatch.setattr(cli_fuse, "TqdmProgress", real)
+    # the acquisition is re-exported (same name, new content): the fingerprint no longer matches
+    stack = tifffile.imread(files / "stack.tif")
+    tifffile.imwrite(files / "stack.tif", stack[::-1].copy(), photometric="minisblack")
+    forget_inputs()
+    assert main(["fuse", "stack.tif", "-o", "o.zarr", "--chunks", "32", "-q"]) == 2
+    assert "different run" in capsys.readouterr().err
+    assert zarr_output_status(files / "o.zarr")["complete"] is False
+
+
+def test_two_outputs_of_one_run_must_differ(files, capsys):
+    assert main(["fuse", "a.tif", "b.tif", "-o", "x.tif", "--labels", "x.tif"]) == 2
+    assert "same file" in capsys.readouterr().err and not (files / "x.tif").exists()
