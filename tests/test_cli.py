@@ -39,6 +39,8 @@ def test_fuse_files_writes_outputs(tmp_path, stack_files, capsys):
             str(tmp_path / "d.tif"),
             "--z-step",
             "0.5",
+            "-m",
+            "focus_measure",
             "-p",
             "measure=tenengrad",
         ]
@@ -99,7 +101,7 @@ def test_methods_listing(capsys):
         (["fuse", "missing.tif", "other.tif", "-o", "x.tif"], "file not found"),
         (["fuse", "{one}", "-o", "x.tif"], "at least two images"),
         (["fuse", "{one}", "{one}", "-o", "x.tif", "-m", "nope"], "unknown method"),
-        (["fuse", "{one}", "{one}", "-o", "x.tif", "-p", "window=abc"], "must be a number"),
+        (["fuse", "{one}", "{one}", "-o", "x.tif", "-p", "smooth=abc"], "must be a number"),
         (["fuse", "{bad}", "{one}", "-o", "x.tif"], "damaged"),
         (["fuse", "{one}", "{one}", "-o", "x.xyz"], "unsupported output format"),
     ],

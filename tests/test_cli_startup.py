@@ -65,7 +65,7 @@ def test_help_lists_every_subcommand():
 def test_importing_the_package_is_light_and_its_names_resolve():
     probe = (
         "import sys, napari_fusion as nf; assert 'torch' not in sys.modules; "
-        "assert set(nf.__all__) <= set(dir(nf)); assert nf.DEFAULT_METHOD == 'focus_measure'; "
+        "assert set(nf.__all__) <= set(dir(nf)); assert nf.DEFAULT_METHOD == 'focus_pyramid'; "
         "print('torch' in sys.modules)"
     )
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
@@ -95,7 +95,7 @@ def test_only_the_named_subcommand_gets_its_full_parser():
     from napari_fusion.cli import build_parser
 
     args = build_parser(["fuse", "a.tif", "-o", "f.tif"]).parse_args(["fuse", "a.tif", "-o", "f.tif"])
-    assert args.command == "fuse" and args.method == "focus_measure" and callable(args.func)
+    assert args.command == "fuse" and args.method == "focus_pyramid" and callable(args.func)
     argv = ["train", "csc_mmfn", "--task", "cave", "--config", "smoke"]
     args = build_parser(argv).parse_args(argv)
     assert args.model == "csc_mmfn" and callable(args.func)

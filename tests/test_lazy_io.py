@@ -113,8 +113,8 @@ def test_open_errors(tmp_path):
 def test_fuse_from_tiff_write_tiff_and_zarr_equal_untiled(device, tmp_path, stack16):
     src = tmp_path / "stack.tif"
     tifffile.imwrite(src, stack16, tile=(64, 64))
-    ref = nf.fuse(stack16, device=device)
-    lazy = nf.fuse(open_lazy_stack(src), device=device, chunks=(100, 90))
+    ref = nf.fuse(stack16, "focus_measure", device=device)
+    lazy = nf.fuse(open_lazy_stack(src), "focus_measure", device=device, chunks=(100, 90))
     ticks = []
     written = write_lazy(
         lazy,

@@ -11,7 +11,8 @@ What is checked, per method:
   layout out, inside the inputs' range; colour handled as the method's
   ``colour`` field says; grey + RGB together only for ``mixed_colour``;
 * outputs: labels in ``[0, N)`` of an unsigned dtype, weights a partition of
-  unity, ``depth == z_positions[labels]``, exactly the declared outputs;
+  unity, ``depth == z_positions[labels]`` (or the positions interpolated at the
+  method's own fractional ``extras["index"]``), exactly the declared outputs;
 * the inputs are left unchanged;
 * order: N-way methods are permutation-equivariant (labels permuted, fused
   unchanged); pairwise methods are folded ``((I0 + I1) + I2)``, which is not
@@ -195,7 +196,11 @@ class TestMethodContract:
             assert r.weights.shape == (3, H, W) and r.weights.dtype == np.float32
             assert np.isfinite(r.weights).all()
             np.testing.assert_allclose(r.weights.sum(0), 1.0, atol=1e-4, err_msg=f"{name}: weights do not sum to 1")
-        if r.depth is not None:
+        if r.depth is not None and "index" in r.extras:  # the method's own fractional height
+            idx = r.extras["index"]
+            assert idx.shape == (H, W) and idx.min() >= 0 and idx.max() <= 2
+            np.testing.assert_allclose(r.depth, np.interp(idx, [0, 1, 2], Z), rtol=1e-5, atol=1e-6)
+        elif r.depth is not None:
             np.testing.assert_array_equal(r.depth, Z.astype(np.float32)[r.labels.astype(np.intp)])
 
     @pytest.mark.parametrize("name", ALL)

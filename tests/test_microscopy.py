@@ -140,7 +140,7 @@ def test_ome_zarr_with_channels_and_without_units(tmp_path, grey_stack):
 def test_fuse_takes_the_z_step_from_ome_tiff_metadata(tmp_path, grey_stack, capsys):
     path = write_ome_tiff(tmp_path / "s.ome.tif", grey_stack)
     out, depth = tmp_path / "fused.tif", tmp_path / "depth.tif"
-    assert main(["fuse", str(path), "-o", str(out), "--depth", str(depth), "-q"]) == 0
+    assert main(["fuse", str(path), "-m", "focus_measure", "-o", str(out), "--depth", str(depth), "-q"]) == 0
     err = capsys.readouterr().err
     assert "z step 0.5 µm from metadata" in err
     d = tifffile.imread(depth)
@@ -162,7 +162,19 @@ def test_fuse_takes_the_z_step_from_ome_tiff_metadata(tmp_path, grey_stack, caps
 def test_fuse_z_step_option_wins_over_metadata(tmp_path, grey_stack, capsys):
     path = write_ome_tiff(tmp_path / "s.ome.tif", grey_stack)
     depth = tmp_path / "depth.tif"
-    args = ["fuse", str(path), "-o", str(tmp_path / "f.tif"), "--depth", str(depth), "--z-step", "2", "-q"]
+    args = [
+        "fuse",
+        str(path),
+        "-m",
+        "focus_measure",
+        "-o",
+        str(tmp_path / "f.tif"),
+        "--depth",
+        str(depth),
+        "--z-step",
+        "2",
+        "-q",
+    ]
     assert main(args) == 0
     assert "replaces the z step 0.5" in capsys.readouterr().err
     d = tifffile.imread(depth)
@@ -173,7 +185,22 @@ def test_fuse_z_step_option_wins_over_metadata(tmp_path, grey_stack, capsys):
 def test_fuse_of_uncalibrated_tiff_says_calibration_is_missing(tmp_path, grey_stack, capsys):
     tifffile.imwrite(tmp_path / "plain.tif", grey_stack, photometric="minisblack")
     depth = tmp_path / "depth.tif"
-    assert main(["fuse", str(tmp_path / "plain.tif"), "-o", str(tmp_path / "f.tif"), "--depth", str(depth), "-q"]) == 0
+    assert (
+        main(
+            [
+                "fuse",
+                str(tmp_path / "plain.tif"),
+                "-m",
+                "focus_measure",
+                "-o",
+                str(tmp_path / "f.tif"),
+                "--depth",
+                str(depth),
+                "-q",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "calibration missing" in err and "slice units" in err
     d = tifffile.imread(depth)
@@ -184,7 +211,10 @@ def test_fuse_of_uncalibrated_tiff_says_calibration_is_missing(tmp_path, grey_st
 def test_fuse_tiled_from_ome_zarr_uses_its_scale(tmp_path, grey_stack, capsys):
     path = write_ome_zarr(tmp_path / "s.zarr", grey_stack, scale=(0.3, 0.1, 0.1))
     out, depth = tmp_path / "fused.tif", tmp_path / "depth.tif"
-    assert main(["fuse", str(path), "-o", str(out), "--depth", str(depth), "--chunks", "32", "-q"]) == 0
+    assert (
+        main(["fuse", str(path), "-m", "focus_measure", "-o", str(out), "--depth", str(depth), "--chunks", "32", "-q"])
+        == 0
+    )
     assert "z step 0.3 µm from metadata" in capsys.readouterr().err
     d = tifffile.imread(depth)
     np.testing.assert_allclose(d / 0.3, np.round(d / 0.3), atol=1e-4)

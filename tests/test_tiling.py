@@ -194,7 +194,7 @@ def test_dask_input_uses_its_own_chunks_and_stays_lazy(device):
     lazy.fused[:25, :20].compute(scheduler="synchronous")
     assert len(calls) == 1  # only the tile that was asked for
     ref = nf.fuse(images, "focus_measure", device=device)
-    np.testing.assert_array_equal(nf.fuse(x, device=device).compute().fused, ref.fused)
+    np.testing.assert_array_equal(nf.fuse(x, "focus_measure", device=device).compute().fused, ref.fused)
 
 
 def test_list_of_dask_arrays_and_axes(device):
@@ -264,8 +264,13 @@ def test_metadata_errors_come_before_any_read():
 def test_depth_uses_z_positions(device):
     images = _stack(8, 4, 40, 40)
     z = [0.5, 1.0, 2.5, 4.0]
-    lazy = nf.fuse(images, z_positions=z, chunks=16, device=device).compute()
+    lazy = nf.fuse(images, "focus_measure", z_positions=z, chunks=16, device=device).compute()
     np.testing.assert_array_equal(lazy.depth, np.asarray(z, np.float32)[lazy.labels])
+    # the default's depth is its own fractional height mapped onto z, tiled as untiled
+    soft = nf.fuse(images, z_positions=z, chunks=16, device=device).compute()
+    whole = nf.fuse(images, z_positions=z, device=device)
+    np.testing.assert_allclose(soft.depth, np.interp(whole.extras["index"], np.arange(4), z), rtol=1e-5, atol=1e-4)
+    assert soft.depth.min() >= 0.5 and soft.depth.max() <= 4.0
 
 
 def _oom_spec(limit_pixels: int, calls: list):

@@ -119,8 +119,18 @@ def output_planes(
         labels = out.labels[cy, cx].detach().cpu().numpy().astype(label_dtype(prepared.n))
         planes["labels"] = labels
         if "depth" in spec.outputs:
-            planes["depth"] = positions[labels.astype(np.intp)]
+            planes["depth"] = _depth(out, labels, positions, core)
     return planes
+
+
+def _depth(out: MethodOutput, labels: np.ndarray, positions: np.ndarray, core: tuple[slice, slice]) -> np.ndarray:
+    """``positions[labels]``, or the method's own fractional slice index (``extras["index"]``) mapped
+    linearly between the positions of neighbouring slices (e.g. ``focus_pyramid``'s weighted height)."""
+    index = out.extras.get("index")
+    if index is None:
+        return positions[labels.astype(np.intp)]
+    idx = index[core].detach().to("cpu", torch.float64).numpy()
+    return np.interp(idx, np.arange(len(positions), dtype=np.float64), positions).astype(positions.dtype)
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -41,7 +41,7 @@ def test_batch_writes_outputs_and_records(tmp_path, capsys):
             "-o",
             str(out),
             "-p",
-            "window=3",
+            "smooth=3",
             "--align",
             "translation",
             "--z-step",
@@ -58,14 +58,8 @@ def test_batch_writes_outputs_and_records(tmp_path, capsys):
         height = tifffile.imread(out / f"{name}_height.tif")
         assert height.dtype == np.float32 and height.max() <= 1.5 + 1e-6
         rec = json.loads((out / f"{name}_record.json").read_text())
-        assert rec["params"] == {
-            "measure": "sml",
-            "window": 3,
-            "smooth": 2.0,
-            "consistency": 3,
-            "blend": 0.0,
-            "halo_control": False,
-        }
+        assert rec["method"] == "focus_pyramid"  # the default
+        assert rec["params"] == {"smooth": 3.0, "softness": 2.0, "feather": 3.0, "levels": 4, "prefilter": 1.0}
         assert rec["options"]["align"] == "translation"
         assert len(rec["alignment"]["matrices"]) == 4
         assert rec["z_positions"] == [0.0, 0.5, 1.0, 1.5]

@@ -178,10 +178,10 @@ def test_rerun_skips_done_stacks_and_redoes_one_without_record(tmp_path, capsys)
 def test_other_parameters_refused_without_overwrite(tmp_path, capsys):
     stack = _write_multipage(tmp_path / "in" / "s.tif", 1)
     out = tmp_path / "out"
-    assert main(["batch", str(stack), "-o", str(out), "-q", "-p", "window=3"]) == 0
+    assert main(["batch", str(stack), "-o", str(out), "-q", "-m", "focus_measure", "-p", "window=3"]) == 0
     before = _sha256_tree(out)
     capsys.readouterr()
-    assert main(["batch", str(stack), "-o", str(out), "-q", "-p", "window=5"]) == 1
+    assert main(["batch", str(stack), "-o", str(out), "-q", "-m", "focus_measure", "-p", "window=5"]) == 1
     err = capsys.readouterr().err
     assert "outputs exist from other parameters; use --overwrite (changed: params)" in err
     after = _sha256_tree(out)
@@ -189,7 +189,9 @@ def test_other_parameters_refused_without_overwrite(tmp_path, capsys):
     assert after == before  # nothing overwritten
     failed = _summary(out)["failed"]
     assert len(failed) == 1 and "use --overwrite" in failed[0]["reason"]
-    assert main(["batch", str(stack), "-o", str(out), "-q", "-p", "window=5", "--overwrite"]) == 0
+    assert (
+        main(["batch", str(stack), "-o", str(out), "-q", "-m", "focus_measure", "-p", "window=5", "--overwrite"]) == 0
+    )
     rec = _records(out)["s"]
     assert rec["params"]["window"] == 5 and rec["fingerprint"]["params"]["window"] == 5
 
@@ -209,7 +211,24 @@ def test_foreign_file_at_an_output_name_is_not_overwritten(tmp_path):
 def test_fingerprint_in_record_and_tiff_metadata(tmp_path):
     stack = _write_multipage(tmp_path / "in" / "s.tif", 1)
     out = tmp_path / "out"
-    assert main(["batch", str(stack), "-o", str(out), "-q", "--z-step", "0.5", "--align", "translation"]) == 0
+    assert (
+        main(
+            [
+                "batch",
+                str(stack),
+                "-o",
+                str(out),
+                "-q",
+                "-m",
+                "focus_measure",
+                "--z-step",
+                "0.5",
+                "--align",
+                "translation",
+            ]
+        )
+        == 0
+    )
     fp = _records(out)["s"]["fingerprint"]
     for key in ("method", "params", "align", "crop", "z_step", "refine", "reference_channel", "slab", "inputs"):
         assert key in fp

@@ -27,9 +27,9 @@ def test_multichannel_decision_on_reference_channel(grey_focal):
     # channel 0: the textured focal stack; channel 1: content with no focus cue of its own
     other = rng.integers(0, 4000, st.slices.shape).astype(np.uint16)
     data = np.stack([st.slices.astype(np.uint16) * 100, other], axis=1)  # (Z, C, Y, X)
-    r = fuse_focal_stack(data, channel_axis=1, reference_channel=0, z_step=0.5)
+    r = fuse_focal_stack(data, method="focus_measure", channel_axis=1, reference_channel=0, z_step=0.5)
     assert r.fused.shape == (96, 96, 2) and r.fused.dtype == np.uint16
-    direct = fuse(st.slices.astype(np.uint16) * 100)
+    direct = fuse(st.slices.astype(np.uint16) * 100, method="focus_measure")
     np.testing.assert_array_equal(r.labels, direct.labels)
     np.testing.assert_array_equal(r.fused[..., 0], direct.fused)
     # channel 1 follows channel 0's decision exactly
@@ -37,7 +37,7 @@ def test_multichannel_decision_on_reference_channel(grey_focal):
     np.testing.assert_array_equal(r.fused[..., 1], expect)
     assert r.height.max() <= 0.5 * 11 + 1e-6
     # deciding on channel 1 instead gives a different (noise-driven) decision
-    r1 = fuse_focal_stack(data, channel_axis=1, reference_channel=1, height=False)
+    r1 = fuse_focal_stack(data, method="focus_measure", channel_axis=1, reference_channel=1, height=False)
     assert (r1.labels != r.labels).mean() > 0.3
     with pytest.raises(FusionInputError):
         fuse_focal_stack(data, channel_axis=1, reference_channel=2)
@@ -48,13 +48,13 @@ def test_slabs_carry_labels_to_original_slices(grey_focal):
     assert slab_bounds(12, 4) == [(0, 4), (4, 8), (8, 12)]
     assert all(4 <= b - a < 8 for a, b in slab_bounds(13, 4)) and slab_bounds(13, 4)[-1][1] == 13
     assert slab_bounds(5, 4) == [(0, 5)]
-    direct = fuse(st.slices).labels
-    slabbed = decide_in_slabs(list(st.slices), slab=4)
+    direct = fuse(st.slices, method="focus_measure").labels
+    slabbed = decide_in_slabs(list(st.slices), slab=4, method="focus_measure")
     assert slabbed.max() > 4  # original indices, not slab indices
     assert (slabbed == direct).mean() > 0.9
     # recursion: 12 slices, slabs of 2 -> 6 results -> 3 -> 2
-    assert (decide_in_slabs(list(st.slices), slab=2) == direct).mean() > 0.8
-    r = fuse_focal_stack(st.slices, slab=4)
+    assert (decide_in_slabs(list(st.slices), slab=2, method="focus_measure") == direct).mean() > 0.8
+    r = fuse_focal_stack(st.slices, method="focus_measure", slab=4)
     np.testing.assert_array_equal(r.labels, slabbed)
     exact = np.take_along_axis(st.slices, r.labels[None].astype(np.intp), 0)[0]
     np.testing.assert_array_equal(r.fused, exact)
@@ -89,7 +89,7 @@ def test_16bit_and_float_end_to_end(grey_focal, dtype):
         if dtype == np.uint16
         else (st.slices / 255.0).astype(np.float32)
     )
-    r = fuse_focal_stack(stack, align="translation", z_step=0.3)
+    r = fuse_focal_stack(stack, method="focus_measure", align="translation", z_step=0.3)
     assert r.fused.dtype == dtype and r.fused.shape == stack.shape[1:]
     assert r.height.dtype == np.float32 and r.height.min() >= 0 and r.height.max() <= 0.3 * 11 + 1e-5
     np.testing.assert_allclose(r.alignment.shifts, 0, atol=0.6)  # an aligned stack stays put
@@ -113,7 +113,7 @@ def test_halo_control_reduces_halo():
     err = lambda r: np.abs(r.fused - st.ground_truth)[st.objects].mean()  # noqa: E731
     assert err(on) < 1.2 * err(off)
     # default behaviour is unchanged by the new parameter
-    np.testing.assert_array_equal(fuse(st.slices, halo_control=False).fused, off.fused)
+    np.testing.assert_array_equal(fuse(st.slices, method="focus_measure", halo_control=False).fused, off.fused)
 
 
 def test_multichannel_weights_method_applies_weights(grey_focal):

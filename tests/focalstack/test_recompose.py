@@ -20,7 +20,7 @@ def test_unedited_labels_reproduce_the_method(rgb_stack):
 
 
 def test_painted_region_takes_the_painted_slice(rgb_stack):
-    r = fuse(rgb_stack.slices)
+    r = fuse(rgb_stack.slices, method="focus_measure")
     edited = r.labels.astype(np.int64).copy()
     edited[10:40, 20:70] = 4
     out = recompose(rgb_stack.slices, edited)
@@ -37,7 +37,7 @@ def test_painted_region_takes_the_painted_slice(rgb_stack):
 
 
 def test_lazy_dask_stack_and_axes(rgb_stack):
-    r = fuse(rgb_stack.slices)
+    r = fuse(rgb_stack.slices, method="focus_measure")
     lazy = da.from_array(rgb_stack.slices, chunks=(1, 48, 64, 3))
     np.testing.assert_array_equal(recompose(lazy, r.labels), r.fused)
     moved = np.moveaxis(rgb_stack.slices, -1, 1)  # (Z, C, Y, X)
@@ -48,7 +48,7 @@ def test_lazy_dask_stack_and_axes(rgb_stack):
 def test_dtypes_kept(rgb_stack, dtype):
     grey = rgb_stack.slices.mean(-1)
     stack = (grey * 200).astype(np.uint16) if dtype == np.uint16 else (grey / 255.0).astype(np.float32)
-    r = fuse(stack)
+    r = fuse(stack, method="focus_measure")
     for blend in ("none", "gaussian", "pyramid"):
         out = recompose(stack, r.labels, blend=blend)
         assert out.dtype == dtype and out.shape == stack.shape[1:]

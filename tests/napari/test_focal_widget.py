@@ -21,7 +21,29 @@ def widget(qtbot, viewer):
 
     w = FocalStackWidget(viewer)
     qtbot.addWidget(w)
+    # these tests check the widget's mechanics against focus_measure's exact selection
+    # (height within half a slice of the label, recompose == fused); the default is
+    # tested in test_default_method_gives_a_smooth_height_in_microns
+    w.method.setCurrentIndex(w.method.findData("focus_measure"))
     return w
+
+
+def test_default_method_gives_a_smooth_height_in_microns(qtbot, viewer, grey_stack):
+    from napari_fusion import DEFAULT_METHOD
+    from napari_fusion._napari._focal import FocalStackWidget
+
+    w = FocalStackWidget(viewer)
+    qtbot.addWidget(w)
+    assert w.method.currentData() == DEFAULT_METHOD == "focus_pyramid"
+    layer = viewer.add_image(grey_stack, name="stack", scale=(0.3, 0.5, 0.5), units=("um", "um", "um"))
+    w.set_stack_layer(layer)
+    assert run_and_wait(qtbot, w) == "done", w.status.text()
+    h = np.asarray(w.output_layers["height"].data)
+    n = grey_stack.shape[0]
+    assert h.dtype == np.float32 and h.min() >= 0.0 and h.max() <= 0.3 * (n - 1) + 1e-4
+    assert w.output_layers["height"].metadata["napari_fusion"]["height_unit"] == "micrometer"
+    # the weighted height is continuous: no jumps of a whole slice between neighbours
+    assert float(np.abs(np.diff(h, axis=1)).max()) < 0.3
 
 
 def run_and_wait(qtbot, widget) -> str:

@@ -74,7 +74,7 @@ def run_and_wait(qtbot, w) -> str:
 def test_widget_lists_registry(widget):
     listed = [widget.method.itemData(i) for i in range(widget.method.count())]
     assert listed == [s.name for s in list_methods()]
-    assert widget.current_method() == "focus_measure"
+    assert widget.current_method() == "focus_pyramid"
     widget.task.setCurrentText("multi-exposure")
     listed = [widget.method.itemData(i) for i in range(widget.method.count())]
     assert listed == [s.name for s in list_methods("multi-exposure")] and "mertens" in listed
@@ -320,11 +320,11 @@ def test_plugin_in_real_viewer_sample_data_run_rerun_and_writer(qtbot, make_napa
     best_slice = max(psnr(sl) for sl in stack.data)
     assert psnr(fused.data) > best_slice + 3  # fusion beats every single slice
 
-    widget.params.editors["measure"].setCurrentText("variance")
+    widget.params.editors["smooth"].setValue(3.0)
     assert run_and_wait(qtbot, widget) == "done"
     assert widget.output_layers["fused"] is fused and widget.output_layers["decision"] is dec
     assert len(viewer.layers) == n_layers
-    assert fused.metadata["napari_fusion"]["params"]["measure"] == "variance"
+    assert fused.metadata["napari_fusion"]["params"]["smooth"] == 3.0
     np.testing.assert_array_equal(stack.data, before)
 
     viewer.open_sample("napari-fusion", "exposure_series")
@@ -342,7 +342,7 @@ def test_plugin_in_real_viewer_sample_data_run_rerun_and_writer(qtbot, make_napa
         desc = json.loads(tif.pages[0].description)
     assert back.dtype == dec.data.dtype
     np.testing.assert_array_equal(back, dec.data)
-    assert desc["napari_fusion"]["method"] == "focus_measure"
+    assert desc["napari_fusion"]["method"] == "focus_pyramid"
 
 
 def _tile_messages(widget):

@@ -51,6 +51,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .._defaults import DEFAULT_METHOD
 from ..errors import FusionCancelled, FusionError, FusionInputError
 from ..focalstack._stack import load, slices
 from ..focalstack.align import Alignment, apply_alignment
@@ -79,7 +80,7 @@ CHANNELS_AXIS = "channel axis of the layer"
 CHANNELS_LAYERS = "separate channel layers"
 ALIGN_MODES = ("none", "translation", "similarity")
 BLEND_METHOD = "method's blending"
-DEFAULT_FOCAL_METHOD = "focus_measure"
+DEFAULT_FOCAL_METHOD = DEFAULT_METHOD
 
 
 # ---------------------------------------------------------------------------- job (no Qt)

@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from .._defaults import DEFAULT_METHOD
 from .._engine import label_dtype
 from ..api import fuse  # the public entry point (memory guard, lazy path); api never imports focalstack
 from ..errors import FusionInputError
 from ..registry import MethodSpec, get_method
 from ._stack import check_slices, load, slices
 from .align import Alignment, align_stack, apply_alignment, estimate_alignment
-from .height import REFINE, height_map, z_positions_for
+from .height import REFINE, height_map, index_to_z, z_positions_for
 from .recompose import recompose
 
 
@@ -110,7 +111,7 @@ def default_blend(method: str, params: dict[str, Any]) -> dict[str, Any]:
     if method == "focus_measure":
         sigma = float(params.get("blend", 0.0))
         return {"blend": "gaussian", "sigma": sigma} if sigma > 0 else {"blend": "none"}
-    if method in ("laplacian_pyramid",):
+    if method in ("laplacian_pyramid", "focus_pyramid"):
         return {"blend": "pyramid"}
     return {"blend": "none"}
 
@@ -125,7 +126,7 @@ def _height_kwargs(method: str, params: dict[str, Any]) -> dict[str, Any]:
 def fuse_focal_stack(
     images: Any,
     *,
-    method: str = "focus_measure",
+    method: str = DEFAULT_METHOD,
     params: dict[str, Any] | None = None,
     align: str | None = None,
     align_options: dict[str, Any] | None = None,
@@ -203,13 +204,16 @@ def fuse_focal_stack(
     ref_items = [load(s)[..., ref_c] for s in items] if ref_c is not None else items
     run = dict(spec=spec, params=resolved, blend=blend_used, device=device)
     if slab is not None and slab < n:
-        fused, labels, blend_used = _fuse_in_slabs(items, ref_items, slab=slab, **run)
+        fused, labels, blend_used, soft_index = _fuse_in_slabs(items, ref_items, slab=slab, **run)
     elif ref_c is not None:
-        fused, labels, blend_used = _fuse_on_reference(items, ref_items, progress=progress, **run)
+        fused, labels, blend_used, soft_index = _fuse_on_reference(items, ref_items, progress=progress, **run)
     else:
-        fused, labels, blend_used = _fuse_directly(items, progress=progress, **run)
+        fused, labels, blend_used, soft_index = _fuse_directly(items, progress=progress, **run)
     hmap = index = None
-    if height and labels is not None:
+    if height and soft_index is not None:  # the method's own (weight-averaged) height, e.g. focus_pyramid
+        index = soft_index.astype(np.float32)
+        hmap = index_to_z(index, zpos).astype(np.float32)
+    elif height and labels is not None:
         hmap, index = _height(ref_items, labels, zpos, refine=refine, method=method, params=resolved)
     options = {
         "align": align,
@@ -238,8 +242,9 @@ def fuse_focal_stack(
 
 
 # --------------------------------------------------------------------------- steps of fuse_focal_stack
-#: Each fusing step returns ``(fused, labels or None, blend used)``.
-Fused = tuple[np.ndarray, "np.ndarray | None", dict[str, Any]]
+#: Each fusing step returns ``(fused, labels or None, blend used, fractional slice index or None)``;
+#: the index is the method's own height (``extras["index"]``) when it gives one.
+Fused = tuple[np.ndarray, "np.ndarray | None", dict[str, Any], "np.ndarray | None"]
 
 
 def _reference_channel(items: Sequence[Any], reference_channel: int | None) -> tuple[int, int | None]:
@@ -286,7 +291,7 @@ def _fuse_in_slabs(
     if "labels" not in spec.outputs:
         raise FusionInputError(f"method {spec.name!r} makes no labels; slabs need a method that does")
     labels = decide_in_slabs(ref_items, slab=slab, method=spec.name, params=params, device=device)
-    return recompose(items, labels, **blend), labels, blend
+    return recompose(items, labels, **blend), labels, blend, None
 
 
 def _fuse_on_reference(
@@ -296,9 +301,9 @@ def _fuse_on_reference(
     res = fuse([load(s) for s in ref_items], method=spec.name, device=device, progress=progress, **params)
     if res.labels is not None:
         labels = res.labels.astype(np.int64)
-        return recompose(items, labels, **blend), labels, blend
+        return recompose(items, labels, **blend), labels, blend, res.extras.get("index")
     if res.weights is not None:
-        return _apply_weights(items, res.weights), None, {"blend": "weights"}
+        return _apply_weights(items, res.weights), None, {"blend": "weights"}, None
     raise FusionInputError(f"method {spec.name!r} gives neither labels nor weights to apply to the other channels")
 
 
@@ -308,7 +313,7 @@ def _fuse_directly(
     """Grey or RGB: the method fuses the slices itself (RGB decided on luminance)."""
     res = fuse([load(s) for s in items], method=spec.name, device=device, progress=progress, **params)
     labels = None if res.labels is None else res.labels.astype(np.int64)
-    return res.fused, labels, {"blend": "method"}
+    return res.fused, labels, {"blend": "method"}, res.extras.get("index")
 
 
 def _apply_weights(items: Sequence[Any], weights: np.ndarray) -> np.ndarray:

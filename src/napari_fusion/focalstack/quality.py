@@ -6,6 +6,8 @@ Both compare a method's output with a known truth (e.g. from
 * :func:`seam_score` - how much *extra* gradient energy the fused image carries
   along the boundaries between chosen slices, compared with the ground truth
   (the visible "seams" and "bites" of a patchwork result). 0 for the truth itself.
+* :func:`boundary_gradient_excess` - the same question without a truth (real
+  stacks): is the fused image sharper on the label boundaries than elsewhere?
 * :func:`background_height_noise` - the fraction of background pixels (where
   there is no object, so no true height) to which the height map assigns a
   confident height that disagrees with its neighbourhood (the "blotchy"
@@ -68,6 +70,28 @@ def seam_score(
     err = _grad_energy(fused - truth)
     excess = err[band].mean() - err[off].mean()
     return float(max(0.0, excess) / max(_grad_energy(truth).mean(), 1e-12))
+
+
+def boundary_gradient_excess(fused: np.ndarray, labels: np.ndarray, *, width: int = 2) -> float:
+    """Seams without a ground truth: excess gradient energy of ``fused`` on label boundaries.
+
+    ``max(0, mean_B |grad f|^2 - mean_O |grad f|^2) / mean |grad f|^2`` with
+    ``B`` the pixels within ``width`` of a change of label and ``O`` the rest.
+    For a real stack (no truth) this is the no-reference form of
+    :func:`seam_score`: a patchwork of slices of different brightness or focus
+    puts steps on the boundaries between them; a seamless merge does not make
+    boundaries any sharper than the rest of the image. 0 when there are no
+    boundaries. Dimensionless; a 2-D ``fused`` (the grey or reference channel).
+    """
+    f = np.asarray(fused, dtype=np.float64)
+    if f.shape != np.shape(labels):
+        raise ValueError("fused and labels must have the same 2-D shape")
+    band = label_boundaries(labels, width)
+    if not band.any() or band.all():
+        return 0.0
+    energy = _grad_energy(f)
+    excess = energy[band].mean() - energy[~band].mean()
+    return float(max(0.0, excess) / max(energy.mean(), 1e-12))
 
 
 def background_height_noise(

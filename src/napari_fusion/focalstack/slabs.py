@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .._defaults import DEFAULT_METHOD
 from ..api import fuse
 from ..errors import FusionInputError
 from ._stack import load
@@ -40,7 +41,7 @@ def decide_in_slabs(
     images: Sequence[Any],
     *,
     slab: int,
-    method: str = "focus_measure",
+    method: str = DEFAULT_METHOD,
     params: dict[str, Any] | None = None,
     device: str = "auto",
 ) -> np.ndarray:

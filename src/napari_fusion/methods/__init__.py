@@ -9,6 +9,7 @@ from . import (  # noqa: F401
     csc_ivfn,  # noqa: F401
     csc_mefn,  # noqa: F401
     focus_measure,
+    focus_pyramid,
     gff,
     laplacian_pyramid,
     li2018_vgg19,  # noqa: F401

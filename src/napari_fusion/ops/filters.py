@@ -66,11 +66,36 @@ def gaussian_kernel1d(sigma: float, radius: int | None = None, *, device=None, d
     return (k / k.sum()).to(dtype)
 
 
+#: Longest 1-D kernel filtered by shifted sums on the CPU (longer ones use ``conv2d``).
+SHIFTED_SUM_MAX_TAPS = 81
+
+
+def _shifted_sum(padded: torch.Tensor, taps: list[float], size: int, dim: int) -> torch.Tensor:
+    """``sum_i taps[i] * padded[i : i + size]`` along ``dim`` (a correlation, like ``conv2d``)."""
+    out = padded.narrow(dim, 0, size) * taps[0]
+    for i in range(1, len(taps)):
+        out.add_(padded.narrow(dim, i, size), alpha=taps[i])
+    return out
+
+
 def separable_filter(x: torch.Tensor, kernel: torch.Tensor, *, border: str = "reflect") -> torch.Tensor:
-    """Filter rows then columns with the same odd-length 1-D ``kernel``."""
+    """Filter rows then columns with the same odd-length 1-D ``kernel``.
+
+    On the CPU, kernels up to :data:`SHIFTED_SUM_MAX_TAPS` taps are applied as
+    sums of shifted views (one multiply-add over the image per tap): for the
+    single-channel planes used here this is 5-10x faster than ``conv2d``
+    (``benchmarks/vs_focus_stack.py``) and gives the same values to float
+    rounding. Elsewhere (CUDA, MPS) ``conv2d`` is used.
+    """
     x4, shape = _as4d(x)
     r = kernel.numel() // 2
     k = kernel.to(device=x4.device, dtype=x4.dtype)
+    if x4.device.type == "cpu" and kernel.numel() <= SHIFTED_SUM_MAX_TAPS and not x4.requires_grad:
+        taps = [float(v) for v in k.tolist()]
+        h, w = x4.shape[-2:]
+        y = _shifted_sum(_pad(x4, (r, r, 0, 0), border), taps, w, 3)
+        y = _shifted_sum(_pad(y, (0, 0, r, r), border), taps, h, 2)
+        return y.reshape(shape)
     y = F.conv2d(_pad(x4, (r, r, 0, 0), border), k.view(1, 1, 1, -1))
     y = F.conv2d(_pad(y, (0, 0, r, r), border), k.view(1, 1, -1, 1))
     return y.reshape(shape)
@@ -97,6 +122,14 @@ def conv2d_same(x: torch.Tensor, kernel: torch.Tensor, *, border: str = "reflect
 
 def laplacian(x: torch.Tensor, *, border: str = "reflect") -> torch.Tensor:
     """Discrete 4-neighbour Laplacian."""
+    if x.device.type == "cpu" and not x.requires_grad:
+        x4, shape = _as4d(x)
+        h, w = x4.shape[-2:]
+        p = _pad(x4, (1, 1, 1, 1), border)
+        out = p[..., 1 : h + 1, 1 : w + 1] * -4.0
+        out.add_(p[..., 0:h, 1 : w + 1]).add_(p[..., 2 : h + 2, 1 : w + 1])
+        out.add_(p[..., 1 : h + 1, 0:w]).add_(p[..., 1 : h + 1, 2 : w + 2])
+        return out.reshape(shape)
     k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
     return conv2d_same(x, k, border=border)
 
