@@ -125,7 +125,7 @@ def _halo(p) -> int:
     mode="nway",
     outputs=("fused", "labels", "depth"),
     params=(
-        Param("smooth", 6.0, float, "Gaussian sigma (pixels) smoothing each focus map.", low=0.0, high=32.0),
+        Param("smooth", 7.0, float, "Gaussian sigma (pixels) smoothing each focus map.", low=0.0, high=32.0),
         Param(
             "softness",
             2.0,
