@@ -21,7 +21,8 @@ RSS only).
 
 Cases (ours; the peer always runs its one path on the same slices):
 
-* ``default``: ``napari-fusion fuse DIR -o out.png`` (focus_measure, in memory);
+* ``default``: ``napari-fusion fuse DIR -o out.png`` (the default method, focus_pyramid, in memory);
+* ``focus_measure``: the same with ``-m focus_measure`` (the default before);
 * ``tiled``: ``napari-fusion fuse stack.tif --chunks 512 -o out.tif``;
 * ``align``: ``napari-fusion batch DIR -o OUT --align similarity``;
 * ``laplacian_pyramid``, ``gff``: ``napari-fusion fuse DIR -m METHOD -o out.png``;
@@ -49,7 +50,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 PCB_DIR = ROOT.parent / "shared" / "data" / "focalstack" / "pcb" / "pcb"
-CASES = ("default", "tiled", "align", "laplacian_pyramid", "gff", "pcb")
+CASES = ("default", "focus_measure", "tiled", "align", "laplacian_pyramid", "gff", "pcb")
 PEER_FLAGS = ("--no-whitebalance", "--no-contrast", "--align-keep-size")
 
 

@@ -24,11 +24,16 @@ def pyramid_levels(height: int, width: int, *, min_size: int = 8) -> int:
     return max(1, int(math.floor(math.log2(max(smallest / float(min_size), 1.0)))) + 1)
 
 
-def _reduce(x: torch.Tensor) -> torch.Tensor:
+_K = [float(v) for v in _BURT.tolist()]
+
+
+def _reduce_reference(x: torch.Tensor) -> torch.Tensor:
+    """Blur with the Burt kernel (reflected borders), keep every second row and column."""
     return separable_filter(x, _BURT)[..., ::2, ::2]
 
 
-def _expand(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _expand_reference(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Zero-insert to ``size``, blur, divide by the blurred insertion mask (normalised convolution)."""
     h, w = size
     lead = x.shape[:-2]
     up = torch.zeros(*lead, h, w, device=x.device, dtype=x.dtype)
@@ -36,6 +41,61 @@ def _expand(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     ones = torch.zeros(h, w, device=x.device, dtype=x.dtype)
     ones[::2, ::2] = 1.0
     return separable_filter(up, _BURT) / separable_filter(ones, _BURT)
+
+
+def _reduce_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Every second sample of the Burt-blurred signal along ``dim`` (reflected borders), computed directly."""
+    n = x.shape[dim]
+    m = (n + 1) // 2
+    left = x.narrow(dim, 1, 2).flip(dim)  # x[2], x[1]
+    right = x.narrow(dim, n - 3, 2).flip(dim)  # x[n-2], x[n-3]
+    p = torch.cat([left, x, right], dim)
+    out = None
+    for t, k in enumerate(_K):
+        tap = p.narrow(dim, t, 2 * m - 1)
+        tap = tap[(slice(None),) * (dim % p.ndim) + (slice(None, None, 2),)]
+        out = tap * k if out is None else out.add_(tap, alpha=k)
+    assert out is not None
+    return out
+
+
+def _expand_axis(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """Normalised Burt interpolation of ``x`` to ``length`` samples along ``dim`` (polyphase form).
+
+    The zero-inserted signal filtered with [1, 4, 6, 4, 1] / 16 has, at even
+    outputs, taps 1, 6, 1 on three input samples and, at odd outputs, taps 4, 4
+    on two; with reflected borders the insertion mask filters to 1/2
+    everywhere, so the normalisation is a factor 2. Equal to
+    :func:`_expand_reference` up to float rounding.
+    """
+    n = x.shape[dim]
+    tail = x.narrow(dim, n - 1 if length % 2 == 0 else n - 2, 1)
+    xe = torch.cat([x.narrow(dim, 1, 1), x, tail], dim)  # x[1], x[0..n-1], reflected tail
+    even = xe.narrow(dim, 0, n) * (2 * _K[0])
+    even.add_(xe.narrow(dim, 1, n), alpha=2 * _K[2]).add_(xe.narrow(dim, 2, n), alpha=2 * _K[4])
+    n_odd = length // 2
+    odd = xe.narrow(dim, 1, n_odd) * (2 * _K[1])
+    odd.add_(xe.narrow(dim, 2, n_odd), alpha=2 * _K[3])
+    shape = list(x.shape)
+    shape[dim] = length
+    out = torch.empty(shape, device=x.device, dtype=x.dtype)
+    index = (slice(None),) * (dim % x.ndim)
+    out[index + (slice(0, None, 2),)] = even
+    out[index + (slice(1, None, 2),)] = odd
+    return out
+
+
+def _reduce(x: torch.Tensor) -> torch.Tensor:
+    if min(x.shape[-2:]) < 4:
+        return _reduce_reference(x)
+    return _reduce_axis(_reduce_axis(x, x.ndim - 1), x.ndim - 2)
+
+
+def _expand(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    h, w = size
+    if min(x.shape[-2:]) < 2 or (h + 1) // 2 != x.shape[-2] or (w + 1) // 2 != x.shape[-1]:
+        return _expand_reference(x, size)
+    return _expand_axis(_expand_axis(x, w, x.ndim - 1), h, x.ndim - 2)
 
 
 def gaussian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
