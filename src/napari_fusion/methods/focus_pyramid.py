@@ -165,10 +165,16 @@ def fuse_focus_pyramid(
 ) -> MethodOutput:
     n, c, h, w = stack.shape
     focus = torch.empty((n, h, w), device=stack.device)
+    labels = torch.zeros((h, w), dtype=torch.long, device=stack.device)
     for k in range(n):
         focus[k] = focus_energy(luminance(stack[k], channel_dim=0), prefilter=prefilter, smooth=smooth)
+        if k == 0:
+            best = focus[0].clone()
+        else:  # running argmax: the first slice wins ties, as with torch.argmax
+            labels.masked_fill_(focus[k] > best, k)
+            torch.maximum(best, focus[k], out=best)
         ctx.report(k + 1, 2 * n + 1, f"focus, slice {k + 1}/{n}")
-    labels = focus.argmax(0)
+    del best
     weights = soft_weights(focus, softness=softness, cv=noise_cv(float(prefilter), float(smooth)))
     confidence = weights.amax(0)
     if feather > 0:
