@@ -51,21 +51,21 @@ ENV_VAR = "NAPARI_FUSION_MEMORY_LIMIT"
 #: and torch and a warm-up fusion of a 2x32x32 stack) for a
 #: 4x1536x1536 grey uint16 and an 8x768x768 RGB uint8 stack on the CPU, solving
 #: for ``(a, b)`` and rounding up by ~10 % (last measured 2026-11-30, after the
-#: shifted-sum filters of :mod:`napari_fusion.ops.filters`). Learned methods that took over 40 s
+#: shifted-sum filters of :mod:`napari_fusion.ops.filters` and the copy-free ``prepare``). Learned methods that took over 40 s
 #: there (or need weights absent on the measuring machine) have a
 #: conservative guess, marked "guess".
 WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
-    "average": (1.75, 1.0),  # measured: grey 2.13, RGB 1.64 per stack element
+    "average": (1.5, 1.0),  # measured: grey 2.12, RGB 1.60 per stack element
     "csc_ivfn": (8.0, 48.0),  # guess (> 60 s even at 4x512x512)
-    "csc_mefn": (6.5, 1.5),  # measured: grey 7.15, RGB 6.25
-    "focus_measure": (0.25, 6.5),  # measured: grey 5.84, RGB 2.05
-    "focus_pyramid": (2.0, 3.75),  # measured: grey 5.13, RGB 2.92
-    "gff": (0.0, 11.0),  # measured (streaming over slices): grey 9.88, RGB 2.99
-    "laplacian_pyramid": (0.0, 9.5),  # measured (streaming over slices): grey 8.41, RGB 2.45
+    "csc_mefn": (10.0, 0.0),  # measured: grey 6.89, RGB 8.32
+    "focus_measure": (0.0, 5.75),  # measured: grey 5.07, RGB 1.63
+    "focus_pyramid": (1.25, 4.25),  # measured: grey 4.81, RGB 2.26
+    "gff": (0.0, 10.0),  # measured (streaming over slices): grey 9.03, RGB 2.67
+    "laplacian_pyramid": (0.0, 9.5),  # measured (streaming over slices): grey 8.45, RGB 2.09
     "li2018_vgg19": (8.0, 96.0),  # guess (VGG19 weights absent when measured; 64-channel full-size features)
     "liu2017_cnn": (8.0, 48.0),  # guess (> 40 s)
     "liu2017_cnn_nway": (8.0, 48.0),  # guess (> 40 s)
-    "mertens": (1.5, 3.0),  # measured (streaming over slices): grey 3.94, RGB 2.21
+    "mertens": (1.5, 2.25),  # measured (streaming over slices): grey 3.14, RGB 1.89
     "tiis2018_fcn": (8.0, 48.0),  # guess (> 40 s)
     "veshki_cdl": (8.0, 48.0),  # guess (> 40 s)
 }
