@@ -78,6 +78,10 @@ def test_labels_name_the_sharp_slice_and_height_follows():
     res = fuse_focal_stack(np.stack([s0, s1]).astype(np.uint16), method="focus_pyramid", z_step=2.0)
     assert np.mean(res.labels[:, :40] == 0) > 0.98 and np.mean(res.labels[:, 56:] == 1) > 0.98
     assert np.median(res.height[:, :40]) < 0.2 and np.median(res.height[:, 56:]) > 1.8
+    assert res.options["height_from"] == "method"  # the weighted z, not the parabola refinement
+    np.testing.assert_allclose(res.height, 2.0 * res.index, rtol=1e-6)
+    fm = fuse_focal_stack(np.stack([s0, s1]).astype(np.uint16), method="focus_measure", z_step=2.0)
+    assert fm.options["height_from"] == "refine"
 
 
 def test_textureless_background_gets_a_smooth_height():

@@ -35,6 +35,10 @@ def test_default_method_gives_a_smooth_height_in_microns(qtbot, viewer, grey_sta
     w = FocalStackWidget(viewer)
     qtbot.addWidget(w)
     assert w.method.currentData() == DEFAULT_METHOD == "focus_pyramid"
+    assert not w.refine.isEnabled()  # its height is its own weighted z; refine does not apply
+    w.method.setCurrentIndex(w.method.findData("focus_measure"))
+    assert w.refine.isEnabled()
+    w.method.setCurrentIndex(w.method.findData("focus_pyramid"))
     layer = viewer.add_image(grey_stack, name="stack", scale=(0.3, 0.5, 0.5), units=("um", "um", "um"))
     w.set_stack_layer(layer)
     assert run_and_wait(qtbot, w) == "done", w.status.text()

@@ -56,7 +56,7 @@ from ..errors import FusionCancelled, FusionError, FusionInputError
 from ..focalstack._stack import load, slices
 from ..focalstack.align import Alignment, apply_alignment
 from ..focalstack.height import REFINE, height_surface, index_to_z
-from ..focalstack.pipeline import FocalStackResult, default_blend, fuse_focal_stack
+from ..focalstack.pipeline import OWN_HEIGHT_METHODS, FocalStackResult, default_blend, fuse_focal_stack
 from ..focalstack.recompose import BLENDS, labels_from_napari, labels_to_napari, recompose
 from ..registry import get_method, list_methods
 from . import _layers
@@ -670,6 +670,13 @@ class FocalStackWidget(WorkerControls, QWidget):
     def _on_method(self, *_args) -> None:
         name = self.method.currentData()
         self.params.set_method(get_method(name) if name else None)
+        own = name in OWN_HEIGHT_METHODS
+        self.refine.setEnabled(not own)
+        self.refine.setToolTip(
+            f"{name} gives its own height (the weight-averaged slice position): refine does not apply."
+            if own
+            else "Height below one slice: fit of the focus measure around its peak."
+        )
 
     def make_job(self) -> FocalJob:
         layer = self.stack_layer.currentData()

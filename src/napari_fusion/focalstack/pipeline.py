@@ -101,6 +101,10 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+#: Built-in methods whose height is their own ``extras["index"]`` (``refine`` does not apply to them).
+OWN_HEIGHT_METHODS = frozenset({"focus_pyramid"})
+
+
 def default_blend(method: str, params: dict[str, Any]) -> dict[str, Any]:
     """How labels are turned back into an image for ``method`` (multichannel, slabs, retouch).
 
@@ -160,7 +164,11 @@ def fuse_focal_stack(
         Physical slice spacing or positions for the height map (default: slice units).
     height, refine:
         Compute the height map, and how to refine it below one slice
-        (``"parabola"``, ``"gaussian"``, ``"none"``).
+        (``"parabola"``, ``"gaussian"``, ``"none"``). Methods that give their
+        own fractional height (``extras["index"]``, e.g. ``focus_pyramid``'s
+        weight-averaged slice position, see :data:`OWN_HEIGHT_METHODS`) use it
+        instead, and ``refine`` does not apply; ``options["height_from"]``
+        records which was used.
     reference_channel:
         Channel the decision is made on for multichannel data. Default: RGB
         data is decided on luminance, other channel counts on channel 0.
@@ -220,6 +228,7 @@ def fuse_focal_stack(
         "align_options": align_options or {},
         "crop": crop,
         "refine": refine,
+        "height_from": None if hmap is None else ("method" if soft_index is not None else "refine"),
         "reference_channel": ref_c,
         "slab": slab,
         "device": device,
@@ -336,4 +345,4 @@ def _apply_weights(items: Sequence[Any], weights: np.ndarray) -> np.ndarray:
     return acc.astype(dtype)
 
 
-__all__ = ["FocalStackResult", "default_blend", "fuse_focal_stack"]
+__all__ = ["OWN_HEIGHT_METHODS", "FocalStackResult", "default_blend", "fuse_focal_stack"]
