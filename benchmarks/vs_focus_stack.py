@@ -28,6 +28,9 @@ Cases (ours; the peer always runs its one path on the same slices):
 * ``laplacian_pyramid``, ``gff``: ``napari-fusion fuse DIR -m METHOD -o out.png``;
 * ``pcb``: the default path on the real PCB stack.
 
+First, our fixed cost per process is printed: ``fuse`` of a 3 x 64^2 stack
+(start-up, imports, reading, writing) and a bare ``import torch``.
+
 Examples::
 
     FOCUS_STACK_BIN=/tmp/fs/focus-stack python benchmarks/vs_focus_stack.py
@@ -182,6 +185,22 @@ def print_rows(label: str, case: str, rows: dict) -> None:
         )
 
 
+def fixed_overhead(work: Path, repeats: int) -> None:
+    """Print our fixed cost per run: ``fuse`` of a 3 x 64^2 stack, and a bare ``import torch``."""
+    import tifffile
+
+    tiny = work / "tiny.tif"
+    tifffile.imwrite(tiny, np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8))
+    fuse_cmd = ours_exe() + ["fuse", str(tiny), "-o", str(work / "tiny_out.png"), "-q", "--overwrite"]
+    torch_cmd = [sys.executable, "-c", "import torch"]
+    for name, cmd in (("fuse 3x64^2", fuse_cmd), ("import torch", torch_cmd)):
+        runs = [measure(cmd) for _ in range(repeats)]
+        wall = statistics.median(r["wall"] for r in runs)
+        cpu = statistics.median(r["cpu"] for r in runs)
+        rss = statistics.median(r["rss"] for r in runs)
+        print(f"{'fixed cost':<14} {name:<18} {'ours':<12} {wall:8.2f} {cpu:8.2f} {rss:9.0f}", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=["1024x10", "2048x20"], help="SIZExSLICES synthetic stacks")
@@ -197,6 +216,7 @@ def main(argv=None) -> int:
         f"{'stack':<14} {'case':<18} {'tool':<12} {'wall s':>8} {'cpu s':>8} {'RSS MiB':>9} "
         f"{'PSNR':>7} {'SSIM':>6}  ours/peer time, RSS"
     )
+    fixed_overhead(work, args.repeats)
     synthetic = [c for c in args.cases if c != "pcb"]
     for spec in args.sizes if synthetic else []:
         size, n = (int(v) for v in spec.lower().split("x"))
