@@ -14,7 +14,20 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QDoubleSpinBox, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..errors import FusionCancelled, FusionError
 from ._layers import unit_name
@@ -23,7 +36,49 @@ from ._layers import unit_name
 LAYER_EVENTS = ("inserted", "removed", "reordered", "renamed")
 
 
+#: Width (pixels) a dock widget must fit without horizontal scrolling (napari docks are ~300-400 px).
+DOCK_WIDTH = 400
+#: Characters a combo box keeps visible when the dock is narrow (the full text is in its list).
+COMBO_CHARS = 12
+
+
 # ---------------------------------------------------------------------------- widgets
+
+
+def scrolling_layout(widget: QWidget) -> QVBoxLayout:
+    """Give ``widget`` a frameless vertical scroll area and return the layout inside it.
+
+    Everything added to the returned layout scrolls, so a tall widget fits a
+    short dock; together with :func:`make_compact` the content fits
+    :data:`DOCK_WIDTH` without a horizontal scroll bar.
+    """
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    scroll = QScrollArea(widget)
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.NoFrame)
+    inner = QWidget()
+    inner.setObjectName("napari_fusion_scroll_content")
+    scroll.setWidget(inner)
+    outer.addWidget(scroll)
+    return QVBoxLayout(inner)
+
+
+def make_compact(root: QWidget) -> None:
+    """Let ``root``'s combo boxes shrink to :data:`COMBO_CHARS` and its forms wrap long rows."""
+    for combo in root.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(COMBO_CHARS)
+    for form in root.findChildren(QFormLayout):
+        form.setRowWrapPolicy(QFormLayout.WrapLongRows)
+
+
+def content_width(root: QWidget) -> int:
+    """Minimum width of the scrolled content of a widget built with :func:`scrolling_layout`."""
+    inner = root.findChild(QWidget, "napari_fusion_scroll_content")
+    return (inner or root).minimumSizeHint().width()
+
+
 def text_label(tooltip: str | None = None) -> QLabel:
     """An empty, word-wrapped label whose text can be selected (status lines, descriptions)."""
     label = QLabel("")

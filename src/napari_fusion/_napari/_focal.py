@@ -69,6 +69,8 @@ from ._common import (
     drop_layer,
     fill_layer_combo,
     layer_index,
+    make_compact,
+    scrolling_layout,
     text_label,
     viewer_data_point,
     z_step_row,
@@ -449,7 +451,7 @@ class FocalStackWidget(WorkerControls, QWidget):
         self._init_worker_state()
         self._z_from_layer = True
 
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addWidget(self._build_inputs_box())
         layout.addWidget(self._build_method_box())
         layout.addWidget(self._build_options_box())
@@ -467,6 +469,7 @@ class FocalStackWidget(WorkerControls, QWidget):
         self._on_method()
         self.refresh_layers()
         self._on_channels()
+        make_compact(self)
 
     # ---------------------------------------------------------------- building
     def _build_inputs_box(self) -> QGroupBox:

@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..registry import MethodSpec, Param
+from ._common import make_compact
 
 _INT_LIMIT = 2**31 - 1
 _FLOAT_LIMIT = 1e300
@@ -162,6 +163,32 @@ def set_editor_value(w: QWidget, value: Any) -> None:
         raise TypeError(type(w))
 
 
+#: Labels for parameter names that do not read as words (the name stays in the tooltip).
+LABELS = {
+    "gf_radius": "guided filter radius",
+    "gf_eps": "guided filter ε",
+    "r1": "base filter radius",
+    "eps1": "base filter ε",
+    "r2": "detail filter radius",
+    "eps2": "detail filter ε",
+    "lam": "smoothing λ",
+    "eps": "coding tolerance ε",
+    "sigma": "weight σ",
+    "saliency_sigma": "saliency σ",
+    "halo_control": "halo control",
+    "area_fraction": "small-region area",
+    "max_atoms": "atoms per patch",
+    "vote_size": "vote window",
+    "chroma_source": "colour from",
+    "weights": "weights file",
+}
+
+
+def param_label(p: Param) -> str:
+    """The form label of a parameter: :data:`LABELS`, else the name with spaces."""
+    return LABELS.get(p.name, p.name.replace("_", " "))
+
+
 class ParamPanel(QWidget):
     """Form of editors for the parameters of one method, rebuilt by :meth:`set_method`.
 
@@ -195,10 +222,12 @@ class ParamPanel(QWidget):
             editor = make_editor(p)
             if p.name in remembered:
                 set_editor_value(editor, remembered[p.name])
-            label = QLabel(p.name)
+            label = QLabel(param_label(p))
+            editor.setToolTip(f"{p.name}: {editor.toolTip()}" if editor.toolTip() else p.name)
             label.setToolTip(editor.toolTip())
             self._form.addRow(label, editor)
             self.editors[p.name] = editor
+        make_compact(self)
 
     def values(self) -> dict[str, Any]:
         """Current parameter values, by name."""

@@ -44,6 +44,8 @@ from ._common import (
     drop_layer,
     fill_layer_combo,
     layer_index,
+    make_compact,
+    scrolling_layout,
     sync_z_step,
     text_label,
     viewer_data_point,
@@ -102,7 +104,7 @@ class FusionWidget(WorkerControls, QWidget):
         self._z_step_from_layer = True
         self._tiling_seen_layer: int | None = None
 
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addWidget(self._build_inputs_box())
         layout.addWidget(self._build_method_box())
         layout.addWidget(self._build_params_box())
@@ -117,6 +119,7 @@ class FusionWidget(WorkerControls, QWidget):
         self.refresh_layers()
         self.refresh_methods()
         self._on_mode()
+        make_compact(self)
 
     # ------------------------------------------------------------------ building
     def _build_inputs_box(self) -> QGroupBox:
