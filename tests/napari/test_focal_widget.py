@@ -394,3 +394,32 @@ def test_first_view_fused_on_top_with_its_own_contrast(qtbot, viewer, widget, gr
     viewer.layers.move(viewer.layers.index(dec), len(viewer.layers))
     assert run_and_wait(qtbot, widget) == "done"
     assert viewer.layers[-1] is widget.output_layers["fused"]
+
+
+def test_slice_ordered_colours_legend_and_paint_from_the_viewed_slice(qtbot, viewer, widget, grey_stack):
+    from napari_fusion._napari._layers import slice_colours
+
+    layer = viewer.add_image(grey_stack, name="stack", scale=(0.3, 0.5, 0.5), units=("um", "um", "um"))
+    widget.set_stack_layer(layer)
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    dec = widget.output_layers["decision"]
+    n = grey_stack.shape[0]
+    colours = np.asarray(dec.colormap.map(np.arange(1, n + 1)))
+    np.testing.assert_allclose(colours, slice_colours(n), atol=1e-6)
+    assert dec.colormap.map(np.array([0]))[0][3] == 0  # 0 (no decision) is transparent
+    # sequential: every step between neighbouring slices is smaller than first-to-last
+    steps = np.linalg.norm(np.diff(colours[:, :3], axis=0), axis=1)
+    assert steps.max() < np.linalg.norm(colours[0, :3] - colours[-1, :3])
+    # the legend: one row per slice, its z in the stack's unit
+    assert not widget.legend.isHidden() and widget.legend.rowCount() == n
+    assert widget.legend.horizontalHeaderItem(2).text() == "z (micrometer)"
+    assert [widget.legend.item(k, 2).text() for k in (0, 2)] == ["0", "0.6"]
+    # paint from the viewed slice: the brush label follows the slider over the stack
+    widget.paint_from_view.setChecked(True)
+    viewer.dims.set_current_step(0, 3)
+    assert dec.selected_label == 4
+    viewer.dims.set_current_step(0, 1)
+    assert dec.selected_label == 2
+    widget.paint_from_view.setChecked(False)
+    viewer.dims.set_current_step(0, 2)
+    assert dec.selected_label == 2  # off: the brush stays where the user put it

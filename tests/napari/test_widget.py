@@ -312,6 +312,9 @@ def test_plugin_in_real_viewer_sample_data_run_rerun_and_writer(qtbot, make_napa
     assert run_and_wait(qtbot, widget) == "done", widget.status.text()
     fused, dec = widget.output_layers["fused"], widget.output_layers["decision"]
     n_layers = len(viewer.layers)
+    from napari_fusion._napari._layers import slice_colours
+
+    np.testing.assert_allclose(dec.colormap.map(np.arange(1, 7)), slice_colours(6), atol=1e-6)  # slice order
 
     def psnr(x):
         err = np.mean((x.astype(float) - truth.astype(float)) ** 2)

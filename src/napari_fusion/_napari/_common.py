@@ -25,6 +25,8 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QPushButton,
     QScrollArea,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -71,6 +73,37 @@ def make_compact(root: QWidget) -> None:
         combo.setMinimumContentsLength(COMBO_CHARS)
     for form in root.findChildren(QFormLayout):
         form.setRowWrapPolicy(QFormLayout.WrapLongRows)
+
+
+def decision_legend() -> QTableWidget:
+    """An empty table for the decision colours (colour, slice, z); hidden until filled."""
+    table = QTableWidget(0, 3)
+    table.setHorizontalHeaderLabels(["", "slice", "z"])
+    table.verticalHeader().setVisible(False)
+    table.setEditTriggers(QTableWidget.NoEditTriggers)
+    table.setSelectionMode(QTableWidget.NoSelection)
+    table.setMaximumHeight(160)
+    table.setToolTip("Decision colours: slice k is label k + 1, coloured in slice order.")
+    table.horizontalHeader().setStretchLastSection(True)
+    table.setColumnWidth(0, 24)
+    table.setVisible(False)
+    return table
+
+
+def fill_decision_legend(table: QTableWidget, colours, z, unit: str | None) -> None:
+    """One row per slice: a swatch of its decision colour, its index and its z (with ``unit``)."""
+    from qtpy.QtGui import QColor
+
+    table.setRowCount(len(z))
+    table.setHorizontalHeaderLabels(["", "slice", f"z ({unit})" if unit else "z"])
+    for k, (colour, zk) in enumerate(zip(colours, z)):
+        swatch = QTableWidgetItem("")
+        swatch.setBackground(QColor.fromRgbF(*[float(c) for c in colour]))
+        table.setItem(k, 0, swatch)
+        table.setItem(k, 1, QTableWidgetItem(str(k)))
+        table.setItem(k, 2, QTableWidgetItem(f"{float(zk):.4g}"))
+        table.setRowHeight(k, 18)
+    table.setVisible(len(z) > 0)
 
 
 def content_width(root: QWidget) -> int:

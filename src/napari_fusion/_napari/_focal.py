@@ -66,7 +66,9 @@ from ._common import (
     checkable_item,
     checked_layers,
     connect_layer_events,
+    decision_legend,
     drop_layer,
+    fill_decision_legend,
     fill_layer_combo,
     layer_index,
     make_compact,
@@ -460,6 +462,8 @@ class FocalStackWidget(WorkerControls, QWidget):
         layout.addWidget(self.alignment_label)
         self.status = text_label()
         layout.addWidget(self.status)
+        self.legend = decision_legend()
+        layout.addWidget(self.legend)
         layout.addStretch(1)
 
         self._connect_controls()
@@ -555,6 +559,11 @@ class FocalStackWidget(WorkerControls, QWidget):
             "translation: phase correlation between neighbouring slices.\n"
             "similarity: scale + translation, for macro stacks whose magnification changes with focus."
         )
+        self.paint_from_view = QCheckBox("paint from the viewed slice")
+        self.paint_from_view.setToolTip(
+            "Retouching: the brush of the 'decision' layer takes the slice shown by the viewer's slider\n"
+            "over the input stack (label = slice + 1), so you paint with the slice you are looking at."
+        )
         self.crop = QCheckBox("crop to the region every slice covers")
         self.refine = QComboBox()
         self.refine.addItems(list(REFINE))
@@ -578,6 +587,7 @@ class FocalStackWidget(WorkerControls, QWidget):
         oform.addRow("align", self.align)
         oform.addRow(self.crop)
         oform.addRow("refine", self.refine)
+        oform.addRow(self.paint_from_view)
         oform.addRow(hrow)
         oform.addRow("retouch blend", self.blend)
         return box
@@ -603,6 +613,8 @@ class FocalStackWidget(WorkerControls, QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.recompose_button.clicked.connect(self.recompose)
+        self.viewer.dims.events.current_step.connect(self._follow_viewed_slice)
+        self.paint_from_view.toggled.connect(self._follow_viewed_slice)
 
     # ---------------------------------------------------------------- inputs
     def refresh_layers(self, *_args) -> None:
@@ -669,6 +681,30 @@ class FocalStackWidget(WorkerControls, QWidget):
         self.channel_axis.setEnabled(mode == CHANNELS_AXIS)
         self.reference_channel.setEnabled(mode == CHANNELS_AXIS)
         self.channel_list.setEnabled(mode == CHANNELS_LAYERS)
+
+    def viewed_slice(self) -> int | None:
+        """The slice of the input stack the viewer shows now (None without a stack layer)."""
+        layer = self.stack_layer.currentData()
+        if layer is None:
+            return None
+        point = viewer_data_point(self.viewer, layer)
+        axis = self.stack_axis.value()
+        if point is None or not 0 <= axis < len(point):
+            return None
+        n = layer.data.shape[axis]
+        return int(min(max(round(float(point[axis])), 0), n - 1))
+
+    def _follow_viewed_slice(self, *_args) -> None:
+        """With "paint from the viewed slice": the decision brush label = viewed slice + 1."""
+        dec = self.output_layers.get("decision")
+        if not self.paint_from_view.isChecked() or dec is None or dec not in self.viewer.layers:
+            return
+        k = self.viewed_slice()
+        if k is not None and k + 1 <= int(np.max(dec.features["index"])):
+            dec.selected_label = k + 1
+
+    def _fill_legend(self, z: np.ndarray, unit: str | None) -> None:
+        fill_decision_legend(self.legend, _layers.slice_colours(len(z)), z, unit)
 
     def _on_method(self, *_args) -> None:
         name = self.method.currentData()
@@ -810,12 +846,10 @@ class FocalStackWidget(WorkerControls, QWidget):
                 "slice": np.arange(job.n),
                 "z": np.asarray(job.z_positions if result is None else result.z_positions, dtype=np.float64),
             }
-            self._put(
-                "decision",
-                labels_to_napari(labels),
-                {"name": "decision", "features": features, "metadata": meta, "opacity": _layers.MAP_OPACITY, **geo},
-                "labels",
-            )
+            dec_kw = {"name": "decision", "features": features, "metadata": meta, "opacity": _layers.MAP_OPACITY}
+            dec_kw["colormap"] = _layers.slice_colormap(job.n)
+            self._put("decision", labels_to_napari(labels), {**dec_kw, **geo}, "labels")
+            self._fill_legend(features["z"], job.z_unit)
         want_height = height is not None and self.make_height.isChecked()
         if want_height:
             hmeta = dict(meta)

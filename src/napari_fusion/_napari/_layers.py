@@ -280,7 +280,14 @@ def output_layer_data(
             "slice": np.arange(job.n),
             "z": np.asarray(job.z_positions, dtype=np.float64),
         }
-        dec_kw = {"name": "decision", "features": features, "metadata": meta, "opacity": MAP_OPACITY, **geo}
+        dec_kw = {
+            "name": "decision",
+            "features": features,
+            "metadata": meta,
+            "opacity": MAP_OPACITY,
+            "colormap": slice_colormap(job.n),
+            **geo,
+        }
         out["decision"] = (dec, dec_kw, "labels")
     if result.depth is not None:
         depth = (
@@ -302,6 +309,26 @@ def output_layer_data(
             depth_kw["contrast_limits"] = (zmin, zmax)
         out["depth"] = (depth, depth_kw, "image")
     return out
+
+
+def slice_colours(n: int) -> np.ndarray:
+    """``(n, 4)`` RGBA colours of slices 0..n-1: viridis sampled in slice order (neighbours look alike)."""
+    from napari.utils.colormaps import ensure_colormap
+
+    return np.asarray(ensure_colormap("viridis").map(np.linspace(0.0, 1.0, max(n, 1))[:n]), dtype=np.float32)
+
+
+def slice_colormap(n: int):
+    """Labels colormap of a decision layer: label k + 1 (slice k) gets colour k of :func:`slice_colours`; 0 none.
+
+    Random label colours are unreadable for 40 slices; a sequential map shows
+    the decision as a coarse depth map and makes a painted slice easy to find.
+    """
+    from napari.utils.colormaps import DirectLabelColormap
+
+    clear = (0.0, 0.0, 0.0, 0.0)
+    colours = {k + 1: tuple(float(v) for v in c) for k, c in enumerate(slice_colours(n))}
+    return DirectLabelColormap(color_dict={None: clear, 0: clear, **colours})
 
 
 def _compatible(layer, data: np.ndarray, kwargs: dict[str, Any], layer_type: str) -> bool:
