@@ -423,3 +423,39 @@ def test_slice_ordered_colours_legend_and_paint_from_the_viewed_slice(qtbot, vie
     widget.paint_from_view.setChecked(False)
     viewer.dims.set_current_step(0, 2)
     assert dec.selected_label == 2  # off: the brush stays where the user put it
+
+
+def test_retouch_redoes_only_the_painted_box_and_live_recompose_keeps_undo(qtbot, viewer, grey_stack):
+    """With the default (soft) method, a stroke changes the fused image only near the stroke;
+    live recompose runs after the stroke by itself and leaves napari's undo working."""
+    from napari_fusion._napari._focal import FocalStackWidget
+
+    w = FocalStackWidget(viewer)
+    qtbot.addWidget(w)
+    layer = viewer.add_image(grey_stack, name="stack")
+    w.set_stack_layer(layer)
+    assert run_and_wait(qtbot, w) == "done", w.status.text()
+    dec = w.output_layers["decision"]
+    before = np.array(w.output_layers["fused"].data, copy=True)
+    painted = np.array(dec.data, copy=True)
+    target = 1 if int(np.median(painted[40:50, 60:70])) != 1 else 2
+    painted[40:50, 60:70] = target
+    dec.data = painted
+    assert w.recompose(), w.status.text()
+    after = np.asarray(w.output_layers["fused"].data)
+    diff = after != before
+    assert diff[40:50, 60:70].any()
+    reach = 4 * 2**4  # pyramid blending (the default's): box grown by 64 px
+    far = np.ones_like(diff)
+    far[max(0, 40 - reach) : 50 + reach, max(0, 60 - reach) : 70 + reach] = False
+    assert not diff[far].any()  # unpainted pixels outside the box keep the soft result
+    # live: one paint stroke, no button press; undo still restores the labels
+    w.live_recompose.setChecked(True)
+    dec.selected_label = target
+    labels_before_stroke = np.array(dec.data, copy=True)
+    status_before = w.status.text()
+    dec.paint((20, 20), target, refresh=True)
+    qtbot.waitUntil(lambda: w.status.text() != status_before and w.status.text().startswith("recomposed"), timeout=5000)
+    assert w.output_layers["decision"] is dec
+    dec.undo()
+    np.testing.assert_array_equal(dec.data, labels_before_stroke)

@@ -28,6 +28,8 @@ Input layers are never modified.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -50,6 +52,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from scipy import ndimage
 
 from .._defaults import DEFAULT_METHOD
 from ..errors import FusionCancelled, FusionError, FusionInputError
@@ -79,6 +82,8 @@ from ._common import (
 )
 from ._params import ParamPanel
 
+#: Quiet time (ms) after the last paint event before a live recompose runs (a drag sends many).
+LIVE_DELAY_MS = 150
 CHANNELS_NONE = "none (grey or RGB)"
 CHANNELS_AXIS = "channel axis of the layer"
 CHANNELS_LAYERS = "separate channel layers"
@@ -338,13 +343,49 @@ def retouch_blend(result: FocalStackResult, choice: str) -> dict[str, Any]:
     return {"blend": choice}
 
 
+#: Pyramid depth of a retouch with pyramid blending (levels are local, so a painted box can be redone alone).
+RETOUCH_PYRAMID_LEVELS = 4
+
+
+def _retouch_reach(blend: dict[str, Any]) -> tuple[float, int]:
+    """``(feather sigma, margin)`` of a retouch: how far a painted pixel's recomposition reaches."""
+    kind = blend.get("blend", "none")
+    if kind == "gaussian":
+        sigma = float(blend.get("sigma", 2.0))
+        return sigma, int(math.ceil(3 * sigma)) + 1
+    if kind == "pyramid":
+        return 4.0, 4 * 2**RETOUCH_PYRAMID_LEVELS
+    return 0.0, 0
+
+
+def changed_box(changed: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
+    """Bounding box ``(y0, y1, x0, x1)`` of the True pixels grown by ``margin``, or None."""
+    rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+    if rows.size == 0:
+        return None
+    h, w = changed.shape
+    return (
+        max(0, rows[0] - margin),
+        min(h, rows[-1] + 1 + margin),
+        max(0, cols[0] - margin),
+        min(w, cols[-1] + 1 + margin),
+    )
+
+
 def retouched(
     job: FocalJob, result: FocalStackResult, napari_labels: np.ndarray, *, blend: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``(fused, labels 0-based, height)`` recomposed from edited napari Labels data.
+    """``(fused, labels 0-based, height)`` after the user's edits of the napari Labels data.
 
-    No focus measure is computed: pixels whose slice changed take that slice's
-    z position (the user's choice), the others keep their refined height.
+    Only what the edit touches is recomputed: the bounding box of the pixels
+    whose slice changed, grown by the blend's reach, is recomposed from those
+    slices (``blend``; pyramids with :data:`RETOUCH_PYRAMID_LEVELS` levels) and
+    faded into the previous fused image with a weight that is 1 on the changed
+    pixels and falls off over the blend's sigma (0 with ``blend="none"``, so
+    exactly the painted pixels change). Everything else, including the soft
+    blending of a method like ``focus_pyramid``, is kept. No focus measure is
+    computed: changed pixels take their new slice's z position, the others
+    keep their height.
     """
     if result.labels is None:
         raise FusionInputError(f"method {result.method!r} makes no decision to retouch")
@@ -356,10 +397,29 @@ def retouched(
             f"labels go up to {int(data.max())} but the stack has {job.n} slices (label = slice index + 1)"
         )
     labels = labels_from_napari(data, previous=result.labels)
-    fused = recompose(job_slices(job, result), labels, **blend)
+    changed = labels != result.labels.astype(np.int64)
+    sigma, margin = _retouch_reach(blend)
+    box = changed_box(changed, margin)
+    fused = np.array(result.fused, copy=True)
+    if box is not None:
+        y0, y1, x0, x1 = box
+        crops = [load(s[y0:y1, x0:x1]) for s in job_slices(job, result)]
+        kw = dict(blend, levels=RETOUCH_PYRAMID_LEVELS) if blend.get("blend") == "pyramid" else dict(blend)
+        redone = recompose(crops, labels[y0:y1, x0:x1], **kw).astype(np.float64)
+        mask = changed[y0:y1, x0:x1]
+        weight = mask.astype(np.float64)
+        if sigma > 0:
+            weight = np.maximum(weight, np.clip(2.0 * ndimage.gaussian_filter(weight, sigma), 0.0, 1.0))
+        if fused.ndim == 3:
+            weight = weight[..., None]
+        old = fused[y0:y1, x0:x1].astype(np.float64)
+        mixed = old + weight * (redone - old)
+        if np.issubdtype(fused.dtype, np.integer):
+            info = np.iinfo(fused.dtype)
+            mixed = np.clip(np.rint(mixed), info.min, info.max)
+        fused[y0:y1, x0:x1] = mixed.astype(fused.dtype)
     height = None
     if result.height is not None:
-        changed = labels != result.labels.astype(np.int64)
         z_int = index_to_z(labels.astype(np.float64), result.z_positions).astype(np.float32)
         height = np.where(changed, z_int, result.height).astype(np.float32)
     return fused, labels, height
@@ -590,7 +650,40 @@ class FocalStackWidget(WorkerControls, QWidget):
         oform.addRow(self.paint_from_view)
         oform.addRow(hrow)
         oform.addRow("retouch blend", self.blend)
+        oform.addRow(self._build_live_retouch())
         return box
+
+    def _build_live_retouch(self) -> QCheckBox:
+        """'live recompose': each paint stroke on the decision layer recomposes its box (debounced)."""
+        self.live_recompose = QCheckBox("live recompose after each stroke")
+        self.live_recompose.setToolTip(
+            "Recompose the painted region as soon as a stroke ends (only its bounding box is redone;\n"
+            "napari's undo on the decision layer still works)."
+        )
+        self._live_timer = QTimer(self)
+        self._live_timer.setSingleShot(True)
+        self._live_timer.setInterval(LIVE_DELAY_MS)
+        self._live_timer.timeout.connect(self._live_recompose)
+        self._painted_layer = None
+        return self.live_recompose
+
+    def _watch_paint(self, layer) -> None:
+        """Listen to paint strokes of the current decision layer (once per layer object)."""
+        if layer is self._painted_layer:
+            return
+        if self._painted_layer is not None:
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):  # already gone
+                self._painted_layer.events.paint.disconnect(self._on_paint)
+        layer.events.paint.connect(self._on_paint)
+        self._painted_layer = layer
+
+    def _on_paint(self, *_args) -> None:
+        if self.live_recompose.isChecked():
+            self._live_timer.start()  # restarted by every paint event of a drag: runs once, after it
+
+    def _live_recompose(self) -> None:
+        if self.result is not None and self.worker is None:  # not while a run is going
+            self.recompose()
 
     def _build_run_row(self) -> QHBoxLayout:
         """Run, Cancel and Recompose (enabled once a run has made a decision)."""
@@ -831,7 +924,18 @@ class FocalStackWidget(WorkerControls, QWidget):
             drop_layer(self.viewer, self.output_layers, key)
         return fused_keys
 
-    def _show(self, job: FocalJob, result: FocalStackResult, fused, labels, height, *, limits=None, **extra) -> None:
+    def _show(
+        self,
+        job: FocalJob,
+        result: FocalStackResult,
+        fused,
+        labels,
+        height,
+        *,
+        limits=None,
+        keep_decision=False,
+        **extra,
+    ) -> None:
         ref = job.reference
         geo = output_geometry(job, result)
         record = self._record(job, result, **extra)
@@ -848,7 +952,13 @@ class FocalStackWidget(WorkerControls, QWidget):
             }
             dec_kw = {"name": "decision", "features": features, "metadata": meta, "opacity": _layers.MAP_OPACITY}
             dec_kw["colormap"] = _layers.slice_colormap(job.n)
-            self._put("decision", labels_to_napari(labels), {**dec_kw, **geo}, "labels")
+            new_labels = labels_to_napari(labels)
+            dec = self.output_layers.get("decision")
+            if keep_decision and dec is not None and dec in self.viewer.layers and np.array_equal(dec.data, new_labels):
+                dec.metadata = meta  # the user's painting stays, with its undo history
+            else:
+                dec = self._put("decision", new_labels, {**dec_kw, **geo}, "labels")
+            self._watch_paint(dec)
             self._fill_legend(features["z"], job.z_unit)
         want_height = height is not None and self.make_height.isChecked()
         if want_height:
@@ -942,7 +1052,15 @@ class FocalStackWidget(WorkerControls, QWidget):
             seconds=result.seconds,
         )
         self.result = new
-        self._show(job, new, fused, new.labels, height, retouched={"pixels_changed": changed, "blend": blend})
+        self._show(
+            job,
+            new,
+            fused,
+            new.labels,
+            height,
+            keep_decision=True,
+            retouched={"pixels_changed": changed, "blend": blend},
+        )
         self.status.setText(
             f"recomposed ({blend['blend']}) in {time.perf_counter() - start:.2f} s: "
             f"{changed} pixels now come from another slice"
