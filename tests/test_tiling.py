@@ -381,3 +381,31 @@ def test_real_rgb_pcb_stack_tiled_equals_untiled(dataset):
     folder = dataset("focalstack/pcb/pcb")
     images = np.stack([a[700:956, 500:756] for a in read_stack(folder)])  # 7 x 256x256 RGB uint8
     _compare(images, "focus_measure", 100, tol=1)
+
+
+def test_outputs_computed_separately_fuse_each_tile_once(device):
+    """napari computes the fused, decision and depth layers one by one: the tile cache makes
+    that one fusion per tile, and never serves one fusion's tiles to another."""
+    images = _stack(2, 3, 64, 64)
+    calls = []
+    spec = get_method("focus_measure")
+
+    def counting(stack, *, ctx, **p):
+        calls.append(1)
+        return spec.run(stack, ctx=ctx, **p)
+
+    probe = dataclasses.replace(spec, run=counting)
+    lazy = tiling.fuse_lazy(images, probe, device=device, chunks=32)
+    n = lazy.grid.n_tiles
+    assert n == 4
+    fused = lazy.fused.compute(scheduler="synchronous")
+    labels = lazy.labels.compute(scheduler="threads")
+    depth = lazy.depth.compute(scheduler="synchronous")
+    assert len(calls) == n
+    ref = nf.fuse(images, "focus_measure", device=device)
+    np.testing.assert_allclose(fused, ref.fused, atol=1e-5)
+    np.testing.assert_array_equal(labels, ref.labels)
+    np.testing.assert_array_equal(depth, ref.depth)
+    again = tiling.fuse_lazy(images, probe, device=device, chunks=32)
+    again.fused.compute(scheduler="synchronous")
+    assert len(calls) == 2 * n  # a new fusion of the same data is fused again

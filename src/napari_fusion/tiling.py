@@ -46,6 +46,9 @@ import itertools
 import logging
 import math
 import operator
+import threading
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -270,6 +273,8 @@ class TileJob:
     device: str
     want_labels: bool
     want_depth: bool
+    #: Unique per lazy result: the key of its tiles in :data:`TILE_CACHE` (never shared between fusions).
+    run_id: str = ""
 
     def __call__(self, block: np.ndarray, block_box: tuple, core: tuple) -> dict[str, np.ndarray]:
         """Fuse ``block`` (the stack over ``block_box``) and return the outputs over ``core``.
@@ -356,8 +361,61 @@ def _assemble_block(shape, dtype, pieces, *chunks) -> np.ndarray:
     return out
 
 
-def _run_tile_task(job: TileJob, block_box, core, shape, dtype, pieces, *chunks):
-    return job(_assemble_block(shape, dtype, pieces, *chunks), block_box, core)
+#: Bytes of finished tiles kept per process, so the outputs of one fusion computed separately
+#: (napari's fused, decision and depth layers each ask for their own tiles) fuse each tile once.
+TILE_CACHE_BYTES = 256 * 2**20
+
+
+class _TileCache:
+    """A small thread-safe LRU of tile results keyed by ``(key prefix, run id, core box)``.
+
+    The run id is unique per lazy result (:class:`TileJob`), so a hit is the
+    same tile of the same fusion, asked for again by another of its outputs.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.computed = 0  # tiles fused (not served from the cache), for tests and benchmarks
+
+    def get(self, key: tuple) -> dict[str, np.ndarray] | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
+
+    def put(self, key: tuple, planes: dict[str, np.ndarray]) -> None:
+        size = sum(int(np.asarray(v).nbytes) for v in planes.values())
+        with self._lock:
+            self.computed += 1
+            if size > self.max_bytes or key in self._items:
+                return
+            self._items[key] = planes
+            self._bytes += size
+            while self._bytes > self.max_bytes and self._items:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= sum(int(np.asarray(v).nbytes) for v in old.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+TILE_CACHE = _TileCache(TILE_CACHE_BYTES)
+
+
+def _run_tile_task(job: TileJob, prefix: str, block_box, core, shape, dtype, pieces, *chunks):
+    key = (prefix, job.run_id, tuple(core))
+    hit = TILE_CACHE.get(key)
+    if hit is not None:
+        return hit
+    planes = job(_assemble_block(shape, dtype, pieces, *chunks), block_box, core)
+    TILE_CACHE.put(key, planes)
+    return planes
 
 
 def _tile_graph(stack, grid: TileGrid, job: TileJob, prefix: str) -> _TileGraph:
@@ -388,7 +446,7 @@ def _tile_graph(stack, grid: TileGrid, job: TileJob, prefix: str) -> _TileGraph:
             deps.append((stack.name,) + tuple(k for k, _, _, _ in combo))
         shape = tuple(hi - lo for lo, hi in want)
         key = (prefix, *t.index)
-        layer[key] = (_run_tile_task, job, t.block, t.core, shape, stack.dtype, pieces, *deps)
+        layer[key] = (_run_tile_task, job, prefix, t.block, t.core, shape, stack.dtype, pieces, *deps)
         keys.append(key)
     hlg = HighLevelGraph.from_collections(prefix, layer, dependencies=[stack])
     return _TileGraph(hlg, keys)
@@ -604,6 +662,7 @@ def fuse_lazy(
         device=device_name,
         want_labels=want_labels,
         want_depth=want_labels and "depth" in spec.outputs,
+        run_id=uuid.uuid4().hex,
     )
     prefix = _key_prefix(stack, job, grid.tile)
     outputs = _lazy_outputs(_tile_graph(stack, grid, job, prefix), grid, job, prefix)
