@@ -199,13 +199,13 @@ def scale_stack(items: Any, *, colour: bool, offset: float, scale: float) -> np.
     """Stack images (a list, or an ``(N, H, W[, 3])`` array) into scaled float32 ``(N, C, H, W)``.
 
     The output is allocated once and each image is converted, moved to
-    channels-first and scaled straight into its place (two threads; numpy
-    releases the GIL), with no intermediate copies of the whole stack. Values
+    channels-first and scaled straight into its place (two threads for numpy
+    inputs, which release the GIL; lazy inputs one at a time), with no
+    intermediate copies of the whole stack. Values
     are those of ``(float32(image) - float32(offset)) / float32(scale)``.
     """
     items = list(items)
-    first = np.asarray(items[0])
-    n, (h, w) = len(items), first.shape[:2]
+    n, (h, w) = len(items), tuple(items[0].shape[:2])
     out = np.empty((n, 3 if colour else 1, h, w), dtype=np.float32)
     off, sc = np.float32(offset), np.float32(scale)
 
@@ -219,7 +219,10 @@ def scale_stack(items: Any, *, colour: bool, offset: float, scale: float) -> np.
         else:
             dst[...] = src
 
-    if n > 1 and h * w >= 256 * 256:
+    # threads only for in-memory arrays: concurrent computes of dask arrays race in dask's callbacks
+    # (napari's dask cache), which raised KeyError on a graph key in the widget tests
+    in_memory = all(isinstance(it, np.ndarray) for it in items)
+    if in_memory and n > 1 and h * w >= 256 * 256:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=2) as pool:

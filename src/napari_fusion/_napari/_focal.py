@@ -321,6 +321,22 @@ class _AlignedSlices:
         return a
 
 
+class _CroppedSlices:
+    """The ``(y0, y1, x0, x1)`` box of each slice, cut on access (nothing is read before it is used)."""
+
+    def __init__(self, items: Sequence[Any], box: tuple[int, int, int, int]):
+        self.items, self.box = items, box
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> Any:
+        y0, y1, x0, x1 = self.box
+        # a numpy slice gives a view and a dask slice stays lazy (read when recompose loads it);
+        # an aligned slice is warped here
+        return self.items[k][y0:y1, x0:x1]
+
+
 def job_slices(job: FocalJob, result: FocalStackResult | None = None) -> Sequence[Any]:
     """The job's slices as fused: channels last, aligned and cropped like ``result`` (read on access)."""
     items = slices(job.images, stack_axis=job.stack_axis, channel_axis=job.channel_axis)
@@ -403,7 +419,7 @@ def retouched(
     fused = np.array(result.fused, copy=True)
     if box is not None:
         y0, y1, x0, x1 = box
-        crops = [load(s[y0:y1, x0:x1]) for s in job_slices(job, result)]
+        crops = _CroppedSlices(job_slices(job, result), box)
         kw = dict(blend, levels=RETOUCH_PYRAMID_LEVELS) if blend.get("blend") == "pyramid" else dict(blend)
         redone = recompose(crops, labels[y0:y1, x0:x1], **kw).astype(np.float64)
         mask = changed[y0:y1, x0:x1]

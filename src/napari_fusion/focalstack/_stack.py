@@ -58,9 +58,21 @@ def slices(images: Any, *, stack_axis: int = 0, channel_axis: int | None = None)
 
 
 def load(a: Any) -> np.ndarray:
-    """A numpy array from a slice (computes a dask slice)."""
+    """A numpy array from a slice (computes a dask slice, without dask's global callbacks).
+
+    ``callbacks=()`` keeps this compute out of dask's process-wide callbacks:
+    napari registers its chunk cache there while it slices a layer on the GUI
+    thread, and a compute in a worker thread that picked it up shared the
+    cache's bookkeeping with napari's and failed with a ``KeyError`` on a graph
+    key (seen in the Focal stack widget on a lazy stack). With a
+    dask.distributed client, whose ``compute`` takes no ``callbacks``, the
+    plain call is used.
+    """
     if hasattr(a, "compute") and not isinstance(a, np.ndarray):
-        return np.asarray(a.compute())
+        try:
+            return np.asarray(a.compute(callbacks=()))
+        except TypeError:
+            return np.asarray(a.compute())
     return np.asarray(a)
 
 
