@@ -22,7 +22,7 @@ import numpy as np
 
 from napari_fusion.focalstack import fuse_focal_stack
 from napari_fusion.focalstack.quality import boundary_gradient_excess
-from napari_fusion.io import read_stack
+from napari_fusion.io import read_stack, write_image
 
 RUNS = (("before: focus_measure", "focus_measure", {}), ("after: focus_pyramid", "focus_pyramid", {}))
 Z_STEP = 0.3
@@ -70,14 +70,13 @@ def main(argv: list[str] | None = None) -> None:
             lo, hi = np.percentile(fused, [0.5, 99.8])
         tops.append(np.clip((fused - lo) / (hi - lo), 0, 1))
         bottoms.append(np.clip(res.height / (Z_STEP * (n - 1)), 0, 1))
-    import imageio.v3 as iio
-
     gap = np.ones((tops[0].shape[0] * 3, 6, 3))
     row1 = np.concatenate([np.concatenate([_zoom(np.repeat(t[..., None], 3, -1)), gap], 1) for t in tops], 1)
     row2 = np.concatenate([np.concatenate([_zoom(_colour(b)), gap], 1) for b in bottoms], 1)
     sheet = np.concatenate([row1, np.ones((6, row1.shape[1], 3)), row2], 0)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(args.out, (sheet * 255).round().astype(np.uint8))
+    # atomic, and refused if --out names one of the stack's files
+    write_image(args.out, (sheet * 255).round().astype(np.uint8), overwrite=True)
     print(f"wrote {args.out}")
 
 

@@ -402,6 +402,8 @@ def memory_table() -> list[tuple]:
     from napari_fusion.memory import estimate_peak_bytes, measure_peak_rss
 
     shapes = [
+        (4, 1024, 1024, 1, "uint16", "focus_pyramid"),
+        (8, 768, 768, 3, "uint8", "focus_pyramid"),
         (4, 1024, 1024, 1, "uint16", "focus_measure"),
         (8, 768, 768, 3, "uint8", "focus_measure"),
         (6, 1536, 1536, 1, "uint16", "gff"),

@@ -155,3 +155,40 @@ def test_conv2d_same_identity(img):
     k = torch.zeros(3, 3)
     k[1, 1] = 1
     np.testing.assert_allclose(conv2d_same(torch.from_numpy(img), k).numpy(), img)
+
+
+@pytest.mark.parametrize("sigma", [0.7, 3.0])
+def test_shifted_sum_filters_equal_the_conv2d_path(img, sigma):
+    """The CPU shifted-sum path gives conv2d's values (conv2d still serves GPUs and autograd)."""
+    from napari_fusion.ops.filters import gaussian_filter, laplacian
+
+    x = torch.as_tensor(img, dtype=torch.float32)[None].repeat(2, 1, 1)
+    ref = x.clone().requires_grad_(True)  # autograd inputs take the conv2d path
+    np.testing.assert_allclose(gaussian_filter(x, sigma), gaussian_filter(ref, sigma).detach(), atol=1e-6)
+    np.testing.assert_allclose(laplacian(x), laplacian(ref).detach(), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (5, 7), (33, 18), (64, 65)])
+def test_polyphase_reduce_and_expand_equal_the_definitions(shape):
+    """Burt's reduce (blur then decimate) and normalised expand, computed directly."""
+    from napari_fusion.ops import pyramids as P
+
+    x = torch.rand(2, 3, *shape, generator=torch.Generator().manual_seed(0))
+    small = P._reduce_reference(x)
+    np.testing.assert_allclose(P._reduce(x), small, atol=1e-6)
+    np.testing.assert_allclose(P._expand(small, shape), P._expand_reference(small, shape), atol=1e-6)
+
+
+def test_blend_in_pyramid_selects_one_hot_and_averages_uniform_weights():
+    from napari_fusion.ops.pyramids import blend_in_pyramid
+
+    stack = torch.rand(3, 2, 40, 48, generator=torch.Generator().manual_seed(1))
+    for levels in (1, 3):
+        onehot = torch.zeros(3, 40, 48)
+        onehot[1] = 1.0
+        np.testing.assert_allclose(blend_in_pyramid(stack, onehot, levels), stack[1], atol=1e-5)
+        uniform = torch.full((3, 40, 48), 1 / 3)
+        np.testing.assert_allclose(blend_in_pyramid(stack, uniform, levels), stack.mean(0), atol=1e-5)
+    seen = []
+    blend_in_pyramid(stack, uniform, 2, progress=seen.append)
+    assert seen == [0, 1, 2]

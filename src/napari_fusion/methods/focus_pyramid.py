@@ -58,7 +58,7 @@ import torch
 
 from ..ops.colour import luminance
 from ..ops.filters import gaussian_filter, laplacian
-from ..ops.pyramids import iter_gaussian_levels, iter_laplacian_levels, reconstruct_laplacian_pyramid
+from ..ops.pyramids import blend_in_pyramid
 from ..registry import FusionContext, MethodOutput, Param, register_method
 
 #: Offset added before the square root (intensities scaled to [0, 1]).
@@ -182,17 +182,8 @@ def fuse_focus_pyramid(
             weights[k] = gaussian_filter(weights[k], feather)
     index = torch.einsum("khw,k->hw", weights, torch.arange(n, device=stack.device, dtype=weights.dtype))
     nlev = max(1, min(int(levels), _max_levels(h, w)))
-    acc: list[torch.Tensor] = []
-    for k in range(n):
-        bands = iter_laplacian_levels(stack[k].unsqueeze(0), nlev)
-        wpyr = iter_gaussian_levels(weights[k].view(1, 1, h, w), nlev)
-        for i, (band, wl) in enumerate(zip(bands, wpyr)):
-            if k == 0:
-                acc.append(band * wl)
-            else:
-                acc[i].addcmul_(band, wl)
-        ctx.report(n + k + 1, 2 * n + 1, f"pyramid blend, slice {k + 1}/{n}")
-    fused = reconstruct_laplacian_pyramid(acc)[0].clamp_(0.0, 1.0)
+    report = lambda k: ctx.report(n + k + 1, 2 * n + 1, f"pyramid blend, slice {k + 1}/{n}")  # noqa: E731
+    fused = blend_in_pyramid(stack, weights, nlev, progress=report).clamp_(0.0, 1.0)
     ctx.report(1, 1, "focus pyramid done")
     return MethodOutput(fused=fused, labels=labels, extras={"index": index, "confidence": confidence})
 

@@ -25,12 +25,7 @@ import torch
 
 from ..ops.blend import luminance_stack, normalise_weights_
 from ..ops.filters import laplacian
-from ..ops.pyramids import (
-    iter_gaussian_levels,
-    iter_laplacian_levels,
-    pyramid_levels,
-    reconstruct_laplacian_pyramid,
-)
+from ..ops.pyramids import blend_in_pyramid, pyramid_levels
 from ..registry import FusionContext, MethodOutput, Param, register_method
 
 
@@ -91,19 +86,8 @@ def fuse_mertens(
         ctx.report(k + 1, 2 * n + 1, f"weights of slice {k + 1}/{n}")
     normalise_weights_(weights)
     nlev = levels or pyramid_levels(h, w)
-    fused_pyr: list[torch.Tensor] = []  # (C, h, w) running sums over slices of weighted Laplacian levels
-    for k in range(n):
-        wpyr = list(iter_gaussian_levels(weights[k], nlev))
-        for ch in range(c):
-            for level, band in enumerate(iter_laplacian_levels(stack[k, ch], nlev)):
-                if k == 0 and ch == 0:
-                    fused_pyr.append(torch.zeros((c, *band.shape), dtype=band.dtype, device=band.device))
-                fused_pyr[level][ch].addcmul_(band, wpyr[level])
-        del wpyr
-        ctx.report(n + k + 1, 2 * n + 1, f"pyramids of slice {k + 1}/{n}")
-    fused = torch.empty((c, h, w), dtype=stack.dtype, device=stack.device)
-    for ch in range(c):  # one channel at a time: the collapse's buffers are single planes
-        fused[ch] = reconstruct_laplacian_pyramid([level[ch] for level in fused_pyr])
-    del fused_pyr
+    fused = blend_in_pyramid(
+        stack, weights, nlev, progress=lambda k: ctx.report(n + k + 1, 2 * n + 1, f"pyramids of slice {k + 1}/{n}")
+    )
     ctx.report(1, 1, "collapsed")
     return MethodOutput(fused=fused, labels=weights.argmax(0), weights=weights)

@@ -8,7 +8,8 @@ darkening; reconstruction is exact by construction for any size.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -149,6 +150,40 @@ def reconstruct_laplacian_pyramid(pyr: list[torch.Tensor]) -> torch.Tensor:
     for band in reversed(pyr[:-1]):
         x = band + _expand(x, band.shape[-2:])
     return x
+
+
+def blend_in_pyramid(
+    stack: torch.Tensor,
+    weights: torch.Tensor,
+    levels: int,
+    *,
+    progress: Callable[[int], Any] | None = None,
+) -> torch.Tensor:
+    """``(C, H, W)``: the slices of ``stack`` ``(N, C, H, W)`` blended by ``weights`` ``(N, H, W)`` in a pyramid.
+
+    Each slice's Laplacian pyramid is weighted by the Gaussian pyramid of its
+    weight map and summed over slices, then collapsed: the multiresolution
+    spline of Burt & Adelson (1983), as used by Mertens et al.'s exposure
+    fusion. Streams one slice, one channel and one level at a time, so memory
+    is the fused pyramid plus a few planes. Weights are used as given (normalise
+    them first if they should sum to 1). ``progress(k)`` is called after slice ``k``.
+    """
+    n, c, h, w = stack.shape
+    fused_pyr: list[torch.Tensor] = []  # (C, h, w) running sums over slices of weighted Laplacian levels
+    for k in range(n):
+        wpyr = list(iter_gaussian_levels(weights[k], levels))
+        for ch in range(c):
+            for level, band in enumerate(iter_laplacian_levels(stack[k, ch], levels)):
+                if k == 0 and ch == 0:
+                    fused_pyr.append(torch.zeros((c, *band.shape), dtype=band.dtype, device=band.device))
+                fused_pyr[level][ch].addcmul_(band, wpyr[level])
+        del wpyr
+        if progress is not None:
+            progress(k)
+    fused = torch.empty((c, h, w), dtype=stack.dtype, device=stack.device)
+    for ch in range(c):  # one channel at a time: the collapse's buffers are single planes
+        fused[ch] = reconstruct_laplacian_pyramid([level[ch] for level in fused_pyr])
+    return fused
 
 
 def downsample_like(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
