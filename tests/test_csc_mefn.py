@@ -57,13 +57,22 @@ def test_fuse_exposures_rgb_and_grey():
     assert torch.allclose(back, same[:, 0], atol=1e-5)
 
 
-def test_strips_equal_one_pass():
+def test_tiles_equal_one_pass_and_report_each_tile():
     torch.manual_seed(1)
     net = CSCMEFN(6, 3).eval()
     y = torch.rand(53, 21)
     whole = net.logits(y.view(1, 1, 53, 21))[0, 0]
-    for rows in (1, 4, 10, 30):
-        assert torch.allclose(luma_logits(net, y, rows=rows), whole, atol=1e-5), rows
+    for tile in (1, 4, 10, 30):
+        reports = []
+        got = luma_logits(net, y, tile=tile, report=lambda d, t: reports.append((d, t)))
+        assert torch.allclose(got, whole, atol=1e-5), tile
+        count = -(-53 // tile) * -(-21 // tile)
+        assert reports == [(k, count) for k in range(1, count + 1)]
+    # a halo below the receptive radius changes the result (the control)
+    from napari_fusion.ops.tiles import map_tiles
+
+    (short,) = map_tiles(lambda b: net.logits(b[None, None])[0, 0], y, halo=net.receptive_radius - 1, tile=10)
+    assert not torch.allclose(short, whole, atol=1e-5)
 
 
 def test_percentile_stretch():

@@ -29,6 +29,7 @@ their sha256.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ import torch
 from ..errors import FusionInputError, WeightsUnavailableError
 from ..nets.csc_mefn import CSCMEFN, chroma_weights, postprocess
 from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
+from ..ops.tiles import map_tiles
 from ..registry import FusionContext, MethodOutput, Param, register_method
 from ..weights import LoadedWeights, how_to_train, load_shipped, shipped_path
 
@@ -46,7 +48,7 @@ CITATION = (
 )
 
 WEIGHTS_NAME = "csc_mefn"
-STRIP_ROWS = 256  # rows of luma pushed through the network at once (bounds memory)
+NET_TILE = 256  # tile side of the network pass (bounds memory, keeps the working set in cache)
 _FALLBACK_HALO = 16
 
 
@@ -89,25 +91,23 @@ def _halo(params: dict) -> int | None:
 
 
 @torch.no_grad()
-def luma_logits(net: CSCMEFN, luma: torch.Tensor, *, rows: int = STRIP_ROWS) -> torch.Tensor:
-    """Logit map ``(H, W)`` of one luma image ``(H, W)``, computed in row strips.
+def luma_logits(
+    net: CSCMEFN, luma: torch.Tensor, *, tile: int | None = None, report: Callable[[int, int], None] | None = None
+) -> torch.Tensor:
+    """Logit map ``(H, W)`` of one luma image ``(H, W)``, computed in tiles.
 
-    Each strip carries the network's receptive radius of extra rows (cut off
-    afterwards), so the result equals a single pass over the whole image.
+    Each tile carries the network's receptive radius of extra pixels (cut off
+    afterwards), so the result equals a single pass over the whole image;
+    ``report(done, total)`` after every tile.
     """
     h, w = luma.shape
-    r = net.receptive_radius
-    if h <= rows + 2 * r:
-        return net.logits(luma.view(1, 1, h, w))[0, 0]
-    out = torch.empty((h, w), dtype=luma.dtype, device=luma.device)
-    for top in range(0, h, rows):
-        bot = min(top + rows, h)
-        a, b = max(0, top - r), min(h, bot + r)
-        strip = luma[a:b]
-        if strip.shape[0] < 2:  # reflection padding needs two rows; widen the strip
-            a = max(0, a - 1)
-            strip = luma[a:b]
-        out[top:bot] = net.logits(strip.reshape(1, 1, -1, w))[0, 0, top - a : top - a + (bot - top)]
+    (out,) = map_tiles(
+        lambda block: net.logits(block[None, None])[0, 0],
+        luma,
+        halo=net.receptive_radius,
+        tile=tile or NET_TILE,
+        report=report,
+    )
     return out
 
 
@@ -163,8 +163,10 @@ def fuse_csc_mefn(
     logits = torch.empty((n, h, w), dtype=torch.float32, device=stack.device)
     steps = n + 2
     for k in range(n):
-        logits[k] = luma_logits(net, ycc[k, 0])
-        ctx.report(k + 1, steps, f"weights, exposure {k + 1}/{n}")
+        message = f"weights, exposure {k + 1}/{n}"
+        logits[k] = luma_logits(
+            net, ycc[k, 0], report=lambda done, count, k=k, m=message: ctx.report(k + done / count, steps, m)
+        )
     wts = torch.softmax(logits, dim=0)
     y = (wts * ycc[:, 0]).sum(0)
     if c == 3:

@@ -56,11 +56,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FusionInputError, WeightsUnavailableError
-from ..nets.vgg19 import LAYER_INDEX, VGG19, layer_stride, load_torchvision_state_dict
+from ..nets.vgg19 import LAYER_INDEX, VGG19, layer_stride, load_torchvision_state_dict, receptive_radius
 from ..ops.blend import normalise_weights
 from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..ops.decomposition import tikhonov_split
 from ..ops.filters import box_filter
+from ..ops.tiles import map_tiles
 from ..registry import FusionContext, MethodOutput, Param, register_method
 from ..weights import VGG19_IMAGENET, LoadedWeights, load_catalogued
 
@@ -215,19 +216,43 @@ def _network(weights: str, device: torch.device) -> VGG19:
     return load_network(weights, device=device)
 
 
+#: tile side of the VGG19 pass (a multiple of the deepest stride used, 8)
+NET_TILE = 256
+
+
 def layer_activities(
-    net: VGG19, details: torch.Tensor, layer_ids: tuple[int, ...], *, ctx: FusionContext | None = None
+    net: VGG19,
+    details: torch.Tensor,
+    layer_ids: tuple[int, ...],
+    *,
+    ctx: FusionContext | None = None,
+    tile: int | None = None,
 ) -> list[torch.Tensor]:
-    """Per-layer ``(N, h_k, w_k)`` l1 activities of ``(N, H, W)`` detail layers."""
+    """Per-layer ``(N, h_k, w_k)`` l1 activities of ``(N, H, W)`` detail layers.
+
+    The network runs in tiles aligned to the deepest stride, each with the
+    deepest layer's receptive radius of real context (the network's zero
+    padding then applies only at the image border, as in a whole-image pass),
+    so the result does not depend on ``tile``; progress after every tile.
+    """
     n = details.shape[0]
-    per_source: list[dict[int, torch.Tensor]] = []
+    ids = tuple(layer_ids)
+    strides = [layer_stride(i) for i in ids]
+    halo = max(receptive_radius(i) for i in ids)
+
+    def activities(block: torch.Tensor) -> list[torch.Tensor]:
+        feats = net.extract(block.to(torch.float32).expand(1, 3, *block.shape[-2:]), ids)
+        return [l1_activity(feats[k][0]) for k in ids]
+
+    per_source = []
     for i in range(n):
-        x = details[i].to(torch.float32).expand(1, 3, *details.shape[-2:])
-        feats = net.extract(x, layer_ids)
-        per_source.append({k: l1_activity(f[0]) for k, f in feats.items()})
-        if ctx is not None:
-            ctx.report(i + 1, n + 1, f"VGG19 features of source {i + 1}/{n}")
-    return [torch.stack([s[k] for s in per_source]) for k in layer_ids]
+
+        def report(done: int, total: int, i: int = i) -> None:
+            if ctx is not None:
+                ctx.report(i + done / total, n + 1, f"VGG19 features of source {i + 1}/{n}")
+
+        per_source.append(map_tiles(activities, details[i], halo=halo, tile=tile or NET_TILE, strides=strides, report=report))
+    return [torch.stack([s[j] for s in per_source]) for j in range(len(ids))]
 
 
 # --------------------------------------------------------------------------- #

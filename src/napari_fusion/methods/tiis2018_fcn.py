@@ -42,6 +42,7 @@ from ..errors import FusionInputError, WeightsUnavailableError
 from ..nets.tiis2018_fcn import TwoStreamFusionNet, receptive_radius
 from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..ops.filters import box_filter
+from ..ops.tiles import map_tiles
 from ..registry import FusionContext, MethodOutput, Param, register_method
 from ..weights import LoadedWeights, how_to_train, load_shipped, shipped_path
 
@@ -114,33 +115,22 @@ def _halo(params: dict) -> int:
 
 @torch.no_grad()
 def run_net_tiled(
-    net: TwoStreamFusionNet, a: torch.Tensor, b: torch.Tensor, *, tile: int = 512, ctx=None
+    net: TwoStreamFusionNet, a: torch.Tensor, b: torch.Tensor, *, tile: int = 256, ctx=None
 ) -> torch.Tensor:
     """Fuse grey planes ``(P, H, W)`` pairwise with the network, in tiles; returns ``(P, H, W)`` in [0, 1].
 
     Each tile is cut with ``net.halo`` pixels of real context on every inner
     side (the network reflect-pads at the image border itself), so the result
-    equals a whole-image pass.
+    equals a whole-image pass; progress is reported after every tile.
     """
-    p, h, w = a.shape
-    r = net.halo
-    out = torch.empty_like(a)
-    ys = list(range(0, h, tile))
-    xs = list(range(0, w, tile))
-    total = len(ys) * len(xs)
-    done = 0
-    for y0 in ys:
-        for x0 in xs:
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            ya, xa = max(0, y0 - r), max(0, x0 - r)
-            yb, xb = min(h, y1 + r), min(w, x1 + r)
-            ta = a[:, ya:yb, xa:xb].unsqueeze(1)
-            tb = b[:, ya:yb, xa:xb].unsqueeze(1)
-            f = net(ta, tb)[:, 0]
-            out[:, y0:y1, x0:x1] = f[:, y0 - ya : y0 - ya + (y1 - y0), x0 - xa : x0 - xa + (x1 - x0)]
-            done += 1
-            if ctx is not None:
-                ctx.report(done, total + 1, f"network, tile {done}/{total}")
+
+    def report(done: int, total: int) -> None:
+        if ctx is not None:
+            ctx.report(done, total + 1, f"network, tile {done}/{total}")
+
+    (out,) = map_tiles(
+        lambda ta, tb: net(ta.unsqueeze(1), tb.unsqueeze(1))[:, 0], (a, b), halo=net.halo, tile=tile, report=report
+    )
     return out.clamp_(0, 1)
 
 
@@ -186,7 +176,7 @@ def decision_from_output(fused_grey: torch.Tensor, grey_a: torch.Tensor, grey_b:
         ),
         Param(
             "tile",
-            512,
+            256,
             int,
             "Tile size for the network (memory bound; results do not depend on it).",
             low=32,

@@ -120,6 +120,10 @@ def pair_errors(
     return e1, e2, per[:b], per[b:]
 
 
+#: the patch grid is coded in at least this many bands (progress and cancel granularity)
+MIN_BANDS = 16
+
+
 def _grid_pad(h: int, patch: int, stride: int) -> int:
     return patch + int(math.ceil((h - patch) / stride)) * stride - h
 
@@ -156,14 +160,15 @@ def cdl_decision(
     eps: float,
     boundary: str,
     vote_size: int = 10,
-    band_patches: int = 32768,
+    band_patches: int = 8192,
     report=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decision map ``M`` (1 = source 1 focused) and averaged patch labels ``m``.
 
     ``g1, g2``: grey ``(H, W)`` images in [0, 1]; ``eps`` the squared-residual
-    threshold of one coupled signal. Patches are processed in bands of about
-    ``band_patches`` grid positions to bound memory.
+    threshold of one coupled signal. Patches are processed in bands of at most
+    ``band_patches`` grid positions (bounding memory), and in at least
+    ``MIN_BANDS`` bands; ``report(done, total)`` after each band.
     """
     n, _ = df.shape
     patch = int(round(math.sqrt(n)))
@@ -180,7 +185,7 @@ def cdl_decision(
     gram = d.t() @ d
     per_pixel = boundary == "paper"
     acc = torch.zeros((4 if per_pixel else 2, hp, wp), dtype=g1.dtype, device=g1.device)
-    rows = max(1, band_patches // nx)
+    rows = max(1, min(band_patches // nx, math.ceil(ny / MIN_BANDS)))  # progress in >= MIN_BANDS steps
     for r0 in range(0, ny, rows):
         r1 = min(ny, r0 + rows)
         y0, y1 = r0 * stride, (r1 - 1) * stride + patch

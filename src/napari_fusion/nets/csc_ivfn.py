@@ -126,6 +126,16 @@ class CSCIVFN(nn.Module):
         self.detail_encoder = CSCEncoder(channels, depth, activation="sst", signal=signal)
         self.decoder = CSCDecoder(channels)
 
+    @property
+    def encode_radius(self) -> int:
+        """Receptive radius of :meth:`encode`: the box split, then two 3x3 convolutions per DCU."""
+        return self.blur // 2 + 2 * len(self.base_encoder.units)
+
+    @property
+    def decode_radius(self) -> int:
+        """Receptive radius of :meth:`decode` (three 3x3 convolutions)."""
+        return 3
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(base codes, detail codes)`` of ``(B, 1, H, W)`` images."""
         base, detail = box_split(x, self.blur)

@@ -54,6 +54,23 @@ def layer_stride(index: int) -> int:
     return 2**pools
 
 
+def receptive_radius(index: int) -> int:
+    """Pixels of input context on each side that the output of ``features[index]`` depends on.
+
+    A 3x3 convolution at input stride ``s`` adds ``s``; a 2x2 max pool at
+    stride ``s`` adds ``s`` (its window reaches one more input row at that
+    stride); ReLUs add nothing.
+    """
+    radius, stride = 0, 1
+    for i in range(index + 1):
+        name = LAYER_NAME[i]
+        if name.startswith(("conv", "pool")):
+            radius += stride
+        if name.startswith("pool"):
+            stride *= 2
+    return radius
+
+
 class VGG19(nn.Module):
     """``features`` of VGG19, optionally truncated and/or narrowed.
 

@@ -1,0 +1,93 @@
+"""Run a local image operator tile by tile, with a halo, inside one method.
+
+Networks and other local operators are evaluated over an image in square
+tiles. Each tile's *block* is the tile grown by ``halo`` pixels of real image
+on every inner side (clipped at the image border, where the operator's own
+border handling applies as in a whole-image pass); only the tile's *core* is
+kept. With ``halo`` at least the operator's receptive radius, the result equals
+a whole-image pass (up to floating-point summation order).
+
+Why: the working set of a tile fits the CPU caches (a 64-channel network on a
+256^2 tile runs 2-3x faster than on a whole 1024^2 image, where every
+element-wise step streams hundreds of MB), memory stays bounded, and the
+caller can report progress and honour cancellation after every tile.
+
+This is the in-method counterpart of :mod:`napari_fusion.tiling`, which tiles
+whole fusions (all steps of a method, with dask) over images larger than memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = ["tile_starts", "map_tiles"]
+
+
+def tile_starts(size: int, tile: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` pixels covering ``size`` pixels."""
+    return list(range(0, size, max(1, int(tile))))
+
+
+def map_tiles(
+    fn: Callable[..., torch.Tensor | Sequence[torch.Tensor]],
+    x: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    halo: int,
+    tile: int = 256,
+    strides: Sequence[int] = (1,),
+    report: Callable[[int, int], None] | None = None,
+    out: Sequence[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """Apply ``fn`` to ``x`` (``(..., H, W)``) tile by tile; returns ``fn``'s outputs, assembled.
+
+    ``x`` may also be a sequence of tensors of the same ``H x W``; ``fn`` then
+    gets their blocks as separate arguments.
+
+    ``fn`` maps a block ``(..., h, w)`` to one tensor or a sequence of tensors
+    ``(..., h // s, w // s)``, one per entry of ``strides`` (``s = 1``: same
+    size; ``s > 1``: a map subsampled by ``s`` with floor rounding, as after
+    ``s``-fold max pooling). Leading dimensions of the outputs may differ from
+    the input's. ``tile`` and ``halo`` are rounded up to a multiple of the
+    largest stride so every block starts on the subsampled grid.
+
+    ``report(done, total)`` is called after every tile (it may raise, e.g.
+    :class:`napari_fusion.FusionCancelled`, to stop). ``out``: tensors to write
+    the outputs into (of the assembled shapes), instead of new ones.
+    """
+    inputs = [x] if isinstance(x, torch.Tensor) else list(x)
+    h, w = inputs[0].shape[-2:]
+    if any(t.shape[-2:] != (h, w) for t in inputs):
+        raise ValueError("all inputs of map_tiles must have the same height and width")
+    align = max(int(s) for s in strides)
+    if align < 1:
+        raise ValueError(f"strides must be positive, got {tuple(strides)}")
+    tile = -(-max(int(tile), 1) // align) * align
+    halo = -(-max(int(halo), 0) // align) * align
+    ys, xs = tile_starts(h, tile), tile_starts(w, tile)
+    total = len(ys) * len(xs)
+    outs: list[torch.Tensor] | None = None if out is None else list(out)
+    done = 0
+    for y0 in ys:
+        for x0 in xs:
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            ya, xa = max(0, y0 - halo), max(0, x0 - halo)
+            yb, xb = min(h, y1 + halo), min(w, x1 + halo)
+            got = fn(*(t[..., ya:yb, xa:xb] for t in inputs))
+            parts = [got] if isinstance(got, torch.Tensor) else list(got)
+            if len(parts) != len(strides):
+                raise ValueError(f"fn returned {len(parts)} outputs for {len(strides)} strides")
+            if outs is None:
+                outs = [p.new_empty((*p.shape[:-2], h // s, w // s)) for p, s in zip(parts, strides)]
+            for out, part, s in zip(outs, parts, strides):
+                r0, c0 = y0 // s, x0 // s
+                r1 = h // s if y1 == h else y1 // s
+                c1 = w // s if x1 == w else x1 // s
+                dy, dx = (y0 - ya) // s, (x0 - xa) // s
+                out[..., r0:r1, c0:c1] = part[..., dy : dy + r1 - r0, dx : dx + c1 - c0]
+            done += 1
+            if report is not None:
+                report(done, total)
+    assert outs is not None
+    return outs

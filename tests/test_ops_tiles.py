@@ -1,0 +1,73 @@
+"""ops.tiles.map_tiles: tiles with a halo equal a whole-image pass; progress and cancel per tile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from napari_fusion.errors import FusionCancelled
+from napari_fusion.ops.tiles import map_tiles
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    # two reflect-padded 3x3 convolutions: receptive radius 2
+    return nn.Sequential(
+        nn.ReflectionPad2d(1), nn.Conv2d(1, 3, 3), nn.ReLU(), nn.ReflectionPad2d(1), nn.Conv2d(3, 2, 3)
+    ).eval()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("tile", [1, 7, 16, 50, 500])
+def test_tiles_equal_whole_image(tile):
+    net = _net()
+    x = torch.rand(2, 1, 45, 38)
+    whole = net(x)
+    pooled = nn.functional.max_pool2d(whole, 2)
+    a, b = map_tiles(
+        lambda t: (net(t), nn.functional.max_pool2d(net(t), 2)), x, halo=2, tile=tile, strides=(1, 2)
+    )
+    assert a.shape == whole.shape and b.shape == pooled.shape
+    torch.testing.assert_close(a, whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(b, pooled, rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
+def test_too_small_halo_differs():
+    net = _net()
+    x = torch.rand(1, 1, 40, 40)
+    (a,) = map_tiles(net, x, halo=1, tile=10)
+    assert (a - net(x)).abs().max() > 1e-3
+
+
+def test_several_inputs_and_out_buffers():
+    x, y = torch.rand(1, 30, 20), torch.rand(1, 30, 20)
+    out = torch.zeros(1, 30, 20)
+    (got,) = map_tiles(lambda a, b: a * b, (x, y), halo=0, tile=8, out=(out,))
+    assert got is out
+    torch.testing.assert_close(out, x * y)
+    with pytest.raises(ValueError, match="same height and width"):
+        map_tiles(lambda a, b: a, (x, y[..., :10]), halo=0)
+
+
+def test_reports_every_tile_and_stops_when_the_report_raises():
+    calls, reports = [], []
+
+    def fn(t):
+        calls.append(t.shape)
+        return t
+
+    x = torch.rand(1, 25, 25)
+    map_tiles(fn, x, halo=3, tile=10, report=lambda d, t: reports.append((d, t)))
+    assert reports == [(k, 9) for k in range(1, 10)] and len(calls) == 9
+
+    calls.clear()
+
+    def cancel(done, total):
+        if done == 2:
+            raise FusionCancelled("stop")
+
+    with pytest.raises(FusionCancelled):
+        map_tiles(fn, x, halo=3, tile=10, report=cancel)
+    assert len(calls) == 2
