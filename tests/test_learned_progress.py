@@ -38,9 +38,9 @@ def small_tiles(monkeypatch):
 def _network_for(name):
     if name != "li2018_vgg19":
         return contextlib.nullcontext()
-    from napari_fusion.nets.vgg19 import VGG19
-
     import torch
+
+    from napari_fusion.nets.vgg19 import VGG19
 
     torch.manual_seed(0)
     return li2018_vgg19.untrained_network_for_tests(VGG19(depth=21, widths=(6, 8, 8, 12, 12)).eval())

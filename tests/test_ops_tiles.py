@@ -25,9 +25,7 @@ def test_tiles_equal_whole_image(tile):
     x = torch.rand(2, 1, 45, 38)
     whole = net(x)
     pooled = nn.functional.max_pool2d(whole, 2)
-    a, b = map_tiles(
-        lambda t: (net(t), nn.functional.max_pool2d(net(t), 2)), x, halo=2, tile=tile, strides=(1, 2)
-    )
+    a, b = map_tiles(lambda t: (net(t), nn.functional.max_pool2d(net(t), 2)), x, halo=2, tile=tile, strides=(1, 2))
     assert a.shape == whole.shape and b.shape == pooled.shape
     torch.testing.assert_close(a, whole, rtol=0, atol=1e-6)
     torch.testing.assert_close(b, pooled, rtol=0, atol=1e-6)

@@ -251,7 +251,9 @@ def layer_activities(
             if ctx is not None:
                 ctx.report(i + done / total, n + 1, f"VGG19 features of source {i + 1}/{n}")
 
-        per_source.append(map_tiles(activities, details[i], halo=halo, tile=tile or NET_TILE, strides=strides, report=report))
+        per_source.append(
+            map_tiles(activities, details[i], halo=halo, tile=tile or NET_TILE, strides=strides, report=report)
+        )
     return [torch.stack([s[j] for s in per_source]) for j in range(len(ids))]
 
 
