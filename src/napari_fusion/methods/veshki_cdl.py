@@ -13,7 +13,7 @@ one sparse code. For fusion, every pair of co-located, mean-removed patches
 OMP over ``D = [Df; Db]`` (columns normalised) twice: as ``[x1; x2]`` and as
 ``[x2; x1]``. If source 1 is the sharp one there, the first order fits the
 coupled model and its reconstruction error ``e1`` is the smaller one: the
-patch votes for source 1 when ``e1 < e2`` (0.5 on ties). Patch votes are
+patch votes for source 1 when ``e1 < e2`` (0.5 on ties: errors within a relative 1e-5). Patch votes are
 averaged over the pixels each patch covers, giving a map ``m`` in [0, 1].
 
 Boundary handling (``boundary``):
@@ -120,6 +120,9 @@ def pair_errors(
     return e1, e2, per[:b], per[b:]
 
 
+#: errors closer than this (relative) are a tie: rounding differences of batched
+#: matrix products (which depend on the batch composition) must not decide a vote
+TIE_TOLERANCE = 1e-5
 #: the patch grid is coded in at least this many bands (progress and cancel granularity)
 MIN_BANDS = 16
 
@@ -195,7 +198,8 @@ def cdl_decision(
         x = x - x.mean(2, keepdim=True)
         out = pair_errors(x[0], x[1], d, max_atoms=max_atoms, eps=eps, per_pixel=per_pixel, gram=gram)
         e1, e2 = out[0], out[1]
-        lab = (e1 < e2).to(g1.dtype) + 0.5 * (e1 == e2).to(g1.dtype)
+        tie = (e1 - e2).abs() <= TIE_TOLERANCE * (e1 + e2) + 1e-12
+        lab = torch.where(tie, 0.5, (e1 < e2).to(g1.dtype)).to(g1.dtype)
         nl = lab.numel()
         parts = [lab.expand(n, nl), torch.ones((n, nl), dtype=g1.dtype, device=g1.device)]
         if per_pixel:
