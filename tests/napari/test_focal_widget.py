@@ -130,7 +130,14 @@ def test_alignment_option_reports_shifts(qtbot, viewer, widget, grey_stack):
     assert widget.output_layers["fused"].metadata["napari_fusion"]["alignment"] is None
 
 
-def _paint_and_recompose(widget, lazy_stack_data, blend="none"):
+def recompose_and_wait(qtbot, widget) -> str:
+    """Press Recompose (it runs in a worker) and wait for it; returns "done"/"error"/"cancelled"."""
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS) as blocker:
+        assert widget.recompose() is not None, widget.status.text()
+    return blocker.args[0]
+
+
+def _paint_and_recompose(qtbot, widget, lazy_stack_data, blend="none"):
     dec = widget.output_layers["decision"]
     old_labels = np.asarray(dec.data).astype(int) - 1
     old_fused = np.array(widget.output_layers["fused"].data, copy=True)
@@ -145,7 +152,7 @@ def _paint_and_recompose(widget, lazy_stack_data, blend="none"):
     dec.data = painted
     widget.blend.setCurrentText(blend)
     fused_layer = widget.output_layers["fused"]
-    assert widget.recompose(), widget.status.text()
+    assert recompose_and_wait(qtbot, widget) == "done", widget.status.text()
     assert widget.output_layers["fused"] is fused_layer  # updated in place
     return old_labels, old_fused, old_height, block, target
 
@@ -154,7 +161,7 @@ def test_recompose_changes_exactly_the_painted_pixels(qtbot, viewer, widget, gre
     layer = viewer.add_image(grey_stack, name="stack", scale=(2.0, 1.0, 1.0))
     widget.set_stack_layer(layer)
     assert run_and_wait(qtbot, widget) == "done"
-    old_labels, old_fused, old_height, block, target = _paint_and_recompose(widget, grey_stack)
+    old_labels, old_fused, old_height, block, target = _paint_and_recompose(qtbot, widget, grey_stack)
     new = widget.output_layers["fused"].data
     changed = np.zeros(old_labels.shape, bool)
     changed[block] = old_labels[block] != target
@@ -181,9 +188,9 @@ def test_recompose_on_lazy_rgb_stack_with_method_blend(qtbot, viewer, widget, sm
     assert isinstance(layer.data, da.Array)
     # recomposing the unedited labels with the method's blending reproduces the method
     fused0 = np.array(widget.output_layers["fused"].data, copy=True)
-    assert widget.recompose()
+    assert recompose_and_wait(qtbot, widget) == "done"
     np.testing.assert_array_equal(widget.output_layers["fused"].data, fused0)
-    old_labels, old_fused, _, block, target = _paint_and_recompose(widget, stack, blend="method's blending")
+    old_labels, old_fused, _, block, target = _paint_and_recompose(qtbot, widget, stack, blend="method's blending")
     new = widget.output_layers["fused"].data
     assert new.dtype == np.uint8 and new.shape == stack.shape[1:]
     inner = (slice(16, 24), slice(28, 37))  # far from the seams: the painted slice's values
@@ -234,14 +241,14 @@ def test_separate_channel_layers(qtbot, viewer, widget, grey_stack):
 def test_bad_paint_is_reported(qtbot, viewer, widget, grey_stack):
     layer = viewer.add_image(grey_stack, name="stack")
     widget.set_stack_layer(layer)
-    assert widget.recompose() is False and "run the fusion first" in widget.status.text()
+    assert widget.recompose() is None and "run the fusion first" in widget.status.text()
     assert run_and_wait(qtbot, widget) == "done"
     dec = widget.output_layers["decision"]
     bad = np.array(dec.data, copy=True)
     bad[0, 0] = grey_stack.shape[0] + 5
     dec.data = bad
     fused = np.array(widget.output_layers["fused"].data, copy=True)
-    assert widget.recompose() is False and "slice index + 1" in widget.status.text()
+    assert recompose_and_wait(qtbot, widget) == "error" and "slice index + 1" in widget.status.text()
     np.testing.assert_array_equal(widget.output_layers["fused"].data, fused)
 
 
@@ -441,7 +448,7 @@ def test_retouch_redoes_only_the_painted_box_and_live_recompose_keeps_undo(qtbot
     target = 1 if int(np.median(painted[40:50, 60:70])) != 1 else 2
     painted[40:50, 60:70] = target
     dec.data = painted
-    assert w.recompose(), w.status.text()
+    assert recompose_and_wait(qtbot, w) == "done", w.status.text()
     after = np.asarray(w.output_layers["fused"].data)
     diff = after != before
     assert diff[40:50, 60:70].any()

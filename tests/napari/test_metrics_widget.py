@@ -14,6 +14,15 @@ from napari_fusion.metrics import compute_metrics  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
+TIMEOUT_MS = 60_000
+
+
+def compute_and_wait(qtbot, w) -> dict:
+    """Press Compute (a worker) and wait; returns the values shown (empty on error)."""
+    with qtbot.waitSignal(w.run_finished, timeout=TIMEOUT_MS):
+        assert w.compute() is not None, w.status.text()
+    return dict(w.values)
+
 
 @pytest.fixture
 def viewer_with_layers(small_focal_stack):
@@ -38,18 +47,19 @@ def test_metrics_widget_matches_library_and_copies_csv(qtbot, viewer_with_layers
     w = MetricsWidget(viewer)
     qtbot.addWidget(w)
     w.set_selection("fused", ["near", "far"], gt="truth")
-    values = w.compute()
+    values = compute_and_wait(qtbot, w)
     s = small_focal_stack
     expected = compute_metrics(fused, [s.slices[0], s.slices[3]], s.ground_truth)
-    assert values.keys() == expected.keys() and "qabf" in values and "psnr_gt" in values
-    for k in values:
+    # RGB fused + ground truth: the spectral metrics come on top of the library's defaults
+    assert values.keys() == expected.keys() | {"sam", "ergas"} and "qabf" in values and "psnr_gt" in values
+    for k in expected:
         assert values[k] == pytest.approx(expected[k], rel=1e-9, abs=1e-12)
     assert w.table.rowCount() == len(values)
     text = w.copy_csv()
     assert text.startswith("metric,value\n") and QApplication.clipboard().text() == text
     # the fused image scores better against the truth than a single defocused source does
     w.set_selection("near", ["far"], gt="truth")
-    single = w.compute()
+    single = compute_and_wait(qtbot, w)
     assert values["psnr_gt"] > single["psnr_gt"]
 
 
@@ -61,5 +71,83 @@ def test_metrics_widget_reports_bad_input(qtbot, viewer_with_layers):
     w = MetricsWidget(viewer)
     qtbot.addWidget(w)
     w.set_selection("fused", ["tiny"])
-    assert w.compute() == {}
+    assert compute_and_wait(qtbot, w) == {}
     assert "cannot compute" in w.status.text()
+
+
+def test_metrics_widget_stack_layer_is_one_source_per_slice_and_spectral(qtbot, small_focal_stack):
+    from napari.components import ViewerModel
+
+    from napari_fusion._napari._metrics_widget import MetricsWidget
+    from napari_fusion.metrics import ergas, sam
+
+    s = small_focal_stack
+    grey = s.slices.mean(-1).astype(np.float32)  # (Z, Y, X)
+    fused = fuse(list(grey), method="focus_measure").fused
+    v = ViewerModel()
+    v.add_image(grey, name="stack")
+    v.add_image(fused, name="fused")
+    w = MetricsWidget(v)
+    qtbot.addWidget(w)
+    w.set_selection("fused", ["stack"])
+    values = compute_and_wait(qtbot, w)
+    expected = compute_metrics(fused, list(grey))  # N-way metrics over every slice
+    assert values.keys() == expected.keys()
+    for k in values:
+        assert values[k] == pytest.approx(expected[k], rel=1e-9, abs=1e-12)
+    assert f"{len(grey)} source(s)" in w.status.text()
+    # off: only the slice the viewer shows is a source (a pair metric set)
+    w.per_slice.setChecked(False)
+    v.dims.set_current_step(0, 2)
+    single = compute_and_wait(qtbot, w)
+    assert single == pytest.approx(compute_metrics(fused, [grey[2]]))
+
+    # a (bands, y, x) fused layer with a ground truth gets SAM and ERGAS over all bands
+    rng = np.random.default_rng(0)
+    truth = rng.random((5, 40, 30)).astype(np.float32) + 0.5
+    estimate = truth + 0.05 * rng.standard_normal(truth.shape).astype(np.float32)
+    v.add_image(truth, name="truth bands")
+    v.add_image(estimate, name="estimate bands")
+    w.set_selection("estimate bands", [], gt="truth bands")
+    w.ergas_scale.setValue(2.0)
+    values = compute_and_wait(qtbot, w)
+    assert values["sam"] == pytest.approx(sam(estimate, truth, band_axis=0))
+    assert values["ergas"] == pytest.approx(ergas(estimate, truth, scale=2.0, band_axis=0))
+
+
+def test_metrics_widget_cancel(qtbot, small_focal_stack, monkeypatch):
+    """Cancel stops after the current metric; the table keeps the previous values."""
+    import threading
+
+    from napari.components import ViewerModel
+
+    from napari_fusion._napari import _metrics_widget as M
+
+    s = small_focal_stack
+    v = ViewerModel()
+    v.add_image(s.slices[0], name="near", rgb=True)
+    v.add_image(s.slices[3], name="far", rgb=True)
+    v.add_image(s.ground_truth, name="fused", rgb=True)
+    w = M.MetricsWidget(v)
+    qtbot.addWidget(w)
+    w.set_selection("fused", ["near", "far"])
+    first = compute_and_wait(qtbot, w)
+    started, release = threading.Event(), threading.Event()
+    real = M.compute_metrics
+
+    def slow(*args, progress, **kwargs):
+        def gated(done, total, message):
+            started.set()
+            assert release.wait(20)
+            progress(done, total, message)
+
+        return real(*args, progress=gated, **kwargs)
+
+    monkeypatch.setattr(M, "compute_metrics", slow)
+    with qtbot.waitSignal(w.run_finished, timeout=TIMEOUT_MS) as blocker:
+        assert w.compute() is not None
+        qtbot.waitUntil(started.is_set, timeout=TIMEOUT_MS)
+        w.cancel_button.click()
+        release.set()
+    assert blocker.args == ["cancelled"] and w.values == first
+    assert "cancelled" in w.status.text() and w.run_button.isEnabled()

@@ -28,6 +28,13 @@ def viewer():
     return v
 
 
+def run_and_wait(qtbot, w):
+    """Press Run (a worker) and wait; returns the outcome ("done", "error", "cancelled")."""
+    with qtbot.waitSignal(w.run_finished, timeout=60_000) as blocker:
+        assert w.run() is not None, w.status.text()
+    return blocker.args[0]
+
+
 def test_widget_matches_library_and_places_result_on_guide_grid(qtbot, viewer):
     from napari_fusion._napari._upsample_widget import GuidedUpsampleWidget
 
@@ -36,7 +43,8 @@ def test_widget_matches_library_and_places_result_on_guide_grid(qtbot, viewer):
     w.set_selection("ms", "pan", method="guided_filter")
     assert w.scale_label.text().startswith("x4")
     assert not w.model.isEnabled()
-    layer = w.run()
+    assert run_and_wait(qtbot, w) == "done", w.status.text()
+    layer = w.output_layer
     assert layer is not None and layer.name == "ms upsampled"
     expected = nf.guided_upsample(
         viewer.layers["ms"].data, viewer.layers["pan"].data, method="guided_filter", band_axis=0
@@ -47,7 +55,8 @@ def test_widget_matches_library_and_places_result_on_guide_grid(qtbot, viewer):
     assert layer.metadata["napari_fusion"]["method"] == "guided_filter"
     # a second run updates the same layer; the output never becomes an input choice
     w.set_selection("ms", "pan", method="bicubic")
-    assert w.run() is layer and len(viewer.layers) == 3
+    assert run_and_wait(qtbot, w) == "done"
+    assert w.output_layer is layer and len(viewer.layers) == 3
     assert "ms upsampled" not in [w.lowres.itemText(i) for i in range(w.lowres.count())]
 
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -218,26 +218,46 @@ def drop_layer(viewer, output_layers: dict[str, Any], key: str) -> None:
 
 
 # ---------------------------------------------------------------------------- run plumbing
-class WorkerControls:
-    """Run/Cancel plumbing of a widget that fuses in a napari thread worker (a mixin).
+#: Resolution of the napari progress bars (steps from 0 to 1).
+PROGRESS_STEPS = 1000
 
-    The widget provides ``run_finished`` (a ``Signal(str)``), ``status`` (a label),
-    ``_on_returned(value)`` and, if it needs more than :meth:`_finish_run`,
-    its own ``_on_worker_finished``. A run still going when the widget is closed
-    stops at its next progress report.
+
+class ProgressBridge(QObject):
+    """Carries progress reports from a worker thread to the GUI thread (a queued signal)."""
+
+    changed = Signal(float, float, str)
+
+
+class WorkerControls:
+    """The runner every dock widget shares: a napari thread worker with Run/Cancel,
+    a progress bar in napari's activity dock, status text and error display (a mixin).
+
+    The widget provides ``run_finished`` (a ``Signal(str)``: "done", "cancelled"
+    or "error"), ``status`` (a label) and ``_on_returned(value)``, and calls
+    :meth:`_init_worker_state` in its ``__init__``. Work runs in
+    :meth:`_start_worker`; the work function gets :meth:`_progress_callback`
+    (or checks ``self._cancel``) so that Cancel - the button or the activity
+    dock's - raises :class:`FusionCancelled` at its next report. A run still
+    going when the widget is closed stops there too. Only ``_on_returned``
+    (putting results into layers) runs on the GUI thread.
     """
 
     def _init_worker_state(self) -> None:
         self.worker = None
         self._cancel = threading.Event()
         self._outcome = "error"
+        self._pbar = None
+        self._pbar_n = 0
+        self._pbar_desc = ""
+        self._bridge = ProgressBridge()
+        self._bridge.changed.connect(self._on_progress)
         cancel = self._cancel  # not self: the lambda must outlive the widget
         self.destroyed.connect(lambda *_: cancel.set())
 
-    def _build_run_buttons(self, *extra: QPushButton) -> QHBoxLayout:
+    def _build_run_buttons(self, *extra: QPushButton, run_text: str = "Run") -> QHBoxLayout:
         """``Run`` and a disabled ``Cancel`` button (then ``extra``) in one row."""
         buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run")
+        self.run_button = QPushButton(run_text)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         for button in (self.run_button, self.cancel_button, *extra):
@@ -250,9 +270,12 @@ class WorkerControls:
         self.cancel_button.setEnabled(True)
         self.status.setText(message)
 
-    def _start_worker(self, func: Callable[..., Any], *args: Any):
+    def _start_worker(self, func: Callable[..., Any], *args: Any, progress: str | None = None):
+        """Run ``func(*args)`` in a thread worker; ``progress``: the activity-dock bar's title."""
         from napari.qt.threading import create_worker
 
+        if progress is not None:
+            self._start_progress(progress)
         self.worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(self._on_returned)
         self.worker.errored.connect(self._on_errored)
@@ -261,13 +284,50 @@ class WorkerControls:
         return self.worker
 
     def cancel(self) -> None:
-        """Ask the running fusion to stop at its next progress report."""
+        """Ask the running work to stop at its next progress report."""
         if self.worker is None:
             return
         self._cancel.set()
         self.cancel_button.setEnabled(False)
         self.status.setText("cancelling...")
 
+    # progress: reported from the worker thread, shown on the GUI thread
+    def _progress_callback(self, done: float, total: float, message: str) -> None:
+        """``progress(done, total, message)`` for the work function (thread-safe).
+
+        Raises :class:`FusionCancelled` once Cancel was pressed.
+        """
+        pbar = self._pbar
+        if self._cancel.is_set() or (pbar is not None and getattr(pbar, "is_canceled", False)):
+            raise FusionCancelled("cancelled by the user")
+        self._bridge.changed.emit(float(done), float(total), str(message))
+
+    def _start_progress(self, desc: str) -> None:
+        from napari.utils import cancelable_progress
+
+        self._close_progress()
+        self._pbar = cancelable_progress(total=PROGRESS_STEPS, desc=desc, cancel_callback=self._cancel.set)
+        self._pbar_desc = desc
+        self._pbar_n = 0
+
+    def _on_progress(self, done: float, total: float, message: str) -> None:
+        pbar = self._pbar
+        if pbar is None:  # a report queued before the run ended
+            return
+        frac = 0.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
+        n = int(round(frac * PROGRESS_STEPS))
+        if n > self._pbar_n:
+            self._pbar_n = n
+            pbar.update(n - pbar.n)
+        if message:
+            pbar.set_description(f"{self._pbar_desc}: {message}")
+
+    def _close_progress(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+
+    # end of a run
     def _on_errored(self, exc: BaseException) -> None:
         if isinstance(exc, FusionCancelled):
             self.status.setText("cancelled; output layers unchanged")
@@ -280,6 +340,7 @@ class WorkerControls:
         self._finish_run()
 
     def _finish_run(self) -> None:
+        self._close_progress()
         self.worker = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)

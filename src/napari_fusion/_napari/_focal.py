@@ -528,6 +528,7 @@ class FocalStackWidget(WorkerControls, QWidget):
         self.output_layers: dict[str, Any] = {}
         self._init_worker_state()
         self._z_from_layer = True
+        self._recompose_again = False  # a stroke ended while work was running
 
         layout = scrolling_layout(self)
         layout.addWidget(self._build_inputs_box())
@@ -874,9 +875,14 @@ class FocalStackWidget(WorkerControls, QWidget):
         }
         self._begin_run(f"fusing {job.n} slices ({method})...")
         self.recompose_button.setEnabled(False)
-        return self._start_worker(_compute, job, options, self._cancel)
+        return self._start_worker(
+            _compute, job, options, self._progress_callback, self._cancel, progress=f"Focal stack: {job.n} slices"
+        )
 
     def _on_returned(self, value) -> None:
+        if value[0] == "recomposed":
+            self._show_recomposed(*value[1:])
+            return
         job, result, limits = value
         self.job, self.result = job, result
         self._show(job, result, result.fused, result.labels, result.height, limits=limits)
@@ -893,6 +899,10 @@ class FocalStackWidget(WorkerControls, QWidget):
     def _on_worker_finished(self) -> None:
         self.recompose_button.setEnabled(self.result is not None and self.result.labels is not None)
         self._finish_run()
+        if self._recompose_again:
+            self._recompose_again = False
+            if self.live_recompose.isChecked():
+                self._live_timer.start()
 
     # ---------------------------------------------------------------- outputs
     def _record(self, job: FocalJob, result: FocalStackResult, **extra) -> dict[str, Any]:
@@ -1039,49 +1049,72 @@ class FocalStackWidget(WorkerControls, QWidget):
         drop_layer(self.viewer, self.output_layers, key)
 
     # ---------------------------------------------------------------- retouch
-    def recompose(self) -> bool:
-        """Rebuild the fused image (and height) from the edited ``decision`` layer, in place."""
+    def recompose(self):
+        """Rebuild the fused image (and height) from the edited ``decision`` layer, in a worker.
+
+        Returns the worker (None when there is nothing to recompose, or when
+        other work is running: a live stroke is then recomposed after it).
+        The decision is copied here, so painting on may go on meanwhile.
+        """
         job, result = self.job, self.result
         dec = self.output_layers.get("decision")
         if job is None or result is None or dec is None or dec not in self.viewer.layers:
             self._fail("run the fusion first (the decision layer is missing)")
-            return False
+            return None
+        if self.worker is not None:
+            self._recompose_again = True
+            return None
         try:
             blend = retouch_blend(result, self.blend.currentText())
-            start = time.perf_counter()
-            fused, labels, height = retouched(job, result, np.asarray(dec.data), blend=blend)
         except FusionError as exc:
             self._fail(str(exc))
-            return False
-        changed = int(np.count_nonzero(labels != result.labels))
-        new = FocalStackResult(
-            fused=fused,
-            labels=labels.astype(result.labels.dtype),
-            height=height,
-            index=result.index,
-            alignment=result.alignment,
-            method=result.method,
-            params=result.params,
-            options=result.options,
-            z_positions=result.z_positions,
-            blend=blend,
-            seconds=result.seconds,
-        )
+            return None
+        edited = np.array(dec.data, copy=True)
+        self._begin_run("recomposing...")
+        self.recompose_button.setEnabled(False)
+        return self._start_worker(_recompose, job, result, edited, blend, self._cancel)
+
+    def _show_recomposed(self, job: FocalJob, new: FocalStackResult, changed: int, seconds: float) -> None:
+        if job is not self.job:  # a new run replaced the result meanwhile
+            return
         self.result = new
+        blend = new.blend
         self._show(
             job,
             new,
-            fused,
+            new.fused,
             new.labels,
-            height,
+            new.height,
             keep_decision=True,
             retouched={"pixels_changed": changed, "blend": blend},
         )
         self.status.setText(
-            f"recomposed ({blend['blend']}) in {time.perf_counter() - start:.2f} s: "
-            f"{changed} pixels now come from another slice"
+            f"recomposed ({blend['blend']}) in {seconds:.2f} s: {changed} pixels now come from another slice"
         )
-        return True
+        self._outcome = "done"
+
+
+def _recompose(job: FocalJob, result: FocalStackResult, edited: np.ndarray, blend: dict[str, Any], cancel):
+    """Worker-thread body of Recompose: :func:`retouched` on a copy of the edited decision."""
+    start = time.perf_counter()
+    fused, labels, height = retouched(job, result, edited, blend=blend)
+    if cancel.is_set():
+        raise FusionCancelled("recompose cancelled by the user")
+    changed = int(np.count_nonzero(labels != result.labels))
+    new = FocalStackResult(
+        fused=fused,
+        labels=labels.astype(result.labels.dtype),
+        height=height,
+        index=result.index,
+        alignment=result.alignment,
+        method=result.method,
+        params=result.params,
+        options=result.options,
+        z_positions=result.z_positions,
+        blend=blend,
+        seconds=result.seconds,
+    )
+    return "recomposed", job, new, changed, time.perf_counter() - start
 
 
 def alignment_summary(al: Alignment | None) -> str:
@@ -1124,13 +1157,8 @@ def alignment_table(al: Alignment | None) -> str:
     return "\n".join(lines)
 
 
-def _compute(job: FocalJob, options: dict[str, Any], cancel: threading.Event):
-    """Worker-thread body: :func:`fuse_focal_stack` on the job."""
-
-    def progress(done, total, message):
-        if cancel.is_set():
-            raise FusionCancelled("fusion cancelled by the user")
-
+def _compute(job: FocalJob, options: dict[str, Any], progress, cancel: threading.Event):
+    """Worker-thread body: :func:`fuse_focal_stack` on the job (``progress`` raises on cancel)."""
     if cancel.is_set():
         raise FusionCancelled("fusion cancelled by the user")
     result = fuse_focal_stack(

@@ -6,6 +6,7 @@ Layer layouts: a multiband layer is ``(bands, y, x)`` (bands as the leading
 axis, napari's usual way) or an RGB layer; the guide is grey ``(y, x)``, RGB, or
 ``(channels, y, x)``. The scale factor is read from the shapes and shown. The
 result is an Image layer ``(bands, Y, X)`` placed on the guide's pixel grid.
+The work runs in a thread worker (progress in the activity dock, Cancel).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
 
-from ..errors import FusionError
+from ..errors import FusionCancelled, FusionError
 from ..upsample import MODELS, UPSAMPLE_METHODS, guided_upsample, infer_layout
+from ._common import WorkerControls, make_compact, scrolling_layout, text_label
 
 AUTO = "auto (match band counts)"
 
@@ -25,10 +28,9 @@ def _image_layers(viewer) -> list:
     return [layer for layer in viewer.layers if layer.__class__.__name__ == "Image"]
 
 
-def _layer_array(layer) -> tuple[np.ndarray, int | None]:
-    """(data, band axis) of a layer: RGB -> last axis, 3-D -> first axis, 2-D -> None."""
+def _layer_array(layer) -> tuple[Any, int | None]:
+    """(data, band axis) of a layer: RGB -> last axis, 3-D -> first axis, 2-D -> None (data not read)."""
     data = layer.data[0] if layer.multiscale else layer.data
-    data = np.asarray(data)
     if layer.rgb:
         return data, -1
     if data.ndim == 3:
@@ -38,14 +40,28 @@ def _layer_array(layer) -> tuple[np.ndarray, int | None]:
     raise FusionError(f"layer {layer.name!r} has shape {data.shape}; expected (y, x), (bands, y, x) or RGB")
 
 
-class GuidedUpsampleWidget(QWidget):
+def _upsample(low, gd, method: str, model: str | None, la, ga, progress):
+    """Worker-thread body: read the layers and run :func:`guided_upsample`."""
+    progress(0, 2, "reading the layers")
+    low, gd = np.asarray(low), np.asarray(gd)
+    progress(1, 2, f"upsampling ({method})")
+    out = guided_upsample(low, gd, method=method, model=model, band_axis=la, guide_axis=ga)
+    progress(2, 2, "done")
+    return out
+
+
+class GuidedUpsampleWidget(WorkerControls, QWidget):
     """Choose the multiband and guide layers and a method, press Run."""
+
+    #: Emitted when a run ends, with "done", "cancelled" or "error".
+    run_finished = Signal(str)
 
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.output_layer = None
-        layout = QVBoxLayout(self)
+        self._init_worker_state()
+        layout = scrolling_layout(self)
         form = QFormLayout()
         self.lowres = QComboBox()
         self.lowres.setToolTip("Low-resolution multiband layer: (bands, y, x) or RGB.")
@@ -69,13 +85,12 @@ class GuidedUpsampleWidget(QWidget):
         self.scale_label = QLabel("")
         form.addRow("scale", self.scale_label)
         layout.addLayout(form)
-        self.run_button = QPushButton("Run")
-        layout.addWidget(self.run_button)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        layout.addLayout(self._build_run_buttons())
+        self.status = text_label()
         layout.addWidget(self.status)
         layout.addStretch(1)
         self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
         self.method.currentTextChanged.connect(self._method_changed)
         for combo in (self.lowres, self.guide):
             combo.currentTextChanged.connect(self._update_scale)
@@ -83,6 +98,7 @@ class GuidedUpsampleWidget(QWidget):
             event.connect(self._refresh_layers)
         self._refresh_layers()
         self._method_changed(self.method.currentText())
+        make_compact(self)
 
     def _layers(self) -> dict[str, Any]:
         return {layer.name: layer for layer in _image_layers(self.viewer)}
@@ -138,18 +154,41 @@ class GuidedUpsampleWidget(QWidget):
         self.status.setText("")
 
     def run(self):
-        """Compute and show the result; returns the output layer (None on bad input)."""
+        """Start upsampling in a worker; returns it (None on bad input or while running)."""
+        if self.worker is not None:
+            return None
         method = self.method.currentText()
         model = self.model.currentText()
         try:
             lo_layer, g_layer, low, la, gd, ga = self._inputs()
             lay = infer_layout(low.shape, gd.shape, band_axis=la, guide_axis=ga)
-            out = guided_upsample(
-                low, gd, method=method, model=None if model == AUTO else model, band_axis=la, guide_axis=ga
-            )
         except FusionError as exc:
             self.status.setText(f"cannot upsample: {exc}")
             return None
+        self._job = (method, model, lo_layer, g_layer, lay, la)
+        self._begin_run(f"{method}: upsampling {lo_layer.name} x{lay.scale}...")
+        return self._start_worker(
+            _upsample,
+            low,
+            gd,
+            method,
+            None if model == AUTO else model,
+            la,
+            ga,
+            self._progress_callback,
+            progress=f"Guided upsampling ({method})",
+        )
+
+    def _on_errored(self, exc: BaseException) -> None:
+        if isinstance(exc, FusionError) and not isinstance(exc, FusionCancelled):
+            self.status.setText(f"cannot upsample: {exc}")
+            self._outcome = "error"
+            return
+        super()._on_errored(exc)
+
+    def _on_returned(self, out: np.ndarray) -> None:
+        """Show the result (on the GUI thread): a new layer, or the previous one updated in place."""
+        method, model, lo_layer, g_layer, lay, la = self._job
         rgb = la == -1 and out.ndim == 3 and out.shape[-1] in (3, 4)
         name = f"{lo_layer.name} upsampled"
         scale = tuple(g_layer.scale[-2:])
@@ -184,4 +223,4 @@ class GuidedUpsampleWidget(QWidget):
             )
             self._refresh_layers()  # the result is not an input choice
         self.status.setText(f"{method}: {lo_layer.name} x{lay.scale} with guide {g_layer.name}")
-        return self.output_layer
+        self._outcome = "done"

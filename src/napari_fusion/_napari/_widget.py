@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -61,13 +61,6 @@ TILING_NOW = "tiles, compute now"
 TILING_LAZY = "tiles, lazy (computed when viewed)"
 TILINGS = (TILING_OFF, TILING_NOW, TILING_LAZY)
 ALL_TASKS = "all tasks"
-_PROGRESS_STEPS = 1000
-
-
-class _ProgressBridge(QObject):
-    """Carries progress reports from the worker thread to the GUI thread (queued signal)."""
-
-    changed = Signal(float, float, str)
 
 
 class _MethodCombo(QComboBox):
@@ -96,11 +89,6 @@ class FusionWidget(WorkerControls, QWidget):
         self.output_layers: dict[str, Any] = {}
         self.last_result = None
         self._init_worker_state()
-        self._pbar = None
-        self._pbar_n = 0
-        self._pbar_desc = ""
-        self._bridge = _ProgressBridge()
-        self._bridge.changed.connect(self._on_progress)
         self._z_step_from_layer = True
         self._tiling_seen_layer: int | None = None
 
@@ -388,39 +376,17 @@ class FusionWidget(WorkerControls, QWidget):
         device = self.device.currentText()
         tiling = (self.tiling.currentText(), int(self.tile_size.value()))
         self._begin_run(f"running {method} on {job.n} images...")
-        self._start_progress(f"Fusing {job.n} images ({method})")
-        return self._start_worker(_compute, job, method, params, device, self._progress_callback, self._cancel, tiling)
-
-    def _progress_callback(self, done: float, total: float, message: str) -> None:
-        # called from the worker thread: only touch thread-safe state here
-        pbar = self._pbar
-        if self._cancel.is_set() or (pbar is not None and getattr(pbar, "is_canceled", False)):
-            raise FusionCancelled("fusion cancelled by the user")
-        self._bridge.changed.emit(float(done), float(total), str(message))
-
-    def _start_progress(self, desc: str) -> None:
-        from napari.utils import cancelable_progress
-
-        self._pbar = cancelable_progress(total=_PROGRESS_STEPS, desc=desc, cancel_callback=self._cancel.set)
-        self._pbar_desc = desc
-        self._pbar_n = 0
-
-    def _on_progress(self, done: float, total: float, message: str) -> None:
-        pbar = self._pbar
-        if pbar is None:  # a report queued before the run ended
-            return
-        frac = 0.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
-        n = int(round(frac * _PROGRESS_STEPS))
-        if n > self._pbar_n:
-            self._pbar_n = n
-            pbar.update(n - pbar.n)
-        if message and self._pbar is pbar:
-            pbar.set_description(f"{self._pbar_desc}: {message}")
-
-    def _close_progress(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+        return self._start_worker(
+            _compute,
+            job,
+            method,
+            params,
+            device,
+            self._progress_callback,
+            self._cancel,
+            tiling,
+            progress=f"Fusing {job.n} images ({method})",
+        )
 
     def _on_returned(self, value) -> None:
         job, result, device, seconds, limits = value
@@ -448,10 +414,6 @@ class FusionWidget(WorkerControls, QWidget):
             extra = f", {used} of {job.n} sources used" if result.labels is not None else ""
             self.status.setText(f"{result.method}: done in {seconds:.2f} s on {device}{extra}")
         self._outcome = "done"
-
-    def _on_worker_finished(self) -> None:
-        self._close_progress()
-        self._finish_run()
 
 
 def weights_line(spec) -> str:

@@ -44,7 +44,7 @@ Functions return new arrays and never modify their inputs.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -507,6 +507,7 @@ def estimate_alignment(
     scale_bounds: tuple[float, float] = (0.9, 1.1),
     stack_axis: int = 0,
     channel_axis: int | None = None,
+    progress: Callable[[float, float, str], Any] | None = None,
 ) -> Alignment:
     """Estimate how each slice maps onto the reference slice, chaining checked neighbour pairs.
 
@@ -535,6 +536,10 @@ def estimate_alignment(
         shift at most ``max_shift`` of the height / width, magnification
         within ``scale_bounds``. A pair beyond them falls back to identity.
 
+    progress:
+        ``progress(done, total, message)`` after every neighbour pair (may raise
+        to cancel).
+
     Refused estimates that would have moved a slice by more than half a pixel
     are reported with a :class:`UserWarning` naming the slices; every pair's
     estimate and scores are in :attr:`Alignment.checks`.
@@ -554,7 +559,7 @@ def estimate_alignment(
         raise FusionInputError("scale_bounds must contain 1 and max_shift be in (0, 1]")
     rules = _Rules(min_gain=min_gain, min_peak=min_peak, max_shift=max_shift, scale_bounds=tuple(scale_bounds))
     h, w = np.shape(items[0])[:2]
-    checks = _estimate_pairs(items, mode, rules, max_size, scale_range, scale_steps)
+    checks = _estimate_pairs(items, mode, rules, max_size, scale_range, scale_steps, progress)
     mats = _chain(checks, ref_idx, rules, (int(h), int(w)))
     _warn_refused(checks, mode, rules, (int(h), int(w)))
     scores = np.asarray([c.peak for c in checks])
@@ -562,7 +567,13 @@ def estimate_alignment(
 
 
 def _estimate_pairs(
-    items: Sequence[Any], mode: str, rules: _Rules, max_size: int, scale_range: float, scale_steps: int
+    items: Sequence[Any],
+    mode: str,
+    rules: _Rules,
+    max_size: int,
+    scale_range: float,
+    scale_steps: int,
+    progress: Callable[[float, float, str], Any] | None = None,
 ) -> list[PairCheck]:
     """Estimate and check each neighbour pair ``(k, k + 1)`` on block-averaged luminance."""
     h, w = np.shape(items[0])[:2]
@@ -584,6 +595,8 @@ def _estimate_pairs(
             est, peak = cands[mode]
             checks.append(PairCheck(full(est), full(cands[kept][0]), peak, ncc, kept, reason if kept != mode else ""))
             prev = cur
+            if progress is not None:
+                progress(k, len(items) - 1, f"alignment, slices {k}-{k + 1}")
     return checks
 
 
@@ -632,17 +645,21 @@ def apply_alignment(
     order: int = 1,
     stack_axis: int = 0,
     channel_axis: int | None = None,
+    progress: Callable[[float, float, str], Any] | None = None,
 ) -> list[np.ndarray]:
     """Resample every slice into the reference frame; returns new arrays of the input dtype.
 
     Pixels that fall outside a slice take the nearest edge value; use
     :meth:`Alignment.valid_box` to crop to the region every slice covers.
+    ``progress(done, total, message)`` after every slice (may raise to cancel).
     """
     items = _items(images, stack_axis, channel_axis)
     if len(items) != alignment.n:
         raise FusionInputError(f"alignment is for {alignment.n} slices, got {len(items)}")
-    out = []
+    out: list[np.ndarray] = []
     for img, m in zip(items, alignment.matrices):
+        if progress is not None and out:
+            progress(len(out), alignment.n, f"warping slice {len(out) + 1}/{alignment.n}")
         a = load(img)
         if a.shape[:2] != tuple(alignment.shape):
             raise FusionInputError(f"slice of shape {a.shape[:2]} does not match alignment shape {alignment.shape}")
@@ -657,6 +674,8 @@ def apply_alignment(
             info = np.iinfo(a.dtype)
             r = np.clip(np.rint(r), info.min, info.max)
         out.append(r.astype(a.dtype))
+    if progress is not None:
+        progress(alignment.n, alignment.n, "slices warped")
     return out
 
 
@@ -668,21 +687,41 @@ def align_stack(
     crop: bool = False,
     stack_axis: int = 0,
     channel_axis: int | None = None,
+    progress: Callable[[float, float, str], Any] | None = None,
     **kwargs: Any,
 ) -> tuple[list[np.ndarray], Alignment]:
     """Estimate and apply alignment; returns ``(aligned slices, alignment)``.
 
     ``crop=True`` crops every aligned slice to :meth:`Alignment.valid_box`.
-    Other keyword arguments go to :func:`estimate_alignment`.
+    ``progress(done, total, message)``: estimation is the first half, warping
+    the second. Other keyword arguments go to :func:`estimate_alignment`.
     """
+    half = progress_halves(progress)
     al = estimate_alignment(
-        images, mode=mode, reference=reference, stack_axis=stack_axis, channel_axis=channel_axis, **kwargs
+        images,
+        mode=mode,
+        reference=reference,
+        stack_axis=stack_axis,
+        channel_axis=channel_axis,
+        progress=half(0),
+        **kwargs,
     )
-    aligned = apply_alignment(images, al, stack_axis=stack_axis, channel_axis=channel_axis)
+    aligned = apply_alignment(images, al, stack_axis=stack_axis, channel_axis=channel_axis, progress=half(1))
     if crop:
         r0, r1, c0, c1 = al.valid_box()
         aligned = [np.ascontiguousarray(a[r0:r1, c0:c1]) for a in aligned]
     return aligned, al
+
+
+def progress_halves(progress: Callable[[float, float, str], Any] | None):
+    """``half(i)``: a progress callback for the ``i``-th half (0 or 1) of ``progress``'s work, or None."""
+
+    def half(i: int):
+        if progress is None:
+            return None
+        return lambda done, total, message: progress(0.5 * (i + (done / total if total > 0 else 1.0)), 1.0, message)
+
+    return half
 
 
 def _reference_index(reference: int | str, n: int) -> int:

@@ -24,7 +24,7 @@ from ..api import fuse  # the public entry point (memory guard, lazy path); api 
 from ..errors import FusionInputError
 from ..registry import MethodSpec, get_method
 from ._stack import check_slices, load, slices
-from .align import Alignment, align_stack, apply_alignment, estimate_alignment
+from .align import Alignment, align_stack, apply_alignment, estimate_alignment, progress_halves
 from .height import REFINE, height_map, index_to_z, z_positions_for
 from .recompose import recompose
 
@@ -207,22 +207,25 @@ def fuse_focal_stack(
     n, _ = check_slices(items)
     zpos = z_positions_for(n, z_step=z_step, z_positions=z_positions)
     nchan, ref_c = _reference_channel(items, reference_channel)
-    items, alignment = _align(items, align, align_options, crop=crop, ref_c=ref_c)
+    stage = _stages(progress, align=align not in (None, "none", ""), height=height)
+    items, alignment = _align(items, align, align_options, crop=crop, ref_c=ref_c, progress=stage("align"))
     blend_used = dict(blend) if blend else default_blend(method, resolved)
     ref_items = [load(s)[..., ref_c] for s in items] if ref_c is not None else items
-    run = dict(spec=spec, params=resolved, blend=blend_used, device=device)
+    run = dict(spec=spec, params=resolved, blend=blend_used, device=device, progress=stage("fuse"))
     if slab is not None and slab < n:
         fused, labels, blend_used, soft_index = _fuse_in_slabs(items, ref_items, slab=slab, **run)
     elif ref_c is not None:
-        fused, labels, blend_used, soft_index = _fuse_on_reference(items, ref_items, progress=progress, **run)
+        fused, labels, blend_used, soft_index = _fuse_on_reference(items, ref_items, **run)
     else:
-        fused, labels, blend_used, soft_index = _fuse_directly(items, progress=progress, **run)
+        fused, labels, blend_used, soft_index = _fuse_directly(items, **run)
     hmap = index = None
     if height and soft_index is not None:  # the method's own (weight-averaged) height, e.g. focus_pyramid
         index = soft_index.astype(np.float32)
         hmap = index_to_z(index, zpos).astype(np.float32)
     elif height and labels is not None:
         hmap, index = _height(ref_items, labels, zpos, refine=refine, method=method, params=resolved)
+    if progress is not None:
+        progress(1.0, 1.0, "done")
     options = {
         "align": align,
         "align_options": align_options or {},
@@ -267,18 +270,50 @@ def _reference_channel(items: Sequence[Any], reference_channel: int | None) -> t
     return nchan, 0 if reference_channel is None else reference_channel % nchan
 
 
+#: Share of the progress bar each stage of :func:`fuse_focal_stack` takes (when it runs).
+STAGE_WEIGHTS = {"align": 0.3, "fuse": 1.0, "height": 0.1}
+
+
+def _stages(progress: Callable[[float, float, str], Any] | None, *, align: bool, height: bool):
+    """``stage(name)``: a progress callback mapping that stage's ``(done, total)`` onto its share."""
+    used = {"align": align, "fuse": True, "height": height}
+    weights = {k: w for k, w in STAGE_WEIGHTS.items() if used[k]}
+    total = sum(weights.values())
+    starts, acc = {}, 0.0
+    for k, w in weights.items():
+        starts[k] = acc
+        acc += w
+
+    def stage(name: str):
+        if progress is None or name not in weights:
+            return None
+        start, span = starts[name], weights[name]
+        return lambda done, count, message: progress(
+            start + span * (min(max(done / count, 0.0), 1.0) if count > 0 else 1.0), total, message
+        )
+
+    return stage
+
+
 def _align(
-    items: list, align: str | None, align_options: dict[str, Any] | None, *, crop: bool, ref_c: int | None
+    items: list,
+    align: str | None,
+    align_options: dict[str, Any] | None,
+    *,
+    crop: bool,
+    ref_c: int | None,
+    progress: Callable[[float, float, str], Any] | None = None,
 ) -> tuple[list, Alignment | None]:
     """Align the slices (on the reference channel if any), optionally cropped to the common area."""
     if align is None or align in ("none", ""):
         return items, None
     est = dict(align_options or {})
     if ref_c is not None:
-        alignment = estimate_alignment([load(s)[..., ref_c] for s in items], mode=align, **est)
-        items = apply_alignment(items, alignment)
+        half = progress_halves(progress)
+        alignment = estimate_alignment([load(s)[..., ref_c] for s in items], mode=align, progress=half(0), **est)
+        items = apply_alignment(items, alignment, progress=half(1))
     else:
-        items, alignment = align_stack(items, mode=align, **est)
+        items, alignment = align_stack(items, mode=align, progress=progress, **est)
     if crop:
         r0, r1, c0, c1 = alignment.valid_box()
         items = [np.ascontiguousarray(load(a)[r0:r1, c0:c1]) for a in items]
@@ -292,14 +327,22 @@ def _height(ref_items, labels: np.ndarray, zpos: np.ndarray, *, refine: str, met
 
 
 def _fuse_in_slabs(
-    items, ref_items, *, slab: int, spec: MethodSpec, params: dict[str, Any], blend: dict[str, Any], device: str
+    items,
+    ref_items,
+    *,
+    slab: int,
+    spec: MethodSpec,
+    params: dict[str, Any],
+    blend: dict[str, Any],
+    device: str,
+    progress=None,
 ) -> Fused:
     """Deep stacks: decide in sub-stacks (:mod:`.slabs`), then recompose every channel."""
     from .slabs import decide_in_slabs
 
     if "labels" not in spec.outputs:
         raise FusionInputError(f"method {spec.name!r} makes no labels; slabs need a method that does")
-    labels = decide_in_slabs(ref_items, slab=slab, method=spec.name, params=params, device=device)
+    labels = decide_in_slabs(ref_items, slab=slab, method=spec.name, params=params, device=device, progress=progress)
     return recompose(items, labels, **blend), labels, blend, None
 
 

@@ -17,7 +17,7 @@ from other slices near decision boundaries).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,25 +44,37 @@ def decide_in_slabs(
     method: str = DEFAULT_METHOD,
     params: dict[str, Any] | None = None,
     device: str = "auto",
+    progress: Callable[[float, float, str], Any] | None = None,
 ) -> np.ndarray:
-    """0-based labels (original slice indices) of a deep stack decided slab by slab."""
+    """0-based labels (original slice indices) of a deep stack decided slab by slab.
+
+    ``progress(done, total, message)`` as the slabs advance (may raise to cancel).
+    """
     params = dict(params or {})
     n = len(images)
     if n < 2:
         raise FusionInputError(f"a focal stack needs at least 2 slices, got {n}")
     if n < 2 * slab:
-        res = fuse([load(s) for s in images], method=method, device=device, **params)
+        res = fuse([load(s) for s in images], method=method, device=device, progress=progress, **params)
         if res.labels is None:
             raise FusionInputError(f"method {method!r} makes no labels; slabs need a method that does")
         return res.labels.astype(np.int64)
     fused, carried = [], []
-    for a, b in slab_bounds(n, slab):
-        res = fuse([load(s) for s in images[a:b]], method=method, device=device, **params)
+    bounds = slab_bounds(n, slab)
+    parts = len(bounds) + 1  # the slabs, then the fusion of their results
+
+    def part(i: int):
+        if progress is None:
+            return None
+        return lambda done, total, message: progress(i + (done / total if total > 0 else 1.0), parts, message)
+
+    for i, (a, b) in enumerate(bounds):
+        res = fuse([load(s) for s in images[a:b]], method=method, device=device, progress=part(i), **params)
         if res.labels is None:
             raise FusionInputError(f"method {method!r} makes no labels; slabs need a method that does")
         fused.append(res.fused)
         carried.append(res.labels.astype(np.int64) + a)
-    top = decide_in_slabs(fused, slab=slab, method=method, params=params, device=device)
+    top = decide_in_slabs(fused, slab=slab, method=method, params=params, device=device, progress=part(parts - 1))
     stack = np.stack(carried)
     return np.take_along_axis(stack, top[None], 0)[0]
 

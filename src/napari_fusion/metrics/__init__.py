@@ -153,18 +153,25 @@ def compute_metrics(
     *,
     names: Iterable[str] | None = None,
     device=None,
+    progress: Callable[[float, float, str], Any] | None = None,
 ) -> dict[str, float]:
-    """Compute several metrics by name; metrics whose inputs are missing are skipped when ``names`` is None."""
+    """Compute several metrics by name; metrics whose inputs are missing are skipped when ``names`` is None.
+
+    ``progress(done, total, message)`` is called after each metric (it may raise to stop).
+    """
     if names is None:
         names = [n for n in DEFAULT_METRICS if sources or METRICS[n].needs == "fused"]
         if gt is not None:
             names += list(DEFAULT_GT_METRICS)
         if sources is not None and len(sources) != 2:
             names = [n for n in names if METRICS[n].n_sources in (None, len(sources))]
+    names = list(names)
     out = {}
-    for n in names:
+    for k, n in enumerate(names):
         spec = get_metric(n)
         out[n] = spec(fused, sources, gt, device=device)
+        if progress is not None:
+            progress(k + 1, len(names), n)
     return out
 
 
