@@ -46,6 +46,7 @@ import itertools
 import logging
 import math
 import operator
+import sys
 import threading
 import uuid
 from collections import OrderedDict
@@ -496,14 +497,13 @@ def lazy_stack(images: Any, *, stack_axis: int = 0, channel_axis: int | None = N
 
 def global_statistics(stack, *, dtype: np.dtype) -> tuple[float, float]:
     """Min and max of the whole stack (and the non-finite check for floats), in one dask pass."""
-    import dask
     import dask.array as da
 
     floating = np.issubdtype(dtype, np.floating)
     todo = [stack.min(), stack.max()]
     if floating:
         todo.append((~da.isfinite(stack)).sum(axis=tuple(range(1, stack.ndim))))
-    values = dask.compute(*todo)
+    values = compute_quietly(*todo)
     if floating:
         bad = np.asarray(values[2])
         for i, count in enumerate(bad.tolist()):
@@ -551,12 +551,79 @@ class LazyFusionResult(FusionResult):
             params=dict(self.params),
         )
 
+    def iter_tiles(
+        self, order: Sequence[tuple[int, int]] | None = None, *, batch: int = 1
+    ) -> Iterator[tuple[tuple[slice, slice], dict[str, np.ndarray]]]:
+        """Compute the tiles a few at a time: yields ``((rows, cols), {output: core})`` per tile.
+
+        Each tile is computed once for all outputs (one task feeds the three
+        blocks). ``order``: grid indices ``(i, j)`` to compute, in this order
+        (default: row by row); ``batch``: tiles computed together (in dask's
+        threads) after the first one, which comes alone so it arrives soonest.
+        The computes bypass dask's process-wide callbacks (see
+        :func:`napari_fusion.focalstack._stack.load`), so this may run in a
+        worker thread while napari slices layers.
+        """
+
+        if self.grid is None:
+            raise ValueError("this lazy result has no tile grid")
+        arrays = self.arrays()
+        rows, cols = self.grid.row_edges, self.grid.col_edges
+        if order is None:
+            order = [(i, j) for i in range(len(rows) - 1) for j in range(len(cols) - 1)]
+        order = list(order)
+        groups = [order[:1]] + [order[k : k + max(1, batch)] for k in range(1, len(order), max(1, batch))]
+        for group in groups:
+            blocks = [a.blocks[i, j] for i, j in group for a in arrays.values()]
+            if not blocks:
+                continue
+            values = compute_quietly(*blocks)
+            per = len(arrays)
+            for k, (i, j) in enumerate(group):
+                planes = dict(zip(arrays, values[k * per : (k + 1) * per]))
+                yield (slice(rows[i], rows[i + 1]), slice(cols[j], cols[j + 1])), planes
+
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         tiles = f", tiles={self.grid.n_tiles} of {self.grid.tile}, halo={self.grid.halo}" if self.grid else ""
         return super().__repr__()[:-1] + tiles + ")"
 
 
+def compute_quietly(*arrays: Any) -> tuple:
+    """``dask.compute(*arrays)`` without dask's process-wide callbacks, on :func:`local_scheduler`.
+
+    napari registers its chunk cache as a global dask callback; a compute in a
+    worker thread that picks it up shares the cache's locks and bookkeeping
+    with napari's slicing on the GUI thread (a ``KeyError`` race, and GIL
+    convoys that stalled the viewer for 0.3 s). With a dask.distributed client,
+    whose ``compute`` takes no ``callbacks``, the plain call is used.
+    """
+    import dask
+
+    try:
+        return dask.compute(*arrays, callbacks=(), scheduler=local_scheduler(), optimize_graph=False)
+    except TypeError:
+        return dask.compute(*arrays)
+
+
+def local_scheduler() -> str | None:
+    """``"threads"`` unless a dask.distributed client or a configured scheduler should be used (None).
+
+    Passing it to ``dask.compute`` keeps dask from importing ``distributed``
+    to look for a client (0.5 s holding the GIL, which stalls napari's GUI
+    thread when it happens in a worker).
+    """
+    import dask
+
+    if dask.config.get("scheduler", None) is not None or _in_distributed_client():
+        return None
+    return "threads"
+
+
 def _in_distributed_client() -> bool:
+    """Whether a dask.distributed client is the default scheduler (never imports distributed:
+    without it imported there is no client, and importing it costs ~0.5 s, holding the GIL)."""
+    if "distributed" not in sys.modules:
+        return False
     try:
         from distributed import default_client
 

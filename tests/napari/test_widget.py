@@ -363,14 +363,14 @@ def _tile_messages(widget):
 def test_lazy_stack_layer_is_fused_tile_by_tile_with_tile_progress(qtbot, viewer, widget, grey_pair):
     import dask.array as da
 
-    from napari_fusion._napari._widget import TILING_NOW, TILING_OFF
+    from napari_fusion._napari._widget import TILING_LAZY, TILING_OFF
 
     images, _ = grey_pair  # 2 x (96, 128) uint16
     stack = np.stack(images)
     layer = viewer.add_image(da.from_array(stack, chunks=(1, 48, 64)), name="lazy")
     assert widget.tiling.currentText() == TILING_OFF
     widget.set_stack_layer(layer, axis=0)
-    assert widget.tiling.currentText() == TILING_NOW  # chosen for a dask layer
+    assert widget.tiling.currentText() == TILING_LAZY  # background tiles: chosen for a dask layer
     widget.tile_size.setValue(64)
     widget.set_method("focus_measure")
     messages = _tile_messages(widget)
@@ -384,24 +384,51 @@ def test_lazy_stack_layer_is_fused_tile_by_tile_with_tile_progress(qtbot, viewer
     assert tiles and tiles[-1] == "tile 4/4"  # (96, 128) in tiles of 64: 2 x 2
 
 
-def test_lazy_output_layers_stay_dask_until_viewed(qtbot, viewer, widget, grey_pair):
-    import dask.array as da
-
-    from napari_fusion._napari._widget import TILING_LAZY
+def test_background_tiles_fill_the_layers_each_tile_once(qtbot, viewer, widget, grey_pair, monkeypatch):
+    from napari_fusion import tiling
+    from napari_fusion._napari import _widget as W
 
     images, _ = grey_pair
     a = viewer.add_image(images[0], name="a")
     b = viewer.add_image(images[1], name="b")
     widget.set_image_layers([a, b])
     widget.set_method("focus_measure")
-    widget.tiling.setCurrentText(TILING_LAZY)
+    widget.tiling.setCurrentText(W.TILING_LAZY)
     widget.tile_size.setValue(64)
-    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    monkeypatch.setattr(W, "REFRESH_SECONDS", 0.0)  # refresh after every tile
+    calls = []
+    real = tiling.TileJob.run
+
+    def counting(self, block, block_box, core):
+        calls.append(core)
+        return real(self, block, block_box, core)
+
+    monkeypatch.setattr(tiling.TileJob, "run", counting)
+    yielded = []
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS) as blocker:
+        worker = widget.run()
+        worker.yielded.connect(lambda v: yielded.append(v[0]))
+    assert blocker.args == ["done"], widget.status.text()
     fused, dec, depth = (widget.output_layers[k] for k in ("fused", "decision", "depth"))
-    assert all(isinstance(ly.data, da.Array) for ly in (fused, dec, depth))
-    assert "lazy result of 4 tiles" in widget.status.text()
+    assert all(isinstance(ly.data, np.ndarray) for ly in (fused, dec, depth))
+    assert "4 tiles done" in widget.status.text()
+    assert len(calls) == 4 and len(set(calls)) == 4  # each tile once, for all three outputs
+    assert yielded[0] == "layers" and yielded.count("refresh") >= 1
     expected = fuse(images, method="focus_measure")
-    np.testing.assert_array_equal(np.asarray(dec.data), expected.labels + 1)
+    np.testing.assert_array_equal(dec.data, expected.labels + 1)
+    np.testing.assert_array_equal(fused.data, expected.fused)
+    np.testing.assert_array_equal(depth.data, expected.depth)
+    assert widget.output_layers["fused"] is viewer.layers[-1]  # the fused image on top
+
+
+def test_tile_order_starts_at_the_view_centre():
+    from napari_fusion._napari._widget import _tile_order
+    from napari_fusion.tiling import TileGrid
+
+    grid = TileGrid(shape=(300, 300), tile=(100, 100), halo=0)
+    assert _tile_order(grid, None)[:2] == [(0, 0), (0, 1)]
+    order = _tile_order(grid, (260.0, 40.0))
+    assert order[0] == (2, 0) and set(order) == {(i, j) for i in range(3) for j in range(3)}
 
 
 def test_cancel_stops_tiled_fusion_between_tiles(qtbot, viewer, widget, grey_pair):

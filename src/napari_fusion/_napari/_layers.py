@@ -252,12 +252,19 @@ MAP_OPACITY = 0.5
 
 
 def output_layer_data(
-    job: FusionJob, result: FusionResult, record: dict[str, Any], limits: tuple[float, float] | None = None
+    job: FusionJob,
+    result: FusionResult,
+    record: dict[str, Any],
+    limits: tuple[float, float] | None = None,
+    *,
+    decision: np.ndarray | None = None,
 ) -> dict[str, tuple]:
     """``{"fused"|"decision"|"depth": (data, kwargs, layer_type)}`` for the outputs the method gave.
 
     ``limits``: the fused image's contrast limits (:func:`display_limits`, computed in the
     worker); without them napari computes its own, the input's limits are never copied.
+    ``decision``: a ready decision layer array (labels + 1, e.g. a buffer being filled
+    tile by tile), used as it is instead of ``result.labels``.
     """
     ref = job.reference
     geo = geometry(ref)
@@ -270,10 +277,13 @@ def output_layer_data(
         if limits is not None:
             fused_kw["contrast_limits"] = tuple(limits)
     out["fused"] = (result.fused, fused_kw, "image")
-    if result.labels is not None:
-        # lazy (dask) outputs stay lazy: the arithmetic below builds a graph, computes nothing
-        labels = result.labels if is_lazy_array(result.labels) else np.asarray(result.labels)
-        dec = (labels.astype(label_dtype(job.n + 1)) + 1).astype(label_dtype(job.n + 1))
+    if result.labels is not None or decision is not None:
+        if decision is not None:
+            dec = decision
+        else:
+            # lazy (dask) outputs stay lazy: the arithmetic below builds a graph, computes nothing
+            labels = result.labels if is_lazy_array(result.labels) else np.asarray(result.labels)
+            dec = (labels.astype(label_dtype(job.n + 1)) + 1).astype(label_dtype(job.n + 1))
         features = {
             "index": np.arange(1, job.n + 1),
             "source": list(job.names),

@@ -12,11 +12,12 @@ report raise :class:`napari_fusion.FusionCancelled`, which stops the run.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -58,7 +59,9 @@ MODE_STACK = "stack layer"
 DEVICES = ("auto", "cpu", "cuda")
 TILING_OFF = "off (whole image in memory)"
 TILING_NOW = "tiles, compute now"
-TILING_LAZY = "tiles, lazy (computed when viewed)"
+TILING_LAZY = "tiles, in the background (shown as they finish)"
+#: Seconds between refreshes of the output layers while background tiles fill in.
+REFRESH_SECONDS = 0.5
 TILINGS = (TILING_OFF, TILING_NOW, TILING_LAZY)
 ALL_TASKS = "all tasks"
 
@@ -197,8 +200,9 @@ class FusionWidget(WorkerControls, QWidget):
             "off: load the inputs and fuse them in one piece.\n"
             "tiles, compute now: fuse tile by tile with overlapping halos (bounded memory; the\n"
             "progress bar counts tiles, Cancel stops before the next tile).\n"
-            "tiles, lazy: add dask-backed output layers at once; napari fuses only the tiles it\n"
-            "displays (or that you save). Chosen automatically for lazy (dask/zarr) stack layers."
+            "tiles, in the background: the output layers appear after the first tile and fill in\n"
+            "tile by tile (nearest the view centre first) while the viewer stays responsive; each\n"
+            "tile is computed once for all outputs. Chosen automatically for lazy (dask/zarr) stack layers."
         )
         self.tile_size = QSpinBox()
         self.tile_size.setRange(64, 65536)
@@ -284,7 +288,7 @@ class FusionWidget(WorkerControls, QWidget):
             return
         self._tiling_seen_layer = id(layer)
         if _layers.is_lazy_layer(layer) and self.tiling.currentText() == TILING_OFF:
-            self.tiling.setCurrentText(TILING_NOW)
+            self.tiling.setCurrentText(TILING_LAZY)
 
     def _on_stack_choice(self, *_args) -> None:
         # a new layer or axis: take the z step from its scale again
@@ -376,6 +380,19 @@ class FusionWidget(WorkerControls, QWidget):
         device = self.device.currentText()
         tiling = (self.tiling.currentText(), int(self.tile_size.value()))
         self._begin_run(f"running {method} on {job.n} images...")
+        if tiling[0] == TILING_LAZY:
+            return self._start_worker(
+                _compute_in_background,
+                job,
+                method,
+                params,
+                device,
+                self._progress_callback,
+                self._cancel,
+                tiling[1],
+                self._view_centre(job),
+                progress=f"Fusing {job.n} images ({method}), tile by tile",
+            )
         return self._start_worker(
             _compute,
             job,
@@ -388,31 +405,92 @@ class FusionWidget(WorkerControls, QWidget):
             progress=f"Fusing {job.n} images ({method})",
         )
 
-    def _on_returned(self, value) -> None:
-        job, result, device, seconds, limits = value
+    def _view_centre(self, job) -> tuple[float, float] | None:
+        """The viewer's camera centre in the output's pixel coordinates (row, column), if known."""
+        try:
+            ref = job.reference
+            centre = self.viewer.camera.center[-2:]
+            scale, translate = ref.scale[-2:], ref.translate[-2:]
+            return tuple(float((c - t) / s) for c, t, s in zip(centre, translate, scale))  # type: ignore[return-value]
+        except (AttributeError, TypeError, ValueError, ZeroDivisionError):
+            return None
+
+    def _show_outputs(
+        self, job, result, device: str, seconds: float, limits, decision=None, *, one_per_turn: bool = False
+    ) -> None:
+        """Create or update the output layers (GUI thread; no pixel is computed here).
+
+        ``one_per_turn``: make one layer per turn of the event loop (napari takes
+        about 0.1 s to set up a large layer; three at once would hold the viewer).
+        """
         self.last_result = result
         record = _layers.provenance(job, result, device=device, seconds=seconds)
-        specs = _layers.output_layer_data(job, result, record, limits)
+        specs = _layers.output_layer_data(job, result, record, limits, decision=decision)
+        steps = []
         for key in ("fused", "decision", "depth"):
             if key in specs:
-                data, kwargs, layer_type = specs[key]
-                self.output_layers[key] = _layers.update_or_add(
-                    self.viewer, self.output_layers.get(key), data, kwargs, layer_type
-                )
+                steps.append(lambda key=key: self._put_output(key, *specs[key]))
             else:
                 # the method gives no such output: drop the stale layer of a previous run
-                drop_layer(self.viewer, self.output_layers, key)
+                steps.append(lambda key=key: drop_layer(self.viewer, self.output_layers, key))
         # first view: the fused image on top, the translucent maps beneath it
-        _layers.arrange_outputs(self.viewer, [self.output_layers.get(k) for k in ("depth", "decision", "fused")])
-        if _layers.is_lazy_array(result.fused):
-            tiles = getattr(getattr(result, "grid", None), "n_tiles", "?")
-            self.status.setText(
-                f"{result.method}: lazy result of {tiles} tiles on {device}; tiles are fused as they are viewed"
+        steps.append(
+            lambda: _layers.arrange_outputs(
+                self.viewer, [self.output_layers.get(k) for k in ("depth", "decision", "fused")]
             )
-        else:
-            used = result.n_sources_used
-            extra = f", {used} of {job.n} sources used" if result.labels is not None else ""
-            self.status.setText(f"{result.method}: done in {seconds:.2f} s on {device}{extra}")
+        )
+        if not one_per_turn:
+            for step in steps:
+                step()
+            return
+        self._layer_steps = steps
+        self._next_layer_step()
+
+    def _next_layer_step(self) -> None:
+        steps = getattr(self, "_layer_steps", [])
+        if steps:
+            steps.pop(0)()
+        if steps:
+            QTimer.singleShot(0, self._next_layer_step)
+
+    def _put_output(self, key: str, data, kwargs: dict[str, Any], layer_type: str) -> None:
+        self.output_layers[key] = _layers.update_or_add(
+            self.viewer, self.output_layers.get(key), data, kwargs, layer_type
+        )
+
+    def _on_yielded(self, value) -> None:
+        """Background tiling: the first tile (create the layers) or more tiles (refresh them)."""
+        if value[0] == "layers":
+            _, job, result, device, limits, decision = value
+            self._show_outputs(job, result, device, 0.0, limits, decision=decision, one_per_turn=True)
+            return
+        if getattr(self, "_layer_steps", None):
+            return  # the layers are still being made; they show the current data when they are
+        for layer in self.output_layers.values():
+            if layer is not None and layer in self.viewer.layers:
+                layer.refresh()
+
+    def _on_returned(self, value) -> None:
+        if value[0] == "background":
+            _, job, result, device, seconds, tiles = value
+            while getattr(self, "_layer_steps", None):  # a very short run: finish making the layers
+                self._next_layer_step()
+            self._on_yielded(("refresh",))
+            if self.output_layers.get("fused") is not None:
+                record = _layers.provenance(job, result, device=device, seconds=seconds)
+                for layer in self.output_layers.values():
+                    meta = dict(layer.metadata)
+                    meta["napari_fusion"] = {**meta.get("napari_fusion", {}), **record}
+                    layer.metadata = meta
+            self.last_result = result
+            self.status.setText(f"{result.method}: {tiles} tiles done in {seconds:.2f} s on {device}")
+            self._outcome = "done"
+            return
+        job, result, device, seconds, limits = value
+        self._show_outputs(job, result, device, seconds, limits)
+        used = result.n_sources_used
+        extra = f", {used} of {job.n} sources used" if result.labels is not None else ""
+        self.status.setText(f"{result.method}: done in {seconds:.2f} s on {device}{extra}")
         self._outcome = "done"
 
 
@@ -460,12 +538,7 @@ def _compute(job, method, params, device, progress, cancel, tiling=(TILING_OFF, 
             images = [np.asarray(im) for im in images]
         result = fuse(images, **common, progress=progress, **params)
     else:
-        result = fuse(images, **common, chunks=int(tile), **params)
-        if mode == TILING_NOW:
-            result = result.compute(progress=progress)
-        else:
-            # lazy: napari computes the tiles it shows; nothing is fused here
-            result.progress = None
+        result = fuse(images, **common, chunks=int(tile), **params).compute(progress=progress)
     if cancel.is_set():
         raise FusionCancelled("fusion cancelled by the user")
     seconds = time.perf_counter() - start
@@ -473,3 +546,72 @@ def _compute(job, method, params, device, progress, cancel, tiling=(TILING_OFF, 
 
     limits = _layers.display_limits(result.fused, rgb=job.rgb)  # here, not on the Qt thread
     return job, result, str(resolve_device(device)), seconds, limits
+
+
+def _tile_order(grid, centre: tuple[float, float] | None) -> list[tuple[int, int]]:
+    """Grid indices by distance of their centres from ``centre`` (row, col pixels); row by row without one."""
+    rows, cols = grid.row_edges, grid.col_edges
+    order = [(i, j) for i in range(len(rows) - 1) for j in range(len(cols) - 1)]
+    if centre is None:
+        return order
+
+    def distance(ij: tuple[int, int]) -> float:
+        i, j = ij
+        cy, cx = (rows[i] + rows[i + 1]) / 2.0, (cols[j] + cols[j + 1]) / 2.0
+        return (cy - centre[0]) ** 2 + (cx - centre[1]) ** 2
+
+    return sorted(order, key=distance)
+
+
+def _compute_in_background(job, method, params, device, progress, cancel, tile, centre):
+    """Worker-thread body (a generator) of background tiling.
+
+    Plans the tiles (the lazy path: nothing fused yet), computes the tile
+    nearest the view centre, yields the output buffers so the GUI thread makes
+    the layers (contrast from that first tile), then fills the buffers tile by
+    tile - each tile once for all outputs - yielding a refresh every
+    :data:`REFRESH_SECONDS`. ``progress`` raises when the user cancels.
+    """
+    from ..api import FusionResult
+    from ..device import resolve_device
+
+    if cancel.is_set():
+        raise FusionCancelled("fusion cancelled by the user")
+    start = time.perf_counter()
+    common = {"method": method, "stack_axis": 0, "z_positions": job.z_positions, "device": device}
+    lazy = fuse(job.images, **common, chunks=int(tile), **params)
+    lazy.progress = None
+    arrays = lazy.arrays()
+    buffers = {name: np.zeros(a.shape, a.dtype) for name, a in arrays.items() if name != "labels"}
+    decision = None
+    if "labels" in arrays:
+        decision = np.zeros(arrays["labels"].shape, _layers.label_dtype(job.n + 1))
+    result = FusionResult(
+        fused=buffers["fused"],
+        labels=None,
+        depth=buffers.get("depth"),
+        method=lazy.method,
+        params=dict(lazy.params),
+    )
+    order = _tile_order(lazy.grid, centre)
+    total = len(order)
+    device_name = str(resolve_device(device))
+    last = time.perf_counter()
+    batch = max(1, min(4, os.cpu_count() or 1))  # tiles computed side by side after the first
+    for k, ((rows, cols), planes) in enumerate(lazy.iter_tiles(order, batch=batch)):
+        for name, plane in planes.items():
+            if name == "labels":
+                decision[rows, cols] = plane + 1
+            else:
+                buffers[name][rows, cols] = plane
+        progress(k + 1, total, f"tile {k + 1}/{total}")
+        if k == 0:
+            limits = _layers.display_limits(planes["fused"], rgb=job.rgb)
+            yield ("layers", job, result, device_name, limits, decision)
+            last = time.perf_counter()
+        elif time.perf_counter() - last >= REFRESH_SECONDS:
+            yield ("refresh",)
+            last = time.perf_counter()
+    if decision is not None:
+        result.labels = (decision - 1).astype(_layers.label_dtype(job.n))
+    return ("background", job, result, device_name, time.perf_counter() - start, total)
