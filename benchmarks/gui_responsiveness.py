@@ -117,9 +117,9 @@ def main() -> None:
     ap.add_argument("--skip-background", action="store_true")
     args = ap.parse_args()
 
-    import napari
     from qtpy.QtWidgets import QApplication
 
+    import napari
     from napari_fusion._napari._focal import FocalStackWidget
     from napari_fusion._napari._widget import TILING_LAZY, FusionWidget
 
@@ -149,7 +149,12 @@ def main() -> None:
     focal.set_stack_layer(sl)
     focal.align.setCurrentText("similarity")
     rows.append(
-        ("Focal stack", f"{focal.method.currentData()} + similarity", f"7 x {args.size}^2 RGB", cancel_row(app, focal, 1.0))
+        (
+            "Focal stack",
+            f"{focal.method.currentData()} + similarity",
+            f"7 x {args.size}^2 RGB",
+            cancel_row(app, focal, 1.0),
+        )
     )
 
     print(f"\nCancel after {args.cancel_after:.1f} s (Focal stack: 1.0 s); times in seconds")
