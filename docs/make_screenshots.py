@@ -9,8 +9,13 @@ virtual one::
 DAPI screenshot, which is skipped when the data is absent). Writes PNGs under
 docs/images/ (downsized and colour-quantised to stay small):
 
-* ``focal_widget.png`` - the widget with the synthetic sample focal stack fused:
-  fused image with the decision labels on top;
+* ``focal_first_view.png`` - the window exactly as a run leaves it: the fused
+  image on top (contrast from its own values), the translucent decision and
+  height beneath, the slice legend in the dock;
+* ``focal_widget.png`` - the same run with the decision labels moved on top:
+  the slice-ordered (viridis) colours and the legend of slice, z and colour;
+* ``focal_retouch.png`` - retouching: "paint from the viewed slice" with the
+  viewer on slice 5, one brush stroke, "live recompose" redoing only its box;
 * ``focal_surface.png`` - the height map as a 3-D surface textured with the
   fused image (the sample's slices are put 20 pixels apart so the relief shows);
 * ``focal_dapi_height.png`` - the real DAPI widefield stack (300 nm z-step, 130 nm
@@ -66,6 +71,19 @@ def _settle(app, n: int = 20) -> None:
     for _ in range(n):
         app.processEvents()
         time.sleep(0.02)
+    _dismiss_toasts(app)
+
+
+def _dismiss_toasts(app) -> None:
+    """Close napari's notification toasts (e.g. its PyQt5 deprecation notice) that cover the canvas."""
+    try:
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+    except ImportError:  # napari moved it: leave the toasts
+        return
+    for w in app.allWidgets():
+        if isinstance(w, NapariQtNotification):
+            w.close()
+    app.processEvents()
 
 
 def main(argv=None) -> int:
@@ -73,7 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="also write /tmp/focal_surface_top.png")
     args = ap.parse_args(argv)
     os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
-    from qtpy.QtWidgets import QApplication
+    from qtpy.QtWidgets import QApplication, QScrollArea
 
     import napari
     from napari_fusion._napari._focal import FocalStackWidget
@@ -92,14 +110,45 @@ def main(argv=None) -> int:
     widget.set_stack_layer(stack)
     widget.make_surface.setChecked(True)
     _wait(app, widget)
+    _settle(app)
+    _save(viewer.screenshot(canvas_only=False, flash=False), OUT / "focal_first_view.png")
     stack.visible = False
     dec = widget.output_layers["decision"]
     dec.opacity = 0.35
     viewer.layers.move(viewer.layers.index(dec), len(viewer.layers))  # the run puts fused on top
     viewer.layers.selection = {dec}
     viewer.reset_view()
+    scroll = widget.findChild(QScrollArea)
+    scroll.verticalScrollBar().setValue(scroll.verticalScrollBar().maximum())  # the legend
     _settle(app)
     _save(viewer.screenshot(canvas_only=False, flash=False), OUT / "focal_widget.png")
+
+    # 1b. retouching: brush from the viewed slice, live recompose of the stroke's box
+    widget.paint_from_view.setChecked(True)
+    widget.live_recompose.setChecked(True)
+    viewer.dims.set_point(0, 5 * stack.scale[0])  # the viewer shows slice 5 of the stack (world units)
+    _settle(app, 5)
+    assert dec.selected_label == 6, dec.selected_label  # label = viewed slice + 1
+    dec.mode = "paint"
+    dec.brush_size = 40
+    h, w = dec.data.shape
+    before = widget.status.text()
+    for t in np.linspace(0.0, 1.0, 25):  # one stroke across the middle
+        dec.paint((int(h * 0.5 + h * 0.15 * np.sin(6 * t)), int(w * (0.15 + 0.7 * t))), dec.selected_label)
+    dec.events.paint(value=[])  # the end of the stroke (what the mouse-up emits)
+    for _ in range(300):
+        _settle(app, 1)
+        if widget.status.text() != before and widget.status.text().startswith("recomposed"):
+            break
+    print("retouch:", widget.status.text())
+    dec = widget.output_layers["decision"]
+    dec.opacity = 0.45
+    viewer.layers.move(viewer.layers.index(dec), len(viewer.layers))  # the stroke on top of the result
+    scroll.verticalScrollBar().setValue(scroll.verticalScrollBar().maximum())
+    _settle(app)
+    _save(viewer.screenshot(canvas_only=False, flash=False), OUT / "focal_retouch.png")
+    widget.live_recompose.setChecked(False)
+    widget.paint_from_view.setChecked(False)
 
     # 2. the textured height surface in 3-D
     surf = widget.output_layers["surface"]
