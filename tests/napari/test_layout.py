@@ -1,4 +1,4 @@
-"""Dock layout: both run widgets fit a 400 px dock, scroll vertically, and label parameters in words."""
+"""Dock layout: every dock widget fits a 400 px dock, scrolls vertically; parameters labelled in words."""
 
 from __future__ import annotations
 
@@ -11,20 +11,28 @@ pytest.importorskip("pytestqt")
 pytestmark = pytest.mark.gui
 
 
-@pytest.mark.parametrize("which", ["fusion", "focal"])
+@pytest.mark.parametrize("which", ["fusion", "focal", "metrics", "upsample"])
 def test_widget_fits_a_400_px_dock_and_scrolls(qtbot, viewer, which):
     from qtpy.QtWidgets import QScrollArea
 
     from napari_fusion._napari._common import DOCK_WIDTH, content_width
     from napari_fusion._napari._focal import FocalStackWidget
+    from napari_fusion._napari._metrics_widget import MetricsWidget
+    from napari_fusion._napari._upsample_widget import GuidedUpsampleWidget
     from napari_fusion._napari._widget import FusionWidget
 
-    w = (FusionWidget if which == "fusion" else FocalStackWidget)(viewer)
+    kinds = {
+        "fusion": FusionWidget,
+        "focal": FocalStackWidget,
+        "metrics": MetricsWidget,
+        "upsample": GuidedUpsampleWidget,
+    }
+    w = kinds[which](viewer)
     qtbot.addWidget(w)
     assert content_width(w) <= DOCK_WIDTH, content_width(w)  # measured 234 and 318 px
     scroll = w.findChild(QScrollArea)
     assert scroll is not None and scroll.widgetResizable()
-    w.resize(DOCK_WIDTH, 300)  # a short dock: the content scrolls instead of being squeezed
+    w.resize(DOCK_WIDTH, 150)  # a short dock: the content scrolls instead of being squeezed
     w.show()
     qtbot.waitExposed(w)
     assert scroll.verticalScrollBar().maximum() > 0

@@ -60,7 +60,8 @@ DEVICES = ("auto", "cpu", "cuda")
 TILING_OFF = "off (whole image in memory)"
 TILING_NOW = "tiles, compute now"
 TILING_LAZY = "tiles, in the background (shown as they finish)"
-#: Seconds between refreshes of the output layers while background tiles fill in.
+#: Seconds between refreshes of the output layers while background tiles fill in (for outputs
+#: up to 4096^2; larger ones refresh proportionally less often, as napari redraws whole planes).
 REFRESH_SECONDS = 0.5
 TILINGS = (TILING_OFF, TILING_NOW, TILING_LAZY)
 ALL_TASKS = "all tasks"
@@ -595,6 +596,8 @@ def _compute_in_background(job, method, params, device, progress, cancel, tile, 
     )
     order = _tile_order(lazy.grid, centre)
     total = len(order)
+    pixels = float(np.prod(buffers["fused"].shape[:2]))
+    interval = REFRESH_SECONDS * max(1.0, pixels / 4096.0**2)
     device_name = str(resolve_device(device))
     last = time.perf_counter()
     batch = max(1, min(4, os.cpu_count() or 1))  # tiles computed side by side after the first
@@ -609,7 +612,7 @@ def _compute_in_background(job, method, params, device, progress, cancel, tile, 
             limits = _layers.display_limits(planes["fused"], rgb=job.rgb)
             yield ("layers", job, result, device_name, limits, decision)
             last = time.perf_counter()
-        elif time.perf_counter() - last >= REFRESH_SECONDS:
+        elif time.perf_counter() - last >= interval:
             yield ("refresh",)
             last = time.perf_counter()
     if decision is not None:
