@@ -490,3 +490,23 @@ def test_first_view_fused_on_top_translucent_maps_and_own_contrast(qtbot, viewer
     lo, hi = fused.contrast_limits
     f = np.asarray(fused.data)
     assert hi > 1000 and hi == pytest.approx(np.percentile(f, 99.9), rel=0.02) and lo >= f.min()
+
+
+def test_global_method_on_a_lazy_stack_is_fused_whole_with_a_note(qtbot, viewer, widget, grey_pair):
+    """A dask stack switches tiling on; a global method (liu2017_cnn: small-region removal over the
+    whole decision) is then fused in memory instead of being refused, and the status says so."""
+    import dask.array as da
+
+    from napari_fusion._napari._widget import TILING_LAZY
+
+    images, _ = grey_pair
+    stack = np.stack(images)
+    layer = viewer.add_image(da.from_array(stack, chunks=(1, 48, 64)), name="lazy")
+    widget.set_stack_layer(layer, axis=0)
+    assert widget.tiling.currentText() == TILING_LAZY
+    widget.set_method("liu2017_cnn")
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    assert "global (cannot be tiled)" in widget.status.text()
+    expected = fuse(stack, method="liu2017_cnn")
+    np.testing.assert_array_equal(widget.output_layers["fused"].data, expected.fused)
+    assert isinstance(layer.data, da.Array)  # the input layer is left as it was

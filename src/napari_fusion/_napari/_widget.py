@@ -92,6 +92,7 @@ class FusionWidget(WorkerControls, QWidget):
         self.viewer = napari_viewer
         self.output_layers: dict[str, Any] = {}
         self.last_result = None
+        self._whole_note = ""
         self._init_worker_state()
         self._z_step_from_layer = True
         self._tiling_seen_layer: int | None = None
@@ -380,6 +381,12 @@ class FusionWidget(WorkerControls, QWidget):
             return None
         device = self.device.currentText()
         tiling = (self.tiling.currentText(), int(self.tile_size.value()))
+        self._whole_note = ""
+        if tiling[0] != TILING_OFF and spec.halo_for(params) is None:
+            # a global method cannot be tiled without seams: fuse the whole image (loaded in the
+            # worker; the memory guard refuses a stack that does not fit) and say so
+            tiling = (TILING_OFF, tiling[1])
+            self._whole_note = f"; {method} is global (cannot be tiled), so the whole stack was fused in memory"
         self._begin_run(f"running {method} on {job.n} images...")
         if tiling[0] == TILING_LAZY:
             return self._start_worker(
@@ -491,7 +498,7 @@ class FusionWidget(WorkerControls, QWidget):
         self._show_outputs(job, result, device, seconds, limits)
         used = result.n_sources_used
         extra = f", {used} of {job.n} sources used" if result.labels is not None else ""
-        self.status.setText(f"{result.method}: done in {seconds:.2f} s on {device}{extra}")
+        self.status.setText(f"{result.method}: done in {seconds:.2f} s on {device}{extra}{self._whole_note}")
         self._outcome = "done"
 
 
