@@ -409,3 +409,47 @@ def test_outputs_computed_separately_fuse_each_tile_once(device):
     again = tiling.fuse_lazy(images, probe, device=device, chunks=32)
     again.fused.compute(scheduler="synchronous")
     assert len(calls) == 2 * n  # a new fusion of the same data is fused again
+
+
+def _every_tileable() -> list[tuple[str, dict]]:
+    """Every registered method that tiles with its defaults, plus csc_mefn without its global stretch."""
+    cases = [(s.name, {}) for s in nf.list_methods() if s.halo_for(s.defaults()) is not None]
+    if "csc_mefn" not in [n for n, _ in cases]:
+        cases.append(("csc_mefn", {"stretch": False}))
+    return cases
+
+
+#: fused-image tolerance per method, in the output's units (float inputs in [0, 1]); integer
+#: outputs may also differ by one count where the float result sits on a rounding boundary
+TILED_TOLERANCE = {"tiis2018_fcn": 1e-4, "csc_mefn": 1e-4}
+
+
+@pytest.mark.parametrize("name, extra", _every_tileable(), ids=[n for n, _ in _every_tileable()])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(2, 3),
+    h=st.integers(16, 48),
+    w=st.integers(16, 48),
+    chunks=tiles,
+    colour=st.booleans(),
+    dtype=st.sampled_from(["float32", "uint8", "uint16"]),
+)
+def test_every_tileable_method_tiled_equals_untiled(name, extra, seed, n, h, w, chunks, colour, dtype):
+    """The lazy engine's contract for every registered method that declares a halo: tiled ==
+    untiled, for any image size, tile size, stack depth, grey/RGB and input dtype."""
+    spec = nf.get_method(name)
+    if spec.mode == "pairwise" and n > 2 and name == "tiis2018_fcn":
+        n = 2  # keep the network's runs short
+    images = _stack(seed, n, h, w, colour)
+    if dtype != "float32":
+        images = np.rint(images.clip(0, 1) * np.iinfo(dtype).max).astype(dtype)
+    tol = TILED_TOLERANCE.get(name, 1e-5)
+    if dtype != "float32":
+        tol = max(1.0, tol * np.iinfo(dtype).max)
+    ref = nf.fuse(images, name, device="cpu", **extra)
+    got = nf.fuse(images, name, device="cpu", chunks=chunks, **extra).compute(scheduler="synchronous")
+    assert got.fused.dtype == ref.fused.dtype and got.fused.shape == ref.fused.shape
+    np.testing.assert_allclose(got.fused.astype(np.float64), ref.fused.astype(np.float64), rtol=0, atol=tol)
+    if ref.labels is not None:
+        assert (got.labels != ref.labels).mean() <= (0.002 if name in TILED_TOLERANCE else 0.0)

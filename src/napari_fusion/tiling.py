@@ -82,7 +82,10 @@ TILE_KEY_PREFIX = "napari-fusion-tile"
 
 #: Tile-origin alignment per method name, for methods whose tiles must start on a
 #: coarser grid than the generic ``levels`` rule gives. ``name -> f(params) -> int``.
-TILE_ALIGN: dict[str, Callable[[dict[str, Any]], int]] = {}
+TILE_ALIGN: dict[str, Callable[[dict[str, Any]], int]] = {
+    # patches on a grid of ``stride`` pixels from the image origin: tiles must start on it
+    "veshki_cdl": lambda p: int(p.get("stride", 1)),
+}
 
 
 # --------------------------------------------------------------------------- detection
