@@ -354,8 +354,17 @@ class WorkerControls:
             self._pbar.close()
             self._pbar = None
 
+    #: Widgets whose bad input is common (metrics, upsampling) set this: their input errors then
+    #: go to the status line as "<prefix>: <message>", without a notification.
+    input_error_prefix: str | None = None
+
     # end of a run
     def _on_errored(self, exc: BaseException) -> None:
+        prefix = self.input_error_prefix
+        if prefix and isinstance(exc, FusionError) and not isinstance(exc, FusionCancelled):
+            self.status.setText(f"{prefix}: {exc}")
+            self._outcome = "error"
+            return
         if isinstance(exc, FusionCancelled):
             self.status.setText("cancelled; output layers unchanged")
             self._outcome = "cancelled"

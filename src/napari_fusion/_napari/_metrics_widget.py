@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import FusionCancelled, FusionError, FusionInputError
+from ..errors import FusionCancelled, FusionInputError
 from ..metrics import METRICS, compute_metrics, ergas, sam
 from ._common import WorkerControls, make_compact, scrolling_layout, text_label
 
@@ -120,6 +120,7 @@ class MetricsWidget(WorkerControls, QWidget):
 
     #: Emitted when a computation ends, with "done", "cancelled" or "error".
     run_finished = Signal(str)
+    input_error_prefix = "cannot compute"
 
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
@@ -248,11 +249,8 @@ class MetricsWidget(WorkerControls, QWidget):
         )
 
     def _on_errored(self, exc: BaseException) -> None:
-        if isinstance(exc, FusionError) and not isinstance(exc, FusionCancelled):
-            self.status.setText(f"cannot compute: {exc}")
-            self._outcome = "error"
+        if not isinstance(exc, FusionCancelled):  # a cancelled run keeps the previous table
             self.values = {}
-            return
         super()._on_errored(exc)
 
     def _on_returned(self, values: dict[str, float]) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
 
-from ..errors import FusionCancelled, FusionError
+from ..errors import FusionError
 from ..upsample import MODELS, UPSAMPLE_METHODS, guided_upsample, infer_layout
 from ._common import WorkerControls, make_compact, scrolling_layout, text_label
 
@@ -55,6 +55,7 @@ class GuidedUpsampleWidget(WorkerControls, QWidget):
 
     #: Emitted when a run ends, with "done", "cancelled" or "error".
     run_finished = Signal(str)
+    input_error_prefix = "cannot upsample"
 
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
@@ -178,13 +179,6 @@ class GuidedUpsampleWidget(WorkerControls, QWidget):
             self._progress_callback,
             progress=f"Guided upsampling ({method})",
         )
-
-    def _on_errored(self, exc: BaseException) -> None:
-        if isinstance(exc, FusionError) and not isinstance(exc, FusionCancelled):
-            self.status.setText(f"cannot upsample: {exc}")
-            self._outcome = "error"
-            return
-        super()._on_errored(exc)
 
     def _on_returned(self, out: np.ndarray) -> None:
         """Show the result (on the GUI thread): a new layer, or the previous one updated in place."""

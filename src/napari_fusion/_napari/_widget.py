@@ -389,28 +389,19 @@ class FusionWidget(WorkerControls, QWidget):
             self._whole_note = f"; {method} is global (cannot be tiled), so the whole stack was fused in memory"
         self._begin_run(f"running {method} on {job.n} images...")
         if tiling[0] == TILING_LAZY:
-            return self._start_worker(
-                _compute_in_background,
-                job,
-                method,
-                params,
-                device,
-                self._progress_callback,
-                self._cancel,
-                tiling[1],
-                self._view_centre(job),
-                progress=f"Fusing {job.n} images ({method}), tile by tile",
-            )
+            work, extra, title = _compute_in_background, (tiling[1], self._view_centre(job)), ", tile by tile"
+        else:
+            work, extra, title = _compute, (tiling,), ""
         return self._start_worker(
-            _compute,
+            work,
             job,
             method,
             params,
             device,
             self._progress_callback,
             self._cancel,
-            tiling,
-            progress=f"Fusing {job.n} images ({method})",
+            *extra,
+            progress=f"Fusing {job.n} images ({method}){title}",
         )
 
     def _view_centre(self, job) -> tuple[float, float] | None:
