@@ -145,6 +145,7 @@ def test_gui_thread_never_held_during_background_tiles(qtbot, viewer):
     timer.stop()
     ticks.append(time.perf_counter())
     assert blocker.args == ["cancelled"]
+    assert "cancelled: the output layers show the tiles fused so far" in widget.status.text()
     ticks = np.asarray(ticks)
     gaps = np.diff(ticks)
     assert len(ticks) > 50 and layers_at

@@ -274,6 +274,7 @@ class WorkerControls:
         self._pbar = None
         self._pbar_n = 0
         self._pbar_desc = ""
+        self._last_message = ""
         self._bridge = ProgressBridge()
         self._bridge.changed.connect(self._on_progress)
         cancel = self._cancel  # not self: the lambda must outlive the widget
@@ -291,6 +292,7 @@ class WorkerControls:
 
     def _begin_run(self, message: str) -> None:
         self._cancel.clear()
+        self._last_message = ""
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status.setText(message)
@@ -338,6 +340,8 @@ class WorkerControls:
         self._pbar_n = 0
 
     def _on_progress(self, done: float, total: float, message: str) -> None:
+        if message:
+            self._last_message = message
         pbar = self._pbar
         if pbar is None:  # a report queued before the run ended
             return

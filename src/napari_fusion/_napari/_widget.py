@@ -93,6 +93,8 @@ class FusionWidget(WorkerControls, QWidget):
         self.output_layers: dict[str, Any] = {}
         self.last_result = None
         self._whole_note = ""
+        self._layer_steps: list = []  # background tiling: layers still to make, one per event-loop turn
+        self._partial = False  # background tiling: the output layers already show this run's tiles
         self._init_worker_state()
         self._z_step_from_layer = True
         self._tiling_seen_layer: int | None = None
@@ -382,6 +384,7 @@ class FusionWidget(WorkerControls, QWidget):
         device = self.device.currentText()
         tiling = (self.tiling.currentText(), int(self.tile_size.value()))
         self._whole_note = ""
+        self._partial = False
         if tiling[0] != TILING_OFF and spec.halo_for(params) is None:
             # a global method cannot be tiled without seams: fuse the whole image (loaded in the
             # worker; the memory guard refuses a stack that does not fit) and say so
@@ -446,7 +449,7 @@ class FusionWidget(WorkerControls, QWidget):
         self._next_layer_step()
 
     def _next_layer_step(self) -> None:
-        steps = getattr(self, "_layer_steps", [])
+        steps = self._layer_steps
         if steps:
             steps.pop(0)()
         if steps:
@@ -461,18 +464,27 @@ class FusionWidget(WorkerControls, QWidget):
         """Background tiling: the first tile (create the layers) or more tiles (refresh them)."""
         if value[0] == "layers":
             _, job, result, device, limits, decision = value
+            self._partial = True
             self._show_outputs(job, result, device, 0.0, limits, decision=decision, one_per_turn=True)
             return
-        if getattr(self, "_layer_steps", None):
+        if self._layer_steps:
             return  # the layers are still being made; they show the current data when they are
         for layer in self.output_layers.values():
             if layer is not None and layer in self.viewer.layers:
                 layer.refresh()
 
+    def _on_errored(self, exc: BaseException) -> None:
+        super()._on_errored(exc)
+        if self._partial:  # background tiling: the layers were made and hold the tiles done so far
+            what = "cancelled" if isinstance(exc, FusionCancelled) else "stopped by an error"
+            self.status.setText(
+                f"{what}: the output layers show the tiles fused so far (the others are empty); last {self._last_message}"
+            )
+
     def _on_returned(self, value) -> None:
         if value[0] == "background":
             _, job, result, device, seconds, tiles = value
-            while getattr(self, "_layer_steps", None):  # a very short run: finish making the layers
+            while self._layer_steps:  # a very short run: finish making the layers
                 self._next_layer_step()
             self._on_yielded(("refresh",))
             if self.output_layers.get("fused") is not None:
