@@ -69,3 +69,36 @@ def test_reports_every_tile_and_stops_when_the_report_raises():
     with pytest.raises(FusionCancelled):
         map_tiles(fn, x, halo=3, tile=10, report=cancel)
     assert len(calls) == 2
+
+
+@torch.no_grad()
+def test_out_of_memory_tiles_are_split_and_the_result_is_unchanged():
+    """A block larger than the 'device' holds raises OutOfMemoryError: the tile is split in four
+    (same halo) until its blocks fit; progress still ends at the tile count."""
+    net = _net()
+    x = torch.rand(1, 1, 90, 70)
+    sizes = []
+
+    def small_device(block):
+        sizes.append(tuple(block.shape[-2:]))
+        if block.shape[-2] * block.shape[-1] > 40 * 40:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return net(block)
+
+    reports = []
+    (got,) = map_tiles(small_device, x, halo=2, tile=64, report=lambda d, t: reports.append((d, t)))
+    torch.testing.assert_close(got, net(x), rtol=0, atol=1e-6)
+    assert any(h * w > 40 * 40 for h, w in sizes)  # some blocks failed first
+    assert reports[-1] == (4, 4) and all(b[0] >= a[0] for a, b in zip(reports, reports[1:]))
+
+    def never_fits(block):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    with pytest.raises(torch.OutOfMemoryError):  # splitting stops at MIN_SPLIT_TILE
+        map_tiles(never_fits, x, halo=2, tile=64)
+
+    def other_error(block):
+        raise ValueError("not a memory problem")
+
+    with pytest.raises(ValueError, match="not a memory problem"):  # other errors are not retried
+        map_tiles(other_error, x, halo=2, tile=64)

@@ -68,6 +68,7 @@ from ._inputs import (
 )
 from .device import resolve_device
 from .errors import FusionError, FusionInputError
+from .ops.tiles import free_device_memory, is_out_of_memory
 from .registry import FusionContext, MethodSpec, get_method
 from .results import FusionResult
 
@@ -225,24 +226,6 @@ def normalise_tile(chunks: Any, shape: tuple[int, int], input_chunks: tuple[int,
 # --------------------------------------------------------------------------- OOM handling
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for device or host out-of-memory errors raised by torch."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    if isinstance(exc, RuntimeError):
-        text = str(exc).lower()
-        return "out of memory" in text or "can't allocate memory" in text
-    return False
-
-
-def _free_device_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    mps = getattr(torch, "mps", None)
-    if mps is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        mps.empty_cache()
-
-
 def _split_range(a: int, b: int, align: int) -> list[tuple[int, int]]:
     """Halve ``[a, b)`` at an aligned point, or return it whole if it cannot be split."""
     size = b - a
@@ -296,7 +279,7 @@ class TileJob:
             reason = f"{type(exc).__name__}: {exc}"
         # Retry outside the except clause: the failed attempt's traceback, and with it the
         # tensors its frames hold, is released only once the clause is left.
-        _free_device_memory()
+        free_device_memory()
         y0, y1, x0, x1 = core
         rows = _split_range(y0, y1, self.align)
         cols = _split_range(x0, x1, self.align)

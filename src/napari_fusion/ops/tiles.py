@@ -22,12 +22,46 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["tile_starts", "map_tiles"]
+__all__ = ["MIN_SPLIT_TILE", "free_device_memory", "is_out_of_memory", "map_tiles", "tile_starts"]
 
 
 def tile_starts(size: int, tile: int) -> list[int]:
     """Start offsets of tiles of ``tile`` pixels covering ``size`` pixels."""
     return list(range(0, size, max(1, int(tile))))
+
+
+#: A tile that runs out of memory is split in four until its side is below this (pixels).
+MIN_SPLIT_TILE = 32
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for device or host out-of-memory errors raised by torch."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        return "out of memory" in text or "can't allocate memory" in text
+    return False
+
+
+def free_device_memory() -> None:
+    """Return cached GPU memory to the device (after an out-of-memory error)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    if mps is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        mps.empty_cache()
+
+
+def _split_box(box: tuple[int, int, int, int], align: int) -> list[tuple[int, int, int, int]]:
+    """The four quadrants of a core box (cut on multiples of ``align``); [box] if it cannot be cut."""
+    y0, y1, x0, x1 = box
+
+    def cut(a: int, b: int) -> list[tuple[int, int]]:
+        mid = a + ((b - a) // 2 // align) * align
+        return [(a, mid), (mid, b)] if a < mid < b else [(a, b)]
+
+    return [(ya, yb, xa, xb) for ya, yb in cut(y0, y1) for xa, xb in cut(x0, x1)]
 
 
 def map_tiles(
@@ -37,7 +71,7 @@ def map_tiles(
     halo: int,
     tile: int = 256,
     strides: Sequence[int] = (1,),
-    report: Callable[[int, int], None] | None = None,
+    report: Callable[[float, int], None] | None = None,
     out: Sequence[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Apply ``fn`` to ``x`` (``(..., H, W)``) tile by tile; returns ``fn``'s outputs, assembled.
@@ -55,6 +89,11 @@ def map_tiles(
     ``report(done, total)`` is called after every tile (it may raise, e.g.
     :class:`napari_fusion.FusionCancelled`, to stop). ``out``: tensors to write
     the outputs into (of the assembled shapes), instead of new ones.
+
+    A tile whose block runs out of memory (GPU or host) is split into four
+    and each part is run with the same halo, down to :data:`MIN_SPLIT_TILE`
+    pixels; the result does not change. ``done`` then advances by the finished
+    parts' share of their tile.
     """
     inputs = [x] if isinstance(x, torch.Tensor) else list(x)
     h, w = inputs[0].shape[-2:]
@@ -65,29 +104,42 @@ def map_tiles(
         raise ValueError(f"strides must be positive, got {tuple(strides)}")
     tile = -(-max(int(tile), 1) // align) * align
     halo = -(-max(int(halo), 0) // align) * align
-    ys, xs = tile_starts(h, tile), tile_starts(w, tile)
-    total = len(ys) * len(xs)
+    queue = [
+        (y0, min(y0 + tile, h), x0, min(x0 + tile, w)) for y0 in tile_starts(h, tile) for x0 in tile_starts(w, tile)
+    ]
+    total = len(queue)
+    share = {box: 1.0 for box in queue}  # fraction of an original tile each queued box stands for
     outs: list[torch.Tensor] | None = None if out is None else list(out)
-    done = 0
-    for y0 in ys:
-        for x0 in xs:
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            ya, xa = max(0, y0 - halo), max(0, x0 - halo)
-            yb, xb = min(h, y1 + halo), min(w, x1 + halo)
+    done = 0.0
+    while queue:
+        box = queue.pop(0)
+        y0, y1, x0, x1 = box
+        ya, xa = max(0, y0 - halo), max(0, x0 - halo)
+        yb, xb = min(h, y1 + halo), min(w, x1 + halo)
+        try:
             got = fn(*(t[..., ya:yb, xa:xb] for t in inputs))
-            parts = [got] if isinstance(got, torch.Tensor) else list(got)
-            if len(parts) != len(strides):
-                raise ValueError(f"fn returned {len(parts)} outputs for {len(strides)} strides")
-            if outs is None:
-                outs = [p.new_empty((*p.shape[:-2], h // s, w // s)) for p, s in zip(parts, strides)]
-            for out, part, s in zip(outs, parts, strides):
-                r0, c0 = y0 // s, x0 // s
-                r1 = h // s if y1 == h else y1 // s
-                c1 = w // s if x1 == w else x1 // s
-                dy, dx = (y0 - ya) // s, (x0 - xa) // s
-                out[..., r0:r1, c0:c1] = part[..., dy : dy + r1 - r0, dx : dx + c1 - c0]
-            done += 1
-            if report is not None:
-                report(done, total)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
+            parts_of = _split_box(box, align)
+            if not is_out_of_memory(exc) or max(y1 - y0, x1 - x0) < MIN_SPLIT_TILE or len(parts_of) == 1:
+                raise
+            free_device_memory()
+            for part in parts_of:
+                share[part] = share[box] * (part[1] - part[0]) * (part[3] - part[2]) / ((y1 - y0) * (x1 - x0))
+            queue[:0] = parts_of
+            continue
+        parts = [got] if isinstance(got, torch.Tensor) else list(got)
+        if len(parts) != len(strides):
+            raise ValueError(f"fn returned {len(parts)} outputs for {len(strides)} strides")
+        if outs is None:
+            outs = [p.new_empty((*p.shape[:-2], h // s, w // s)) for p, s in zip(parts, strides)]
+        for target, part, s in zip(outs, parts, strides):
+            r0, c0 = y0 // s, x0 // s
+            r1 = h // s if y1 == h else y1 // s
+            c1 = w // s if x1 == w else x1 // s
+            dy, dx = (y0 - ya) // s, (x0 - xa) // s
+            target[..., r0:r1, c0:c1] = part[..., dy : dy + r1 - r0, dx : dx + c1 - c0]
+        done += share.pop(box)
+        if report is not None:
+            report(done, total)
     assert outs is not None
     return outs
