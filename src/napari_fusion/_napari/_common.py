@@ -1,10 +1,13 @@
-"""Qt set-up shared by the run-style dock widgets ("Image fusion" and "Focal stack").
+"""Qt set-up shared by the dock widgets (Image fusion, Focal stack, Fusion metrics,
+Guided upsampling).
 
-Small helpers for what the two widgets did line for line the same: selectable
-status labels, the layer-list wiring, the stack-layer and channel-layer choosers,
-the z-step field, and the Run/Cancel plumbing around a napari thread worker
-(:class:`WorkerControls`). Each widget still builds its own panels and decides
-what a run computes and shows; this module holds no fusion logic.
+The runner every widget uses (:class:`WorkerControls`: a napari thread worker,
+Run/Cancel, a progress bar in the activity dock, status and errors, and a
+one-time :func:`warm_up`), plus small helpers for what the widgets did line for
+line the same: selectable status labels, the layer-list wiring, the stack-layer
+and channel-layer choosers, the z-step field, the scrolling compact layout and
+the decision legend. Each widget still builds its own panels and decides what a
+run computes and shows; this module holds no fusion logic.
 """
 
 from __future__ import annotations
