@@ -75,9 +75,9 @@ def labels_from_napari(data: np.ndarray, *, previous: np.ndarray | None = None) 
     return out
 
 
-def _as_tensor(a: np.ndarray) -> torch.Tensor:
-    """``(C, H, W)`` float64 tensor of a slice (grey -> C = 1)."""
-    f = np.asarray(a, dtype=np.float64)
+def _as_tensor(a: np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``(C, H, W)`` float tensor of a slice (grey -> C = 1; float64 unless ``dtype`` says otherwise)."""
+    f = np.asarray(a, dtype=np.float32 if dtype == torch.float32 else np.float64)
     if f.ndim == 2:
         f = f[None]
     else:
@@ -178,17 +178,25 @@ def _gaussian_blend(items: list, lab_t: torch.Tensor, used: list[int], sigma: fl
 
 
 def _pyramid_blend(items: list, lab_t: torch.Tensor, used: list[int], nlev: int):
-    """Laplacian pyramids of the slices blended by Gaussian pyramids of their masks; (fused, low, high)."""
+    """Laplacian pyramids of the slices blended by Gaussian pyramids of their masks; (fused, low, high).
+
+    float32 (the result is rounded to the slices' dtype; float64 changed about 0.2 % of uint16
+    pixels by one count and took 1.3x longer), accumulated in place, one slice at a time.
+    """
     low, high = np.inf, -np.inf
-    acc = None
+    acc: list[torch.Tensor] | None = None
     for k in used:
         s = load(items[k])
         low, high = min(low, float(s.min())), max(high, float(s.max()))
-        gm = gaussian_pyramid((lab_t == k).double(), nlev)
-        lp = laplacian_pyramid(_as_tensor(s).to(lab_t.device), nlev)
-        terms = [g * l for g, l in zip(gm, lp)]
-        acc = terms if acc is None else [a + t for a, t in zip(acc, terms)]
-    return reconstruct_laplacian_pyramid(acc), low, high
+        gm = gaussian_pyramid((lab_t == k).float(), nlev)
+        lp = laplacian_pyramid(_as_tensor(s, torch.float32).to(lab_t.device), nlev)
+        if acc is None:
+            acc = [g * band for g, band in zip(gm, lp)]
+        else:
+            for a, g, band in zip(acc, gm, lp):
+                a.addcmul_(g, band)
+    assert acc is not None
+    return reconstruct_laplacian_pyramid(acc).double(), low, high
 
 
 def _to_slice_layout(fused: torch.Tensor, low: float, high: float, dtype: np.dtype, *, grey: bool) -> np.ndarray:
