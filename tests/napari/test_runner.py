@@ -152,8 +152,9 @@ def test_gui_thread_never_held_during_background_tiles(qtbot, viewer):
     # while tiles are computed and shown (from the first layers to the cancel): never 200 ms
     filling = gaps[ticks[1:] > layers_at[0]]
     assert filling.max() < 0.2, f"the GUI thread was held {filling.max():.3f} s while tiles filled in"
-    # at the start, dask's graph planning of the global intensity pass (pure Python in the
-    # worker) holds the GIL in bursts: measured 0.2-0.35 s once per run on this machine
+    # at the start, dask's graph handling in the worker (the global intensity pass and the
+    # first tile's compute, pure Python) starves the GUI thread of the GIL once: measured
+    # 0.2-0.4 s per run on this machine (see docs/napari.md)
     assert gaps.max() < 0.6, f"the GUI thread was held {gaps.max():.3f} s"
     fused = widget.output_layers["fused"].data
     assert isinstance(fused, np.ndarray) and fused.shape == (4096, 4096)
