@@ -328,3 +328,17 @@ def test_three_sources_and_labels_name_the_detail_source(device):
     out = fuse([flat, textured, flat], "csc_ivfn", device=device)
     assert out.weights.shape == (3, 40, 40)
     assert (out.labels[5:-5, 5:-5] == 1).mean() > 0.9
+
+
+def test_fused_in_network_tiles_equals_one_pass(monkeypatch):
+    """Encoder and decoder in tiles (halo = their receptive radius) give the whole-image result."""
+    import napari_fusion.methods.csc_ivfn as M
+
+    rng = np.random.default_rng(1)
+    a = rng.random((150, 140)).astype(np.float32)
+    b = np.roll(a, 7, 0) ** 2
+    monkeypatch.setattr(M, "NET_TILE", 10**6)
+    whole = fuse([a, b], method="csc_ivfn").fused
+    monkeypatch.setattr(M, "NET_TILE", 32)  # tiles smaller than the 21 px halo
+    tiled = fuse([a, b], method="csc_ivfn").fused
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-5)

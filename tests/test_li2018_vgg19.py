@@ -320,3 +320,37 @@ def test_weights_file_path_end_to_end(device, tmp_path, monkeypatch, no_weights)
     monkeypatch.setattr(M, "VGG19_IMAGENET", W.WeightsSpec(**{**spec.__dict__, "sha256": W.sha256_of(other)}))
     with pytest.raises(WeightsUnavailableError, match="features.0.weight"):
         nf.fuse([a, b], method="li2018_vgg19", weights=str(other))
+
+
+def test_receptive_radius_is_the_true_reach():
+    """Changing one input pixel changes relu4_1 exactly up to receptive_radius pixels away."""
+    from napari_fusion.nets.vgg19 import receptive_radius
+
+    net = small_net()
+    k = LAYER_INDEX["relu4_1"]
+    r = receptive_radius(k)
+    assert r == 37  # 3x3 convs and 2x2 pools up to relu4_1
+    x = torch.rand(1, 3, 160, 160)
+    with torch.no_grad():
+        base = net.extract(x, [k])[k]
+        y = x.clone()
+        y[..., 80, 80] += 1.0
+        diff = (net.extract(y, [k])[k] - base).abs().sum(1)[0]
+    rows = torch.nonzero(diff.sum(1) > 0).flatten() * layer_stride(k)
+    # the changed outputs cover input rows within r of the pixel (at the output stride)
+    assert rows.min() >= 80 - r and rows.max() + layer_stride(k) - 1 <= 80 + r
+
+
+def test_layer_activities_in_tiles_equal_one_pass():
+    """The VGG19 pass in tiles (halo = receptive radius, aligned to stride 8) equals a whole-image
+    pass, for tiles smaller than the halo and an image size that is not a multiple of 8."""
+    net = small_net()
+    ids = M.LAYER_SETS[next(iter(M.LAYER_SETS))]
+    details = torch.rand(2, 203, 157) - 0.5
+    with torch.no_grad():
+        whole = M.layer_activities(net, details, ids, tile=10**6)
+        for tile in (8, 24, 64):
+            got = M.layer_activities(net, details, ids, tile=tile)
+            for a, b in zip(got, whole):
+                assert a.shape == b.shape
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -591,18 +591,20 @@ def compute_quietly(*arrays: Any) -> tuple:
         return dask.compute(*arrays)
 
 
-def local_scheduler() -> str | None:
-    """``"threads"`` unless a dask.distributed client or a configured scheduler should be used (None).
+def local_scheduler() -> Callable[..., Any] | None:
+    """dask's threaded ``get`` unless a dask.distributed client or a configured scheduler should
+    be used (None).
 
-    Passing it to ``dask.compute`` keeps dask from importing ``distributed``
-    to look for a client (0.5 s holding the GIL, which stalls napari's GUI
-    thread when it happens in a worker).
+    Passed to ``dask.compute`` as a callable (not the name ``"threads"``, which
+    still makes dask import ``distributed`` to look for a client: 0.5 s holding
+    the GIL, which stalls napari's GUI thread when it happens in a worker).
     """
     import dask
+    import dask.threaded
 
     if dask.config.get("scheduler", None) is not None or _in_distributed_client():
         return None
-    return "threads"
+    return dask.threaded.get
 
 
 def _in_distributed_client() -> bool:

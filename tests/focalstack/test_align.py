@@ -240,3 +240,21 @@ def test_warp_bilinear_matches_ndimage(shape, dtype):
     got = warp_bilinear(img, m)
     assert got.shape == img.shape and got.dtype == img.dtype
     np.testing.assert_allclose(got, ref, atol=1e-2 if dtype == np.float32 else 1e-9)
+
+
+def test_progress_through_alignment_fusion_and_slabs(small_focal_stack):
+    """One progress bar over the stages: it only moves forward and ends at 1; alignment reports
+    per slice pair and per warped slice."""
+    from napari_fusion.focalstack import fuse_focal_stack
+
+    slices = small_focal_stack.slices
+    for kw in ({"align": "translation"}, {"slab": 2}, {}):
+        seen = []
+        fuse_focal_stack(slices, progress=lambda d, t, m: seen.append((d / t, m)), **kw)
+        fractions = [f for f, _ in seen]
+        assert fractions[-1] == pytest.approx(1.0)
+        assert all(b >= a - 1e-9 for a, b in zip(fractions, fractions[1:])), kw
+        if "align" in kw:
+            messages = [m for _, m in seen]
+            assert sum(m.startswith("alignment, slices") for m in messages) == len(slices) - 1
+            assert any(m.startswith("warping slice") for m in messages)

@@ -159,3 +159,27 @@ def test_gui_thread_never_held_during_background_tiles(qtbot, viewer):
     fused = widget.output_layers["fused"].data
     assert isinstance(fused, np.ndarray) and fused.shape == (4096, 4096)
     assert fused.any()  # the first tiles are in
+
+
+def test_background_tiles_on_the_real_dapi_stack_equal_the_in_memory_fusion(qtbot, viewer, dataset):
+    """The real widefield DAPI stack opened lazily (as napari's reader or open_lazy_stack gives it)
+    is fused in background tiles by the default method; the layers equal the in-memory result."""
+    from napari_fusion import DEFAULT_METHOD, fuse
+    from napari_fusion._napari._widget import TILING_LAZY, FusionWidget
+    from napari_fusion.io import open_lazy_stack, read_stack
+
+    folder = dataset("focalstack/dapi_widefield/dapi")
+    lazy = open_lazy_stack(folder)
+    layer = viewer.add_image(lazy, name="dapi")
+    widget = FusionWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.set_stack_layer(layer)
+    assert widget.tiling.currentText() == TILING_LAZY and widget.current_method() == DEFAULT_METHOD
+    widget.tile_size.setValue(64)  # several tiles on this 201 x 101 crop
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS) as blocker:
+        assert widget.run() is not None
+    assert blocker.args == ["done"], widget.status.text()
+    expected = fuse(read_stack(folder), method=DEFAULT_METHOD)
+    np.testing.assert_array_equal(widget.output_layers["fused"].data, expected.fused)
+    np.testing.assert_array_equal(widget.output_layers["decision"].data, expected.labels + 1)
+    assert "tiles done" in widget.status.text()

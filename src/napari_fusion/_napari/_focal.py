@@ -29,6 +29,7 @@ Input layers are never modified.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 import time
@@ -1101,18 +1102,8 @@ def _recompose(job: FocalJob, result: FocalStackResult, edited: np.ndarray, blen
     if cancel.is_set():
         raise FusionCancelled("recompose cancelled by the user")
     changed = int(np.count_nonzero(labels != result.labels))
-    new = FocalStackResult(
-        fused=fused,
-        labels=labels.astype(result.labels.dtype),
-        height=height,
-        index=result.index,
-        alignment=result.alignment,
-        method=result.method,
-        params=result.params,
-        options=result.options,
-        z_positions=result.z_positions,
-        blend=blend,
-        seconds=result.seconds,
+    new = dataclasses.replace(
+        result, fused=fused, labels=labels.astype(result.labels.dtype), height=height, blend=blend
     )
     return "recomposed", job, new, changed, time.perf_counter() - start
 
