@@ -470,20 +470,3 @@ def test_iter_tiles_in_any_order_and_batch_equal_compute(device):
         assert seen == order  # the order asked for (the widget: nearest the view centre first)
         np.testing.assert_array_equal(fused, whole.fused)
         np.testing.assert_array_equal(labels, whole.labels)
-
-
-def test_worker_computes_do_not_import_distributed():
-    """compute_quietly must not make dask import distributed just to look for a client
-    (0.5 s holding the GIL, which stalls napari's GUI thread)."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, numpy as np, dask.array as da\n"
-        "from napari_fusion.tiling import compute_quietly\n"
-        "x = da.ones((4, 4), chunks=2)\n"
-        "assert compute_quietly(x.sum())[0] == 16\n"
-        "print('distributed' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"

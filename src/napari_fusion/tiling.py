@@ -591,20 +591,19 @@ def compute_quietly(*arrays: Any) -> tuple:
         return dask.compute(*arrays)
 
 
-def local_scheduler() -> Callable[..., Any] | None:
-    """dask's threaded ``get`` unless a dask.distributed client or a configured scheduler should
-    be used (None).
+def local_scheduler() -> str | None:
+    """``"threads"`` unless a dask.distributed client or a configured scheduler should be used (None).
 
-    Passed to ``dask.compute`` as a callable (not the name ``"threads"``, which
-    still makes dask import ``distributed`` to look for a client: 0.5 s holding
-    the GIL, which stalls napari's GUI thread when it happens in a worker).
+    (dask still imports ``distributed`` on its first compute to look for a
+    client; the widgets pay that once when their dock opens, see
+    ``_napari._common.warm_up``. Passing ``dask.threaded.get`` itself avoids
+    the import but made the background-tiling GUI gaps worse in our tests.)
     """
     import dask
-    import dask.threaded
 
     if dask.config.get("scheduler", None) is not None or _in_distributed_client():
         return None
-    return dask.threaded.get
+    return "threads"
 
 
 def _in_distributed_client() -> bool:
