@@ -80,3 +80,32 @@ def test_bad_labels_are_clear_errors(rgb_stack):
         recompose(rgb_stack.slices, lab[:-1])
     with pytest.raises(FusionInputError, match="blend"):
         recompose(rgb_stack.slices, lab, blend="median")
+
+
+@pytest.mark.parametrize("levels", [3, 4])
+def test_pyramid_blend_per_slice_boxes_equal_the_whole_image_spline(levels):
+    """Each slice's pyramids are computed only over its pixels' box grown by the blend's reach;
+    the result equals the Burt-Adelson spline computed over the whole image (RGB, banded labels
+    as real decisions are, plus a small island far from its slice's other pixels)."""
+    import torch
+
+    from napari_fusion.ops.pyramids import gaussian_pyramid, laplacian_pyramid, reconstruct_laplacian_pyramid
+
+    rng = np.random.default_rng(3)
+    n, h, w = 6, 203, 317  # odd sizes: the level grids do not divide evenly
+    slices_ = rng.random((n, h, w, 3)).astype(np.float32)
+    yy, xx = np.mgrid[:h, :w]
+    labels = np.clip((n * (yy + 0.4 * xx) / (h + 0.4 * w)).astype(np.int64), 0, n - 1)
+    labels[150:160, 20:30] = 0  # an island of slice 0 far from its band
+    got = recompose(list(slices_), labels, blend="pyramid", levels=levels)
+    with torch.inference_mode():
+        acc = None
+        for k in range(n):
+            gm = gaussian_pyramid(torch.from_numpy((labels == k).astype(np.float32)), levels)
+            lp = laplacian_pyramid(torch.from_numpy(np.moveaxis(slices_[k], -1, 0).copy()), levels)
+            terms = [g * b for g, b in zip(gm, lp)]
+            acc = terms if acc is None else [a + t for a, t in zip(acc, terms)]
+        want = np.moveaxis(reconstruct_laplacian_pyramid(acc).numpy(), 0, -1)
+    want = np.clip(want, slices_.min(), slices_.max())
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=2e-5)

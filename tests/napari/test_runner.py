@@ -102,8 +102,11 @@ def test_cancel_within_a_second_in_both_fusion_widgets(qtbot, viewer, slow_metho
 
 def test_gui_thread_never_held_during_background_tiles(qtbot, viewer):
     """10 x 4096^2 uint16 dask stack, tiles of 1024: the layers appear after the first tile and
-    fill in; while they do, the event loop never stops for more than 200 ms. Cancelled after four
-    tiles. Measured on a second run (the first pays once-per-process costs)."""
+    fill in; over the whole run the event loop never stops for more than 200 ms. Cancelled after
+    four tiles. Measured on a second run (the first pays once-per-process costs), started half a
+    second after the first ended, as a user would: a run started in the same event-loop turn as
+    the previous one's end held the loop 0.3-0.4 s (cause not found; see docs/napari.md). The
+    viewer here has no canvas: benchmarks/gui_responsiveness.py measures a real window."""
     da = pytest.importorskip("dask.array")
     from qtpy.QtCore import QTimer
 
@@ -124,6 +127,7 @@ def test_gui_thread_never_held_during_background_tiles(qtbot, viewer):
     with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS) as warm:
         assert widget.run() is not None
     assert warm.args == ["done"], widget.status.text()
+    qtbot.wait(500)
     widget.set_stack_layer(layer)
     widget.tile_size.setValue(1024)
 
@@ -157,15 +161,15 @@ def test_gui_thread_never_held_during_background_tiles(qtbot, viewer):
     ticks = np.asarray(ticks)
     gaps = np.diff(ticks)
     assert len(ticks) > 50 and layers_at
-    # while tiles are computed and shown (from the first layers to the cancel): never 200 ms
-    filling = gaps[ticks[1:] > layers_at[0]]
-    assert filling.max() < 0.2, f"the GUI thread was held {filling.max():.3f} s while tiles filled in"
-    # at the start, dask's graph handling in the worker (the global intensity pass and the
-    # first tile's compute, pure Python) starves the GUI thread of the GIL once: measured
-    # 0.2-0.4 s per run on this machine (see docs/napari.md)
-    assert gaps.max() < 0.6, f"the GUI thread was held {gaps.max():.3f} s"
-    fused = widget.output_layers["fused"].data
+    assert gaps.max() < 0.2, f"the GUI thread was held {gaps.max():.3f} s"
+    # a 4096^2 output is shown as a display pyramid of views of one buffer (napari uploads only
+    # the visible part of one level per refresh), level 0 being the fused image itself
+    layer = widget.output_layers["fused"]
+    assert layer.multiscale
+    fused = layer.data[0]
     assert isinstance(fused, np.ndarray) and fused.shape == (4096, 4096)
+    assert all(np.shares_memory(level, fused) for level in layer.data[1:])
+    assert widget.output_layers["decision"].multiscale
     assert fused.any()  # the first tiles are in
 
 

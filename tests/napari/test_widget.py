@@ -510,3 +510,30 @@ def test_global_method_on_a_lazy_stack_is_fused_whole_with_a_note(qtbot, viewer,
     expected = fuse(stack, method="liu2017_cnn")
     np.testing.assert_array_equal(widget.output_layers["fused"].data, expected.fused)
     assert isinstance(layer.data, da.Array)  # the input layer is left as it was
+
+
+def test_display_pyramid_is_views_of_one_buffer_above_2048():
+    from napari_fusion._napari._layers import PYRAMID_TOP, display_pyramid, full_resolution
+
+    small = np.zeros((2048, 1000), np.float32)
+    assert display_pyramid(small) is small
+    grey = np.zeros((4097, 3000), np.uint16)
+    levels = display_pyramid(grey)
+    assert [lv.shape for lv in levels] == [(4097, 3000), (2049, 1500), (1025, 750), (513, 375)]
+    assert max(levels[-1].shape) <= PYRAMID_TOP < max(levels[-2].shape)
+    grey[4096, 2992] = 7  # a tile written into the buffer shows at every level that samples it
+    assert levels[2][1024, 748] == 7 and levels[3][512, 374] == 7
+    assert full_resolution(levels) is grey
+    rgb = np.zeros((3000, 2100, 3), np.uint8)
+    assert [lv.shape for lv in display_pyramid(rgb, rgb=True)] == [(3000, 2100, 3), (1500, 1050, 3), (750, 525, 3)]
+
+
+def test_writer_writes_a_multiscale_layer_at_full_resolution(tmp_path):
+    import tifffile
+
+    from napari_fusion._napari._io import write_tiff
+    from napari_fusion._napari._layers import display_pyramid
+
+    data = np.arange(2500 * 2200, dtype=np.uint16).reshape(2500, 2200)
+    written = write_tiff(str(tmp_path / "fused.tif"), display_pyramid(data), {"name": "fused"})
+    np.testing.assert_array_equal(tifffile.imread(written[0]), data)

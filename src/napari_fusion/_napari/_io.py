@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..io import write_image
+from ._layers import full_resolution
 
 
 def _jsonable(value: Any) -> Any:
@@ -53,7 +54,7 @@ def _layer_sources() -> list[str]:
 
 
 def write_tiff(path: str, data: Any, meta: dict) -> list[str]:
-    """npe2 single-layer writer: ``data`` is written unchanged (dtype kept).
+    """npe2 single-layer writer: ``data`` is written unchanged (dtype kept; level 0 of a multiscale layer).
 
     napari's save dialog has already asked before replacing an existing file,
     so an existing output is replaced, but never a file an open layer was read
@@ -61,7 +62,7 @@ def write_tiff(path: str, data: Any, meta: dict) -> list[str]:
     :class:`~napari_fusion.FusionOutputError`. The file is written under a
     temporary name and renamed into place.
     """
-    array = np.asarray(data)
+    array = np.asarray(full_resolution(data))  # a multiscale layer is written at full resolution
     record: dict[str, Any] = {
         "name": meta.get("name"),
         "scale": _jsonable(meta.get("scale")),

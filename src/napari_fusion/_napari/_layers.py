@@ -321,6 +321,43 @@ def output_layer_data(
     return out
 
 
+#: Outputs whose plane is larger than this on a side are shown as a display pyramid.
+PYRAMID_ABOVE = 2048
+#: The coarsest level of a display pyramid is at most this on a side.
+PYRAMID_TOP = 1024
+
+
+def display_pyramid(data: np.ndarray, *, rgb: bool = False) -> np.ndarray | list[np.ndarray]:
+    """``data`` itself, or (for a plane above :data:`PYRAMID_ABOVE` px on a side) a list of
+    strided views ``[data, data[::2, ::2], data[::4, ::4], ...]`` for a napari multiscale layer.
+
+    The levels are views of the same buffer (no copy), so tiles written into
+    ``data`` appear in every level. napari then uploads only the visible part
+    of the level that matches the zoom: a refresh or a pan moves about a
+    screenful of pixels, where a plain 4096^2 layer re-uploads 64 MB (0.15-0.5 s
+    on this machine's software OpenGL, measured in benchmarks/gui_responsiveness.py)
+    and a 16384^2 one exceeds most GPUs' texture size. Zoomed out, a level shows
+    every 2^k-th pixel, as napari's nearest interpolation does for a plain layer.
+    """
+    spatial = data.shape[-3:-1] if rgb else data.shape[-2:]
+    if max(spatial) <= PYRAMID_ABOVE:
+        return data
+    levels = [data]
+    step = 1
+    while max(-(-n // step) for n in spatial) > PYRAMID_TOP:
+        step *= 2
+        index = (Ellipsis, slice(None, None, step), slice(None, None, step))
+        levels.append(data[index + ((slice(None),) if rgb else ())])
+    return levels
+
+
+def full_resolution(data: Any) -> Any:
+    """A layer's data at full resolution: level 0 of a multiscale layer, else the data."""
+    if isinstance(data, (list, tuple)) or type(data).__name__ == "MultiScaleData":
+        return data[0]
+    return data
+
+
 def slice_colours(n: int) -> np.ndarray:
     """``(n, 4)`` RGBA colours of slices 0..n-1: viridis sampled in slice order (neighbours look alike)."""
     from napari.utils.colormaps import ensure_colormap
@@ -347,9 +384,13 @@ def _compatible(layer, data: np.ndarray, kwargs: dict[str, Any], layer_type: str
     # isinstance, not private attributes: plugin widgets see layers through napari's proxy
     if not isinstance(layer, Image if layer_type == "image" else Labels):
         return False
+    multiscale = isinstance(data, list)
+    if bool(layer.multiscale) != multiscale:
+        return False
+    same_ndim = np.ndim(full_resolution(layer.data)) == np.ndim(full_resolution(data))
     if layer_type == "image":
-        return bool(layer.rgb) == bool(kwargs.get("rgb", False)) and layer.data.ndim == np.ndim(data)
-    return layer.data.ndim == np.ndim(data)
+        return bool(layer.rgb) == bool(kwargs.get("rgb", False)) and same_ndim
+    return same_ndim
 
 
 def update_or_add(viewer, existing, data, kwargs: dict[str, Any], layer_type: str):

@@ -13,6 +13,7 @@ report raise :class:`napari_fusion.FusionCancelled`, which stops the run.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -63,6 +64,9 @@ TILING_LAZY = "tiles, in the background (shown as they finish)"
 #: Seconds between refreshes of the output layers while background tiles fill in (for outputs
 #: up to 4096^2; larger ones refresh proportionally less often, as napari redraws whole planes).
 REFRESH_SECONDS = 0.5
+#: Background tiling: milliseconds between making one output layer and the next, so that
+#: paints and input events run in between (a zero-delay chain ran them back to back).
+LAYER_STEP_MS = 15
 TILINGS = (TILING_OFF, TILING_NOW, TILING_LAZY)
 ALL_TASKS = "all tasks"
 
@@ -94,6 +98,7 @@ class FusionWidget(WorkerControls, QWidget):
         self.last_result = None
         self._whole_note = ""
         self._layer_steps: list = []  # background tiling: layers still to make, one per event-loop turn
+        self._gui_caught_up = threading.Event()  # background tiling: the GUI has shown the last yield
         self._partial = False  # background tiling: the output layers already show this run's tiles
         self._init_worker_state()
         self._z_step_from_layer = True
@@ -392,7 +397,9 @@ class FusionWidget(WorkerControls, QWidget):
             self._whole_note = f"; {method} is global (cannot be tiled), so the whole stack was fused in memory"
         self._begin_run(f"running {method} on {job.n} images...")
         if tiling[0] == TILING_LAZY:
-            work, extra, title = _compute_in_background, (tiling[1], self._view_centre(job)), ", tile by tile"
+            self._gui_caught_up = threading.Event()
+            work, extra = _compute_in_background, (tiling[1], self._view_centre(job), self._gui_caught_up)
+            title = ", tile by tile"
         else:
             work, extra, title = _compute, (tiling,), ""
         return self._start_worker(
@@ -428,6 +435,9 @@ class FusionWidget(WorkerControls, QWidget):
         self.last_result = result
         record = _layers.provenance(job, result, device=device, seconds=seconds)
         specs = _layers.output_layer_data(job, result, record, limits, decision=decision)
+        for key, (data, kwargs, layer_type) in list(specs.items()):
+            if isinstance(data, np.ndarray):  # large outputs: a display pyramid of views (no copy)
+                specs[key] = (_layers.display_pyramid(data, rgb=bool(kwargs.get("rgb"))), kwargs, layer_type)
         steps = []
         for key in ("fused", "decision", "depth"):
             if key in specs:
@@ -453,7 +463,9 @@ class FusionWidget(WorkerControls, QWidget):
         if steps:
             steps.pop(0)()
         if steps:
-            QTimer.singleShot(0, self._next_layer_step)
+            QTimer.singleShot(LAYER_STEP_MS, self._next_layer_step)
+        else:
+            self._gui_caught_up.set()  # the worker computes the next tiles from here on
 
     def _put_output(self, key: str, data, kwargs: dict[str, Any], layer_type: str) -> None:
         self.output_layers[key] = _layers.update_or_add(
@@ -472,6 +484,7 @@ class FusionWidget(WorkerControls, QWidget):
         for layer in self.output_layers.values():
             if layer is not None and layer in self.viewer.layers:
                 layer.refresh()
+        self._gui_caught_up.set()
 
     def _on_errored(self, exc: BaseException) -> None:
         super()._on_errored(exc)
@@ -574,7 +587,23 @@ def _tile_order(grid, centre: tuple[float, float] | None) -> list[tuple[int, int
     return sorted(order, key=distance)
 
 
-def _compute_in_background(job, method, params, device, progress, cancel, tile, centre):
+def _handed_to_gui(value, event: threading.Event | None, cancel: threading.Event, *, limit: float = 10.0):
+    """Yield ``value`` to the GUI thread, then wait (at most ``limit`` s) until it sets ``event``.
+
+    Raises :class:`FusionCancelled` when Cancel is pressed meanwhile.
+    """
+    if event is not None:
+        event.clear()
+    yield value
+    if event is None:
+        return
+    end = time.perf_counter() + limit
+    while not event.wait(0.02) and time.perf_counter() < end:
+        if cancel.is_set():
+            raise FusionCancelled("fusion cancelled by the user")
+
+
+def _compute_in_background(job, method, params, device, progress, cancel, tile, centre, gui_caught_up=None):
     """Worker-thread body (a generator) of background tiling.
 
     Plans the tiles (the lazy path: nothing fused yet), computes the tile
@@ -582,6 +611,10 @@ def _compute_in_background(job, method, params, device, progress, cancel, tile, 
     the layers (contrast from that first tile), then fills the buffers tile by
     tile - each tile once for all outputs - yielding a refresh every
     :data:`REFRESH_SECONDS`. ``progress`` raises when the user cancels.
+    ``gui_caught_up`` (a :class:`threading.Event`): set by the GUI thread once
+    it has made the layers or refreshed them; the next tiles wait for it, so
+    that napari's layer set-up and redraws (0.05-0.2 s per layer on this
+    machine's GUI thread) do not compete with the tile computation for the GIL.
     """
     from ..api import FusionResult
     from ..device import resolve_device
@@ -620,10 +653,10 @@ def _compute_in_background(job, method, params, device, progress, cancel, tile, 
         progress(k + 1, total, f"tile {k + 1}/{total}")
         if k == 0:
             limits = _layers.display_limits(planes["fused"], rgb=job.rgb)
-            yield ("layers", job, result, device_name, limits, decision)
+            yield from _handed_to_gui(("layers", job, result, device_name, limits, decision), gui_caught_up, cancel)
             last = time.perf_counter()
         elif time.perf_counter() - last >= interval:
-            yield ("refresh",)
+            yield from _handed_to_gui(("refresh",), gui_caught_up, cancel)
             last = time.perf_counter()
     if decision is not None:
         result.labels = (decision - 1).astype(_layers.label_dtype(job.n))
