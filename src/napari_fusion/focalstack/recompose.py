@@ -141,13 +141,16 @@ def _checked_labels(items: list, labels: np.ndarray) -> tuple[np.ndarray, list[i
         raise FusionInputError(f"labels have shape {lab.shape}; the slices are {h}x{w}")
     if not np.issubdtype(lab.dtype, np.integer):
         raise FusionInputError(f"labels must be integers (0-based slice indices), got {lab.dtype}")
-    used = np.unique(lab)
-    if used.size and (used[0] < 0 or used[-1] >= n):
+    if lab.size == 0:
+        return lab, []
+    lo, hi = int(lab.min()), int(lab.max())
+    if lo < 0 or hi >= n:
         raise FusionInputError(
-            f"labels must be 0-based slice indices in [0, {n - 1}]; got values in [{used[0]}, {used[-1]}]. "
+            f"labels must be 0-based slice indices in [0, {n - 1}]; got values in [{lo}, {hi}]. "
             "napari Labels layers hold index + 1: convert with labels_from_napari"
         )
-    return lab, used.tolist()
+    # the slices present, by counting (np.unique sorts: 10x slower on a retouch box)
+    return lab, np.flatnonzero(np.bincount(lab.ravel(), minlength=n)).tolist()
 
 
 def _copy_from_slices(items: list, lab: np.ndarray, used: list[int]) -> np.ndarray:

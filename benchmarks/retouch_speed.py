@@ -1,0 +1,118 @@
+"""How long one retouch stroke takes to recompose (the Focal stack widget's live recompose).
+
+Times :func:`napari_fusion._napari._focal.retouched` (the function the widget runs in its worker
+after each stroke), best of 3, with the method's blending of ``focus_pyramid`` (the default
+method: a 4-level Burt-Adelson pyramid; the recomposed box is the stroke's box grown by 64 px):
+
+* synthetic: 20 random uint16 slices of 640^2 with 2-20 slices present in the box, as 64 px
+  blocks in random order (every slice everywhere: the worst case) or as bands (the way real
+  decisions are laid out); a 512^2 stroke of one slice;
+* real: the PCB focus stack (7 x 2048 x 1536 RGB, ``$NAPARI_FUSION_DATA/focalstack/pcb``), fused
+  with focus_pyramid, a 512^2 stroke painted at four places with the slice least present there.
+
+    PYTHONPATH=src NAPARI_FUSION_DATA=/work/shared/data python benchmarks/retouch_speed.py
+
+The layer update in napari that follows is not included. Needs napari installed (the function
+lives in the napari layer of the package) but opens no window.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from napari_fusion._napari._focal import FocalJob, retouch_blend, retouched
+from napari_fusion.datasets import shared_data_dir
+from napari_fusion.focalstack import fuse_focal_stack
+from napari_fusion.focalstack.pipeline import FocalStackResult
+
+
+def job_for(stack: np.ndarray, *, channel_axis: int | None) -> FocalJob:
+    n = stack.shape[0]
+    return FocalJob(
+        images=stack,
+        stack_axis=0,
+        channel_axis=channel_axis,
+        reference_channel=None,
+        channel_names=None,
+        channel_layers=[],
+        z_positions=np.arange(float(n)),
+        z_unit="pixel",
+        reference=None,
+        n=n,
+    )
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def stroke_time(job: FocalJob, result, y: int, x: int) -> tuple[int, float]:
+    """Paint a 512^2 box at (y, x) with the slice least present around it; (slices in box, seconds)."""
+    box = result.labels[max(0, y - 64) : y + 576, max(0, x - 64) : x + 576]
+    counts = np.bincount(box.ravel(), minlength=job.n)
+    k = int(np.argmin(counts))
+    edited = result.labels.astype(np.int64) + 1
+    edited[y : y + 512, x : x + 512] = k + 1
+    blend = retouch_blend(result, "method's blending")
+    return int((counts > 0).sum()), best_of(lambda: retouched(job, result, edited, blend=blend))
+
+
+def synthetic_rows() -> None:
+    rng = np.random.default_rng(0)
+    n, size = 20, 640
+    stack = rng.integers(0, 65535, (n, size, size), dtype=np.uint16)
+    job = job_for(stack, channel_axis=None)
+    yy, xx = np.mgrid[:size, :size]
+    for layout in ("blocks", "bands"):
+        for k in (2, 5, 10, 20):
+            if layout == "blocks":
+                lab = np.kron(rng.integers(0, k, (size // 64 + 1,) * 2), np.ones((64, 64), np.int64))[:size, :size]
+            else:
+                lab = (k * (yy + 0.5 * xx + 30 * np.sin(xx / 40.0)) / (1.5 * size)).astype(np.int64).clip(0, k - 1)
+            result = FocalStackResult(
+                fused=stack[0].copy(),
+                labels=lab,
+                height=lab.astype(np.float32),
+                index=None,
+                alignment=None,
+                method="focus_pyramid",
+                params={},
+                options={},
+                z_positions=np.arange(float(n)),
+            )
+            present, seconds = stroke_time(job, result, 64, 64)
+            print(f"| synthetic 20 x {size}^2 uint16, {layout} | {present} | {seconds * 1000:.0f} |")
+
+
+def pcb_rows() -> None:
+    root = shared_data_dir()
+    folder = None if root is None else root / "focalstack" / "pcb" / "pcb"
+    if folder is None or not folder.is_dir():
+        print("| PCB | skipped: $NAPARI_FUSION_DATA/focalstack/pcb not found | - |")
+        return
+    from skimage.io import imread
+
+    stack = np.stack([imread(p) for p in sorted(folder.glob("src_*.jpg"))])
+    result = fuse_focal_stack(stack, method="focus_pyramid")
+    job = job_for(stack, channel_axis=3)
+    for y, x in ((200, 300), (700, 900), (900, 1400), (400, 1200)):
+        present, seconds = stroke_time(job, result, y, x)
+        print(f"| PCB 7 x 2048x1536 RGB, stroke at ({y}, {x}) | {present} | {seconds * 1000:.0f} |")
+
+
+def main() -> None:
+    print("| case | slices in the recomposed box | retouch (ms, best of 3) |")
+    print("|---|---|---|")
+    synthetic_rows()
+    pcb_rows()
+
+
+if __name__ == "__main__":
+    main()
