@@ -1,4 +1,4 @@
-"""The ``weights`` subcommand: ``napari-fusion weights status | fetch NAME | path NAME``."""
+"""The ``weights`` subcommand: ``napari-fusion weights status | fetch NAME | path NAME | convert NAME SOURCE``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 
 NAME = "weights"
-HELP = "pretrained weights of learned methods: status, fetch"
+HELP = "pretrained weights of learned methods: status, fetch, convert"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -45,6 +45,19 @@ def cmd_path(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ..weights.convert import convert_vgg19, sidecar_path
+
+    if args.name != "vgg19":
+        raise SystemExit("only vgg19 weights can be converted")
+    out = convert_vgg19(args.source, args.output, format=args.format)
+    record = json.loads(sidecar_path(out).read_text())
+    known = f"the published {record['known_as']}" if record["known_source"] else "a file not in the checksum table"
+    print(f"{out}: converted from {record['source']['file']} ({record['source']['format']}, {known})")
+    print(f"SHA-256 {record['sha256']}; use it with $NAPARI_FUSION_VGG19_WEIGHTS or the 'weights' parameter")
+    return 0
+
+
 def add_subparser(sub) -> None:
     p = sub.add_parser(
         NAME,
@@ -70,6 +83,22 @@ def add_subparser(sub) -> None:
     f.add_argument("--dest", default=None, help="folder to download into instead of the torch hub cache")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=cmd_fetch)
+
+    c = ws.add_parser(
+        "convert",
+        help="convert VGG19 weights you have (Keras .h5, MatConvNet .mat) for li2018_vgg19",
+        description=(
+            "Write a torch state dict with torchvision's names and a JSON sidecar (<output>.json) recording "
+            "the source and the output's SHA-256; the weights check accepts the output by that record."
+        ),
+    )
+    c.add_argument("name", metavar="NAME", choices=["vgg19"], help="vgg19")
+    c.add_argument(
+        "source", metavar="SOURCE", help="vgg19_weights_tf_dim_ordering_tf_kernels*.h5 or imagenet-vgg-verydeep-19.mat"
+    )
+    c.add_argument("-o", "--output", required=True, help="the .pth file to write (the source is only read)")
+    c.add_argument("--format", choices=["keras", "matconvnet"], default=None, help="default: from the file")
+    c.set_defaults(func=cmd_convert)
 
     w = ws.add_parser("path", help="print the verified path of the weights (error if missing)")
     w.add_argument("name", metavar="NAME")

@@ -185,6 +185,11 @@ def how_to_get(spec: str | WeightsSpec) -> str:
         f"    or point the environment variable {spec.env_var} at it,",
         "    or give its path in the method's 'weights' parameter.",
     ]
+    if spec.name == "vgg19":
+        lines.append(
+            "  - or convert a VGG19 you already have (Keras .h5 or MatConvNet imagenet-vgg-verydeep-19.mat): "
+            "`napari-fusion weights convert vgg19 SOURCE -o vgg19-converted.pth`, then use that file as above."
+        )
     if spec.licence:
         lines.append(f"Licence: {spec.licence}")
     return "\n".join(lines)
@@ -193,6 +198,9 @@ def how_to_get(spec: str | WeightsSpec) -> str:
 def verify_file(path: str | Path, spec: str | WeightsSpec) -> str:
     """Check ``path`` against ``spec``'s SHA-256; return the digest or raise.
 
+    A file converted with :func:`napari_fusion.weights.convert.convert_vgg19` is accepted when
+    its JSON sidecar names ``spec`` and records the file's own SHA-256.
+
     Raises :class:`WeightsChecksumError` on a mismatch (a truncated download,
     a different file), naming the expected and the actual digest.
     """
@@ -200,6 +208,10 @@ def verify_file(path: str | Path, spec: str | WeightsSpec) -> str:
     digest = sha256_of(path)
     expected = spec.sha256.lower()
     if not digest.startswith(expected):
+        from .convert import converted_record
+
+        if converted_record(path, spec.name, digest) is not None:
+            return digest  # converted here from another framework's file (see .convert)
         raise WeightsChecksumError(
             f"{path} is not the expected {spec.name} weights file: its SHA-256 is {digest}, "
             f"expected one starting with {expected}. The file may be incomplete or a different "
