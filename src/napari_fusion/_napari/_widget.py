@@ -62,7 +62,7 @@ TILING_OFF = "off (whole image in memory)"
 TILING_NOW = "tiles, compute now"
 TILING_LAZY = "tiles, in the background (shown as they finish)"
 #: Seconds between refreshes of the output layers while background tiles fill in (for outputs
-#: up to 4096^2; larger ones refresh proportionally less often, as napari redraws whole planes).
+#: up to 4096^2; larger ones refresh proportionally less often).
 REFRESH_SECONDS = 0.5
 #: Background tiling: milliseconds between making one output layer and the next, so that
 #: paints and input events run in between (a zero-delay chain ran them back to back).

@@ -48,8 +48,6 @@ def cmd_path(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..weights.convert import convert_vgg19, sidecar_path
 
-    if args.name != "vgg19":
-        raise SystemExit("only vgg19 weights can be converted")
     out = convert_vgg19(args.source, args.output, format=args.format)
     record = json.loads(sidecar_path(out).read_text())
     known = f"the published {record['known_as']}" if record["known_source"] else "a file not in the checksum table"
