@@ -151,3 +151,38 @@ def test_metrics_widget_cancel(qtbot, small_focal_stack, monkeypatch):
         release.set()
     assert blocker.args == ["cancelled"] and w.values == first
     assert "cancelled" in w.status.text() and w.run_button.isEnabled()
+
+
+def test_a_large_in_memory_fusion_is_a_display_pyramid_that_metrics_score_at_full_resolution(qtbot):
+    """An output plane above 2048 px on a side is a multiscale layer (strided views of the result);
+    the Metrics widget scores level 0, the fused image itself."""
+    from napari.components import ViewerModel
+
+    from napari_fusion._napari._metrics_widget import MetricsWidget
+    from napari_fusion._napari._widget import FusionWidget
+
+    rng = np.random.default_rng(0)
+    sharp = rng.random((2050, 96)).astype(np.float32)
+    blurred = (sharp + np.roll(sharp, 1, 0) + np.roll(sharp, 1, 1)) / 3
+    left = np.arange(96) < 48
+    near, far = np.where(left, sharp, blurred), np.where(left, blurred, sharp)
+    viewer = ViewerModel()
+    layers = [viewer.add_image(near, name="near"), viewer.add_image(far, name="far")]
+    widget = FusionWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.set_image_layers(layers)
+    widget.set_method("focus_measure")
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS) as done:
+        assert widget.run() is not None
+    assert done.args == ["done"], widget.status.text()
+    fused_layer = widget.output_layers["fused"]
+    assert fused_layer.multiscale and widget.output_layers["decision"].multiscale
+    full = fused_layer.data[0]
+    expected_fused = fuse([near, far], method="focus_measure").fused
+    np.testing.assert_array_equal(full, expected_fused)
+    assert [lv.shape for lv in fused_layer.data] == [(2050, 96), (1025, 48), (513, 24)]
+    metrics = MetricsWidget(viewer)
+    qtbot.addWidget(metrics)
+    metrics.set_selection("fused", ["near", "far"])
+    values = compute_and_wait(qtbot, metrics)
+    assert values["qabf"] == pytest.approx(compute_metrics(full, [near, far])["qabf"], rel=1e-9)
