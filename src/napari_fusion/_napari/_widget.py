@@ -61,8 +61,9 @@ DEVICES = ("auto", "cpu", "cuda")
 TILING_OFF = "off (whole image in memory)"
 TILING_NOW = "tiles, compute now"
 TILING_LAZY = "tiles, in the background (shown as they finish)"
-#: Seconds between refreshes of the output layers while background tiles fill in (for outputs
-#: up to 4096^2; larger ones refresh proportionally less often).
+#: Seconds between refreshes of the output layers while background tiles fill in. Outputs above
+#: 2048 px are display pyramids, so a refresh redraws about a screenful whatever the output size
+#: (three layers: 0.09 s at 4096^2, 0.10 s at 16384^2 in a real window here).
 REFRESH_SECONDS = 0.5
 #: Background tiling: milliseconds between making one output layer and the next, so that
 #: paints and input events run in between (a zero-delay chain ran them back to back).
@@ -639,8 +640,7 @@ def _compute_in_background(job, method, params, device, progress, cancel, tile, 
     )
     order = _tile_order(lazy.grid, centre)
     total = len(order)
-    pixels = float(np.prod(buffers["fused"].shape[:2]))
-    interval = REFRESH_SECONDS * max(1.0, pixels / 4096.0**2)
+    interval = REFRESH_SECONDS
     device_name = str(resolve_device(device))
     last = time.perf_counter()
     batch = max(1, min(4, os.cpu_count() or 1))  # tiles computed side by side after the first
