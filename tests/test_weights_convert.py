@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_fusion.errors import FusionInputError
+from napari_fusion.errors import FusionInputError, FusionOutputError
 from napari_fusion.nets.vgg19 import VGG19, load_torchvision_state_dict
 from napari_fusion.weights import WeightsChecksumError, verify_file
 from napari_fusion.weights import convert as conv
@@ -168,15 +168,32 @@ def test_bad_sources_are_refused_with_a_message(tmp_path):
         conv.convert_vgg19(tmp_path / "missing.h5", tmp_path / "o.pth")
     src = tmp_path / "w.h5"
     write_keras_h5(src, _keras_layers())
-    with pytest.raises(FusionInputError, match="must not be the source"):
-        conv.convert_vgg19(src, src)
+    before = src.read_bytes()
+    with pytest.raises(FusionOutputError, match="is the input"):
+        conv.convert_vgg19(src, src, overwrite=True)
+    assert src.read_bytes() == before
     layers = _keras_layers()
     del layers["block4_conv2"]
     broken = tmp_path / "broken.h5"
     write_keras_h5(broken, layers)
     with pytest.raises(FusionInputError, match="no layer 'block4_conv2'"):
         conv.convert_vgg19(broken, tmp_path / "o.pth")
-    assert not (tmp_path / "o.pth").exists()
+    # nothing written, not even a partial file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.h5", "junk.bin", "w.h5"]
+
+
+def test_an_existing_output_is_replaced_only_when_asked(tmp_path):
+    src = tmp_path / "w.h5"
+    write_keras_h5(src, _keras_layers())
+    out = tmp_path / "v.pth"
+    out.write_bytes(b"someone's file")
+    with pytest.raises(FusionOutputError, match="already exists"):
+        conv.convert_vgg19(src, out)
+    assert out.read_bytes() == b"someone's file" and not conv.sidecar_path(out).exists()
+    conv.convert_vgg19(src, out, overwrite=True)
+    assert verify_file(out, "vgg19")
+    # the pair is written together: no temporary file is left beside them
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.pth", "v.pth.json", "w.h5"]
 
 
 def test_cli_convert(tmp_path, capsys):

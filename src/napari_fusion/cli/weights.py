@@ -48,7 +48,7 @@ def cmd_path(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..weights.convert import convert_vgg19, sidecar_path
 
-    out = convert_vgg19(args.source, args.output, format=args.format)
+    out = convert_vgg19(args.source, args.output, format=args.format, overwrite=args.overwrite)
     record = json.loads(sidecar_path(out).read_text())
     known = f"the published {record['known_as']}" if record["known_source"] else "a file not in the checksum table"
     print(f"{out}: converted from {record['source']['file']} ({record['source']['format']}, {known})")
@@ -87,7 +87,8 @@ def add_subparser(sub) -> None:
         help="convert VGG19 weights you have (Keras .h5, MatConvNet .mat) for li2018_vgg19",
         description=(
             "Write a torch state dict with torchvision's names and a JSON sidecar (<output>.json) recording "
-            "the source and the output's SHA-256; the weights check accepts the output by that record."
+            "the source and the output's SHA-256; the weights check accepts the output by that record. "
+            "Both are written under temporary names and renamed into place when complete."
         ),
     )
     c.add_argument("name", metavar="NAME", choices=["vgg19"], help="vgg19")
@@ -96,6 +97,7 @@ def add_subparser(sub) -> None:
     )
     c.add_argument("-o", "--output", required=True, help="the .pth file to write (the source is only read)")
     c.add_argument("--format", choices=["keras", "matconvnet"], default=None, help="default: from the file")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output (never the source)")
     c.set_defaults(func=cmd_convert)
 
     w = ws.add_parser("path", help="print the verified path of the weights (error if missing)")

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,20 +206,29 @@ def to_torchvision(layers: dict[str, tuple[np.ndarray, np.ndarray]], *, bgr: boo
     return state
 
 
-def convert_vgg19(source: str | Path, out: str | Path, *, format: str | None = None, spec: str = "vgg19") -> Path:
+def convert_vgg19(
+    source: str | Path, out: str | Path, *, format: str | None = None, spec: str = "vgg19", overwrite: bool = False
+) -> Path:
     """Convert ``source`` (Keras .h5 or MatConvNet .mat) to a torch state dict at ``out`` with a sidecar.
 
-    ``out`` is written under a temporary name and renamed into place; ``source`` is only read.
-    Returns ``out``. The sidecar ``<out>.json`` records the source file's name, format and
-    digests, whether they match :data:`KNOWN_SOURCES`, and ``out``'s SHA-256.
+    ``source`` is only read. ``out`` and its sidecar ``<out>.json`` are checked with
+    :func:`napari_fusion.output_safety.check_output_path` before any work (never the source,
+    never an existing file unless ``overwrite``) and written together under temporary names,
+    renamed into place only when both are complete. Returns ``out``. The sidecar records the
+    source file's name, format and digests, whether they match :data:`KNOWN_SOURCES`, and
+    ``out``'s SHA-256.
     """
     import torch
+
+    from ..output_safety import AtomicGroup, check_output_path
+    from .catalogue import sha256_of
 
     src, dst = Path(source).expanduser(), Path(out).expanduser()
     if not src.is_file():
         raise FusionInputError(f"{src} does not exist or is not a file")
-    if dst.resolve() == src.resolve():
-        raise FusionInputError("the output must not be the source file")
+    side = sidecar_path(dst)
+    for path, what in ((dst, "output"), (side, "output sidecar")):
+        check_output_path(path, inputs=[src], overwrite=overwrite, what=what)
     fmt = format or guess_format(src)
     if fmt not in FORMATS:
         raise FusionInputError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
@@ -229,25 +236,19 @@ def convert_vgg19(source: str | Path, out: str | Path, *, format: str | None = N
     state = to_torchvision(layers, bgr=fmt == "keras")
     digests = _digests(src)
     known = next((k for k in KNOWN_SOURCES if digests.get(k.algorithm) == k.digest and k.format == fmt), None)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    os.close(fd)
-    try:
+    with AtomicGroup() as group:
+        tmp = group.temp_for(dst)
         torch.save(state, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    record = {
-        "converted_for": spec,
-        "sha256": _digests(dst)["sha256"],
-        "source": {"file": src.name, "format": fmt, **digests},
-        "known_source": known is not None,
-        "known_as": None if known is None else known.publisher,
-        "input": "RGB (first convolution reordered from BGR)" if fmt == "keras" else "RGB",
-        "widths": [int(layers[name][0].shape[3]) for name, _ in VGG19_CONVS],
-    }
-    sidecar_path(dst).write_text(json.dumps(record, indent=2) + "\n")
+        record = {
+            "converted_for": spec,
+            "sha256": sha256_of(tmp),
+            "source": {"file": src.name, "format": fmt, **digests},
+            "known_source": known is not None,
+            "known_as": None if known is None else known.publisher,
+            "input": "RGB (first convolution reordered from BGR)" if fmt == "keras" else "RGB",
+            "widths": [int(layers[name][0].shape[3]) for name, _ in VGG19_CONVS],
+        }
+        group.temp_for(side).write_text(json.dumps(record, indent=2) + "\n")
     return dst
 
 
