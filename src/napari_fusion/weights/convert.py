@@ -221,7 +221,6 @@ def convert_vgg19(
     import torch
 
     from ..output_safety import AtomicGroup, check_output_path
-    from .catalogue import sha256_of
 
     src, dst = Path(source).expanduser(), Path(out).expanduser()
     if not src.is_file():
@@ -241,7 +240,7 @@ def convert_vgg19(
         torch.save(state, tmp)
         record = {
             "converted_for": spec,
-            "sha256": sha256_of(tmp),
+            "sha256": _digests(tmp)["sha256"],
             "source": {"file": src.name, "format": fmt, **digests},
             "known_source": known is not None,
             "known_as": None if known is None else known.publisher,
