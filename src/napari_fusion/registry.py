@@ -120,12 +120,16 @@ class FusionContext:
         offset: float = 0.0,
         span: float = 1.0,
         total: float = 1.0,
+        steps: Any = None,
+        scope: tuple = (),
     ):
         self.device = device
         self._progress = progress
         self._offset = offset
         self._span = span
         self._total = total
+        self._steps = steps  # napari_fusion.whole_image.TileSteps in a tile of a tiled run
+        self._scope = scope
 
     def report(self, done: float, total: float, message: str = "") -> None:
         """Report that ``done`` of ``total`` units of this method's work are finished."""
@@ -143,7 +147,48 @@ class FusionContext:
             offset=self._offset + index * span,
             span=span,
             total=self._total,
+            steps=self._steps,
+            scope=self._scope + (index,),
         )
+
+    @property
+    def tiled(self) -> bool:
+        """True inside one tile of a tiled run (the method sees a block, not the whole image)."""
+        return self._steps is not None
+
+    def whole_image_map(
+        self, key: str, local: Callable[[], torch.Tensor], finish: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """A step that needs the whole image's map: ``finish(local())`` over the whole image.
+
+        ``local()`` computes a ``(..., H, W)`` map of this run's image; ``finish``
+        turns the whole image's map into the map returned. In a tile of a tiled
+        run the engine has computed ``finish`` of the assembled map in an earlier
+        pass and this returns its window over the tile's block (see
+        :mod:`napari_fusion.whole_image`); ``local`` is then not called.
+        """
+        if self._steps is None:
+            return finish(local())
+        return self._steps.map(self._scope + (key,), local, finish, self.device)
+
+    def whole_image_stat(
+        self,
+        key: str,
+        values: torch.Tensor,
+        reduce: Callable[[torch.Tensor], Any],
+        finish: Callable[[Any], Any],
+        combine: Callable[[Any, Any], Any] | None = None,
+    ) -> Any:
+        """A statistic of the whole image: ``finish(reduce(values))``.
+
+        ``reduce`` of two parts of an image, joined by ``combine`` (default ``+``),
+        must equal ``reduce`` of the whole. In a tile of a tiled run the engine has
+        combined ``reduce`` of every tile's core in an earlier pass, and this
+        returns ``finish`` of that.
+        """
+        if self._steps is None:
+            return finish(reduce(values))
+        return self._steps.stat(self._scope + (key,), values, reduce, finish, combine)
 
 
 @dataclass(frozen=True)
@@ -164,6 +209,10 @@ class MethodSpec:
     halo: Callable[[dict[str, Any]], int] | None = None
     colour: str = "luminance"  # how colour inputs are decided: "luminance" or "native"
     mixed_colour: bool = False  # accepts grey and RGB inputs together (grey -> 3 equal channels)
+    #: Context the local part of the method's whole-image steps needs (``ctx.whole_image_map``/
+    #: ``_stat``), or None when it has none with these params; ``halo`` is then the context
+    #: of the rest, once the whole-image steps are known (see napari_fusion.whole_image).
+    collect_halo: Callable[[dict[str, Any]], int | None] | None = None
 
     @property
     def n_inputs(self) -> str:
@@ -196,6 +245,11 @@ class MethodSpec:
     def halo_for(self, params: dict[str, Any]) -> int | None:
         """Pixels of context a tile needs on each side, or None if the method is global."""
         value = None if self.halo is None else self.halo(params)
+        return None if value is None else int(value)
+
+    def collect_halo_for(self, params: dict[str, Any]) -> int | None:
+        """Context of the local part of the whole-image steps, or None if there are none."""
+        value = None if self.collect_halo is None else self.collect_halo(params)
         return None if value is None else int(value)
 
     def as_dict(self) -> dict[str, Any]:
@@ -242,13 +296,15 @@ def register_method(
     halo: Callable[[dict[str, Any]], int] | int | None = None,
     colour: str = "luminance",
     mixed_colour: bool = False,
+    collect_halo: Callable[[dict[str, Any]], int | None] | None = None,
 ) -> Callable[[Callable[..., MethodOutput]], Callable[..., MethodOutput]]:
     """Decorator that adds a method's ``run`` function to the registry.
 
     ``mixed_colour=True`` lets users give grey and RGB images together (e.g.
     a grey infrared image and a colour visible one): grey images reach ``run``
     as three equal channels (no chroma), so the method can tell the colour
-    source by its chroma.
+    source by its chroma. ``collect_halo``: see :class:`MethodSpec` and
+    :mod:`napari_fusion.whole_image`.
     """
     bad = set(tasks) - set(TASKS)
     if bad:
@@ -281,6 +337,7 @@ def register_method(
                 halo=halo,
                 colour=colour,
                 mixed_colour=bool(mixed_colour),
+                collect_halo=collect_halo,
             ),
         )
         return func

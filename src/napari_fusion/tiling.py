@@ -51,7 +51,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -71,6 +71,7 @@ from .errors import FusionError, FusionInputError
 from .ops.tiles import free_device_memory, is_out_of_memory
 from .registry import FusionContext, MethodSpec, get_method
 from .results import FusionResult
+from .whole_image import MAX_PASSES, Collected, StepResults, TileSteps
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,11 @@ TILE_KEY_PREFIX = "napari-fusion-tile"
 TILE_ALIGN: dict[str, Callable[[dict[str, Any]], int]] = {
     # patches on a grid of ``stride`` pixels from the image origin: tiles must start on it
     "veshki_cdl": lambda p: int(p.get("stride", 1)),
+    # the CNN scores 16x16 patches at a stride of 2 pixels from the image origin
+    "liu2017_cnn": lambda p: 2,
+    "liu2017_cnn_nway": lambda p: 2,
+    # VGG19 features down to conv4_1 are on a grid of 8 pixels from the image origin
+    "li2018_vgg19": lambda p: 8,
 }
 
 
@@ -262,6 +268,10 @@ class TileJob:
     want_depth: bool
     #: Unique per lazy result: the key of its tiles in :data:`TILE_CACHE` (never shared between fusions).
     run_id: str = ""
+    #: Whole-image steps found by the collect passes (None: the method has none with these params).
+    steps: StepResults | None = None
+    #: A collect pass: tiles return their part of the next unknown whole-image step.
+    collecting: bool = False
 
     def __call__(self, block: np.ndarray, block_box: tuple, core: tuple) -> dict[str, np.ndarray]:
         """Fuse ``block`` (the stack over ``block_box``) and return the outputs over ``core``.
@@ -303,10 +313,7 @@ class TileJob:
                 ]
                 row.append(self.run(sub, sub_box, sub_core))
             parts.append(row)
-        return {
-            key: np.concatenate([np.concatenate([p[key] for p in row], axis=1) for row in parts], axis=0)
-            for key in parts[0][0]
-        }
+        return _merge_parts(parts)
 
     def _run_once(self, block: np.ndarray, block_box, core) -> dict[str, np.ndarray]:
         data = scale_stack(block, colour=self.colour, offset=self.offset, scale=self.scale)
@@ -315,12 +322,40 @@ class TileJob:
         y0, y1, x0, x1 = core
         cy = slice(y0 - block_box[0], y1 - block_box[0])
         cx = slice(x0 - block_box[2], x1 - block_box[2])
+        steps = None if self.steps is None else TileSteps(self.steps, tuple(block_box), tuple(core))
         with torch.inference_mode():
             stack = prepared.to_tensor(dev)
-            out = run_method(self.spec, stack, ctx=FusionContext(dev, None), params=self.params)
+            try:
+                out = run_method(self.spec, stack, ctx=FusionContext(dev, None, steps=steps), params=self.params)
+            except Collected as part:
+                if not self.collecting:
+                    raise FusionError(f"method {self.spec.name!r}: whole-image step {part.key!r} was not collected")
+                return {"__part__": part.part, "__collected__": part}
+            if self.collecting:
+                return {"__done__": np.ones(1)}
             if self.want_labels and out.labels is None:
                 raise FusionError(f"method {self.spec.name!r} declares labels but returned none")
             return output_planes(self.spec, out, prepared, self.positions, core=(cy, cx), with_labels=self.want_labels)
+
+
+def _merge_parts(parts: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """Join the results of sub-tiles (rows of columns): planes and map parts side by side,
+    statistics summed, the rest taken from the first."""
+    first = parts[0][0]
+    flat = [p for row in parts for p in row]
+    merged: dict[str, Any] = {}
+    for key, value in first.items():
+        if key == "__part__" and first["__collected__"].kind == "stat":
+            total = value
+            for p in flat[1:]:
+                total = first["__collected__"].combine(total, p[key])
+            merged[key] = total
+        elif key in ("__collected__", "__done__"):
+            merged[key] = value
+        else:
+            ax = (-2, -1) if key == "__part__" else (0, 1)  # maps are (..., h, w); planes (h, w[, 3])
+            merged[key] = np.concatenate([np.concatenate([p[key] for p in row], axis=ax[1]) for row in parts], axis=ax[0])
+    return merged
 
 
 class _TileGraph:
@@ -405,7 +440,12 @@ def _run_tile_task(job: TileJob, prefix: str, block_box, core, shape, dtype, pie
     return planes
 
 
-def _tile_graph(stack, grid: TileGrid, job: TileJob, prefix: str) -> _TileGraph:
+def _run_collect_task(job: TileJob, prefix: str, block_box, core, shape, dtype, pieces, *chunks):
+    """A tile of a collect pass (never cached: its result is a part of a whole-image step)."""
+    return job(_assemble_block(shape, dtype, pieces, *chunks), block_box, core)
+
+
+def _tile_graph(stack, grid: TileGrid, job: TileJob, prefix: str, task: Callable = _run_tile_task) -> _TileGraph:
     """One task per tile that reads the input chunks its block overlaps and fuses them.
 
     Tasks refer to the input's chunk keys directly, so building the graph
@@ -433,7 +473,7 @@ def _tile_graph(stack, grid: TileGrid, job: TileJob, prefix: str) -> _TileGraph:
             deps.append((stack.name,) + tuple(k for k, _, _, _ in combo))
         shape = tuple(hi - lo for lo, hi in want)
         key = (prefix, *t.index)
-        layer[key] = (_run_tile_task, job, prefix, t.block, t.core, shape, stack.dtype, pieces, *deps)
+        layer[key] = (task, job, prefix, t.block, t.core, shape, stack.dtype, pieces, *deps)
         keys.append(key)
     hlg = HighLevelGraph.from_collections(prefix, layer, dependencies=[stack])
     return _TileGraph(hlg, keys)
@@ -574,8 +614,9 @@ class LazyFusionResult(FusionResult):
         return super().__repr__()[:-1] + tiles + ")"
 
 
-def compute_quietly(*arrays: Any) -> tuple:
-    """``dask.compute(*arrays)`` without dask's process-wide callbacks, on :func:`local_scheduler`.
+def compute_quietly(*arrays: Any, callbacks: tuple = ()) -> tuple:
+    """``dask.compute(*arrays)`` without dask's process-wide callbacks (only ``callbacks``), on
+    :func:`local_scheduler`.
 
     napari registers its chunk cache as a global dask callback; a compute in a
     worker thread that picks it up shares the cache's locks and bookkeeping
@@ -586,7 +627,7 @@ def compute_quietly(*arrays: Any) -> tuple:
     import dask
 
     try:
-        return dask.compute(*arrays, callbacks=(), scheduler=local_scheduler(), optimize_graph=False)
+        return dask.compute(*arrays, callbacks=callbacks, scheduler=local_scheduler(), optimize_graph=False)
     except TypeError:
         return dask.compute(*arrays)
 
@@ -631,13 +672,34 @@ def tile_progress(result: LazyFusionResult, progress: Callable[[float, float, st
     ``distributed.progress`` instead (no callback is made).
     """
     progress = progress or result.progress
-    if progress is None or result.grid is None or _in_distributed_client():
+    if result.grid is None:
         yield None
         return
-    from dask.callbacks import Callback
+    with _tiles_done(result.key_prefix, result.grid.n_tiles, progress) as cb:
+        yield cb
 
-    total = result.grid.n_tiles
-    prefix = result.key_prefix
+
+@contextlib.contextmanager
+def _tiles_done(prefix: str, total: int, progress):
+    """Report finished tiles ``(prefix, i, j)`` to ``progress`` while computing in this context."""
+    cb = _tile_callback(prefix, total, progress)
+    if cb is None:
+        yield None
+        return
+    import dask
+
+    # low-level fusion would merge a tile task into its only consumer under another key
+    with dask.config.set({"optimization.fuse.active": False}), cb:
+        yield cb
+
+
+def _tile_callback(prefix: str, total: int, progress, what: str = "tile", start: int = 0):
+    """A dask callback calling ``progress(done, total, "<what> done/total")`` as tasks
+    ``(prefix, i, j)`` finish (``done`` counting from ``start``); None without ``progress`` or
+    with a distributed client."""
+    if progress is None or _in_distributed_client():
+        return None
+    from dask.callbacks import Callback
 
     class _TileCallback(Callback):
         def __init__(self):
@@ -647,14 +709,10 @@ def tile_progress(result: LazyFusionResult, progress: Callable[[float, float, st
         def _posttask(self, key, value, dsk, state, worker_id):
             if isinstance(key, tuple) and len(key) == 3 and key[0] == prefix and key[1:] not in self.seen:
                 self.seen.add(key[1:])
-                done = len(self.seen)
-                progress(done, total, f"tile {done}/{total}")
+                done = start + len(self.seen)
+                progress(done, total, f"{what} {done}/{total}")
 
-    import dask
-
-    # low-level fusion would merge a tile task into its only consumer under another key
-    with dask.config.set({"optimization.fuse.active": False}), _TileCallback() as cb:
-        yield cb
+    return _TileCallback()
 
 
 # --------------------------------------------------------------------------- entry point
@@ -696,7 +754,7 @@ def fuse_lazy(
     dev = resolve_device(device)  # validates here; "auto" is resolved again on each worker
     device_name = "auto" if device is None or device == "auto" else str(dev)
     input_chunks = (stack.chunks[1][0], stack.chunks[2][0]) if _is_dask(images) or _is_zarr(images) else None
-    grid = plan_grid(spec, resolved, (h, w), chunks=chunks, input_chunks=input_chunks, halo=halo)
+    grid = plan_grid(spec, resolved, (h, w), chunks=chunks, input_chunks=input_chunks, halo=halo, n=n)
     offset, scale, out_low, out_high = intensity_mapping(dtype, *global_statistics(stack, dtype=dtype), spec.intensity)
     want_labels = "labels" in spec.outputs
     job = TileJob(
@@ -718,6 +776,10 @@ def fuse_lazy(
         want_depth=want_labels and "depth" in spec.outputs,
         run_id=uuid.uuid4().hex,
     )
+    collect_halo = spec.collect_halo_for(resolved)
+    if collect_halo is not None and grid.n_tiles > 1:
+        step_halo = spec.halo_for(resolved) or 0
+        job.steps = collect_steps(stack, grid, job, collect_halo=collect_halo, step_halo=step_halo, progress=progress)
     prefix = _key_prefix(stack, job, grid.tile)
     outputs = _lazy_outputs(_tile_graph(stack, grid, job, prefix), grid, job, prefix)
     return LazyFusionResult(
@@ -740,23 +802,74 @@ def plan_grid(
     chunks: Any = None,
     input_chunks: tuple[int, int] | None = None,
     halo: int | None = None,
+    n: int = 2,
 ) -> TileGrid:
     """The tile grid of a ``shape`` image for ``spec``: tile size, alignment and halo.
 
     Tiles and halo are rounded up to the method's :func:`tile_alignment`;
     ``halo`` overrides the declared halo; a global method (halo ``None``) is
-    refused unless one tile covers the image.
+    refused unless one tile covers the image. A two-input method folded over
+    ``n`` slices reads, at its last step, the previous result within its halo,
+    and so on back to the first: its halo is ``(n - 1)`` times the declared one.
     """
     h, w = shape
     tile = normalise_tile(chunks, (h, w), input_chunks)
     align = tile_alignment(spec, params)
     tile = (min(_round_up(tile[0], align), h), min(_round_up(tile[1], align), w))
     declared = spec.halo_for(params)
+    if declared is not None and spec.mode == "pairwise" and n > 2:
+        declared *= n - 1
     if halo is not None:
         declared = _checked_halo(halo)
     if declared is None and not (tile[0] >= h and tile[1] >= w):
         raise FusionInputError(_global_method_message(spec, params, tile, (h, w)))
     return TileGrid((h, w), tile, _round_up(declared or 0, align), align)
+
+
+def collect_steps(
+    stack, grid: TileGrid, job: TileJob, *, collect_halo: int, step_halo: int, progress=None
+) -> StepResults:
+    """Run the collect passes of a method with whole-image steps (:mod:`napari_fusion.whole_image`).
+
+    Pass ``p`` runs every tile until the first step not known yet, with the
+    context that step's local part needs: ``collect_halo``, plus ``p`` times
+    ``step_halo`` for a folded two-input method (pass ``p`` is fold step
+    ``p + 1``, which reads the previous steps' result). The parts are joined and
+    finished once, then the next pass runs; the passes end when the tiles run
+    to the end: each pass starts with one tile computed with the whole method's
+    context, and when that one runs to the end no more tiles are run.
+    """
+    from dask.delayed import Delayed
+
+    known = StepResults()
+    for p in range(MAX_PASSES):
+        reach = collect_halo + (p * step_halo if job.spec.mode == "pairwise" else 0)
+        pass_grid = replace(grid, halo=_round_up(reach, grid.align))
+        pass_job = replace(job, halo=pass_grid.halo, steps=known, collecting=True)
+        what = f"whole-image pass {p + 1}: tile"
+        # A probe: the first tile, with the context of the whole method (it may run to the end:
+        # no more whole-image steps, for this method or for these data, e.g. a grey stack).
+        probe_halo = max(pass_grid.halo, grid.halo)
+        tile0 = next(replace(grid, halo=probe_halo).tiles())
+        block = compute_quietly(stack[:, tile0.block[0] : tile0.block[1], tile0.block[2] : tile0.block[3]])[0]
+        probe = replace(pass_job, halo=probe_halo)(block, tile0.block, tile0.core)
+        if "__done__" in probe:
+            return known
+        if progress is not None:
+            progress(1, grid.n_tiles, f"{what} 1/{grid.n_tiles}")
+        prefix = f"{TILE_KEY_PREFIX}-pass{p}-{uuid.uuid4().hex}"
+        graph = _tile_graph(stack, pass_grid, pass_job, prefix, task=_run_collect_task)
+        hlg = graph.__dask_graph__()
+        cb = _tile_callback(prefix, pass_grid.n_tiles, progress, what=what, start=1)
+        tasks = [Delayed(k, hlg, layer=prefix) for k in graph.__dask_keys__()[1:]]
+        results = (probe,) + compute_quietly(*tasks, callbacks=(cb,) if cb else ())
+        first = results[0].get("__collected__")
+        if first is None or any(r.get("__collected__") is None or r["__collected__"].key != first.key for r in results):
+            raise FusionError(f"method {job.spec.name!r}: its tiles reached different whole-image steps")
+        parts = [(t.core, r["__part__"]) for t, r in zip(pass_grid.tiles(), results)]
+        known.add(first, parts, grid.shape)
+        log.info("whole-image step %r of %s found (pass %d, %d tiles)", first.key, job.spec.name, p + 1, len(parts))
+    raise FusionError(f"method {job.spec.name!r} needs more than {MAX_PASSES} whole-image passes")
 
 
 def _checked_halo(halo: Any) -> int:

@@ -50,6 +50,7 @@ github.com/Zhaozixiang1228/IF-CSCFuse (CSC-IVF).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,7 +59,7 @@ import torch
 from ..errors import FusionInputError, WeightsUnavailableError
 from ..nets.csc_ivfn import CSCIVFN
 from ..ops.blend import normalise_weights
-from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
+from ..ops.colour import chroma_sums, most_colourful, rgb_to_ycbcr, ycbcr_to_rgb
 from ..ops.filters import box_filter
 from ..ops.guided import guided_filter
 from ..ops.tiles import map_tiles
@@ -83,6 +84,10 @@ _COST_ENCODE, _COST_FUSE, _COST_DECODE = 1.0, 4.0, 0.2
 
 
 WEIGHTS_NAME = "csc_ivfn"
+#: Receptive radius of the decoder (three 3x3 convolutions; :attr:`CSCIVFN.decode_radius`), and the
+#: encoder's when the manifest cannot be read (the shipped configuration's).
+_DECODE_RADIUS = 3
+_FALLBACK_ENCODE_RADIUS = 21
 
 
 def default_weights_path() -> Path:
@@ -98,26 +103,69 @@ def l1_weights(codes: torch.Tensor) -> torch.Tensor:
     return normalise_weights(act)
 
 
+def saliency_tables(hist: torch.Tensor) -> torch.Tensor:
+    """``(..., 256)`` level counts -> ``(..., 256)`` tables ``S(k) = sum_i H(i) |k - i|``, with ``H``
+    the counts normalised to sum to one."""
+    lead = hist.shape[:-1]
+    h = hist.reshape(-1, LEVELS).to(torch.float32)
+    h = h / h.sum(-1, keepdim=True).clamp_min(1)
+    grid = torch.arange(LEVELS, dtype=torch.float32, device=hist.device)
+    return (h @ (grid[:, None] - grid[None, :]).abs()).reshape(*lead, LEVELS)
+
+
+def level_counts(levels: torch.Tensor) -> torch.Tensor:
+    """``(..., 256)`` counts of the integer levels of maps ``(..., H, W)`` in 0..255."""
+    flat = levels.flatten(-2)
+    flat2 = flat.reshape(-1, flat.shape[-1])
+    hist = torch.zeros((flat2.shape[0], LEVELS), dtype=torch.float64, device=levels.device)
+    hist.scatter_add_(1, flat2, torch.ones_like(flat2, dtype=torch.float64))
+    return hist.reshape(*flat.shape[:-1], LEVELS)
+
+
 def saliency(levels: torch.Tensor) -> torch.Tensor:
     """Histogram saliency ``S(I) = sum_i H(i) |I - i|`` of integer maps ``(..., H, W)`` in 0..255."""
-    flat = levels.flatten(-2)  # (..., P)
-    lead = flat.shape[:-1]
-    flat2 = flat.reshape(-1, flat.shape[-1])
-    hist = torch.zeros((flat2.shape[0], LEVELS), dtype=torch.float32, device=levels.device)
-    hist.scatter_add_(1, flat2, torch.ones_like(flat2, dtype=torch.float32))
-    hist /= flat2.shape[1]
-    grid = torch.arange(LEVELS, dtype=torch.float32, device=levels.device)
-    table = hist @ (grid[:, None] - grid[None, :]).abs()  # (B, 256): table[k] = sum_i H(i)|k - i|
-    sal = table.gather(1, flat2)
-    return sal.reshape(*lead, *levels.shape[-2:])
+    return _lookup(saliency_tables(level_counts(levels)), levels)
+
+
+def _lookup(tables: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """``tables[..., levels]`` per map: ``(..., 256)`` tables, ``(..., H, W)`` levels."""
+    flat = levels.flatten(-2)
+    return tables.reshape(-1, LEVELS).gather(1, flat.reshape(-1, flat.shape[-1])).reshape(levels.shape)
 
 
 def minmax01(x: torch.Tensor) -> torch.Tensor:
     """Each ``(H, W)`` map of ``(..., H, W)`` scaled to [0, 1] (constant maps -> 0)."""
-    lo = x.amin(dim=(-2, -1), keepdim=True)
-    hi = x.amax(dim=(-2, -1), keepdim=True)
+    return scaled01(x, code_range(x))
+
+
+def code_range(x: torch.Tensor) -> torch.Tensor:
+    """``(2, ...)``: the minimum and maximum of each ``(H, W)`` map of ``(..., H, W)``."""
+    return torch.stack([x.amin(dim=(-2, -1)), x.amax(dim=(-2, -1))])
+
+
+def join_ranges(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The :func:`code_range` of two parts of the same maps, joined."""
+    return torch.stack([torch.minimum(a[0], b[0]), torch.maximum(a[1], b[1])])
+
+
+def scaled01(x: torch.Tensor, rng: torch.Tensor) -> torch.Tensor:
+    """Maps ``(..., H, W)`` scaled to [0, 1] by their ``(2, ...)`` range (constant maps -> 0)."""
+    lo, hi = rng[0][..., None, None], rng[1][..., None, None]
     span = hi - lo
     return torch.where(span > 0, (x - lo) / span.clamp_min(1e-30), torch.zeros_like(x))
+
+
+def _levels(norm: torch.Tensor) -> torch.Tensor:
+    return (norm * (LEVELS - 1)).to(torch.long).clamp_(0, LEVELS - 1)
+
+
+def _counts_in_range(codes: torch.Tensor, rng: torch.Tensor) -> torch.Tensor:
+    """``(N, C, 256)`` level counts of codes scaled by ``rng``, a few channels at a time."""
+    out = []
+    for start in range(0, codes.shape[1], CHANNEL_CHUNK):
+        part = slice(start, start + CHANNEL_CHUNK)
+        out.append(level_counts(_levels(scaled01(codes[:, part], rng[:, :, part]))))
+    return torch.cat(out, dim=1)
 
 
 def saliency_weights(
@@ -126,22 +174,28 @@ def saliency_weights(
     radius: int = 45,
     eps: float = 0.01,
     report: Callable[[int, int], None] | None = None,
+    ctx: FusionContext | None = None,
 ) -> torch.Tensor:
     """``(N, C, H, W)`` codes -> ``(N, C, H, W)`` guided-filtered histogram-saliency weights.
 
-    ``report(done, total)`` is called after every chunk of channels.
+    The maps' ranges and level histograms are whole-image statistics (``ctx``;
+    computed in collect passes of a tiled run). ``report(done, total)`` is called
+    after every chunk of channels.
     """
     n, c, h, w = codes.shape
+    ctx = ctx or FusionContext(codes.device)
+    rng = ctx.whole_image_stat("code_range", codes, code_range, lambda r: r, join_ranges)
+    counts = ctx.whole_image_stat("code_levels", codes, lambda z: _counts_in_range(z, rng), lambda t: t)
+    tables = saliency_tables(counts.to(codes.device))
     out = torch.empty_like(codes)
     r = int(min(radius, max(min(h, w) - 1, 0)))  # reflect borders need r < side
     for start in range(0, c, CHANNEL_CHUNK):
-        z = codes[:, start : start + CHANNEL_CHUNK]
-        norm = minmax01(z)
-        lev = (norm * (LEVELS - 1)).to(torch.long).clamp_(0, LEVELS - 1)
-        p = normalise_weights(saliency(lev) + 1e-12)
+        part = slice(start, start + CHANNEL_CHUNK)
+        norm = scaled01(codes[:, part], rng[:, :, part])
+        p = normalise_weights(_lookup(tables[:, part], _levels(norm)) + 1e-12)
         if r > 0:
             p = guided_filter(norm, p, r, eps)
-        out[:, start : start + CHANNEL_CHUNK] = normalise_weights(p)
+        out[:, part] = normalise_weights(p)
         if report is not None:
             report(min(start + CHANNEL_CHUNK, c), c)
     return out
@@ -163,6 +217,7 @@ def fuse_codes(
     gf_radius: int = 45,
     gf_eps: float = 0.01,
     report: Callable[[int, int], None] | None = None,
+    ctx: FusionContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Fuse ``(N, C, H, W)`` base and detail codes (``report(done, total)`` as work advances).
 
@@ -182,15 +237,9 @@ def fuse_codes(
     if strategy == "saliency":
         if report is not None:
             report(0, 1)
-        wb = saliency_weights(base, radius=gf_radius, eps=gf_eps, report=report)
+        wb = saliency_weights(base, radius=gf_radius, eps=gf_eps, report=report, ctx=ctx)
         return (wb * base).sum(0), fd, wd, wb.mean(1)
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-
-
-def visible_source(stack: torch.Tensor) -> int:
-    """Index of the source with the most chroma in a colour ``(N, 3, H, W)`` stack."""
-    ycc = rgb_to_ycbcr(stack, channel_dim=1)
-    return int((ycc[:, 1:] - 0.5).abs().mean(dim=(1, 2, 3)).argmax())
 
 
 # --------------------------------------------------------------------------- network
@@ -217,6 +266,31 @@ def load_network(weights: str | Path | None, device: torch.device) -> CSCIVFN:
     return load_shipped(
         WEIGHTS_NAME, path=weights or None, device=device, build=build, expect={"model": "csc_ivfn"}, how_to_get=how
     )
+
+
+def _encode_radius(params: dict) -> int:
+    """The encoder's receptive radius from the weights' manifest (box split + two 3x3 convolutions
+    per unit), as :attr:`CSCIVFN.encode_radius`."""
+    path = Path(params.get("weights") or default_weights_path())
+    try:
+        cfg = json.loads(path.with_suffix(".json").read_text()).get("net_config") or {}
+        return int(cfg.get("blur", 11)) // 2 + 2 * int(cfg.get("depth", 8))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return _FALLBACK_ENCODE_RADIUS
+
+
+def _halo(params: dict) -> int:
+    """Encoder + code fusion (guided filter of the saliency weights, or the l1 rule's 3x3 mean) + decoder."""
+    fusing = {"saliency": 2 * int(params["gf_radius"]), "l1": 1}.get(params["strategy"], 0)
+    return _encode_radius(params) + fusing + _DECODE_RADIUS
+
+
+def _collect_halo(params: dict) -> int | None:
+    """Whole-image steps: the saliency rule's code ranges and histograms (on the codes), and the
+    choice of the visible source (colour inputs, ``chroma_source=-1``)."""
+    if params["strategy"] == "saliency" or params["chroma_source"] < 0:
+        return _encode_radius(params)
+    return None
 
 
 # --------------------------------------------------------------------------- method
@@ -274,9 +348,10 @@ def load_network(weights: str | Path | None, device: torch.device) -> CSCIVFN:
         "and decoded. Grey infrared + colour visible allowed (visible chroma kept)."
     ),
     intensity="stack",
-    halo=None,
+    halo=_halo,
     colour="luminance",
     mixed_colour=True,
+    collect_halo=_collect_halo,
 )
 def fuse_csc_ivfn(
     stack: torch.Tensor,
@@ -298,6 +373,9 @@ def fuse_csc_ivfn(
     if c == 3:
         ycc = rgb_to_ycbcr(stack, channel_dim=1)
         lum = ycc[:, :1]
+        v = chroma_source
+        if v < 0:  # a whole-image statistic (summed over the tiles of a tiled run)
+            v = ctx.whole_image_stat("chroma", ycc, chroma_sums, most_colourful)
     else:
         lum = stack[:, :1]
     lum = lum.float().clamp(0.0, 1.0)
@@ -327,6 +405,7 @@ def fuse_csc_ivfn(
         gf_radius=gf_radius,
         gf_eps=gf_eps,
         report=step(n * _COST_ENCODE, fusing, "fusing the codes"),
+        ctx=ctx,
     )
     del base, detail
     ctx.report(n * _COST_ENCODE + fusing, total, "codes fused")
@@ -339,7 +418,6 @@ def fuse_csc_ivfn(
     )
     fused_lum = fused_lum[0]  # (1, H, W)
     if c == 3:
-        v = visible_source(stack) if chroma_source < 0 else chroma_source
         fused = ycbcr_to_rgb(torch.cat([fused_lum, ycc[v, 1:]]), channel_dim=0)
     else:
         fused = fused_lum

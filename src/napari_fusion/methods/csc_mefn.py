@@ -12,11 +12,12 @@
 3. The result is clamped to [0, 1] and, by default, stretched between its
    0.5th and 99.5th percentiles (the authors' released test script).
 
-The percentile stretch is a global operation (it needs the whole image's
-intensity distribution), so with ``stretch=True`` the method declares no
-halo and tiled/lazy runs are refused unless the image is one tile. With
-``stretch=False`` the method is local: a tile needs ``1 + 2 * n_dcu`` pixels
-of context, and tiled results equal untiled ones.
+The percentile stretch needs the whole image's distribution. Its two values
+are exact order statistics found from two histograms of the float32 bit
+patterns (:func:`whole_image_bounds`), which add up over tiles: a tiled run
+computes them in two collect passes (:mod:`napari_fusion.whole_image`), so
+tiled results equal untiled ones (the network runs three times per tile).
+The network itself needs ``1 + 2 * n_dcu`` pixels of context.
 
 Labels: the exposure with the largest luma weight at each pixel. Weights:
 the per-exposure luma weight maps.
@@ -35,7 +36,16 @@ from pathlib import Path
 import torch
 
 from ..errors import FusionInputError, WeightsUnavailableError
-from ..nets.csc_mefn import CSCMEFN, chroma_weights, postprocess
+from ..nets.csc_mefn import (
+    CSCMEFN,
+    chroma_weights,
+    coarse_histogram,
+    fine_histograms,
+    order_statistic,
+    percentile_ranks,
+    rank_in_histogram,
+    stretch_between,
+)
 from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..ops.tiles import map_tiles
 from ..registry import FusionContext, MethodOutput, Param, register_method
@@ -78,16 +88,33 @@ def load_csc_mefn(weights: str | Path | None, device: torch.device) -> CSCMEFN:
     )
 
 
-def _halo(params: dict) -> int | None:
-    """None (global) with the percentile stretch; else the network's receptive radius."""
-    if params.get("stretch", True):
-        return None
+def _halo(params: dict) -> int:
+    """The network's receptive radius (from the weights' manifest)."""
     path = Path(params.get("weights") or default_weights_path())
     try:
         manifest = json.loads(path.with_suffix(".json").read_text())
         return 1 + 2 * int(manifest.get("n_dcu", 2))
     except (OSError, ValueError, TypeError):
         return _FALLBACK_HALO
+
+
+def _collect_halo(params: dict) -> int | None:
+    """The percentile stretch is a whole-image step on the fused values (the network's context)."""
+    return _halo(params) if params.get("stretch", True) else None
+
+
+def whole_image_bounds(ctx: FusionContext, out: torch.Tensor, low: float, high: float) -> tuple[float, float]:
+    """The values :func:`~napari_fusion.nets.csc_mefn.percentile_bounds` takes from the whole
+    image's ``out`` (in [0, 1]), exactly, from two summable histograms of the float32 bit patterns:
+    one finds the bins of the two ranks, the other the values inside them. In a tiled run each
+    histogram is a whole-image statistic (two collect passes)."""
+    coarse = ctx.whole_image_stat("stretch_bins", out, coarse_histogram, lambda total: total)
+    ranks = percentile_ranks(int(coarse.sum()), low, high)
+    where = [rank_in_histogram(coarse, k) for k in ranks]
+    bins = tuple(b for b, _ in where)
+    fine = ctx.whole_image_stat("stretch_values", out, lambda v: fine_histograms(v, bins), lambda total: total)
+    lo, hi = (order_statistic(b, fine[i], r) for i, (b, r) in enumerate(where))
+    return lo, hi
 
 
 @torch.no_grad()
@@ -116,7 +143,7 @@ _PARAMS = (
         "stretch",
         True,
         bool,
-        "Stretch the result between the low/high percentiles (released code; global, so no tiling).",
+        "Stretch the result between the low/high percentiles (released code; a whole-image step).",
     ),
     Param("low_percentile", 0.5, float, "Percentile mapped to black by the stretch.", low=0.0, high=50.0, step=0.1),
     Param("high_percentile", 99.5, float, "Percentile mapped to white by the stretch.", low=50.0, high=100.0, step=0.1),
@@ -140,6 +167,7 @@ _PARAMS = (
     intensity="dtype",
     colour="native",
     halo=_halo,
+    collect_halo=_collect_halo,
 )
 def fuse_csc_mefn(
     stack: torch.Tensor,
@@ -176,6 +204,8 @@ def fuse_csc_mefn(
     else:
         fused = y.unsqueeze(0)
     ctx.report(n + 1, steps, "fused")
-    fused = postprocess(fused, stretch=stretch, low=low_percentile / 100.0, high=high_percentile / 100.0)
+    fused = fused.clamp(0.0, 1.0)
+    if stretch:
+        fused = stretch_between(fused, *whole_image_bounds(ctx, fused, low_percentile / 100.0, high_percentile / 100.0))
     ctx.report(steps, steps, "stretched" if stretch else "clamped")
     return MethodOutput(fused=fused, labels=wts.argmax(0), weights=wts)

@@ -49,6 +49,7 @@ github.com/hli1221/imagefusion_deeplearning.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -58,7 +59,8 @@ import torch.nn.functional as F
 from ..errors import FusionInputError, WeightsUnavailableError
 from ..nets.vgg19 import LAYER_INDEX, VGG19, layer_stride, load_torchvision_state_dict, receptive_radius
 from ..ops.blend import normalise_weights
-from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
+from ..ops.colour import chroma_sums, most_colourful, rgb_to_ycbcr, ycbcr_to_rgb
+from ..ops.colour import visible_source as visible_source  # public here since the first release
 from ..ops.decomposition import tikhonov_split
 from ..ops.filters import box_filter
 from ..ops.tiles import map_tiles
@@ -154,11 +156,32 @@ def fuse_details(
     return fused, weights, layer
 
 
-def visible_source(stack: torch.Tensor) -> int:
-    """Index of the source with the most chroma in a colour ``(N, 3, H, W)`` stack."""
-    ycc = rgb_to_ycbcr(stack, channel_dim=1)
-    chroma = (ycc[:, 1:] - 0.5).abs().mean(dim=(1, 2, 3))
-    return int(chroma.argmax())
+#: Relative size below which the Tikhonov base layer's response to a pixel is ignored at the
+#: edge of a tile's context (float32 rounding is ~6e-8).
+_TIKHONOV_TAIL = 1e-8
+
+
+def tikhonov_reach(lam: float) -> int:
+    """Pixels beyond which the Tikhonov base layer's response to one pixel is below 1e-8 of its size.
+
+    The operator ``(1 + lam (G_x^T G_x + G_y^T G_y))^-1`` decays as ``exp(-kappa r)`` with
+    ``cosh(kappa) = 1 + 1 / (2 lam)`` (lam = 5: kappa = 0.44, about 2.3 pixels per e-fold).
+    """
+    if lam <= 0:
+        return 0
+    kappa = math.acosh(1.0 + 1.0 / (2.0 * lam))
+    return int(math.ceil(-math.log(_TIKHONOV_TAIL) / kappa))
+
+
+def _halo(p: dict) -> int | None:
+    """Tikhonov reach + the deepest feature layer's receptive radius + its 3x3 block average and
+    block replication at stride 8 (two blocks of 8). None (global) when the FFT's wrap-around
+    through a small ``pad`` couples opposite image borders by more than 1e-5."""
+    lam, pad = float(p["lam"]), int(p["pad"])
+    if lam > 0 and math.exp(-2 * pad * math.acosh(1.0 + 1.0 / (2.0 * lam))) > 1e-5:
+        return None
+    ids = LAYER_SETS[p["layers"]]
+    return tikhonov_reach(lam) + max(receptive_radius(i) for i in ids) + 2 * max(layer_stride(i) for i in ids)
 
 
 # --------------------------------------------------------------------------- #
@@ -316,8 +339,9 @@ def layer_activities(
         "(`napari-fusion weights fetch vgg19`)."
     ),
     intensity="stack",
-    halo=None,
+    halo=_halo,
     colour="luminance",
+    collect_halo=lambda p: 0 if p["chroma_source"] < 0 else None,  # the visible source of colour inputs
 )
 def fuse_li2018_vgg19(
     stack: torch.Tensor,
@@ -339,6 +363,9 @@ def fuse_li2018_vgg19(
     if c == 3:
         ycc = rgb_to_ycbcr(stack, channel_dim=1)
         lum = ycc[:, 0]
+        v = chroma_source
+        if v < 0:  # a whole-image statistic (summed over the tiles of a tiled run)
+            v = ctx.whole_image_stat("chroma", ycc, chroma_sums, most_colourful)
     else:
         lum = stack[:, 0]
     base, detail = tikhonov_split(lum, lam=lam, pad=pad)
@@ -347,7 +374,6 @@ def fuse_li2018_vgg19(
     fused_detail, w_detail, layer = fuse_details(detail, acts, [layer_stride(i) for i in layer_ids], rule=selection)
     fused_lum = base.mean(0) + fused_detail
     if c == 3:
-        v = visible_source(stack) if chroma_source < 0 else chroma_source
         fused = ycbcr_to_rgb(torch.cat([fused_lum.unsqueeze(0), ycc[v, 1:]]), channel_dim=0)
     else:
         fused = fused_lum.unsqueeze(0)

@@ -27,6 +27,7 @@ shipped in ``napari_fusion/trained_weights`` are checked against their sha256.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -140,6 +141,34 @@ def _min_area(fraction: float, h: int, w: int) -> int:
     return int(math.ceil(fraction * h * w))
 
 
+def _without_small_regions(fraction: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Consistency verification's region removal, as a whole-image step (regions smaller than
+    ``fraction`` of the *whole* image's area; in a tiled run it runs once on the assembled map)."""
+
+    def finish(full: torch.Tensor) -> torch.Tensor:
+        h, w = full.shape[-2:]
+        return remove_small_regions(full, _min_area(fraction, h, w))
+
+    return finish
+
+
+#: Input context one pixel of the focus map needs: a score at stride 2 covers a 16x16 patch and
+#: reads 4 more pixels on each side (two 3x3 convolutions before the 2x2 pool, one after it at
+#: stride 2); the scores spread over the patches containing a pixel reach 15 further.
+CNN_REACH = 4 + PATCH - 1
+
+
+def _halo(p: dict) -> int:
+    """Context of the guided filter (and of the exact-where-flat test), plus the CNN's when the
+    decision is not a whole-image step (no region removal)."""
+    return 2 * int(p["gf_radius"]) + (0 if p["area_fraction"] > 0 else CNN_REACH)
+
+
+def _collect_halo(p: dict) -> int | None:
+    """With region removal the decision is a whole-image step, computed with the CNN's context."""
+    return CNN_REACH if p["area_fraction"] > 0 else None
+
+
 _PARAMS = (
     Param("variant", "slight", str, "Network: 'slight' (paper's fast model, no fc1) or 'original'.", choices=VARIANTS),
     Param("threshold", 0.5, float, "Focus-map threshold for the initial decision.", low=0.0, high=1.0, step=0.05),
@@ -168,6 +197,8 @@ _PARAMS = (
     params=_PARAMS,
     citation=CITATION,
     description="A trained CNN decides which source is in focus; consistency verification cleans the map.",
+    halo=_halo,
+    collect_halo=_collect_halo,
 )
 def fuse_liu2017(
     stack: torch.Tensor,
@@ -186,12 +217,18 @@ def fuse_liu2017(
     _, scorer = load_liu_net(variant, weights, ctx.device)
     h, w = stack.shape[-2:]
     grey = luminance_stack(stack).float()
-    ta, tb = _scores(scorer, grey, ctx, 4, reuse=True)
-    focus = spread_scores(pair_scores(ta, tb, scorer.db), h, w)
-    ctx.report(2.5, 4, "focus map")
-    d = (focus > threshold).to(torch.uint8)
+    extras: dict[str, torch.Tensor] = {}
+
+    def decide() -> torch.Tensor:
+        ta, tb = _scores(scorer, grey, ctx, 4, reuse=not ctx.tiled)
+        extras["focus_map"] = spread_scores(pair_scores(ta, tb, scorer.db), h, w)
+        ctx.report(2.5, 4, "focus map")
+        return extras["focus_map"] > threshold
+
     if area_fraction > 0:
-        d = remove_small_regions(d, _min_area(area_fraction, h, w))
+        d = ctx.whole_image_map("decision", decide, _without_small_regions(area_fraction)).to(torch.uint8)
+    else:
+        d = decide().to(torch.uint8)
     df = d.float()
     ctx.report(3, 4, "consistency verification")
     if gf_radius > 0:
@@ -206,7 +243,7 @@ def fuse_liu2017(
         fused=fused,
         labels=(1 - d).long(),
         weights=torch.stack([wa, 1 - wa]),
-        extras={"focus_map": focus},
+        extras=extras,
     )
 
 
@@ -223,6 +260,8 @@ def fuse_liu2017(
         "Liu et al.'s CNN scores every slice against every other; each pixel from the slice most often "
         "judged sharper, then the paper's consistency verification."
     ),
+    halo=_halo,
+    collect_halo=_collect_halo,
 )
 def fuse_liu2017_nway(
     stack: torch.Tensor,
@@ -243,35 +282,19 @@ def fuse_liu2017_nway(
     _check_size(stack)
     n, _, h, w = stack.shape
     _, scorer = load_liu_net(variant, weights, ctx.device)
-    db = scorer.db
     grey = luminance_stack(stack).float()
     steps = n + 3
-    terms = _scores(scorer, grey, ctx, steps)
-    if n == 2:
-        focus = spread_scores(pair_scores(terms[0], terms[1], db), h, w)
-        labels = (focus <= threshold).long()
-        focus_stack = torch.stack([focus, 1 - focus])
-    else:
-        # mean over opponents of P(slice k is the sharper one), streamed over k
-        best = None
-        labels = torch.zeros((h, w), dtype=torch.long, device=stack.device)
-        focus_stack = None
-        for k in range(n):
-            acc = torch.zeros_like(terms[0][0])
-            for j in range(n):
-                if j != k:
-                    acc += pair_scores(terms[k], terms[j], db)
-            fk = spread_scores(acc / (n - 1), h, w)
-            if best is None:
-                best = fk
-            else:
-                better = fk > best
-                labels = torch.where(better, torch.full_like(labels, k), labels)
-                best = torch.where(better, fk, best)
-        focus = best
-    ctx.report(n + 1, steps, "decision")
+    extras: dict[str, torch.Tensor] = {}
+
+    def decide() -> torch.Tensor:
+        labels, extras["focus_map"] = _nway_decision(scorer, grey, ctx, threshold, steps)
+        ctx.report(n + 1, steps, "decision")
+        return labels.to(torch.uint8 if n <= 256 else torch.int32)
+
     if area_fraction > 0:
-        labels = remove_small_regions(labels, _min_area(area_fraction, h, w)).long()
+        labels = ctx.whole_image_map("decision", decide, _without_small_regions(area_fraction)).long()
+    else:
+        labels = decide().long()
     ctx.report(n + 2, steps, "consistency verification")
     if gf_radius > 0:
         guide = select(grey.unsqueeze(1), labels)[0]
@@ -280,7 +303,34 @@ def fuse_liu2017_nway(
         wts = one_hot(labels, n)
     fused = weighted_sum(stack, wts)
     ctx.report(steps, steps, "fused")
-    extras = {"focus_map": focus}
-    if focus_stack is not None:
-        extras["focus_map"] = focus_stack[0]
     return MethodOutput(fused=fused, labels=labels, weights=wts, extras=extras)
+
+
+def _nway_decision(
+    scorer: DenseScorer, grey: torch.Tensor, ctx: FusionContext, threshold: float, steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels, focus map): per pixel the slice with the highest mean probability of being the
+    sharper one against every other slice (two slices: ``liu2017_cnn``'s thresholded map)."""
+    n, h, w = grey.shape
+    db = scorer.db
+    terms = _scores(scorer, grey, ctx, steps)
+    if n == 2:
+        focus = spread_scores(pair_scores(terms[0], terms[1], db), h, w)
+        return (focus <= threshold).long(), focus
+    # mean over opponents of P(slice k is the sharper one), streamed over k
+    best = None
+    labels = torch.zeros((h, w), dtype=torch.long, device=grey.device)
+    for k in range(n):
+        acc = torch.zeros_like(terms[0][0])
+        for j in range(n):
+            if j != k:
+                acc += pair_scores(terms[k], terms[j], db)
+        fk = spread_scores(acc / (n - 1), h, w)
+        if best is None:
+            best = fk
+        else:
+            better = fk > best
+            labels = torch.where(better, torch.full_like(labels, k), labels)
+            best = torch.where(better, fk, best)
+    assert best is not None
+    return labels, best

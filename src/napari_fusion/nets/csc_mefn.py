@@ -121,12 +121,61 @@ def fuse_exposures(net: CSCMEFN, stack: torch.Tensor) -> tuple[torch.Tensor, tor
 def percentile_bounds(x: torch.Tensor, low: float = 0.005, high: float = 0.995) -> tuple[torch.Tensor, torch.Tensor]:
     """Values at fractions ``low`` and ``high`` of the sorted values of ``x`` (any size)."""
     flat = x.reshape(-1)
-    n = flat.numel()
-    lo_k = min(max(int(n * low), 0), n - 1) + 1
-    hi_k = min(max(int(n * high), 0), n - 1) + 1
+    lo_k, hi_k = percentile_ranks(flat.numel(), low, high)
     lo = flat.kthvalue(lo_k).values
     hi = flat.kthvalue(hi_k).values
     return lo, hi
+
+
+#: Bits of a float32's pattern below the coarse histogram's bins (65536 values per bin).
+_FINE_BITS = 16
+
+
+def _float_bits(x: torch.Tensor) -> torch.Tensor:
+    """int64 bit patterns of non-negative float32 values (ordered like the values; -0.0 -> +0.0)."""
+    return (x.to(torch.float32).reshape(-1) + 0.0).view(torch.int32).to(torch.int64)
+
+
+def coarse_histogram(x: torch.Tensor) -> torch.Tensor:
+    """Counts of values in [0, 1] by the high 16 bits of their float32 pattern (summable over tiles)."""
+    return torch.bincount(_float_bits(x) >> _FINE_BITS, minlength=(0x3F800000 >> _FINE_BITS) + 1).cpu()
+
+
+def rank_in_histogram(hist: torch.Tensor, k: int) -> tuple[int, int]:
+    """Bin holding the ``k``-th smallest value (1-based) and its rank inside that bin."""
+    cum = torch.cumsum(hist, 0)
+    b = int(torch.searchsorted(cum, torch.tensor(k, dtype=cum.dtype)))
+    return b, k - (int(cum[b - 1]) if b > 0 else 0)
+
+
+def fine_histograms(x: torch.Tensor, bins: tuple[int, ...]) -> torch.Tensor:
+    """``(len(bins), 65536)`` counts of the low 16 bits of the values in each coarse bin."""
+    bits = _float_bits(x)
+    out = []
+    for b in bins:
+        low = bits[(bits >> _FINE_BITS) == b] & ((1 << _FINE_BITS) - 1)
+        out.append(torch.bincount(low, minlength=1 << _FINE_BITS))
+    return torch.stack(out).cpu()
+
+
+def order_statistic(bin_index: int, fine: torch.Tensor, rank: int) -> float:
+    """The value of rank ``rank`` (1-based) among those of coarse bin ``bin_index``."""
+    low, _ = rank_in_histogram(fine, rank)
+    pattern = torch.tensor([(bin_index << _FINE_BITS) | low], dtype=torch.int32)
+    return float(pattern.view(torch.float32)[0])
+
+
+def percentile_ranks(n: int, low: float, high: float) -> tuple[int, int]:
+    """1-based ranks of the values :func:`percentile_bounds` takes from ``n`` values."""
+    return min(max(int(n * low), 0), n - 1) + 1, min(max(int(n * high), 0), n - 1) + 1
+
+
+def stretch_between(out: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Map ``lo`` to 0 and ``hi`` to 1 and clip; unchanged when ``hi - lo <= 1e-6``."""
+    span = hi - lo
+    if span <= 1e-6:
+        return out
+    return ((out - lo) / span).clamp(0.0, 1.0)
 
 
 def postprocess(fused: torch.Tensor, *, stretch: bool = True, low: float = 0.005, high: float = 0.995) -> torch.Tensor:
@@ -137,10 +186,7 @@ def postprocess(fused: torch.Tensor, *, stretch: bool = True, low: float = 0.005
     if not stretch:
         return out
     lo, hi = percentile_bounds(out, low, high)
-    span = hi - lo
-    if float(span) <= 1e-6:
-        return out
-    return ((out - lo) / span).clamp(0.0, 1.0)
+    return stretch_between(out, float(lo), float(hi))
 
 
 def count_parameters(net: nn.Module) -> int:
@@ -151,7 +197,13 @@ __all__ = [
     "CSCMEFN",
     "chroma_weights",
     "fuse_exposures",
+    "coarse_histogram",
+    "fine_histograms",
+    "order_statistic",
     "percentile_bounds",
+    "percentile_ranks",
     "postprocess",
+    "rank_in_histogram",
+    "stretch_between",
     "count_parameters",
 ]

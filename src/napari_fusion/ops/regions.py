@@ -35,7 +35,7 @@ def remove_small_regions(labels: torch.Tensor, min_area: int) -> torch.Tensor:
         keep |= big[comp]
     if keep.all() or not keep.any():
         return labels.clone()
-    _, (iy, ix) = ndimage.distance_transform_edt(~keep, return_indices=True)
+    iy, ix = ndimage.distance_transform_edt(~keep, return_distances=False, return_indices=True)
     out = lab[iy, ix]
     return torch.from_numpy(np.ascontiguousarray(out)).to(labels.device)
 

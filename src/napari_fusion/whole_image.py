@@ -1,0 +1,166 @@
+"""Whole-image steps of tiled runs: computed in a first pass over the tiles, then applied per tile.
+
+Some methods have a step whose result at one pixel depends on the whole
+image: Liu et al.'s small-region removal (regions of 1% of the image area),
+a percentile stretch, the choice of the most colourful source. A method
+writes such a step through its :class:`~napari_fusion.registry.FusionContext`:
+
+* ``ctx.whole_image_map(key, local, finish)``: ``local()`` computes a map
+  ``(..., H, W)`` of the method's input window; ``finish(full)`` turns the map of
+  the *whole image* into the map the method continues with (same shape);
+* ``ctx.whole_image_stat(key, values, reduce, finish)``: ``reduce(values)``
+  turns per-pixel values into a summable statistic (counts, sums);
+  ``finish(total)`` turns the sum over the whole image into what the method
+  continues with.
+
+Untiled, both are simply ``finish(local())`` and ``finish(reduce(values))``.
+
+Tiled (:func:`napari_fusion.tiling.fuse_lazy`), the engine runs *collect
+passes* before the lazy result exists. In a pass every tile runs the method
+until it reaches a step whose result is not known yet; there the tile gives
+back its core's part (:class:`Collected`: the map over the core, or
+``reduce`` of the core's values) and stops. The parts are assembled (maps)
+or combined (statistics), ``finish`` is applied once to the whole, and the
+next pass runs with that step known. Tiles of later passes, and the final
+tiles, read known maps over their block (:class:`TileSteps`). The number of
+passes is found by running them: a two-input method folded over N slices
+(``liu2017_cnn``) has one step per fold, so N - 1 passes.
+
+Because ``finish`` sees exactly the whole image's map or statistic, a tiled
+run computes the same global step as the untiled one; only the local parts
+(computed per tile with the method's halo) can differ by float rounding.
+
+Memory: a known map is kept for the whole run; boolean maps are stored as
+packed bits (one eighth of a byte per pixel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Most collect passes a run may need (a guard against a method that never finishes).
+MAX_PASSES = 4096
+
+
+class Collected(Exception):
+    """Raised inside a tile of a collect pass: the tile's part of a whole-image step.
+
+    ``kind`` is ``"map"`` (``part`` is the map over the tile's core) or
+    ``"stat"`` (``part`` is the statistic of the core's values).
+    """
+
+    def __init__(
+        self, key: tuple, kind: str, part: Any, finish: Callable[[Any], Any], combine: Callable[[Any, Any], Any] | None
+    ):
+        super().__init__(f"whole-image step {key!r} collected")
+        self.key = key
+        self.kind = kind
+        self.part = part
+        self.finish = finish
+        self.combine = combine or _add
+
+
+def _add(a: Any, b: Any) -> Any:
+    return a + b
+
+
+@dataclass
+class KnownMap:
+    """A finished whole-image map, kept as numpy (bool maps as packed bits along the last axis)."""
+
+    data: np.ndarray
+    shape: tuple[int, ...]
+    packed: bool
+
+    @classmethod
+    def of(cls, full: np.ndarray) -> KnownMap:
+        if full.dtype == np.bool_:
+            return cls(np.packbits(full, axis=-1), full.shape, True)
+        return cls(np.ascontiguousarray(full), full.shape, False)
+
+    def window(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        y0, y1, x0, x1 = box
+        if not self.packed:
+            return self.data[..., y0:y1, x0:x1]
+        b0, b1 = x0 // 8, -(-x1 // 8)
+        bits = np.unpackbits(self.data[..., y0:y1, b0:b1], axis=-1)
+        return bits[..., x0 - 8 * b0 : x0 - 8 * b0 + (x1 - x0)].astype(bool)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+
+@dataclass
+class StepResults:
+    """What the collect passes of one tiled run found: finished maps and statistics by key."""
+
+    maps: dict[tuple, KnownMap] = field(default_factory=dict)
+    stats: dict[tuple, Any] = field(default_factory=dict)
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self.maps or key in self.stats
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m.nbytes for m in self.maps.values())
+
+    def add(self, collected: Collected, parts: list[tuple[tuple[int, int, int, int], Any]], shape) -> None:
+        """Assemble (maps) or combine (statistics) the tiles' ``parts`` and apply ``finish`` once."""
+        key, finish = collected.key, collected.finish
+        if collected.kind == "map":
+            first = parts[0][1]
+            full = np.empty(first.shape[:-2] + tuple(shape), dtype=first.dtype)
+            for (y0, y1, x0, x1), part in parts:
+                full[..., y0:y1, x0:x1] = part
+            done = finish(torch.from_numpy(full))
+            self.maps[key] = KnownMap.of(_numpy(done))
+        else:
+            total = parts[0][1]
+            for _, part in parts[1:]:
+                total = collected.combine(total, part)
+            self.stats[key] = finish(total)
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+@dataclass
+class TileSteps:
+    """The whole-image steps as one tile sees them (handed to the method through its context).
+
+    ``block`` and ``core`` are ``(y0, y1, x0, x1)`` in image pixels.
+    """
+
+    known: StepResults
+    block: tuple[int, int, int, int]
+    core: tuple[int, int, int, int]
+
+    def _core_in_block(self) -> tuple[slice, slice]:
+        by0, _, bx0, _ = self.block
+        y0, y1, x0, x1 = self.core
+        return slice(y0 - by0, y1 - by0), slice(x0 - bx0, x1 - bx0)
+
+    def map(self, key: tuple, local: Callable[[], torch.Tensor], finish, device: torch.device) -> torch.Tensor:
+        if key in self.known.maps:
+            return torch.from_numpy(np.ascontiguousarray(self.known.maps[key].window(self.block))).to(device)
+        cy, cx = self._core_in_block()
+        part = _numpy(local()[..., cy, cx]).copy()
+        raise Collected(key, "map", part, finish, None)
+
+    def stat(self, key: tuple, values: torch.Tensor, reduce, finish, combine=None) -> Any:
+        if key in self.known.stats:
+            return self.known.stats[key]
+        cy, cx = self._core_in_block()
+        raise Collected(key, "stat", reduce(values[..., cy, cx]), finish, combine)
+
+
+__all__ = ["Collected", "KnownMap", "MAX_PASSES", "StepResults", "TileSteps"]
