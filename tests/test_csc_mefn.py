@@ -181,7 +181,9 @@ def test_registry_entry():
     spec = nf.registry.get_method("csc_mefn")
     assert spec.mode == "nway" and spec.learned and spec.tasks == ("multi-exposure",)
     assert spec.colour == "native" and spec.intensity == "dtype"
-    assert spec.halo_for(spec.defaults()) is None  # percentile stretch is global
+    # the percentile stretch is a whole-image step (collect passes); the network's context is the halo
+    assert spec.halo_for(spec.defaults()) == 5 and spec.collect_halo_for(spec.defaults()) == 5
+    assert spec.collect_halo_for({**spec.defaults(), "stretch": False}) is None
     assert (
         spec.halo_for({**spec.defaults(), "stretch": False}) == 1 + 2 * read_manifest(default_weights_path())["n_dcu"]
     )
@@ -220,13 +222,31 @@ def test_inputs_not_modified_and_float_input(device, series5):
     assert f.fused.dtype == np.float32 and f.fused.min() >= 0 and f.fused.max() <= 1
 
 
-def test_stretch_off_tiles_exactly_and_stretch_on_is_global(device, series5):
+@pytest.mark.parametrize("stretch", [False, True])
+def test_tiles_give_the_untiled_result(device, series5, stretch):
+    """With the stretch, its percentiles are whole-image statistics (two collect passes)."""
     srcs = list(series5[:3])
-    ref = nf.fuse(srcs, method="csc_mefn", device=device, stretch=False)
-    tiled = nf.fuse(srcs, method="csc_mefn", device=device, stretch=False, chunks=32).compute()
+    ref = nf.fuse(srcs, method="csc_mefn", device=device, stretch=stretch)
+    tiled = nf.fuse(srcs, method="csc_mefn", device=device, stretch=stretch, chunks=32).compute()
     assert np.abs(tiled.fused.astype(int) - ref.fused.astype(int)).max() <= 1
-    with pytest.raises(FusionInputError, match="global"):
-        nf.fuse(srcs, method="csc_mefn", chunks=32)
+    np.testing.assert_array_equal(tiled.labels, ref.labels)
+
+
+def test_whole_image_bounds_are_the_exact_percentiles():
+    """The histogram-of-bit-patterns order statistics equal kthvalue's, also for ties and -0.0."""
+    from napari_fusion.methods.csc_mefn import whole_image_bounds
+    from napari_fusion.registry import FusionContext
+
+    gen = torch.Generator().manual_seed(3)
+    for x in (
+        torch.rand((3, 37, 41), generator=gen) ** 4,
+        torch.randint(0, 5, (2, 20, 20), generator=gen).float() / 4,  # many ties
+        torch.cat([torch.full((50,), -0.0), torch.rand(950, generator=gen)]).view(1, 10, 100),
+    ):
+        for low, high in ((0.005, 0.995), (0.1, 0.9), (0.0, 1.0)):
+            lo, hi = percentile_bounds(x.clamp(0, 1), low, high)
+            got = whole_image_bounds(FusionContext(torch.device("cpu")), x.clamp(0, 1), low, high)
+            assert got == (float(lo), float(hi))
 
 
 def test_bad_parameters_and_weights(series5, tmp_path):

@@ -164,3 +164,75 @@ def test_too_small_images_refused(device):
     img = np.zeros((12, 40), np.uint8)
     with pytest.raises(FusionInputError, match="16x16"):
         nf.fuse([img, img + 1], "liu2017_cnn", device=device)
+
+
+# --- tiled: the consistency verification as a whole-image step -----------------------------
+
+
+@pytest.fixture(scope="module")
+def three_slices():
+    """A 3-slice synthetic focal stack of a real photograph: every slice owns part of the image."""
+    from skimage import data
+
+    from napari_fusion.synthetic import render_focal_stack
+
+    return np.asarray(render_focal_stack(data.astronaut()[20:220, 120:340], n_slices=3, seed=0).slices)
+
+
+@pytest.mark.parametrize("name", ["liu2017_cnn", "liu2017_cnn_nway"])
+@pytest.mark.parametrize("chunks", [50, (64, 96)])
+def test_tiled_equals_untiled_with_region_removal(device, three_slices, name, chunks):
+    """Region removal (1 % of the whole image) runs once on the assembled decision (collect passes:
+    two for the pairwise fold of three slices, one N-way); the rest per tile. Exact."""
+    ref = nf.fuse(three_slices, name, device=device)
+    assert len(np.unique(ref.labels)) == 3  # a real decision, not one source everywhere
+    lazy = nf.fuse(three_slices, name, device=device, chunks=chunks)
+    assert lazy.grid.n_tiles > 4
+    got = lazy.compute()
+    np.testing.assert_array_equal(got.labels, ref.labels)
+    np.testing.assert_array_equal(got.fused, ref.fused)
+    np.testing.assert_array_equal(got.depth, ref.depth)
+
+
+@pytest.mark.parametrize("name", ["liu2017_cnn", "liu2017_cnn_nway"])
+def test_tiled_control_cnn_context_too_small(device, three_slices, name, monkeypatch):
+    """Control: the collect pass's CNN with too little context (reach 7 instead of 19) changes the
+    decision, so the equality above can fail; so does a tile without the guided filter's halo."""
+    import napari_fusion.methods.liu2017_cnn as liu
+
+    ref = nf.fuse(three_slices, name, device=device)
+    monkeypatch.setattr(liu, "CNN_REACH", 7)
+    bad = nf.fuse(three_slices, name, device=device, chunks=50).compute()
+    assert (bad.labels != ref.labels).sum() > 20
+    monkeypatch.undo()
+    no_halo = nf.fuse(three_slices, name, device=device, chunks=50, halo=0).compute()
+    assert np.abs(no_halo.fused.astype(int) - ref.fused.astype(int)).max() > 2
+
+
+@pytest.mark.data
+def test_tiled_real_lytro_pair(device, lytro_crop):
+    a, b = lytro_crop
+    ref = nf.fuse([a, b], "liu2017_cnn", device=device)
+    got = nf.fuse([a, b], "liu2017_cnn", device=device, chunks=64).compute()
+    np.testing.assert_array_equal(got.labels, ref.labels)
+    np.testing.assert_array_equal(got.fused, ref.fused)
+
+
+def test_tiled_passes_report_progress_and_cancel(device, three_slices):
+    """The collect passes report per tile and stop at once on cancel."""
+    from napari_fusion.errors import FusionCancelled
+
+    seen = []
+
+    def progress(done, total, message):
+        seen.append(message)
+
+    nf.fuse(three_slices, "liu2017_cnn", device=device, chunks=64, progress=progress)
+    assert any(m.startswith("whole-image pass 1: tile") for m in seen)
+    assert any(m.startswith("whole-image pass 2: tile") for m in seen)
+
+    def cancel(done, total, message):
+        raise FusionCancelled("stop")
+
+    with pytest.raises(FusionCancelled):
+        nf.fuse(three_slices, "liu2017_cnn", device=device, chunks=64, progress=cancel)

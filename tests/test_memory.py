@@ -84,9 +84,9 @@ def test_global_method_is_refused_without_allocating(device, monkeypatch):
     msg = str(err.value)
     assert f"{need / 2**20:.1f} MiB" in msg and "chunks" in msg and "levels" in msg
     assert not called  # refused before the stack was converted
-    # a list input and a learned global method get the same treatment
-    with pytest.raises(FusionInputError, match="cannot be fused tile by tile.*chunks"):
-        nf.fuse([x[0], x[1]], "liu2017_cnn_nway", device=device)
+    # a list input gets the same treatment
+    with pytest.raises(FusionInputError, match="levels=1..16.*chunks"):
+        nf.fuse([x[0], x[1]], "mertens", device=device)
 
 
 def test_fits_means_unchanged_path(device, monkeypatch):

@@ -62,13 +62,18 @@ IR_VISIBLE = [s.name for s in SPECS if "infrared-visible" in s.tasks and s.name 
 PERMUTATION_LABEL_AGREEMENT = {"focus_measure": 0.99, "laplacian_pyramid": 0.95, "mertens": 0.99}
 #: Tiling: fused values, in units of the dtype's grey level (float32 inputs in
 #: [0, 1]: absolute). Default exact. tiis2018_fcn regresses the fused image
-#: with a network whose float sums depend on the tile: 1.3e-4 measured.
-TILED_FUSED_ATOL = {"tiis2018_fcn": 1e-3}
+#: with a network whose float sums depend on the tile: 1.3e-4 measured; csc_mefn's
+#: network likewise (2e-7), magnified by its percentile stretch (2e-6 measured).
+TILED_FUSED_ATOL = {"tiis2018_fcn": 1e-3, "csc_mefn": 1e-5}
 #: Tiling: largest fraction of pixels whose label may differ. Default 0 (exact).
 #: veshki_cdl: measured 0 on grey, 1.2-1.5 % on RGB: its batched OMP rounds
 #: differently for a different number of patches per batch (a tile vs the whole
 #: image; also seen in-memory with ``band_patches``), flipping near-tied votes.
 TILED_LABEL_MISMATCH: dict[str, float] = {}  # veshki_cdl: exact since ties are decided with a tolerance
+
+#: Methods whose too-small-halo control lives in their own test module: on these small synthetic
+#: sources Liu's CNN takes source 0 everywhere, so tiles without context still agree here.
+CONTROL_ELSEWHERE = {"liu2017_cnn": "test_liu2017_cnn.py", "liu2017_cnn_nway": "test_liu2017_cnn.py"}
 
 H, W = 40, 48
 Z = np.array([0.5, 2.0, 3.5])
@@ -368,6 +373,8 @@ def test_too_small_halo_breaks_tiling(name, device):
     so the tiled result differs; the equality test can fail."""
     from napari_fusion.tiling import fuse_lazy
 
+    if name in CONTROL_ELSEWHERE:
+        pytest.skip(f"{name}: its control is in {CONTROL_ELSEWHERE[name]}")
     spec = spec_of(name)
     tile = 16
     w = max(48, spec.halo_for(spec.defaults()) + 3 * tile)

@@ -329,7 +329,9 @@ class TileJob:
                 out = run_method(self.spec, stack, ctx=FusionContext(dev, None, steps=steps), params=self.params)
             except Collected as part:
                 if not self.collecting:
-                    raise FusionError(f"method {self.spec.name!r}: whole-image step {part.key!r} was not collected")
+                    raise FusionError(
+                        f"method {self.spec.name!r}: whole-image step {part.key!r} was not collected"
+                    ) from None
                 return {"__part__": part.part, "__collected__": part}
             if self.collecting:
                 return {"__done__": np.ones(1)}
@@ -354,7 +356,9 @@ def _merge_parts(parts: list[list[dict[str, Any]]]) -> dict[str, Any]:
             merged[key] = value
         else:
             ax = (-2, -1) if key == "__part__" else (0, 1)  # maps are (..., h, w); planes (h, w[, 3])
-            merged[key] = np.concatenate([np.concatenate([p[key] for p in row], axis=ax[1]) for row in parts], axis=ax[0])
+            merged[key] = np.concatenate(
+                [np.concatenate([p[key] for p in row], axis=ax[1]) for row in parts], axis=ax[0]
+            )
     return merged
 
 
@@ -779,6 +783,8 @@ def fuse_lazy(
     collect_halo = spec.collect_halo_for(resolved)
     if collect_halo is not None and grid.n_tiles > 1:
         step_halo = spec.halo_for(resolved) or 0
+        if halo is not None:  # the experiment's halo everywhere
+            collect_halo = step_halo = grid.halo
         job.steps = collect_steps(stack, grid, job, collect_halo=collect_halo, step_halo=step_halo, progress=progress)
     prefix = _key_prefix(stack, job, grid.tile)
     outputs = _lazy_outputs(_tile_graph(stack, grid, job, prefix), grid, job, prefix)

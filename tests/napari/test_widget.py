@@ -492,9 +492,9 @@ def test_first_view_fused_on_top_translucent_maps_and_own_contrast(qtbot, viewer
     assert hi > 1000 and hi == pytest.approx(np.percentile(f, 99.9), rel=0.02) and lo >= f.min()
 
 
-def test_global_method_on_a_lazy_stack_is_fused_whole_with_a_note(qtbot, viewer, widget, grey_pair):
-    """A dask stack switches tiling on; a global method (liu2017_cnn: small-region removal over the
-    whole decision) is then fused in memory instead of being refused, and the status says so."""
+def test_liu2017_on_a_lazy_stack_is_fused_tile_by_tile(qtbot, viewer, widget, grey_pair):
+    """A dask stack switches tiling on; liu2017_cnn (small-region removal over the whole decision,
+    a whole-image step) is fused tile by tile in the background and gives the untiled result."""
     import dask.array as da
 
     from napari_fusion._napari._widget import TILING_LAZY
@@ -504,12 +504,30 @@ def test_global_method_on_a_lazy_stack_is_fused_whole_with_a_note(qtbot, viewer,
     layer = viewer.add_image(da.from_array(stack, chunks=(1, 48, 64)), name="lazy")
     widget.set_stack_layer(layer, axis=0)
     assert widget.tiling.currentText() == TILING_LAZY
+    widget.tile_size.setValue(32)
     widget.set_method("liu2017_cnn")
     assert run_and_wait(qtbot, widget) == "done", widget.status.text()
-    assert "global (cannot be tiled)" in widget.status.text()
+    assert "global" not in widget.status.text() and "tile" in widget.status.text()
     expected = fuse(stack, method="liu2017_cnn")
     np.testing.assert_array_equal(widget.output_layers["fused"].data, expected.fused)
+    np.testing.assert_array_equal(widget.output_layers["decision"].data, expected.labels + 1)
     assert isinstance(layer.data, da.Array)  # the input layer is left as it was
+
+
+def test_global_method_on_a_lazy_stack_is_fused_whole_with_a_note(qtbot, viewer, widget, grey_pair):
+    """A method that is still global (mertens with its depth following the image size) is fused
+    in memory instead of being refused, and the status says so."""
+    import dask.array as da
+
+    images, _ = grey_pair
+    stack = np.stack(images)
+    layer = viewer.add_image(da.from_array(stack, chunks=(1, 48, 64)), name="lazy")
+    widget.set_stack_layer(layer, axis=0)
+    widget.set_method("mertens")
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    assert "global (cannot be tiled)" in widget.status.text()
+    expected = fuse(stack, method="mertens")
+    np.testing.assert_array_equal(widget.output_layers["fused"].data, expected.fused)
 
 
 def test_display_pyramid_is_views_of_one_buffer_above_2048():

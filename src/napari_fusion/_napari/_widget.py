@@ -563,7 +563,7 @@ def _compute(job, method, params, device, progress, cancel, tiling=(TILING_OFF, 
             images = [np.asarray(im) for im in images]
         result = fuse(images, **common, progress=progress, **params)
     else:
-        result = fuse(images, **common, chunks=int(tile), **params).compute(progress=progress)
+        result = fuse(images, **common, chunks=int(tile), progress=progress, **params).compute(progress=progress)
     if cancel.is_set():
         raise FusionCancelled("fusion cancelled by the user")
     seconds = time.perf_counter() - start
@@ -624,7 +624,7 @@ def _compute_in_background(job, method, params, device, progress, cancel, tile, 
         raise FusionCancelled("fusion cancelled by the user")
     start = time.perf_counter()
     common = {"method": method, "stack_axis": 0, "z_positions": job.z_positions, "device": device}
-    lazy = fuse(job.images, **common, chunks=int(tile), **params)
+    lazy = fuse(job.images, **common, chunks=int(tile), progress=progress, **params)  # whole-image passes
     lazy.progress = None
     arrays = lazy.arrays()
     buffers = {name: np.zeros(a.shape, a.dtype) for name, a in arrays.items() if name != "labels"}

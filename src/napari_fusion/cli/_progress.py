@@ -19,9 +19,16 @@ class TqdmProgress:
         if self.bar is None:
             return
         pct = round(100 * done / total) if total else 100
+        if pct < self.bar.n:  # a new phase (e.g. a tiled run's whole-image passes, then the tiles)
+            self.bar.n = pct
+            self.bar.refresh()
         self.bar.update(max(0, pct - self.bar.n))
         if message:
             self.bar.set_postfix_str(message, refresh=False)
+
+    def describe(self, desc: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(desc)
 
     def close(self):
         if self.bar is not None:

@@ -177,10 +177,21 @@ def cmd_fuse_tiled(args: argparse.Namespace) -> int:
     if z_step is not None:
         z = np.arange(stack.shape[0], dtype=np.float32) * z_step
     t0 = time.perf_counter()
-    result = fuse(stack, method=args.method, z_positions=z, device=args.device, chunks=args.chunks, **params)
-    progress = TqdmProgress(
-        f"fusing {stack.shape[0]} images ({args.method}), {result.grid.n_tiles} tiles", not args.quiet
-    )
+    progress = TqdmProgress(f"fusing {stack.shape[0]} images ({args.method})", not args.quiet)
+    try:  # a method's whole-image steps are computed here, in passes over the tiles
+        result = fuse(
+            stack,
+            method=args.method,
+            z_positions=z,
+            device=args.device,
+            chunks=args.chunks,
+            progress=progress,
+            **params,
+        )
+    except BaseException:
+        progress.close()
+        raise
+    progress.describe(f"fusing {stack.shape[0]} images ({args.method}), {result.grid.n_tiles} tiles")
     zarr_out = args.output.suffix.lower() == ".zarr"
     for flag, name in ((args.labels, "labels"), (args.depth, "depth")):
         if flag is not None and getattr(result, name) is None:
