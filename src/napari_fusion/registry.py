@@ -296,7 +296,7 @@ def register_method(
     halo: Callable[[dict[str, Any]], int] | int | None = None,
     colour: str = "luminance",
     mixed_colour: bool = False,
-    collect_halo: Callable[[dict[str, Any]], int | None] | None = None,
+    collect_halo: Callable[[dict[str, Any]], int | None] | int | None = None,
 ) -> Callable[[Callable[..., MethodOutput]], Callable[..., MethodOutput]]:
     """Decorator that adds a method's ``run`` function to the registry.
 
@@ -318,6 +318,9 @@ def register_method(
     if isinstance(halo, int):
         fixed = halo
         halo = lambda params: fixed  # noqa: E731
+    if isinstance(collect_halo, int):
+        collect_fixed = collect_halo
+        collect_halo = lambda params: collect_fixed  # noqa: E731
 
     def decorate(func):
         METHODS.register(

@@ -64,6 +64,9 @@ class Collected(Exception):
         self.finish = finish
         self.combine = combine or _add
 
+    def __reduce__(self):  # exceptions pickle their message only; dask workers send this back whole
+        return (Collected, (self.key, self.kind, self.part, self.finish, self.combine))
+
 
 def _add(a: Any, b: Any) -> Any:
     return a + b

@@ -1,0 +1,136 @@
+"""Whole-image steps of tiled runs (napari_fusion.whole_image): collect passes, then tiles."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import napari_fusion as nf
+from napari_fusion.errors import FusionCancelled
+from napari_fusion.registry import MethodOutput, temporary_method
+from napari_fusion.whole_image import Collected, KnownMap
+
+
+def _mean_stat(v: torch.Tensor) -> torch.Tensor:
+    return torch.stack([v.to(torch.float64).sum(), torch.tensor(float(v.numel()), dtype=torch.float64)])
+
+
+def _flip(full: torch.Tensor) -> torch.Tensor:
+    """A truly global step: every pixel takes the value of its mirror image across the width."""
+    return torch.flip(full, dims=(-1,))
+
+
+def _nway(stack, *, ctx):
+    grey = stack.mean(1)  # (N, H, W)
+    mean = ctx.whole_image_stat("mean", grey, _mean_stat, lambda t: float(t[0] / t[1]))
+    keep = ctx.whole_image_map("mask", lambda: grey[0] > mean, _flip)
+    fused = torch.where(keep, stack[0], stack[1])
+    return MethodOutput(fused=fused, labels=(~keep).long())
+
+
+def _pairwise(pair, *, ctx):
+    keep = ctx.whole_image_map("mask", lambda: pair[0].mean(0) >= pair[1].mean(0), _flip)
+    return MethodOutput(fused=torch.where(keep, pair[0], pair[1]), labels=(~keep).long())
+
+
+REGISTRATION = dict(title="test", tasks=("multi-focus",), outputs=("fused", "labels"), halo=0, collect_halo=0)
+
+
+def _images(n=3, h=37, w=53, seed=0):
+    return np.random.default_rng(seed).random((n, h, w), dtype=np.float32)
+
+
+def _passes(seen: list[str]) -> set[str]:
+    return {m.split(":")[0] for m in seen if m.startswith("whole-image pass")}
+
+
+@pytest.mark.parametrize("chunks", [8, (16, 24), 30])
+def test_global_steps_in_tiles_equal_untiled(chunks):
+    images = _images()
+    with temporary_method(_nway, name="_whole_nway", mode="nway", **REGISTRATION):
+        ref = nf.fuse(images, "_whole_nway", device="cpu")
+        seen: list[str] = []
+        lazy = nf.fuse(images, "_whole_nway", device="cpu", chunks=chunks, progress=lambda d, t, m: seen.append(m))
+        got = lazy.compute()
+    assert lazy.grid.n_tiles > 2
+    assert _passes(seen) == {"whole-image pass 1", "whole-image pass 2"}  # the statistic, then the map
+    np.testing.assert_array_equal(got.fused, ref.fused)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+
+
+def test_a_folded_method_has_one_pass_per_fold_step():
+    images = _images(n=4)
+    with temporary_method(_pairwise, name="_whole_pair", mode="pairwise", **REGISTRATION):
+        ref = nf.fuse(images, "_whole_pair", device="cpu")
+        seen: list[str] = []
+        got = nf.fuse(images, "_whole_pair", device="cpu", chunks=16, progress=lambda d, t, m: seen.append(m))
+        got = got.compute()
+    assert _passes(seen) == {f"whole-image pass {k}" for k in (1, 2, 3)}
+    np.testing.assert_array_equal(got.fused, ref.fused)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+
+
+def test_control_without_collect_passes_the_tiles_differ(monkeypatch):
+    """Control: without the passes each tile computes the steps on itself alone (as a local
+    method would), and the result differs."""
+    from napari_fusion import tiling
+
+    images = _images()
+    monkeypatch.setattr(tiling, "collect_steps", lambda *a, **k: None)
+    with temporary_method(_nway, name="_whole_nway", mode="nway", **REGISTRATION):
+        ref = nf.fuse(images, "_whole_nway", device="cpu")
+        got = nf.fuse(images, "_whole_nway", device="cpu", chunks=16).compute()
+    assert (got.labels != ref.labels).mean() > 0.05
+
+
+def test_data_without_a_step_run_no_pass():
+    """The step is asked for only on colour data: a grey stack runs no pass (one probe tile)."""
+    calls = []
+
+    def run(stack, *, ctx):
+        calls.append(tuple(stack.shape))
+        if stack.shape[1] == 3:
+            ctx.whole_image_stat("chroma", stack, lambda v: v.sum(), float)
+        return MethodOutput(fused=stack.mean(0), labels=torch.zeros(stack.shape[-2:], dtype=torch.long))
+
+    with temporary_method(run, name="_whole_probe", mode="nway", **REGISTRATION):
+        lazy = nf.fuse(_images(), "_whole_probe", device="cpu", chunks=16)
+        assert len(calls) == 1  # the probe
+        lazy.compute()
+        assert len(calls) == 1 + lazy.grid.n_tiles
+        calls.clear()
+        colour = np.repeat(_images()[..., None], 3, -1)
+        lazy = nf.fuse(colour, "_whole_probe", device="cpu", chunks=16)
+        assert len(calls) == lazy.grid.n_tiles + 1  # pass 1 (the probe is its first tile), then a probe
+
+
+def test_cancel_stops_the_passes():
+    def cancel(done, total, message):
+        raise FusionCancelled("stop")
+
+    with temporary_method(_nway, name="_whole_nway", mode="nway", **REGISTRATION):
+        with pytest.raises(FusionCancelled):
+            nf.fuse(_images(), "_whole_nway", device="cpu", chunks=8, progress=cancel)
+
+
+@pytest.mark.parametrize("box", [(0, 5, 0, 8), (3, 9, 5, 30), (0, 13, 17, 33), (12, 13, 32, 33)])
+def test_known_maps_pack_booleans_and_cut_any_window(box):
+    full = np.random.default_rng(1).random((13, 33)) > 0.5
+    known = KnownMap.of(full)
+    assert known.packed and known.nbytes < full.nbytes / 4
+    y0, y1, x0, x1 = box
+    np.testing.assert_array_equal(known.window(box), full[y0:y1, x0:x1])
+    labels = np.arange(13 * 33, dtype=np.uint16).reshape(13, 33)
+    np.testing.assert_array_equal(KnownMap.of(labels).window(box), labels[y0:y1, x0:x1])
+
+
+def test_collected_parts_survive_pickling():
+    """dask workers in other processes send a tile's part back as this exception."""
+    part = Collected(("mask",), "map", np.ones((2, 3), bool), _flip, None)
+    back = pickle.loads(pickle.dumps(part))
+    assert back.key == ("mask",) and back.kind == "map" and back.finish is _flip
+    np.testing.assert_array_equal(back.part, part.part)
+    assert back.combine(2, 3) == 5
