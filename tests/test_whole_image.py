@@ -111,9 +111,8 @@ def test_cancel_stops_the_passes():
     def cancel(done, total, message):
         raise FusionCancelled("stop")
 
-    with temporary_method(_nway, name="_whole_nway", mode="nway", **REGISTRATION):
-        with pytest.raises(FusionCancelled):
-            nf.fuse(_images(), "_whole_nway", device="cpu", chunks=8, progress=cancel)
+    with temporary_method(_nway, name="_whole_nway", mode="nway", **REGISTRATION), pytest.raises(FusionCancelled):
+        nf.fuse(_images(), "_whole_nway", device="cpu", chunks=8, progress=cancel)
 
 
 @pytest.mark.parametrize("box", [(0, 5, 0, 8), (3, 9, 5, 30), (0, 13, 17, 33), (12, 13, 32, 33)])
