@@ -72,21 +72,22 @@ def test_tileable_method_switches_to_tiles_with_the_same_result(device, monkeypa
 
 
 def test_global_method_is_refused_without_allocating(device, monkeypatch):
+    """li2018_vgg19 with no padding for its FFT split is global (its borders wrap around)."""
     monkeypatch.setenv(memory.ENV_VAR, "1")
-    spec = nf.get_method("laplacian_pyramid")
-    assert spec.halo_for(spec.defaults()) is None  # global with default parameters
+    spec = nf.get_method("li2018_vgg19")
+    assert spec.halo_for({**spec.defaults(), "pad": 0}) is None
     x = _stack()
-    need = memory.estimate_peak_bytes(3, 64, 64, 1, np.uint16, "laplacian_pyramid")
+    need = memory.estimate_peak_bytes(3, 64, 64, 1, np.uint16, "li2018_vgg19")
     called = []
     monkeypatch.setattr("napari_fusion.api.prepare", lambda *a, **k: called.append(1))
     with pytest.raises(FusionInputError) as err:
-        nf.fuse(x, "laplacian_pyramid", device=device)
+        nf.fuse(x, "li2018_vgg19", device=device, pad=0)
     msg = str(err.value)
-    assert f"{need / 2**20:.1f} MiB" in msg and "chunks" in msg and "levels" in msg
+    assert f"{need / 2**20:.1f} MiB" in msg and "global" in msg and "chunks" in msg
     assert not called  # refused before the stack was converted
     # a list input gets the same treatment
-    with pytest.raises(FusionInputError, match="levels=1..16.*chunks"):
-        nf.fuse([x[0], x[1]], "mertens", device=device)
+    with pytest.raises(FusionInputError, match="global.*chunks"):
+        nf.fuse([x[0], x[1]], "li2018_vgg19", device=device, pad=0)
 
 
 def test_fits_means_unchanged_path(device, monkeypatch):

@@ -182,16 +182,48 @@ def test_a_too_small_halo_makes_seams(device):
     assert (bad.labels != ref.labels).any()
 
 
-def test_global_method_is_refused_unless_one_tile(device):
+@pytest.fixture
+def global_method():
+    """A method that declares itself global (halo None): the image minus its own mean, plus 0.5."""
+    from napari_fusion.registry import MethodOutput, temporary_method
+
+    def run(stack, *, ctx):
+        return MethodOutput(fused=stack[0] - stack[0].mean() + 0.5, labels=torch.zeros(stack.shape[-2:]).long())
+
+    with temporary_method(
+        run, name="_global", title="t", tasks=("multi-focus",), mode="nway", outputs=("fused", "labels"), halo=None
+    ) as spec:
+        yield spec.name
+
+
+def test_global_method_is_refused_unless_one_tile(device, global_method):
     images = _stack(1, 3, 48, 40)
-    with pytest.raises(FusionInputError, match="global.*levels=1..16"):
-        nf.fuse(images, "laplacian_pyramid", chunks=16)
+    with pytest.raises(FusionInputError, match="global.*chunks >= the image size"):
+        nf.fuse(images, global_method, chunks=16)
     with pytest.raises(FusionInputError, match="global"):
-        nf.fuse(images, "mertens", chunks=(48, 16))
-    one = nf.fuse(images, "laplacian_pyramid", chunks=64, device=device)
+        nf.fuse(images, global_method, chunks=(48, 16))
+    one = nf.fuse(images, global_method, chunks=64, device=device)
     assert one.grid.n_tiles == 1
-    ref = nf.fuse(images, "laplacian_pyramid", device=device)
+    ref = nf.fuse(images, global_method, device=device)
     np.testing.assert_allclose(one.compute().fused, ref.fused, atol=1e-6)
+
+
+def test_pyramids_of_automatic_depth_tile_exactly(device):
+    """levels=0: the depth follows the whole image; the coarse levels are a whole-image step and
+    tiles compute the finest ones (on a 16-pixel grid), so the result is the untiled one, and the
+    untiled split equals the pyramid with the same depth given explicitly, bit for bit."""
+    from napari_fusion.ops.pyramids import pyramid_levels
+
+    images = _stack(4, 3, 150, 133, colour=True)
+    for name in ("laplacian_pyramid", "mertens"):
+        ref = nf.fuse(images, name, device=device)
+        explicit = nf.fuse(images, name, device=device, levels=pyramid_levels(150, 133))
+        np.testing.assert_array_equal(ref.fused, explicit.fused)
+        lazy = nf.fuse(images, name, device=device, chunks=40)
+        assert lazy.grid.tile == (48, 48) and lazy.grid.n_tiles == 12  # 40 rounded up to the 16-pixel grid
+        got = lazy.compute()
+        np.testing.assert_array_equal(got.fused, ref.fused)
+        np.testing.assert_array_equal(got.labels, ref.labels)
 
 
 def test_global_intensity_statistics_come_from_the_whole_stack():
@@ -272,7 +304,7 @@ def test_lazy_validation_of_axes_chunks_and_positions():
     assert "unknown device" in _message(lambda: nf.fuse(x, device="tpu"))
 
 
-def test_metadata_errors_come_before_any_read():
+def test_metadata_errors_come_before_any_read(global_method):
     """A graph that raises when computed is never run for a metadata error."""
 
     def boom(block):
@@ -285,7 +317,7 @@ def test_metadata_errors_come_before_any_read():
     with pytest.raises(FusionInputError, match="unknown parameter"):
         nf.fuse(bad, bogus=2)
     with pytest.raises(FusionInputError, match="global"):
-        nf.fuse(bad, "mertens", chunks=8)
+        nf.fuse(bad, global_method, chunks=8)
 
 
 def test_depth_uses_z_positions(device):

@@ -328,13 +328,10 @@ def guard_untiled(
         return None
     halo = spec.halo_for(resolved)
     if halo is None:
-        if "levels" in resolved:
-            remedy = "give it a fixed number of pyramid levels (levels=1..16) and " + REMEDY
-        else:
-            remedy = (
-                f"free memory or fuse fewer or smaller images: {spec.name!r} is global and cannot be fused "
-                f"tile by tile; with a method that can (e.g. 'focus_measure'), " + REMEDY
-            )
+        remedy = (
+            f"free memory or fuse fewer or smaller images: {spec.name!r} is global (with these parameters) and "
+            f"cannot be fused tile by tile; with a method that can (e.g. 'focus_measure'), " + REMEDY
+        )
         raise FusionInputError(_message(need, room, n, h, w, c, dtype, spec.name, remedy))
     from .tiling import fuse_lazy
 

@@ -156,8 +156,17 @@ class FusionContext:
         """True inside one tile of a tiled run (the method sees a block, not the whole image)."""
         return self._steps is not None
 
+    def image_shape(self, own: tuple[int, int]) -> tuple[int, int]:
+        """``(H, W)`` of the whole image: ``own`` (the stack's) untiled, the image's in a tile."""
+        return own if self._steps is None else tuple(self._steps.shape)
+
     def whole_image_map(
-        self, key: str, local: Callable[[], torch.Tensor], finish: Callable[[torch.Tensor], torch.Tensor]
+        self,
+        key: str,
+        local: Callable[[], torch.Tensor],
+        finish: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        scale: int = 1,
     ) -> torch.Tensor:
         """A step that needs the whole image's map: ``finish(local())`` over the whole image.
 
@@ -165,11 +174,13 @@ class FusionContext:
         turns the whole image's map into the map returned. In a tile of a tiled
         run the engine has computed ``finish`` of the assembled map in an earlier
         pass and this returns its window over the tile's block (see
-        :mod:`napari_fusion.whole_image`); ``local`` is then not called.
+        :mod:`napari_fusion.whole_image`); ``local`` is then not called. With ``scale`` the map
+        is at ``1/scale`` of the image's resolution, ``ceil(size / scale)`` samples (a pyramid
+        level; tiles must then start on the ``scale`` grid).
         """
         if self._steps is None:
             return finish(local())
-        return self._steps.map(self._scope + (key,), local, finish, self.device)
+        return self._steps.map(self._scope + (key,), local, finish, self.device, scale)
 
     def whole_image_stat(
         self,

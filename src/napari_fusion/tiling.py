@@ -28,9 +28,14 @@ Global steps are handled as follows:
 * pyramid methods with a fixed number of levels (a ``levels`` parameter) get
   tile origins aligned to ``2**(levels - 1)`` so every pyramid level of every
   tile samples the same global grid;
-* methods whose halo is ``None`` (global methods, e.g. pyramid depth chosen
-  from the image size with ``levels=0``) are refused with a clear message,
-  unless one tile covers the whole image.
+* a method's own whole-image steps (``ctx.whole_image_map`` / ``_stat``:
+  region removal, percentiles, histograms, the coarse levels of a pyramid whose
+  depth follows the image size) are computed in collect passes over the tiles
+  before the lazy result is made (:func:`collect_steps`,
+  :mod:`napari_fusion.whole_image`);
+* a two-input method folded over N slices gets N - 1 times its halo;
+* methods whose halo is ``None`` (global with these parameters) are refused
+  with a clear message, unless one tile covers the whole image.
 
 Device and memory: each tile is moved to the requested device (``"auto"`` is
 resolved on the machine that runs the tile, so GPU workers use their GPU).
@@ -68,6 +73,7 @@ from ._inputs import (
 )
 from .device import resolve_device
 from .errors import FusionError, FusionInputError
+from .ops.pyramids import SPLIT_LEVEL
 from .ops.tiles import free_device_memory, is_out_of_memory
 from .registry import FusionContext, MethodSpec, get_method
 from .results import FusionResult
@@ -92,7 +98,17 @@ TILE_ALIGN: dict[str, Callable[[dict[str, Any]], int]] = {
     "liu2017_cnn_nway": lambda p: 2,
     # VGG19 features down to conv4_1 are on a grid of 8 pixels from the image origin
     "li2018_vgg19": lambda p: 8,
+    # levels=0: the depth follows the image; tiles compute the finest SPLIT_LEVEL band levels
+    "laplacian_pyramid": lambda p: _pyramid_alignment(p["levels"]),
+    "mertens": lambda p: _pyramid_alignment(p["levels"]),
 }
+
+
+def _pyramid_alignment(levels: int) -> int:
+    """Tile origins of a ``levels``-level pyramid: on its coarsest level's grid; with ``levels=0``
+    (split at :data:`~napari_fusion.ops.pyramids.SPLIT_LEVEL`, the coarser levels from the whole
+    image) on the split level's grid."""
+    return 2 ** (levels - 1) if levels > 1 else (2**SPLIT_LEVEL if levels == 0 else 1)
 
 
 # --------------------------------------------------------------------------- detection
@@ -322,7 +338,7 @@ class TileJob:
         y0, y1, x0, x1 = core
         cy = slice(y0 - block_box[0], y1 - block_box[0])
         cx = slice(x0 - block_box[2], x1 - block_box[2])
-        steps = None if self.steps is None else TileSteps(self.steps, tuple(block_box), tuple(core))
+        steps = None if self.steps is None else TileSteps(self.steps, tuple(block_box), tuple(core), self.shape)
         with torch.inference_mode():
             stack = prepared.to_tensor(dev)
             try:
@@ -891,8 +907,7 @@ def _global_method_message(
     return (
         f"method {spec.name!r} with these parameters is global (every output pixel may depend on the "
         f"whole image), so it cannot be fused in {tile[0]}x{tile[1]} tiles of a {h}x{w} image. "
-        + ("Give it a fixed number of pyramid levels (levels=1..16) to tile it, " if "levels" in params else "")
-        + f"use chunks >= the image size ({h}x{w}) for one tile, or fuse in memory (a numpy input without chunks=)."
+        + f"Use chunks >= the image size ({h}x{w}) for one tile, or fuse in memory (a numpy input without chunks=)."
     )
 
 

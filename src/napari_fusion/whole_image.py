@@ -55,7 +55,13 @@ class Collected(Exception):
     """
 
     def __init__(
-        self, key: tuple, kind: str, part: Any, finish: Callable[[Any], Any], combine: Callable[[Any, Any], Any] | None
+        self,
+        key: tuple,
+        kind: str,
+        part: Any,
+        finish: Callable[[Any], Any],
+        combine: Callable[[Any, Any], Any] | None,
+        scale: int = 1,
     ):
         super().__init__(f"whole-image step {key!r} collected")
         self.key = key
@@ -63,31 +69,42 @@ class Collected(Exception):
         self.part = part
         self.finish = finish
         self.combine = combine or _add
+        self.scale = scale
 
     def __reduce__(self):  # exceptions pickle their message only; dask workers send this back whole
-        return (Collected, (self.key, self.kind, self.part, self.finish, self.combine))
+        return (Collected, (self.key, self.kind, self.part, self.finish, self.combine, self.scale))
 
 
 def _add(a: Any, b: Any) -> Any:
     return a + b
 
 
+def scaled_box(box: tuple[int, int, int, int], scale: int) -> tuple[int, int, int, int]:
+    """``box`` (image pixels, its start on the ``scale`` grid) in the samples of a map at
+    ``1/scale`` resolution whose size is ``ceil(size / scale)`` (a pyramid level)."""
+    y0, y1, x0, x1 = box
+    return y0 // scale, -(-y1 // scale), x0 // scale, -(-x1 // scale)
+
+
 @dataclass
 class KnownMap:
-    """A finished whole-image map, kept as numpy (bool maps as packed bits along the last axis)."""
+    """A finished whole-image map, kept as numpy (bool maps as packed bits along the last axis),
+    at ``1/scale`` of the image's resolution."""
 
     data: np.ndarray
     shape: tuple[int, ...]
     packed: bool
+    scale: int = 1
 
     @classmethod
-    def of(cls, full: np.ndarray) -> KnownMap:
+    def of(cls, full: np.ndarray, scale: int = 1) -> KnownMap:
         if full.dtype == np.bool_:
-            return cls(np.packbits(full, axis=-1), full.shape, True)
-        return cls(np.ascontiguousarray(full), full.shape, False)
+            return cls(np.packbits(full, axis=-1), full.shape, True, scale)
+        return cls(np.ascontiguousarray(full), full.shape, False, scale)
 
     def window(self, box: tuple[int, int, int, int]) -> np.ndarray:
-        y0, y1, x0, x1 = box
+        """The map over ``box`` (image pixels)."""
+        y0, y1, x0, x1 = scaled_box(box, self.scale)
         if not self.packed:
             return self.data[..., y0:y1, x0:x1]
         b0, b1 = x0 // 8, -(-x1 // 8)
@@ -117,12 +134,13 @@ class StepResults:
         """Assemble (maps) or combine (statistics) the tiles' ``parts`` and apply ``finish`` once."""
         key, finish = collected.key, collected.finish
         if collected.kind == "map":
-            first = parts[0][1]
-            full = np.empty(first.shape[:-2] + tuple(shape), dtype=first.dtype)
-            for (y0, y1, x0, x1), part in parts:
+            first, s = parts[0][1], collected.scale
+            full = np.empty(first.shape[:-2] + (-(-shape[0] // s), -(-shape[1] // s)), dtype=first.dtype)
+            for box, part in parts:
+                y0, y1, x0, x1 = scaled_box(box, s)
                 full[..., y0:y1, x0:x1] = part
             done = finish(torch.from_numpy(full))
-            self.maps[key] = KnownMap.of(_numpy(done))
+            self.maps[key] = KnownMap.of(_numpy(done), s)
         else:
             total = parts[0][1]
             for _, part in parts[1:]:
@@ -140,24 +158,29 @@ def _numpy(x: Any) -> np.ndarray:
 class TileSteps:
     """The whole-image steps as one tile sees them (handed to the method through its context).
 
-    ``block`` and ``core`` are ``(y0, y1, x0, x1)`` in image pixels.
+    ``block`` and ``core`` are ``(y0, y1, x0, x1)`` in image pixels; ``shape`` is the image's.
     """
 
     known: StepResults
     block: tuple[int, int, int, int]
     core: tuple[int, int, int, int]
+    shape: tuple[int, int]
 
-    def _core_in_block(self) -> tuple[slice, slice]:
+    def _core_in_block(self, scale: int = 1) -> tuple[slice, slice]:
         by0, _, bx0, _ = self.block
-        y0, y1, x0, x1 = self.core
-        return slice(y0 - by0, y1 - by0), slice(x0 - bx0, x1 - bx0)
+        y0, y1, x0, x1 = scaled_box(
+            (self.core[0] - by0, self.core[1] - by0, self.core[2] - bx0, self.core[3] - bx0), scale
+        )
+        return slice(y0, y1), slice(x0, x1)
 
-    def map(self, key: tuple, local: Callable[[], torch.Tensor], finish, device: torch.device) -> torch.Tensor:
+    def map(
+        self, key: tuple, local: Callable[[], torch.Tensor], finish, device: torch.device, scale: int = 1
+    ) -> torch.Tensor:
         if key in self.known.maps:
             return torch.from_numpy(np.ascontiguousarray(self.known.maps[key].window(self.block))).to(device)
-        cy, cx = self._core_in_block()
+        cy, cx = self._core_in_block(scale)
         part = _numpy(local()[..., cy, cx]).copy()
-        raise Collected(key, "map", part, finish, None)
+        raise Collected(key, "map", part, finish, None, scale)
 
     def stat(self, key: tuple, values: torch.Tensor, reduce, finish, combine=None) -> Any:
         if key in self.known.stats:
@@ -166,4 +189,4 @@ class TileSteps:
         raise Collected(key, "stat", reduce(values[..., cy, cx]), finish, combine)
 
 
-__all__ = ["Collected", "KnownMap", "MAX_PASSES", "StepResults", "TileSteps"]
+__all__ = ["Collected", "KnownMap", "MAX_PASSES", "StepResults", "TileSteps", "scaled_box"]

@@ -514,19 +514,37 @@ def test_liu2017_on_a_lazy_stack_is_fused_tile_by_tile(qtbot, viewer, widget, gr
     assert isinstance(layer.data, da.Array)  # the input layer is left as it was
 
 
-def test_global_method_on_a_lazy_stack_is_fused_whole_with_a_note(qtbot, viewer, widget, grey_pair):
-    """A method that is still global (mertens with its depth following the image size) is fused
-    in memory instead of being refused, and the status says so."""
+@pytest.fixture
+def global_method():
+    """A method that declares itself global (halo None), registered before the widget is made."""
+    import torch
+
+    from napari_fusion.registry import MethodOutput, temporary_method
+
+    def run(stack, *, ctx):
+        return MethodOutput(
+            fused=(stack[0] - stack[0].mean() + 0.5).clamp(0, 1), labels=torch.zeros(stack.shape[-2:]).long()
+        )
+
+    with temporary_method(
+        run, name="_global", title="t", tasks=("multi-focus",), mode="nway", outputs=("fused", "labels"), halo=None
+    ) as spec:
+        yield spec.name
+
+
+def test_global_method_on_a_lazy_stack_is_fused_whole_with_a_note(qtbot, global_method, viewer, widget, grey_pair):
+    """A global method (every output pixel may depend on the whole image) is fused in memory
+    instead of being refused, and the status says so."""
     import dask.array as da
 
     images, _ = grey_pair
     stack = np.stack(images)
     layer = viewer.add_image(da.from_array(stack, chunks=(1, 48, 64)), name="lazy")
     widget.set_stack_layer(layer, axis=0)
-    widget.set_method("mertens")
+    widget.set_method(global_method)
     assert run_and_wait(qtbot, widget) == "done", widget.status.text()
     assert "global (cannot be tiled)" in widget.status.text()
-    expected = fuse(stack, method="mertens")
+    expected = fuse(stack, method=global_method)
     np.testing.assert_array_equal(widget.output_layers["fused"].data, expected.fused)
 
 

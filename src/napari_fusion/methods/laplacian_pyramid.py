@@ -24,11 +24,20 @@ rounding only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..ops.blend import luminance_stack
 from ..ops.filters import box_filter
-from ..ops.pyramids import iter_laplacian_levels, pyramid_levels, reconstruct_laplacian_pyramid
+from ..ops.pyramids import (
+    SPLIT_LEVEL,
+    collapse_onto,
+    gaussian_level,
+    iter_laplacian_levels,
+    pyramid_levels,
+    split_levels,
+)
 from ..ops.regions import mode_filter
 from ..registry import FusionContext, MethodOutput, Param, register_method
 
@@ -48,19 +57,84 @@ from ..registry import FusionContext, MethodOutput, Param, register_method
         "IEEE Trans. Communications 31(4), 1983; Burt & Kolczynski, ICCV 1993."
     ),
     description="Multi-scale choose-max fusion of Laplacian band-pass coefficients.",
-    halo=lambda p: 4 * 2 ** p["levels"] if p["levels"] > 0 else None,
+    halo=lambda p: 4 * 2 ** (p["levels"] if p["levels"] > 0 else SPLIT_LEVEL + 1),
+    collect_halo=lambda p: None if p["levels"] > 0 else 4 * 2 ** (SPLIT_LEVEL + 1),
 )
 def fuse_laplacian_pyramid(stack: torch.Tensor, *, ctx: FusionContext, levels: int, window: int) -> MethodOutput:
     n, c, h, w = stack.shape
-    nlev = levels or pyramid_levels(h, w)
+    nlev = levels or pyramid_levels(*ctx.image_shape((h, w)))
+    split = 0 if levels else split_levels(nlev)
+    if not split:
+        chosen, coarse, labels = _choose(stack, _luminance_of(stack), nlev, window, ctx)
+        coarse /= n
+    else:  # the depth follows the whole image: its coarse levels are a whole-image step
+        coarse = ctx.whole_image_map(
+            "coarse levels",
+            lambda: coarse_inputs(stack, split),
+            lambda full: _fuse_coarse(full, nlev - split, window),
+            scale=2**split,
+        )
+        chosen, _, labels = _choose(stack, _luminance_of(stack), split + 1, window, ctx, decided=split)
+    fused = torch.empty((c, h, w), dtype=stack.dtype, device=stack.device)
+    for ch in range(c):  # one channel at a time: the collapse's buffers are single planes
+        fused[ch] = collapse_onto(coarse[ch], [level[ch] for level in chosen])
+    del chosen, coarse
+    labels = mode_filter(labels, 2)
+    ctx.report(1, 1, "collapsed")
+    return MethodOutput(fused=fused, labels=labels)
+
+
+def _luminance_of(stack: torch.Tensor) -> Callable[[int], torch.Tensor]:
+    return lambda k: luminance_stack(stack[k : k + 1])[0]
+
+
+def coarse_inputs(stack: torch.Tensor, level: int) -> torch.Tensor:
+    """``(N, C + 1, h, w)``: every slice's channels and luminance at Gaussian-pyramid ``level``."""
+    lum = _luminance_of(stack)
+    return torch.stack(
+        [torch.cat([gaussian_level(stack[k], level), gaussian_level(lum(k), level)[None]]) for k in range(len(stack))]
+    )
+
+
+def _fuse_coarse(full: torch.Tensor, nlev: int, window: int) -> torch.Tensor:
+    """``(C, h, w)``: the fusion of the levels from the split on (the whole image's
+    :func:`coarse_inputs`), collapsed to the split level."""
+    stack = full[:, :-1]
+    chosen, coarse, _ = _choose(stack, lambda k: full[k, -1], nlev, window, None, decided=nlev - 1)
+    coarse /= stack.shape[0]
+    out = torch.empty((stack.shape[1], *stack.shape[-2:]), dtype=stack.dtype, device=stack.device)
+    for ch in range(out.shape[0]):
+        out[ch] = collapse_onto(coarse[ch], [level[ch] for level in chosen])
+    return out
+
+
+def _choose(
+    stack: torch.Tensor,
+    lum: Callable[[int], torch.Tensor],
+    nlev: int,
+    window: int,
+    ctx: FusionContext | None,
+    *,
+    decided: int | None = None,
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Stream the slices' ``nlev``-level pyramids: ``(chosen band levels (C, h, w) each, sum of
+    the coarsest levels (C, h, w), level-0 decision (H, W))``.
+
+    ``decided`` band levels are chosen by band energy (default ``max(nlev - 1, 1)``: every band,
+    or the image itself for a one-level pyramid); with ``decided == nlev - 1`` as the fine part of
+    a split pyramid the coarsest level (the split level itself) is only summed.
+    """
+    n, c, h, w = stack.shape
+    decided = max(nlev - 1, 1) if decided is None else decided
     best: list[torch.Tensor] = []  # running maximum of the band energy, per decided level
     chosen: list[torch.Tensor] = []  # (C, h, w) coefficients of the running winner, per band level
     coarse: torch.Tensor | None = None  # running sum of the coarsest levels
     labels = torch.zeros((h, w), dtype=torch.long, device=stack.device)
     for k in range(n):
-        gbands = list(iter_laplacian_levels(luminance_stack(stack[k : k + 1])[0], nlev))
-        wins = _choose_max(gbands, best, window, nlev)
-        labels.masked_fill_(wins[0], k)
+        gbands = list(iter_laplacian_levels(lum(k), nlev))
+        wins = _choose_max(gbands, best, window, decided)
+        if wins:
+            labels.masked_fill_(wins[0], k)
         for ch in range(c):
             bands = gbands if c == 1 else iter_laplacian_levels(stack[k, ch], nlev)
             for level, band in enumerate(bands):
@@ -73,26 +147,21 @@ def fuse_laplacian_pyramid(stack: torch.Tensor, *, ctx: FusionContext, levels: i
                     chosen.append(torch.empty((c, *band.shape), dtype=band.dtype, device=band.device))
                 chosen[level][ch] = torch.where(wins[level], band, chosen[level][ch])
         del gbands, wins
-        ctx.report(k + 1, n + 1, f"pyramid of slice {k + 1}/{n}")
-    coarse /= n
-    fused = torch.empty((c, h, w), dtype=stack.dtype, device=stack.device)
-    for ch in range(c):  # one channel at a time: the collapse's buffers are single planes
-        fused[ch] = reconstruct_laplacian_pyramid([level[ch] for level in (*chosen, coarse)])
-    del chosen, coarse, best
-    labels = mode_filter(labels, 2)
-    ctx.report(1, 1, "collapsed")
-    return MethodOutput(fused=fused, labels=labels)
+        if ctx is not None:
+            ctx.report(k + 1, n + 1, f"pyramid of slice {k + 1}/{n}")
+    assert coarse is not None
+    return chosen, coarse, labels
 
 
-def _choose_max(gbands: list[torch.Tensor], best: list[torch.Tensor], window: int, nlev: int) -> list[torch.Tensor]:
-    """Where this slice's band energy beats the running maximum ``best`` (updated in place), per level.
+def _choose_max(gbands: list[torch.Tensor], best: list[torch.Tensor], window: int, decided: int) -> list[torch.Tensor]:
+    """Where this slice's band energy beats the running maximum ``best`` (updated in place), for
+    the ``decided`` finest levels.
 
-    The decided levels are the band-pass ones, or the image itself when there
-    is a single level. ``best`` starts empty: the first slice wins everywhere.
-    Ties keep the earlier slice, as ``argmax`` over the whole stack does.
+    ``best`` starts empty: the first slice wins everywhere. Ties keep the
+    earlier slice, as ``argmax`` over the whole stack does.
     """
     wins = []
-    for level in range(max(nlev - 1, 1)):
+    for level in range(decided):
         energy = box_filter(gbands[level] ** 2, window)
         if len(best) <= level:
             best.append(energy)

@@ -25,7 +25,7 @@ import torch
 
 from ..ops.blend import luminance_stack, normalise_weights_
 from ..ops.filters import laplacian
-from ..ops.pyramids import blend_in_pyramid, pyramid_levels
+from ..ops.pyramids import SPLIT_LEVEL, blend_in_pyramid, gaussian_level, pyramid_levels, split_levels
 from ..registry import FusionContext, MethodOutput, Param, register_method
 
 
@@ -43,6 +43,16 @@ def mertens_weights(
         we = torch.exp(-((stack - 0.5) ** 2) / (2 * sigma * sigma)).prod(dim=1)
         w = w * we.pow(exposedness)
     return w + 1e-12
+
+
+def coarse_inputs(stack: torch.Tensor, weights: torch.Tensor, level: int) -> torch.Tensor:
+    """``(N, C + 1, h, w)``: every slice's channels and weight map at Gaussian-pyramid ``level``."""
+    return torch.stack(
+        [
+            torch.cat([gaussian_level(stack[k], level), gaussian_level(weights[k], level)[None]])
+            for k in range(len(stack))
+        ]
+    )
 
 
 @register_method(
@@ -65,7 +75,8 @@ def mertens_weights(
     description="Multi-exposure fusion by contrast, saturation and well-exposedness weights in a pyramid.",
     intensity="dtype",
     colour="native",
-    halo=lambda p: 4 * 2 ** p["levels"] if p["levels"] > 0 else None,
+    halo=lambda p: 4 * 2 ** (p["levels"] if p["levels"] > 0 else SPLIT_LEVEL + 1),
+    collect_halo=lambda p: None if p["levels"] > 0 else 4 * 2 ** (SPLIT_LEVEL + 1),
 )
 def fuse_mertens(
     stack: torch.Tensor,
@@ -85,9 +96,21 @@ def fuse_mertens(
         )[0]
         ctx.report(k + 1, 2 * n + 1, f"weights of slice {k + 1}/{n}")
     normalise_weights_(weights)
-    nlev = levels or pyramid_levels(h, w)
-    fused = blend_in_pyramid(
-        stack, weights, nlev, progress=lambda k: ctx.report(n + k + 1, 2 * n + 1, f"pyramids of slice {k + 1}/{n}")
-    )
+    nlev = levels or pyramid_levels(*ctx.image_shape((h, w)))
+    split = 0 if levels else split_levels(nlev)
+
+    def progress(k: int) -> None:
+        ctx.report(n + k + 1, 2 * n + 1, f"pyramids of slice {k + 1}/{n}")
+
+    if split:  # the depth follows the whole image: its coarse levels are a whole-image step
+        coarse = ctx.whole_image_map(
+            "coarse levels",
+            lambda: coarse_inputs(stack, weights, split),
+            lambda full: blend_in_pyramid(full[:, :-1], full[:, -1], nlev - split),
+            scale=2**split,
+        )
+        fused = blend_in_pyramid(stack, weights, split, coarse=coarse, progress=progress)
+    else:
+        fused = blend_in_pyramid(stack, weights, nlev, progress=progress)
     ctx.report(1, 1, "collapsed")
     return MethodOutput(fused=fused, labels=weights.argmax(0), weights=weights)

@@ -146,10 +146,34 @@ def iter_laplacian_levels(x: torch.Tensor, levels: int) -> Iterator[torch.Tensor
 
 def reconstruct_laplacian_pyramid(pyr: list[torch.Tensor]) -> torch.Tensor:
     """Inverse of :func:`laplacian_pyramid`."""
-    x = pyr[-1]
-    for band in reversed(pyr[:-1]):
+    return collapse_onto(pyr[-1], pyr[:-1])
+
+
+def collapse_onto(coarse: torch.Tensor, bands: list[torch.Tensor]) -> torch.Tensor:
+    """The collapse of a pyramid from a level already collapsed: ``coarse`` expanded and added to
+    ``bands`` (the finer band levels, finest first), level by level."""
+    x = coarse
+    for band in reversed(bands):
         x = band + _expand(x, band.shape[-2:])
     return x
+
+
+def gaussian_level(x: torch.Tensor, level: int) -> torch.Tensor:
+    """Level ``level`` of :func:`gaussian_pyramid` (same values), ``ceil(size / 2**level)`` samples."""
+    for g in iter_gaussian_levels(x, level + 1):
+        pass
+    return g
+
+
+#: Band levels that :func:`split_levels` leaves to tiles; the coarser ones come from the whole image.
+SPLIT_LEVEL = 4
+
+
+def split_levels(levels: int) -> int:
+    """How many of a ``levels``-level pyramid's finest band levels to compute per tile when the
+    coarser levels are a whole-image step (:mod:`napari_fusion.whole_image`): tiles then start
+    on the ``2**split`` grid and need ``4 * 2**(split + 1)`` pixels of context. 0: no split."""
+    return max(0, min(levels - 1, SPLIT_LEVEL))
 
 
 def blend_in_pyramid(
@@ -158,6 +182,7 @@ def blend_in_pyramid(
     levels: int,
     *,
     progress: Callable[[int], Any] | None = None,
+    coarse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(C, H, W)``: the slices of ``stack`` ``(N, C, H, W)`` blended by ``weights`` ``(N, H, W)`` in a pyramid.
 
@@ -167,13 +192,21 @@ def blend_in_pyramid(
     fusion. Streams one slice, one channel and one level at a time, so memory
     is the fused pyramid plus a few planes. Weights are used as given (normalise
     them first if they should sum to 1). ``progress(k)`` is called after slice ``k``.
+
+    With ``coarse`` ``(C, h_m, w_m)``, the blend of the levels from ``m = levels``
+    on, already collapsed to level ``m``: only the ``levels`` finest band levels
+    are blended here, and the collapse continues from ``coarse`` (the coarse part
+    of a tiled run, from the whole image).
     """
     n, c, h, w = stack.shape
     fused_pyr: list[torch.Tensor] = []  # (C, h, w) running sums over slices of weighted Laplacian levels
+    n_pyr = levels if coarse is None else levels + 1
     for k in range(n):
         wpyr = list(iter_gaussian_levels(weights[k], levels))
         for ch in range(c):
-            for level, band in enumerate(iter_laplacian_levels(stack[k, ch], levels)):
+            for level, band in enumerate(iter_laplacian_levels(stack[k, ch], n_pyr)):
+                if level == levels:  # level m itself: the coarse part's
+                    break
                 if k == 0 and ch == 0:
                     fused_pyr.append(torch.zeros((c, *band.shape), dtype=band.dtype, device=band.device))
                 fused_pyr[level][ch].addcmul_(band, wpyr[level])
@@ -182,7 +215,10 @@ def blend_in_pyramid(
             progress(k)
     fused = torch.empty((c, h, w), dtype=stack.dtype, device=stack.device)
     for ch in range(c):  # one channel at a time: the collapse's buffers are single planes
-        fused[ch] = reconstruct_laplacian_pyramid([level[ch] for level in fused_pyr])
+        if coarse is None:
+            fused[ch] = reconstruct_laplacian_pyramid([level[ch] for level in fused_pyr])
+        else:
+            fused[ch] = collapse_onto(coarse[ch], [level[ch] for level in fused_pyr])
     return fused
 
 
