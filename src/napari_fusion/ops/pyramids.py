@@ -160,8 +160,9 @@ def collapse_onto(coarse: torch.Tensor, bands: list[torch.Tensor]) -> torch.Tens
 
 def gaussian_level(x: torch.Tensor, level: int) -> torch.Tensor:
     """Level ``level`` of :func:`gaussian_pyramid` (same values), ``ceil(size / 2**level)`` samples."""
-    for g in iter_gaussian_levels(x, level + 1):
-        pass
+    g = x
+    for _ in range(level):
+        g = _reduce(g).contiguous()
     return g
 
 
