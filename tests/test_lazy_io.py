@@ -166,7 +166,7 @@ def test_write_errors_and_cancel_leaves_no_file(device, tmp_path, stack16):
     assert not (tmp_path / "x.tif").exists()
 
 
-def test_cli_chunks_matches_in_memory_cli(tmp_path, stack16):
+def test_cli_chunks_matches_in_memory_cli(tmp_path, stack16, capsys):
     src = tmp_path / "stack.tif"
     tifffile.imwrite(src, stack16)
     assert (
@@ -211,7 +211,24 @@ def test_cli_chunks_matches_in_memory_cli(tmp_path, stack16):
     np.testing.assert_array_equal(
         zarr.open_group(str(tmp_path / "c.zarr"), mode="r")["fused"][:], tifffile.imread(tmp_path / "a.tif")
     )
+    # a pyramid whose depth follows the image size tiles too (its coarse levels in a first pass)
+    for out, extra in (("d.tif", ["--chunks", "64"]), ("e.tif", [])):
+        assert main(["fuse", str(src), "-o", str(tmp_path / out), "-m", "laplacian_pyramid", "-q", *extra]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "d.tif"), tifffile.imread(tmp_path / "e.tif"))
     # a global method is refused with the library's message and exit status 2
-    assert (
-        main(["fuse", str(src), "-o", str(tmp_path / "d.tif"), "-m", "laplacian_pyramid", "--chunks", "64", "-q"]) == 2
-    )
+    args = [
+        "fuse",
+        str(src),
+        "-o",
+        str(tmp_path / "f.tif"),
+        "-m",
+        "li2018_vgg19",
+        "-p",
+        "pad=0",
+        "--chunks",
+        "64",
+        "-q",
+    ]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "is global" in capsys.readouterr().err  # not the missing weights: refused before loading them

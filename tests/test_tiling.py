@@ -521,3 +521,43 @@ def test_iter_tiles_in_any_order_and_batch_equal_compute(device):
         assert seen == order  # the order asked for (the widget: nearest the view centre first)
         np.testing.assert_array_equal(fused, whole.fused)
         np.testing.assert_array_equal(labels, whole.labels)
+
+
+def test_tiles_report_from_inside_and_are_cancelled_there(device):
+    """A method's own progress reports reach the callback from inside each tile (local
+    schedulers), and a callback that raises stops the tile at that report."""
+    from napari_fusion.registry import MethodOutput, temporary_method
+
+    reached = []
+
+    def run(stack, *, ctx):
+        for i in range(4):
+            reached.append(i)
+            ctx.report(i + 1, 4, f"step {i + 1}")
+        return MethodOutput(fused=stack.mean(0), labels=torch.zeros(stack.shape[-2:]).long())
+
+    images = _stack(3, 2, 40, 40)
+    with temporary_method(run, name="_reports", title="t", tasks=("multi-focus",), mode="nway", halo=0):
+        lazy = nf.fuse(images, "_reports", device=device, chunks=20)
+        seen = []
+        lazy.compute(progress=lambda d, t, m: seen.append((d, t, m)), scheduler="synchronous")
+        inside = [(d, m) for d, t, m in seen if ": step" in m]
+        assert len(inside) == 4 * lazy.grid.n_tiles
+        assert inside[0][1] == "tile 1/4: step 1" and inside[-1][1] == "tile 4/4: step 4"
+        values = [d for d, _, _ in seen]
+        assert values == sorted(values) and values[-1] == 4  # tiles done plus the fraction of the current one
+
+        def cancel_at_step_2(done, total, message):
+            if message.endswith("step 2"):
+                raise FusionCancelled("stop")
+
+        reached.clear()
+        with pytest.raises(FusionCancelled):  # a new fusion (the finished tiles above are cached)
+            nf.fuse(images, "_reports", device=device, chunks=20).compute(
+                progress=cancel_at_step_2, scheduler="synchronous"
+            )
+        assert reached == [0, 1]  # the first tile stopped at its second report
+        # the widget's background path: iter_tiles(progress=...) reports from inside too
+        seen.clear()
+        list(nf.fuse(images, "_reports", device=device, chunks=20).iter_tiles(progress=lambda d, t, m: seen.append(m)))
+        assert seen[0] == "tile 1/4: step 1" and seen[-1] == "tile 4/4: step 4"

@@ -339,10 +339,12 @@ class TileJob:
         cy = slice(y0 - block_box[0], y1 - block_box[0])
         cx = slice(x0 - block_box[2], x1 - block_box[2])
         steps = None if self.steps is None else TileSteps(self.steps, tuple(block_box), tuple(core), self.shape)
+        live = _LIVE.get(self.run_id)  # reports from inside the tile (and cancel) when run in this process
+        ctx = FusionContext(dev, None if live is None else live.inside, steps=steps)
         with torch.inference_mode():
             stack = prepared.to_tensor(dev)
             try:
-                out = run_method(self.spec, stack, ctx=FusionContext(dev, None, steps=steps), params=self.params)
+                out = run_method(self.spec, stack, ctx=ctx, params=self.params)
             except Collected as part:
                 if not self.collecting:
                     raise FusionError(
@@ -354,6 +356,39 @@ class TileJob:
             if self.want_labels and out.labels is None:
                 raise FusionError(f"method {self.spec.name!r} declares labels but returned none")
             return output_planes(self.spec, out, prepared, self.positions, core=(cy, cx), with_labels=self.want_labels)
+
+
+@dataclass
+class _LiveRun:
+    """A run being computed in this process: its progress callback and finished tiles, so that a
+    tile reports from inside (``FusionContext.report``) and a cancelling callback stops it there."""
+
+    progress: Callable[[float, float, str], Any]
+    total: int
+    what: str = "tile"
+    done: int = 0
+
+    def inside(self, done: float, total: float, message: str = "") -> None:
+        frac = 0.0 if total <= 0 else min(max(done / total, 0.0), 0.99)
+        text = f"{self.what} {min(self.done + 1, self.total)}/{self.total}" + (f": {message}" if message else "")
+        self.progress(self.done + frac, self.total, text)
+
+
+#: Runs being computed in this process, by run id (tiles in other processes report per tile only).
+_LIVE: dict[str, _LiveRun] = {}
+
+
+@contextlib.contextmanager
+def _live(run_id: str, live: _LiveRun | None):
+    if live is None or not run_id:
+        yield
+        return
+    _LIVE[run_id] = live
+    try:
+        yield
+    finally:
+        if _LIVE.get(run_id) is live:
+            del _LIVE[run_id]
 
 
 def _merge_parts(parts: list[list[dict[str, Any]]]) -> dict[str, Any]:
@@ -574,6 +609,7 @@ class LazyFusionResult(FusionResult):
     grid: TileGrid | None = None
     progress: Callable[[float, float, str], Any] | None = None
     key_prefix: str = TILE_KEY_PREFIX
+    run_id: str = ""
 
     def arrays(self) -> dict[str, Any]:
         """The lazy outputs that exist, by name."""
@@ -598,7 +634,11 @@ class LazyFusionResult(FusionResult):
         )
 
     def iter_tiles(
-        self, order: Sequence[tuple[int, int]] | None = None, *, batch: int = 1
+        self,
+        order: Sequence[tuple[int, int]] | None = None,
+        *,
+        batch: int = 1,
+        progress: Callable[[float, float, str], Any] | None = None,
     ) -> Iterator[tuple[tuple[slice, slice], dict[str, np.ndarray]]]:
         """Compute the tiles a few at a time: yields ``((rows, cols), {output: core})`` per tile.
 
@@ -608,7 +648,10 @@ class LazyFusionResult(FusionResult):
         threads) after the first one, which comes alone so it arrives soonest.
         The computes bypass dask's process-wide callbacks (see
         :func:`napari_fusion.focalstack._stack.load`), so this may run in a
-        worker thread while napari slices layers.
+        worker thread while napari slices layers. ``progress`` gets the
+        reports from inside the tiles being computed (``done`` counts the tiles
+        yielded so far; a callback that raises stops the tile there); the caller
+        reports finished tiles itself.
         """
 
         if self.grid is None:
@@ -619,14 +662,18 @@ class LazyFusionResult(FusionResult):
             order = [(i, j) for i in range(len(rows) - 1) for j in range(len(cols) - 1)]
         order = list(order)
         groups = [order[:1]] + [order[k : k + max(1, batch)] for k in range(1, len(order), max(1, batch))]
+        live = None if progress is None else _LiveRun(progress, len(order))
         for group in groups:
             blocks = [a.blocks[i, j] for i, j in group for a in arrays.values()]
             if not blocks:
                 continue
-            values = compute_quietly(*blocks)
+            with _live(self.run_id, live):
+                values = compute_quietly(*blocks)
             per = len(arrays)
             for k, (i, j) in enumerate(group):
                 planes = dict(zip(arrays, values[k * per : (k + 1) * per]))
+                if live is not None:
+                    live.done += 1
                 yield (slice(rows[i], rows[i + 1]), slice(cols[j], cols[j + 1])), planes
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
@@ -695,42 +742,39 @@ def tile_progress(result: LazyFusionResult, progress: Callable[[float, float, st
     if result.grid is None:
         yield None
         return
-    with _tiles_done(result.key_prefix, result.grid.n_tiles, progress) as cb:
-        yield cb
-
-
-@contextlib.contextmanager
-def _tiles_done(prefix: str, total: int, progress):
-    """Report finished tiles ``(prefix, i, j)`` to ``progress`` while computing in this context."""
-    cb = _tile_callback(prefix, total, progress)
+    cb = _tile_callback(result.key_prefix, result.grid.n_tiles, progress)
     if cb is None:
         yield None
         return
     import dask
 
     # low-level fusion would merge a tile task into its only consumer under another key
-    with dask.config.set({"optimization.fuse.active": False}), cb:
+    with dask.config.set({"optimization.fuse.active": False}), cb, _live(result.run_id, cb.live):
         yield cb
 
 
 def _tile_callback(prefix: str, total: int, progress, what: str = "tile", start: int = 0):
     """A dask callback calling ``progress(done, total, "<what> done/total")`` as tasks
-    ``(prefix, i, j)`` finish (``done`` counting from ``start``); None without ``progress`` or
-    with a distributed client."""
+    ``(prefix, i, j)`` finish (``done`` counting from ``start``), with the :class:`_LiveRun` its
+    tiles report through from inside (``.live``); None without ``progress`` or with a distributed
+    client."""
     if progress is None or _in_distributed_client():
         return None
     from dask.callbacks import Callback
+
+    live = _LiveRun(progress, total, what, start)
 
     class _TileCallback(Callback):
         def __init__(self):
             super().__init__()
             self.seen: set[tuple[int, int]] = set()
+            self.live = live
 
         def _posttask(self, key, value, dsk, state, worker_id):
             if isinstance(key, tuple) and len(key) == 3 and key[0] == prefix and key[1:] not in self.seen:
                 self.seen.add(key[1:])
-                done = start + len(self.seen)
-                progress(done, total, f"{what} {done}/{total}")
+                live.done = start + len(self.seen)
+                progress(live.done, total, f"{what} {live.done}/{total}")
 
     return _TileCallback()
 
@@ -813,6 +857,7 @@ def fuse_lazy(
         grid=grid,
         progress=progress,
         key_prefix=prefix,
+        run_id=job.run_id,
     )
 
 
@@ -874,7 +919,8 @@ def collect_steps(
         probe_halo = max(pass_grid.halo, grid.halo)
         tile0 = next(replace(grid, halo=probe_halo).tiles())
         block = compute_quietly(stack[:, tile0.block[0] : tile0.block[1], tile0.block[2] : tile0.block[3]])[0]
-        probe = replace(pass_job, halo=probe_halo)(block, tile0.block, tile0.core)
+        with _live(job.run_id, None if progress is None else _LiveRun(progress, grid.n_tiles, what)):
+            probe = replace(pass_job, halo=probe_halo)(block, tile0.block, tile0.core)
         if "__done__" in probe:
             return known
         if progress is not None:
@@ -884,7 +930,8 @@ def collect_steps(
         hlg = graph.__dask_graph__()
         cb = _tile_callback(prefix, pass_grid.n_tiles, progress, what=what, start=1)
         tasks = [Delayed(k, hlg, layer=prefix) for k in graph.__dask_keys__()[1:]]
-        results = (probe,) + compute_quietly(*tasks, callbacks=(cb,) if cb else ())
+        with _live(job.run_id, None if cb is None else cb.live):
+            results = (probe,) + compute_quietly(*tasks, callbacks=(cb,) if cb else ())
         first = results[0].get("__collected__")
         if first is None or any(r.get("__collected__") is None or r["__collected__"].key != first.key for r in results):
             raise FusionError(f"method {job.spec.name!r}: its tiles reached different whole-image steps")

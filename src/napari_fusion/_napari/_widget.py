@@ -644,7 +644,7 @@ def _compute_in_background(job, method, params, device, progress, cancel, tile, 
     device_name = str(resolve_device(device))
     last = time.perf_counter()
     batch = max(1, min(4, os.cpu_count() or 1))  # tiles computed side by side after the first
-    for k, ((rows, cols), planes) in enumerate(lazy.iter_tiles(order, batch=batch)):
+    for k, ((rows, cols), planes) in enumerate(lazy.iter_tiles(order, batch=batch, progress=progress)):
         for name, plane in planes.items():
             if name == "labels":
                 decision[rows, cols] = plane + 1
