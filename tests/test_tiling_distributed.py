@@ -99,3 +99,14 @@ def test_cluster_survives_losing_a_worker(device, client, tiff_stack, tmp_path):
     got = lazy.compute()
     assert marker.exists()  # a worker did die
     np.testing.assert_array_equal(got.fused, nf.fuse(stack, "average", device=device).fused)
+
+
+def test_cluster_runs_whole_image_steps(device, client, tiff_stack):
+    """Collect passes on the cluster: the tiles' parts (Collected, with their finish closures)
+    come back from worker processes; region removal and the pyramid's coarse levels as untiled."""
+    path, stack = tiff_stack
+    for name in ("liu2017_cnn_nway", "laplacian_pyramid"):
+        ref = nf.fuse(stack, name, device=device)
+        got = nf.fuse(open_lazy_stack(path), name, device=device, chunks=64).compute()
+        np.testing.assert_array_equal(got.fused, ref.fused)
+        np.testing.assert_array_equal(got.labels, ref.labels)
