@@ -350,7 +350,11 @@ class TileJob:
                     raise FusionError(
                         f"method {self.spec.name!r}: whole-image step {part.key!r} was not collected"
                     ) from None
-                return {"__part__": part.part, "__collected__": part}
+                # drop the traceback: its frames hold the tile's whole working set (every tile's
+                # result is kept until the pass ends)
+                collected = part.with_traceback(None)
+                collected.__context__ = None
+                return {"__part__": collected.part, "__collected__": collected}
             if self.collecting:
                 return {"__done__": np.ones(1)}
             if self.want_labels and out.labels is None:

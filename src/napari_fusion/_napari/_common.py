@@ -13,6 +13,7 @@ run computes and shows; this module holds no fusion logic.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -223,6 +224,8 @@ def drop_layer(viewer, output_layers: dict[str, Any], key: str) -> None:
 # ---------------------------------------------------------------------------- run plumbing
 #: Resolution of the napari progress bars (steps from 0 to 1).
 PROGRESS_STEPS = 1000
+#: Shortest interval between changes of a progress bar's text (each change processes events).
+DESCRIBE_SECONDS = 0.1
 
 
 _WARM = threading.Event()
@@ -277,6 +280,7 @@ class WorkerControls:
         self._pbar = None
         self._pbar_n = 0
         self._pbar_desc = ""
+        self._pbar_described = 0.0
         self._last_message = ""
         self._bridge = ProgressBridge()
         self._bridge.changed.connect(self._on_progress)
@@ -344,6 +348,7 @@ class WorkerControls:
         self._pbar = cancelable_progress(total=PROGRESS_STEPS, desc=desc, cancel_callback=self._cancel.set)
         self._pbar_desc = desc
         self._pbar_n = 0
+        self._pbar_described = 0.0
 
     def _on_progress(self, done: float, total: float, message: str) -> None:
         if message:
@@ -356,7 +361,10 @@ class WorkerControls:
         if n > self._pbar_n:
             self._pbar_n = n
             pbar.update(n - pbar.n)
-        if message:
+        now = time.perf_counter()
+        if message and now - self._pbar_described >= DESCRIBE_SECONDS:
+            # napari's progress bar processes events on each change: at most a few per second
+            self._pbar_described = now
             pbar.set_description(f"{self._pbar_desc}: {message}")
 
     def _close_progress(self) -> None:
