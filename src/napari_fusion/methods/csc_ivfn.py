@@ -51,7 +51,7 @@ github.com/Zhaozixiang1228/IF-CSCFuse (CSC-IVF).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -182,12 +182,38 @@ def saliency_weights(
     computed in collect passes of a tiled run). ``report(done, total)`` is called
     after every chunk of channels.
     """
+    out = torch.empty_like(codes)
+    for part, weights in _iter_saliency_weights(codes, radius=radius, eps=eps, report=report, ctx=ctx):
+        out[:, part] = weights
+    return out
+
+
+def saliency_fuse(
+    codes: torch.Tensor,
+    *,
+    radius: int = 45,
+    eps: float = 0.01,
+    report: Callable[[int, int], None] | None = None,
+    ctx: FusionContext | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum_n w_n * codes_n (C, H, W), channel-mean weights (N, H, W))`` with the
+    :func:`saliency_weights`, a few channels at a time (never all the ``(N, C, H, W)`` weights)."""
+    n, c, h, w = codes.shape
+    fused = torch.empty((c, h, w), dtype=codes.dtype, device=codes.device)
+    total = torch.zeros((n, h, w), dtype=codes.dtype, device=codes.device)
+    for part, weights in _iter_saliency_weights(codes, radius=radius, eps=eps, report=report, ctx=ctx):
+        fused[part] = (weights * codes[:, part]).sum(0)
+        total += weights.sum(1)
+    return fused, total / c
+
+
+def _iter_saliency_weights(codes: torch.Tensor, *, radius, eps, report, ctx) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(channels, (N, chunk, H, W) weights)`` of :func:`saliency_weights`, chunk by chunk."""
     n, c, h, w = codes.shape
     ctx = ctx or FusionContext(codes.device)
     rng = ctx.whole_image_stat("code_range", codes, code_range, lambda r: r, join_ranges)
     counts = ctx.whole_image_stat("code_levels", codes, lambda z: _counts_in_range(z, rng), lambda t: t)
     tables = saliency_tables(counts.to(codes.device))
-    out = torch.empty_like(codes)
     r = int(min(radius, max(min(h, w) - 1, 0)))  # reflect borders need r < side
     for start in range(0, c, CHANNEL_CHUNK):
         part = slice(start, start + CHANNEL_CHUNK)
@@ -195,10 +221,9 @@ def saliency_weights(
         p = normalise_weights(_lookup(tables[:, part], _levels(norm)) + 1e-12)
         if r > 0:
             p = guided_filter(norm, p, r, eps)
-        out[:, part] = normalise_weights(p)
+        yield part, normalise_weights(p)
         if report is not None:
             report(min(start + CHANNEL_CHUNK, c), c)
-    return out
 
 
 def _weighted_sum(weights: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -237,8 +262,8 @@ def fuse_codes(
     if strategy == "saliency":
         if report is not None:
             report(0, 1)
-        wb = saliency_weights(base, radius=gf_radius, eps=gf_eps, report=report, ctx=ctx)
-        return (wb * base).sum(0), fd, wd, wb.mean(1)
+        fb, wb = saliency_fuse(base, radius=gf_radius, eps=gf_eps, report=report, ctx=ctx)
+        return fb, fd, wd, wb
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
 
 
