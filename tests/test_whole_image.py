@@ -73,16 +73,18 @@ def test_a_folded_method_has_one_pass_per_fold_step():
     np.testing.assert_array_equal(got.labels, ref.labels)
 
 
-def test_control_without_collect_passes_the_tiles_differ(monkeypatch):
-    """Control: without the passes each tile computes the steps on itself alone (as a local
-    method would), and the result differs."""
-    from napari_fusion import tiling
+def test_control_steps_computed_on_each_tile_alone_differ():
+    """Control: the same method with its steps computed on each tile alone (as if they were
+    local) gives another result, so the equality above can fail."""
+
+    def tile_alone(stack, *, ctx):
+        ctx._steps = None  # the context of an untiled run: finish(local()) on the block
+        return _nway(stack, ctx=ctx)
 
     images = _images()
-    monkeypatch.setattr(tiling, "collect_steps", lambda *a, **k: None)
-    with temporary_method(_nway, name="_whole_nway", mode="nway", **REGISTRATION):
-        ref = nf.fuse(images, "_whole_nway", device="cpu")
-        got = nf.fuse(images, "_whole_nway", device="cpu", chunks=16).compute()
+    with temporary_method(tile_alone, name="_tile_alone", mode="nway", **{**REGISTRATION, "collect_halo": None}):
+        ref = nf.fuse(images, "_tile_alone", device="cpu")
+        got = nf.fuse(images, "_tile_alone", device="cpu", chunks=16).compute()
     assert (got.labels != ref.labels).mean() > 0.05
 
 
@@ -133,3 +135,11 @@ def test_collected_parts_survive_pickling():
     assert back.key == ("mask",) and back.kind == "map" and back.finish is _flip
     np.testing.assert_array_equal(back.part, part.part)
     assert back.combine(2, 3) == 5
+
+
+def test_an_undeclared_step_is_an_error_in_tiles_not_a_silent_tile_local_result():
+    registration = {**REGISTRATION, "collect_halo": None}
+    with temporary_method(_nway, name="_undeclared", mode="nway", **registration):
+        nf.fuse(_images(), "_undeclared", device="cpu")  # untiled: fine
+        with pytest.raises(nf.FusionError, match="collect_halo"):
+            nf.fuse(_images(), "_undeclared", device="cpu", chunks=16).compute()

@@ -338,7 +338,10 @@ class TileJob:
         y0, y1, x0, x1 = core
         cy = slice(y0 - block_box[0], y1 - block_box[0])
         cx = slice(x0 - block_box[2], x1 - block_box[2])
-        steps = None if self.steps is None else TileSteps(self.steps, tuple(block_box), tuple(core), self.shape)
+        # every tile knows it is one: a whole-image step no pass collected is an error, never
+        # silently computed on the tile alone
+        known = self.steps if self.steps is not None else StepResults()
+        steps = TileSteps(known, tuple(block_box), tuple(core), self.shape)
         live = _LIVE.get(self.run_id)  # reports from inside the tile (and cancel) when run in this process
         ctx = FusionContext(dev, None if live is None else live.inside, steps=steps)
         with torch.inference_mode():
@@ -348,7 +351,8 @@ class TileJob:
             except Collected as part:
                 if not self.collecting:
                     raise FusionError(
-                        f"method {self.spec.name!r}: whole-image step {part.key!r} was not collected"
+                        f"method {self.spec.name!r} has a whole-image step {part.key!r} that no pass "
+                        "collected: it must declare collect_halo= in register_method"
                     ) from None
                 # drop the traceback: its frames hold the tile's whole working set (every tile's
                 # result is kept until the pass ends)

@@ -5,13 +5,15 @@ image: Liu et al.'s small-region removal (regions of 1% of the image area),
 a percentile stretch, the choice of the most colourful source. A method
 writes such a step through its :class:`~napari_fusion.registry.FusionContext`:
 
-* ``ctx.whole_image_map(key, local, finish)``: ``local()`` computes a map
-  ``(..., H, W)`` of the method's input window; ``finish(full)`` turns the map of
-  the *whole image* into the map the method continues with (same shape);
-* ``ctx.whole_image_stat(key, values, reduce, finish)``: ``reduce(values)``
-  turns per-pixel values into a summable statistic (counts, sums);
-  ``finish(total)`` turns the sum over the whole image into what the method
-  continues with.
+* ``ctx.whole_image_map(key, local, finish, scale=1)``: ``local()`` computes a map
+  ``(..., H, W)`` of the method's input window (or ``ceil(H / scale)`` rows etc.: a
+  pyramid level); ``finish(full)`` turns the map of the *whole image* into the map the
+  method continues with (same shape);
+* ``ctx.whole_image_stat(key, values, reduce, finish, combine=+)``: ``reduce(values)``
+  turns per-pixel values into a statistic that ``combine`` joins over parts of the
+  image (counts, sums; element-wise min/max); ``finish(total)`` turns the whole
+  image's statistic into what the method continues with.
+* ``ctx.image_shape(own)``: the whole image's ``(H, W)`` (a pyramid's depth).
 
 Untiled, both are simply ``finish(local())`` and ``finish(reduce(values))``.
 
@@ -24,7 +26,9 @@ or combined (statistics), ``finish`` is applied once to the whole, and the
 next pass runs with that step known. Tiles of later passes, and the final
 tiles, read known maps over their block (:class:`TileSteps`). The number of
 passes is found by running them: a two-input method folded over N slices
-(``liu2017_cnn``) has one step per fold, so N - 1 passes.
+(``liu2017_cnn``) has one step per fold, so N - 1 passes. Each pass starts with
+one tile computed with the whole method's context; when it runs to the end there
+is no step left (for this method, or for these data) and nothing more is run.
 
 Because ``finish`` sees exactly the whole image's map or statistic, a tiled
 run computes the same global step as the untiled one; only the local parts
