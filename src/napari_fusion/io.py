@@ -820,7 +820,9 @@ def _write_zarr(
     if progress is not None:
 
         def report(d, t, m, _p=progress, _a=already):
-            return _p(d + _a, t, f"tile {d + _a}/{t}")
+            if ": " in m:  # a report from inside a tile: "tile k/n: <the method's message>"
+                return _p(d + _a, t, f"tile {min(int(d) + _a + 1, t)}/{t}{m[m.index(': ') :]}")
+            return _p(d + _a, t, f"tile {int(d) + _a}/{t}")
 
     from .tiling import tile_progress
 

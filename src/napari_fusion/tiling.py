@@ -338,10 +338,13 @@ class TileJob:
         y0, y1, x0, x1 = core
         cy = slice(y0 - block_box[0], y1 - block_box[0])
         cx = slice(x0 - block_box[2], x1 - block_box[2])
-        # every tile knows it is one: a whole-image step no pass collected is an error, never
-        # silently computed on the tile alone
-        known = self.steps if self.steps is not None else StepResults()
-        steps = TileSteps(known, tuple(block_box), tuple(core), self.shape)
+        # a tile knows it is one: a whole-image step no pass collected is an error, never silently
+        # computed on the tile alone; a block that is the whole image (one tile) runs as untiled
+        whole = tuple(block_box) == (0, self.shape[0], 0, self.shape[1])
+        steps = None
+        if self.steps is not None or self.collecting or not whole:
+            known = self.steps if self.steps is not None else StepResults()
+            steps = TileSteps(known, tuple(block_box), tuple(core), self.shape)
         live = _LIVE.get(self.run_id)  # reports from inside the tile (and cancel) when run in this process
         ctx = FusionContext(dev, None if live is None else live.inside, steps=steps)
         with torch.inference_mode():
@@ -378,7 +381,7 @@ class _LiveRun:
 
     def inside(self, done: float, total: float, message: str = "") -> None:
         frac = 0.0 if total <= 0 else min(max(done / total, 0.0), 0.99)
-        text = f"{self.what} {min(self.done + 1, self.total)}/{self.total}" + (f": {message}" if message else "")
+        text = f"{self.what} {min(self.done + 1, self.total)}/{self.total}: {message or 'running'}"
         self.progress(self.done + frac, self.total, text)
 
 
