@@ -815,23 +815,27 @@ def _write_zarr(
             layer[(store_name, i, j)] = (_store_tile, targets, done, (i, j), box, *[block_key(k, i, j) for k in keys])
     hlg = HighLevelGraph.from_collections(store_name, layer, dependencies=list(outputs.values()))
     tasks = [Delayed(key, hlg, layer=store_name) for key in layer]
-    already = int(finished.sum())
-    report = None
-    if progress is not None:
-
-        def report(d, t, m, _p=progress, _a=already):
-            if ": " in m:  # a report from inside a tile: "tile k/n: <the method's message>"
-                return _p(d + _a, t, f"tile {min(int(d) + _a + 1, t)}/{t}{m[m.index(': ') :]}")
-            return _p(d + _a, t, f"tile {int(d) + _a}/{t}")
-
     from .tiling import tile_progress
 
-    with tile_progress(lazy, report):
+    with tile_progress(lazy, _after_finished_tiles(progress, int(finished.sum()))):
         dask.compute(*tasks, optimize_graph=False)
     if not np.asarray(done[...]).all():  # pragma: no cover - a store that lost writes
         raise FusionError(f"{path}: some tiles were not recorded as written; rerun to finish them")
     group.attrs[ZARR_OUTPUT_MARKER] = {**marker, "complete": True}
     return path
+
+
+def _after_finished_tiles(progress, already: int):
+    """``progress`` for a resumed run: tile counts offset by the ``already`` finished tiles."""
+    if progress is None:
+        return None
+
+    def report(d, t, m):
+        if ": " in m:  # a report from inside a tile: "tile k/n: <the method's message>"
+            return progress(d + already, t, f"tile {min(int(d) + already + 1, t)}/{t}{m[m.index(': ') :]}")
+        return progress(d + already, t, f"tile {int(d) + already}/{t}")
+
+    return report
 
 
 def _tiff_writer(

@@ -158,7 +158,7 @@ def _longest_gap_of_a_background_run(qtbot, widget) -> float:
     original = widget._progress_callback
 
     def counting(done, total, message):
-        if message.startswith("tile "):
+        if message.startswith("tile ") and ": " not in message:  # finished tiles, not reports from inside
             tiles.append(done)
         return original(done, total, message)
 
