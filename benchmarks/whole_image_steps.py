@@ -9,7 +9,8 @@ one (max |difference| of the fused image in grey levels, fraction of label pixel
     PYTHONPATH=src NAPARI_FUSION_DATA=/work/shared/data python benchmarks/whole_image_steps.py
     ... --cases pcb:liu2017_cnn_nway:2 mef:csc_mefn:1 --tile 256
 
-A case is ``data:method:downscale``; data is ``pcb`` (focalstack/pcb, 7 RGB slices),
+A case is ``data:method:downscale[:tile]``; data is ``pcb`` (focalstack/pcb, 7 RGB slices),
+``dapi`` (focalstack/dapi_widefield, 40 widefield microscope planes of 201x101 uint16),
 ``mef`` (mef/ma_mef/Arno), ``irvis`` (irvis/vifb/carLight) or ``lytro``
 (multifocus/lytro/lytro-01).
 """
@@ -33,6 +34,7 @@ DATA = {
     "mef": "mef/ma_mef/Arno",
     "irvis": "irvis/vifb/carLight",
     "lytro": "multifocus/lytro/lytro-01",
+    "dapi": "focalstack/dapi_widefield/dapi",
 }
 DEFAULT_CASES = [
     "pcb:liu2017_cnn_nway:2",
@@ -48,7 +50,7 @@ def load(name: str, scale: int) -> np.ndarray:
     from napari_fusion.io import read_stack
 
     folder = shared_data_dir() / DATA[name]
-    if name == "pcb":
+    if name in ("pcb", "dapi"):
         images = read_stack(folder)
     else:
         images = [p for p in sorted(folder.iterdir()) if p.name.startswith("src_")]
@@ -89,7 +91,8 @@ def child(args) -> None:
 
 
 def run(case: str, mode: str, tile: int, work: Path) -> dict:
-    data, method, scale = case.split(":")
+    data, method, scale, *own_tile = case.split(":")
+    tile = int(own_tile[0]) if own_tile else tile
     out = work / f"{data}_{method}_{scale}_{mode}.npz"
     cmd = [sys.executable, __file__, "--child", "--mode", mode, "--data", data, "--method", method]
     cmd += ["--scale", scale, "--tile", str(tile), "--out", str(out)]
@@ -115,7 +118,9 @@ def main(argv=None) -> int:
     if args.child:
         child(args)
         return 0
-    print(f"tiles of {args.tile} px; CPU; each run in its own process (peak RSS includes imports)")
+    print(
+        f"tiles of {args.tile} px unless a case gives its own; CPU; each run in its own process (peak RSS includes imports)"
+    )
     print(
         "| case | stack | untiled s | untiled RSS MB | tiled s | tiled RSS MB | passes | max fused diff | labels differ |"
     )

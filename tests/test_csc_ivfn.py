@@ -342,3 +342,15 @@ def test_fused_in_network_tiles_equals_one_pass(monkeypatch):
     monkeypatch.setattr(M, "NET_TILE", 32)  # tiles smaller than the 21 px halo
     tiled = fuse([a, b], method="csc_ivfn").fused
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-5)
+
+
+def test_saliency_fuse_streams_the_weighted_sum():
+    """The channel-streamed fusion equals the weights times the codes summed over sources."""
+    from napari_fusion.methods.csc_ivfn import saliency_fuse
+
+    gen = torch.Generator().manual_seed(4)
+    codes = torch.randn((3, 5, 24, 31), generator=gen)
+    w = saliency_weights(codes, radius=4, eps=0.01)
+    fused, mean_w = saliency_fuse(codes, radius=4, eps=0.01)
+    torch.testing.assert_close(fused, (w * codes).sum(0))
+    torch.testing.assert_close(mean_w, w.mean(1))

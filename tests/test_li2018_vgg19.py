@@ -354,3 +354,21 @@ def test_layer_activities_in_tiles_equal_one_pass():
             for a, b in zip(got, whole):
                 assert a.shape == b.shape
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("lam", [0.5, 5.0, 50.0])
+def test_tikhonov_reach_bounds_the_response_to_one_pixel(lam):
+    """Beyond ``tikhonov_reach`` the base layer's response to a unit impulse is below 1e-8 of
+    the impulse (the tiled halo relies on it); a quarter of the reach is not enough (control)."""
+    from napari_fusion.methods.li2018_vgg19 import tikhonov_reach
+    from napari_fusion.ops.decomposition import tikhonov_base
+
+    reach = tikhonov_reach(lam)
+    size = 2 * reach + 41
+    x = torch.zeros((size, size), dtype=torch.float64)
+    x[size // 2, size // 2] = 1.0
+    base = tikhonov_base(x, lam=lam, pad=size).abs()
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    dist = torch.maximum((yy - size // 2).abs(), (xx - size // 2).abs())
+    assert float(base[dist > reach].max()) < 1e-8
+    assert float(base[dist > reach // 4].max()) > 1e-6

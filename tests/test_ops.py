@@ -192,3 +192,46 @@ def test_blend_in_pyramid_selects_one_hot_and_averages_uniform_weights():
     seen = []
     blend_in_pyramid(stack, uniform, 2, progress=seen.append)
     assert seen == [0, 1, 2]
+
+
+def test_gaussian_level_and_collapse_onto_split_a_pyramid_exactly():
+    """A pyramid split at level m: its level-m Gaussian image and a collapse continued from the
+    coarse part give bit for bit the whole pyramid's values (the tiled pyramid methods use this)."""
+    from napari_fusion.ops.pyramids import (
+        blend_in_pyramid,
+        collapse_onto,
+        gaussian_level,
+        gaussian_pyramid,
+        laplacian_pyramid,
+        reconstruct_laplacian_pyramid,
+    )
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand((37, 53), generator=gen)
+    g = gaussian_pyramid(x, 5)
+    for m in range(5):
+        assert torch.equal(gaussian_level(x, m), g[m])
+    pyr = laplacian_pyramid(x, 5)
+    coarse = reconstruct_laplacian_pyramid(laplacian_pyramid(g[2], 3))
+    assert torch.equal(collapse_onto(coarse, pyr[:2]), reconstruct_laplacian_pyramid(pyr))
+    stack, weights = torch.rand((3, 2, 37, 53), generator=gen), torch.rand((3, 37, 53), generator=gen)
+    whole = blend_in_pyramid(stack, weights, 5)
+    low = torch.stack([torch.cat([gaussian_level(stack[k], 2), gaussian_level(weights[k], 2)[None]]) for k in range(3)])
+    coarse = blend_in_pyramid(low[:, :-1], low[:, -1], 3)
+    assert torch.equal(blend_in_pyramid(stack, weights, 2, coarse=coarse), whole)
+    # control: the coarse part split at another level gives another image
+    assert not torch.allclose(blend_in_pyramid(stack, weights, 3, coarse=coarse), whole, atol=1e-3)
+
+
+def test_most_colourful_source_from_chroma_sums_of_parts():
+    from napari_fusion.ops.colour import chroma_sums, most_colourful, rgb_to_ycbcr, visible_source
+
+    gen = torch.Generator().manual_seed(2)
+    grey = torch.rand((1, 1, 20, 30), generator=gen).expand(1, 3, 20, 30)
+    colour = torch.rand((1, 3, 20, 30), generator=gen)
+    stack = torch.cat([grey, colour])
+    assert visible_source(stack) == 1 and visible_source(stack.flip(0)) == 0
+    ycc = rgb_to_ycbcr(stack, channel_dim=1)
+    parts = chroma_sums(ycc[..., :7]) + chroma_sums(ycc[..., 7:])
+    torch.testing.assert_close(parts, chroma_sums(ycc), rtol=1e-12, atol=1e-9)  # sums over tiles add up
+    assert most_colourful(parts) == 1

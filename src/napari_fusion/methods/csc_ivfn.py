@@ -50,7 +50,6 @@ github.com/Zhaozixiang1228/IF-CSCFuse (CSC-IVF).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -64,7 +63,7 @@ from ..ops.filters import box_filter
 from ..ops.guided import guided_filter
 from ..ops.tiles import map_tiles
 from ..registry import FusionContext, MethodOutput, Param, register_method
-from ..weights import LoadedWeights, how_to_train, load_shipped, shipped_path
+from ..weights import LoadedWeights, how_to_train, load_shipped, read_manifest, shipped_path
 
 CITATION = (
     "Z. Zhao, J. Zhang, H. Bai, Y. Wang, Y. Cui, L. Deng, K. Sun, C. Zhang, J. Liu, S. Xu, "
@@ -296,12 +295,11 @@ def load_network(weights: str | Path | None, device: torch.device) -> CSCIVFN:
 def _encode_radius(params: dict) -> int:
     """The encoder's receptive radius from the weights' manifest (box split + two 3x3 convolutions
     per unit), as :attr:`CSCIVFN.encode_radius`."""
-    path = Path(params.get("weights") or default_weights_path())
     try:
-        cfg = json.loads(path.with_suffix(".json").read_text()).get("net_config") or {}
+        cfg = read_manifest(params.get("weights") or default_weights_path()).get("net_config") or {}
         return int(cfg.get("blur", 11)) // 2 + 2 * int(cfg.get("depth", 8))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return _FALLBACK_ENCODE_RADIUS
+    except (OSError, ValueError, TypeError, AttributeError, WeightsUnavailableError):
+        return _FALLBACK_ENCODE_RADIUS  # an unreadable manifest is reported when the method runs
 
 
 def _halo(params: dict) -> int:
