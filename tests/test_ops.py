@@ -168,6 +168,24 @@ def test_shifted_sum_filters_equal_the_conv2d_path(img, sigma):
     np.testing.assert_allclose(laplacian(x), laplacian(ref).detach(), atol=1e-5)
 
 
+@pytest.mark.parametrize("border", ["reflect", "replicate", "zeros"])
+@pytest.mark.parametrize("shape", [(37, 29), (5, 40), (40, 5)])
+def test_row_blocked_filter_is_bit_identical_to_one_block(monkeypatch, border, shape):
+    """The CPU filter works in blocks of rows that stay in cache; blocks of 1, 3 or 7 rows give the
+    one-block values bit for bit (also where reflection falls back to replication on one axis only),
+    and match conv2d's values."""
+    from napari_fusion.ops import filters
+
+    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(3))
+    k = filters.gaussian_kernel1d(2.0)
+    whole = filters.separable_filter(x, k, border=border)
+    for rows in (1, 3, 7):
+        monkeypatch.setattr(filters, "FILTER_BLOCK_ELEMENTS", rows * (shape[1] + k.numel() - 1))
+        assert torch.equal(filters.separable_filter(x, k, border=border), whole)
+    ref = filters.separable_filter(x.clone().requires_grad_(True), k, border=border).detach()
+    np.testing.assert_allclose(whole, ref, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(4, 4), (5, 7), (33, 18), (64, 65)])
 def test_polyphase_reduce_and_expand_equal_the_definitions(shape):
     """Burt's reduce (blur then decimate) and normalised expand, computed directly."""
