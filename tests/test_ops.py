@@ -197,6 +197,47 @@ def test_polyphase_reduce_and_expand_equal_the_definitions(shape):
     np.testing.assert_allclose(P._expand(small, shape), P._expand_reference(small, shape), atol=1e-6)
 
 
+def _padded_reduce_axis(x, dim, taps):
+    """Burt reduce along ``dim`` on an explicitly reflected copy (the form before the copy-free one)."""
+    n = x.shape[dim]
+    p = torch.cat([x.narrow(dim, 1, 2).flip(dim), x, x.narrow(dim, n - 3, 2).flip(dim)], dim)
+    out = None
+    for t, k in enumerate(taps):
+        tap = p.narrow(dim, t, 2 * ((n + 1) // 2) - 1)
+        tap = tap[(slice(None),) * dim + (slice(None, None, 2),)]
+        out = tap * k if out is None else out.add_(tap, alpha=k)
+    return out
+
+
+def _padded_expand_axis(x, length, dim, taps):
+    n = x.shape[dim]
+    tail = x.narrow(dim, n - 1 if length % 2 == 0 else n - 2, 1)
+    xe = torch.cat([x.narrow(dim, 1, 1), x, tail], dim)
+    even = xe.narrow(dim, 0, n) * (2 * taps[0])
+    even.add_(xe.narrow(dim, 1, n), alpha=2 * taps[2]).add_(xe.narrow(dim, 2, n), alpha=2 * taps[4])
+    odd = xe.narrow(dim, 1, length // 2) * (2 * taps[1])
+    odd.add_(xe.narrow(dim, 2, length // 2), alpha=2 * taps[3])
+    out = torch.empty([length if d == dim else s for d, s in enumerate(x.shape)])
+    out[(slice(None),) * dim + (slice(0, None, 2),)] = even
+    out[(slice(None),) * dim + (slice(1, None, 2),)] = odd
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6, 7, 8, 9, 16, 33])
+def test_copy_free_reduce_and_expand_are_bit_identical_to_padded_copies(n):
+    """The pyramid steps read the image in place and patch only the reflected ends: the same
+    values bit for bit as filtering an explicitly padded copy, at every length and parity."""
+    from napari_fusion.ops import pyramids as P
+
+    x = torch.rand(2, n, 11, generator=torch.Generator().manual_seed(n))
+    for dim in (1, 2):
+        size = x.shape[dim]
+        if size >= 4:
+            assert torch.equal(P._reduce_axis(x, dim), _padded_reduce_axis(x, dim, P._K))
+        for length in (2 * size, 2 * size - 1):
+            assert torch.equal(P._expand_axis(x, length, dim), _padded_expand_axis(x, length, dim, P._K))
+
+
 def test_blend_in_pyramid_selects_one_hot_and_averages_uniform_weights():
     from napari_fusion.ops.pyramids import blend_in_pyramid
 

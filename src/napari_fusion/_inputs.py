@@ -26,22 +26,36 @@ MIN_SIZE = 8
 
 @dataclass
 class PreparedStack:
-    """Inputs as one float32 ``(N, C, H, W)`` numpy array plus how to undo the scaling."""
+    """Inputs as one float32 ``(N, C, H, W)`` numpy array plus how to undo the scaling.
 
-    data: np.ndarray  # (N, C, H, W) float32, scaled
+    Prepared with ``materialise=False`` (:func:`prepare`), ``data`` is None and
+    ``items`` holds the validated input arrays: :meth:`slice_view` then converts
+    one slice at a time, when a method reads it.
+    """
+
+    data: np.ndarray | None  # (N, C, H, W) float32, scaled
     dtype: np.dtype
     colour: bool
     offset: float
     scale: float
     low: float  # smallest input value (output is clipped to [low, high])
     high: float
+    items: list | None = None
 
     @property
     def n(self) -> int:
-        return self.data.shape[0]
+        return self.data.shape[0] if self.data is not None else len(self.items or ())
 
     def to_tensor(self, device: torch.device) -> torch.Tensor:
+        if self.data is None:
+            raise RuntimeError("this stack was prepared slice by slice; use slice_view()")
         return torch.from_numpy(self.data).to(device)
+
+    def slice_view(self, device: torch.device) -> ScaledSlices:
+        """The stack as :class:`ScaledSlices`: each ``view[k]`` converted when read."""
+        if self.items is None:
+            raise RuntimeError("this stack was materialised; use to_tensor()")
+        return ScaledSlices(self.items, colour=self.colour, offset=self.offset, scale=self.scale, device=device)
 
     def restore(self, fused: torch.Tensor) -> np.ndarray:
         """Map a fused ``(C, H, W)`` tensor back to the input dtype, range and layout."""
@@ -53,6 +67,38 @@ class PreparedStack:
         if self.colour:
             return np.ascontiguousarray(np.moveaxis(out, 0, -1))
         return out[0]
+
+
+class ScaledSlices:
+    """A read-only ``(N, C, H, W)`` float32 stack whose slices are converted when read.
+
+    For methods registered with ``streams_slices=True``: they read the stack
+    only through ``len(stack)``, ``stack.shape``, ``stack.dtype``,
+    ``stack.device`` and ``stack[k]`` (one slice, ``(C, H, W)``), so the untiled
+    path need not hold a float32 copy of the whole stack (1 GB for 20 RGB
+    slices of 2048^2) beside the caller's arrays. ``stack[k]`` has exactly the
+    values of slice ``k`` of the materialised stack (:func:`scale_into`); each
+    read converts anew, so a method reads each slice as few times as it can.
+    """
+
+    def __init__(self, items: list, *, colour: bool, offset: float, scale: float, device: torch.device):
+        self._items = list(items)
+        h, w = self._items[0].shape[:2]
+        self.shape = torch.Size((len(self._items), 3 if colour else 1, h, w))
+        self.dtype = torch.float32
+        self.device = torch.device(device)
+        self._colour, self._offset, self._scale = colour, offset, scale
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        if not isinstance(k, (int, np.integer)):
+            raise TypeError(f"a slice view is read one slice at a time (stack[k]), not with {k!r}")
+        k = int(k)
+        dst = np.empty(self.shape[1:], dtype=np.float32)
+        scale_into(self._items[k], dst, colour=self._colour, offset=self._offset, scale=self._scale)
+        return torch.from_numpy(dst).to(self.device)
 
 
 def _describe(a: np.ndarray) -> str:
@@ -195,6 +241,17 @@ def intensity_mapping(dtype: np.dtype, low: float, high: float, intensity: str) 
     return low, scale, low, high
 
 
+def scale_into(image: Any, dst: np.ndarray, *, colour: bool, offset: float, scale: float) -> None:
+    """Write ``(float32(image) - float32(offset)) / float32(scale)``, channels first, into ``dst``."""
+    a = np.asarray(image)
+    src = np.moveaxis(a, -1, 0) if colour else a[None]
+    if offset != 0.0 or scale != 1.0:
+        np.subtract(src, np.float32(offset), out=dst, dtype=np.float32, casting="same_kind")
+        np.divide(dst, np.float32(scale), out=dst)
+    else:
+        dst[...] = src
+
+
 def scale_stack(items: Any, *, colour: bool, offset: float, scale: float) -> np.ndarray:
     """Stack images (a list, or an ``(N, H, W[, 3])`` array) into scaled float32 ``(N, C, H, W)``.
 
@@ -207,17 +264,9 @@ def scale_stack(items: Any, *, colour: bool, offset: float, scale: float) -> np.
     items = list(items)
     n, (h, w) = len(items), tuple(items[0].shape[:2])
     out = np.empty((n, 3 if colour else 1, h, w), dtype=np.float32)
-    off, sc = np.float32(offset), np.float32(scale)
 
     def fill(i: int) -> None:
-        a = np.asarray(items[i])
-        src = np.moveaxis(a, -1, 0) if colour else a[None]
-        dst = out[i]
-        if offset != 0.0 or scale != 1.0:
-            np.subtract(src, off, out=dst, dtype=np.float32, casting="same_kind")
-            np.divide(dst, sc, out=dst)
-        else:
-            dst[...] = src
+        scale_into(items[i], out[i], colour=colour, offset=offset, scale=scale)
 
     # threads only for in-memory arrays: concurrent computes of dask arrays race in dask's callbacks
     # (napari's dask cache), which raised KeyError on a graph key in the widget tests
@@ -240,11 +289,14 @@ def prepare(
     channel_axis: int | None = None,
     intensity: str = "stack",
     mixed_colour: bool = False,
+    materialise: bool = True,
 ) -> PreparedStack:
     """Validate the inputs and convert them to a scaled float32 ``(N, C, H, W)`` stack.
 
     ``mixed_colour``: accept grey and RGB images together (grey ones become
-    three equal channels, see :func:`check_items`).
+    three equal channels, see :func:`check_items`). ``materialise=False``:
+    validate and find the scaling, but convert nothing; the result's
+    :meth:`~PreparedStack.slice_view` converts each slice when it is read.
     """
     items = as_image_list(images, stack_axis=stack_axis, channel_axis=channel_axis)
     items, dtype, colour = check_items(items, mixed_colour=mixed_colour)
@@ -255,5 +307,7 @@ def prepare(
     low = float(min(a.min() for a in items))
     high = float(max(a.max() for a in items))
     offset, scale, out_low, out_high = intensity_mapping(dtype, low, high, intensity)
+    if not materialise:
+        return PreparedStack(None, dtype, colour, offset, scale, out_low, out_high, items=items)
     stack = scale_stack(items, colour=colour, offset=offset, scale=scale)
     return PreparedStack(stack, dtype, colour, offset, scale, out_low, out_high)

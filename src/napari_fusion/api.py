@@ -143,17 +143,23 @@ def fuse_in_memory(
     device: str | torch.device | None = "auto",
     progress: ProgressCallback | None = None,
 ) -> FusionResult:
-    """The untiled path of :func:`fuse`: the whole stack as one tensor; ``params`` already resolved."""
+    """The untiled path of :func:`fuse`: the whole stack as one tensor; ``params`` already resolved.
+
+    A method registered with ``streams_slices=True`` gets a :class:`~._inputs.ScaledSlices`
+    view instead: each slice is converted to float32 when the method reads it (the same values),
+    so no float32 copy of the whole stack is held.
+    """
     prepared = prepare(
         images,
         stack_axis=stack_axis,
         channel_axis=channel_axis,
         intensity=spec.intensity,
         mixed_colour=spec.mixed_colour,
+        materialise=not spec.streams_slices,
     )
     positions = slice_positions(z_positions, prepared.n)
     dev = resolve_device(device)
-    stack = prepared.to_tensor(dev)
+    stack = prepared.slice_view(dev) if spec.streams_slices else prepared.to_tensor(dev)
     ctx = FusionContext(dev, progress, total=1.0)
     with torch.inference_mode():
         out = run_method(spec, stack, ctx=ctx, params=params)

@@ -224,6 +224,10 @@ class MethodSpec:
     #: ``_stat``), or None when it has none with these params; ``halo`` is then the context
     #: of the rest, once the whole-image steps are known (see napari_fusion.whole_image).
     collect_halo: Callable[[dict[str, Any]], int | None] | None = None
+    #: The method reads its stack only one slice at a time (``stack[k]``, ``len``, ``shape``,
+    #: ``dtype``, ``device``), so an untiled run may hand it a :class:`~._inputs.ScaledSlices`
+    #: view that converts each slice when read, instead of a float32 copy of the whole stack.
+    streams_slices: bool = False
 
     @property
     def n_inputs(self) -> str:
@@ -308,6 +312,7 @@ def register_method(
     colour: str = "luminance",
     mixed_colour: bool = False,
     collect_halo: Callable[[dict[str, Any]], int | None] | int | None = None,
+    streams_slices: bool = False,
 ) -> Callable[[Callable[..., MethodOutput]], Callable[..., MethodOutput]]:
     """Decorator that adds a method's ``run`` function to the registry.
 
@@ -315,7 +320,7 @@ def register_method(
     a grey infrared image and a colour visible one): grey images reach ``run``
     as three equal channels (no chroma), so the method can tell the colour
     source by its chroma. ``collect_halo``: see :class:`MethodSpec` and
-    :mod:`napari_fusion.whole_image`.
+    :mod:`napari_fusion.whole_image`. ``streams_slices``: see :class:`MethodSpec`.
     """
     bad = set(tasks) - set(TASKS)
     if bad:
@@ -326,6 +331,8 @@ def register_method(
         raise ValueError(f"outputs must include 'fused' and be among {OUTPUTS}")
     if intensity not in ("stack", "dtype"):
         raise ValueError("intensity must be 'stack' or 'dtype'")
+    if streams_slices and mode != "nway":
+        raise ValueError("streams_slices needs mode 'nway' (pairwise methods are folded over stacked pairs)")
     if isinstance(halo, int):
         fixed = halo
         halo = lambda params: fixed  # noqa: E731
@@ -352,6 +359,7 @@ def register_method(
                 colour=colour,
                 mixed_colour=bool(mixed_colour),
                 collect_halo=collect_halo,
+                streams_slices=bool(streams_slices),
             ),
         )
         return func

@@ -177,6 +177,7 @@ def _halo(p) -> int:
     ),
     description="Fast default for focal stacks: each pixel from the slice where it is sharpest.",
     halo=_halo,
+    streams_slices=True,
 )
 def fuse_focus_measure(
     stack: torch.Tensor,
@@ -210,8 +211,9 @@ def fuse_focus_measure(
             fused += wk * stack[k]
             total += wk
         fused = fused / total.clamp_min(1e-12)
-    else:
-        idx = labels.view(1, 1, h, w).expand(1, c, h, w)
-        fused = stack.gather(0, idx)[0]
+    else:  # each pixel copied from its slice, one slice at a time (``stack`` may be a slice view)
+        fused = torch.empty((c, h, w), dtype=stack.dtype, device=stack.device)
+        for k in torch.unique(labels).tolist():
+            torch.where(labels == k, stack[k], fused, out=fused)
     ctx.report(1, 1, "focus measure done")
     return MethodOutput(fused=fused, labels=labels, extras={"focus": best})

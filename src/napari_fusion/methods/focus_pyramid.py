@@ -152,6 +152,7 @@ def _halo(p) -> int:
     ),
     description="Variance-stabilised LoG focus, soft weights with a noise temperature, pyramid blend.",
     halo=_halo,
+    streams_slices=True,
 )
 def fuse_focus_pyramid(
     stack: torch.Tensor,

@@ -44,19 +44,53 @@ def _expand_reference(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return separable_filter(up, _BURT) / separable_filter(ones, _BURT)
 
 
+def _along(x: torch.Tensor, dim: int, index: slice) -> torch.Tensor:
+    """``x[..., index, ...]`` with ``index`` on axis ``dim``."""
+    return x[(slice(None),) * (dim % x.ndim) + (index,)]
+
+
+def _taps_into(out: torch.Tensor, src: torch.Tensor, dim: int, count: int, step: int, taps: list[float]) -> None:
+    """``out[i] = sum_t taps[t] * src[t + step * i]`` for ``i < count`` along ``dim``, written into ``out``.
+
+    The products are summed in tap order (one multiply, then multiply-adds), so
+    any split of the outputs into pieces gives the same values bit for bit.
+    """
+    for t, k in enumerate(taps):
+        tap = src.narrow(dim, t, step * (count - 1) + 1)
+        if step > 1:
+            tap = _along(tap, dim, slice(None, None, step))
+        if t == 0:
+            torch.mul(tap, k, out=out)
+        else:
+            out.add_(tap, alpha=k)
+
+
 def _reduce_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Every second sample of the Burt-blurred signal along ``dim`` (reflected borders), computed directly."""
+    """Every second sample of the Burt-blurred signal along ``dim`` (reflected borders), computed directly.
+
+    With the signal reflected as ``x2 x1 | x0 ... x(n-1) | x(n-2) x(n-3)``,
+    output ``j`` sums taps on padded samples ``2j .. 2j+4``. The outputs whose
+    five samples all lie inside ``x`` (``1 <= j <= J``) read ``x`` itself; only
+    the first and the last one or two are computed on small reflected pieces,
+    so no padded copy of the image is made.
+    """
     n = x.shape[dim]
     m = (n + 1) // 2
-    left = x.narrow(dim, 1, 2).flip(dim)  # x[2], x[1]
-    right = x.narrow(dim, n - 3, 2).flip(dim)  # x[n-2], x[n-3]
-    p = torch.cat([left, x, right], dim)
-    out = None
-    for t, k in enumerate(_K):
-        tap = p.narrow(dim, t, 2 * m - 1)
-        tap = tap[(slice(None),) * (dim % p.ndim) + (slice(None, None, 2),)]
-        out = tap * k if out is None else out.add_(tap, alpha=k)
-    assert out is not None
+    inner = (n - 3) // 2  # outputs 1..inner read x[2j-2 .. 2j+2] directly
+    shape = list(x.shape)
+    shape[dim] = m
+    out = torch.empty(shape, device=x.device, dtype=x.dtype)
+    if inner >= 1:
+        _taps_into(out.narrow(dim, 1, inner), x, dim, inner, 2, _K)
+    else:
+        inner = 0
+    head = torch.cat([x.narrow(dim, 1, 2).flip(dim), x.narrow(dim, 0, 3)], dim)  # x2 x1 x0 x1 x2
+    _taps_into(out.narrow(dim, 0, 1), head, dim, 1, 2, _K)
+    last = m - 1 - inner  # outputs after the inner ones (and after output 0)
+    if last > 0:
+        first = 2 * inner  # padded sample 2(inner+1) is x[2 inner]
+        tail = torch.cat([x.narrow(dim, first, n - first), x.narrow(dim, n - 3, 2).flip(dim)], dim)
+        _taps_into(out.narrow(dim, inner + 1, last), tail, dim, last, 2, _K)
     return out
 
 
@@ -67,22 +101,25 @@ def _expand_axis(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     outputs, taps 1, 6, 1 on three input samples and, at odd outputs, taps 4, 4
     on two; with reflected borders the insertion mask filters to 1/2
     everywhere, so the normalisation is a factor 2. Equal to
-    :func:`_expand_reference` up to float rounding.
+    :func:`_expand_reference` up to float rounding. Both phases are written
+    straight into the output's even and odd samples; only the two ends are
+    computed on small reflected pieces.
     """
     n = x.shape[dim]
-    tail = x.narrow(dim, n - 1 if length % 2 == 0 else n - 2, 1)
-    xe = torch.cat([x.narrow(dim, 1, 1), x, tail], dim)  # x[1], x[0..n-1], reflected tail
-    even = xe.narrow(dim, 0, n) * (2 * _K[0])
-    even.add_(xe.narrow(dim, 1, n), alpha=2 * _K[2]).add_(xe.narrow(dim, 2, n), alpha=2 * _K[4])
-    n_odd = length // 2
-    odd = xe.narrow(dim, 1, n_odd) * (2 * _K[1])
-    odd.add_(xe.narrow(dim, 2, n_odd), alpha=2 * _K[3])
     shape = list(x.shape)
     shape[dim] = length
     out = torch.empty(shape, device=x.device, dtype=x.dtype)
-    index = (slice(None),) * (dim % x.ndim)
-    out[index + (slice(0, None, 2),)] = even
-    out[index + (slice(1, None, 2),)] = odd
+    even, odd = _along(out, dim, slice(0, None, 2)), _along(out, dim, slice(1, None, 2))
+    even_taps, odd_taps = [2 * _K[0], 2 * _K[2], 2 * _K[4]], [2 * _K[1], 2 * _K[3]]
+    tail = x.narrow(dim, n - 1 if length % 2 == 0 else n - 2, 1)  # the sample reflected past the end
+    if n >= 3:
+        _taps_into(even.narrow(dim, 1, n - 2), x, dim, n - 2, 1, even_taps)
+    _taps_into(even.narrow(dim, 0, 1), torch.cat([x.narrow(dim, 1, 1), x.narrow(dim, 0, 2)], dim), dim, 1, 1, even_taps)
+    ends = torch.cat([x.narrow(dim, n - 2, 2), tail], dim)  # n >= 2 (smaller inputs take the reference path)
+    _taps_into(even.narrow(dim, n - 1, 1), ends, dim, 1, 1, even_taps)
+    _taps_into(odd.narrow(dim, 0, n - 1), x, dim, n - 1, 1, odd_taps)
+    if length // 2 == n:
+        _taps_into(odd.narrow(dim, n - 1, 1), torch.cat([x.narrow(dim, n - 1, 1), tail], dim), dim, 1, 1, odd_taps)
     return out
 
 
@@ -191,7 +228,8 @@ def blend_in_pyramid(
     weight map and summed over slices, then collapsed: the multiresolution
     spline of Burt & Adelson (1983), as used by Mertens et al.'s exposure
     fusion. Streams one slice, one channel and one level at a time, so memory
-    is the fused pyramid plus a few planes. Weights are used as given (normalise
+    is the fused pyramid plus a few planes; ``stack[k]`` is read once per slice
+    (``stack`` may be a :class:`~napari_fusion._inputs.ScaledSlices` view). Weights are used as given (normalise
     them first if they should sum to 1). ``progress(k)`` is called after slice ``k``.
 
     With ``coarse`` ``(C, h_m, w_m)``, the blend of the levels from ``m = levels``
@@ -204,14 +242,15 @@ def blend_in_pyramid(
     n_pyr = levels if coarse is None else levels + 1
     for k in range(n):
         wpyr = list(iter_gaussian_levels(weights[k], levels))
+        image = stack[k]  # read once: ``stack`` may be a slice view that converts on reading
         for ch in range(c):
-            for level, band in enumerate(iter_laplacian_levels(stack[k, ch], n_pyr)):
+            for level, band in enumerate(iter_laplacian_levels(image[ch], n_pyr)):
                 if level == levels:  # level m itself: the coarse part's
                     break
                 if k == 0 and ch == 0:
                     fused_pyr.append(torch.zeros((c, *band.shape), dtype=band.dtype, device=band.device))
                 fused_pyr[level][ch].addcmul_(band, wpyr[level])
-        del wpyr
+        del wpyr, image
         if progress is not None:
             progress(k)
     fused = torch.empty((c, h, w), dtype=stack.dtype, device=stack.device)
