@@ -58,8 +58,8 @@ WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
     "average": (1.5, 1.0),  # measured: grey 2.12, RGB 1.60 per stack element
     "csc_ivfn": (8.0, 48.0),  # guess (> 60 s even at 4x512x512)
     "csc_mefn": (10.0, 0.0),  # measured: grey 6.89, RGB 8.32
-    "focus_measure": (0.25, 5.75),  # measured: grey 5.07, RGB 1.63 (a: +0.25 after a 138 MiB repeat of the RGB case)
-    "focus_pyramid": (1.25, 4.25),  # measured: grey 4.81, RGB 2.26
+    "focus_measure": (0.0, 4.5),  # measured: grey 3.88, RGB 1.26 (slice view: no float32 stack copy)
+    "focus_pyramid": (0.0, 4.25),  # measured: grey 3.78, RGB 1.20 (slice view: no float32 stack copy)
     "gff": (0.0, 10.0),  # measured (streaming over slices): grey 9.03, RGB 2.67
     "laplacian_pyramid": (0.0, 9.5),  # measured (streaming over slices): grey 8.45, RGB 2.09
     "li2018_vgg19": (8.0, 96.0),  # guess (VGG19 weights absent when measured; 64-channel full-size features)
