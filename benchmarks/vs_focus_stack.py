@@ -8,7 +8,8 @@ it is absent the peer rows are skipped with a message and ours still print.
 For each stack the peer and ours are run alternately ``--repeats`` times, each
 run a fresh process (process start included). Printed per case: median wall
 time, median CPU time (user + system of the child, ``os.wait4``), median peak
-RSS of the child (``ru_maxrss``), PSNR / SSIM of the fused image against the
+RSS of the child (``ru_maxrss``, measured from a small launcher process: see
+:func:`measure`), PSNR / SSIM of the fused image against the
 ground truth (synthetic stacks only), and ours / peer ratios of wall time and
 peak RSS from the same run.
 
@@ -40,6 +41,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -57,17 +59,36 @@ CASES = ("default", "focus_measure", "tiled", "align", "laplacian_pyramid", "gff
 PEER_FLAGS = ("--no-whitebalance", "--no-contrast", "--align-keep-size")
 
 
+#: Runs the command given in argv and prints its wall time and rusage as JSON (stdlib only, no site).
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+err = proc.stderr.read()
+_, status, ru = os.wait4(proc.pid, 0)
+wall = time.perf_counter() - t0
+print(json.dumps({"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss": ru.ru_maxrss / 1024,
+                  "code": os.waitstatus_to_exitcode(status), "err": err.decode(errors="replace")[-2000:]}))
+"""
+
+
 def measure(cmd: list[str]) -> dict:
-    """Run ``cmd``; wall seconds, CPU seconds (user + sys) and peak RSS (MiB) of that child."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = proc.stderr.read()
-    _, status, ru = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
-    return {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss": ru.ru_maxrss / 1024}
+    """Run ``cmd``; wall seconds, CPU seconds (user + sys) and peak RSS (MiB) of that child.
+
+    The command is started by a small launcher interpreter (``python -S``), not
+    by this process: on Linux a child's ``ru_maxrss`` is never below the RSS of
+    the process that forked it (the forked copy's high-water mark survives
+    ``exec``), so children forked from this benchmark, which holds the rendered
+    stacks, read at least this process's RSS (about 500 MiB). Through the
+    launcher, the floor is the launcher's ~10 MiB.
+    """
+    done = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *cmd], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"launcher failed for {' '.join(cmd)}: {done.stderr[-2000:]}")
+    res = json.loads(done.stdout.strip().splitlines()[-1])
+    if res["code"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({res['code']}): {res['err']}")
+    return {"wall": res["wall"], "cpu": res["cpu"], "rss": res["rss"]}
 
 
 def ours_exe() -> list[str]:

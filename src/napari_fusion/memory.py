@@ -60,12 +60,12 @@ WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
     "csc_mefn": (10.0, 0.0),  # measured: grey 6.89, RGB 8.32
     "focus_measure": (0.0, 4.5),  # measured: grey 3.88, RGB 1.26 (slice view: no float32 stack copy)
     "focus_pyramid": (0.0, 4.25),  # measured: grey 3.78, RGB 1.20 (slice view: no float32 stack copy)
-    "gff": (0.0, 10.0),  # measured (streaming over slices): grey 9.03, RGB 2.67
-    "laplacian_pyramid": (0.0, 9.5),  # measured (streaming over slices): grey 8.45, RGB 2.09
+    "gff": (0.0, 10.0),  # measured (slice view): grey 9.00, RGB 1.99
+    "laplacian_pyramid": (0.0, 6.25),  # measured (slice view): grey 5.64, RGB 1.11
     "li2018_vgg19": (8.0, 96.0),  # guess (VGG19 weights absent when measured; 64-channel full-size features)
     "liu2017_cnn": (8.0, 48.0),  # guess (> 40 s)
     "liu2017_cnn_nway": (8.0, 48.0),  # guess (> 40 s)
-    "mertens": (1.5, 2.25),  # measured (streaming over slices): grey 3.14, RGB 1.89
+    "mertens": (0.5, 2.0),  # measured (slice view): grey 2.05, RGB 0.96
     "tiis2018_fcn": (8.0, 48.0),  # guess (> 40 s)
     "veshki_cdl": (8.0, 48.0),  # guess (> 40 s)
 }

@@ -65,6 +65,7 @@ def gff_saliency(grey: torch.Tensor, *, sigma: float, radius: int) -> torch.Tens
     ),
     description="Two-scale fusion with guided-filter-refined saliency weights; a strong classical baseline.",
     halo=lambda p: 2 * (p["r1"] + p["base_radius"] + p["saliency_radius"] + 2),
+    streams_slices=True,
 )
 def fuse_gff(
     stack: torch.Tensor,
@@ -85,15 +86,16 @@ def fuse_gff(
     num_detail = torch.zeros_like(num_base)
     total_detail = torch.zeros((h, w), dtype=stack.dtype, device=stack.device)
     for k in range(n):
-        grey = _grey(stack, k)
+        image = stack[k]  # read once: ``stack`` may be a slice view that converts on reading
+        grey = _grey(image)
         p = (labels == k).to(stack.dtype)  # the binary weight map P_k
         weights[k] = guided_filter(grey, p, r1, eps1)  # normalised below, in place
         w_detail = guided_filter(grey, p, r2, eps2).clamp_min_(0)
-        base = _base_layer(stack[k], base_radius)
+        base = _base_layer(image, base_radius)
         num_base.addcmul_(base, weights[k].clamp_min(0))
-        num_detail.addcmul_(torch.sub(stack[k], base, out=base), w_detail)  # the detail layer
+        num_detail.addcmul_(torch.sub(image, base, out=base), w_detail)  # the detail layer
         total_detail += w_detail
-        del grey, p, w_detail, base
+        del image, grey, p, w_detail, base
         ctx.report(n + k + 1, 2 * n + 1, f"weights and layers of slice {k + 1}/{n}")
     total_base = weights.clamp_min_(0).sum(0)  # the total normalise_weights takes
     normalise_weights_(weights)
@@ -102,8 +104,9 @@ def fuse_gff(
     return MethodOutput(fused=fused, labels=labels, weights=weights)
 
 
-def _grey(stack: torch.Tensor, k: int) -> torch.Tensor:
-    return luminance_stack(stack[k : k + 1])[0]
+def _grey(image: torch.Tensor) -> torch.Tensor:
+    """Luminance of one ``(C, H, W)`` slice."""
+    return luminance_stack(image[None])[0]
 
 
 def _base_layer(image: torch.Tensor, radius: int) -> torch.Tensor:
@@ -117,7 +120,7 @@ def _gff_labels(stack: torch.Tensor, ctx: FusionContext, *, sigma: float, radius
     best = None
     labels = torch.zeros((h, w), dtype=torch.long, device=stack.device)
     for k in range(n):
-        s = gff_saliency(_grey(stack, k), sigma=sigma, radius=radius)
+        s = gff_saliency(_grey(stack[k]), sigma=sigma, radius=radius)
         if best is None:
             best = s
         else:
@@ -137,7 +140,10 @@ def _gff_recombine(stack, num_base, total_base, num_detail, total_detail, base_r
     fused = num_base.div_(total_base.clamp_min(eps)) + num_detail.div_(total_detail.clamp_min(eps))
     flat_base, flat_detail = ~(total_base > eps), ~(total_detail > eps)
     if bool(flat_base.any()) or bool(flat_detail.any()):
-        mean = stack.mean(0)
+        mean = stack[0].clone()  # the mean slice, summed one slice at a time
+        for k in range(1, len(stack)):
+            mean += stack[k]
+        mean /= len(stack)
         mean_base = box_filter(mean, base_radius)
         base_part = torch.where(flat_base, mean_base, num_base)
         detail_part = torch.where(flat_detail, mean - mean_base, num_detail)

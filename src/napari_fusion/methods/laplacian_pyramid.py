@@ -59,13 +59,14 @@ from ..registry import FusionContext, MethodOutput, Param, register_method
     description="Multi-scale choose-max fusion of Laplacian band-pass coefficients.",
     halo=lambda p: 4 * 2 ** (p["levels"] if p["levels"] > 0 else SPLIT_LEVEL + 1),
     collect_halo=lambda p: None if p["levels"] > 0 else 4 * 2 ** (SPLIT_LEVEL + 1),
+    streams_slices=True,
 )
 def fuse_laplacian_pyramid(stack: torch.Tensor, *, ctx: FusionContext, levels: int, window: int) -> MethodOutput:
     n, c, h, w = stack.shape
     nlev = levels or pyramid_levels(*ctx.image_shape((h, w)))
     split = 0 if levels else split_levels(nlev)
     if not split:
-        chosen, coarse, labels = _choose(stack, _luminance_of(stack), nlev, window, ctx)
+        chosen, coarse, labels = _choose(stack, _luminance, nlev, window, ctx)
         coarse /= n
     else:  # the depth follows the whole image: its coarse levels are a whole-image step
         coarse = ctx.whole_image_map(
@@ -74,7 +75,7 @@ def fuse_laplacian_pyramid(stack: torch.Tensor, *, ctx: FusionContext, levels: i
             lambda full: _fuse_coarse(full, nlev - split, window),
             scale=2**split,
         )
-        chosen, _, labels = _choose(stack, _luminance_of(stack), split + 1, window, ctx, decided=split)
+        chosen, _, labels = _choose(stack, _luminance, split + 1, window, ctx, decided=split)
     fused = torch.empty((c, h, w), dtype=stack.dtype, device=stack.device)
     for ch in range(c):  # one channel at a time: the collapse's buffers are single planes
         fused[ch] = collapse_onto(coarse[ch], [level[ch] for level in chosen])
@@ -84,23 +85,25 @@ def fuse_laplacian_pyramid(stack: torch.Tensor, *, ctx: FusionContext, levels: i
     return MethodOutput(fused=fused, labels=labels)
 
 
-def _luminance_of(stack: torch.Tensor) -> Callable[[int], torch.Tensor]:
-    return lambda k: luminance_stack(stack[k : k + 1])[0]
+def _luminance(k: int, image: torch.Tensor) -> torch.Tensor:
+    """Luminance of slice ``k``, read as the ``(C, H, W)`` ``image``."""
+    return luminance_stack(image[None])[0]
 
 
 def coarse_inputs(stack: torch.Tensor, level: int) -> torch.Tensor:
     """``(N, C + 1, h, w)``: every slice's channels and luminance at Gaussian-pyramid ``level``."""
-    lum = _luminance_of(stack)
-    return torch.stack(
-        [torch.cat([gaussian_level(stack[k], level), gaussian_level(lum(k), level)[None]]) for k in range(len(stack))]
-    )
+    levels = []
+    for k in range(len(stack)):
+        image = stack[k]  # read once: ``stack`` may be a slice view that converts on reading
+        levels.append(torch.cat([gaussian_level(image, level), gaussian_level(_luminance(k, image), level)[None]]))
+    return torch.stack(levels)
 
 
 def _fuse_coarse(full: torch.Tensor, nlev: int, window: int) -> torch.Tensor:
     """``(C, h, w)``: the fusion of the levels from the split on (the whole image's
     :func:`coarse_inputs`), collapsed to the split level."""
     stack = full[:, :-1]
-    chosen, coarse, _ = _choose(stack, lambda k: full[k, -1], nlev, window, None, decided=nlev - 1)
+    chosen, coarse, _ = _choose(stack, lambda k, image: full[k, -1], nlev, window, None, decided=nlev - 1)
     coarse /= stack.shape[0]
     out = torch.empty((stack.shape[1], *stack.shape[-2:]), dtype=stack.dtype, device=stack.device)
     for ch in range(out.shape[0]):
@@ -110,7 +113,7 @@ def _fuse_coarse(full: torch.Tensor, nlev: int, window: int) -> torch.Tensor:
 
 def _choose(
     stack: torch.Tensor,
-    lum: Callable[[int], torch.Tensor],
+    lum: Callable[[int, torch.Tensor], torch.Tensor],
     nlev: int,
     window: int,
     ctx: FusionContext | None,
@@ -131,12 +134,13 @@ def _choose(
     coarse: torch.Tensor | None = None  # running sum of the coarsest levels
     labels = torch.zeros((h, w), dtype=torch.long, device=stack.device)
     for k in range(n):
-        gbands = list(iter_laplacian_levels(lum(k), nlev))
+        image = stack[k]  # read once: ``stack`` may be a slice view that converts on reading
+        gbands = list(iter_laplacian_levels(lum(k, image), nlev))
         wins = _choose_max(gbands, best, window, decided)
         if wins:
             labels.masked_fill_(wins[0], k)
         for ch in range(c):
-            bands = gbands if c == 1 else iter_laplacian_levels(stack[k, ch], nlev)
+            bands = gbands if c == 1 else iter_laplacian_levels(image[ch], nlev)
             for level, band in enumerate(bands):
                 if level == nlev - 1:
                     if coarse is None:
@@ -146,7 +150,7 @@ def _choose(
                 if k == 0 and ch == 0:
                     chosen.append(torch.empty((c, *band.shape), dtype=band.dtype, device=band.device))
                 chosen[level][ch] = torch.where(wins[level], band, chosen[level][ch])
-        del gbands, wins
+        del image, gbands, wins
         if ctx is not None:
             ctx.report(k + 1, n + 1, f"pyramid of slice {k + 1}/{n}")
     assert coarse is not None

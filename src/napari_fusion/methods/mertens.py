@@ -77,6 +77,7 @@ def coarse_inputs(stack: torch.Tensor, weights: torch.Tensor, level: int) -> tor
     colour="native",
     halo=lambda p: 4 * 2 ** (p["levels"] if p["levels"] > 0 else SPLIT_LEVEL + 1),
     collect_halo=lambda p: None if p["levels"] > 0 else 4 * 2 ** (SPLIT_LEVEL + 1),
+    streams_slices=True,
 )
 def fuse_mertens(
     stack: torch.Tensor,
@@ -92,7 +93,7 @@ def fuse_mertens(
     weights = torch.empty((n, h, w), dtype=stack.dtype, device=stack.device)
     for k in range(n):
         weights[k] = mertens_weights(
-            stack[k : k + 1], contrast=contrast, saturation=saturation, exposedness=exposedness, sigma=sigma
+            stack[k][None], contrast=contrast, saturation=saturation, exposedness=exposedness, sigma=sigma
         )[0]
         ctx.report(k + 1, 2 * n + 1, f"weights of slice {k + 1}/{n}")
     normalise_weights_(weights)
