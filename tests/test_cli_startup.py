@@ -115,3 +115,21 @@ def test_methods_listing_is_torch_free_and_matches_the_registry():
     # the snapshot the listing reads must equal the live registry (regenerate with
     # `python -m napari_fusion.cli.methods` after changing a method's metadata)
     assert read_catalogue() == json.loads(json.dumps(live_catalogue()))
+
+
+def test_a_classical_fusion_does_not_import_scipy_ndimage():
+    """``scipy.ndimage`` takes ~0.5 s to import; only the steps that need it (region removal,
+    alignment, simulation) import it, so a plain ``fuse`` run does not pay for it."""
+    probe = (
+        "import sys, numpy as np, napari_fusion as nf\n"
+        "rng = np.random.default_rng(0)\n"
+        "nf.fuse([rng.random((32, 32)).astype('float32') for _ in range(3)], method='focus_pyramid', device='cpu')\n"
+        "before = 'scipy.ndimage' in sys.modules\n"
+        "import torch\n"
+        "from napari_fusion.ops.regions import remove_small_regions\n"
+        "remove_small_regions(torch.zeros(8, 8, dtype=torch.long), 4)\n"
+        "print(before, 'scipy.ndimage' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "True"]  # the control: region removal does import it

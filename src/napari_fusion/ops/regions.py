@@ -2,13 +2,14 @@
 
 Connected-component labelling has no torch primitive, so this runs on the
 CPU with SciPy; the decision maps it cleans are small compared with images.
+SciPy is imported on first use: ``scipy.ndimage`` takes about 0.5 s to import,
+and most runs (every tile-free classical method) never need it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 
 def remove_small_regions(labels: torch.Tensor, min_area: int) -> torch.Tensor:
@@ -23,6 +24,8 @@ def remove_small_regions(labels: torch.Tensor, min_area: int) -> torch.Tensor:
     """
     if min_area <= 1:
         return labels.clone()
+    from scipy import ndimage
+
     lab = labels.detach().cpu().numpy()
     keep = np.zeros(lab.shape, dtype=bool)
     for value in np.unique(lab):
