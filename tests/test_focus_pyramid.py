@@ -111,3 +111,16 @@ def test_no_patchwork_on_real_dapi_stack(dataset):
     assert boundary_gradient_excess(old.fused, old.labels) > 0.2  # control: the measure sees seams
     # background heights: smooth (a narrow range), where the old default jumps end to end
     assert float(np.ptp(new.height)) < 0.5 * float(np.ptp(old.height))
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 7), (4, 33, 9), (7, 40, 3), (20, 3, 300)])
+def test_blocked_median_equals_torch_median(monkeypatch, shape):
+    """The noise floor's median is taken per block of rows (no whole-stack transposed copy); blocks
+    of a few pixels give torch's median bit for bit, ties and even counts included."""
+    from napari_fusion.methods import focus_pyramid as fp
+
+    focus = torch.randint(0, 5, shape, generator=torch.Generator().manual_seed(2)).float()  # many ties
+    expected = focus.median(dim=0).values
+    for pixels in (1, 10, 1 << 16):
+        monkeypatch.setattr(fp, "MEDIAN_BLOCK_PIXELS", pixels)
+        assert torch.equal(fp.median_over_slices(focus), expected)

@@ -103,3 +103,16 @@ def test_a_streaming_method_that_indexes_the_whole_stack_fails_clearly():
 def test_streams_slices_needs_an_nway_method():
     with pytest.raises(ValueError, match="nway"):
         register_method(name="_test_pair_streamer", title="t", tasks=("multi-focus",), mode="pairwise", streams_slices=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_restore_scales_a_copy_never_the_methods_tensor(dtype):
+    """``restore`` scales one float64 buffer in place; a float64 result is copied first, so the
+    method's own tensor (a tile may still be read) is never changed."""
+    prepared = _inputs.prepare(_stack("uint16"))
+    fused = torch.rand(1, 72, 80, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    before = fused.clone()
+    out = prepared.restore(fused)
+    assert torch.equal(fused, before)
+    expected = np.rint(np.clip(before.double().numpy()[0] * prepared.scale + prepared.offset, prepared.low, prepared.high))
+    np.testing.assert_array_equal(out, expected.astype(np.uint16))

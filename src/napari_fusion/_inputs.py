@@ -59,10 +59,15 @@ class PreparedStack:
 
     def restore(self, fused: torch.Tensor) -> np.ndarray:
         """Map a fused ``(C, H, W)`` tensor back to the input dtype, range and layout."""
-        out = fused.detach().to("cpu", torch.float64).numpy() * self.scale + self.offset
-        out = np.clip(out, self.low, self.high)
+        t = fused.detach().to("cpu", torch.float64)
+        if t.data_ptr() == fused.data_ptr():  # already float64 on the CPU: never scale the caller's tensor
+            t = t.clone()
+        out = t.numpy()  # scaled in place below: one float64 buffer
+        out *= self.scale
+        out += self.offset
+        np.clip(out, self.low, self.high, out=out)
         if np.issubdtype(self.dtype, np.integer):
-            out = np.rint(out)
+            np.rint(out, out=out)
         out = out.astype(self.dtype)
         if self.colour:
             return np.ascontiguousarray(np.moveaxis(out, 0, -1))
