@@ -102,7 +102,9 @@ def test_a_streaming_method_that_indexes_the_whole_stack_fails_clearly():
 
 def test_streams_slices_needs_an_nway_method():
     with pytest.raises(ValueError, match="nway"):
-        register_method(name="_test_pair_streamer", title="t", tasks=("multi-focus",), mode="pairwise", streams_slices=True)
+        register_method(
+            name="_test_pair_streamer", title="t", tasks=("multi-focus",), mode="pairwise", streams_slices=True
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -114,5 +116,7 @@ def test_restore_scales_a_copy_never_the_methods_tensor(dtype):
     before = fused.clone()
     out = prepared.restore(fused)
     assert torch.equal(fused, before)
-    expected = np.rint(np.clip(before.double().numpy()[0] * prepared.scale + prepared.offset, prepared.low, prepared.high))
+    expected = np.rint(
+        np.clip(before.double().numpy()[0] * prepared.scale + prepared.offset, prepared.low, prepared.high)
+    )
     np.testing.assert_array_equal(out, expected.astype(np.uint16))

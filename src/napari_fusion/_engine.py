@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._inputs import PreparedStack
+from ._inputs import PreparedStack, ScaledSlices
 from ._zpositions import check_z_positions, check_z_step
 from .registry import FusionContext, MethodOutput, MethodSpec
 from .results import FusionResult
@@ -30,11 +30,19 @@ from .results import FusionResult
 # --------------------------------------------------------------------------- running a method
 
 
-def run_method(spec: MethodSpec, stack: torch.Tensor, *, ctx: FusionContext, params: dict[str, Any]) -> MethodOutput:
-    """Run ``spec`` on a prepared ``(N, C, H, W)`` tensor, folding pairwise methods over N."""
+def run_method(
+    spec: MethodSpec, stack: torch.Tensor | ScaledSlices, *, ctx: FusionContext, params: dict[str, Any]
+) -> MethodOutput:
+    """Run ``spec`` on a prepared ``(N, C, H, W)`` tensor, folding pairwise methods over N.
+
+    A :class:`~._inputs.ScaledSlices` view is given only to N-way methods registered with
+    ``streams_slices=True`` (``register_method`` refuses it for pairwise ones).
+    """
     n = stack.shape[0]
     if spec.mode == "nway" or n == 2:
         return spec.run(stack, ctx=ctx, **params)
+    if not isinstance(stack, torch.Tensor):
+        raise TypeError("pairwise methods are folded over a materialised stack, not a slice view")
     return fold_pairwise(spec, stack, ctx=ctx, params=params)
 
 
