@@ -36,6 +36,11 @@ Examples::
 
     FOCUS_STACK_BIN=/tmp/fs/focus-stack python benchmarks/vs_focus_stack.py
     python benchmarks/vs_focus_stack.py --sizes 1024x10 --repeats 3 --cases default gff
+    python benchmarks/vs_focus_stack.py --rev b3a71ca --cases default pcb   # before/after, same run
+
+``--rev REV`` adds a row "ours@REV": the code of that git revision (its ``src/``
+extracted with ``git archive``, run with ``PYTHONPATH`` pointing there),
+alternated with the others, so a change is measured against its parent in one run.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ print(json.dumps({"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss": ru.ru_m
 """
 
 
-def measure(cmd: list[str]) -> dict:
+def measure(cmd: list[str], env: dict | None = None) -> dict:
     """Run ``cmd``; wall seconds, CPU seconds (user + sys) and peak RSS (MiB) of that child.
 
     The command is started by a small launcher interpreter (``python -S``), not
@@ -81,7 +86,7 @@ def measure(cmd: list[str]) -> dict:
     stacks, read at least this process's RSS (about 500 MiB). Through the
     launcher, the floor is the launcher's ~10 MiB.
     """
-    done = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *cmd], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *cmd], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"launcher failed for {' '.join(cmd)}: {done.stderr[-2000:]}")
     res = json.loads(done.stdout.strip().splitlines()[-1])
@@ -127,9 +132,9 @@ def render(size: int, n: int, folder: Path) -> np.ndarray:
     return np.tile(st.ground_truth, tile)[:size, :size]
 
 
-def case_command(case: str, src: Path, out: Path) -> tuple[list[str], Path]:
+def case_command(case: str, src: Path, out: Path, exe: list[str] | None = None) -> tuple[list[str], Path]:
     """Our command line for ``case`` on the stack folder ``src``, and the fused image it writes."""
-    exe = ours_exe()
+    exe = exe or ours_exe()
     if case == "tiled":
         fused = out / "ours.tif"
         return exe + [
@@ -166,28 +171,48 @@ def quality(path: Path | None, truth: np.ndarray | None) -> tuple[float, float]:
     return float(psnr), float(ssim)
 
 
-def run_pair(case: str, src: Path, truth, peer: str | None, repeats: int, work: Path) -> dict:
-    """Alternate peer and ours ``repeats`` times on one stack; medians + quality per tool."""
+def extract_rev(rev: str, work: Path) -> Path:
+    """``src/`` of git revision ``rev`` extracted (``git archive``, nothing checked out); its path."""
+    import tarfile
+
+    dest = work / f"rev_{rev}"
+    if not dest.exists():
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"], capture_output=True)
+        if tar.returncode != 0:
+            raise SystemExit(f"git archive {rev} failed: {tar.stderr.decode(errors='replace')}")
+        dest.mkdir(parents=True)
+        with tarfile.open(fileobj=__import__("io").BytesIO(tar.stdout)) as tf:
+            tf.extractall(dest, filter="data")
+    return dest / "src"
+
+
+def run_pair(
+    case: str, src: Path, truth, peer: str | None, repeats: int, work: Path, rev: tuple[str, Path] | None = None
+) -> dict:
+    """Alternate peer, ours (and ours at ``rev``) ``repeats`` times on one stack; medians + quality per tool."""
     out = work / f"out_{case}_{src.name}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    ours_cmd, ours_out = case_command(case, src, out)
+    commands = {"ours": case_command(case, src, out) + (None,)}
+    if rev is not None:
+        (out / "rev").mkdir()
+        env = dict(os.environ, PYTHONPATH=str(rev[1]))
+        old_cmd, old_out = case_command(case, src, out / "rev", [sys.executable, "-m", "napari_fusion.cli"])
+        commands[f"ours@{rev[0]}"] = (old_cmd, old_out, env)
     files = sorted(p for p in src.iterdir() if p.is_file())
     peer_out = out / "peer.png"
-    peer_cmd = [peer, f"--output={peer_out}", *PEER_FLAGS, *map(str, files)] if peer else None
-    runs: dict[str, list[dict]] = {"ours": [], "focus-stack": []}
+    if peer:
+        commands["focus-stack"] = ([peer, f"--output={peer_out}", *PEER_FLAGS, *map(str, files)], peer_out, None)
+    runs: dict[str, list[dict]] = {tool: [] for tool in commands}
     for _ in range(repeats):
-        if peer_cmd:
-            runs["focus-stack"].append(measure(peer_cmd))
-        if case == "align":
-            shutil.rmtree(out / "batch", ignore_errors=True)
-        runs["ours"].append(measure(ours_cmd))
+        for tool, (cmd, fused, env) in commands.items():
+            if case == "align" and tool != "focus-stack":
+                shutil.rmtree(fused / "batch", ignore_errors=True)
+            runs[tool].append(measure(cmd, env))
     rows = {}
     for tool, rs in runs.items():
-        if not rs:
-            continue
         row = {k: statistics.median(r[k] for r in rs) for k in ("wall", "cpu", "rss")}
-        row["psnr"], row["ssim"] = quality(ours_out if tool == "ours" else peer_out, truth)
+        row["psnr"], row["ssim"] = quality(commands[tool][1], truth)
         rows[tool] = row
     return rows
 
@@ -196,7 +221,7 @@ def print_rows(label: str, case: str, rows: dict) -> None:
     peer = rows.get("focus-stack")
     for tool, r in rows.items():
         ratio = ""
-        if tool == "ours" and peer:
+        if tool.startswith("ours") and peer:
             ratio = f"{r['wall'] / peer['wall']:6.2f}x {r['rss'] / peer['rss']:6.2f}x"
         print(
             f"{label:<14} {case:<18} {tool:<12} {r['wall']:8.2f} {r['cpu']:8.2f} {r['rss']:9.0f} "
@@ -227,6 +252,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="alternating runs per tool and case (median)")
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     ap.add_argument("--workdir", type=Path, help="keep inputs/outputs here (default: a temporary folder)")
+    ap.add_argument("--rev", help="also run our code at this git revision (its src/ via git archive), alternated")
     args = ap.parse_args(argv)
     peer = peer_binary()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="vs_focus_stack_"))
@@ -237,6 +263,7 @@ def main(argv=None) -> int:
         f"{'PSNR':>7} {'SSIM':>6}  ours/peer time, RSS"
     )
     fixed_overhead(work, args.repeats)
+    rev = (args.rev, extract_rev(args.rev, work)) if args.rev else None
     synthetic = [c for c in args.cases if c != "pcb"]
     for spec in args.sizes if synthetic else []:
         size, n = (int(v) for v in spec.lower().split("x"))
@@ -244,7 +271,7 @@ def main(argv=None) -> int:
         truth = render(size, n, src)
         for case in synthetic:
             try:
-                print_rows(f"{size}^2x{n}", case, run_pair(case, src, truth, peer, args.repeats, work))
+                print_rows(f"{size}^2x{n}", case, run_pair(case, src, truth, peer, args.repeats, work, rev))
             except RuntimeError as exc:  # one failing case does not hide the others
                 print(f"{size}^2x{n} {case}: FAILED: {exc}", flush=True)
     if "pcb" in args.cases:
@@ -252,7 +279,7 @@ def main(argv=None) -> int:
             src = work / "pcb"
             if not src.exists():
                 shutil.copytree(PCB_DIR, src, ignore=shutil.ignore_patterns("reference"))
-            print_rows("pcb 7x2048", "pcb", run_pair("pcb", src, None, peer, args.repeats, work))
+            print_rows("pcb 7x2048", "pcb", run_pair("pcb", src, None, peer, args.repeats, work, rev))
         else:
             print(f"PCB stack not found at {PCB_DIR}: pcb case skipped")
     if args.workdir is None:
