@@ -94,17 +94,16 @@ def _separable_blocked(x4: torch.Tensor, taps: list[float], border: str) -> torc
     """
     r = len(taps) // 2
     b, _, h, w = x4.shape
-    padded = _pad(_pad(x4, (r, r, 0, 0), border), (0, 0, r, r), border)
-    out = torch.empty((b, 1, h, w), dtype=x4.dtype, device=x4.device)
-    rows = max(1, min(h, FILTER_BLOCK_ELEMENTS // max(1, w + 2 * r)))
-    scratch = torch.empty((rows + 2 * r, w), dtype=x4.dtype, device=x4.device)
-    for i in range(b):
-        plane = padded[i, 0]
-        for r0 in range(0, h, rows):
-            n = min(rows, h - r0)
-            across = _shifted_sum(plane.narrow(0, r0, n + 2 * r), taps, w, 1, out=scratch[: n + 2 * r])
-            _shifted_sum(across, taps, n, 0, out=out[i, 0, r0 : r0 + n])
-    return out
+    planes = _pad(_pad(x4, (r, r, 0, 0), border), (0, 0, r, r), border)[:, 0]  # (B, H + 2r, W + 2r)
+    out = torch.empty((b, h, w), dtype=x4.dtype, device=x4.device)
+    # a block holds the same rows of every plane: many small planes (a batch of patches) stay one block
+    rows = max(1, min(h, FILTER_BLOCK_ELEMENTS // max(1, b * (w + 2 * r))))
+    scratch = torch.empty((b, rows + 2 * r, w), dtype=x4.dtype, device=x4.device)
+    for r0 in range(0, h, rows):
+        n = min(rows, h - r0)
+        across = _shifted_sum(planes.narrow(1, r0, n + 2 * r), taps, w, 2, out=scratch[:, : n + 2 * r])
+        _shifted_sum(across, taps, n, 1, out=out[:, r0 : r0 + n])
+    return out[:, None]
 
 
 def separable_filter(x: torch.Tensor, kernel: torch.Tensor, *, border: str = "reflect") -> torch.Tensor:
