@@ -197,6 +197,26 @@ def test_polyphase_reduce_and_expand_equal_the_definitions(shape):
     np.testing.assert_allclose(P._expand(small, shape), P._expand_reference(small, shape), atol=1e-6)
 
 
+@pytest.mark.parametrize("radius", [1, 2, 7, 45])
+@pytest.mark.parametrize("border", ["reflect", "replicate", "zeros"])
+def test_box_filter_window_sums_equal_the_zero_padded_form(radius, border):
+    """The box filter takes window sums from running sums without padding them with a zero row
+    and column: the same values bit for bit as the padded form (and a box of constant is constant)."""
+    import torch.nn.functional as F
+
+    from napari_fusion.ops.filters import _pad, box_filter
+
+    x = torch.rand(2, 40, 33, generator=torch.Generator().manual_seed(radius))
+    k = 2 * radius + 1
+    c = _pad(x.double()[:, None], (radius,) * 4, border).cumsum(-1)
+    c = F.pad(c, (1, 0))
+    c = (c[..., k:] - c[..., :-k]).cumsum(-2)
+    c = F.pad(c, (0, 0, 1, 0))
+    expected = ((c[..., k:, :] - c[..., :-k, :]) / (k * k)).float()[:, 0]
+    assert torch.equal(box_filter(x, radius, border=border), expected)
+    np.testing.assert_allclose(box_filter(torch.full((30, 30), 0.25), radius, border="reflect"), 0.25, atol=1e-7)
+
+
 def _padded_reduce_axis(x, dim, taps):
     """Burt reduce along ``dim`` on an explicitly reflected copy (the form before the copy-free one)."""
     n = x.shape[dim]

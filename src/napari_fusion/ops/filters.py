@@ -48,13 +48,18 @@ def box_filter(x: torch.Tensor, radius: int, *, border: str = "reflect") -> torc
     work = x4.double() if x4.device.type == "cpu" else x4.float()
     p = _pad(work, (radius, radius, radius, radius), border)
     k = 2 * radius + 1
-    c = p.cumsum(-1)
-    c = F.pad(c, (1, 0))
-    c = c[..., k:] - c[..., :-k]
-    c = c.cumsum(-2)
-    c = F.pad(c, (0, 0, 1, 0))
-    c = c[..., k:, :] - c[..., :-k, :]
+    c = _window_sums(p.cumsum(-1), k, -1)
+    c = _window_sums(c.cumsum(-2), k, -2)
     return (c / (k * k)).to(dtype).reshape(shape)
+
+
+def _window_sums(c: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """Sums of ``k`` consecutive samples along ``dim`` from the running sums ``c``: ``c[j + k - 1] -
+    c[j - 1]`` (the first window is ``c[k - 1]`` itself), without padding ``c`` with a zero."""
+    n = c.shape[dim] - k + 1
+    out = c.narrow(dim, k - 1, n).clone()
+    out.narrow(dim, 1, n - 1).sub_(c.narrow(dim, 0, n - 1))
+    return out
 
 
 def gaussian_kernel1d(sigma: float, radius: int | None = None, *, device=None, dtype=torch.float32):
