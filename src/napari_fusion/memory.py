@@ -1,7 +1,9 @@
 """Predicting the memory an in-memory (untiled) fusion needs, before allocating it.
 
 :func:`napari_fusion.fuse` on numpy inputs converts the whole stack to
-float32 and runs the method on all of it at once. A stack too large for the
+float32 and runs the method on all of it at once (methods registered with
+``streams_slices=True`` convert one slice at a time instead; their factors
+are small). A stack too large for the
 machine used to die deep inside numpy or torch after a long wait; now
 ``fuse`` first compares :func:`estimate_peak_bytes` with
 :func:`available_memory` and, when the stack does not fit, either fuses it
