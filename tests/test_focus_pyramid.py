@@ -124,3 +124,24 @@ def test_blocked_median_equals_torch_median(monkeypatch, shape):
     for pixels in (1, 10, 1 << 16):
         monkeypatch.setattr(fp, "MEDIAN_BLOCK_PIXELS", pixels)
         assert torch.equal(fp.median_over_slices(focus), expected)
+
+
+def test_derived_halo_tiles_exactly_and_the_filters_alone_do_not(small_focal_stack):
+    """focus_pyramid's halo is its filters' reach plus the pyramid blend's derived reach
+    (2 * 2**levels - 4): tiles then equal the untiled result to float rounding; with half the
+    filters' reach they do not (the control; the error falls about 10x per 8 px of halo)."""
+    import math
+
+    from napari_fusion import fuse, tiling
+    from napari_fusion.registry import get_method
+
+    images = [s.astype(np.float32) / 255 for s in small_focal_stack.slices]
+    spec = get_method("focus_pyramid")
+    p = spec.defaults()
+    filters = math.ceil(3 * p["prefilter"]) + 1 + math.ceil(3 * p["smooth"]) + math.ceil(3 * p["feather"])
+    assert spec.halo_for(p) == filters + 2 * 2 ** p["levels"] - 4
+    ref = fuse(images, "focus_pyramid", device="cpu")
+    tiled = tiling.fuse_lazy(images, "focus_pyramid", device="cpu", chunks=40).compute()
+    assert np.abs(tiled.fused - ref.fused).max() < 1e-6
+    short = tiling.fuse_lazy(images, "focus_pyramid", device="cpu", chunks=40, halo=filters // 2).compute()
+    assert np.abs(short.fused - ref.fused).max() > 1e-5
