@@ -70,7 +70,7 @@ def _reduce_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
 
     With the signal reflected as ``x2 x1 | x0 ... x(n-1) | x(n-2) x(n-3)``,
     output ``j`` sums taps on padded samples ``2j .. 2j+4``. The outputs whose
-    five samples all lie inside ``x`` (``1 <= j <= J``) read ``x`` itself; only
+    five samples all lie inside ``x`` (``1 <= j <= inner``) read ``x`` itself; only
     the first and the last one or two are computed on small reflected pieces,
     so no padded copy of the image is made.
     """
