@@ -25,12 +25,11 @@ import json
 import math
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _revisions import extract_src
 
 
 def _read(path: Path):
@@ -74,13 +73,10 @@ def time_metrics(case: Path, fused_name: str, names: list[str], repeat: int, thr
 def _time_revision(rev: str, args, names: list[str]) -> dict:
     """Run this script with ``--json`` on the ``src/`` of git revision ``rev``."""
     with tempfile.TemporaryDirectory() as tmp:
-        tar = Path(tmp) / "src.tar"
-        subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(tar), rev, "src"], check=True)
-        with tarfile.open(tar) as tf:
-            tf.extractall(tmp, filter="data")
+        src = extract_src(rev, Path(tmp))
         cmd = [sys.executable, __file__, "--json", "--case", str(args.case), "--fused", args.fused]
         cmd += ["--metrics", ",".join(names), "--repeat", str(args.repeat), "--threads", str(args.threads)]
-        env = {"PYTHONPATH": str(Path(tmp) / "src"), "PATH": "/usr/bin:/bin"}
+        env = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}
         res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(res.stdout)
 

@@ -16,16 +16,15 @@ Single process, torch's default threads. The machine is shared: compare columns 
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _revisions import extract_src
 
 CASES = [
     ("gaussian sigma 1, 2048^2", "gauss", (2048, 2048), 1.0),
@@ -69,18 +68,10 @@ def measure(repeat: int) -> dict[str, float]:
 
 def measure_rev(rev: str, repeat: int) -> dict[str, float]:
     """:func:`measure` for the code of git revision ``rev``, in a subprocess."""
-    tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"], capture_output=True)
-    if tar.returncode != 0:
-        raise SystemExit(f"git archive {rev} failed: {tar.stderr.decode(errors='replace')}")
     with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as tf:
-            tf.extractall(tmp, filter="data")
-        env = {"PYTHONPATH": str(Path(tmp) / "src")}
+        env = dict(os.environ, PYTHONPATH=str(extract_src(rev, Path(tmp))))
         done = subprocess.run(
-            [sys.executable, __file__, "--child", "--repeat", str(repeat)],
-            capture_output=True,
-            text=True,
-            env={**__import__("os").environ, **env},
+            [sys.executable, __file__, "--child", "--repeat", str(repeat)], capture_output=True, text=True, env=env
         )
     if done.returncode != 0:
         raise SystemExit(f"revision {rev} failed: {done.stderr[-2000:]}")

@@ -57,6 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _revisions import extract_src
+
 ROOT = Path(__file__).resolve().parents[1]
 PCB_DIR = ROOT.parent / "shared" / "data" / "focalstack" / "pcb" / "pcb"
 CASES = ("default", "focus_measure", "tiled", "align", "laplacian_pyramid", "gff", "pcb")
@@ -171,21 +173,6 @@ def quality(path: Path | None, truth: np.ndarray | None) -> tuple[float, float]:
     return float(psnr), float(ssim)
 
 
-def extract_rev(rev: str, work: Path) -> Path:
-    """``src/`` of git revision ``rev`` extracted (``git archive``, nothing checked out); its path."""
-    import tarfile
-
-    dest = work / f"rev_{rev}"
-    if not dest.exists():
-        tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"], capture_output=True)
-        if tar.returncode != 0:
-            raise SystemExit(f"git archive {rev} failed: {tar.stderr.decode(errors='replace')}")
-        dest.mkdir(parents=True)
-        with tarfile.open(fileobj=__import__("io").BytesIO(tar.stdout)) as tf:
-            tf.extractall(dest, filter="data")
-    return dest / "src"
-
-
 def run_pair(
     case: str, src: Path, truth, peer: str | None, repeats: int, work: Path, rev: tuple[str, Path] | None = None
 ) -> dict:
@@ -263,7 +250,7 @@ def main(argv=None) -> int:
         f"{'PSNR':>7} {'SSIM':>6}  ours/peer time, RSS"
     )
     fixed_overhead(work, args.repeats)
-    rev = (args.rev, extract_rev(args.rev, work)) if args.rev else None
+    rev = (args.rev, extract_src(args.rev, work / f"rev_{args.rev}")) if args.rev else None
     synthetic = [c for c in args.cases if c != "pcb"]
     for spec in args.sizes if synthetic else []:
         size, n = (int(v) for v in spec.lower().split("x"))
