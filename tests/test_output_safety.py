@@ -247,6 +247,41 @@ def test_interrupted_zarr_is_reported_and_resumed_to_the_uninterrupted_result(fi
     assert zarr.open_group(str(out), mode="r").attrs["method"] == "average"
 
 
+@pytest.mark.parametrize("arrays_made", [0, 1, 3])
+def test_zarr_killed_while_its_arrays_are_created_is_ours_and_resumes(files, monkeypatch, arrays_made):
+    """A kill between the group's creation and its last array must not leave a 'foreign' folder.
+
+    (Found by the SIGKILL test: the marker used to be written after the arrays, so a kill in
+    between left a folder that napari-fusion refused to touch.)
+    """
+    import zarr
+    from zarr.core.group import Group
+
+    stack = tifffile.imread(files / "stack.tif")
+    full = write_lazy(nf.fuse(stack, chunks=32), files / "full.zarr")[0]
+    out = files / "out.zarr"
+    real = Group.create_array
+    made = []
+
+    def dying(self, *args, **kwargs):
+        if len(made) == arrays_made:
+            raise SystemExit("killed")
+        made.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Group, "create_array", dying)
+    with pytest.raises(SystemExit):
+        write_lazy(nf.fuse(stack, chunks=32), out)
+    monkeypatch.setattr(Group, "create_array", real)
+    info = zarr_output_status(out)
+    assert info is not None and info["complete"] is False and info["tiles_done"] == 0
+    write_lazy(nf.fuse(stack, chunks=32), out)
+    assert zarr_output_status(out)["complete"] is True
+    a, b = zarr.open_group(str(full), mode="r"), zarr.open_group(str(out), mode="r")
+    for name in ("fused", "labels", "depth"):
+        np.testing.assert_array_equal(a[name][...], b[name][...])
+
+
 def test_cli_resumes_an_interrupted_zarr_and_refuses_other_parameters(files, capsys, monkeypatch):
     import napari_fusion.cli.fuse as cli_fuse
 

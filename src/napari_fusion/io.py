@@ -778,17 +778,22 @@ def _write_zarr(
     group: Any
     if resume:
         group = zarr.open_group(str(path), mode="r+")
-        targets = [group[name] for name in outputs]
+    else:
+        # the group's first (atomic) write already carries the marker: a run killed at any later
+        # point leaves an output that is recognised as ours, incomplete, and resumable
+        attributes = {**json.loads(json.dumps(meta, default=str)), ZARR_OUTPUT_MARKER: marker}
+        group = zarr.open_group(str(path), mode="w", attributes=attributes)
+    # on resume, arrays a killed run had not created yet are created now (each is written atomically)
+    targets = [
+        group[name]
+        if name in group
+        else group.create_array(name, shape=arr.shape, chunks=tuple(c[0] for c in arr.chunks), dtype=arr.dtype)
+        for name, arr in outputs.items()
+    ]
+    if ZARR_TILES_DONE in group:
         done = group[ZARR_TILES_DONE]
     else:
-        group = zarr.open_group(str(path), mode="w")
-        targets = [
-            group.create_array(name, shape=arr.shape, chunks=tuple(c[0] for c in arr.chunks), dtype=arr.dtype)
-            for name, arr in outputs.items()
-        ]
         done = group.create_array(ZARR_TILES_DONE, shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0)
-        group.attrs.update(json.loads(json.dumps(meta, default=str)))
-        group.attrs[ZARR_OUTPUT_MARKER] = marker
     row_edges = np.cumsum((0,) + tuple(fused.chunks[0])).tolist()
     col_edges = np.cumsum((0,) + tuple(fused.chunks[1])).tolist()
     finished = np.asarray(done[...]).astype(bool)

@@ -51,7 +51,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     done, skipped, failed = _run_stacks(sources, outdir, options, args)
     summary = {
         "output_dir": str(outdir),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv) if sys.argv else "",
         "total": len(sources),
         "done": done,

@@ -567,7 +567,7 @@ def _write_record(
             "z_step": z_step,
             "z_step_source": z_source,
             "fingerprint": fingerprint,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "files": {k: p.name for k, p in paths.items() if p in written or k == "record"},
             "command": " ".join(sys.argv) if sys.argv else "",
         }
