@@ -87,10 +87,6 @@ def test_pyramid_blend_per_slice_boxes_equal_the_whole_image_spline(levels):
     """Each slice's pyramids are computed only over its pixels' box grown by the blend's reach;
     the result equals the Burt-Adelson spline computed over the whole image (RGB, banded labels
     as real decisions are, plus a small island far from its slice's other pixels)."""
-    import torch
-
-    from napari_fusion.ops.pyramids import gaussian_pyramid, laplacian_pyramid, reconstruct_laplacian_pyramid
-
     rng = np.random.default_rng(3)
     n, h, w = 6, 203, 317  # odd sizes: the level grids do not divide evenly
     slices_ = rng.random((n, h, w, 3)).astype(np.float32)
@@ -98,14 +94,68 @@ def test_pyramid_blend_per_slice_boxes_equal_the_whole_image_spline(levels):
     labels = np.clip((n * (yy + 0.4 * xx) / (h + 0.4 * w)).astype(np.int64), 0, n - 1)
     labels[150:160, 20:30] = 0  # an island of slice 0 far from its band
     got = recompose(list(slices_), labels, blend="pyramid", levels=levels)
+    want = np.clip(_whole_image_spline(slices_, labels, levels), slices_.min(), slices_.max())
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def _whole_image_spline(slices_, labels, levels):
+    """Burt-Adelson spline of the whole image, slice by slice, straight from the definition."""
+    import torch
+
+    from napari_fusion.ops.pyramids import gaussian_pyramid, laplacian_pyramid, reconstruct_laplacian_pyramid
+
     with torch.inference_mode():
         acc = None
-        for k in range(n):
+        for k in range(len(slices_)):
             gm = gaussian_pyramid(torch.from_numpy((labels == k).astype(np.float32)), levels)
             lp = laplacian_pyramid(torch.from_numpy(np.moveaxis(slices_[k], -1, 0).copy()), levels)
             terms = [g * b for g, b in zip(gm, lp)]
             acc = terms if acc is None else [a + t for a, t in zip(acc, terms)]
-        want = np.moveaxis(reconstruct_laplacian_pyramid(acc).numpy(), 0, -1)
-    want = np.clip(want, slices_.min(), slices_.max())
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, atol=2e-5)
+        return np.moveaxis(reconstruct_laplacian_pyramid(acc).numpy(), 0, -1)
+
+
+def test_kept_pyramids_blend_a_box_as_the_whole_image_spline():
+    """A box blended from kept whole-slice pyramids equals the whole-image spline away from the
+    box's border (the masks' pyramids are the box's own), and exactly so over the whole image."""
+    from napari_fusion.focalstack.recompose import SlicePyramids, pyramid_blend_box, retouch_pyramids
+
+    rng = np.random.default_rng(5)
+    n, h, w, levels = 5, 203, 317, 4
+    slices_ = rng.random((n, h, w, 3)).astype(np.float32)
+    yy, xx = np.mgrid[:h, :w]
+    labels = np.clip((n * (yy + 0.4 * xx) / (h + 0.4 * w)).astype(np.int64), 0, n - 1)
+    labels[150:160, 20:30] = 0
+    want = np.clip(_whole_image_spline(slices_, labels, levels), slices_.min(), slices_.max())
+    pyramids = SlicePyramids(list(slices_), levels=levels)
+    assert not pyramids.complete()
+    whole = pyramid_blend_box(pyramids, labels, (0, 0))
+    np.testing.assert_allclose(whole, want, atol=2e-5)
+    y0, y1, x0, x1 = 40, 190, 64, 250  # origin on the 8 px grid of level 3
+    box = pyramid_blend_box(pyramids, labels[y0:y1, x0:x1], (y0, x0))
+    reach = 4 * 2**levels
+    inner = (slice(reach, y1 - y0 - reach), slice(reach, x1 - x0 - reach))
+    np.testing.assert_allclose(box[inner], want[y0:y1, x0:x1][inner], atol=2e-5)
+    assert not np.allclose(box, want[y0:y1, x0:x1], atol=2e-5)  # control: the border does see its reflection
+    # every slice was used, so every pyramid is now kept; the memory estimate is their real size
+    assert pyramids.complete()
+    assert pyramids.nbytes() == sum(b.numel() * 4 for k in range(n) for b in pyramids.bands(k)[0])
+    with pytest.raises(ValueError, match="grid"):
+        pyramid_blend_box(pyramids, labels[4:100, 8:100], (4, 8))
+    # the budget: None when they would not fit
+    assert retouch_pyramids(list(slices_), levels=levels, budget_bytes=pyramids.nbytes() - 1) is None
+    assert retouch_pyramids(list(slices_), levels=levels, budget_bytes=pyramids.nbytes()) is not None
+
+
+def test_kept_pyramids_keep_dtype_and_refuse_mixed_slices():
+    from napari_fusion.focalstack.recompose import SlicePyramids, pyramid_blend_box
+
+    rng = np.random.default_rng(1)
+    stack = rng.integers(0, 4000, (3, 48, 40), dtype=np.uint16)
+    labels = np.repeat(np.arange(3), 16)[:, None].repeat(40, 1)
+    out = pyramid_blend_box(SlicePyramids(stack, levels=3), labels, (0, 0))
+    assert out.dtype == np.uint16 and out.shape == (48, 40)
+    np.testing.assert_allclose(out, recompose(stack, labels, blend="pyramid", levels=3), atol=1)
+    bad = SlicePyramids([stack[0], stack[1][:40]], levels=3)
+    with pytest.raises(FusionInputError, match="slice 1"):
+        pyramid_blend_box(bad, labels[:, :] % 2, (0, 0))

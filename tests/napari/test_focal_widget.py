@@ -466,3 +466,47 @@ def test_retouch_redoes_only_the_painted_box_and_live_recompose_keeps_undo(qtbot
     assert w.output_layers["decision"] is dec
     dec.undo()
     np.testing.assert_array_equal(dec.data, labels_before_stroke)
+
+
+def test_live_recompose_prepares_kept_pyramids_and_strokes_use_them(qtbot, viewer, grey_stack, monkeypatch):
+    """Switching live recompose on computes the slices' pyramids in a worker (progress, status);
+    strokes then use them and give the recomputed-per-box result; a new run drops them; without
+    the memory for them, the status says so and strokes still recompose."""
+    from napari_fusion._napari import _focal
+    from napari_fusion._napari._focal import FocalStackWidget, retouch_blend, retouched
+
+    w = FocalStackWidget(viewer)
+    qtbot.addWidget(w)
+    w.set_stack_layer(viewer.add_image(grey_stack, name="stack"))
+    assert run_and_wait(qtbot, w) == "done", w.status.text()
+    assert w._kept is None
+    with qtbot.waitSignal(w.run_finished, timeout=TIMEOUT_MS) as blocker:
+        w.live_recompose.setChecked(True)
+    assert blocker.args[0] == "done" and w.status.text().startswith("live retouch ready"), w.status.text()
+    kept = w._kept
+    assert kept is not None and kept.pyramids is not None and kept.pyramids.complete()
+    assert w.prepare_retouch() is None  # nothing left to prepare
+    result, job = w.result, w.job
+    dec = w.output_layers["decision"]
+    painted = np.array(dec.data, copy=True)
+    target = 1 if int(np.median(painted[40:50, 60:70])) != 1 else 2
+    painted[40:50, 60:70] = target
+    dec.data = painted
+    assert recompose_and_wait(qtbot, w) == "done", w.status.text()
+    want = retouched(job, result, painted, blend=retouch_blend(result, w.blend.currentText()))[0]
+    got = np.asarray(w.output_layers["fused"].data)
+    assert np.abs(got.astype(np.int64) - want.astype(np.int64)).max() <= 1
+    assert w._kept is kept  # a stroke keeps them
+    assert run_and_wait(qtbot, w) == "done"
+    assert w._kept is None  # a new result drops them
+    monkeypatch.setattr(_focal, "RETOUCH_PYRAMIDS_SHARE", 0.0)
+    w.live_recompose.setChecked(False)
+    with qtbot.waitSignal(w.run_finished, timeout=TIMEOUT_MS):
+        w.live_recompose.setChecked(True)
+    assert "each stroke recomputes them" in w.status.text(), w.status.text()
+    assert w._kept.pyramids is None
+    dec = w.output_layers["decision"]
+    painted = np.array(dec.data, copy=True)
+    painted[10:20, 10:20] = target
+    dec.data = painted
+    assert recompose_and_wait(qtbot, w) == "done", w.status.text()

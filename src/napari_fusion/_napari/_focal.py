@@ -53,7 +53,6 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from scipy import ndimage
 
 from .._defaults import DEFAULT_METHOD
 from ..errors import FusionCancelled, FusionError, FusionInputError
@@ -61,7 +60,15 @@ from ..focalstack._stack import load, slices
 from ..focalstack.align import Alignment, apply_alignment
 from ..focalstack.height import REFINE, height_surface
 from ..focalstack.pipeline import OWN_HEIGHT_METHODS, FocalStackResult, default_blend, fuse_focal_stack
-from ..focalstack.recompose import BLENDS, labels_from_napari, labels_to_napari, recompose
+from ..focalstack.recompose import (
+    BLENDS,
+    SlicePyramids,
+    labels_from_napari,
+    labels_to_napari,
+    pyramid_blend_box,
+    recompose,
+    retouch_pyramids,
+)
 from ..registry import get_method, list_methods
 from . import _layers
 from ._common import (
@@ -375,6 +382,23 @@ def _retouch_reach(blend: dict[str, Any]) -> tuple[float, int]:
     return 0.0, 0
 
 
+#: Share of the available memory the kept retouch pyramids may take (else strokes recompute them).
+RETOUCH_PYRAMIDS_SHARE = 0.25
+
+
+def retouch_pyramids_for(
+    job: FocalJob, result: FocalStackResult, *, budget_bytes: int | None = None
+) -> SlicePyramids | None:
+    """Pyramids to keep between the strokes of a retouch of ``result``, or None when they would
+    take more than ``budget_bytes`` (default: :data:`RETOUCH_PYRAMIDS_SHARE` of the available
+    memory)."""
+    if budget_bytes is None:
+        from ..memory import available_memory
+
+        budget_bytes = int(RETOUCH_PYRAMIDS_SHARE * available_memory())
+    return retouch_pyramids(job_slices(job, result), levels=RETOUCH_PYRAMID_LEVELS, budget_bytes=budget_bytes)
+
+
 def changed_box(changed: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
     """Bounding box ``(y0, y1, x0, x1)`` of the True pixels grown by ``margin``, or None."""
     rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
@@ -390,7 +414,12 @@ def changed_box(changed: np.ndarray, margin: int) -> tuple[int, int, int, int] |
 
 
 def retouched(
-    job: FocalJob, result: FocalStackResult, napari_labels: np.ndarray, *, blend: dict[str, Any]
+    job: FocalJob,
+    result: FocalStackResult,
+    napari_labels: np.ndarray,
+    *,
+    blend: dict[str, Any],
+    pyramids: SlicePyramids | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``(fused, labels 0-based, height)`` after the user's edits of the napari Labels data.
 
@@ -402,7 +431,10 @@ def retouched(
     exactly the painted pixels change). Everything else, including the soft
     blending of a method like ``focus_pyramid``, is kept. No focus measure is
     computed: changed pixels take their new slice's z position, the others
-    keep their height.
+    keep their height. With pyramid blending, ``pyramids`` (from
+    :func:`retouch_pyramids_for`) keeps the slices' Laplacian pyramids between
+    strokes, so a stroke no longer recomputes them; the box's origin is then
+    moved onto the coarsest level's grid.
     """
     if result.labels is None:
         raise FusionInputError(f"method {result.method!r} makes no decision to retouch")
@@ -414,38 +446,71 @@ def retouched(
             f"labels go up to {int(data.max())} but the stack has {job.n} slices (label = slice index + 1)"
         )
     previous = np.asarray(result.labels)
-    # which pixels changed, without converting the whole image: a painted label k + 1 differs
-    # from the previous 0-based label k; 0 (erased) keeps the previous label
-    changed = (data != 0) & (data != np.add(previous, 1, dtype=np.int64))
+    changed = _changed_pixels(data, previous, job.n)
     sigma, margin = _retouch_reach(blend)
     box = changed_box(changed, margin)
-    labels = previous.astype(np.int64, copy=True)
+    # new arrays (the result's are never changed), in the previous dtype where the slices fit it
+    fits = np.issubdtype(previous.dtype, np.integer) and np.iinfo(previous.dtype).max >= job.n - 1
+    labels = previous.copy() if fits else previous.astype(np.int64)
     fused = np.array(result.fused, copy=True)
     height = None if result.height is None else np.array(result.height, dtype=np.float32, copy=True)
     if box is None:
         return fused, labels, height
+    use_kept = pyramids is not None and blend.get("blend") == "pyramid"
+    if use_kept:
+        grid = 2 ** (RETOUCH_PYRAMID_LEVELS - 1)
+        box = (box[0] // grid * grid, box[1], box[2] // grid * grid, box[3])
     y0, y1, x0, x1 = box
     labels[y0:y1, x0:x1] = labels_from_napari(data[y0:y1, x0:x1], previous=previous[y0:y1, x0:x1])
-    crops = _CroppedSlices(job_slices(job, result), box)
-    kw = dict(blend, levels=RETOUCH_PYRAMID_LEVELS) if blend.get("blend") == "pyramid" else dict(blend)
-    redone = recompose(crops, labels[y0:y1, x0:x1], **kw).astype(np.float64)
+    if use_kept:
+        assert pyramids is not None
+        redone = pyramid_blend_box(pyramids, labels[y0:y1, x0:x1], (y0, x0))
+    else:
+        crops = _CroppedSlices(job_slices(job, result), box)
+        kw = dict(blend, levels=RETOUCH_PYRAMID_LEVELS) if blend.get("blend") == "pyramid" else dict(blend)
+        redone = recompose(crops, labels[y0:y1, x0:x1], **kw)
     mask = changed[y0:y1, x0:x1]
-    weight = mask.astype(np.float64)
-    if sigma > 0:
-        feather = ndimage.gaussian_filter(mask.astype(np.float32), sigma)  # float32: half the time
-        weight = np.maximum(weight, np.clip(2.0 * feather.astype(np.float64), 0.0, 1.0))
-    if fused.ndim == 3:
-        weight = weight[..., None]
-    old = fused[y0:y1, x0:x1].astype(np.float64)
-    mixed = old + weight * (redone - old)
-    if np.issubdtype(fused.dtype, np.integer):
-        info = np.iinfo(fused.dtype)
-        mixed = np.clip(np.rint(mixed), info.min, info.max)
-    fused[y0:y1, x0:x1] = mixed.astype(fused.dtype)
+    fused[y0:y1, x0:x1] = _faded(fused[y0:y1, x0:x1], redone, mask, sigma)
     if height is not None:
         z_box = np.asarray(result.z_positions, dtype=np.float32)[labels[y0:y1, x0:x1]]  # whole slices: a lookup
         height[y0:y1, x0:x1] = np.where(mask, z_box, height[y0:y1, x0:x1])
     return fused, labels, height
+
+
+def _changed_pixels(data: np.ndarray, previous: np.ndarray, n: int) -> np.ndarray:
+    """Pixels whose napari label (slice + 1; 0 = erased, keeps the previous) names another slice.
+
+    Compared in the smallest integer type that holds both arrays and ``n`` (a uint8 layer stays
+    uint8: no int64 copy of the whole image).
+    """
+    work = np.promote_types(np.result_type(data.dtype, previous.dtype), np.min_scalar_type(n))
+    return (data != 0) & (data != np.add(previous, 1, dtype=work))
+
+
+def _faded(old: np.ndarray, redone: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """``old`` faded into ``redone`` with weight 1 on ``mask``, falling off over ``sigma`` around it.
+
+    The weight is ``max(mask, clip(2 G_sigma * mask, 0, 1))``; float32 arithmetic (float64 for
+    float64 images), rounded and clipped for integer images.
+    """
+    work = np.float64 if old.dtype == np.float64 else np.float32
+    weight = mask.astype(work)
+    if sigma > 0:
+        import torch
+
+        from ..ops.filters import gaussian_filter
+
+        with torch.inference_mode():
+            feather = gaussian_filter(torch.from_numpy(mask.astype(np.float32)), sigma).numpy()
+        weight = np.maximum(weight, np.clip(2.0 * feather, 0.0, 1.0, dtype=work))
+    if old.ndim == 3:
+        weight = weight[..., None]
+    base = old.astype(work)
+    mixed = base + weight * (redone.astype(work, copy=False) - base)
+    if np.issubdtype(old.dtype, np.integer):
+        info = np.iinfo(old.dtype)
+        mixed = np.clip(np.rint(mixed), info.min, info.max)
+    return mixed.astype(old.dtype)
 
 
 def _texture(fused: np.ndarray, layer) -> np.ndarray:
@@ -536,6 +601,7 @@ class FocalStackWidget(WorkerControls, QWidget):
         self._init_worker_state()
         self._z_from_layer = True
         self._recompose_again = False  # a stroke ended while work was running
+        self._kept: KeptPyramids | None = None  # slice pyramids kept between retouch strokes
 
         layout = scrolling_layout(self)
         layout.addWidget(self._build_inputs_box())
@@ -689,6 +755,7 @@ class FocalStackWidget(WorkerControls, QWidget):
         self._live_timer.setInterval(LIVE_DELAY_MS)
         self._live_timer.timeout.connect(self._live_recompose)
         self._painted_layer = None
+        self.live_recompose.toggled.connect(lambda on: self.prepare_retouch() if on else None)
         return self.live_recompose
 
     def _watch_paint(self, layer) -> None:
@@ -890,7 +957,12 @@ class FocalStackWidget(WorkerControls, QWidget):
         if value[0] == "recomposed":
             self._show_recomposed(*value[1:])
             return
+        if value[0] == "prepared":
+            self.status.setText(value[1])
+            self._outcome = "done"
+            return
         job, result, limits = value
+        self._kept = None  # a new result: the previous one's pyramids are dropped
         self.job, self.result = job, result
         self._show(job, result, result.fused, result.labels, result.height, limits=limits)
         self.alignment_label.setText(alignment_summary(result.alignment))
@@ -1077,9 +1149,41 @@ class FocalStackWidget(WorkerControls, QWidget):
             self._fail(str(exc))
             return None
         edited = np.array(dec.data, copy=True)
+        kept = self._kept_for(job, result) if blend.get("blend") == "pyramid" else None
         self._begin_run("recomposing...")
         self.recompose_button.setEnabled(False)
-        return self._start_worker(_recompose, job, result, edited, blend, self._cancel)
+        return self._start_worker(_recompose, job, result, edited, blend, self._cancel, kept)
+
+    def _kept_for(self, job: FocalJob, result: FocalStackResult) -> KeptPyramids:
+        if self._kept is None or not self._kept.matches(job, result):
+            self._kept = KeptPyramids(job, result.alignment, bool(result.options.get("crop")))
+        return self._kept
+
+    def prepare_retouch(self):
+        """Compute the slices' retouch pyramids in a worker before the first stroke (pyramid blending).
+
+        Started when "live recompose" is switched on, so that the first stroke is
+        as quick as the later ones. Returns the worker, or None when there is
+        nothing to prepare (no decision, another blend, already prepared, or other
+        work running).
+        """
+        job, result = self.job, self.result
+        if job is None or result is None or result.labels is None or self.worker is not None:
+            return None
+        try:
+            blend = retouch_blend(result, self.blend.currentText())
+        except FusionError:
+            return None
+        if blend.get("blend") != "pyramid":
+            return None
+        kept = self._kept_for(job, result)
+        if kept.ready():
+            return None
+        self._begin_run(f"preparing live retouch: pyramids of {job.n} slices...")
+        self.recompose_button.setEnabled(False)
+        return self._start_worker(
+            _prepare_retouch, kept, result, self._progress_callback, progress="Focal stack: retouch pyramids"
+        )
 
     def _show_recomposed(self, job: FocalJob, new: FocalStackResult, changed: int, seconds: float) -> None:
         if job is not self.job:  # a new run replaced the result meanwhile
@@ -1101,10 +1205,63 @@ class FocalStackWidget(WorkerControls, QWidget):
         self._outcome = "done"
 
 
-def _recompose(job: FocalJob, result: FocalStackResult, edited: np.ndarray, blend: dict[str, Any], cancel):
+@dataclass
+class KeptPyramids:
+    """The retouch pyramids of one fusion (job, alignment and crop), decided and filled in workers.
+
+    Made on the GUI thread at the first pyramid-blended stroke; the first stroke's
+    worker checks the memory budget (:func:`retouch_pyramids_for`) and each slice's
+    pyramid is computed when a stroke first needs it. One worker at a time uses it.
+    """
+
+    job: Any
+    alignment: Any
+    crop: bool
+    pyramids: SlicePyramids | None = None
+    decided: bool = False
+
+    def matches(self, job: FocalJob, result: FocalStackResult) -> bool:
+        return self.job is job and self.alignment is result.alignment and self.crop == bool(result.options.get("crop"))
+
+    def get(self, result: FocalStackResult) -> SlicePyramids | None:
+        """The pyramids, or None when they would not fit in memory (worker thread)."""
+        if not self.decided:
+            self.pyramids, self.decided = retouch_pyramids_for(self.job, result), True
+        return self.pyramids
+
+    def ready(self) -> bool:
+        """Decided, and every slice's pyramid computed (or too large to keep)."""
+        return self.decided and (self.pyramids is None or self.pyramids.complete())
+
+
+def _prepare_retouch(kept: KeptPyramids, result: FocalStackResult, progress) -> tuple[str, str]:
+    """Worker-thread body of :meth:`FocalStackWidget.prepare_retouch`; returns the status line."""
+    pyramids = kept.get(result)
+    if pyramids is None:
+        mib = SlicePyramids(job_slices(kept.job, result), levels=RETOUCH_PYRAMID_LEVELS).nbytes() / 2**20
+        return "prepared", (
+            f"live retouch: the slices' pyramids ({mib:.0f} MiB) exceed {RETOUCH_PYRAMIDS_SHARE:.0%} of the "
+            "available memory, so each stroke recomputes them"
+        )
+    pyramids.warm(progress)
+    return (
+        "prepared",
+        f"live retouch ready: pyramids of {len(pyramids)} slices kept ({pyramids.nbytes() / 2**20:.0f} MiB)",
+    )
+
+
+def _recompose(
+    job: FocalJob,
+    result: FocalStackResult,
+    edited: np.ndarray,
+    blend: dict[str, Any],
+    cancel,
+    kept: KeptPyramids | None = None,
+):
     """Worker-thread body of Recompose: :func:`retouched` on a copy of the edited decision."""
     start = time.perf_counter()
-    fused, labels, height = retouched(job, result, edited, blend=blend)
+    pyramids = None if kept is None else kept.get(result)
+    fused, labels, height = retouched(job, result, edited, blend=blend, pyramids=pyramids)
     if cancel.is_set():
         raise FusionCancelled("recompose cancelled by the user")
     changed = int(np.count_nonzero(labels != result.labels))
