@@ -510,3 +510,31 @@ def test_live_recompose_prepares_kept_pyramids_and_strokes_use_them(qtbot, viewe
     painted[10:20, 10:20] = target
     dec.data = painted
     assert recompose_and_wait(qtbot, w) == "done", w.status.text()
+
+
+def test_a_stroke_while_the_pyramids_are_prepared_is_recomposed_after(qtbot, viewer, grey_stack, monkeypatch):
+    import time
+
+    from napari_fusion._napari._focal import FocalStackWidget
+    from napari_fusion.focalstack.recompose import SlicePyramids
+
+    real_warm = SlicePyramids.warm
+
+    def slow_warm(self, progress=None):
+        time.sleep(1.0)
+        return real_warm(self, progress)
+
+    monkeypatch.setattr(SlicePyramids, "warm", slow_warm)
+    w = FocalStackWidget(viewer)
+    qtbot.addWidget(w)
+    w.set_stack_layer(viewer.add_image(grey_stack, name="stack"))
+    assert run_and_wait(qtbot, w) == "done", w.status.text()
+    before = np.array(w.output_layers["fused"].data, copy=True)
+    dec = w.output_layers["decision"]
+    target = 1 if int(np.median(np.asarray(dec.data)[20:40, 20:40])) != 1 else 2
+    w.live_recompose.setChecked(True)
+    assert w._preparing and w.status.text().startswith("preparing live retouch")
+    dec.paint((30, 30), target, refresh=True)  # a stroke while the pyramids are computed
+    qtbot.waitUntil(lambda: w.status.text().startswith("recomposed"), timeout=10_000)
+    assert w._kept.pyramids.complete()
+    assert (np.asarray(w.output_layers["fused"].data) != before).any()

@@ -602,6 +602,7 @@ class FocalStackWidget(WorkerControls, QWidget):
         self._z_from_layer = True
         self._recompose_again = False  # a stroke ended while work was running
         self._kept: KeptPyramids | None = None  # slice pyramids kept between retouch strokes
+        self._preparing = False  # the running worker computes them (strokes wait for it)
 
         layout = scrolling_layout(self)
         layout.addWidget(self._build_inputs_box())
@@ -773,8 +774,13 @@ class FocalStackWidget(WorkerControls, QWidget):
             self._live_timer.start()  # restarted by every paint event of a drag: runs once, after it
 
     def _live_recompose(self) -> None:
-        if self.result is not None and self.worker is None:  # not while a run is going
+        if self.result is None:
+            return
+        if self.worker is None:
             self.recompose()
+        elif self._preparing:  # the stroke is recomposed once the pyramids are ready
+            self._recompose_again = True
+        # (not while a fusion runs: its new result replaces the decision being painted)
 
     def _build_run_row(self) -> QHBoxLayout:
         """Run, Cancel and Recompose (enabled once a run has made a decision)."""
@@ -976,6 +982,7 @@ class FocalStackWidget(WorkerControls, QWidget):
         self._outcome = "done"
 
     def _on_worker_finished(self) -> None:
+        self._preparing = False
         self.recompose_button.setEnabled(self.result is not None and self.result.labels is not None)
         self._finish_run()
         if self._recompose_again:
@@ -1181,6 +1188,7 @@ class FocalStackWidget(WorkerControls, QWidget):
             return None
         self._begin_run(f"preparing live retouch: pyramids of {job.n} slices...")
         self.recompose_button.setEnabled(False)
+        self._preparing = True
         return self._start_worker(
             _prepare_retouch, kept, result, self._progress_callback, progress="Focal stack: retouch pyramids"
         )
