@@ -1193,6 +1193,18 @@ class FocalStackWidget(WorkerControls, QWidget):
             _prepare_retouch, kept, result, self._progress_callback, progress="Focal stack: retouch pyramids"
         )
 
+    def _shown_limits(self, job: FocalJob) -> list[tuple[float, float] | None] | None:
+        """The fused layers' contrast limits as shown now (a retouch keeps the user's contrast, and
+        no percentile of the whole image runs on the Qt thread); None if a layer is gone."""
+        keys = ["fused"] if job.channel_names is None else [f"fused [{c}]" for c in job.channel_names]
+        limits: list[tuple[float, float] | None] = []
+        for key in keys:
+            layer = self.output_layers.get(key)
+            if layer is None or layer not in self.viewer.layers:
+                return None
+            limits.append(None if getattr(layer, "rgb", False) else tuple(layer.contrast_limits))
+        return limits
+
     def _show_recomposed(self, job: FocalJob, new: FocalStackResult, changed: int, seconds: float) -> None:
         if job is not self.job:  # a new run replaced the result meanwhile
             return
@@ -1204,6 +1216,7 @@ class FocalStackWidget(WorkerControls, QWidget):
             new.fused,
             new.labels,
             new.height,
+            limits=self._shown_limits(job),
             keep_decision=True,
             retouched={"pixels_changed": changed, "blend": blend},
         )
