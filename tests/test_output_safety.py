@@ -282,6 +282,40 @@ def test_zarr_killed_while_its_arrays_are_created_is_ours_and_resumes(files, mon
         np.testing.assert_array_equal(a[name][...], b[name][...])
 
 
+@pytest.mark.parametrize("deleted_before_kill", [0, 1, 2])
+def test_zarr_killed_while_being_replaced_is_still_ours(files, monkeypatch, deleted_before_kill):
+    """``overwrite=True`` deletes the old output tile record first and the group metadata last; a
+    kill part way leaves an incomplete output of ours, which the next overwrite replaces."""
+    import zarr
+
+    import napari_fusion.io as nf_io
+
+    stack = tifffile.imread(files / "stack.tif")
+    out = write_lazy(nf.fuse(stack, method="average", chunks=32), files / "out.zarr")[0]
+    real = nf_io._delete_entry
+    removed = []
+
+    def dying(entry):
+        if len(removed) == deleted_before_kill:
+            raise SystemExit("killed")
+        removed.append(entry.name)
+        return real(entry)
+
+    monkeypatch.setattr(nf_io, "_delete_entry", dying)
+    with pytest.raises(SystemExit):
+        write_lazy(nf.fuse(stack, chunks=32), out, overwrite=True)
+    monkeypatch.setattr(nf_io, "_delete_entry", real)
+    assert removed[:1] == ["tiles_done"][: len(removed)]  # the record of finished tiles goes first
+    info = zarr_output_status(out)
+    assert info is not None and info["complete"] is False
+    write_lazy(nf.fuse(stack, chunks=32), out, overwrite=True)
+    full = write_lazy(nf.fuse(stack, chunks=32), files / "full.zarr")[0]
+    a, b = zarr.open_group(str(full), mode="r"), zarr.open_group(str(out), mode="r")
+    assert zarr_output_status(out)["complete"] is True and b.attrs["method"] == a.attrs["method"]
+    for name in ("fused", "labels", "depth"):
+        np.testing.assert_array_equal(a[name][...], b[name][...])
+
+
 def test_cli_resumes_an_interrupted_zarr_and_refuses_other_parameters(files, capsys, monkeypatch):
     import napari_fusion.cli.fuse as cli_fuse
 

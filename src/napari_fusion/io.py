@@ -742,6 +742,38 @@ def zarr_output_action(path: str | Path, fingerprint: str, *, overwrite: bool = 
     return "replace"
 
 
+#: Group metadata of a zarr output, removed last when it is replaced.
+_ZARR_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
+
+
+def _remove_own_zarr(path: Path) -> None:
+    """Delete a napari-fusion zarr output (only its own entries: see :func:`zarr_output_action`).
+
+    The group is first marked incomplete and its metadata is deleted last, so a run killed
+    while deleting leaves an output that still reads as an incomplete one of ours (which
+    ``--overwrite`` replaces again), never a folder of unknown arrays that is refused. The
+    record of finished tiles goes first: a tile still recorded as done still has its data.
+    """
+    import zarr
+
+    group: Any = zarr.open_group(str(path), mode="r+")
+    group.attrs[ZARR_OUTPUT_MARKER] = {**dict(group.attrs[ZARR_OUTPUT_MARKER]), "complete": False}
+    entries = sorted(path.iterdir(), key=lambda e: (e.name in _ZARR_METADATA, e.name != ZARR_TILES_DONE))
+    for entry in entries:
+        _delete_entry(entry)
+    path.rmdir()
+
+
+def _delete_entry(entry: Path) -> None:
+    """Delete one file or folder of an output of ours being replaced."""
+    import shutil
+
+    if entry.is_dir():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
+
+
 def _store_tile(targets: list, done, index: tuple[int, int], box: tuple[int, int, int, int], *blocks) -> None:
     """Write one tile of every output, then record it as done (the record comes last)."""
     r0, r1, c0, c1 = box
@@ -770,9 +802,7 @@ def _write_zarr(
     n_tiles = grid[0] * grid[1]
     action = zarr_output_action(path, fingerprint, overwrite=overwrite)
     if action == "replace":
-        import shutil
-
-        shutil.rmtree(path)  # only our own entries (checked by zarr_output_action)
+        _remove_own_zarr(path)
     resume = action == "resume"
     marker = {"complete": False, "fingerprint": fingerprint, "tiles": n_tiles, "version": __version__}
     group: Any
