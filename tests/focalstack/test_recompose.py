@@ -140,8 +140,12 @@ def test_kept_pyramids_blend_a_box_as_the_whole_image_spline():
     # every slice was used, so every pyramid is now kept; the memory estimate is their real size
     assert pyramids.complete()
     assert pyramids.nbytes() == sum(b.numel() * 4 for k in range(n) for b in pyramids.bands(k)[0])
-    with pytest.raises(ValueError, match="grid"):
+    with pytest.raises(FusionInputError, match="grid"):
         pyramid_blend_box(pyramids, labels[4:100, 8:100], (4, 8))
+    with pytest.raises(FusionInputError, match="leaves"):
+        pyramid_blend_box(pyramids, labels[:100, :100], (160, 0))
+    with pytest.raises(FusionInputError, match="0-based"):
+        pyramid_blend_box(pyramids, labels[:8, :8] + n, (0, 0))
     # the budget: None when they would not fit
     assert retouch_pyramids(list(slices_), levels=levels, budget_bytes=pyramids.nbytes() - 1) is None
     assert retouch_pyramids(list(slices_), levels=levels, budget_bytes=pyramids.nbytes()) is not None

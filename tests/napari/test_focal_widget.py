@@ -506,7 +506,9 @@ def test_live_recompose_prepares_kept_pyramids_and_strokes_use_them(qtbot, viewe
     assert run_and_wait(qtbot, w) == "done"
     assert w._kept is None  # a new result drops them
     monkeypatch.setattr(_focal, "RETOUCH_PYRAMIDS_SHARE", 0.0)
+    w._kept = w._kept_for(w.job, w.result)
     w.live_recompose.setChecked(False)
+    assert w._kept is None  # switching live recompose off gives their memory back
     with qtbot.waitSignal(w.run_finished, timeout=TIMEOUT_MS):
         w.live_recompose.setChecked(True)
     assert "each stroke recomputes them" in w.status.text(), w.status.text()

@@ -756,8 +756,15 @@ class FocalStackWidget(WorkerControls, QWidget):
         self._live_timer.setInterval(LIVE_DELAY_MS)
         self._live_timer.timeout.connect(self._live_recompose)
         self._painted_layer = None
-        self.live_recompose.toggled.connect(lambda on: self.prepare_retouch() if on else None)
+        self.live_recompose.toggled.connect(self._on_live_toggled)
         return self.live_recompose
+
+    def _on_live_toggled(self, on: bool) -> None:
+        """On: prepare the kept pyramids; off: retouching is over, their memory is given back."""
+        if on:
+            self.prepare_retouch()
+        else:
+            self._kept = None  # a worker still using them holds its own reference
 
     def _watch_paint(self, layer) -> None:
         """Listen to paint strokes of the current decision layer (once per layer object)."""

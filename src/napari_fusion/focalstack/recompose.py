@@ -330,8 +330,16 @@ def _blend_from_kept(
     y0, x0 = origin
     grid = 2 ** (pyramids.levels - 1)
     if y0 % grid or x0 % grid:
-        raise ValueError(f"box origin {origin} is not on the {grid}-pixel grid of level {pyramids.levels - 1}")
+        raise FusionInputError(f"box origin {origin} is not on the {grid}-pixel grid of level {pyramids.levels - 1}")
     lab = np.asarray(labels)
+    if lab.ndim != 2 or lab.size == 0 or y0 < 0 or x0 < 0:
+        raise FusionInputError(f"labels of a box must be a non-empty 2-D array at (y, x) >= 0; got {lab.shape}")
+    if y0 + lab.shape[0] > pyramids.height or x0 + lab.shape[1] > pyramids.width:
+        raise FusionInputError(
+            f"a {lab.shape[0]}x{lab.shape[1]} box at {origin} leaves the {pyramids.height}x{pyramids.width} slices"
+        )
+    if int(lab.min()) < 0 or int(lab.max()) >= len(pyramids):
+        raise FusionInputError(f"labels must be 0-based slice indices in [0, {len(pyramids) - 1}]")
     used = np.flatnonzero(np.bincount(lab.ravel(), minlength=len(pyramids))).tolist()
     low, high = np.inf, -np.inf
     group = max(1, MASK_BATCH_ELEMENTS // max(1, lab.size))  # masks' pyramids for this many slices at once
