@@ -470,7 +470,8 @@ def test_retouch_redoes_only_the_painted_box_and_live_recompose_keeps_undo(qtbot
 
 def test_live_recompose_prepares_kept_pyramids_and_strokes_use_them(qtbot, viewer, grey_stack, monkeypatch):
     """Switching live recompose on computes the slices' pyramids in a worker (progress, status);
-    strokes then use them and give the recomputed-per-box result, keeping the user's contrast; a
+    strokes then use them and give the recomputed-per-box result, keeping the user's contrast and
+    layer order; a
     new run drops them; without the memory for them, the status says so and strokes still
     recompose."""
     from napari_fusion._napari import _focal
@@ -497,8 +498,10 @@ def test_live_recompose_prepares_kept_pyramids_and_strokes_use_them(qtbot, viewe
     lo, hi = fused_layer.contrast_limits
     fused_layer.contrast_limits = (lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo))  # the user's contrast
     users = tuple(fused_layer.contrast_limits)
+    viewer.layers.move(viewer.layers.index(dec), len(viewer.layers))  # painting: the decision on top
     assert recompose_and_wait(qtbot, w) == "done", w.status.text()
     assert tuple(w.output_layers["fused"].contrast_limits) == users  # a stroke keeps it
+    assert viewer.layers[-1] is dec  # and the user's layer order
     want = retouched(job, result, painted, blend=retouch_blend(result, w.blend.currentText()))[0]
     got = np.asarray(w.output_layers["fused"].data)
     assert np.abs(got.astype(np.int64) - want.astype(np.int64)).max() <= 1

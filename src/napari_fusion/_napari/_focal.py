@@ -1101,9 +1101,10 @@ class FocalStackWidget(WorkerControls, QWidget):
             self._show_surface(job, fused, height, geo, record, fused_keys)
         else:
             self._drop("surface")
-        # first view: the fused image(s) on top, the translucent maps beneath
-        below = [self.output_layers.get(k) for k in ("height", "decision")]
-        _layers.arrange_outputs(self.viewer, below + [self.output_layers.get(k) for k in fused_keys])
+        if not keep_decision:  # a run's first view: the fused image(s) on top, the translucent maps beneath
+            below = [self.output_layers.get(k) for k in ("height", "decision")]
+            _layers.arrange_outputs(self.viewer, below + [self.output_layers.get(k) for k in fused_keys])
+        # (a retouch keeps the user's order: the decision they paint on may be on top)
 
     def _show_surface(
         self, job: FocalJob, fused, height, geo: dict[str, Any], record: dict[str, Any], fused_keys: list[str]

@@ -241,10 +241,15 @@ def display_limits(data: Any, *, rgb: bool = False, max_samples: int = 1_000_000
 
 
 def arrange_outputs(viewer, bottom_to_top: Sequence[Any]) -> None:
-    """Move the given output layers to the top of the layer list, in this order (last on top)."""
-    for layer in bottom_to_top:
-        if layer is not None and layer in viewer.layers:
-            viewer.layers.move(viewer.layers.index(layer), len(viewer.layers))
+    """Move the given output layers to the top of the layer list, in this order (last on top).
+
+    Nothing is moved when they are there already (each move re-renders the canvas).
+    """
+    present = [layer for layer in bottom_to_top if layer is not None and layer in viewer.layers]
+    if [viewer.layers[i] for i in range(len(viewer.layers) - len(present), len(viewer.layers))] == present:
+        return
+    for layer in present:
+        viewer.layers.move(viewer.layers.index(layer), len(viewer.layers))
 
 
 #: Opacity of the map layers (depth/height, decision) under the fused image.
@@ -393,6 +398,20 @@ def _compatible(layer, data: np.ndarray, kwargs: dict[str, Any], layer_type: str
     return same_ndim
 
 
+def _same_value(current: Any, wanted: Any) -> bool:
+    """Whether a layer's ``scale``/``translate``/``units``/``axis_labels`` already is ``wanted``."""
+    if current is None or wanted is None:
+        return current is wanted
+    try:
+        if len(current) != len(wanted):
+            return False
+        if all(isinstance(v, (int, float, np.number)) for v in (*current, *wanted)):
+            return bool(np.array_equal(np.asarray(current, float), np.asarray(wanted, float)))
+        return [str(v) for v in current] == [str(v) for v in wanted]
+    except TypeError:
+        return False
+
+
 def update_or_add(viewer, existing, data, kwargs: dict[str, Any], layer_type: str):
     """Replace ``existing``'s data in place (same layer object) or add a new layer.
 
@@ -404,8 +423,8 @@ def update_or_add(viewer, existing, data, kwargs: dict[str, Any], layer_type: st
     if existing is not None and existing in viewer.layers:
         if _compatible(existing, data, kwargs, layer_type):
             for key in ("scale", "translate", "units", "axis_labels"):
-                if key in kwargs:
-                    setattr(existing, key, kwargs[key])
+                if key in kwargs and not _same_value(getattr(existing, key, None), kwargs[key]):
+                    setattr(existing, key, kwargs[key])  # (each change re-renders: only real ones)
             existing.data = data
             for key in ("metadata", "colormap", "features", "opacity"):
                 if key in kwargs:
