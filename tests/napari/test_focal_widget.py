@@ -549,3 +549,30 @@ def test_a_stroke_while_the_pyramids_are_prepared_is_recomposed_after(qtbot, vie
     qtbot.waitUntil(lambda: w.status.text().startswith("recomposed"), timeout=10_000)
     assert w._kept.pyramids.complete()
     assert (np.asarray(w.output_layers["fused"].data) != before).any()
+
+
+def test_kept_pyramids_with_separate_channel_layers(qtbot, viewer, widget, grey_stack):
+    """Pyramid retouch with kept pyramids on a two-channel job: every channel's fused layer is
+    recomposed as with pyramids recomputed, and each keeps its contrast."""
+    from napari_fusion._napari._focal import retouch_blend, retouched
+
+    other = (65535 - grey_stack).astype(np.uint16)
+    widget.set_stack_layer(viewer.add_image(grey_stack, name="dapi"))
+    widget.set_channel_layers([viewer.add_image(other, name="gfp")])
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    widget.blend.setCurrentText("pyramid")
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS):
+        widget.live_recompose.setChecked(True)
+    assert widget._kept.pyramids is not None and widget._kept.pyramids.channels == 2, widget.status.text()
+    limits = {k: tuple(widget.output_layers[k].contrast_limits) for k in ("fused [dapi]", "fused [gfp]")}
+    dec = widget.output_layers["decision"]
+    painted = np.array(dec.data, copy=True)
+    painted[30:50, 40:70] = 2
+    dec.data = painted
+    job, result = widget.job, widget.result
+    assert recompose_and_wait(qtbot, widget) == "done", widget.status.text()
+    want = retouched(job, result, painted, blend=retouch_blend(result, "pyramid"))[0]
+    for c, key in enumerate(("fused [dapi]", "fused [gfp]")):
+        got = np.asarray(widget.output_layers[key].data)
+        assert np.abs(got.astype(np.int64) - want[..., c].astype(np.int64)).max() <= 1
+        assert tuple(widget.output_layers[key].contrast_limits) == limits[key]
