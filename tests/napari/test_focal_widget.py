@@ -576,3 +576,28 @@ def test_kept_pyramids_with_separate_channel_layers(qtbot, viewer, widget, grey_
         got = np.asarray(widget.output_layers[key].data)
         assert np.abs(got.astype(np.int64) - want[..., c].astype(np.int64)).max() <= 1
         assert tuple(widget.output_layers[key].contrast_limits) == limits[key]
+
+
+def test_kept_pyramids_on_an_aligned_cropped_stack(qtbot, viewer, widget, grey_stack):
+    """The kept pyramids are those of the slices as fused (aligned, then cropped): a stroke gives
+    the result of pyramids recomputed from the aligned slices."""
+    from napari_fusion._napari._focal import retouch_blend, retouched
+
+    widget.set_stack_layer(viewer.add_image(_shifted(grey_stack), name="shifted"))
+    widget.align.setCurrentText("translation")
+    widget.crop.setChecked(True)
+    widget.blend.setCurrentText("pyramid")
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS):
+        widget.live_recompose.setChecked(True)
+    pyramids = widget._kept.pyramids
+    assert pyramids is not None and (pyramids.height, pyramids.width) == widget.result.fused.shape[:2]
+    dec = widget.output_layers["decision"]
+    painted = np.array(dec.data, copy=True)
+    painted[20:40, 30:60] = 1
+    dec.data = painted
+    job, result = widget.job, widget.result
+    assert recompose_and_wait(qtbot, widget) == "done", widget.status.text()
+    want = retouched(job, result, painted, blend=retouch_blend(result, "pyramid"))[0]
+    got = np.asarray(widget.output_layers["fused"].data)
+    assert np.abs(got.astype(np.int64) - want.astype(np.int64)).max() <= 1
