@@ -2,8 +2,9 @@
 
 Times, best of ``--repeat`` runs, in milliseconds: the Gaussian filter (sigma 1, 3 and 7) on one
 2048^2 plane, on 20 planes of 1024^2 and on 768 patches of 64^2 (a batch, as the metrics and
-training validation filter them), the Burt reduce and expand of a 2048^2 plane, and a 4-level
-Laplacian pyramid of a 3 x 2048^2 image. With ``--rev REV`` the same table is measured for the code
+training validation filter them), the Burt reduce and expand of a 2048^2 plane, a 4-level
+Laplacian pyramid of a 3 x 2048^2 image, the box filter (radius 7 and 45, the two of ``gff``) and
+a guided filter (grey guide, radius 45) of a 2048^2 plane. With ``--rev REV`` the same table is measured for the code
 of git revision ``REV`` (its ``src/`` extracted with ``git archive``, run in a subprocess with
 ``PYTHONPATH`` pointing there), so a change is compared with its parent on the same machine, in
 one run::
@@ -35,6 +36,9 @@ CASES = [
     ("pyramid reduce, 2048^2", "reduce", (2048, 2048), None),
     ("pyramid expand to 2048^2", "expand", (1024, 1024), None),
     ("laplacian pyramid 4 levels, 3 x 2048^2", "laplacian", (3, 2048, 2048), None),
+    ("box filter r 7, 2048^2", "box", (2048, 2048), 7),
+    ("box filter r 45, 2048^2", "box", (2048, 2048), 45),
+    ("guided filter r 45 eps 0.3, 2048^2", "guided", (2048, 2048), (45, 0.3)),
 ]
 
 
@@ -43,7 +47,8 @@ def measure(repeat: int) -> dict[str, float]:
     import torch
 
     from napari_fusion.ops import pyramids
-    from napari_fusion.ops.filters import gaussian_filter
+    from napari_fusion.ops.filters import box_filter, gaussian_filter
+    from napari_fusion.ops.guided import guided_filter
 
     gen = torch.Generator().manual_seed(0)
     out = {}
@@ -51,6 +56,11 @@ def measure(repeat: int) -> dict[str, float]:
         x = torch.rand(*shape, generator=gen)
         if kind == "gauss":
             run = lambda: gaussian_filter(x, sigma)  # noqa: E731
+        elif kind == "box":
+            run = lambda: box_filter(x, sigma)  # noqa: E731
+        elif kind == "guided":
+            p = torch.rand(*shape, generator=gen)
+            run = lambda: guided_filter(x, p, *sigma)  # noqa: E731
         elif kind == "reduce":
             run = lambda: pyramids._reduce(x)  # noqa: E731
         elif kind == "expand":

@@ -217,6 +217,22 @@ def test_box_filter_window_sums_equal_the_zero_padded_form(radius, border):
     np.testing.assert_allclose(box_filter(torch.full((30, 30), 0.25), radius, border="reflect"), 0.25, atol=1e-7)
 
 
+@pytest.mark.parametrize("rows", [64, 65, 200, 257])
+def test_running_sums_down_in_row_blocks_equal_cumsum(rows):
+    """The box filter's vertical running sums, taken in blocks of 64 rows plus the carry from the
+    block above, equal ``cumsum(-2)`` up to float64 rounding, and so does a box filter over them."""
+    from scipy import ndimage
+
+    from napari_fusion.ops.filters import RUNNING_SUM_ROWS, box_filter, running_sums_down
+
+    assert RUNNING_SUM_ROWS == 64
+    x = torch.rand(2, 1, rows, 37, generator=torch.Generator().manual_seed(rows), dtype=torch.float64)
+    np.testing.assert_allclose(running_sums_down(x), x.cumsum(-2), rtol=1e-13, atol=1e-12)
+    img = x[0, 0].float()
+    want = ndimage.uniform_filter(img.double().numpy(), size=2 * 7 + 1, mode="mirror")
+    np.testing.assert_allclose(box_filter(img, 7).numpy(), want, atol=1e-6)
+
+
 def _padded_reduce_axis(x, dim, taps):
     """Burt reduce along ``dim`` on an explicitly reflected copy (the form before the copy-free one)."""
     n = x.shape[dim]

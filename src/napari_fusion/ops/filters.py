@@ -49,16 +49,43 @@ def box_filter(x: torch.Tensor, radius: int, *, border: str = "reflect") -> torc
     p = _pad(work, (radius, radius, radius, radius), border)
     k = 2 * radius + 1
     c = _window_sums(p.cumsum(-1), k, -1)
-    c = _window_sums(c.cumsum(-2), k, -2)
-    return (c / (k * k)).to(dtype).reshape(shape)
+    c = _window_sums(running_sums_down(c), k, -2)
+    return c.div_(k * k).to(dtype).reshape(shape)
+
+
+#: Rows per block of :func:`running_sums_down`.
+RUNNING_SUM_ROWS = 64
+
+
+def running_sums_down(x: torch.Tensor) -> torch.Tensor:
+    """``x.cumsum(-2)``, computed in blocks of :data:`RUNNING_SUM_ROWS` rows.
+
+    Each block's own running sums plus the last row of the block above: twice as
+    fast as ``cumsum(-2)`` on the CPU for 2048^2 float64 images (which walks the
+    image column by column); equal to it up to float rounding (the sums are
+    added in another order).
+    """
+    n, b = x.shape[-2], RUNNING_SUM_ROWS
+    if n <= b or x.device.type != "cpu":
+        return x.cumsum(-2)
+    out = torch.empty_like(x)
+    torch.cumsum(x[..., :b, :], -2, out=out[..., :b, :])
+    for i in range(b, n, b):
+        block = out[..., i : i + b, :]
+        torch.cumsum(x[..., i : i + b, :], -2, out=block)
+        block.add_(out[..., i - 1 : i, :])
+    return out
 
 
 def _window_sums(c: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     """Sums of ``k`` consecutive samples along ``dim`` from the running sums ``c``: ``c[j + k - 1] -
-    c[j - 1]`` (the first window is ``c[k - 1]`` itself), without padding ``c`` with a zero."""
+    c[j - 1]`` (the first window is ``c[k - 1]`` itself), in one pass, without padding ``c``."""
     n = c.shape[dim] - k + 1
-    out = c.narrow(dim, k - 1, n).clone()
-    out.narrow(dim, 1, n - 1).sub_(c.narrow(dim, 0, n - 1))
+    shape = list(c.shape)
+    shape[dim] = n
+    out = c.new_empty(shape)
+    out.narrow(dim, 0, 1).copy_(c.narrow(dim, k - 1, 1))
+    torch.sub(c.narrow(dim, k, n - 1), c.narrow(dim, 0, n - 1), out=out.narrow(dim, 1, n - 1))
     return out
 
 
