@@ -233,6 +233,22 @@ def test_running_sums_down_in_row_blocks_equal_cumsum(rows):
     np.testing.assert_allclose(box_filter(img, 7).numpy(), want, atol=1e-6)
 
 
+def test_box_filter_is_differentiable_and_equal_with_autograd():
+    """Training back-propagates through the box filter (guided filters): the autograd path gives
+    the inference path's values and the gradient of a sum of box means (each pixel's weight)."""
+    from napari_fusion.ops.filters import box_filter
+
+    x = torch.rand(1, 130, 90, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        plain = box_filter(x, 3)
+    xg = x.clone().requires_grad_(True)
+    out = box_filter(xg, 3)
+    torch.testing.assert_close(out.detach(), plain)
+    out.sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    torch.testing.assert_close(xg.grad[0, 40:90, 30:60], torch.ones(50, 30, dtype=torch.float64))
+
+
 def _padded_reduce_axis(x, dim, taps):
     """Burt reduce along ``dim`` on an explicitly reflected copy (the form before the copy-free one)."""
     n = x.shape[dim]

@@ -50,7 +50,13 @@ def box_filter(x: torch.Tensor, radius: int, *, border: str = "reflect") -> torc
     k = 2 * radius + 1
     c = _window_sums(p.cumsum(-1), k, -1)
     c = _window_sums(running_sums_down(c), k, -2)
-    return c.div_(k * k).to(dtype).reshape(shape)
+    c = c / (k * k) if _tracks_grad(c) else c.div_(k * k)
+    return c.to(dtype).reshape(shape)
+
+
+def _tracks_grad(t: torch.Tensor) -> bool:
+    """Whether autograd records ops on ``t`` (then no ``out=`` and no in-place ops: training)."""
+    return t.requires_grad and torch.is_grad_enabled()
 
 
 #: Rows per block of :func:`running_sums_down`.
@@ -66,7 +72,7 @@ def running_sums_down(x: torch.Tensor) -> torch.Tensor:
     added in another order).
     """
     n, b = x.shape[-2], RUNNING_SUM_ROWS
-    if n <= b or x.device.type != "cpu":
+    if n <= b or x.device.type != "cpu" or _tracks_grad(x):
         return x.cumsum(-2)
     out = torch.empty_like(x)
     torch.cumsum(x[..., :b, :], -2, out=out[..., :b, :])
@@ -81,6 +87,8 @@ def _window_sums(c: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     """Sums of ``k`` consecutive samples along ``dim`` from the running sums ``c``: ``c[j + k - 1] -
     c[j - 1]`` (the first window is ``c[k - 1]`` itself), in one pass, without padding ``c``."""
     n = c.shape[dim] - k + 1
+    if _tracks_grad(c):
+        return torch.cat([c.narrow(dim, k - 1, 1), c.narrow(dim, k, n - 1) - c.narrow(dim, 0, n - 1)], dim)
     shape = list(c.shape)
     shape[dim] = n
     out = c.new_empty(shape)
