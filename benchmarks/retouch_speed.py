@@ -33,22 +33,6 @@ from napari_fusion.focalstack import fuse_focal_stack, labels_to_napari
 from napari_fusion.focalstack.pipeline import FocalStackResult
 
 
-def job_for(stack: np.ndarray, *, channel_axis: int | None) -> FocalJob:
-    n = stack.shape[0]
-    return FocalJob(
-        images=stack,
-        stack_axis=0,
-        channel_axis=channel_axis,
-        reference_channel=None,
-        channel_names=None,
-        channel_layers=[],
-        z_positions=np.arange(float(n)),
-        z_unit="pixel",
-        reference=None,
-        n=n,
-    )
-
-
 def best_of(fn, repeats: int = 3) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -88,7 +72,7 @@ def synthetic_rows() -> None:
     rng = np.random.default_rng(0)
     n, size = 20, 640
     stack = rng.integers(0, 65535, (n, size, size), dtype=np.uint16)
-    job = job_for(stack, channel_axis=None)
+    job = FocalJob.for_array(stack)
     yy, xx = np.mgrid[:size, :size]
     for layout in ("blocks", "bands"):
         for k in (2, 5, 10, 20):
@@ -120,7 +104,7 @@ def pcb_rows() -> None:
 
     stack = np.stack([imread(p) for p in sorted(folder.glob("src_*.jpg"))])
     result = fuse_focal_stack(stack, method="focus_pyramid")
-    job = job_for(stack, channel_axis=3)
+    job = FocalJob.for_array(stack, channel_axis=3)
     for y, x in ((200, 300), (700, 900), (900, 1400), (400, 1200)):
         row(f"PCB 7 x 2048x1536 RGB, stroke at ({y}, {x})", stroke_time(job, result, y, x))
 

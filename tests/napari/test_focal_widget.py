@@ -551,11 +551,23 @@ def test_a_stroke_while_the_pyramids_are_prepared_is_recomposed_after(qtbot, vie
     assert (np.asarray(w.output_layers["fused"].data) != before).any()
 
 
+def _stroke_and_recomputed(qtbot, widget, box, label) -> np.ndarray:
+    """Paint ``box`` with ``label``, recompose in the widget, and return the fused image of the same
+    stroke with the pyramids recomputed per box (``retouched`` without kept pyramids)."""
+    from napari_fusion._napari._focal import retouch_blend, retouched
+
+    dec = widget.output_layers["decision"]
+    painted = np.array(dec.data, copy=True)
+    painted[box] = label
+    dec.data = painted
+    job, result = widget.job, widget.result
+    assert recompose_and_wait(qtbot, widget) == "done", widget.status.text()
+    return retouched(job, result, painted, blend=retouch_blend(result, "pyramid"))[0]
+
+
 def test_kept_pyramids_with_separate_channel_layers(qtbot, viewer, widget, grey_stack):
     """Pyramid retouch with kept pyramids on a two-channel job: every channel's fused layer is
     recomposed as with pyramids recomputed, and each keeps its contrast."""
-    from napari_fusion._napari._focal import retouch_blend, retouched
-
     other = (65535 - grey_stack).astype(np.uint16)
     widget.set_stack_layer(viewer.add_image(grey_stack, name="dapi"))
     widget.set_channel_layers([viewer.add_image(other, name="gfp")])
@@ -565,13 +577,7 @@ def test_kept_pyramids_with_separate_channel_layers(qtbot, viewer, widget, grey_
         widget.live_recompose.setChecked(True)
     assert widget._kept.pyramids is not None and widget._kept.pyramids.channels == 2, widget.status.text()
     limits = {k: tuple(widget.output_layers[k].contrast_limits) for k in ("fused [dapi]", "fused [gfp]")}
-    dec = widget.output_layers["decision"]
-    painted = np.array(dec.data, copy=True)
-    painted[30:50, 40:70] = 2
-    dec.data = painted
-    job, result = widget.job, widget.result
-    assert recompose_and_wait(qtbot, widget) == "done", widget.status.text()
-    want = retouched(job, result, painted, blend=retouch_blend(result, "pyramid"))[0]
+    want = _stroke_and_recomputed(qtbot, widget, (slice(30, 50), slice(40, 70)), 2)
     for c, key in enumerate(("fused [dapi]", "fused [gfp]")):
         got = np.asarray(widget.output_layers[key].data)
         assert np.abs(got.astype(np.int64) - want[..., c].astype(np.int64)).max() <= 1
@@ -581,8 +587,6 @@ def test_kept_pyramids_with_separate_channel_layers(qtbot, viewer, widget, grey_
 def test_kept_pyramids_on_an_aligned_cropped_stack(qtbot, viewer, widget, grey_stack):
     """The kept pyramids are those of the slices as fused (aligned, then cropped): a stroke gives
     the result of pyramids recomputed from the aligned slices."""
-    from napari_fusion._napari._focal import retouch_blend, retouched
-
     widget.set_stack_layer(viewer.add_image(_shifted(grey_stack), name="shifted"))
     widget.align.setCurrentText("translation")
     widget.crop.setChecked(True)
@@ -592,12 +596,6 @@ def test_kept_pyramids_on_an_aligned_cropped_stack(qtbot, viewer, widget, grey_s
         widget.live_recompose.setChecked(True)
     pyramids = widget._kept.pyramids
     assert pyramids is not None and (pyramids.height, pyramids.width) == widget.result.fused.shape[:2]
-    dec = widget.output_layers["decision"]
-    painted = np.array(dec.data, copy=True)
-    painted[20:40, 30:60] = 1
-    dec.data = painted
-    job, result = widget.job, widget.result
-    assert recompose_and_wait(qtbot, widget) == "done", widget.status.text()
-    want = retouched(job, result, painted, blend=retouch_blend(result, "pyramid"))[0]
+    want = _stroke_and_recomputed(qtbot, widget, (slice(20, 40), slice(30, 60)), 1)
     got = np.asarray(widget.output_layers["fused"].data)
     assert np.abs(got.astype(np.int64) - want.astype(np.int64)).max() <= 1

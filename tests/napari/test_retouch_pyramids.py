@@ -12,19 +12,7 @@ pytest.importorskip("qtpy")
 def _job(stack: np.ndarray):
     from napari_fusion._napari._focal import FocalJob
 
-    n = stack.shape[0]
-    return FocalJob(
-        images=stack,
-        stack_axis=0,
-        channel_axis=None,
-        reference_channel=None,
-        channel_names=None,
-        channel_layers=[],
-        z_positions=np.arange(float(n)),
-        z_unit="pixel",
-        reference=None,
-        n=n,
-    )
+    return FocalJob.for_array(stack)
 
 
 def test_kept_pyramids_retouch_the_real_dapi_stack_as_recomputed_ones(dataset):

@@ -136,6 +136,23 @@ class FocalJob:
     pixel_yx: tuple[float, float] | None = None  # output pixel size (None: the layer's xy scale)
     unit: str | None = None  # unit of heights and output pixels (None: the layer's units)
 
+    @classmethod
+    def for_array(cls, images: Any, *, channel_axis: int | None = None) -> FocalJob:
+        """A job for a bare stack array, slices on axis 0, z in slice units, no layer (scripts)."""
+        n = int(images.shape[0])
+        return cls(
+            images=images,
+            stack_axis=0,
+            channel_axis=channel_axis,
+            reference_channel=None,
+            channel_names=None,
+            channel_layers=[],
+            z_positions=np.arange(float(n)),
+            z_unit="pixel",
+            reference=None,
+            n=n,
+        )
+
 
 def _fixed_index(layer, keep: Sequence[int], data_point) -> tuple[tuple, dict[int, int]]:
     """Index fixing every non-spatial axis not in ``keep`` at the viewer position."""
