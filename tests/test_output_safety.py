@@ -204,6 +204,52 @@ def test_tiled_tiff_failure_leaves_no_file_at_any_final_name(files):
     assert left == []
 
 
+@pytest.mark.parametrize("where", ["sync", "rename"])
+def test_interrupt_while_tiled_tiffs_are_committed_leaves_no_temporary(files, monkeypatch, where):
+    """Ctrl-C or SIGTERM (an interrupt in the main thread) after the last tile, while the files are
+    synced or renamed into place, still removes the temporaries (found by CI's SIGTERM test)."""
+    import napari_fusion.output_safety as safety
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safety, "_fsync_file" if where == "sync" else "os", _Interrupting(interrupted))
+    stack = tifffile.imread(files / "stack.tif")
+    with pytest.raises(KeyboardInterrupt):
+        write_lazy(nf.fuse(stack, chunks=32), files / "f.tif", labels=files / "l.tif")
+    monkeypatch.undo()
+    assert [p.name for p in files.iterdir() if is_partial_name(p.name)] == []
+    assert not (files / "f.tif").exists() or where == "rename"
+
+
+def test_interrupt_while_an_image_is_committed_leaves_no_temporary(files, monkeypatch):
+    import napari_fusion.output_safety as safety
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safety, "_fsync_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_image(files / "x.tif", np.full((16, 16), 7, np.uint8))
+    monkeypatch.undo()
+    assert [p.name for p in files.iterdir() if is_partial_name(p.name) or p.name == "x.tif"] == []
+
+
+class _Interrupting:
+    """A stand-in for ``os`` (whose ``replace`` is interrupted) or a function (interrupted)."""
+
+    def __init__(self, interrupt):
+        self._interrupt = interrupt
+
+    def __call__(self, *args, **kwargs):
+        return self._interrupt()
+
+    def __getattr__(self, name):
+        import os
+
+        return self._interrupt if name == "replace" else getattr(os, name)
+
+
 # --------------------------------------------------------------------------- resumable zarr
 
 

@@ -8,6 +8,7 @@ TIFF or zarr).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Sequence
@@ -969,22 +970,36 @@ def _write_tiffs(items: dict, meta: dict, compression: str | None, resolution: d
         queues.append(q)
         threads.append(th)
     carry: list[np.ndarray | None] = [None] * len(arrays)
-    ok = False
     try:
-        group = TILES_PER_COMPUTE or max(2, int(dask.config.get("num_workers", None) or os.cpu_count() or 2))
-        for r0, r1 in zip(row_edges[:-1], row_edges[1:]):
-            for k, band in enumerate(_compute_band(arrays, r0, r1, col_edges, group)):
-                carry[k] = _queue_tiles(queues[k], band, carry[k], last=r1 == height)
-            if errors:
-                break
-        ok = not errors
-    finally:
-        for q in queues:
-            q.put(None)
-        for th in threads:
-            th.join()
-        if not ok:  # never leave a truncated file, even under a temporary name
-            files.abort()
-    if errors:
-        raise errors[0]
-    files.commit()
+        try:
+            group = TILES_PER_COMPUTE or max(2, int(dask.config.get("num_workers", None) or os.cpu_count() or 2))
+            for r0, r1 in zip(row_edges[:-1], row_edges[1:]):
+                for k, band in enumerate(_compute_band(arrays, r0, r1, col_edges, group)):
+                    carry[k] = _queue_tiles(queues[k], band, carry[k], last=r1 == height)
+                if errors:
+                    break
+        finally:
+            for q in queues:
+                q.put(None)
+            for th in threads:
+                th.join()
+        if errors:
+            raise errors[0]
+        files.commit()
+    except BaseException:
+        # never leave a truncated file, even under a temporary name: also when the interrupt
+        # (Ctrl-C, SIGTERM) comes while the writers finish or while the files are synced
+        _stop_writers(queues, threads)
+        files.abort()
+        raise
+
+
+def _stop_writers(queues: list, threads: list, timeout: float = 2.0) -> None:
+    """End the TIFF writer threads (best effort, without blocking on a full queue)."""
+    import queue
+
+    for q in queues:
+        with contextlib.suppress(queue.Full):
+            q.put_nowait(None)
+    for th in threads:
+        th.join(timeout)

@@ -282,11 +282,15 @@ class AtomicGroup:
         return tmp
 
     def commit(self) -> list[Path]:
-        for tmp, _ in self._pairs:
-            _fsync_file(tmp)
-        for tmp, final in self._pairs:
-            os.replace(tmp, final)
-            self.committed.append(final)
+        try:
+            for tmp, _ in self._pairs:
+                _fsync_file(tmp)
+            for tmp, final in self._pairs:
+                os.replace(tmp, final)
+                self.committed.append(final)
+        except BaseException:  # an interrupt or a full disk while committing: no temporary stays
+            self.abort()
+            raise
         self._pairs = []
         return self.committed
 
