@@ -958,19 +958,15 @@ def _write_tiffs(items: dict, meta: dict, compression: str | None, resolution: d
     desc = json.dumps(meta, default=str)
     errors: list[BaseException] = []
     files = AtomicGroup()  # every TIFF goes to a hidden temporary, renamed into place at the end
-    queues, threads = [], []
-    for arr, target in items.values():
-        q: queue.Queue = queue.Queue(maxsize=2 * (arr.shape[1] // TIFF_TILE + 1))
-        th = threading.Thread(
-            target=_tiff_writer,
-            args=(q, arr, files.temp_for(target), desc, compression, errors, resolution),
-            daemon=True,
-        )
-        th.start()
-        queues.append(q)
-        threads.append(th)
+    queues: list[queue.Queue] = []
+    threads: list[threading.Thread] = []
     carry: list[np.ndarray | None] = [None] * len(arrays)
     try:
+        for arr, target in items.values():  # one writer thread per file (started inside the try)
+            queues.append(queue.Queue(maxsize=2 * (arr.shape[1] // TIFF_TILE + 1)))
+            args = (queues[-1], arr, files.temp_for(target), desc, compression, errors, resolution)
+            threads.append(threading.Thread(target=_tiff_writer, args=args, daemon=True))
+            threads[-1].start()
         try:
             group = TILES_PER_COMPUTE or max(2, int(dask.config.get("num_workers", None) or os.cpu_count() or 2))
             for r0, r1 in zip(row_edges[:-1], row_edges[1:]):
@@ -1002,4 +998,5 @@ def _stop_writers(queues: list, threads: list, timeout: float = 2.0) -> None:
         with contextlib.suppress(queue.Full):
             q.put_nowait(None)
     for th in threads:
-        th.join(timeout)
+        if th.ident is not None:  # started
+            th.join(timeout)
