@@ -472,7 +472,7 @@ def test_live_recompose_prepares_kept_pyramids_and_strokes_use_them(qtbot, viewe
     """Switching live recompose on computes the slices' pyramids in a worker (progress, status);
     strokes then use them and give the recomputed-per-box result, keeping the user's contrast and
     layer order; a
-    new run drops them; without the memory for them, the status says so and strokes still
+    new run replaces them with its own; without the memory for them, the status says so and strokes still
     recompose."""
     from napari_fusion._napari import _focal
     from napari_fusion._napari._focal import FocalStackWidget, retouch_blend, retouched
@@ -507,7 +507,9 @@ def test_live_recompose_prepares_kept_pyramids_and_strokes_use_them(qtbot, viewe
     assert np.abs(got.astype(np.int64) - want.astype(np.int64)).max() <= 1
     assert w._kept is kept  # a stroke keeps them
     assert run_and_wait(qtbot, w) == "done"
-    assert w._kept is None  # a new result drops them
+    # a new result drops them and, live recompose being on, prepares its own
+    qtbot.waitUntil(lambda: w.status.text().startswith("live retouch ready") and w.worker is None, timeout=10_000)
+    assert w._kept is not kept and w._kept.matches(w.job, w.result) and w._kept.ready()
     monkeypatch.setattr(_focal, "RETOUCH_PYRAMIDS_SHARE", 0.0)
     w._kept = w._kept_for(w.job, w.result)
     w.live_recompose.setChecked(False)

@@ -620,6 +620,7 @@ class FocalStackWidget(WorkerControls, QWidget):
         self._recompose_again = False  # a stroke ended while work was running
         self._kept: KeptPyramids | None = None  # slice pyramids kept between retouch strokes
         self._preparing = False  # the running worker computes them (strokes wait for it)
+        self._running_fusion = False  # the running worker fuses (its end prepares live retouch)
 
         layout = scrolling_layout(self)
         layout.addWidget(self._build_inputs_box())
@@ -979,6 +980,7 @@ class FocalStackWidget(WorkerControls, QWidget):
         }
         self._begin_run(f"fusing {job.n} slices ({method})...")
         self.recompose_button.setEnabled(False)
+        self._running_fusion = True
         return self._start_worker(
             _compute, job, options, self._progress_callback, self._cancel, progress=f"Focal stack: {job.n} slices"
         )
@@ -1006,13 +1008,16 @@ class FocalStackWidget(WorkerControls, QWidget):
         self._outcome = "done"
 
     def _on_worker_finished(self) -> None:
-        self._preparing = False
+        ran = self._running_fusion and self._outcome == "done"
+        self._preparing = self._running_fusion = False
         self.recompose_button.setEnabled(self.result is not None and self.result.labels is not None)
         self._finish_run()
         if self._recompose_again:
             self._recompose_again = False
             if self.live_recompose.isChecked():
                 self._live_timer.start()
+        elif ran and self.live_recompose.isChecked():  # a new result while live retouch is on
+            QTimer.singleShot(0, self.prepare_retouch)
 
     # ---------------------------------------------------------------- outputs
     def _record(self, job: FocalJob, result: FocalStackResult, **extra) -> dict[str, Any]:
