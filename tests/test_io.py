@@ -41,6 +41,51 @@ def test_png_with_alpha_drops_alpha(tmp_path):
     assert read_image(tmp_path / "a.png").shape == (10, 12, 3)
 
 
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_16bit_png_keeps_all_16_bits(tmp_path, channels):
+    """Pillow reads 16-bit grey+alpha, RGB and RGBA PNG as 8 bits (1000 became 3) and cannot write
+    16-bit RGB at all; written by libpng, every sample must come back exactly."""
+    imagecodecs = pytest.importorskip("imagecodecs")
+    shape = (9, 11) if channels == 1 else (9, 11, channels)
+    a = np.random.default_rng(channels).integers(0, 65536, shape, dtype=np.uint16)
+    (tmp_path / "in.png").write_bytes(imagecodecs.png_encode(a))
+    b = read_image(tmp_path / "in.png")
+    want = a if channels == 1 else a[..., 0] if channels == 2 else a[..., :3]
+    assert b.dtype == np.uint16
+    np.testing.assert_array_equal(b, want)
+    if channels == 3:  # and our writer round-trips it
+        np.testing.assert_array_equal(read_image(write_image(tmp_path / "out.png", a)), a)
+
+
+def test_16bit_colour_png_without_imagecodecs_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+    import sys
+
+    imagecodecs = pytest.importorskip("imagecodecs")
+    (tmp_path / "in.png").write_bytes(imagecodecs.png_encode(np.zeros((4, 5, 3), np.uint16)))
+    real_import = builtins.__import__
+
+    def no_imagecodecs(name, *args, **kwargs):
+        if name == "imagecodecs":
+            raise ImportError("no imagecodecs")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "imagecodecs")
+    monkeypatch.setattr(builtins, "__import__", no_imagecodecs)
+    for call in (
+        lambda: read_image(tmp_path / "in.png"),
+        lambda: write_image(tmp_path / "o.png", np.zeros((4, 5, 3), np.uint16)),
+    ):
+        with pytest.raises(FusionInputError, match="16-bit colour PNG needs the imagecodecs package"):
+            call()
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_8bit_png_roundtrip(tmp_path):
+    a = np.random.default_rng(5).integers(0, 256, (13, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(read_image(write_image(tmp_path / "a.png", a)), a)
+
+
 def test_errors(tmp_path):
     with pytest.raises(FusionInputError, match="file not found"):
         read_image(tmp_path / "nope.tif")

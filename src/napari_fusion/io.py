@@ -109,10 +109,14 @@ def read_image(path: str | Path) -> np.ndarray:
             import tifffile
 
             arr = tifffile.imread(path)
+        elif suffix == ".png" and _is_16bit_colour_png(path):
+            arr = _read_png_16bit_colour(path)
         else:
             import imageio.v3 as iio
 
             arr = iio.imread(path, extension=suffix)
+    except FusionInputError:
+        raise
     except MemoryError:
         raise FusionInputError(
             f"{path} is too large to read into memory; use --chunks (chunks=) for tiled fusion"
@@ -127,6 +131,36 @@ def read_image(path: str | Path) -> np.ndarray:
         arr = arr[..., 0]  # grey + alpha PNG
     _check_layout(path, arr)
     return arr
+
+
+#: PNG colour types with more than one sample per pixel: grey + alpha (4), RGB (2), RGBA (6)
+_PNG_MULTI_SAMPLE = (2, 4, 6)
+#: zlib level of PNG output: 3 writes a 2048x1536 RGB image in 0.45 s against 1.2 s at Pillow's
+#: default 6, for a file 3 % larger (lossless either way)
+PNG_COMPRESS_LEVEL = 3
+
+
+def _is_16bit_colour_png(path: Path) -> bool:
+    """Whether the PNG's header says 16 bits per sample with more than one sample per pixel."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in _PNG_MULTI_SAMPLE
+
+
+def _png_codec():
+    """imagecodecs (libpng), which reads and writes 16-bit colour PNG; Pillow would read it as 8 bits."""
+    try:
+        import imagecodecs
+    except ImportError:
+        raise FusionInputError(
+            "16-bit colour PNG needs the imagecodecs package (pip install imagecodecs); "
+            "without it the image would lose its low 8 bits. Or use TIFF"
+        ) from None
+    return imagecodecs
+
+
+def _read_png_16bit_colour(path: Path) -> np.ndarray:
+    return np.asarray(_png_codec().png_decode(path.read_bytes()))
 
 
 def list_image_files(folder: str | Path) -> list[Path]:
@@ -249,10 +283,13 @@ def _encode_image(
         photometric = "rgb" if image.ndim == 3 and image.shape[-1] == 3 else "minisblack"
         desc = json.dumps(metadata, default=str) if metadata else None
         tifffile.imwrite(target, image, photometric=photometric, description=desc, **(resolution or {}))
+    elif suffix == ".png" and image.dtype == np.uint16 and image.ndim == 3:
+        target.write_bytes(_png_codec().png_encode(np.ascontiguousarray(image), level=PNG_COMPRESS_LEVEL))
     else:
         import imageio.v3 as iio
 
-        iio.imwrite(target, image, extension=suffix)
+        options = {"compress_level": PNG_COMPRESS_LEVEL} if suffix == ".png" else {}
+        iio.imwrite(target, image, extension=suffix, **options)
 
 
 def read_calibration(path: str | Path | Sequence[str | Path]) -> Calibration:
