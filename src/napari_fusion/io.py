@@ -288,8 +288,10 @@ def _encode_image(
     else:
         import imageio.v3 as iio
 
-        options = {"compress_level": PNG_COMPRESS_LEVEL} if suffix == ".png" else {}
-        iio.imwrite(target, image, extension=suffix, **options)
+        if suffix == ".png":
+            iio.imwrite(target, image, extension=suffix, compress_level=PNG_COMPRESS_LEVEL)
+        else:
+            iio.imwrite(target, image, extension=suffix)
 
 
 def read_calibration(path: str | Path | Sequence[str | Path]) -> Calibration:
