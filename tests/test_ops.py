@@ -217,18 +217,17 @@ def test_box_filter_window_sums_equal_the_zero_padded_form(radius, border):
     np.testing.assert_allclose(box_filter(torch.full((30, 30), 0.25), radius, border="reflect"), 0.25, atol=1e-7)
 
 
-@pytest.mark.parametrize("rows", [64, 65, 200, 257])
-def test_running_sums_down_in_row_blocks_equal_cumsum(rows):
-    """The box filter's vertical running sums, taken in blocks of 64 rows plus the carry from the
-    block above, equal ``cumsum(-2)`` up to float64 rounding, and so does a box filter over them."""
+@pytest.mark.parametrize("rows", [1, 2, 65, 257])
+def test_running_sums_down_equal_cumsum_bit_for_bit(rows):
+    """The box filter's vertical running sums, one row added to the next in place, are
+    ``cumsum(-2)`` exactly (the same additions in the same order), and so is a box filter over them."""
     from scipy import ndimage
 
-    from napari_fusion.ops.filters import RUNNING_SUM_ROWS, box_filter, running_sums_down
+    from napari_fusion.ops.filters import box_filter, running_sums_down
 
-    assert RUNNING_SUM_ROWS == 64
     x = torch.rand(2, 1, rows, 37, generator=torch.Generator().manual_seed(rows), dtype=torch.float64)
-    np.testing.assert_allclose(running_sums_down(x), x.cumsum(-2), rtol=1e-13, atol=1e-12)
-    img = x[0, 0].float()
+    assert torch.equal(running_sums_down(x.clone()), x.cumsum(-2))
+    img = torch.rand(rows + 40, 37, generator=torch.Generator().manual_seed(rows))
     want = ndimage.uniform_filter(img.double().numpy(), size=2 * 7 + 1, mode="mirror")
     np.testing.assert_allclose(box_filter(img, 7).numpy(), want, atol=1e-6)
 
@@ -346,3 +345,26 @@ def test_most_colourful_source_from_chroma_sums_of_parts():
     parts = chroma_sums(ycc[..., :7]) + chroma_sums(ycc[..., 7:])
     torch.testing.assert_close(parts, chroma_sums(ycc), rtol=1e-12, atol=1e-9)  # sums over tiles add up
     assert most_colourful(parts) == 1
+
+
+@pytest.mark.parametrize("border", ["reflect", "replicate", "zeros"])
+@pytest.mark.parametrize(("shape", "radius"), [((3, 50, 41), 4), ((1, 70, 23), 12), ((2, 9, 60), 5), ((1, 6, 40), 8)])
+def test_box_filter_in_row_strips_equals_the_whole_image_sums(monkeypatch, border, shape, radius):
+    """The CPU box filter runs in cache-sized blocks; with blocks so small that every image is cut
+    into strips of rows (context rows made by the border rule at the top and bottom strips), it
+    gives the whole-image sums up to float64 rounding. Also a radius above the image height (the
+    reflection falls back to replication), and several planes per block."""
+    from napari_fusion.ops import filters
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(radius))
+    mode = filters._border_mode(x[:, None], radius, border)
+    whole = filters._box_sums(x[:, None], radius, mode)[:, 0].float()
+    for elements in (300, 1 << 19):  # strips of rows; whole planes, all in one block
+        monkeypatch.setattr(filters, "BOX_BLOCK_ELEMENTS", elements)
+        np.testing.assert_allclose(filters.box_filter(x, radius, border=border), whole, rtol=0, atol=2e-7)
+    monkeypatch.setattr(filters, "BOX_BLOCK_ELEMENTS", 300)
+    if border == "reflect" and radius < min(shape[-2:]):
+        from scipy import ndimage
+
+        want = ndimage.uniform_filter(x[0].double().numpy(), size=2 * radius + 1, mode="mirror")
+        np.testing.assert_allclose(filters.box_filter(x[0], radius), want, atol=1e-6)

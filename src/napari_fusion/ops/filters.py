@@ -7,6 +7,7 @@ back to replication, which is defined for any size.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -39,48 +40,90 @@ def box_filter(x: torch.Tensor, radius: int, *, border: str = "reflect") -> torc
     Cost does not depend on the radius. ``border`` is ``'reflect'``,
     ``'replicate'`` or ``'zeros'`` (zero padding, still divided by the full
     window size, as MATLAB's ``imfilter`` with a normalised kernel).
+
+    On the CPU (outside autograd) the sums run in cache-sized blocks (whole
+    planes, or strips of rows with ``radius`` rows of context), written into
+    one output: the float64 temporaries of a whole large image cost more in
+    memory traffic and page faults than the sums themselves.
     """
     radius = int(radius)
     if radius <= 0:
         return x.clone()
     x4, shape = _as4d(x)
-    dtype = x4.dtype
+    if x4.device.type != "cpu" or _tracks_grad(x4):
+        return _box_sums(x4, radius, _border_mode(x4, radius, border)).to(x4.dtype).reshape(shape)
+    return _box_filter_blocked(x4, radius, border).reshape(shape)
+
+
+#: Float64 elements of one block of the CPU box filter (4 MiB): its passes run in cache.
+BOX_BLOCK_ELEMENTS = 1 << 19
+
+
+def _border_mode(x4: torch.Tensor, radius: int, border: str) -> str:
+    """``border``, or ``'replicate'`` where a reflection is undefined (radius not below the image side)."""
+    h, w = x4.shape[-2:]
+    return "replicate" if border == "reflect" and (radius >= w or radius >= h) else border
+
+
+def _box_sums(x4: torch.Tensor, radius: int, mode: str) -> torch.Tensor:
+    """Window means of the whole ``(B, 1, H, W)`` ``x4`` in float32 (GPU) or float64 (CPU autograd)."""
     work = x4.double() if x4.device.type == "cpu" else x4.float()
-    p = _pad(work, (radius, radius, radius, radius), border)
     k = 2 * radius + 1
-    c = _window_sums(p.cumsum(-1), k, -1)
-    c = _window_sums(running_sums_down(c), k, -2)
-    c = c / (k * k) if _tracks_grad(c) else c.div_(k * k)
-    return c.to(dtype).reshape(shape)
+    c = _window_sums(_pad(work, (radius, radius, radius, radius), mode).cumsum(-1), k, -1)
+    c = _window_sums(c.cumsum(-2), k, -2)
+    return c / (k * k) if _tracks_grad(c) else c.div_(k * k)
+
+
+def _box_filter_blocked(x4: torch.Tensor, radius: int, border: str) -> torch.Tensor:
+    """:func:`box_filter` of ``(B, 1, H, W)`` on the CPU, block by block into one output: several
+    whole planes at a time, or one plane in strips of rows (with ``radius`` rows of context)."""
+    b, _, h, w = x4.shape
+    mode = _border_mode(x4, radius, border)
+    out = torch.empty_like(x4, memory_format=torch.contiguous_format)
+    k = 2 * radius + 1
+    plane = (h + 2 * radius) * (w + 2 * radius)
+    planes = max(1, BOX_BLOCK_ELEMENTS // plane)
+    rows = h if planes > 1 else max(4 * radius, BOX_BLOCK_ELEMENTS // (w + 2 * radius) - 2 * radius)
+    for i in range(0, b, planes):
+        for y0 in range(0, h, rows):
+            y1 = min(h, y0 + rows)
+            strip = _rows_with_context(x4[i : i + planes], y0, y1, radius, mode).double()
+            c = _window_sums(_pad(strip, (radius, radius, 0, 0), mode).cumsum(-1), k, -1)
+            c = _window_sums(running_sums_down(c), k, -2)
+            out[i : i + planes, :, y0:y1].copy_(c.div_(k * k))
+    return out
+
+
+def running_sums_down(x: torch.Tensor) -> torch.Tensor:
+    """``x.cumsum(-2)``, the same values bit for bit, in place, one row added to the next.
+
+    On the CPU ``cumsum(-2)`` walks the image column by column; adding whole rows
+    is 1.7x faster on a cache-sized block of 245 x 2048 float64.
+    """
+    for above, row in itertools.pairwise(x.unbind(-2)):
+        row.add_(above)
+    return x
+
+
+def _rows_with_context(x4: torch.Tensor, y0: int, y1: int, radius: int, mode: str) -> torch.Tensor:
+    """Rows ``y0 - radius`` to ``y1 + radius`` of ``x4``, those outside the image made by ``mode``
+    (a view where all lie inside)."""
+    h = x4.shape[-2]
+    if y0 - radius >= 0 and y1 + radius <= h:
+        return x4[..., y0 - radius : y1 + radius, :]
+    idx = torch.arange(y0 - radius, y1 + radius)
+    if mode == "reflect":
+        idx = idx.abs()
+        idx = torch.where(idx > h - 1, 2 * (h - 1) - idx, idx)
+    rows = x4.index_select(-2, idx.clamp(0, h - 1))
+    if mode == "zeros":
+        rows[..., (idx < 0) | (idx > h - 1), :] = 0
+    return rows
 
 
 def _tracks_grad(t: torch.Tensor) -> bool:
     """Whether autograd records ops on ``t`` (then no ``out=`` and no in-place ops: training)."""
     return t.requires_grad and torch.is_grad_enabled()
-
-
-#: Rows per block of :func:`running_sums_down`.
-RUNNING_SUM_ROWS = 64
-
-
-def running_sums_down(x: torch.Tensor) -> torch.Tensor:
-    """``x.cumsum(-2)``, computed in blocks of :data:`RUNNING_SUM_ROWS` rows.
-
-    Each block's own running sums plus the last row of the block above: twice as
-    fast as ``cumsum(-2)`` on the CPU for 2048^2 float64 images (which walks the
-    image column by column); equal to it up to float rounding (the sums are
-    added in another order).
-    """
-    n, b = x.shape[-2], RUNNING_SUM_ROWS
-    if n <= b or x.device.type != "cpu" or _tracks_grad(x):
-        return x.cumsum(-2)
-    out = torch.empty_like(x)
-    torch.cumsum(x[..., :b, :], -2, out=out[..., :b, :])
-    for i in range(b, n, b):
-        block = out[..., i : i + b, :]
-        torch.cumsum(x[..., i : i + b, :], -2, out=block)
-        block.add_(out[..., i - 1 : i, :])
-    return out
 
 
 def _window_sums(c: torch.Tensor, k: int, dim: int) -> torch.Tensor:
