@@ -143,3 +143,30 @@ def test_an_undeclared_step_is_an_error_in_tiles_not_a_silent_tile_local_result(
         nf.fuse(_images(), "_undeclared", device="cpu")  # untiled: fine
         with pytest.raises(nf.FusionError, match="collect_halo"):
             nf.fuse(_images(), "_undeclared", device="cpu", chunks=16).compute()
+
+
+def test_passes_count_their_tiles_and_never_move_back():
+    """Each whole-image pass reports every tile as it finishes ("tile 4/4"), and the progress of a
+    phase never goes back while tiles computed at the same time report from inside. (The passes'
+    dask callbacks were handed to dask as objects, refused, and the pass then ran without them:
+    its bar stayed at "tile 2/N" for the whole pass.)"""
+    images = _images(h=64, w=64)
+    calls: list[tuple[float, str]] = []
+
+    def method(stack, *, ctx):
+        for k in range(4):
+            ctx.report(k, 4, f"part {k}")
+        return _nway(stack, ctx=ctx)
+
+    with temporary_method(method, name="_whole_report", mode="nway", **REGISTRATION):
+        lazy = nf.fuse(images, "_whole_report", device="cpu", chunks=32, progress=lambda d, t, m: calls.append((d, m)))
+        lazy.compute()
+    n = lazy.grid.n_tiles
+    assert n == 4
+    for p in (1, 2):
+        done = [m for _, m in calls if m == f"whole-image pass {p}: tile {n}/{n}"]
+        assert done, f"pass {p} never reported its last tile"
+    phases = [m.split(": tile")[0] if m.startswith("whole-image") else "tiles" for _, m in calls]
+    for phase in dict.fromkeys(phases):
+        values = [d for (d, _), ph in zip(calls, phases) if ph == phase]
+        assert values == sorted(values), f"{phase} went back: {values}"

@@ -379,8 +379,15 @@ class _LiveRun:
     what: str = "tile"
     done: int = 0
 
+    #: ``(done, fraction)``: the furthest a tile has reported since ``done`` last changed (tiles
+    #: computed at the same time report their own fractions; the bar must not move back)
+    furthest: tuple[int, float] = (-1, 0.0)
+
     def inside(self, done: float, total: float, message: str = "") -> None:
         frac = 0.0 if total <= 0 else min(max(done / total, 0.0), 0.99)
+        if self.furthest[0] == self.done:
+            frac = max(frac, self.furthest[1])
+        self.furthest = (self.done, frac)
         text = f"{self.what} {min(self.done + 1, self.total)}/{self.total}: {message or 'running'}"
         self.progress(self.done + frac, self.total, text)
 
@@ -693,8 +700,8 @@ class LazyFusionResult(FusionResult):
 
 
 def compute_quietly(*arrays: Any, callbacks: tuple = ()) -> tuple:
-    """``dask.compute(*arrays)`` without dask's process-wide callbacks (only ``callbacks``), on
-    :func:`local_scheduler`.
+    """``dask.compute(*arrays)`` without dask's process-wide callbacks (only ``callbacks``, dask
+    ``Callback`` objects), on :func:`local_scheduler`.
 
     napari registers its chunk cache as a global dask callback; a compute in a
     worker thread that picks it up shares the cache's locks and bookkeeping
@@ -704,10 +711,11 @@ def compute_quietly(*arrays: Any, callbacks: tuple = ()) -> tuple:
     """
     import dask
 
-    try:
-        return dask.compute(*arrays, callbacks=callbacks, scheduler=local_scheduler(), optimize_graph=False)
-    except TypeError:
+    if _in_distributed_client():
         return dask.compute(*arrays)
+    # the local schedulers take each callback as its tuple of hooks
+    hooks = [cb._callback for cb in callbacks]
+    return dask.compute(*arrays, callbacks=hooks, scheduler=local_scheduler(), optimize_graph=False)
 
 
 def local_scheduler() -> str | None:
