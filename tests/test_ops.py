@@ -132,6 +132,19 @@ def test_remove_small_regions():
     assert torch.equal(lab[5:7, 5:7], torch.ones(2, 2, dtype=torch.long))  # input untouched
 
 
+def test_remove_small_regions_counts_region_sizes_in_chunks(monkeypatch):
+    """Region sizes are counted a few million labels at a time (np.bincount copies its input to
+    int64: 512 MiB for an 8192^2 map); counted in chunks of 7 labels, a region whose pixels fall in
+    many chunks still has its whole size: a 12-pixel region is kept at min_area 12, removed at 13."""
+    from napari_fusion.ops import regions
+
+    monkeypatch.setattr(regions, "_COUNT_CHUNK", 7)
+    lab = torch.zeros(20, 20, dtype=torch.long)
+    lab[2:5, 3:7] = 1  # 12 pixels over three rows, so over several chunks
+    assert torch.equal(ops.remove_small_regions(lab, 12), lab)
+    assert torch.equal(ops.remove_small_regions(lab, 13), torch.zeros_like(lab))
+
+
 def test_mode_filter_removes_speckle():
     lab = torch.zeros(20, 20, dtype=torch.long)
     lab[:, 10:] = 3

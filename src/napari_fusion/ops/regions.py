@@ -29,18 +29,35 @@ def remove_small_regions(labels: torch.Tensor, min_area: int) -> torch.Tensor:
     lab = labels.detach().cpu().numpy()
     keep = np.zeros(lab.shape, dtype=bool)
     for value in np.unique(lab):
-        comp, n = ndimage.label(lab == value)
-        if n == 0:
-            continue
-        sizes = np.bincount(comp.ravel())
-        big = sizes >= min_area
-        big[0] = False
-        keep |= big[comp]
+        keep |= _in_large_regions(lab == value, min_area, ndimage)
     if keep.all() or not keep.any():
         return labels.clone()
+    return torch.from_numpy(_nearest_kept(lab, keep, ndimage)).to(labels.device)
+
+
+def _in_large_regions(mask: np.ndarray, min_area: int, ndimage) -> np.ndarray:
+    """Pixels of ``mask`` in 4-connected regions of at least ``min_area`` pixels (the int32 region
+    labels, 4 bytes per pixel, are freed on return)."""
+    comp, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    sizes = np.zeros(n + 1, dtype=np.int64)
+    flat = comp.ravel()
+    for start in range(0, flat.size, _COUNT_CHUNK):  # bincount copies int32 labels to int64
+        sizes += np.bincount(flat[start : start + _COUNT_CHUNK], minlength=n + 1)
+    big = sizes >= min_area
+    big[0] = False
+    return big[comp]
+
+
+#: Labels counted at once by :func:`_in_large_regions` (np.bincount's int64 copy of them: 32 MiB).
+_COUNT_CHUNK = 1 << 22
+
+
+def _nearest_kept(lab: np.ndarray, keep: np.ndarray, ndimage) -> np.ndarray:
+    """``lab`` with every pixel outside ``keep`` given the value of the nearest kept pixel."""
     iy, ix = ndimage.distance_transform_edt(~keep, return_distances=False, return_indices=True)
-    out = lab[iy, ix]
-    return torch.from_numpy(np.ascontiguousarray(out)).to(labels.device)
+    return np.ascontiguousarray(lab[iy, ix])
 
 
 def mode_filter(labels: torch.Tensor, radius: int) -> torch.Tensor:
