@@ -74,7 +74,7 @@ from ._inputs import (
 from .device import resolve_device
 from .errors import FusionError, FusionInputError
 from .ops.pyramids import SPLIT_LEVEL
-from .ops.tiles import free_device_memory, is_out_of_memory
+from .ops.tiles import free_device_memory, is_out_of_memory, release_freed_memory
 from .registry import FusionContext, MethodSpec, get_method
 from .results import FusionResult
 from .whole_image import MAX_PASSES, Collected, StepResults, TileSteps
@@ -292,9 +292,13 @@ class TileJob:
     def __call__(self, block: np.ndarray, block_box: tuple, core: tuple) -> dict[str, np.ndarray]:
         """Fuse ``block`` (the stack over ``block_box``) and return the outputs over ``core``.
 
-        Boxes are ``(y0, y1, x0, x1)`` in image pixels.
+        Boxes are ``(y0, y1, x0, x1)`` in image pixels. The memory the tile freed goes back to the
+        system when it ends (:func:`~napari_fusion.ops.tiles.release_freed_memory`).
         """
-        return self.run(np.asarray(block), tuple(block_box), tuple(core))
+        try:
+            return self.run(np.asarray(block), tuple(block_box), tuple(core))
+        finally:
+            release_freed_memory()
 
     def run(self, block: np.ndarray, block_box, core) -> dict[str, np.ndarray]:
         try:

@@ -18,11 +18,20 @@ whole fusions (all steps of a method, with dask) over images larger than memory.
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["MIN_SPLIT_TILE", "free_device_memory", "is_out_of_memory", "map_tiles", "tile_starts"]
+__all__ = [
+    "MIN_SPLIT_TILE",
+    "free_device_memory",
+    "is_out_of_memory",
+    "map_tiles",
+    "release_freed_memory",
+    "tile_starts",
+]
 
 
 def tile_starts(size: int, tile: int) -> list[int]:
@@ -42,6 +51,32 @@ def is_out_of_memory(exc: BaseException) -> bool:
         text = str(exc).lower()
         return "out of memory" in text or "can't allocate memory" in text
     return False
+
+
+def release_freed_memory() -> None:
+    """Hand the memory the C allocator holds free back to the system (glibc's ``malloc_trim``;
+    nothing where there is none).
+
+    Tiles free hundreds of MiB of tensors each. glibc keeps much of it in its per-thread
+    arenas, so the resident size of a long tiled run crept up tile after tile: on 10 x 2048 x 8192
+    with ``liu2017_cnn`` (tiles of 1024) the first pass ended at 1113 MiB resident, 1233 MiB peak;
+    trimmed after every tile, at 656 and 963 MiB, in the same time.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).malloc_trim  # the C library the process already uses
+    except (OSError, AttributeError):  # no glibc (musl has no malloc_trim)
+        return None
 
 
 def free_device_memory() -> None:
