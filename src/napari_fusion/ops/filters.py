@@ -66,7 +66,7 @@ def _border_mode(x4: torch.Tensor, radius: int, border: str) -> str:
 
 
 def _box_sums(x4: torch.Tensor, radius: int, mode: str) -> torch.Tensor:
-    """Window means of the whole ``(B, 1, H, W)`` ``x4`` in float32 (GPU) or float64 (CPU autograd)."""
+    """Window means of the whole ``(B, 1, H, W)`` ``x4``: float32 on a GPU, float64 on the CPU."""
     work = x4.double() if x4.device.type == "cpu" else x4.float()
     k = 2 * radius + 1
     c = _window_sums(_pad(work, (radius, radius, radius, radius), mode).cumsum(-1), k, -1)
@@ -82,15 +82,19 @@ def _box_filter_blocked(x4: torch.Tensor, radius: int, border: str) -> torch.Ten
     out = torch.empty_like(x4, memory_format=torch.contiguous_format)
     k = 2 * radius + 1
     plane = (h + 2 * radius) * (w + 2 * radius)
-    planes = max(1, BOX_BLOCK_ELEMENTS // plane)
-    rows = h if planes > 1 else max(4 * radius, BOX_BLOCK_ELEMENTS // (w + 2 * radius) - 2 * radius)
-    for i in range(0, b, planes):
+    planes = BOX_BLOCK_ELEMENTS // plane
+    if planes >= 1:  # whole planes per block: the plain sums (fewer calls; small images are common)
+        for i in range(0, b, planes):
+            out[i : i + planes].copy_(_box_sums(x4[i : i + planes], radius, mode))
+        return out
+    rows = max(4 * radius, BOX_BLOCK_ELEMENTS // (w + 2 * radius) - 2 * radius)
+    for i in range(b):
         for y0 in range(0, h, rows):
             y1 = min(h, y0 + rows)
-            strip = _rows_with_context(x4[i : i + planes], y0, y1, radius, mode).double()
+            strip = _rows_with_context(x4[i : i + 1], y0, y1, radius, mode).double()
             c = _window_sums(_pad(strip, (radius, radius, 0, 0), mode).cumsum(-1), k, -1)
             c = _window_sums(running_sums_down(c), k, -2)
-            out[i : i + planes, :, y0:y1].copy_(c.div_(k * k))
+            out[i : i + 1, :, y0:y1].copy_(c.div_(k * k))
     return out
 
 
