@@ -127,7 +127,13 @@ def test_list_methods_metadata():
         assert "fused" in d["outputs"]
         for p in d["params"]:
             assert p["help"] and "default" in p
-    assert [s.name for s in nf.list_methods("multi-exposure")] == ["average", "csc_mefn", "gff", "mertens"]
+    assert [s.name for s in nf.list_methods("multi-exposure")] == [
+        "average",
+        "csc_mefn",
+        "csc_mefn_pyramid",
+        "gff",
+        "mertens",
+    ]
 
 
 # --- pairwise folding -------------------------------------------------------

@@ -317,6 +317,23 @@ def test_blend_in_pyramid_selects_one_hot_and_averages_uniform_weights():
     assert seen == [0, 1, 2]
 
 
+def test_blend_in_pyramid_under_autograd_matches_and_has_gradients():
+    """Under autograd the pyramids take the reference forms (the direct ones write into ``out=``
+    buffers): same values as without gradients, and gradients that pass a numerical check."""
+    from napari_fusion.ops.pyramids import blend_in_pyramid
+
+    gen = torch.Generator().manual_seed(2)
+    stack = torch.rand(3, 2, 19, 22, dtype=torch.float64, generator=gen)
+    logits = torch.randn(3, 19, 22, dtype=torch.float64, generator=gen, requires_grad=True)
+    with torch.no_grad():
+        plain = blend_in_pyramid(stack, torch.softmax(logits, 0), 3)
+    tracked = blend_in_pyramid(stack, torch.softmax(logits, 0), 3)
+    assert tracked.requires_grad
+    np.testing.assert_allclose(tracked.detach(), plain, atol=1e-12)
+    small, z = stack[:2, :1, :9, :10], logits[:2, :9, :10].detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: blend_in_pyramid(small, torch.softmax(z, 0), 2), (z,))
+
+
 def test_gaussian_level_and_collapse_onto_split_a_pyramid_exactly():
     """A pyramid split at level m: its level-m Gaussian image and a collapse continued from the
     coarse part give bit for bit the whole pyramid's values (the tiled pyramid methods use this)."""

@@ -460,10 +460,10 @@ def _every_method() -> list[tuple[str, dict]]:
 
 #: fused-image tolerance per method, in the output's units (float inputs in [0, 1]); integer
 #: outputs may also differ by one count where the float result sits on a rounding boundary
-TILED_TOLERANCE = {"tiis2018_fcn": 1e-4, "csc_mefn": 1e-4, "li2018_vgg19": 2e-5}
+TILED_TOLERANCE = {"tiis2018_fcn": 1e-4, "csc_mefn": 1e-4, "csc_mefn_pyramid": 1e-4, "li2018_vgg19": 2e-5}
 #: fraction of label pixels that may differ: near-ties of soft weights (argmax of weights that
 #: differ by float rounding between a tile and the whole image)
-LABEL_TOLERANCE = {"tiis2018_fcn": 0.002, "csc_mefn": 0.002, "li2018_vgg19": 0.02}
+LABEL_TOLERANCE = {"tiis2018_fcn": 0.002, "csc_mefn": 0.002, "csc_mefn_pyramid": 0.002, "li2018_vgg19": 0.02}
 
 
 def _vgg_for_tests():

@@ -47,9 +47,11 @@ from ..nets.csc_mefn import (
     stretch_between,
 )
 from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
+from ..ops.pyramids import SPLIT_LEVEL, blend_in_pyramid, pyramid_levels, split_levels
 from ..ops.tiles import map_tiles
 from ..registry import FusionContext, MethodOutput, Param, register_method
 from ..weights import LoadedWeights, how_to_train, load_shipped, shipped_path
+from .mertens import coarse_inputs
 
 CITATION = (
     "Z. Zhao, J. Zhang, H. Bai, Y. Wang, Y. Cui, L. Deng, K. Sun, C. Zhang, J. Liu, S. Xu, "
@@ -66,12 +68,14 @@ def default_weights_path() -> Path:
     return shipped_path(WEIGHTS_NAME)
 
 
-def _how() -> str:
-    return how_to_train("csc_mefn")
+def _how(name: str = WEIGHTS_NAME) -> str:
+    blend = name.removeprefix(WEIGHTS_NAME).lstrip("_")
+    return how_to_train("csc_mefn", options="--config cpu" + (f" --blend {blend}" if blend else ""))
 
 
-def load_csc_mefn(weights: str | Path | None, device: torch.device) -> CSCMEFN:
-    """The weight network on ``device`` (eval mode), sha256-verified and cached."""
+def load_csc_mefn(weights: str | Path | None, device: torch.device, *, name: str = WEIGHTS_NAME) -> CSCMEFN:
+    """The weight network on ``device`` (eval mode), sha256-verified and cached; ``name``: the
+    shipped weights (and the manifest's ``method``), ``csc_mefn`` or ``csc_mefn_pyramid``."""
 
     def build(w: LoadedWeights) -> CSCMEFN:
         try:
@@ -79,18 +83,18 @@ def load_csc_mefn(weights: str | Path | None, device: torch.device) -> CSCMEFN:
             net.load_state_dict(w.state)
         except (RuntimeError, ValueError, TypeError) as exc:
             raise WeightsUnavailableError(
-                f"weights {w.path} do not fit the CSC-MEFN network: {exc}. {_how()}"
+                f"weights {w.path} do not fit the CSC-MEFN network: {exc}. {_how(name)}"
             ) from None
         return net.eval().requires_grad_(False).to(w.device)
 
     return load_shipped(
-        WEIGHTS_NAME, path=weights or None, device=device, build=build, expect={"method": "csc_mefn"}, how_to_get=_how()
+        name, path=weights or None, device=device, build=build, expect={"method": name}, how_to_get=_how(name)
     )
 
 
-def _halo(params: dict) -> int:
+def _halo(params: dict, name: str = WEIGHTS_NAME) -> int:
     """The network's receptive radius (from the weights' manifest)."""
-    path = Path(params.get("weights") or default_weights_path())
+    path = Path(params.get("weights") or shipped_path(name))
     try:
         manifest = json.loads(path.with_suffix(".json").read_text())
         return 1 + 2 * int(manifest.get("n_dcu", 2))
@@ -178,24 +182,9 @@ def fuse_csc_mefn(
     high_percentile: float,
     weights: str,
 ) -> MethodOutput:
-    n, c, h, w = stack.shape
-    if c not in (1, 3):
-        raise FusionInputError(f"csc_mefn fuses grey or RGB exposures, got {c} channels")
-    if h < 2 or w < 2:
-        raise FusionInputError(f"csc_mefn needs images of at least 2x2 pixels, got {h}x{w}")
-    if stretch and low_percentile >= high_percentile:
-        raise FusionInputError(f"low_percentile ({low_percentile}) must be below high_percentile ({high_percentile})")
-    net = load_csc_mefn(weights, ctx.device)
-    x = stack.float().clamp(0.0, 1.0)
-    ycc = rgb_to_ycbcr(x, channel_dim=1) if c == 3 else x  # (N, C, H, W)
-    logits = torch.empty((n, h, w), dtype=torch.float32, device=stack.device)
-    steps = n + 2
-    for k in range(n):
-        message = f"weights, exposure {k + 1}/{n}"
-        logits[k] = luma_logits(
-            net, ycc[k, 0], report=lambda done, count, k=k, m=message: ctx.report(k + done / count, steps, m)
-        )
-    wts = torch.softmax(logits, dim=0)
+    _check(stack, stretch, low_percentile, high_percentile)
+    wts, ycc = _exposure_weights(stack, ctx, load_csc_mefn(weights, ctx.device))
+    n, c = stack.shape[:2]
     y = (wts * ycc[:, 0]).sum(0)
     if c == 3:
         chroma = ycc[:, 1:]
@@ -203,9 +192,110 @@ def fuse_csc_mefn(
         fused = ycbcr_to_rgb(torch.cat([y.unsqueeze(0), cbcr]), channel_dim=0)
     else:
         fused = y.unsqueeze(0)
-    ctx.report(n + 1, steps, "fused")
+    ctx.report(n + 1, n + 2, "fused")
+    return _finish(fused, wts, ctx, stretch, low_percentile, high_percentile)
+
+
+def _check(stack: torch.Tensor, stretch: bool, low: float, high: float) -> None:
+    n, c, h, w = stack.shape
+    if c not in (1, 3):
+        raise FusionInputError(f"csc_mefn fuses grey or RGB exposures, got {c} channels")
+    if h < 2 or w < 2:
+        raise FusionInputError(f"csc_mefn needs images of at least 2x2 pixels, got {h}x{w}")
+    if stretch and low >= high:
+        raise FusionInputError(f"low_percentile ({low}) must be below high_percentile ({high})")
+
+
+def _exposure_weights(stack: torch.Tensor, ctx: FusionContext, net: CSCMEFN) -> tuple[torch.Tensor, torch.Tensor]:
+    """The softmax luma weights ``(N, H, W)`` and the exposures in YCbCr (grey: as they are)
+    ``(N, C, H, W)``."""
+    n, c, h, w = stack.shape
+    x = stack.float().clamp(0.0, 1.0)
+    ycc = rgb_to_ycbcr(x, channel_dim=1) if c == 3 else x  # (N, C, H, W)
+    logits = torch.empty((n, h, w), dtype=torch.float32, device=stack.device)
+    for k in range(n):
+        message = f"weights, exposure {k + 1}/{n}"
+        logits[k] = luma_logits(
+            net, ycc[k, 0], report=lambda done, count, k=k, m=message: ctx.report(k + done / count, n + 2, m)
+        )
+    return torch.softmax(logits, dim=0), ycc
+
+
+def _finish(
+    fused: torch.Tensor, wts: torch.Tensor, ctx: FusionContext, stretch: bool, low: float, high: float
+) -> MethodOutput:
+    """Clamp, optionally stretch between the whole image's percentiles, and package."""
+    steps = len(wts) + 2
     fused = fused.clamp(0.0, 1.0)
     if stretch:
-        fused = stretch_between(fused, *whole_image_bounds(ctx, fused, low_percentile / 100.0, high_percentile / 100.0))
+        fused = stretch_between(fused, *whole_image_bounds(ctx, fused, low / 100.0, high / 100.0))
     ctx.report(steps, steps, "stretched" if stretch else "clamped")
     return MethodOutput(fused=fused, labels=wts.argmax(0), weights=wts)
+
+
+PYRAMID_NAME = f"{WEIGHTS_NAME}_pyramid"
+
+
+def _pyramid_halo(params: dict) -> int:
+    """The pyramid's context plus the network's, rounded up to the grid of the coarse levels
+    (tiles of a split pyramid start on the ``2**SPLIT_LEVEL`` grid)."""
+    levels = params["levels"] if params["levels"] > 0 else SPLIT_LEVEL + 1
+    grid = 2**SPLIT_LEVEL
+    return -(-(4 * 2**levels + _halo(params, PYRAMID_NAME)) // grid) * grid
+
+
+def _pyramid_collect_halo(params: dict) -> int | None:
+    """Whole-image steps: the pyramid's coarse levels (automatic depth) and the stretch."""
+    return _pyramid_halo(params) if params["levels"] == 0 or params.get("stretch", True) else None
+
+
+@register_method(
+    name=PYRAMID_NAME,
+    title="CSC-MEFN weights blended in a pyramid (variant of Xu, Zhao et al. 2023)",
+    tasks=("multi-exposure",),
+    mode="nway",
+    learned=True,
+    outputs=("fused", "labels", "weights"),
+    params=(*_PARAMS, Param("levels", 0, int, "Pyramid levels (0: as many as fit).", low=0, high=16)),
+    citation=CITATION + " Blend: T. Mertens, J. Kautz, F. Van Reeth, 'Exposure fusion', Pacific Graphics 2007.",
+    description=(
+        "Not the paper's rule: a CSC-MEFN weight network trained for this blend weights every exposure, "
+        "and the exposures are blended in a Laplacian pyramid (as Mertens et al.); percentile stretch."
+    ),
+    intensity="dtype",
+    colour="native",
+    halo=_pyramid_halo,
+    collect_halo=_pyramid_collect_halo,
+)
+def fuse_csc_mefn_pyramid(
+    stack: torch.Tensor,
+    *,
+    ctx: FusionContext,
+    stretch: bool,
+    low_percentile: float,
+    high_percentile: float,
+    weights: str,
+    levels: int,
+) -> MethodOutput:
+    """CSC-MEFN's weight network (weights trained through this blend, ``napari-fusion train
+    csc_mefn --blend pyramid``) with the exposures' channels blended in a Laplacian pyramid by
+    Gaussian pyramids of the weights, then the paper's clamp and stretch. With automatic depth
+    the coarse levels are a whole-image step, as in :mod:`napari_fusion.methods.mertens`."""
+    _check(stack, stretch, low_percentile, high_percentile)
+    wts, _ = _exposure_weights(stack, ctx, load_csc_mefn(weights, ctx.device, name=PYRAMID_NAME))
+    x = stack.float().clamp(0.0, 1.0)
+    h, w = x.shape[-2:]
+    nlev = levels or pyramid_levels(*ctx.image_shape((h, w)))
+    split = 0 if levels else split_levels(nlev)
+    if split:
+        coarse = ctx.whole_image_map(
+            "coarse levels",
+            lambda: coarse_inputs(x, wts, split),
+            lambda full: blend_in_pyramid(full[:, :-1], full[:, -1], nlev - split),
+            scale=2**split,
+        )
+        fused = blend_in_pyramid(x, wts, split, coarse=coarse)
+    else:
+        fused = blend_in_pyramid(x, wts, nlev)
+    ctx.report(len(wts) + 1, len(wts) + 2, "fused")
+    return _finish(fused, wts, ctx, stretch, low_percentile, high_percentile)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
+from ..ops.pyramids import blend_in_pyramid, pyramid_levels
 from .csc import DCU, conv3x3, make_activation
 
 CHROMA_EPS = 1e-8
@@ -95,27 +96,37 @@ def chroma_weights(c: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return w / w.sum(dim=dim, keepdim=True)
 
 
-def fuse_exposures(net: CSCMEFN, stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+#: How :func:`fuse_exposures` combines the exposures with the network's weights: ``"sum"`` the
+#: paper's per-pixel weighted sum (luma; chroma by saturation), ``"pyramid"`` the variant that
+#: blends the exposures' channels in a Laplacian pyramid with Gaussian pyramids of the weights
+#: (the multiresolution blend of Mertens et al.'s exposure fusion; not the paper's rule).
+BLENDS = ("sum", "pyramid")
+
+
+def fuse_exposures(net: CSCMEFN, stack: torch.Tensor, *, blend: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
     """Fuse exposure stacks ``(B, K, C, H, W)`` (C = 3 RGB or 1 grey, values in [0, 1]).
 
     Returns ``(fused (B, C, H, W), luma weights (B, K, H, W))``. The result is
     neither clamped nor stretched (see :func:`postprocess`): training uses it
-    as it is.
+    as it is. ``blend``: one of :data:`BLENDS` (both differentiable).
     """
     if stack.ndim != 5 or stack.shape[2] not in (1, 3):
         raise ValueError(f"expected a (B, K, 1 or 3, H, W) stack, got {tuple(stack.shape)}")
-    if stack.shape[2] == 1:
-        luma = stack[:, :, 0]
-        weights = net(luma)
-        return (weights * luma).sum(1, keepdim=True), weights
-    ycc = rgb_to_ycbcr(stack, channel_dim=2)  # (B, K, 3, H, W)
-    luma = ycc[:, :, 0]
-    weights = net(luma)
-    y = (weights * luma).sum(1)
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+    grey = stack.shape[2] == 1
+    ycc = stack if grey else rgb_to_ycbcr(stack, channel_dim=2)  # (B, K, C, H, W)
+    weights = net(ycc[:, :, 0])
+    if blend == "pyramid":
+        levels = pyramid_levels(*stack.shape[-2:])
+        fused = torch.stack([blend_in_pyramid(s, w, levels) for s, w in zip(stack, weights, strict=True)])
+        return fused, weights
+    y = (weights * ycc[:, :, 0]).sum(1, keepdim=True)
+    if grey:
+        return y, weights
     chroma = ycc[:, :, 1:]
     c = (chroma_weights(chroma, dim=1) * chroma).sum(1)  # (B, 2, H, W)
-    fused = ycbcr_to_rgb(torch.cat([y.unsqueeze(1), c], dim=1), channel_dim=1)
-    return fused, weights
+    return ycbcr_to_rgb(torch.cat([y, c], dim=1), channel_dim=1), weights
 
 
 def percentile_bounds(x: torch.Tensor, low: float = 0.005, high: float = 0.995) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,6 +205,7 @@ def count_parameters(net: nn.Module) -> int:
 
 
 __all__ = [
+    "BLENDS",
     "CSCMEFN",
     "chroma_weights",
     "fuse_exposures",

@@ -123,15 +123,21 @@ def _expand_axis(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     return out
 
 
+def _differentiated(x: torch.Tensor) -> bool:
+    """Whether autograd records operations on ``x`` (the direct forms write into ``out=`` buffers,
+    which autograd does not support; the reference forms are used instead)."""
+    return x.requires_grad and torch.is_grad_enabled()
+
+
 def _reduce(x: torch.Tensor) -> torch.Tensor:
-    if min(x.shape[-2:]) < 4:
+    if min(x.shape[-2:]) < 4 or _differentiated(x):
         return _reduce_reference(x)
     return _reduce_axis(_reduce_axis(x, x.ndim - 1), x.ndim - 2)
 
 
 def _expand(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     h, w = size
-    if min(x.shape[-2:]) < 2 or (h + 1) // 2 != x.shape[-2] or (w + 1) // 2 != x.shape[-1]:
+    if min(x.shape[-2:]) < 2 or (h + 1) // 2 != x.shape[-2] or (w + 1) // 2 != x.shape[-1] or _differentiated(x):
         return _expand_reference(x, size)
     return _expand_axis(_expand_axis(x, w, x.ndim - 1), h, x.ndim - 2)
 

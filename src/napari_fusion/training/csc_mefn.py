@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..metrics.mef_torch import mef_ssim_torch
-from ..nets.csc_mefn import CSCMEFN, count_parameters, fuse_exposures, postprocess
+from ..nets.csc_mefn import BLENDS, CSCMEFN, count_parameters, fuse_exposures, postprocess
 from ..ops.colour import luminance
 from ..ops.filters import sobel_gradients
 from .data import list_photos, resolve_data_path
@@ -204,16 +204,17 @@ class MEFNLoss:
     ``w``). The loop's "accuracy" is the mean MEF-SSIM (MEF-Net variant).
     """
 
-    def __init__(self, halo_max: float = 10.0, ramp: float = 0.25):
+    def __init__(self, halo_max: float = 10.0, ramp: float = 0.25, *, blend: str = "sum"):
         self.halo_max = float(halo_max)
         self.ramp = float(ramp)
+        self.blend = blend
         self.weight = 0.0
 
     def __call__(self, model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, float, int]:
         (stack,) = batch
         if model.training and stack.shape[-1] == stack.shape[-2]:
             stack = torch.rot90(stack, int(torch.randint(4, (1,))), (-2, -1))
-        fused, _ = fuse_exposures(model, stack)
+        fused, _ = fuse_exposures(model, stack, blend=self.blend)
         yf = luminance(fused, channel_dim=1)
         ys = luminance(stack, channel_dim=2)
         q = mef_ssim_torch(yf, ys)
@@ -249,6 +250,7 @@ class MEFNTrainConfig:
     n_dcu: int = 2
     halo_max: float = 10.0
     halo_ramp: float = 0.25
+    blend: str = "sum"  # how the weights combine the exposures (nets.csc_mefn.BLENDS)
     data: MEFNDataConfig = field(default_factory=MEFNDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -259,8 +261,11 @@ class MEFNTrainConfig:
         return d
 
 
-def get_config(name: str, *, n_dcu: int | None = None, halo_max: float | None = None) -> MEFNTrainConfig:
-    """``cpu`` (1 thread, 25 min), ``gpu`` (paper optimisation, more data) or ``smoke``."""
+def get_config(
+    name: str, *, n_dcu: int | None = None, halo_max: float | None = None, blend: str | None = None
+) -> MEFNTrainConfig:
+    """``cpu`` (1 thread, 25 min), ``gpu`` (paper optimisation, more data) or ``smoke``; ``blend``
+    ``"pyramid"`` trains the weights of the ``csc_mefn_pyramid`` variant (loss on the pyramid blend)."""
     if name == "cpu":
         cfg = MEFNTrainConfig(
             "cpu",
@@ -334,7 +339,16 @@ def get_config(name: str, *, n_dcu: int | None = None, halo_max: float | None = 
         if halo_max < 0:
             raise ValueError("halo_max must be >= 0")
         cfg.halo_max = float(halo_max)
+    if blend is not None:
+        if blend not in BLENDS:
+            raise ValueError(f"blend must be one of {', '.join(BLENDS)}")
+        cfg.blend = blend
     return cfg
+
+
+def weights_name(cfg: MEFNTrainConfig) -> str:
+    """File stem (and method name) of the weights ``cfg`` trains."""
+    return WEIGHTS_NAME if cfg.blend == "sum" else f"{WEIGHTS_NAME}_{cfg.blend}"
 
 
 def _photo_paths(folder: Path, splits: tuple[str, ...]) -> list[Path]:
@@ -391,7 +405,7 @@ def load_sequence(case, max_side: int) -> np.ndarray:
 
 @torch.no_grad()
 def score_real_sequences(
-    model: CSCMEFN, folder: Path, *, max_side: int = 256, device="cpu", log=print
+    model: CSCMEFN, folder: Path, *, max_side: int = 256, blend: str = "sum", device="cpu", log=print
 ) -> dict[str, Any]:
     """MEF-SSIM (the MATLAB-faithful metric) of the model, Mertens fusion and the average
     on every sequence of ``folder`` (downscaled to ``max_side``)."""
@@ -404,7 +418,7 @@ def score_real_sequences(
     for case in iter_cases(folder):
         seq = load_sequence(case, max_side)
         stack = torch.from_numpy(seq).permute(0, 3, 1, 2).float().div(255).unsqueeze(0).to(device)
-        fused, _ = fuse_exposures(model, stack)
+        fused, _ = fuse_exposures(model, stack, blend=blend)
         ours = (postprocess(fused[0]).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
         srcs = list(seq)
         mert = fuse(srcs, method="mertens", device="cpu").fused
@@ -450,7 +464,7 @@ def _real_validation_section(cfg: MEFNTrainConfig, real: dict[str, Any]) -> list
         "",
         f"MEF-SSIM (`napari_fusion.metrics.mef_ssim`, Ma et al.'s MATLAB definition) on the "
         f"{len(real['cases'])} sequences of `{cfg.data.real_validation}`, long side downscaled to "
-        f"{real['max_side']} px; csc_mefn with its default percentile stretch.",
+        f"{real['max_side']} px; `{weights_name(cfg)}` with its default percentile stretch (column `csc_mefn`).",
         "",
         "| sequence | K | csc_mefn | mertens | average |",
         "|---|---|---|---|---|",
@@ -472,6 +486,7 @@ class MEFNRecipe(LoopRecipe):
     def __init__(self, cfg: MEFNTrainConfig, *, real_validation: bool = True):
         self.cfg = cfg
         self.real_validation = real_validation
+        self.name = weights_name(cfg)
 
     def build_data(self, run: Run):
         return build_datasets(self.cfg, progress=run.progress, log=run.log)
@@ -483,7 +498,7 @@ class MEFNRecipe(LoopRecipe):
         return CSCMEFN(self.cfg.channels, self.cfg.n_dcu)
 
     def step(self):
-        return MEFNLoss(self.cfg.halo_max, self.cfg.halo_ramp)
+        return MEFNLoss(self.cfg.halo_max, self.cfg.halo_ramp, blend=self.cfg.blend)
 
     def evaluate(self, result, data, run: Run) -> dict[str, Any] | None:
         """MEF-SSIM on the real sequences (never trained on), when they are there."""
@@ -496,14 +511,17 @@ class MEFNRecipe(LoopRecipe):
         if not folder.is_dir():
             return None
         run.log(f"scoring real sequences in {folder} (never trained on)")
-        real = score_real_sequences(result.model, folder, max_side=self.cfg.data.real_max_side, log=run.log)
+        real = score_real_sequences(
+            result.model, folder, max_side=self.cfg.data.real_max_side, blend=self.cfg.blend, log=run.log
+        )
         (run.out_dir / "real_validation.json").write_text(json.dumps(real, indent=1) + "\n")
         return real
 
     def manifest(self, result, data, real, run: Run) -> dict[str, Any]:
         cfg, (train_set, val_set, info) = self.cfg, data
         return {
-            "method": "csc_mefn",
+            "method": self.name,
+            "blend": cfg.blend,
             "architecture": f"CSCMEFN(channels={cfg.channels}, n_dcu={cfg.n_dcu})",
             "channels": cfg.channels,
             "n_dcu": cfg.n_dcu,
@@ -529,11 +547,12 @@ class MEFNRecipe(LoopRecipe):
 
     def finish(self, result, data, real, manifest: dict[str, Any], run: Run) -> None:
         card = write_model_card(
-            run.out_dir / f"{WEIGHTS_NAME}.md",
+            run.out_dir / f"{self.name}.md",
             title=f"CSC-MEFN weight network, `{self.cfg.name}` configuration",
             summary=(
-                "Weights of the luma weight network of the `csc_mefn` multi-exposure fusion method "
-                f"(`napari_fusion.nets.csc_mefn.CSCMEFN`, {self.cfg.n_dcu} DCUs at {self.cfg.channels} channels)."
+                f"Weights of the luma weight network of the `{self.name}` multi-exposure fusion method "
+                f"(`napari_fusion.nets.csc_mefn.CSCMEFN`, {self.cfg.n_dcu} DCUs at {self.cfg.channels} channels; "
+                f"exposures combined by the `{self.cfg.blend}` blend of `napari_fusion.nets.csc_mefn.fuse_exposures`)."
             ),
             manifest=manifest,
             command=run.command,
@@ -547,7 +566,7 @@ class MEFNRecipe(LoopRecipe):
 
     def done_message(self, result, real, manifest: dict[str, Any], run: Run) -> str:
         return (
-            f"wrote {run.out_dir / (WEIGHTS_NAME + '.pt')} (sha256 {manifest['sha256']}), synthetic val MEF-SSIM "
+            f"wrote {run.out_dir / (self.name + '.pt')} (sha256 {manifest['sha256']}), synthetic val MEF-SSIM "
             f"{result.val_accuracy:.4f}, {result.train_seconds / 60:.1f} min"
         )
 
@@ -562,7 +581,7 @@ def run_training(
     real_validation: bool = True,
     log=print,
 ) -> dict[str, Any]:
-    """Train, export ``out_dir/csc_mefn.{pt,json,md}``; returns the manifest."""
+    """Train, export ``out_dir/<weights_name(cfg)>.{pt,json,md}``; returns the manifest."""
     return run_recipe(
         MEFNRecipe(cfg, real_validation=real_validation),
         out_dir,
@@ -582,13 +601,19 @@ def add_arguments(p) -> None:
         default=None,
         help="final weight of the halo loss (default from the config: cpu 0 as the released weights, gpu 10)",
     )
+    p.add_argument(
+        "--blend",
+        choices=BLENDS,
+        default=None,
+        help="sum: the paper's per-pixel blend (csc_mefn); pyramid: the csc_mefn_pyramid variant's weights",
+    )
     p.add_argument("--no-real-validation", action="store_true", help="skip scoring on the real mef/ma_mef sequences")
     add_run_arguments(p, default_out="runs/csc_mefn-<config>")
 
 
 def main_from_args(args) -> int:
-    cfg = get_config(args.config, n_dcu=args.n_dcu, halo_max=args.halo_max)
+    cfg = get_config(args.config, n_dcu=args.n_dcu, halo_max=args.halo_max, blend=args.blend)
     apply_train_overrides(cfg.train, args)
     return run_from_args(
-        args, MEFNRecipe(cfg, real_validation=not args.no_real_validation), f"runs/csc_mefn-{args.config}"
+        args, MEFNRecipe(cfg, real_validation=not args.no_real_validation), f"runs/{weights_name(cfg)}-{args.config}"
     )
