@@ -55,3 +55,28 @@ def test_exposure_series_sample_with_csc_mefn(qtbot):
     assert w.output_layers["fused"] is fused
     np.testing.assert_array_equal(fused.data, fuse(data, method="csc_mefn", device="cpu", stretch=False).fused)
     np.testing.assert_array_equal(layer.data, before)
+
+
+def test_exposure_series_sample_with_the_pyramid_variant(qtbot):
+    """The named variant is listed beside the paper's method, with its pyramid depth parameter."""
+    from napari.components import ViewerModel
+
+    from napari_fusion._napari._sample_data import exposure_series
+    from napari_fusion._napari._widget import FusionWidget
+
+    viewer = ViewerModel()
+    w = FusionWidget(viewer)
+    qtbot.addWidget(w)
+    data, kwargs, _ = exposure_series(size=96)[0]
+    layer = viewer.add_image(data, **kwargs)
+    w.task.setCurrentText("multi-exposure")
+    listed = [w.method.itemData(i) for i in range(w.method.count())]
+    assert {"csc_mefn", "csc_mefn_pyramid"} <= set(listed)
+    w.set_stack_layer(layer, axis=0)
+    w.set_method("csc_mefn_pyramid")
+    w.device.setCurrentText("cpu")
+    assert set(w.params.editors) == {"stretch", "low_percentile", "high_percentile", "weights", "levels"}
+    assert _run(qtbot, w) == "done", w.status.text()
+    expected = fuse(data, method="csc_mefn_pyramid", device="cpu")
+    np.testing.assert_array_equal(w.output_layers["fused"].data, expected.fused)
+    np.testing.assert_array_equal(w.output_layers["decision"].data, expected.labels.astype(int) + 1)
