@@ -174,3 +174,23 @@ def test_console_script_installed(device, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     np.testing.assert_array_equal(tifffile.imread(out), napari_fusion.fuse([a, b], device=device).fused)
+
+
+def test_progress_bar_keeps_drawing_after_a_new_phase(capsys):
+    """A tiled run's passes each start again from 0 %: the bar must redraw in the second pass
+    (it used to stay frozen at its reset value until the new phase passed the old maximum)."""
+    import time
+
+    from napari_fusion.cli._progress import TqdmProgress
+
+    bar = TqdmProgress("fusing", enabled=True)
+    for done in (0, 40, 100):
+        bar(done, 100, "pass 1")
+        time.sleep(0.15)  # past tqdm's minimum redraw interval
+    capsys.readouterr()
+    bar(10, 100, "pass 2")
+    time.sleep(0.15)
+    bar(30, 100, "pass 2")
+    bar.close()
+    err = capsys.readouterr().err
+    assert " 30/100" in err, err

@@ -13,18 +13,20 @@ class TqdmProgress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=100, desc=desc, unit="%", leave=False, file=sys.stderr)
+            self.bar = tqdm(total=100, desc=desc, unit="%", leave=False, file=sys.stderr, miniters=1)
 
     def __call__(self, done: float, total: float, message: str = "") -> None:
         if self.bar is None:
             return
         pct = round(100 * done / total) if total else 100
+        if message:  # before the redraw below, so that the bar shows this step, not the last one
+            self.bar.set_postfix_str(message, refresh=False)
         if pct < self.bar.n:  # a new phase (e.g. a tiled run's whole-image passes, then the tiles)
-            self.bar.n = pct
+            # tqdm redraws on ``update`` only once ``n`` has moved past the last drawn ``n``: set
+            # both, or the bar stays frozen for the whole phase (it did, for every pass after the first)
+            self.bar.n = self.bar.last_print_n = pct
             self.bar.refresh()
         self.bar.update(max(0, pct - self.bar.n))
-        if message:
-            self.bar.set_postfix_str(message, refresh=False)
 
     def describe(self, desc: str) -> None:
         if self.bar is not None:
