@@ -331,6 +331,13 @@ def get_config(
         )
     else:
         raise ValueError(f"unknown configuration {name!r}; use cpu, gpu or smoke")
+    return _with_overrides(cfg, n_dcu=n_dcu, halo_max=halo_max, blend=blend)
+
+
+def _with_overrides(
+    cfg: MEFNTrainConfig, *, n_dcu: int | None, halo_max: float | None, blend: str | None
+) -> MEFNTrainConfig:
+    """``cfg`` with the command line's ``--n-dcu``, ``--halo-max`` and ``--blend`` (checked)."""
     if n_dcu is not None:
         if n_dcu < 0:
             raise ValueError("n_dcu must be >= 0")
