@@ -25,6 +25,11 @@ the per-exposure luma weight maps.
 The network is trained here (``napari-fusion train csc_mefn``) on exposure
 series rendered from photographs; the shipped weights are checked against
 their sha256.
+
+``csc_mefn_pyramid`` (:func:`fuse_csc_mefn_pyramid`) is a named variant, not the
+paper's rule: the same network, trained through a Laplacian-pyramid blend of the
+exposures' channels (``napari-fusion train csc_mefn --blend pyramid``; Mertens,
+Kautz & Van Reeth 2007 blend their weights this way), with its own weights file.
 """
 
 from __future__ import annotations
