@@ -20,7 +20,8 @@ def _run(qtbot, w) -> str:
     return blocker.args[0]
 
 
-def test_exposure_series_sample_with_csc_mefn(qtbot):
+def _widget_on_the_sample(qtbot):
+    """A fusion widget on a viewer holding the 96 px exposure-series sample, task multi-exposure."""
     from napari.components import ViewerModel
 
     from napari_fusion._napari._sample_data import exposure_series
@@ -31,8 +32,13 @@ def test_exposure_series_sample_with_csc_mefn(qtbot):
     qtbot.addWidget(w)
     data, kwargs, _ = exposure_series(size=96)[0]
     layer = viewer.add_image(data, **kwargs)
-    before = data.copy()
     w.task.setCurrentText("multi-exposure")
+    return w, layer, data
+
+
+def test_exposure_series_sample_with_csc_mefn(qtbot):
+    w, layer, data = _widget_on_the_sample(qtbot)
+    before = data.copy()
     listed = [w.method.itemData(i) for i in range(w.method.count())]
     assert "csc_mefn" in listed
     w.set_stack_layer(layer, axis=0)
@@ -59,17 +65,7 @@ def test_exposure_series_sample_with_csc_mefn(qtbot):
 
 def test_exposure_series_sample_with_the_pyramid_variant(qtbot):
     """The named variant is listed beside the paper's method, with its pyramid depth parameter."""
-    from napari.components import ViewerModel
-
-    from napari_fusion._napari._sample_data import exposure_series
-    from napari_fusion._napari._widget import FusionWidget
-
-    viewer = ViewerModel()
-    w = FusionWidget(viewer)
-    qtbot.addWidget(w)
-    data, kwargs, _ = exposure_series(size=96)[0]
-    layer = viewer.add_image(data, **kwargs)
-    w.task.setCurrentText("multi-exposure")
+    w, layer, data = _widget_on_the_sample(qtbot)
     listed = [w.method.itemData(i) for i in range(w.method.count())]
     assert {"csc_mefn", "csc_mefn_pyramid"} <= set(listed)
     w.set_stack_layer(layer, axis=0)
