@@ -60,7 +60,7 @@ WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
     "average": (1.5, 1.0),  # measured: grey 2.12, RGB 1.60 per stack element
     "csc_ivfn": (8.0, 48.0),  # guess (> 60 s even at 4x512x512)
     "csc_mefn": (10.0, 0.0),  # measured: grey 6.89, RGB 8.32
-    "csc_mefn_pyramid": (6.25, 0.0),  # measured 2026-11-30: grey 4.12, RGB 5.01
+    "csc_mefn_pyramid": (5.75, 0.0),  # measured 2026-11-30: grey 3.11, RGB 4.52
     "focus_measure": (0.0, 4.5),  # measured: grey 3.88, RGB 1.26 (slice view: no float32 stack copy)
     "focus_pyramid": (0.0, 4.25),  # measured: grey 3.78, RGB 1.20 (slice view: no float32 stack copy)
     "gff": (0.0, 10.0),  # measured (slice view): grey 9.00, RGB 1.99

@@ -287,7 +287,7 @@ def fuse_csc_mefn_pyramid(
     Gaussian pyramids of the weights, then the paper's clamp and stretch. With automatic depth
     the coarse levels are a whole-image step, as in :mod:`napari_fusion.methods.mertens`."""
     _check(stack, stretch, low_percentile, high_percentile)
-    wts, _ = _exposure_weights(stack, ctx, load_csc_mefn(weights, ctx.device, name=PYRAMID_NAME))
+    wts = _exposure_weights(stack, ctx, load_csc_mefn(weights, ctx.device, name=PYRAMID_NAME))[0]  # YCbCr freed
     x = stack.float().clamp(0.0, 1.0)
     h, w = x.shape[-2:]
     nlev = levels or pyramid_levels(*ctx.image_shape((h, w)))
