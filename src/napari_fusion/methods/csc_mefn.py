@@ -160,21 +160,27 @@ _PARAMS = (
 )
 
 
-@register_method(
-    name="csc_mefn",
-    title="CSC-MEFN deep sparse coding exposure fusion (Xu, Zhao et al. 2023)",
+#: What ``csc_mefn`` and its variant ``csc_mefn_pyramid`` register alike.
+_COMMON: dict = dict(
     tasks=("multi-exposure",),
     mode="nway",
     learned=True,
     outputs=("fused", "labels", "weights"),
+    intensity="dtype",
+    colour="native",
+)
+
+
+@register_method(
+    name="csc_mefn",
+    title="CSC-MEFN deep sparse coding exposure fusion (Xu, Zhao et al. 2023)",
+    **_COMMON,
     params=_PARAMS,
     citation=CITATION,
     description=(
         "A trained convolutional sparse coding network weights every exposure's luma (softmax across "
         "exposures); chroma by saturation; percentile stretch."
     ),
-    intensity="dtype",
-    colour="native",
     halo=_halo,
     collect_halo=_collect_halo,
 )
@@ -188,7 +194,7 @@ def fuse_csc_mefn(
     weights: str,
 ) -> MethodOutput:
     _check(stack, stretch, low_percentile, high_percentile)
-    wts, ycc = _exposure_weights(stack, ctx, load_csc_mefn(weights, ctx.device))
+    wts, ycc = _exposure_weights(stack.float().clamp(0.0, 1.0), ctx, load_csc_mefn(weights, ctx.device))
     n, c = stack.shape[:2]
     y = (wts * ycc[:, 0]).sum(0)
     if c == 3:
@@ -211,13 +217,12 @@ def _check(stack: torch.Tensor, stretch: bool, low: float, high: float) -> None:
         raise FusionInputError(f"low_percentile ({low}) must be below high_percentile ({high})")
 
 
-def _exposure_weights(stack: torch.Tensor, ctx: FusionContext, net: CSCMEFN) -> tuple[torch.Tensor, torch.Tensor]:
-    """The softmax luma weights ``(N, H, W)`` and the exposures in YCbCr (grey: as they are)
-    ``(N, C, H, W)``."""
-    n, c, h, w = stack.shape
-    x = stack.float().clamp(0.0, 1.0)
+def _exposure_weights(x: torch.Tensor, ctx: FusionContext, net: CSCMEFN) -> tuple[torch.Tensor, torch.Tensor]:
+    """The softmax luma weights ``(N, H, W)`` of the exposures ``x`` (float, in [0, 1]) and the
+    exposures in YCbCr (grey: ``x`` itself) ``(N, C, H, W)``."""
+    n, c, h, w = x.shape
     ycc = rgb_to_ycbcr(x, channel_dim=1) if c == 3 else x  # (N, C, H, W)
-    logits = torch.empty((n, h, w), dtype=torch.float32, device=stack.device)
+    logits = torch.empty((n, h, w), dtype=torch.float32, device=x.device)
     for k in range(n):
         message = f"weights, exposure {k + 1}/{n}"
         logits[k] = luma_logits(
@@ -257,18 +262,13 @@ def _pyramid_collect_halo(params: dict) -> int | None:
 @register_method(
     name=PYRAMID_NAME,
     title="CSC-MEFN weights blended in a pyramid (variant of Xu, Zhao et al. 2023)",
-    tasks=("multi-exposure",),
-    mode="nway",
-    learned=True,
-    outputs=("fused", "labels", "weights"),
+    **_COMMON,
     params=(*_PARAMS, Param("levels", 0, int, "Pyramid levels (0: as many as fit).", low=0, high=16)),
     citation=CITATION + " Blend: T. Mertens, J. Kautz, F. Van Reeth, 'Exposure fusion', Pacific Graphics 2007.",
     description=(
         "Not the paper's rule: a CSC-MEFN weight network trained for this blend weights every exposure, "
         "and the exposures are blended in a Laplacian pyramid (as Mertens et al.); percentile stretch."
     ),
-    intensity="dtype",
-    colour="native",
     halo=_pyramid_halo,
     collect_halo=_pyramid_collect_halo,
 )
@@ -287,8 +287,8 @@ def fuse_csc_mefn_pyramid(
     Gaussian pyramids of the weights, then the paper's clamp and stretch. With automatic depth
     the coarse levels are a whole-image step, as in :mod:`napari_fusion.methods.mertens`."""
     _check(stack, stretch, low_percentile, high_percentile)
-    wts = _exposure_weights(stack, ctx, load_csc_mefn(weights, ctx.device, name=PYRAMID_NAME))[0]  # YCbCr freed
     x = stack.float().clamp(0.0, 1.0)
+    wts = _exposure_weights(x, ctx, load_csc_mefn(weights, ctx.device, name=PYRAMID_NAME))[0]  # YCbCr freed
     h, w = x.shape[-2:]
     nlev = levels or pyramid_levels(*ctx.image_shape((h, w)))
     split = 0 if levels else split_levels(nlev)
