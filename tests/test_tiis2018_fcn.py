@@ -116,6 +116,24 @@ def test_examples_are_complementary(photos):
         assert m.shape == (20, 20) and m.dtype == bool
 
 
+def test_both_sharp_examples_leave_one_source_sharp(photos):
+    """``both_sharp`` keeps one source sharp everywhere in that share of examples; 0 is the paper's recipe."""
+    base = sample_fusion_examples(photos, n=60, seed=5, patch=32)
+    again = sample_fusion_examples(photos, n=60, seed=5, patch=32, both_sharp=0.0)
+    for x, y in zip(base, again):
+        np.testing.assert_array_equal(x, y)  # the paper's examples, draw for draw
+    a, b, s = sample_fusion_examples(photos, n=400, seed=5, patch=32, both_sharp=0.5)
+    sharp_a = (a == s).reshape(len(s), -1).all(1)
+    sharp_b = (b == s).reshape(len(s), -1).all(1)
+    # both-sharp examples (about half) plus the 'whole' masks (about a tenth per source) of the rest
+    assert 0.45 < (sharp_a | sharp_b).mean() < 0.75
+    assert 0.35 < sharp_a.mean() / (sharp_a.mean() + sharp_b.mean()) < 0.65  # neither position favoured
+    a0, b0, s0 = base
+    assert (a0 == s0).reshape(len(s0), -1).all(1).mean() < 0.25
+    # a complementary region is still blurred in the other source
+    assert ((np.abs(a.astype(int) - s) > 2) | (np.abs(b.astype(int) - s) > 2)).reshape(len(s), -1).any(1).mean() > 0.8
+
+
 def test_smoke_training_beats_its_starting_point(device, photos, tmp_path):
     """The smoke config, trained on a few photos, lowers the held-out MSE below the plain average."""
     folder = tmp_path / "photos"
@@ -295,3 +313,10 @@ def test_training_cli_registered():
 
     cfg = config_from_args(args)
     assert cfg.net.layout == (3, 1, 2) and cfg.name == "smoke"
+    assert (cfg.data.sigma_low, cfg.data.sigma_high, cfg.data.both_sharp) == (2.0, 10.0, 0.0)
+    extra = ["--sigma-low", "1", "--both-sharp", "0.3"]
+    cfg = config_from_args(build_parser().parse_args(["train", "two_stream", "--config", "smoke", *extra]))
+    assert (cfg.data.sigma_low, cfg.data.sigma_high, cfg.data.both_sharp) == (1.0, 10.0, 0.3)
+    for bad in (["--both-sharp", "1.5"], ["--sigma-low", "0"], ["--sigma-low", "12"]):
+        with pytest.raises(SystemExit, match="sigma|both-sharp"):
+            config_from_args(build_parser().parse_args(["train", "two_stream", "--config", "smoke", *bad]))

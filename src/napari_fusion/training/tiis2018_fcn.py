@@ -99,6 +99,7 @@ def sample_fusion_examples(
     sigma_high: float = 10.0,
     levels_per_photo: int = 4,
     var_threshold: float = 25.0 / 255.0**2,
+    both_sharp: float = 0.0,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(A, B, S)`` uint8 arrays ``(n', patch, patch)``: complementary-region blurred pairs and the sharp patch.
@@ -107,6 +108,13 @@ def sample_fusion_examples(
     the sharp patch's variance exceeds ``var_threshold`` (grey levels in
     [0, 1]). Photographs smaller than the patch or without texture are
     skipped, so ``n'`` can be below ``n``.
+
+    ``both_sharp``: the fraction of examples in which one source (A or B,
+    equally likely) is left sharp everywhere, so the other's sharp region is
+    sharp in both. Real focal pairs have such regions (parts in the depth of
+    field of both shots), where a fusion must return the sources unchanged;
+    the paper's pairs never show one. With 0 (the paper's recipe) the
+    examples are those of earlier versions, draw for draw.
     """
     from tqdm.auto import tqdm
 
@@ -139,6 +147,8 @@ def sample_fusion_examples(
             ba = blurred[int(rng.integers(levels_per_photo))][sl]
             bb = blurred[int(rng.integers(levels_per_photo))][sl]
             m = region_mask(patch, rng)
+            if both_sharp > 0 and rng.random() < both_sharp:
+                ba, bb = (s, bb) if rng.random() < 0.5 else (ba, s)
             a = np.where(m, s, ba)
             b = np.where(m, bb, s)
             out_a[j] = np.clip(np.rint(a * 255), 0, 255)
@@ -196,6 +206,7 @@ class TwoStreamDataConfig:
     sigma_low: float = 2.0
     sigma_high: float = 10.0
     levels_per_photo: int = 4
+    both_sharp: float = 0.0  # fraction of examples with one source sharp everywhere
     var_threshold: float = 25.0  # 0-255 scale
     sharp_threshold: float = 0.15
     min_sharp_fraction: float = 0.75
@@ -326,6 +337,7 @@ def build_datasets(cfg: TwoStreamTrainConfig, *, cache_dir: Path | None = None, 
         sigma_high=d.sigma_high,
         levels_per_photo=d.levels_per_photo,
         var_threshold=vt,
+        both_sharp=d.both_sharp,
         progress=progress,
     )
     tr = sample_fusion_examples([photos[keep[i]] for i in tr_idx], n=d.n_train, seed=cfg.train.seed, **common)
@@ -386,7 +398,14 @@ def _data_text(cfg: TwoStreamTrainConfig, info: dict[str, Any], val: dict[str, f
         f"{d.patch}x{d.patch} location whose sharp patch S has variance > {d.var_threshold} (0-255 scale), a random "
         f"region mask M (straight boundary, ellipse, smooth blob or the whole patch, either polarity) and two of "
         f"{d.levels_per_photo} whole-photograph Gaussian blurs with sigma uniform in [{d.sigma_low}, {d.sigma_high}]: "
-        f"A = M*S + (1-M)*blur_i(S), B = (1-M)*S + M*blur_j(S), target S; 8-bit. Loss: MSE. The photograph lists "
+        f"A = M*S + (1-M)*blur_i(S), B = (1-M)*S + M*blur_j(S), target S; 8-bit. "
+        + (
+            f"In {d.both_sharp:.0%} of the examples one source (A or B) is left sharp everywhere, so the region "
+            "M (or 1-M) is sharp in both, as where a real focal pair shares its depth of field. "
+            if d.both_sharp > 0
+            else ""
+        )
+        + f"Loss: MSE. The photograph lists "
         f"are in `photos.json` of the run folder.\n\n"
         f"**Validation accuracy** above is the fraction of held-out patches on which the network's MSE is below "
         f"the plain average (A+B)/2's. Held-out PSNR: network {val['psnr_net']:.2f} dB, plain average "
@@ -474,6 +493,16 @@ def add_arguments(p) -> None:
     p.add_argument("--width", type=int, default=None, help="filters per layer (default 64)")
     p.add_argument("--kernel", type=int, default=None, help="kernel size (default 5)")
     p.add_argument("--layout", default=None, help="conv-fusion-deconv layer counts, e.g. 2-1-2 (default)")
+    p.add_argument(
+        "--sigma-low", type=float, default=None, help="smallest blur sigma of the training pairs (default 2)"
+    )
+    p.add_argument("--sigma-high", type=float, default=None, help="largest blur sigma (default 10)")
+    p.add_argument(
+        "--both-sharp",
+        type=float,
+        default=None,
+        help="fraction of training examples with one source sharp everywhere, in [0, 1] (default 0: the paper's pairs)",
+    )
     add_run_arguments(p, default_out="runs/two_stream-<config>")
 
 
@@ -492,7 +521,21 @@ def config_from_args(args) -> TwoStreamTrainConfig:
         if len(layout) != 3:
             raise SystemExit(f"--layout must look like 2-1-2, got {args.layout!r}")
         cfg.net.layout = layout
+    _apply_data_overrides(cfg.data, args)
     return cfg
+
+
+def _apply_data_overrides(d: TwoStreamDataConfig, args) -> None:
+    for name in ("sigma_low", "sigma_high", "both_sharp"):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(d, name, value)
+    if not 0 < d.sigma_low <= d.sigma_high:
+        raise SystemExit(
+            f"blur sigmas must satisfy 0 < --sigma-low <= --sigma-high, got {d.sigma_low} and {d.sigma_high}"
+        )
+    if not 0 <= d.both_sharp <= 1:
+        raise SystemExit(f"--both-sharp must be in [0, 1], got {d.both_sharp}")
 
 
 def main_from_args(args) -> int:
