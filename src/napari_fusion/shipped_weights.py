@@ -22,7 +22,7 @@ SHIPPED_SHA256: dict[str, str] = {
     "csc_mmfn_cave.pt": "e9fe759e22bbdc0f7f0705dbc05aa23f0901e5f8e16038ac158842ad4c88aebe",
     "csc_mmfn_pansharpening.pt": "f238544bf4f46b3ead968fdc7ce4967a4d832fc763f1367d01e721dbdf8f0b32",
     "liu2017_slight.pt": "0ce6352f17509ff2a313569fb7da375032c57e7aa1135c994f389141b5b5efb0",
-    "tiis2018_fcn.pt": "2c5166d6ea4a127735036862b9b0723f6d1e6d896135ec4e1ccc911334ea147d",
+    "tiis2018_fcn.pt": "305a458cc9576b6d45cd3e4a990718f2e7a677854fdca3683c4746209c19f82d",
     "veshki_cdl_16x16.pt": "cce9c9a8baea865784e0e737646fbe476742b739f9101bcedb28321663709753",
     "veshki_cdl_8x8.pt": "cf0611f1f2f4fdbd214395917c62d311d57a3f84ca8b8fa77d75d908ab7734cb",
 }
