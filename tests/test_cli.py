@@ -103,9 +103,6 @@ def test_methods_listing(capsys):
         (["fuse", "{one}", "{one}", "-o", "x.tif", "-m", "nope"], "unknown method"),
         (["fuse", "{one}", "{one}", "-o", "x.tif", "-p", "smooth=abc"], "must be a number"),
         (["fuse", "{bad}", "{one}", "-o", "x.tif"], "damaged"),
-        # the images are read in the background while torch is imported; a refused parameter
-        # is still what is reported (checked before the images are used)
-        (["fuse", "{bad}", "{one}", "-o", "x.tif", "-p", "nope=1"], "unknown parameter"),
         (["fuse", "{one}", "{one}", "-o", "x.xyz"], "unsupported output format"),
     ],
 )

@@ -85,19 +85,6 @@ def _fingerprint(args: argparse.Namespace, params: dict) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _takes_microscopy_reader(args: argparse.Namespace) -> bool:
-    """Whether :func:`_microscopy_stack` opens the input (rather than the usual image readers)."""
-    from ..microscopy import BIOIO_FORMATS, is_ome_zarr
-
-    if any(getattr(args, k, None) is not None for k in ("scene", "channel", "timepoint")):
-        return True
-    if len(args.inputs) != 1:
-        return False
-    path = args.inputs[0]
-    in_memory = getattr(args, "chunks", None) is None
-    return path.suffix.lower() in BIOIO_FORMATS or (in_memory and is_ome_zarr(path))
-
-
 def _microscopy_stack(args: argparse.Namespace):
     """The input opened by :mod:`napari_fusion.microscopy`, or None when the usual readers take it.
 
@@ -105,14 +92,18 @@ def _microscopy_stack(args: argparse.Namespace):
     with ``--scene``, ``--channel`` or ``--timepoint``, and, in memory,
     OME-Zarr images. The result is grey ``(Z, Y, X)`` or RGB ``(Z, Y, X, 3)``.
     """
-    from ..microscopy import open_microscopy
+    from ..microscopy import BIOIO_FORMATS, is_ome_zarr, open_microscopy
 
     chosen = {k: getattr(args, k, None) for k in ("scene", "channel", "timepoint")}
-    if len(args.inputs) != 1 and any(v is not None for v in chosen.values()):
-        raise FusionInputError("--scene, --channel and --timepoint choose inside one file: give one input")
-    if not _takes_microscopy_reader(args):
+    picked = any(v is not None for v in chosen.values())
+    if len(args.inputs) != 1:
+        if picked:
+            raise FusionInputError("--scene, --channel and --timepoint choose inside one file: give one input")
         return None
     path = args.inputs[0]
+    in_memory = getattr(args, "chunks", None) is None
+    if not (picked or path.suffix.lower() in BIOIO_FORMATS or (in_memory and is_ome_zarr(path))):
+        return None
     ms = open_microscopy(path, **chosen)
     if ms.axes == "ZYXC":
         names = f" ({', '.join(ms.channel_names)})" if ms.channel_names else ""
@@ -230,58 +221,22 @@ def cmd_fuse_tiled(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_ahead(args: argparse.Namespace):
-    """Start reading plain image inputs in the background; returns a callable that gives the images.
-
-    The fusion core's first import (torch: 2-4 s of one core) then overlaps the
-    decoding, which runs in threads that release the GIL. A read error is raised
-    by the callable, after the method's parameters are checked, as before. A
-    daemon thread, so a refused parameter does not wait for the read to end.
-    Inputs for the microscopy reader: None (they are opened after the checks).
-    """
-    if _takes_microscopy_reader(args):
-        return None
-    import threading
-
-    from ..io import read_stack
-
-    box: dict = {}
-
-    def work() -> None:
-        try:
-            box["images"] = read_stack(args.inputs)
-        except BaseException as exc:  # handed to the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=work, name="napari-fusion-read-ahead", daemon=True)
-    thread.start()
-
-    def result() -> list:
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["images"]
-
-    return result
-
-
 def cmd_fuse(args: argparse.Namespace) -> int:
     import numpy as np
+
+    from ..api import fuse
+    from ..io import read_calibration, read_stack, write_image
+    from ..output_safety import AtomicGroup, check_disk_space
 
     if getattr(args, "chunks", None) is not None:
         return cmd_fuse_tiled(args)
     check_fuse_outputs(args)
-    pending = _read_ahead(args)  # decoding overlaps the imports below
-    from ..api import fuse
-    from ..io import read_calibration, write_image
-    from ..output_safety import AtomicGroup, check_disk_space
-
     params = parse_method_params(args.method, args.param or [])
     from ..registry import get_method
 
-    get_method(args.method).resolve_params(params)  # unknown parameters: refused before the images are used
-    ms = _microscopy_stack(args) if pending is None else None
-    images = list(np.asarray(ms.data)) if ms is not None else pending()
+    get_method(args.method).resolve_params(params)  # unknown parameters: refused before reading
+    ms = _microscopy_stack(args)
+    images = list(np.asarray(ms.data)) if ms is not None else read_stack(args.inputs)
     if len(images) < 2:
         raise FusionInputError(
             f"fusion needs at least two images; {', '.join(map(str, args.inputs))} gave {len(images)}"
