@@ -103,6 +103,8 @@ def test_methods_listing(capsys):
         (["fuse", "{one}", "{one}", "-o", "x.tif", "-m", "nope"], "unknown method"),
         (["fuse", "{one}", "{one}", "-o", "x.tif", "-p", "smooth=abc"], "must be a number"),
         (["fuse", "{bad}", "{one}", "-o", "x.tif"], "damaged"),
+        # a refused parameter is reported before any image is read
+        (["fuse", "{bad}", "{one}", "-o", "x.tif", "-p", "nope=1"], "unknown parameter"),
         (["fuse", "{one}", "{one}", "-o", "x.xyz"], "unsupported output format"),
     ],
 )
