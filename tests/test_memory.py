@@ -119,6 +119,24 @@ def test_every_tile_hands_freed_memory_back(monkeypatch):
     tiles.release_freed_memory()  # no C allocator to trim: a no-op
 
 
+def test_tiled_runs_keep_large_allocations_mapped(monkeypatch):
+    """A tiled run asks glibc (once per process) to map every allocation of 4 MiB or more on its
+    own, so freed tiles do not fragment its heaps (a tiled run's peak grew pass after pass)."""
+    calls = []
+    monkeypatch.setattr(tiles, "_mallopt", lambda: lambda *a: calls.append(a) or 1)
+    tiles._set_mmap_threshold.cache_clear()
+    try:
+        images = np.random.default_rng(0).random((3, 64, 96), dtype=np.float32)
+        nf.fuse(images, "focus_measure", chunks=32, device="cpu").compute()
+        assert calls == [(-3, 4 * 2**20)]  # M_MMAP_THRESHOLD, once for the six tiles
+        assert tiles.keep_large_allocations_mapped() is True
+        tiles._set_mmap_threshold.cache_clear()
+        monkeypatch.setattr(tiles, "_mallopt", lambda: None)
+        assert tiles.keep_large_allocations_mapped() is False  # no glibc: nothing done, nothing fails
+    finally:
+        tiles._set_mmap_threshold.cache_clear()
+
+
 def test_malloc_trim_is_found_on_glibc():
     import platform
 
@@ -126,3 +144,4 @@ def test_malloc_trim_is_found_on_glibc():
         pytest.skip("not glibc")
     assert callable(tiles._malloc_trim())
     tiles.release_freed_memory()
+    assert callable(tiles._mallopt())

@@ -74,7 +74,7 @@ from ._inputs import (
 from .device import resolve_device
 from .errors import FusionError, FusionInputError
 from .ops.pyramids import SPLIT_LEVEL
-from .ops.tiles import free_device_memory, is_out_of_memory, release_freed_memory
+from .ops.tiles import free_device_memory, is_out_of_memory, keep_large_allocations_mapped, release_freed_memory
 from .registry import FusionContext, MethodSpec, get_method
 from .results import FusionResult
 from .whole_image import MAX_PASSES, Collected, StepResults, TileSteps
@@ -293,8 +293,10 @@ class TileJob:
         """Fuse ``block`` (the stack over ``block_box``) and return the outputs over ``core``.
 
         Boxes are ``(y0, y1, x0, x1)`` in image pixels. The memory the tile freed goes back to the
-        system when it ends (:func:`~napari_fusion.ops.tiles.release_freed_memory`).
+        system when it ends (:func:`~napari_fusion.ops.tiles.release_freed_memory`), and large
+        allocations are unmapped when freed (:func:`~napari_fusion.ops.tiles.keep_large_allocations_mapped`).
         """
+        keep_large_allocations_mapped()
         try:
             return self.run(np.asarray(block), tuple(block_box), tuple(core))
         finally:
