@@ -28,8 +28,8 @@ __all__ = [
     "MIN_SPLIT_TILE",
     "free_device_memory",
     "is_out_of_memory",
-    "map_tiles",
     "keep_large_allocations_mapped",
+    "map_tiles",
     "release_freed_memory",
     "tile_starts",
 ]
