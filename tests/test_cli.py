@@ -196,3 +196,21 @@ def test_progress_bar_keeps_drawing_after_a_new_phase(capsys):
     bar.close()
     err = capsys.readouterr().err
     assert " 30/100" in err, err
+
+
+def test_tiles_shrunk_for_memory_are_reported_in_one_line(tmp_path, capsys, monkeypatch):
+    """Warnings print as one ``napari-fusion: warning:`` line, not Python's file:line and source."""
+    from napari_fusion import memory
+
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(
+        src, np.random.default_rng(0).integers(0, 4000, (3, 300, 300), dtype=np.uint16), photometric="minisblack"
+    )
+    monkeypatch.setenv(memory.ENV_VAR, str(memory.HEADROOM_BYTES + 1))  # no tile fits
+    out = tmp_path / "fused.tif"
+    rc = main(["fuse", str(src), "-o", str(out), "-m", "focus_measure", "--chunks", "512"])
+    assert rc == 0 and out.exists()
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "is available" in x)
+    assert line.startswith("napari-fusion: warning: ") and "may run out of memory" in line
+    assert "RuntimeWarning" not in err and ".py:" not in err

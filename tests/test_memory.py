@@ -145,3 +145,49 @@ def test_malloc_trim_is_found_on_glibc():
     assert callable(tiles._malloc_trim())
     tiles.release_freed_memory()
     assert callable(tiles._mallopt())
+
+
+def test_fit_tile_to_memory_halves_until_the_blocks_fit():
+    def fit(room, tile=(1024, 1024), align=1, workers=2):
+        return memory.fit_tile_to_memory(
+            tile,
+            halo=100,
+            align=align,
+            shape=(8192, 8192),
+            n=10,
+            channels=1,
+            dtype=np.uint16,
+            method="csc_ivfn",
+            workers=workers,
+            room=room,
+        )
+
+    def need(t, workers=2):
+        return workers * memory.estimate_peak_bytes(10, t + 200, t + 200, 1, np.uint16, "csc_ivfn")
+
+    assert fit(need(1024)) == (1024, 1024)  # fits: unchanged
+    assert fit(need(1024) - 1) == (512, 512)
+    assert fit(need(256)) == (256, 256)
+    assert fit(need(256, workers=1), workers=1) == (256, 256)
+    assert fit(0) == (memory.MIN_FITTED_TILE,) * 2  # never below the floor
+    assert fit(0, tile=(1024, 96)) == (memory.MIN_FITTED_TILE, 96)  # a side already small is kept
+    assert fit(need(256) - 1, tile=(1000, 1000), align=24) == (240, 240)  # 1000 -> 480 -> 240
+    assert fit(0, align=512) == (512, 512)
+
+
+def test_tiles_too_large_for_memory_shrink_with_a_warning(device, monkeypatch):
+    """A tile that, two at a time, needs more memory than is available is split (same result)."""
+    x = _stack(3, 512, 512)
+    monkeypatch.delenv(memory.ENV_VAR, raising=False)
+    want = nf.fuse(x, "focus_measure", device=device)
+    monkeypatch.setattr(memory, "tiles_at_once", lambda: 2)
+    spec = nf.get_method("focus_measure")
+    side = 256 + 2 * spec.halo_for(spec.defaults())
+    need_256 = 2 * memory.estimate_peak_bytes(3, side, side, 1, x.dtype, "focus_measure")
+    monkeypatch.setenv(memory.ENV_VAR, str(memory.HEADROOM_BYTES + need_256))
+    with pytest.warns(RuntimeWarning, match=r"512x512 tiles .* fusing in 256x256 tiles instead"):
+        lazy = nf.fuse(x, "focus_measure", device=device, chunks=512)
+    assert lazy.fused.chunks[0] == (256, 256)
+    got = lazy.compute()
+    np.testing.assert_array_equal(got.fused, want.fused)
+    np.testing.assert_array_equal(got.labels, want.labels)

@@ -54,11 +54,14 @@ ENV_VAR = "NAPARI_FUSION_MEMORY_LIMIT"
 #: 4x1536x1536 grey uint16 and an 8x768x768 RGB uint8 stack on the CPU, solving
 #: for ``(a, b)`` and rounding up by ~10 % (last measured 2026-11-30, after the
 #: shifted-sum filters of :mod:`napari_fusion.ops.filters` and the copy-free ``prepare``). Learned methods that took over 40 s
-#: there (or need weights absent on the measuring machine) have a
-#: conservative guess, marked "guess".
+#: there were measured on smaller stacks, 4x384x384 grey uint16 and 4x256x256 RGB uint8
+#: (2026-12-01: ``calibrate(grey=(4, 384, 384, "uint16"), rgb=(4, 256, 256, "uint8"), methods=[...],
+#: timeout=900)``), where their fixed costs weigh more, so their factors err on the high side;
+#: ``li2018_vgg19`` needs weights absent on the measuring machine and has a conservative guess.
+#: The factors also size the tiles of a tiled run (:func:`fit_tile_to_memory`).
 WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
     "average": (1.5, 1.0),  # measured: grey 2.12, RGB 1.60 per stack element
-    "csc_ivfn": (8.0, 48.0),  # guess (> 60 s even at 4x512x512)
+    "csc_ivfn": (5.75, 137.25),  # measured 2026-12-01 (small stacks, see above): grey 129.84, RGB 46.72
     "csc_mefn": (10.0, 0.0),  # measured: grey 6.89, RGB 8.32
     "csc_mefn_pyramid": (5.75, 0.0),  # measured 2026-11-30: grey 3.11, RGB 4.52
     "focus_measure": (0.0, 4.5),  # measured: grey 3.88, RGB 1.26 (slice view: no float32 stack copy)
@@ -66,11 +69,11 @@ WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
     "gff": (0.0, 10.0),  # measured (slice view): grey 9.00, RGB 1.99
     "laplacian_pyramid": (0.0, 6.25),  # measured (slice view): grey 5.64, RGB 1.11
     "li2018_vgg19": (8.0, 96.0),  # guess (VGG19 weights absent when measured; 64-channel full-size features)
-    "liu2017_cnn": (8.0, 48.0),  # guess (> 40 s)
-    "liu2017_cnn_nway": (8.0, 48.0),  # guess (> 40 s)
+    "liu2017_cnn": (21.75, 36.0),  # measured 2026-12-01 (small stacks, see above): grey 52.27, RGB 30.54
+    "liu2017_cnn_nway": (27.75, 19.5),  # measured 2026-12-01 (small stacks, see above): grey 42.80, RGB 30.99
     "mertens": (0.5, 2.0),  # measured (slice view): grey 2.05, RGB 0.96
-    "tiis2018_fcn": (8.0, 48.0),  # guess (> 40 s)
-    "veshki_cdl": (8.0, 48.0),  # guess (> 40 s)
+    "tiis2018_fcn": (34.0, 80.75),  # measured 2026-12-01 (small stacks, see above): grey 104.05, RGB 55.22
+    "veshki_cdl": (5.25, 38.25),  # measured 2026-12-01 (small stacks, see above): grey 39.35, RGB 16.29
 }
 #: Factor for methods not in the table (plugins): conservative.
 DEFAULT_FACTOR = (4.0, 16.0)
@@ -210,8 +213,12 @@ def estimate_peak_bytes(
     return int(elements * item + work + out)
 
 
-def _gib(b: int) -> str:
+def size_text(b: int) -> str:
+    """A byte count for messages: ``"1.25 GiB"``, or ``"12.5 MiB"`` below 256 MiB."""
     return f"{b / 2**30:.2f} GiB" if b >= 2**28 else f"{b / 2**20:.1f} MiB"
+
+
+_gib = size_text
 
 
 REMEDY = "use chunks=1024 in Python or --chunks 1024 on the command line to fuse tile by tile"
@@ -293,6 +300,55 @@ def _auto_tile(n, c, dtype, method, halo, room, workers) -> int:
             break
         tile //= 2
     return tile
+
+
+#: Smallest tile (core side) :func:`fit_tile_to_memory` shrinks a requested tile to.
+MIN_FITTED_TILE = 128
+
+
+def tiles_at_once() -> int:
+    """How many tiles the local threaded scheduler computes side by side (dask's ``num_workers``
+    setting, else the CPU count)."""
+    import dask
+
+    return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
+
+
+def fit_tile_to_memory(
+    tile: tuple[int, int],
+    *,
+    halo: int,
+    align: int,
+    shape: tuple[int, int],
+    n: int,
+    channels: int,
+    dtype: Any,
+    method: str,
+    workers: int,
+    room: int,
+    device: str = "cpu",
+) -> tuple[int, int]:
+    """The largest tile, at most ``tile``, whose blocks fit in ``room`` bytes ``workers`` at a time.
+
+    A tile computes its block (the core grown by ``halo`` on each side, clipped
+    to ``shape``) with the method's untiled working set
+    (:func:`estimate_peak_bytes`), so a tile the user chose for the output's
+    chunking may need far more memory than the machine has (``csc_ivfn``'s
+    codes are 64 float32 maps per source and layer: about 8.5 GiB for one block
+    of a 1024 tile of ten slices). The tile is halved, keeping it a multiple
+    of ``align``, down to :data:`MIN_FITTED_TILE` (or ``align``, if larger),
+    until the blocks fit; the same tile comes back when it already fits.
+    """
+
+    def need(t: tuple[int, int]) -> int:
+        bh, bw = min(t[0] + 2 * halo, shape[0]), min(t[1] + 2 * halo, shape[1])
+        return workers * estimate_peak_bytes(n, bh, bw, channels, dtype, method, device=device)
+
+    floor = max(MIN_FITTED_TILE, align)
+    out = tuple(int(v) for v in tile)
+    while need(out) > room and max(out) > floor:  # type: ignore[arg-type]
+        out = tuple(max(floor, (v // 2) // align * align) if v > floor else v for v in out)
+    return out  # type: ignore[return-value]
 
 
 def guard_untiled(
@@ -501,8 +557,11 @@ __all__ = [
     "calibrate",
     "check_fits",
     "estimate_peak_bytes",
+    "fit_tile_to_memory",
     "guard_untiled",
     "input_geometry",
     "measure_peak_rss",
     "parse_size",
+    "size_text",
+    "tiles_at_once",
 ]

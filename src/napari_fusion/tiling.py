@@ -54,6 +54,7 @@ import operator
 import sys
 import threading
 import uuid
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -844,6 +845,7 @@ def fuse_lazy(
     device_name = "auto" if device is None or device == "auto" else str(dev)
     input_chunks = (stack.chunks[1][0], stack.chunks[2][0]) if _is_dask(images) or _is_zarr(images) else None
     grid = plan_grid(spec, resolved, (h, w), chunks=chunks, input_chunks=input_chunks, halo=halo, n=n)
+    grid = fit_grid_to_memory(grid, spec, n=n, channels=stack.shape[3] if colour else 1, dtype=dtype, device=dev)
     offset, scale, out_low, out_high = intensity_mapping(dtype, *global_statistics(stack, dtype=dtype), spec.intensity)
     want_labels = "labels" in spec.outputs
     job = TileJob(
@@ -916,6 +918,57 @@ def plan_grid(
     if declared is None and not (tile[0] >= h and tile[1] >= w):
         raise FusionInputError(_global_method_message(spec, params, tile, (h, w)))
     return TileGrid((h, w), tile, _round_up(declared or 0, align), align)
+
+
+def fit_grid_to_memory(
+    grid: TileGrid, spec: MethodSpec, *, n: int, channels: int, dtype: Any, device: torch.device
+) -> TileGrid:
+    """``grid`` with smaller tiles when its tiles, computed side by side on this machine, would not
+    fit in the memory available (:func:`napari_fusion.memory.fit_tile_to_memory`), with a warning.
+
+    The tile the user gave (``chunks``) sets the output's chunking and is kept
+    whenever it fits. With a dask.distributed client the tiles run elsewhere
+    and nothing is changed.
+    """
+    from . import memory
+
+    if _in_distributed_client():
+        return grid
+    workers = memory.tiles_at_once()
+    room = max(memory.available_memory() - memory.HEADROOM_BYTES, 0)
+    host = "cpu" if device.type == "cpu" else device.type
+    tile = memory.fit_tile_to_memory(
+        grid.tile,
+        halo=grid.halo,
+        align=grid.align,
+        shape=grid.shape,
+        n=n,
+        channels=channels,
+        dtype=dtype,
+        method=spec.name,
+        workers=workers,
+        room=room,
+        device=host,
+    )
+    if tile == grid.tile:
+        return grid
+
+    def need(t: tuple[int, int]) -> int:
+        block = (min(t[0] + 2 * grid.halo, grid.shape[0]), min(t[1] + 2 * grid.halo, grid.shape[1]))
+        return workers * memory.estimate_peak_bytes(n, *block, channels, dtype, spec.name, device=host)
+
+    side = lambda t: f"{t[0]}x{t[1]}"  # noqa: E731
+    size = memory.size_text
+    warnings.warn(
+        f"{side(grid.tile)} tiles of {n} slices with {spec.name!r} would need about {size(need(grid.tile))} "
+        f"({workers} at a time, each with a {grid.halo} px halo) but {size(room)} is available: "
+        f"fusing in {side(tile)} tiles instead"
+        + (f", which still need about {size(need(tile))} and may run out of memory" if need(tile) > room else "")
+        + f" (set {memory.ENV_VAR} to change the memory this may use)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return replace(grid, tile=tile)
 
 
 def collect_steps(
@@ -1038,6 +1091,7 @@ __all__ = [
     "Tile",
     "TileGrid",
     "TileJob",
+    "fit_grid_to_memory",
     "fuse_lazy",
     "global_statistics",
     "is_lazy",

@@ -36,6 +36,7 @@ import argparse
 import importlib
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from ..errors import FusionError
@@ -110,10 +111,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if threading_main() else None
     try:
-        return _run(args, debug)
+        with warnings.catch_warnings():
+            if not debug:  # one line, like the errors, instead of Python's file:line and source
+                warnings.showwarning = _show_warning
+            return _run(args, debug)
     finally:
         if previous is not None:  # a caller's own handler (e.g. when main() is called in-process)
             signal.signal(signal.SIGTERM, previous)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line; on its own line when a progress bar is drawing (tqdm clears and redraws it)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"napari-fusion: warning: {message}", file=sys.stderr if file is None else file)
 
 
 def _run(args: argparse.Namespace, debug: bool) -> int:
