@@ -333,9 +333,9 @@ def fit_tile_to_memory(
     A tile computes its block (the core grown by ``halo`` on each side, clipped
     to ``shape``) with the method's untiled working set
     (:func:`estimate_peak_bytes`), so a tile the user chose for the output's
-    chunking may need far more memory than the machine has (``csc_ivfn``'s
-    codes are 64 float32 maps per source and layer: about 8.5 GiB for one block
-    of a 1024 tile of ten slices). The tile is halved, keeping it a multiple
+    chunking may need far more memory than the machine has (``csc_ivfn`` keeps
+    every source's codes: about 8.5 GiB for one block of a 1024 tile of ten
+    slices). The tile is halved, keeping it a multiple
     of ``align``, down to :data:`MIN_FITTED_TILE` (or ``align``, if larger),
     until the blocks fit; the same tile comes back when it already fits.
     """
