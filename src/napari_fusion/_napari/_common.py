@@ -12,6 +12,8 @@ run computes and shows; this module holds no fusion logic.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -49,6 +51,33 @@ COMBO_CHARS = 12
 
 
 # ---------------------------------------------------------------------------- widgets
+
+
+class _RaisedInWorker(Exception):
+    """Carries an exception out of a generator worker (see :func:`_errors_reach_the_gui`)."""
+
+    def __init__(self, original: BaseException):
+        super().__init__(str(original))
+        self.original = original
+
+
+def _errors_reach_the_gui(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func``, a generator function, with its RuntimeErrors wrapped in :class:`_RaisedInWorker`.
+
+    superqt's generator worker takes any RuntimeError for the sign of a deleted
+    worker and ends without emitting ``errored`` or ``finished``: the run
+    never ended, the Run button stayed disabled. Missing weights
+    (:class:`WeightsUnavailableError`) and torch errors are RuntimeErrors.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any):
+        try:
+            return (yield from func(*args, **kwargs))
+        except RuntimeError as exc:
+            raise _RaisedInWorker(exc) from exc
+
+    return wrapper
 
 
 def scrolling_layout(widget: QWidget) -> QVBoxLayout:
@@ -310,6 +339,8 @@ class WorkerControls:
 
         if progress is not None:
             self._start_progress(progress)
+        if inspect.isgeneratorfunction(func):
+            func = _errors_reach_the_gui(func)
         self.worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(self._on_returned)
         if hasattr(self.worker, "yielded") and hasattr(self, "_on_yielded"):  # a generator: partial results
@@ -378,6 +409,7 @@ class WorkerControls:
 
     # end of a run
     def _on_errored(self, exc: BaseException) -> None:
+        exc = getattr(exc, "original", exc)  # unwrapped (_errors_reach_the_gui)
         prefix = self.input_error_prefix
         if prefix and isinstance(exc, FusionError) and not isinstance(exc, FusionCancelled):
             self.status.setText(f"{prefix}: {exc}")
