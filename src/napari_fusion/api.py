@@ -117,6 +117,7 @@ def fuse(
         device=device,
         progress=progress,
         params=params,
+        fuse_tiled=fuse_lazy,
     )
     if tiled is not None:  # too large for memory: fused tile by tile (else guard_untiled raised or passed)
         return tiled

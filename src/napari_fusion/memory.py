@@ -31,6 +31,7 @@ import re
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -362,8 +363,12 @@ def guard_untiled(
     device=None,
     progress=None,
     params: dict[str, Any] | None = None,
+    fuse_tiled: Callable[..., Any],
 ):
     """Called by :func:`napari_fusion.fuse` before it prepares an in-memory stack.
+
+    ``fuse_tiled`` is :func:`napari_fusion.tiling.fuse_lazy` (given by the
+    caller: the tiling module imports this one).
 
     Returns None when the untiled fusion fits in memory (or the input's shape
     cannot be read cheaply). Otherwise, if the method can be tiled, fuses tile
@@ -392,8 +397,6 @@ def guard_untiled(
             f"cannot be fused tile by tile; with a method that can (e.g. 'focus_measure'), " + REMEDY
         )
         raise FusionInputError(_message(need, room, n, h, w, c, dtype, spec.name, remedy))
-    from .tiling import fuse_lazy
-
     workers = max(1, min(os.cpu_count() or 1, 8))
     input_bytes = n * h * w * c * dtype.itemsize
     tile = _auto_tile(n, c, dtype, spec.name, halo, max(room - input_bytes - HEADROOM_BYTES, 0), workers)
@@ -404,7 +407,7 @@ def guard_untiled(
         RuntimeWarning,
         stacklevel=3,
     )
-    lazy = fuse_lazy(
+    lazy = fuse_tiled(
         images,
         spec.name,
         stack_axis=stack_axis,
