@@ -51,7 +51,9 @@ def fold_pairwise(spec: MethodSpec, stack: torch.Tensor, *, ctx: FusionContext, 
 
     After each step, pixels the pair method takes from the new slice get that
     slice's index; the others keep the label they carried, so every output
-    pixel still names its source slice. Weights compose the same way.
+    pixel still names its source slice. Weights compose the same way, except
+    in a tile of a tiled run, whose outputs have no weights (an ``(N, H, W)``
+    float32 map per tile saved: 74 MB for a 1358^2 block of ten slices).
     """
     n = stack.shape[0]
     acc = stack[0]
@@ -59,14 +61,14 @@ def fold_pairwise(spec: MethodSpec, stack: torch.Tensor, *, ctx: FusionContext, 
     weights = None
     extras: dict[str, torch.Tensor] = {}
     for k in range(1, n):
-        pair = torch.stack([acc, stack[k]])
-        out = spec.run(pair, ctx=ctx.sub(k - 1, n - 1), **params)
+        out = spec.run(torch.stack([acc, stack[k]]), ctx=ctx.sub(k - 1, n - 1), **params)
         acc = out.fused
         if out.labels is not None:
             labels = torch.where(out.labels.to(labels.device) == 1, torch.full_like(labels, k), labels)
-        if out.weights is not None:
+        if out.weights is not None and not ctx.tiled:
             weights = _compose_weights(weights, out.weights, k, stack)
         extras = out.extras
+        del out  # the step's labels and weights, before the next step runs
     has_labels = "labels" in spec.outputs
     return MethodOutput(fused=acc, labels=labels if has_labels else None, weights=weights, extras=extras)
 
