@@ -563,3 +563,31 @@ def test_tiles_report_from_inside_and_are_cancelled_there(device):
         seen.clear()
         list(nf.fuse(images, "_reports", device=device, chunks=20).iter_tiles(progress=lambda d, t, m: seen.append(m)))
         assert seen[0] == "tile 1/4: step 1" and seen[-1] == "tile 4/4: step 4"
+
+
+def test_tiles_of_a_pairwise_fold_compose_no_weights(device, monkeypatch):
+    """Tiled outputs have no weights, so a tile's fold does not build the (N, H, W) weights
+    (a 74 MB float32 map per 1358^2 block of ten slices); the untiled fold still does."""
+    from napari_fusion import _engine
+    from napari_fusion.registry import MethodOutput, temporary_method
+
+    def run(stack, *, ctx):
+        pick = (stack[1] > stack[0]).float()[0]
+        return MethodOutput(
+            fused=pick * stack[1] + (1 - pick) * stack[0], labels=pick.long(), weights=torch.stack([1 - pick, pick])
+        )
+
+    composed = []
+    real = _engine._compose_weights
+    monkeypatch.setattr(_engine, "_compose_weights", lambda *a: composed.append(1) or real(*a))
+    with temporary_method(
+        run, name="_pair_max", title="t", tasks=("multi-focus",), mode="pairwise", outputs=("fused", "labels"), halo=0
+    ) as spec:
+        images = _stack(1, 4, 48, 40)
+        ref = nf.fuse(images, spec.name, device=device)
+        assert len(composed) == 3 and ref.weights.shape == (4, 48, 40)
+        composed.clear()
+        tiled = nf.fuse(images, spec.name, chunks=16, device=device).compute()
+        assert not composed
+        np.testing.assert_array_equal(tiled.fused, ref.fused)
+        np.testing.assert_array_equal(tiled.labels, ref.labels)
