@@ -960,10 +960,10 @@ def fit_grid_to_memory(
     side = lambda t: f"{t[0]}x{t[1]}"  # noqa: E731
     size = memory.size_text
     warnings.warn(
-        f"{side(grid.tile)} tiles of {n} slices with {spec.name!r} would need about {size(need(grid.tile))} "
+        f"{side(grid.tile)} tiles of {n} slices with {spec.name!r} are estimated to need {size(need(grid.tile))} "
         f"({workers} at a time, each with a {grid.halo} px halo) but {size(room)} is available: "
         f"fusing in {side(tile)} tiles instead"
-        + (f", which still need about {size(need(tile))} and may run out of memory" if need(tile) > room else "")
+        + (f", estimated to still need {size(need(tile))} and may run out of memory" if need(tile) > room else "")
         + f" (set {memory.ENV_VAR} to change the memory this may use)",
         RuntimeWarning,
         stacklevel=2,
