@@ -219,9 +219,6 @@ def size_text(b: int) -> str:
     return f"{b / 2**30:.2f} GiB" if b >= 2**28 else f"{b / 2**20:.1f} MiB"
 
 
-_gib = size_text
-
-
 REMEDY = "use chunks=1024 in Python or --chunks 1024 on the command line to fuse tile by tile"
 
 
@@ -251,7 +248,7 @@ def _message(need, room, n, h, w, c, dtype, method, remedy) -> str:
     shape = f"{n} x {h} x {w}" + (f" x {c}" if c > 1 else "")
     return (
         f"fusing this {shape} {np.dtype(dtype).name} stack with {method!r} in memory needs about "
-        f"{_gib(need)} (estimate), but only {_gib(room)} is available; stopped before allocating it. "
+        f"{size_text(need)} (estimate), but only {size_text(room)} is available; stopped before allocating it. "
         f"To fuse it anyway, {remedy}."
     )
 
@@ -402,7 +399,7 @@ def guard_untiled(
     tile = _auto_tile(n, c, dtype, spec.name, halo, max(room - input_bytes - HEADROOM_BYTES, 0), workers)
     warnings.warn(
         f"fusing this {n} x {h} x {w}{f' x {c}' if c > 1 else ''} stack with {spec.name!r} in memory would need "
-        f"about {_gib(need)} but only {_gib(room)} is available: fusing it tile by tile instead "
+        f"about {size_text(need)} but only {size_text(room)} is available: fusing it tile by tile instead "
         f"({tile} x {tile} tiles; pass chunks= yourself to choose)",
         RuntimeWarning,
         stacklevel=3,
