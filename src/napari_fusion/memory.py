@@ -70,7 +70,10 @@ WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
     "gff": (0.0, 10.0),  # measured (slice view): grey 9.00, RGB 1.99
     "laplacian_pyramid": (0.0, 6.25),  # measured (slice view): grey 5.64, RGB 1.11
     "li2018_vgg19": (8.0, 96.0),  # guess (VGG19 weights absent when measured; 64-channel full-size features)
-    "liu2017_cnn": (21.75, 36.0),  # measured 2026-12-01 (small stacks, see above): grey 52.27, RGB 30.54
+    # liu2017_cnn: at 4x384x384 grey 52.27 and 4x256x256 RGB 30.54 (small stacks: mostly fixed costs);
+    # at 2x and 4x 1358x1358 grey uint16 with area_fraction=0, 11.3 for both (2026-12-01, the size a
+    # tile of a 10 x 8192^2 run has). Grey 14 = that + 10 % + the region removal; RGB split a guess.
+    "liu2017_cnn": (4.0, 10.0),
     "liu2017_cnn_nway": (27.75, 19.5),  # measured 2026-12-01 (small stacks, see above): grey 42.80, RGB 30.99
     "mertens": (0.5, 2.0),  # measured (slice view): grey 2.05, RGB 0.96
     "tiis2018_fcn": (34.0, 80.75),  # measured 2026-12-01 (small stacks, see above): grey 104.05, RGB 55.22
