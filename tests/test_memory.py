@@ -191,3 +191,14 @@ def test_tiles_too_large_for_memory_shrink_with_a_warning(device, monkeypatch):
     got = lazy.compute()
     np.testing.assert_array_equal(got.fused, want.fused)
     np.testing.assert_array_equal(got.labels, want.labels)
+
+
+def test_tiles_at_once_follows_dask_num_workers():
+    import os
+
+    import dask
+
+    with dask.config.set(num_workers=3):
+        assert memory.tiles_at_once() == 3
+    with dask.config.set(num_workers=None):
+        assert memory.tiles_at_once() == max(1, os.cpu_count() or 1)

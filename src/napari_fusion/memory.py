@@ -342,14 +342,32 @@ def fit_tile_to_memory(
     """
 
     def need(t: tuple[int, int]) -> int:
-        bh, bw = min(t[0] + 2 * halo, shape[0]), min(t[1] + 2 * halo, shape[1])
-        return workers * estimate_peak_bytes(n, bh, bw, channels, dtype, method, device=device)
+        return tiles_need(t, halo=halo, shape=shape, n=n, channels=channels, dtype=dtype, method=method,
+                          workers=workers, device=device)  # fmt: skip
 
     floor = max(MIN_FITTED_TILE, align)
     out = tuple(int(v) for v in tile)
     while need(out) > room and max(out) > floor:  # type: ignore[arg-type]
         out = tuple(max(floor, (v // 2) // align * align) if v > floor else v for v in out)
     return out  # type: ignore[return-value]
+
+
+def tiles_need(
+    tile: tuple[int, int],
+    *,
+    halo: int,
+    shape: tuple[int, int],
+    n: int,
+    channels: int,
+    dtype: Any,
+    method: str,
+    workers: int,
+    device: str = "cpu",
+) -> int:
+    """Estimated bytes of ``workers`` tiles computed side by side: each its block (the core grown by
+    ``halo``, clipped to ``shape``) with the method's untiled working set."""
+    bh, bw = min(tile[0] + 2 * halo, shape[0]), min(tile[1] + 2 * halo, shape[1])
+    return workers * estimate_peak_bytes(n, bh, bw, channels, dtype, method, device=device)
 
 
 def guard_untiled(
@@ -567,4 +585,5 @@ __all__ = [
     "parse_size",
     "size_text",
     "tiles_at_once",
+    "tiles_need",
 ]

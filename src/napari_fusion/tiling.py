@@ -937,25 +937,14 @@ def fit_grid_to_memory(
     workers = memory.tiles_at_once()
     room = max(memory.available_memory() - memory.HEADROOM_BYTES, 0)
     host = "cpu" if device.type == "cpu" else device.type
-    tile = memory.fit_tile_to_memory(
-        grid.tile,
-        halo=grid.halo,
-        align=grid.align,
-        shape=grid.shape,
-        n=n,
-        channels=channels,
-        dtype=dtype,
-        method=spec.name,
-        workers=workers,
-        room=room,
-        device=host,
-    )
+    costs = dict(halo=grid.halo, shape=grid.shape, n=n, channels=channels, dtype=dtype, method=spec.name,
+                 workers=workers, device=host)  # fmt: skip
+    tile = memory.fit_tile_to_memory(grid.tile, align=grid.align, room=room, **costs)  # type: ignore[arg-type]
     if tile == grid.tile:
         return grid
 
     def need(t: tuple[int, int]) -> int:
-        block = (min(t[0] + 2 * grid.halo, grid.shape[0]), min(t[1] + 2 * grid.halo, grid.shape[1]))
-        return workers * memory.estimate_peak_bytes(n, *block, channels, dtype, spec.name, device=host)
+        return memory.tiles_need(t, **costs)  # type: ignore[arg-type]
 
     side = lambda t: f"{t[0]}x{t[1]}"  # noqa: E731
     size = memory.size_text
