@@ -446,6 +446,26 @@ def test_outputs_computed_separately_fuse_each_tile_once(device):
     assert len(calls) == 2 * n  # a new fusion of the same data is fused again
 
 
+def test_outputs_computed_together_keep_no_tiles_in_the_cache(device, tmp_path):
+    """compute(), write_lazy and iter_tiles need each tile once for all outputs: the cache (up to
+    TILE_CACHE_BYTES held through a long run) keeps none of their tiles, and still serves the
+    outputs napari computes one by one afterwards."""
+    from napari_fusion.io import write_lazy
+
+    images = _stack(2, 3, 64, 64)
+    tiling.TILE_CACHE.clear()
+    lazy = tiling.fuse_lazy(images, get_method("focus_measure"), device=device, chunks=32)
+    lazy.compute()
+    write_lazy(lazy, tmp_path / "out.zarr")
+    list(lazy.iter_tiles())
+    assert tiling.TILE_CACHE._bytes == 0
+    before = tiling.TILE_CACHE.computed
+    lazy.fused.compute(scheduler="synchronous")
+    lazy.labels.compute(scheduler="synchronous")
+    assert tiling.TILE_CACHE.computed - before == lazy.grid.n_tiles  # the separate computes still share tiles
+    assert tiling.TILE_CACHE._bytes > 0
+
+
 def _every_method() -> list[tuple[str, dict]]:
     """Every registered method, with its defaults; the pyramid methods, whose default depth follows
     the image size (global, refused in tiles: test_global_method_is_refused_unless_one_tile),

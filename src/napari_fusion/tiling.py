@@ -480,7 +480,23 @@ class _TileCache:
         self._items: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._bypassed: dict[str, int] = {}  # run id -> computes of all its outputs together
         self.computed = 0  # tiles fused (not served from the cache), for tests and benchmarks
+
+    @contextlib.contextmanager
+    def bypassed(self, run_id: str) -> Iterator[None]:
+        """Keep no tiles of run ``run_id`` while this is entered: a compute of all its outputs
+        together (a write, ``compute()``, the widget's tiles) needs each tile once, and the
+        cache would only hold up to :data:`TILE_CACHE_BYTES` more memory through the run."""
+        with self._lock:
+            self._bypassed[run_id] = self._bypassed.get(run_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._bypassed[run_id] -= 1
+                if not self._bypassed[run_id]:
+                    del self._bypassed[run_id]
 
     def get(self, key: tuple) -> dict[str, np.ndarray] | None:
         with self._lock:
@@ -493,7 +509,7 @@ class _TileCache:
         size = sum(int(np.asarray(v).nbytes) for v in planes.values())
         with self._lock:
             self.computed += 1
-            if size > self.max_bytes or key in self._items:
+            if size > self.max_bytes or key in self._items or key[1] in self._bypassed:
                 return
             self._items[key] = planes
             self._bytes += size
@@ -692,7 +708,7 @@ class LazyFusionResult(FusionResult):
             blocks = [a.blocks[i, j] for i, j in group for a in arrays.values()]
             if not blocks:
                 continue
-            with _live(self.run_id, live):
+            with _live(self.run_id, live), TILE_CACHE.bypassed(self.run_id):
                 values = compute_quietly(*blocks)
             per = len(arrays)
             for k, (i, j) in enumerate(group):
@@ -763,20 +779,21 @@ def tile_progress(result: LazyFusionResult, progress: Callable[[float, float, st
     callback stops the scheduler from starting further tiles; tiles already
     running finish. With a ``dask.distributed`` client use its dashboard or
     ``distributed.progress`` instead (no callback is made).
+
+    Its callers compute all outputs of ``result`` together, so meanwhile no tile
+    of it is kept in :data:`TILE_CACHE` (see :meth:`_TileCache.bypassed`).
     """
     progress = progress or result.progress
-    if result.grid is None:
-        yield None
-        return
-    cb = _tile_callback(result.key_prefix, result.grid.n_tiles, progress)
-    if cb is None:
-        yield None
-        return
-    import dask
+    with TILE_CACHE.bypassed(result.run_id):
+        cb = None if result.grid is None else _tile_callback(result.key_prefix, result.grid.n_tiles, progress)
+        if cb is None:
+            yield None
+            return
+        import dask
 
-    # low-level fusion would merge a tile task into its only consumer under another key
-    with dask.config.set({"optimization.fuse.active": False}), cb, _live(result.run_id, cb.live):
-        yield cb
+        # low-level fusion would merge a tile task into its only consumer under another key
+        with dask.config.set({"optimization.fuse.active": False}), cb, _live(result.run_id, cb.live):
+            yield cb
 
 
 def _tile_callback(prefix: str, total: int, progress, what: str = "tile", start: int = 0):
