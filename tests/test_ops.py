@@ -132,17 +132,52 @@ def test_remove_small_regions():
     assert torch.equal(lab[5:7, 5:7], torch.ones(2, 2, dtype=torch.long))  # input untouched
 
 
-def test_remove_small_regions_counts_region_sizes_in_chunks(monkeypatch):
-    """Region sizes are counted a few million labels at a time (np.bincount copies its input to
-    int64: 512 MiB for an 8192^2 map); counted in chunks of 7 labels, a region whose pixels fall in
-    many chunks still has its whole size: a 12-pixel region is kept at min_area 12, removed at 13."""
+def test_remove_small_regions_joins_regions_across_bands(monkeypatch):
+    """Regions are labelled a band of rows at a time and joined across the band edges: labelled
+    one row at a time, a 12-pixel region over three rows is kept at min_area 12, removed at 13, and
+    a U-shaped region whose arms meet only in its last row is one region."""
     from napari_fusion.ops import regions
 
-    monkeypatch.setattr(regions, "_COUNT_CHUNK", 7)
+    monkeypatch.setattr(regions, "_BAND_PIXELS", 7)
     lab = torch.zeros(20, 20, dtype=torch.long)
-    lab[2:5, 3:7] = 1  # 12 pixels over three rows, so over several chunks
+    lab[2:5, 3:7] = 1  # 12 pixels over three rows, so over three bands
     assert torch.equal(ops.remove_small_regions(lab, 12), lab)
     assert torch.equal(ops.remove_small_regions(lab, 13), torch.zeros_like(lab))
+    u = torch.zeros(20, 20, dtype=torch.long)
+    u[8:14, 10] = 1
+    u[8:14, 14] = 1
+    u[13, 10:15] = 1  # 6 + 6 + 3 = 15 pixels, joined only in row 13
+    assert torch.equal(ops.remove_small_regions(u, 15), u)
+    assert torch.equal(ops.remove_small_regions(u, 16), torch.zeros_like(u))
+
+
+@pytest.mark.parametrize("cell,margin", [(256, 32), (8, 2), (5, 1)])
+def test_remove_small_regions_fills_from_the_nearest_kept_pixel(monkeypatch, cell, margin):
+    """Each removed pixel takes the value of a nearest kept pixel (checked per value with SciPy's
+    transform of the whole map, so ties may go either way), with cells and margins small enough
+    that most pixels are settled by the search over groups of cells."""
+    from scipy import ndimage
+
+    from napari_fusion.ops import regions
+
+    monkeypatch.setattr(regions, "_CELL", cell)
+    monkeypatch.setattr(regions, "_MARGIN", margin)
+    rng = np.random.default_rng(3)
+    coarse = rng.integers(0, 3, (12, 14))
+    lab = np.kron(coarse, np.ones((6, 6), dtype=np.int64))[:70, :81]
+    lab[rng.random(lab.shape) < 0.05] = 3  # specks of a fourth value everywhere
+    lab[10:40, 20:60] = rng.integers(0, 2, (30, 40))  # a large noisy area: nothing kept inside
+    out = ops.remove_small_regions(torch.from_numpy(lab), 40).numpy()
+    sizes_ok = np.zeros(lab.shape, dtype=bool)
+    for v in np.unique(lab):
+        comp, _ = ndimage.label(lab == v)
+        sizes_ok |= (np.bincount(comp.ravel()) >= 40)[comp] & (comp > 0)
+    assert sizes_ok.any() and (~sizes_ok).sum() > 1000
+    np.testing.assert_array_equal(out[sizes_ok], lab[sizes_ok])
+    dist = {v: ndimage.distance_transform_edt(~(sizes_ok & (lab == v))) for v in np.unique(lab[sizes_ok])}
+    nearest = np.min(np.stack(list(dist.values())), axis=0)
+    chosen = np.choose(np.searchsorted(sorted(dist), out), [dist[v] for v in sorted(dist)])
+    np.testing.assert_allclose(chosen[~sizes_ok], nearest[~sizes_ok])
 
 
 def test_mode_filter_removes_speckle():
