@@ -110,6 +110,37 @@ def test_open_errors(tmp_path):
     assert open_lazy_stack(tmp_path / "two.zarr", component="b").shape == (2, 8, 8)
 
 
+def test_folder_of_png_and_jpeg_slices_opens_lazily(device, tmp_path):
+    """Slices that cannot be read in parts are one chunk each, decoded only when computed; the tiled
+    fusion of a folder of them equals the in-memory one. A slice of another size is refused when the
+    stack is opened, one of another colour layout when it is decoded, with the file named."""
+    from napari_fusion.io import read_stack, write_image
+
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for k in range(3):
+        write_image(folder / f"z{k}.png", (rng.random((40, 50, 3)) * 255).astype(np.uint8))
+    arr = open_lazy_stack(folder)
+    assert arr.shape == (3, 40, 50, 3) and arr.dtype == np.uint8 and arr.numblocks[0] == 3
+    eager = read_stack(folder)
+    np.testing.assert_array_equal(arr.compute(), np.stack(eager))
+    tiled = nf.fuse(arr, method="focus_measure", chunks=16, device=device).compute()
+    ref = nf.fuse(eager, method="focus_measure", device=device)
+    np.testing.assert_array_equal(tiled.fused, ref.fused)
+    np.testing.assert_array_equal(tiled.labels, ref.labels)
+
+    (tmp_path / "odd").mkdir()  # (writers refuse paths inside an input folder)
+    slices = sorted(folder.iterdir())
+    write_image(tmp_path / "odd" / "wide.jpg", np.zeros((40, 51, 3), np.uint8))
+    with pytest.raises(FusionInputError, match="wide.jpg is 40x51 pixels"):
+        open_lazy_stack([*slices, tmp_path / "odd" / "wide.jpg"])
+    write_image(tmp_path / "odd" / "grey.png", np.zeros((40, 50), np.uint8))  # grey among colour slices
+    arr = open_lazy_stack([*slices, tmp_path / "odd" / "grey.png"])
+    with pytest.raises(FusionInputError, match="grey.png decodes to 40x50 uint8"):
+        arr.compute()
+
+
 def test_fuse_from_tiff_write_tiff_and_zarr_equal_untiled(device, tmp_path, stack16):
     src = tmp_path / "stack.tif"
     tifffile.imwrite(src, stack16, tile=(64, 64))

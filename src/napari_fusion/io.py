@@ -513,9 +513,11 @@ def open_lazy_stack(
 
     ``path`` is a multi-page (or OME-) TIFF, a zarr array or group, an
     OME-Zarr image (its highest resolution; axes from its metadata), a folder
-    of TIFF slices, or a list of TIFF files. ``chunks`` sets the spatial chunk
+    of slices, or a list of files. ``chunks`` sets the spatial chunk
     (pixels) where the file allows any (uncompressed TIFF, memory-mapped);
-    otherwise the file's own chunks are used. ``component`` names an array in
+    otherwise the file's own chunks are used. Slices that cannot be read in
+    parts (JPEG, PNG...) are one chunk each, decoded when first needed: a tiled
+    run then holds them decoded while it runs (TIFF slices are read per tile). ``component`` names an array in
     a zarr group. Pass the result to :func:`napari_fusion.fuse` (tiled, lazy)
     or to napari.
     """
@@ -579,10 +581,14 @@ def _stack_files(paths: list[Path], chunks: int | None):
     from .output_safety import remember_input
 
     planes: list[Any] = []
+    first_decoded: np.ndarray | None = None
     for p in paths:
+        remember_input(p)  # writers of this process will refuse it, before any slice is decoded
         if p.suffix.lower() not in (".tif", ".tiff"):
-            raise FusionInputError(f"{p}: only TIFF slices can be read lazily; use read_stack for other formats")
-        remember_input(p)
+            if first_decoded is None:
+                first_decoded = read_image(p)
+            planes.append(_decoded_on_demand(p, first_decoded))
+            continue
         try:
             arr, _ = _open_tiff_lazy(p, chunks)
         except FusionInputError:
@@ -601,6 +607,44 @@ def _stack_files(paths: list[Path], chunks: int | None):
             + "; all images must have the same height and width (crop, resize or align them first)"
         )
     return da.stack(planes)
+
+
+def _decoded_on_demand(path: Path, like: np.ndarray):
+    """A slice that cannot be read in parts (JPEG, PNG...) as one dask chunk, decoded when a
+    tile first needs it; ``like`` (the first such slice, decoded) gives its shape and dtype.
+    Every tile needs every slice, so a tiled run holds these slices decoded while it runs."""
+    import dask
+    import dask.array as da
+
+    check_image_file(path)
+    size = _header_size(path)  # a colour or bit-depth difference shows when the slice is decoded
+    if size is not None and size != like.shape[:2]:
+        raise FusionInputError(
+            f"{path} is {size[0]}x{size[1]} pixels, the first slice {like.shape[0]}x{like.shape[1]}; "
+            "all images must have the same height and width (crop, resize or align them first)"
+        )
+    return da.from_delayed(dask.delayed(_read_like, pure=True)(path, like.shape, like.dtype), like.shape, like.dtype)
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` from the file's header (no decoding), or None where Pillow cannot tell."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except Exception:
+        return None
+
+
+def _read_like(path: Path, shape: tuple, dtype) -> np.ndarray:
+    arr = read_image(path)
+    if arr.shape != tuple(shape) or arr.dtype != dtype:
+        raise FusionInputError(
+            f"{path} decodes to {'x'.join(map(str, arr.shape))} {arr.dtype}, the first slice to "
+            f"{'x'.join(map(str, shape))} {np.dtype(dtype)}: all slices must have the same size, colour and bit depth"
+        )
+    return arr
 
 
 #: Group attribute of zarr outputs: ``{"complete": bool, "fingerprint": str, "tiles": int, ...}``.
