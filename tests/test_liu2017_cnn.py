@@ -125,6 +125,29 @@ def lytro_crop(data_dir):
 
 
 @pytest.mark.data
+def test_nway_blend_streamed_over_slices_equals_the_whole_weight_stack():
+    """The N-way blend filters one slice's choice map at a time (the guide's statistics once); it
+    equals normalising the guided filter of the whole one-hot stack and summing, also where every
+    filtered weight is 0 (the sources' mean), and keeps the weights only when asked."""
+    import torch
+
+    from napari_fusion.methods.liu2017_cnn import _blend_smoothed_choices
+    from napari_fusion.ops.blend import normalise_weights, one_hot, weighted_sum
+    from napari_fusion.ops.guided import guided_filter, guided_filter_of
+
+    g = torch.Generator().manual_seed(4)
+    stack = torch.rand(5, 3, 48, 40, generator=g)
+    labels = torch.randint(0, 4, (48, 40), generator=g)  # slice 4 chosen nowhere
+    guide = torch.rand(48, 40, generator=g)
+    ref_w = normalise_weights(guided_filter(guide, one_hot(labels, 5), 3, 0.01))
+    fused, w = _blend_smoothed_choices(stack, labels, guided_filter_of(guide, 3, 0.01), keep_weights=True)
+    torch.testing.assert_close(fused, weighted_sum(stack, ref_w), atol=2e-6, rtol=0)
+    torch.testing.assert_close(w, ref_w, atol=2e-6, rtol=0)
+    assert _blend_smoothed_choices(stack, labels, guided_filter_of(guide, 3, 0.01), keep_weights=False)[1] is None
+    zero, _ = _blend_smoothed_choices(stack, labels, lambda m: m * 0, keep_weights=False)
+    torch.testing.assert_close(zero, stack.mean(0))
+
+
 def test_real_lytro_pair_agrees_with_focus_measure_and_commutes(device, lytro_crop):
     a, b = lytro_crop
     res = nf.fuse([a, b], "liu2017_cnn", device=device)

@@ -44,7 +44,7 @@ from ..nets.liu2017_cnn import (
     stack_terms,
 )
 from ..ops.blend import luminance_stack, normalise_weights, one_hot, select, weighted_sum
-from ..ops.guided import guided_filter
+from ..ops.guided import guided_filter, guided_filter_of
 from ..ops.regions import remove_small_regions
 from ..registry import FusionContext, MethodOutput, Param, register_method
 from ..weights import LoadedWeights, how_to_train, load_shipped, shipped_path
@@ -298,12 +298,40 @@ def fuse_liu2017_nway(
     ctx.report(n + 2, steps, "consistency verification")
     if gf_radius > 0:
         guide = select(grey.unsqueeze(1), labels)[0]
-        wts = normalise_weights(guided_filter(guide, one_hot(labels, n), gf_radius, gf_eps))
+        smooth = guided_filter_of(guide, gf_radius, gf_eps)
+        fused, wts = _blend_smoothed_choices(stack, labels, smooth, keep_weights=not ctx.tiled)
     else:
         wts = one_hot(labels, n)
-    fused = weighted_sum(stack, wts)
+        fused = weighted_sum(stack, wts)
     ctx.report(steps, steps, "fused")
     return MethodOutput(fused=fused, labels=labels, weights=wts, extras=extras)
+
+
+def _blend_smoothed_choices(
+    stack: torch.Tensor, labels: torch.Tensor, smooth: Callable[[torch.Tensor], torch.Tensor], *, keep_weights: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(fused, weights): ``sum_k w_k I_k / sum_k w_k`` with ``w_k = max(smooth([labels == k]), 0)``,
+    the mean of the sources where every ``w_k`` is 0 (as :func:`normalise_weights`), streamed over
+    the slices: a few ``(H, W)`` maps whatever their number. The normalised ``(N, H, W)`` weights
+    only with ``keep_weights`` (a tile of a tiled run outputs none)."""
+    n = stack.shape[0]
+    num = torch.zeros_like(stack[0])
+    total = torch.zeros(labels.shape, dtype=stack.dtype, device=stack.device)
+    kept = []
+    for k in range(n):
+        w = smooth((labels == k).to(stack.dtype)).clamp_min_(0)
+        num.addcmul_(stack[k], w)
+        total += w
+        if keep_weights:
+            kept.append(w)
+    some = total > _NO_WEIGHT
+    fused = torch.where(some, num / total.clamp_min(_NO_WEIGHT), stack.mean(0))
+    weights = normalise_weights(torch.stack(kept), eps=_NO_WEIGHT) if keep_weights else None
+    return fused, weights
+
+
+#: Total weight below which a pixel takes the mean of the sources (:func:`normalise_weights`' rule).
+_NO_WEIGHT = 1e-12
 
 
 def _nway_decision(

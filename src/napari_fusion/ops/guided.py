@@ -39,6 +39,27 @@ def guided_filter(
     return mean(a) * guide + mean(b)
 
 
+def guided_filter_of(guide: torch.Tensor, radius: int, eps: float, *, border: str = "reflect"):
+    """The grey guided filter steered by ``guide`` ``(H, W)``, as a function of the source.
+
+    The guide's window statistics are computed once, so filtering many sources
+    (one map per slice of a stack) costs four box filters each and a few
+    ``(H, W)`` maps, where :func:`guided_filter` on an ``(N, H, W)`` source
+    broadcasts the guide and keeps ``(N, H, W)`` intermediates.
+    """
+    mean = lambda t: box_filter(t, radius, border=border)  # noqa: E731
+    mean_i = mean(guide)
+    var_i = mean(guide * guide) - mean_i * mean_i
+
+    def apply(src: torch.Tensor) -> torch.Tensor:
+        mean_p = mean(src)
+        a = (mean(guide * src) - mean_i * mean_p) / (var_i + eps)
+        b = mean_p - a * mean_i
+        return mean(a) * guide + mean(b)
+
+    return apply
+
+
 def _guided_filter_colour(guide, src, radius, eps, border):
     mean = lambda t: box_filter(t, radius, border=border)  # noqa: E731
     p = src.unsqueeze(-3)  # (..., 1, H, W)
