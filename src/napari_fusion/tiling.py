@@ -1007,6 +1007,7 @@ def collect_steps(
             probe = replace(pass_job, halo=probe_halo)(block, tile0.block, tile0.core)
         if "__done__" in probe:
             return known
+        what = _pass_name(p, probe["__collected__"].key, job.spec.mode, stack.shape[0])
         if progress is not None:
             progress(1, grid.n_tiles, f"{what} 1/{grid.n_tiles}")
         prefix = f"{TILE_KEY_PREFIX}-pass{p}-{uuid.uuid4().hex}"
@@ -1023,6 +1024,14 @@ def collect_steps(
         known.add(first, parts, grid.shape)
         log.info("whole-image step %r of %s found (pass %d, %d tiles)", first.key, job.spec.name, p + 1, len(parts))
     raise FusionError(f"method {job.spec.name!r} needs more than {MAX_PASSES} whole-image passes")
+
+
+def _pass_name(p: int, key: tuple, mode: str, n: int) -> str:
+    """``whole-image pass P: tile``; for a folded two-input method also which fold step the pass
+    collects for (the first element of its step's key), so a long run shows how far it is."""
+    if mode == "pairwise" and n > 2 and key and isinstance(key[0], int):
+        return f"whole-image pass {p + 1} (fold step {key[0] + 1} of {n - 1}): tile"
+    return f"whole-image pass {p + 1}: tile"
 
 
 def _checked_halo(halo: Any) -> int:
