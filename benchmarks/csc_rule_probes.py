@@ -38,13 +38,14 @@ def _hard(w: torch.Tensor) -> torch.Tensor:
 
 
 def ivfn_rule(variant: str):
-    """A replacement for ``methods.csc_ivfn.fuse_codes`` applying ``variant`` after the paper's rule."""
+    """A replacement for ``methods.csc_ivfn.fuse_source_codes`` applying ``variant`` after the paper's rule."""
     import napari_fusion.methods.csc_ivfn as m
 
-    paper = m.fuse_codes
+    paper = m.fuse_source_codes
 
-    def fuse_codes(base, detail, *, strategy, **kw):
-        fb, fd, wd, wb = paper(base, detail, strategy=strategy, **kw)
+    def fuse_source_codes(codes, *, strategy, **kw):
+        fb, fd, wd, wb = paper(codes, strategy=strategy, **kw)
+        base, detail = codes.stacked()
         if variant.startswith("dmax"):
             wd = _hard(wd)
             fd = m._weighted_sum(wd, detail)
@@ -60,7 +61,7 @@ def ivfn_rule(variant: str):
             fb = base.mean(0)
         return fb, fd, wd, wb
 
-    return m, "fuse_codes", paper if variant == "paper" else fuse_codes
+    return m, "fuse_source_codes", paper if variant == "paper" else fuse_source_codes
 
 
 def ivfn_residual(variant: str):

@@ -344,13 +344,80 @@ def test_fused_in_network_tiles_equals_one_pass(monkeypatch):
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-5)
 
 
-def test_saliency_fuse_streams_the_weighted_sum():
-    """The channel-streamed fusion equals the weights times the codes summed over sources."""
-    from napari_fusion.methods.csc_ivfn import saliency_fuse
+def _codes_that_count(base, detail, counts, *, keep):
+    """SourceCodes over given codes, counting how often each kind of encoding is asked for."""
+    from napari_fusion.methods.csc_ivfn import SourceCodes
+
+    def encode(i):
+        counts["both"] += 1
+        return base[i].clone(), detail[i].clone()
+
+    def encode_base(i):
+        counts["base"] += 1
+        return base[i].clone()
+
+    return SourceCodes(base.shape[0], encode, encode_base, keep=keep)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_source_streamed_saliency_rule_equals_the_rule_on_all_sources(keep):
+    """One source at a time (codes recomputed or kept), the fusion equals the paper's rule
+    applied to every source's codes at once: weights (N, C, H, W) times the codes."""
+    from napari_fusion.methods.csc_ivfn import fuse_source_codes
 
     gen = torch.Generator().manual_seed(4)
-    codes = torch.randn((3, 5, 24, 31), generator=gen)
-    w = saliency_weights(codes, radius=4, eps=0.01)
-    fused, mean_w = saliency_fuse(codes, radius=4, eps=0.01)
-    torch.testing.assert_close(fused, (w * codes).sum(0))
-    torch.testing.assert_close(mean_w, w.mean(1))
+    base, detail = torch.randn((3, 5, 24, 31), generator=gen), torch.randn((3, 5, 24, 31), generator=gen)
+    detail[:, :, :6, :6] = 0  # no activity anywhere there: fused detail 0
+    counts = {"both": 0, "base": 0}
+    codes = _codes_that_count(base, detail, counts, keep=keep)
+    fb, fd, wd, wb = fuse_source_codes(codes, strategy="saliency", gf_radius=4, gf_eps=0.01)
+    w = saliency_weights(base, radius=4, eps=0.01)
+    torch.testing.assert_close(fb, (w * base).sum(0))
+    # each source's share of the (unnormalised) weights over the channels: near their channel mean
+    torch.testing.assert_close(wb.sum(0), torch.ones(24, 31))
+    assert (wb >= 0).all() and float((wb - w.mean(1)).abs().max()) < 0.01
+    wl1 = l1_weights(detail)
+    torch.testing.assert_close(wd, wl1)
+    torch.testing.assert_close(fd, (wl1[:, None] * detail).sum(0))
+    assert (fd[:, :5, :5] == 0).all()
+    # kept: every source coded once; streamed: ranges, histograms, round 1 (with the details), round 2
+    assert counts == ({"both": 3, "base": 0} if keep else {"both": 3, "base": 9})
+
+
+def test_source_streamed_l1_and_average_rules_code_each_source_once():
+    from napari_fusion.methods.csc_ivfn import fuse_source_codes
+
+    gen = torch.Generator().manual_seed(5)
+    base, detail = torch.randn((4, 3, 16, 20), generator=gen), torch.randn((4, 3, 16, 20), generator=gen)
+    for strategy in ("l1", "average"):
+        counts = {"both": 0, "base": 0}
+        fb, fd, wd, wb = fuse_source_codes(_codes_that_count(base, detail, counts, keep=False), strategy=strategy)
+        assert counts == {"both": 4, "base": 0}
+        if strategy == "l1":
+            torch.testing.assert_close(fb, (l1_weights(base)[:, None] * base).sum(0))
+            torch.testing.assert_close(wb, l1_weights(base))
+        else:
+            torch.testing.assert_close(fb, base.mean(0))
+            torch.testing.assert_close(fd, detail.mean(0))
+            assert wd is None
+    torch.testing.assert_close(base, torch.randn((4, 3, 16, 20), generator=torch.Generator().manual_seed(5)))
+
+
+@needs_weights
+@pytest.mark.parametrize("strategy", ["saliency", "l1"])
+def test_codes_recomputed_per_source_give_the_kept_result_whole_and_tiled(monkeypatch, strategy):
+    """Large blocks code one source at a time (codes recomputed, never all held): the same
+    fused image and labels as codes kept, untiled and in tiles with whole-image statistics."""
+    import napari_fusion.methods.csc_ivfn as M
+
+    rng = np.random.default_rng(3)
+    a = rng.random((90, 110)).astype(np.float32)
+    stack = [a, np.roll(a, 9, 1) ** 2, np.flipud(a) * 0.7]
+    kept = fuse(stack, "csc_ivfn", strategy=strategy, gf_radius=6)
+    monkeypatch.setattr(M, "KEEP_CODES_BYTES", 0)
+    streamed = fuse(stack, "csc_ivfn", strategy=strategy, gf_radius=6)
+    tiled = fuse(stack, "csc_ivfn", strategy=strategy, gf_radius=6, chunks=48).compute(scheduler="synchronous")
+    for got in (streamed, tiled):
+        np.testing.assert_allclose(got.fused, kept.fused, rtol=0, atol=1e-5)
+        assert (got.labels != kept.labels).mean() <= 0.001
+    np.testing.assert_allclose(streamed.weights, kept.weights, rtol=0, atol=1e-6)

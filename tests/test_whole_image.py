@@ -61,6 +61,34 @@ def test_global_steps_in_tiles_equal_untiled(chunks):
     np.testing.assert_array_equal(got.labels, ref.labels)
 
 
+def _nway_computed_stat(stack, *, ctx):
+    """A statistic of values computed only when it is asked for: each slice's 3x3 mean (a map
+    that needs a halo), reduced over the core one slice at a time."""
+    computed = []
+
+    def smoothed(k):
+        computed.append(k)
+        return torch.nn.functional.avg_pool2d(stack[k].mean(0)[None], 3, 1, 1, count_include_pad=False)[0]
+
+    def reduce_core(core):
+        return torch.stack([_mean_stat(core(smoothed(k))) for k in range(len(stack))]).sum(0)
+
+    mean = ctx.whole_image_stat_of("mean", reduce_core, lambda t: float(t[0] / t[1]))
+    keep = smoothed(0) > mean
+    assert not ctx.tiled or len(computed) == 1  # in the final tiles the statistic is known: not computed
+    return MethodOutput(fused=torch.where(keep, stack[0], stack[1]), labels=(~keep).long())
+
+
+def test_a_statistic_computed_when_needed_in_tiles_equals_untiled():
+    images = _images()
+    with temporary_method(_nway_computed_stat, name="_whole_of", mode="nway", **{**REGISTRATION, "halo": 1,
+                                                                                "collect_halo": 1}):  # fmt: skip
+        ref = nf.fuse(images, "_whole_of", device="cpu")
+        got = nf.fuse(images, "_whole_of", device="cpu", chunks=16).compute()
+    np.testing.assert_array_equal(got.fused, ref.fused)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+
+
 def test_a_folded_method_has_one_pass_per_fold_step():
     images = _images(n=4)
     with temporary_method(_pairwise, name="_whole_pair", mode="pairwise", **REGISTRATION):

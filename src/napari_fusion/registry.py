@@ -201,6 +201,25 @@ class FusionContext:
             return finish(reduce(values))
         return self._steps.stat(self._scope + (key,), values, reduce, finish, combine)
 
+    def whole_image_stat_of(
+        self,
+        key: str,
+        reduce_core: Callable[[Callable[[torch.Tensor], torch.Tensor]], Any],
+        finish: Callable[[Any], Any],
+        combine: Callable[[Any, Any], Any] | None = None,
+    ) -> Any:
+        """:meth:`whole_image_stat` of values the method computes only when the statistic is needed
+        (e.g. one source at a time, never all at once): ``finish(reduce_core(core))``.
+
+        ``reduce_core(core)`` computes the reduction, calling ``core(x)`` to cut any map
+        ``(..., H, W)`` of this run's block down to the part the statistic covers (the whole
+        map untiled, the tile's core in a tile). It is not called when the engine already
+        has the statistic.
+        """
+        if self._steps is None:
+            return finish(reduce_core(lambda x: x))
+        return self._steps.stat_of(self._scope + (key,), reduce_core, finish, combine)
+
 
 @dataclass(frozen=True)
 class MethodSpec:

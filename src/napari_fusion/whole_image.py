@@ -187,10 +187,13 @@ class TileSteps:
         raise Collected(key, "map", part, finish, None, scale)
 
     def stat(self, key: tuple, values: torch.Tensor, reduce, finish, combine=None) -> Any:
+        return self.stat_of(key, lambda core: reduce(core(values)), finish, combine)
+
+    def stat_of(self, key: tuple, reduce_core, finish, combine=None) -> Any:
         if key in self.known.stats:
             return self.known.stats[key]
         cy, cx = self._core_in_block()
-        raise Collected(key, "stat", reduce(values[..., cy, cx]), finish, combine)
+        raise Collected(key, "stat", reduce_core(lambda x: x[..., cy, cx]), finish, combine)
 
 
 __all__ = ["Collected", "KnownMap", "MAX_PASSES", "StepResults", "TileSteps", "scaled_box"]

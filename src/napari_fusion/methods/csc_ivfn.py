@@ -50,7 +50,7 @@ github.com/Zhaozixiang1228/IF-CSCFuse (CSC-IVF).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -78,8 +78,12 @@ CHANNEL_CHUNK = 1
 #: tile side of the encoder and decoder passes (cache-sized: 2-3x faster than whole
 #: 1024^2 images on a CPU; results equal a whole-image pass)
 NET_TILE = 256
-#: relative cost per pixel of coding one source, fusing the codes and decoding (for progress)
-_COST_ENCODE, _COST_FUSE, _COST_DECODE = 1.0, 4.0, 0.2
+#: relative cost per pixel of coding one source, the saliency rule's weights of one source
+#: and decoding (for progress)
+_COST_ENCODE, _COST_WEIGHTS, _COST_DECODE = 1.0, 1.0, 0.2
+#: every source's codes are kept (computed once) when they take at most this many bytes;
+#: beyond, they are computed again when needed, one source at a time (bounded memory)
+KEEP_CODES_BYTES = 256 * 2**20
 
 
 WEIGHTS_NAME = "csc_ivfn"
@@ -159,70 +163,28 @@ def _levels(norm: torch.Tensor) -> torch.Tensor:
 
 
 def _counts_in_range(codes: torch.Tensor, rng: torch.Tensor) -> torch.Tensor:
-    """``(N, C, 256)`` level counts of codes scaled by ``rng``, a few channels at a time."""
+    """``(..., C, 256)`` level counts of codes ``(..., C, H, W)`` scaled by ``rng`` ``(2, ..., C)``,
+    a few channels at a time."""
     out = []
-    for start in range(0, codes.shape[1], CHANNEL_CHUNK):
+    for start in range(0, codes.shape[-3], CHANNEL_CHUNK):
         part = slice(start, start + CHANNEL_CHUNK)
-        out.append(level_counts(_levels(scaled01(codes[:, part], rng[:, :, part]))))
-    return torch.cat(out, dim=1)
+        out.append(level_counts(_levels(scaled01(codes[..., part, :, :], rng[..., part]))))
+    return torch.cat(out, dim=-2)
 
 
-def saliency_weights(
-    codes: torch.Tensor,
-    *,
-    radius: int = 45,
-    eps: float = 0.01,
-    report: Callable[[int, int], None] | None = None,
-    ctx: FusionContext | None = None,
-) -> torch.Tensor:
-    """``(N, C, H, W)`` codes -> ``(N, C, H, W)`` guided-filtered histogram-saliency weights.
-
-    The maps' ranges and level histograms are whole-image statistics (``ctx``;
-    computed in collect passes of a tiled run). ``report(done, total)`` is called
-    after every chunk of channels.
-    """
-    out = torch.empty_like(codes)
-    for part, weights in _iter_saliency_weights(codes, radius=radius, eps=eps, report=report, ctx=ctx):
-        out[:, part] = weights
-    return out
+def saliency_weights(codes: torch.Tensor, *, radius: int = 45, eps: float = 0.01) -> torch.Tensor:
+    """``(N, C, H, W)`` codes -> ``(N, C, H, W)`` guided-filtered histogram-saliency weights
+    (the paper's base-code rule, all sources at once; the method streams it: :func:`fuse_source_codes`)."""
+    rng = code_range(codes)
+    tables = saliency_tables(_counts_in_range(codes, rng))
+    r = _guided_radius(radius, codes.shape[-2:])
+    norm = scaled01(codes, rng)
+    p = normalise_weights(_lookup(tables, _levels(norm)) + 1e-12)
+    return normalise_weights(guided_filter(norm, p, r, eps) if r > 0 else p)
 
 
-def saliency_fuse(
-    codes: torch.Tensor,
-    *,
-    radius: int = 45,
-    eps: float = 0.01,
-    report: Callable[[int, int], None] | None = None,
-    ctx: FusionContext | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sum_n w_n * codes_n (C, H, W), channel-mean weights (N, H, W))`` with the
-    :func:`saliency_weights`, a few channels at a time (never all the ``(N, C, H, W)`` weights)."""
-    n, c, h, w = codes.shape
-    fused = torch.empty((c, h, w), dtype=codes.dtype, device=codes.device)
-    total = torch.zeros((n, h, w), dtype=codes.dtype, device=codes.device)
-    for part, weights in _iter_saliency_weights(codes, radius=radius, eps=eps, report=report, ctx=ctx):
-        fused[part] = (weights * codes[:, part]).sum(0)
-        total += weights.sum(1)
-    return fused, total / c
-
-
-def _iter_saliency_weights(codes: torch.Tensor, *, radius, eps, report, ctx) -> Iterator[tuple[slice, torch.Tensor]]:
-    """``(channels, (N, chunk, H, W) weights)`` of :func:`saliency_weights`, chunk by chunk."""
-    n, c, h, w = codes.shape
-    ctx = ctx or FusionContext(codes.device)
-    rng = ctx.whole_image_stat("code_range", codes, code_range, lambda r: r, join_ranges)
-    counts = ctx.whole_image_stat("code_levels", codes, lambda z: _counts_in_range(z, rng), lambda t: t)
-    tables = saliency_tables(counts.to(codes.device))
-    r = int(min(radius, max(min(h, w) - 1, 0)))  # reflect borders need r < side
-    for start in range(0, c, CHANNEL_CHUNK):
-        part = slice(start, start + CHANNEL_CHUNK)
-        norm = scaled01(codes[:, part], rng[:, :, part])
-        p = normalise_weights(_lookup(tables[:, part], _levels(norm)) + 1e-12)
-        if r > 0:
-            p = guided_filter(norm, p, r, eps)
-        yield part, normalise_weights(p)
-        if report is not None:
-            report(min(start + CHANNEL_CHUNK, c), c)
+def _guided_radius(radius: int, shape) -> int:
+    return int(min(radius, max(min(shape) - 1, 0)))  # reflect borders need r < side
 
 
 def _weighted_sum(weights: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -233,6 +195,193 @@ def _weighted_sum(weights: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class SourceCodes:
+    """The sparse codes of each source, one source at a time (``(C, H, W)`` base and detail codes).
+
+    ``encode(i)`` returns source ``i``'s ``(base, detail)`` codes and ``encode_base(i)``
+    its base codes alone. With ``keep`` every source's codes are computed once and kept
+    (small images); without, they are computed again whenever asked, so that at most one
+    source's codes are held at a time whatever the number of sources.
+    """
+
+    def __init__(self, n: int, encode, encode_base=None, *, keep: bool = False):
+        self.n = n
+        self._encode, self._encode_base = encode, encode_base
+        self._kept: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if keep or encode_base is None else None
+
+    @classmethod
+    def given(cls, base: torch.Tensor, detail: torch.Tensor) -> SourceCodes:
+        """Codes already computed: ``(N, C, H, W)`` base and detail codes."""
+        return cls(base.shape[0], lambda i: (base[i], detail[i]), lambda i: base[i])
+
+    def both(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._kept is None:
+            return self._encode(i)
+        if i not in self._kept:
+            self._kept[i] = self._encode(i)
+        return self._kept[i]
+
+    def base(self, i: int) -> torch.Tensor:
+        if self._kept is None:
+            return self._encode_base(i)
+        return self.both(i)[0]
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, C, H, W)`` base and detail codes of all sources (for experiments; holds them all)."""
+        pairs = [self.both(i) for i in range(self.n)]
+        return torch.stack([b for b, _ in pairs]), torch.stack([d for _, d in pairs])
+
+
+def _activity(codes: torch.Tensor) -> torch.Tensor:
+    """l1 activity ``box3(sum_c |z|)`` (zero border) of one source's ``(C, H, W)`` codes -> ``(H, W)``."""
+    return box_filter(codes.abs().sum(0, keepdim=True), 1, border="zeros")[0]
+
+
+_EPS = 1e-12
+
+
+class _MeanRule:
+    """Codes averaged over the sources (``strategy="average"``), one source at a time."""
+
+    def __init__(self, n: int):
+        self.n, self.sum = n, None
+
+    def add(self, i: int, z: torch.Tensor) -> None:
+        self.sum = z.clone() if self.sum is None else self.sum.add_(z)
+
+    def result(self, report=None) -> tuple[torch.Tensor, torch.Tensor]:
+        uniform = torch.full((self.n, *self.sum.shape[-2:]), 1.0 / self.n, dtype=self.sum.dtype, device=self.sum.device)
+        return self.sum.div_(self.n), uniform
+
+
+class _L1Rule:
+    """The l1 rule, one source at a time: ``sum_n A_n z_n / sum_n A_n`` and the weights ``A_n / sum A``.
+
+    Where every activity is 0, every source's codes are 0 around that pixel (the 3x3 mean
+    includes it), so the fused codes there are 0, which is also their average.
+    """
+
+    def __init__(self, n: int):
+        self.n, self.act, self.fused = n, None, None
+
+    def add(self, i: int, z: torch.Tensor) -> None:
+        if self.fused is None:
+            self.act = torch.empty((self.n, *z.shape[-2:]), dtype=z.dtype, device=z.device)
+            self.fused = torch.zeros_like(z)
+        self.act[i] = _activity(z)
+        self.fused.addcmul_(self.act[i].expand_as(z), z)
+
+    def result(self, report=None) -> tuple[torch.Tensor, torch.Tensor]:
+        total = self.act.sum(0)
+        fused = self.fused.div_(total.clamp_min(_EPS)).masked_fill_((total <= _EPS).expand_as(self.fused), 0.0)
+        return fused, normalise_weights(self.act, eps=_EPS)
+
+
+class _SaliencyRule:
+    """The paper's saliency rule over the base codes, one source at a time, in two rounds.
+
+    The whole-image statistics (each code map's range and 256-level histogram) come first
+    (:func:`_code_stats`). Round 1 (:meth:`add`) sums ``S_n + 1e-12`` over the sources
+    (``S_n``: each channel's histogram saliency). Round 2 (:meth:`result`) codes each source
+    again, computes its weights ``p_n = (S_n + 1e-12) / sum``, guided-filters them (guide:
+    the source's scaled codes), clips them at 0 and sums ``q_n`` and ``q_n z_n``: the fused
+    codes ``sum q_n z_n / sum q_n`` are the paper's renormalised weights times the codes
+    (the average where every ``q_n`` is 0). Its weights: each source's share of the sum of
+    ``q`` over the channels.
+    """
+
+    def __init__(self, codes: SourceCodes, *, radius: int, eps: float, ctx: FusionContext):
+        self.codes, self.radius, self.eps = codes, radius, eps
+        self.rng, self.tables = _code_stats(codes, ctx)
+        self.total: torch.Tensor | None = None
+
+    def _scores(self, i: int, z: torch.Tensor, part: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        norm = scaled01(z[part], self.rng[:, i, part])
+        return norm, _lookup(self.tables[i, part], _levels(norm)) + _EPS
+
+    def add(self, i: int, z: torch.Tensor) -> None:
+        if self.total is None:
+            self.total = torch.zeros_like(z)
+        for start in range(0, z.shape[0], CHANNEL_CHUNK):
+            part = slice(start, start + CHANNEL_CHUNK)
+            self.total[part] += self._scores(i, z, part)[1]
+
+    def result(self, report: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
+        n, total = self.codes.n, self.total
+        r = _guided_radius(self.radius, total.shape[-2:])
+        qsum, qz, zsum = torch.zeros_like(total), torch.zeros_like(total), torch.zeros_like(total)
+        share = torch.zeros((n, *total.shape[-2:]), dtype=total.dtype, device=total.device)
+        for i in range(n):
+            z = self.codes.base(i)
+            for start in range(0, z.shape[0], CHANNEL_CHUNK):
+                part = slice(start, start + CHANNEL_CHUNK)
+                norm, s = self._scores(i, z, part)
+                p = s.div_(total[part])
+                q = (guided_filter(norm, p, r, self.eps) if r > 0 else p).clamp_min_(0)
+                qsum[part] += q
+                qz[part].addcmul_(q, z[part])
+                share[i] += q.sum(0)
+            zsum += z
+            report(f"base-code weights of source {i + 1}/{n}")
+        flat = qsum <= _EPS
+        fused = qz.div_(qsum.clamp_min(_EPS))
+        fused[flat] = zsum[flat] / n
+        return fused, normalise_weights(share, eps=_EPS)
+
+
+def _code_stats(codes: SourceCodes, ctx: FusionContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole-image ``(2, N, C)`` ranges and ``(N, C, 256)`` saliency tables of the base codes,
+    computed one source at a time (two whole-image statistics in a tiled run)."""
+
+    def ranges(core):
+        return torch.stack([code_range(core(codes.base(i))) for i in range(codes.n)], dim=1)
+
+    rng = ctx.whole_image_stat_of("code_range", ranges, lambda r: r, join_ranges)
+
+    def counts(core):
+        return torch.stack([_counts_in_range(core(codes.base(i)), rng[:, i]) for i in range(codes.n)])
+
+    hist = ctx.whole_image_stat_of("code_levels", counts, lambda t: t)
+    return rng, saliency_tables(hist.to(rng.device))
+
+
+def fuse_source_codes(
+    codes: SourceCodes,
+    *,
+    strategy: str,
+    gf_radius: int = 45,
+    gf_eps: float = 0.01,
+    ctx: FusionContext | None = None,
+    report: Callable[[str], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Fuse the sources' codes one source at a time (see :class:`SourceCodes`): whatever the
+    number of sources, a few ``(C, H, W)`` sums and one source's codes are held at once.
+
+    Returns ``(fused base (C, H, W), fused detail (C, H, W), detail weights (N, H, W) or
+    None for 'average', base weights (N, H, W): each source's share of the base codes'
+    weights)``. The saliency rule calls ``report(message)`` after each source's weights.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    ctx = ctx or FusionContext(torch.device("cpu"))
+    say = report or (lambda message: None)
+    n = codes.n
+    rules: dict[str, Callable[[], _MeanRule | _L1Rule | _SaliencyRule]] = {
+        "average": lambda: _MeanRule(n),
+        "l1": lambda: _L1Rule(n),
+        "saliency": lambda: _SaliencyRule(codes, radius=gf_radius, eps=gf_eps, ctx=ctx),
+    }
+    base_rule, detail_rule = rules[strategy](), rules["average" if strategy == "average" else "l1"]()
+    for i in range(n):
+        zb, zd = codes.both(i)
+        base_rule.add(i, zb)
+        detail_rule.add(i, zd)
+        del zb, zd
+    fd, wd = detail_rule.result()
+    fb, wb = base_rule.result(say)
+    return fb, fd, None if strategy == "average" else wd, wb
+
+
 def fuse_codes(
     base: torch.Tensor,
     detail: torch.Tensor,
@@ -240,30 +389,12 @@ def fuse_codes(
     strategy: str,
     gf_radius: int = 45,
     gf_eps: float = 0.01,
-    report: Callable[[int, int], None] | None = None,
     ctx: FusionContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Fuse ``(N, C, H, W)`` base and detail codes (``report(done, total)`` as work advances).
-
-    Returns ``(fused base (C, H, W), fused detail (C, H, W), detail weights
-    (N, H, W) or None for 'average', base weights (N, H, W) averaged over channels)``.
-    """
-    n = base.shape[0]
-    if strategy == "average":
-        fb, fd = base.mean(0), detail.mean(0)
-        uniform = torch.full((n, *base.shape[-2:]), 1.0 / n, device=base.device)
-        return fb, fd, None, uniform
-    wd = l1_weights(detail)
-    fd = _weighted_sum(wd, detail)
-    if strategy == "l1":
-        wb = l1_weights(base)
-        return _weighted_sum(wb, base), fd, wd, wb
-    if strategy == "saliency":
-        if report is not None:
-            report(0, 1)
-        fb, wb = saliency_fuse(base, radius=gf_radius, eps=gf_eps, report=report, ctx=ctx)
-        return fb, fd, wd, wb
-    raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    """:func:`fuse_source_codes` of ``(N, C, H, W)`` base and detail codes already computed."""
+    return fuse_source_codes(
+        SourceCodes.given(base, detail), strategy=strategy, gf_radius=gf_radius, gf_eps=gf_eps, ctx=ctx
+    )
 
 
 # --------------------------------------------------------------------------- network
@@ -314,6 +445,50 @@ def _collect_halo(params: dict) -> int | None:
     if params["strategy"] == "saliency" or params["chroma_source"] < 0:
         return _encode_radius(params)
     return None
+
+
+def _source_codes(net: CSCIVFN, lum: torch.Tensor, *, keep: bool, work: _Work) -> SourceCodes:
+    """:class:`SourceCodes` of ``(N, 1, H, W)`` luminances, encoded in cache-sized tiles."""
+    n = lum.shape[0]
+
+    def encode(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        report = work.task(_COST_ENCODE, f"sparse codes of source {i + 1}/{n}")
+        zb, zd = map_tiles(net.encode, lum[i : i + 1], halo=net.encode_radius, tile=NET_TILE, strides=(1, 1),
+                           report=report)  # fmt: skip
+        return zb[0], zd[0]
+
+    def encode_base(i: int) -> torch.Tensor:
+        report = work.task(_COST_ENCODE / 2, f"base codes of source {i + 1}/{n}")
+        (zb,) = map_tiles(net.encode_base, lum[i : i + 1], halo=net.encode_radius, tile=NET_TILE, report=report)
+        return zb[0]
+
+    return SourceCodes(n, encode, encode_base, keep=keep)
+
+
+def _work_total(n: int, strategy: str, *, keep: bool, stats: bool) -> float:
+    """Units of work of one run (for progress): encodings, the saliency rule's filters, decoding.
+
+    Without ``keep`` the saliency rule codes each source's base codes again in its second
+    round, and twice more for its whole-image statistics (``stats``: untiled; in a tiled
+    run's final tiles they are known)."""
+    total = n * _COST_ENCODE + _COST_DECODE
+    if strategy == "saliency":
+        total += n * _COST_WEIGHTS
+        if not keep:
+            total += n * _COST_ENCODE / 2 * (3 if stats else 1)
+    return total
+
+
+class _Work:
+    """Progress of a run in units of work: each task's share is booked when it starts."""
+
+    def __init__(self, ctx: FusionContext, total: float):
+        self.ctx, self.total, self.done = ctx, total, 0.0
+
+    def task(self, cost: float, message: str) -> Callable[[float, int], None]:
+        start, self.done = self.done, self.done + cost
+        total = max(self.total, self.done)
+        return lambda done, count: self.ctx.report(start + cost * done / max(count, 1), total, message)
 
 
 # --------------------------------------------------------------------------- method
@@ -402,49 +577,32 @@ def fuse_csc_ivfn(
     else:
         lum = stack[:, :1]
     lum = lum.float().clamp(0.0, 1.0)
-    fusing = _COST_FUSE if strategy == "saliency" else 0.1
-    total = n * _COST_ENCODE + fusing + _COST_DECODE
-
-    def step(start: float, weight: float, message: str) -> Callable[[int, int], None]:
-        return lambda done, count: ctx.report(start + weight * done / count, total, message)
-
-    codes = net.config["channels"]
-    base = torch.empty((n, codes, h, w), dtype=torch.float32, device=stack.device)
-    detail = torch.empty_like(base)
-    for i in range(n):
-        map_tiles(
-            net.encode,
-            lum[i : i + 1],
-            halo=net.encode_radius,
-            tile=NET_TILE,
-            strides=(1, 1),
-            report=step(i * _COST_ENCODE, _COST_ENCODE, f"sparse codes of source {i + 1}/{n}"),
-            out=(base[i : i + 1], detail[i : i + 1]),
-        )
-    fb, fd, wd, wb = fuse_codes(
-        base,
-        detail,
+    keep = 2 * n * net.config["channels"] * h * w * 4 <= KEEP_CODES_BYTES
+    work = _Work(ctx, _work_total(n, strategy, keep=keep, stats=not ctx.tiled))
+    codes = _source_codes(net, lum, keep=keep, work=work)
+    fb, fd, wd, wb = fuse_source_codes(
+        codes,
         strategy=strategy,
         gf_radius=gf_radius,
         gf_eps=gf_eps,
-        report=step(n * _COST_ENCODE, fusing, "fusing the codes"),
         ctx=ctx,
+        report=lambda message: work.task(_COST_WEIGHTS, message)(1, 1),
     )
-    del base, detail
-    ctx.report(n * _COST_ENCODE + fusing, total, "codes fused")
+    del codes
+    ctx.report(work.done, work.total, "codes fused")
     (fused_lum,) = map_tiles(
         lambda zb, zd: net.decode(code_scale * zb, code_scale * zd),
         (fb[None], fd[None]),
         halo=net.decode_radius,
         tile=NET_TILE,
-        report=step(n * _COST_ENCODE + fusing, _COST_DECODE, "decoding"),
+        report=work.task(_COST_DECODE, "decoding"),
     )
     fused_lum = fused_lum[0]  # (1, H, W)
     if c == 3:
         fused = ycbcr_to_rgb(torch.cat([fused_lum, ycc[v, 1:]]), channel_dim=0)
     else:
         fused = fused_lum
-    ctx.report(total, total, "decoded")
+    ctx.report(work.total, work.total, "decoded")
     weights_out = wd if wd is not None else torch.full((n, h, w), 1.0 / n, device=stack.device)
     return MethodOutput(
         fused=fused,

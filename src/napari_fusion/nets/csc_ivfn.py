@@ -141,6 +141,11 @@ class CSCIVFN(nn.Module):
         base, detail = box_split(x, self.blur)
         return self.base_encoder(base, x), self.detail_encoder(detail, x)
 
+    def encode_base(self, x: torch.Tensor) -> torch.Tensor:
+        """The base codes of :meth:`encode` alone (half its work)."""
+        base, _ = box_split(x, self.blur)
+        return self.base_encoder(base, x)
+
     def decode(self, z_base: torch.Tensor, z_detail: torch.Tensor) -> torch.Tensor:
         """``sigmoid(decoder(z_base) + decoder(z_detail))``."""
         return torch.sigmoid(self.decoder(z_base) + self.decoder(z_detail))
