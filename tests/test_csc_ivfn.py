@@ -360,10 +360,23 @@ def _codes_that_count(base, detail, counts, *, keep):
 
 
 @pytest.mark.parametrize("keep", [True, False])
-def test_source_streamed_saliency_rule_equals_the_rule_on_all_sources(keep):
+@pytest.mark.parametrize("flat_corner", [False, True])
+def test_source_streamed_saliency_rule_equals_the_rule_on_all_sources(monkeypatch, keep, flat_corner):
     """One source at a time (codes recomputed or kept), the fusion equals the paper's rule
-    applied to every source's codes at once: weights (N, C, H, W) times the codes."""
+    applied to every source's codes at once: weights (N, C, H, W) times the codes. With
+    ``flat_corner`` every filtered weight is 0 in a corner: there the codes are averaged."""
+    import napari_fusion.methods.csc_ivfn as M
     from napari_fusion.methods.csc_ivfn import fuse_source_codes
+
+    if flat_corner:
+        filtered = M.guided_filter
+
+        def zero_corner(guide, src, r, eps):
+            out = filtered(guide, src, r, eps)
+            out[..., :4, :4] = -1.0
+            return out
+
+        monkeypatch.setattr(M, "guided_filter", zero_corner)
 
     gen = torch.Generator().manual_seed(4)
     base, detail = torch.randn((3, 5, 24, 31), generator=gen), torch.randn((3, 5, 24, 31), generator=gen)
@@ -380,8 +393,11 @@ def test_source_streamed_saliency_rule_equals_the_rule_on_all_sources(keep):
     torch.testing.assert_close(wd, wl1)
     torch.testing.assert_close(fd, (wl1[:, None] * detail).sum(0))
     assert (fd[:, :5, :5] == 0).all()
+    if flat_corner:
+        torch.testing.assert_close(fb[:, :4, :4], base[:, :, :4, :4].mean(0))
     # kept: every source coded once; streamed: ranges, histograms, round 1 (with the details), round 2
-    assert counts == ({"both": 3, "base": 0} if keep else {"both": 3, "base": 9})
+    # (and once more for the flat corner)
+    assert counts == ({"both": 3, "base": 0} if keep else {"both": 3, "base": 12 if flat_corner else 9})
 
 
 def test_source_streamed_l1_and_average_rules_code_each_source_once():

@@ -202,3 +202,22 @@ def test_tiles_at_once_follows_dask_num_workers():
         assert memory.tiles_at_once() == 3
     with dask.config.set(num_workers=None):
         assert memory.tiles_at_once() == max(1, os.cpu_count() or 1)
+
+
+def test_csc_ivfn_estimate_follows_its_source_streaming():
+    """csc_ivfn fuses its codes one source at a time: the estimate grows little with the number
+    of sources, and its code cache is the method's own limit."""
+    from napari_fusion.methods import csc_ivfn
+
+    model = memory.SOURCE_STREAMING["csc_ivfn"]
+    assert (model.cap, model.sources) == (csc_ivfn.KEEP_CODES_BYTES, csc_ivfn.KEEP_CODES_SOURCES)
+
+    def est(n, side):
+        return memory.estimate_peak_bytes(n, side, side, 1, np.uint16, "csc_ivfn")
+
+    assert est(10, 1000) < 1.5 * est(2, 1000)  # the old all-codes model: 5x
+    assert est(2, 200) > 2 * 200 * 200 * 64 * 4  # small: every source's codes kept, and counted
+    # large: nothing kept from 3 sources on, so seven more cost far less than their codes
+    assert est(10, 1000) - est(3, 1000) < 7 * 1000 * 1000 * 64 * 4 / 4
+    assert est(3, 1000) < est(3, 500) * 4  # 3 x 500^2 codes are kept (192 MB), 3 x 1000^2 are not
+    assert est(2, 1000) > est(2, 500) * 4 - 1  # a pair's codes are always kept

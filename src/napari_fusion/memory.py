@@ -32,6 +32,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,7 +63,7 @@ ENV_VAR = "NAPARI_FUSION_MEMORY_LIMIT"
 #: The factors also size the tiles of a tiled run (:func:`fit_tile_to_memory`).
 WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
     "average": (1.5, 1.0),  # measured: grey 2.12, RGB 1.60 per stack element
-    "csc_ivfn": (5.75, 137.25),  # measured 2026-12-01 (small stacks, see above): grey 129.84, RGB 46.72
+    "csc_ivfn": (5.75, 15.0),  # + SOURCE_STREAMING (2026-12-02; RGB part as measured 2026-12-01)
     "csc_mefn": (10.0, 0.0),  # measured: grey 6.89, RGB 8.32
     "csc_mefn_pyramid": (5.75, 0.0),  # measured 2026-11-30: grey 3.11, RGB 4.52
     "focus_measure": (0.0, 4.5),  # measured: grey 3.88, RGB 1.26 (slice view: no float32 stack copy)
@@ -78,6 +79,41 @@ WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
     "mertens": (0.5, 2.0),  # measured (slice view): grey 2.05, RGB 0.96
     "tiis2018_fcn": (34.0, 80.75),  # measured 2026-12-01 (small stacks, see above): grey 104.05, RGB 55.22
     "veshki_cdl": (5.25, 38.25),  # measured 2026-12-01 (small stacks, see above): grey 39.35, RGB 16.29
+}
+
+
+@dataclass(frozen=True)
+class SourceStreaming:
+    """Working set of a method that works one source at a time, on top of its ``(a, b)``.
+
+    It keeps every source's cached values (``per_source`` float32 values per source pixel) when
+    they take at most ``cap`` bytes or there are at most ``sources`` sources, and then holds
+    ``planes_kept`` float32 values per pixel besides; otherwise it computes them again when
+    needed and holds ``planes_streamed`` values per pixel, whatever the number of sources.
+    """
+
+    per_source: float
+    cap: int
+    sources: int
+    planes_kept: float
+    planes_streamed: float
+
+    def keeps(self, n: int, pixels: int) -> bool:
+        return n <= self.sources or self.per_source * n * pixels * 4 <= self.cap
+
+    def bytes(self, n: int, pixels: int) -> float:
+        if self.keeps(n, pixels):
+            return (self.planes_kept + self.per_source * n) * pixels * 4
+        return self.planes_streamed * pixels * 4
+
+
+#: Methods that fuse one source at a time (:class:`SourceStreaming`). ``csc_ivfn`` keeps every
+#: source's codes (2 x 32 maps with the shipped weights) as ``methods.csc_ivfn.KEEP_CODES_BYTES``
+#: and ``KEEP_CODES_SOURCES`` say. Measured 2026-12-02 (``measure_peak_rss``, grey uint16): 2 x
+#: 768^2 (codes kept) 276, 6 x 768^2 and 10 x 640^2 (codes computed again) 300 and 361 float32
+#: values per pixel in all: 210 + 15.1 per source, fitted with ``b`` and rounded up by ~10 %.
+SOURCE_STREAMING: dict[str, SourceStreaming] = {
+    "csc_ivfn": SourceStreaming(per_source=64.0, cap=256 * 2**20, sources=2, planes_kept=130.0, planes_streamed=231.0)
 }
 #: Factor for methods not in the table (plugins): conservative.
 DEFAULT_FACTOR = (4.0, 16.0)
@@ -195,7 +231,8 @@ def estimate_peak_bytes(
     """Predicted peak memory (bytes above an idle process) of an untiled :func:`napari_fusion.fuse`.
 
     ``input (N*H*W*C, dtype) + a * N*H*W*C*4 + b * N*H*W*4 + outputs`` with
-    the method's ``(a, b)`` from :data:`WORKING_SET_FACTORS`. ``device`` other than
+    the method's ``(a, b)`` from :data:`WORKING_SET_FACTORS` (plus its
+    :data:`SOURCE_STREAMING` entry, if any). ``device`` other than
     ``"cpu"``: only the host side (the float copy and staging) is counted.
     """
     n, height, width, channels = (int(v) for v in (n, height, width, channels))
@@ -204,6 +241,8 @@ def estimate_peak_bytes(
     elements = n * pixels * channels
     a, b = WORKING_SET_FACTORS.get(method, DEFAULT_FACTOR)
     work = a * elements * 4 + b * n * pixels * 4
+    if method in SOURCE_STREAMING:
+        work += SOURCE_STREAMING[method].bytes(n, pixels)
     if str(device) != "cpu":
         work = min(work, HOST_FACTOR_ON_DEVICE * elements * 4)
     outputs = _outputs_of(method)
@@ -536,7 +575,8 @@ def measure_peak_rss(
 def calibrate(
     grey=(4, 1536, 1536, "uint16"), rgb=(8, 768, 768, "uint8"), methods=None, timeout: float = 40
 ) -> dict[str, tuple[float, float]]:
-    """Measure each method's ``(a, b)`` (see :data:`WORKING_SET_FACTORS`) and print them."""
+    """Measure each method's ``(a, b)`` (see :data:`WORKING_SET_FACTORS`) and print them (beyond
+    its :data:`SOURCE_STREAMING` entry, which stays in the estimate)."""
     from .registry import list_methods
 
     names = methods or [s.name for s in list_methods()]
@@ -574,6 +614,8 @@ def calibrate(
 __all__ = [
     "ENV_VAR",
     "WORKING_SET_FACTORS",
+    "SOURCE_STREAMING",
+    "SourceStreaming",
     "available_memory",
     "calibrate",
     "check_fits",

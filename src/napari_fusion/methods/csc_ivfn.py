@@ -84,6 +84,9 @@ _COST_ENCODE, _COST_WEIGHTS, _COST_DECODE = 1.0, 1.0, 0.2
 #: every source's codes are kept (computed once) when they take at most this many bytes;
 #: beyond, they are computed again when needed, one source at a time (bounded memory)
 KEEP_CODES_BYTES = 256 * 2**20
+#: ... and always for this many sources or fewer (a pair's codes take less memory than the
+#: running sums of the rules, and coding them again would cost 1.7x the time)
+KEEP_CODES_SOURCES = 2
 
 
 WEIGHTS_NAME = "csc_ivfn"
@@ -214,6 +217,11 @@ class SourceCodes:
         """Codes already computed: ``(N, C, H, W)`` base and detail codes."""
         return cls(base.shape[0], lambda i: (base[i], detail[i]), lambda i: base[i])
 
+    @property
+    def kept(self) -> bool:
+        """Every source's codes are computed once and kept."""
+        return self._kept is not None
+
     def both(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._kept is None:
             return self._encode(i)
@@ -296,36 +304,63 @@ class _SaliencyRule:
         self.total: torch.Tensor | None = None
 
     def _scores(self, i: int, z: torch.Tensor, part: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        norm = scaled01(z[part], self.rng[:, i, part])
+        """Source ``i``'s channels ``part`` (codes ``z``): scaled to [0, 1], and their saliency + 1e-12."""
+        norm = scaled01(z, self.rng[:, i, part])
         return norm, _lookup(self.tables[i, part], _levels(norm)) + _EPS
 
     def add(self, i: int, z: torch.Tensor) -> None:
+        if self.codes.kept:
+            return  # all sources at once in the end: no running sum
         if self.total is None:
             self.total = torch.zeros_like(z)
         for start in range(0, z.shape[0], CHANNEL_CHUNK):
             part = slice(start, start + CHANNEL_CHUNK)
-            self.total[part] += self._scores(i, z, part)[1]
+            self.total[part] += self._scores(i, z[part], part)[1]
 
     def result(self, report: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.codes.kept:
+            return self._all_sources_at_once(report)
         n, total = self.codes.n, self.total
         r = _guided_radius(self.radius, total.shape[-2:])
-        qsum, qz, zsum = torch.zeros_like(total), torch.zeros_like(total), torch.zeros_like(total)
+        qsum, qz = torch.zeros_like(total), torch.zeros_like(total)
         share = torch.zeros((n, *total.shape[-2:]), dtype=total.dtype, device=total.device)
         for i in range(n):
             z = self.codes.base(i)
             for start in range(0, z.shape[0], CHANNEL_CHUNK):
                 part = slice(start, start + CHANNEL_CHUNK)
-                norm, s = self._scores(i, z, part)
+                norm, s = self._scores(i, z[part], part)
                 p = s.div_(total[part])
                 q = (guided_filter(norm, p, r, self.eps) if r > 0 else p).clamp_min_(0)
                 qsum[part] += q
                 qz[part].addcmul_(q, z[part])
                 share[i] += q.sum(0)
-            zsum += z
             report(f"base-code weights of source {i + 1}/{n}")
+        self.total = None
         flat = qsum <= _EPS
         fused = qz.div_(qsum.clamp_min(_EPS))
-        fused[flat] = zsum[flat] / n
+        if bool(flat.any()):  # rare: every clipped weight 0; the codes' average there, in one more round
+            fused[flat] = sum(self.codes.base(i)[flat] for i in range(n)) / n
+        return fused, normalise_weights(share, eps=_EPS)
+
+    def _all_sources_at_once(self, report: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`result` from kept codes, a few channels of every source at a time: the same
+        values without the ``(C, H, W)`` running sums (less memory when the codes are kept)."""
+        n, z0 = self.codes.n, self.codes.base(0)
+        r = _guided_radius(self.radius, z0.shape[-2:])
+        fused = torch.empty_like(z0)
+        share = torch.zeros((n, *z0.shape[-2:]), dtype=z0.dtype, device=z0.device)
+        c, reported = z0.shape[0], 0
+        for start in range(0, c, CHANNEL_CHUNK):
+            part = slice(start, start + CHANNEL_CHUNK)
+            z = torch.stack([self.codes.base(i)[part] for i in range(n)])
+            norm, s = zip(*(self._scores(i, z[i], part) for i in range(n)), strict=True)
+            norm, p = torch.stack(norm), normalise_weights(torch.stack(s), eps=_EPS)
+            q = (guided_filter(norm, p, r, self.eps) if r > 0 else p).clamp_min_(0)
+            share += q.sum(1)
+            fused[part] = (normalise_weights(q, eps=_EPS) * z).sum(0)
+            while reported < min(start + CHANNEL_CHUNK, c) * n // c:  # one report per source's share
+                reported += 1
+                report(f"base-code weights: channels {min(start + CHANNEL_CHUNK, c)}/{c}")
         return fused, normalise_weights(share, eps=_EPS)
 
 
@@ -353,6 +388,7 @@ def fuse_source_codes(
     gf_eps: float = 0.01,
     ctx: FusionContext | None = None,
     report: Callable[[str], None] | None = None,
+    on_detail: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Fuse the sources' codes one source at a time (see :class:`SourceCodes`): whatever the
     number of sources, a few ``(C, H, W)`` sums and one source's codes are held at once.
@@ -360,6 +396,9 @@ def fuse_source_codes(
     Returns ``(fused base (C, H, W), fused detail (C, H, W), detail weights (N, H, W) or
     None for 'average', base weights (N, H, W): each source's share of the base codes'
     weights)``. The saliency rule calls ``report(message)`` after each source's weights.
+    ``on_detail(fused detail)`` is called as soon as the detail codes are fused, before the
+    base codes' second round; what it returns replaces them in the result (the method
+    decodes them there, so that their ``C`` maps are freed early).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -378,6 +417,8 @@ def fuse_source_codes(
         detail_rule.add(i, zd)
         del zb, zd
     fd, wd = detail_rule.result()
+    if on_detail is not None:
+        fd = on_detail(fd)
     fb, wb = base_rule.result(say)
     return fb, fd, None if strategy == "average" else wd, wb
 
@@ -577,7 +618,13 @@ def fuse_csc_ivfn(
     else:
         lum = stack[:, :1]
     lum = lum.float().clamp(0.0, 1.0)
-    keep = 2 * n * net.config["channels"] * h * w * 4 <= KEEP_CODES_BYTES
+    keep = n <= KEEP_CODES_SOURCES or 2 * n * net.config["channels"] * h * w * 4 <= KEEP_CODES_BYTES
+
+    def decoded(z: torch.Tensor) -> torch.Tensor:  # (C, H, W) fused codes -> (1, H, W), before the sigmoid
+        (out,) = map_tiles(lambda zz: net.decoder(code_scale * zz), z[None], halo=net.decode_radius, tile=NET_TILE,
+                           report=work.task(_COST_DECODE / 2, "decoding"))  # fmt: skip
+        return out[0]
+
     work = _Work(ctx, _work_total(n, strategy, keep=keep, stats=not ctx.tiled))
     codes = _source_codes(net, lum, keep=keep, work=work)
     fb, fd, wd, wb = fuse_source_codes(
@@ -587,17 +634,10 @@ def fuse_csc_ivfn(
         gf_eps=gf_eps,
         ctx=ctx,
         report=lambda message: work.task(_COST_WEIGHTS, message)(1, 1),
+        on_detail=decoded,
     )
     del codes
-    ctx.report(work.done, work.total, "codes fused")
-    (fused_lum,) = map_tiles(
-        lambda zb, zd: net.decode(code_scale * zb, code_scale * zd),
-        (fb[None], fd[None]),
-        halo=net.decode_radius,
-        tile=NET_TILE,
-        report=work.task(_COST_DECODE, "decoding"),
-    )
-    fused_lum = fused_lum[0]  # (1, H, W)
+    fused_lum = torch.sigmoid(decoded(fb).add_(fd))  # fd: the decoded detail (1, H, W); as CSCIVFN.decode
     if c == 3:
         fused = ycbcr_to_rgb(torch.cat([fused_lum, ycc[v, 1:]]), channel_dim=0)
     else:
