@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_fusion.evaluation import evaluate_dataset
+from napari_fusion.ops.blend import weighted_sum
 
 IVFN = ("paper", "dmax", "dabsmax", "dsum", "dmax_bl1", "dmax_bavg", "dmax_bmax", "dmax_resid", "dmax_gf8_resid")
 
@@ -48,7 +49,7 @@ def ivfn_rule(variant: str):
         base, detail = codes.stacked()
         if variant.startswith("dmax"):
             wd = _hard(wd)
-            fd = m._weighted_sum(wd, detail)
+            fd = weighted_sum(detail, wd)
         if variant == "dabsmax":
             fd = detail.gather(0, detail.abs().argmax(0, keepdim=True))[0]
         elif variant == "dsum":
@@ -56,7 +57,7 @@ def ivfn_rule(variant: str):
         elif variant in ("dmax_bl1", "dmax_bmax"):
             wb = m.l1_weights(base)
             wb = _hard(wb) if variant == "dmax_bmax" else wb
-            fb = m._weighted_sum(wb, base)
+            fb = weighted_sum(base, wb)
         elif variant == "dmax_bavg":
             fb = base.mean(0)
         return fb, fd, wd, wb
@@ -97,7 +98,7 @@ def ivfn_residual(variant: str):
         if radius:
             wd = torch.stack([guided_filter(lum[k, 0], wd[k], radius, 0.01) for k in range(n)]).clamp_min(0)
             wd = wd / wd.sum(0).clamp_min(1e-12)
-        fused = decode(net, fb[None], m._weighted_sum(wd, detail)[None], code_scale)[0]
+        fused = decode(net, fb[None], weighted_sum(detail, wd)[None], code_scale)[0]
         fused = (fused + (wd[:, None] * resid).sum(0)).clamp(0, 1)
         return MethodOutput(fused=fused, labels=wd.argmax(0), weights=wd)
 

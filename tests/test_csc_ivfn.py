@@ -437,3 +437,19 @@ def test_codes_recomputed_per_source_give_the_kept_result_whole_and_tiled(monkey
         np.testing.assert_allclose(got.fused, kept.fused, rtol=0, atol=1e-5)
         assert (got.labels != kept.labels).mean() <= 0.001
     np.testing.assert_allclose(streamed.weights, kept.weights, rtol=0, atol=1e-6)
+
+
+def test_network_tiles_keep_feature_maps_off_fresh_pages_in_tiled_runs(monkeypatch):
+    """Where large allocations are mapped (tiled runs), the encoder's tiles shrink so that its
+    feature maps stay below that size; elsewhere they are NET_TILE."""
+    import napari_fusion.methods.csc_ivfn as M
+    from napari_fusion.ops.tiles import LARGE_ALLOCATION_BYTES
+
+    monkeypatch.setattr(M, "large_allocations_mapped", lambda: False)
+    assert M.net_tile(32, 21) == M.NET_TILE
+    monkeypatch.setattr(M, "large_allocations_mapped", lambda: True)
+    for channels, radius in ((32, 21), (64, 21), (32, 3)):
+        t = M.net_tile(channels, radius)
+        assert t % 8 == 0 and 32 <= t <= M.NET_TILE
+        assert channels * (t + 2 * radius) ** 2 * 4 < LARGE_ALLOCATION_BYTES or t == 32
+        assert t == M.NET_TILE or channels * (t + 8 + 2 * radius) ** 2 * 4 >= LARGE_ALLOCATION_BYTES

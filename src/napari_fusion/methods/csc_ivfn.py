@@ -50,6 +50,7 @@ github.com/Zhaozixiang1228/IF-CSCFuse (CSC-IVF).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,7 +62,7 @@ from ..ops.blend import normalise_weights
 from ..ops.colour import chroma_sums, most_colourful, rgb_to_ycbcr, ycbcr_to_rgb
 from ..ops.filters import box_filter
 from ..ops.guided import guided_filter
-from ..ops.tiles import map_tiles
+from ..ops.tiles import LARGE_ALLOCATION_BYTES, large_allocations_mapped, map_tiles
 from ..registry import FusionContext, MethodOutput, Param, register_method
 from ..weights import LoadedWeights, how_to_train, load_shipped, read_manifest, shipped_path
 
@@ -190,14 +191,6 @@ def _guided_radius(radius: int, shape) -> int:
     return int(min(radius, max(min(shape) - 1, 0)))  # reflect borders need r < side
 
 
-def _weighted_sum(weights: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """``sum_n weights[n] * codes[n]`` of ``(N, H, W)`` weights and ``(N, C, H, W)`` codes."""
-    out = weights[0] * codes[0]
-    for k in range(1, codes.shape[0]):
-        out.addcmul_(weights[k].expand_as(codes[k]), codes[k])
-    return out
-
-
 class SourceCodes:
     """The sparse codes of each source, one source at a time (``(C, H, W)`` base and detail codes).
 
@@ -214,8 +207,8 @@ class SourceCodes:
 
     @classmethod
     def given(cls, base: torch.Tensor, detail: torch.Tensor) -> SourceCodes:
-        """Codes already computed: ``(N, C, H, W)`` base and detail codes."""
-        return cls(base.shape[0], lambda i: (base[i], detail[i]), lambda i: base[i])
+        """Codes already computed: ``(N, C, H, W)`` base and detail codes (kept, as they are held)."""
+        return cls(base.shape[0], lambda i: (base[i], detail[i]), keep=True)
 
     @property
     def kept(self) -> bool:
@@ -295,7 +288,8 @@ class _SaliencyRule:
     the source's scaled codes), clips them at 0 and sums ``q_n`` and ``q_n z_n``: the fused
     codes ``sum q_n z_n / sum q_n`` are the paper's renormalised weights times the codes
     (the average where every ``q_n`` is 0). Its weights: each source's share of the sum of
-    ``q`` over the channels.
+    ``q`` over the channels. With kept codes (:attr:`SourceCodes.kept`) there are no rounds:
+    every source's channels are weighted together, a few channels at a time.
     """
 
     def __init__(self, codes: SourceCodes, *, radius: int, eps: float, ctx: FusionContext):
@@ -488,19 +482,34 @@ def _collect_halo(params: dict) -> int | None:
     return None
 
 
+def net_tile(channels: int, radius: int) -> int:
+    """Tile side of the encoder: :data:`NET_TILE`, or, where each large allocation gets fresh
+    pages (tiled runs: :func:`~napari_fusion.ops.tiles.keep_large_allocations_mapped`), the
+    largest multiple of 8 whose feature maps (``channels`` x ``(tile + 2 radius)^2`` float32)
+    stay below that size. The encoder's 32 convolutions allocate one such map each; mapped, they
+    cost more in page faults than in arithmetic: on 10 x 484 x 740 (a 256 x 512 tile's block),
+    one thread, 153 CPU-s (88 of them system time) with 256 px tiles, 94 CPU-s with 136 px, 61
+    CPU-s with 256 px and glibc's default heap (2026-12-02, machine shared)."""
+    if not large_allocations_mapped():
+        return NET_TILE
+    side = int(math.sqrt(LARGE_ALLOCATION_BYTES / (4 * channels))) - 2 * radius
+    return max(32, min(NET_TILE, side // 8 * 8))
+
+
 def _source_codes(net: CSCIVFN, lum: torch.Tensor, *, keep: bool, work: _Work) -> SourceCodes:
     """:class:`SourceCodes` of ``(N, 1, H, W)`` luminances, encoded in cache-sized tiles."""
     n = lum.shape[0]
+    tile = net_tile(net.config["channels"], net.encode_radius)
 
     def encode(i: int) -> tuple[torch.Tensor, torch.Tensor]:
         report = work.task(_COST_ENCODE, f"sparse codes of source {i + 1}/{n}")
-        zb, zd = map_tiles(net.encode, lum[i : i + 1], halo=net.encode_radius, tile=NET_TILE, strides=(1, 1),
+        zb, zd = map_tiles(net.encode, lum[i : i + 1], halo=net.encode_radius, tile=tile, strides=(1, 1),
                            report=report)  # fmt: skip
         return zb[0], zd[0]
 
     def encode_base(i: int) -> torch.Tensor:
         report = work.task(_COST_ENCODE / 2, f"base codes of source {i + 1}/{n}")
-        (zb,) = map_tiles(net.encode_base, lum[i : i + 1], halo=net.encode_radius, tile=NET_TILE, report=report)
+        (zb,) = map_tiles(net.encode_base, lum[i : i + 1], halo=net.encode_radius, tile=tile, report=report)
         return zb[0]
 
     return SourceCodes(n, encode, encode_base, keep=keep)
@@ -621,7 +630,8 @@ def fuse_csc_ivfn(
     keep = n <= KEEP_CODES_SOURCES or 2 * n * net.config["channels"] * h * w * 4 <= KEEP_CODES_BYTES
 
     def decoded(z: torch.Tensor) -> torch.Tensor:  # (C, H, W) fused codes -> (1, H, W), before the sigmoid
-        (out,) = map_tiles(lambda zz: net.decoder(code_scale * zz), z[None], halo=net.decode_radius, tile=NET_TILE,
+        tile = net_tile(net.config["channels"], net.decode_radius)
+        (out,) = map_tiles(lambda zz: net.decoder(code_scale * zz), z[None], halo=net.decode_radius, tile=tile,
                            report=work.task(_COST_DECODE / 2, "decoding"))  # fmt: skip
         return out[0]
 

@@ -90,6 +90,12 @@ def keep_large_allocations_mapped() -> bool:
     return _set_mmap_threshold()
 
 
+def large_allocations_mapped() -> bool:
+    """True once :func:`keep_large_allocations_mapped` has taken effect in this process: each
+    allocation of :data:`LARGE_ALLOCATION_BYTES` or more then costs fresh pages (page faults)."""
+    return _set_mmap_threshold.cache_info().currsize > 0 and _set_mmap_threshold()
+
+
 @functools.cache
 def _set_mmap_threshold() -> bool:
     mallopt = _mallopt()
