@@ -115,3 +115,22 @@ def test_batch_omp_stops_on_dependent_atoms():
     torch.testing.assert_close(codes.residual, torch.from_numpy(x[:, 2] ** 2), atol=1e-9, rtol=1e-6)
     rec = codes.reconstruct(torch.from_numpy(d))
     torch.testing.assert_close(rec[:, :2], torch.from_numpy(x[:, :2]))
+
+
+def test_batch_omp_default_chunks_stay_below_the_mapped_size_and_change_nothing(monkeypatch):
+    """The default chunk keeps each (chunk, K) float32 array at OMP_CHUNK_BYTES (below the size
+    tiled runs map afresh); chunking never changes the codes."""
+    import napari_fusion.ops.sparse as S
+    from napari_fusion.ops.tiles import LARGE_ALLOCATION_BYTES
+
+    assert S.OMP_CHUNK_BYTES < LARGE_ALLOCATION_BYTES
+    d, x = _problem(6, b=300)
+    xt, dt = torch.from_numpy(x).float(), torch.from_numpy(d).float()
+    seen = []
+    chunked = S._omp_chunk
+    monkeypatch.setattr(S, "_omp_chunk", lambda xs, *a: seen.append(len(xs)) or chunked(xs, *a))
+    monkeypatch.setattr(S, "OMP_CHUNK_BYTES", 4 * d.shape[1] * 128)  # 128 signals per chunk
+    small = batch_omp(xt, dt, max_atoms=5)
+    assert seen == [128, 128, 44]
+    whole = batch_omp(xt, dt, max_atoms=5, chunk=x.shape[0])
+    assert torch.equal(small.index, whole.index) and torch.allclose(small.coef, whole.coef, atol=1e-6)
