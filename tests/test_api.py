@@ -159,9 +159,10 @@ def pick_sharper_pair_method():
         yield name
 
 
-def test_pairwise_fold_carries_labels(pick_sharper_pair_method, small_focal_stack):
+@pytest.mark.parametrize("fold", ["sequential", "tree"])
+def test_pairwise_fold_carries_labels(pick_sharper_pair_method, small_focal_stack, fold):
     s = small_focal_stack.slices
-    r = nf.fuse(s, method=pick_sharper_pair_method)
+    r = nf.fuse(s, method=pick_sharper_pair_method, fold=fold)
     assert r.labels.max() <= 3 and np.unique(r.labels).size > 1
     n, h, w, _ = s.shape
     # a hard-choice pair method: every fused pixel equals the labelled source pixel
@@ -169,6 +170,32 @@ def test_pairwise_fold_carries_labels(pick_sharper_pair_method, small_focal_stac
     np.testing.assert_array_equal(r.fused, picked)
     np.testing.assert_allclose(r.weights.sum(0), 1.0, atol=1e-6)
     np.testing.assert_array_equal(r.weights.argmax(0), r.labels)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 10, 40])
+def test_fold_orders_use_every_slice_once_and_chain_at_most_log2_n_steps_as_a_tree(n):
+    from napari_fusion._engine import fold_height, fold_steps
+
+    for order in ("sequential", "tree"):
+        steps = fold_steps(n, order)
+        assert len(steps) == n - 1
+        ready = {(k, k + 1): 0 for k in range(n)}  # result -> its height
+        for step in steps:  # each step fuses two ready, adjacent results, left before right
+            assert step.left[1] == step.right[0]
+            assert step.depth == max(ready.pop(step.left), ready.pop(step.right))
+            ready[(step.left[0], step.right[1])] = step.depth + 1
+        assert ready == {(0, n): fold_height(n, order)}
+    assert fold_height(n, "sequential") == n - 1
+    assert fold_height(n, "tree") == int(np.ceil(np.log2(n)))
+    assert [(s.left, s.right) for s in fold_steps(n, "sequential")] == [((0, k), (k, k + 1)) for k in range(1, n)]
+
+
+def test_fold_is_a_parameter_of_pairwise_methods_only(pick_sharper_pair_method, small_focal_stack):
+    assert nf.get_method(pick_sharper_pair_method).param("fold").choices == ("tree", "sequential")
+    with pytest.raises(FusionInputError, match="fold"):
+        nf.fuse(small_focal_stack.slices, method=pick_sharper_pair_method, fold="random")
+    with pytest.raises(FusionInputError, match="unknown parameter"):
+        nf.fuse(small_focal_stack.slices, method="focus_measure", fold="tree")
 
 
 # --- progress and cancellation -----------------------------------------------

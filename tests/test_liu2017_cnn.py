@@ -47,6 +47,7 @@ def test_registry_entry():
         "gf_radius": 8,
         "gf_eps": 0.1,
         "weights": "",
+        "fold": "tree",
     }
     assert nf.get_method("liu2017_cnn_nway").mode == "nway"
 

@@ -15,8 +15,9 @@ What is checked, per method:
   method's own fractional ``extras["index"]``), exactly the declared outputs;
 * the inputs are left unchanged;
 * order: N-way methods are permutation-equivariant (labels permuted, fused
-  unchanged); pairwise methods are folded ``((I0 + I1) + I2)``, which is not
-  order-free, so what is tested is that the stack result *is* that fold and
+  unchanged); pairwise methods are folded (``((I0 + I1) + I2)``, or as a tree
+  ``(I0 + I1) + (I2 + I3)``), which is not order-free, so what is tested is that
+  the stack result *is* that fold and
   that the pair step is (nearly) symmetric;
 * tiling: ``fuse(..., chunks=T).compute()`` equals the in-memory result for
   every method with a declared halo, and a too-small halo breaks it (control);
@@ -296,7 +297,8 @@ class TestMethodContract:
     @pytest.mark.parametrize("colour", [False, True], ids=["grey", "rgb"])
     @pytest.mark.parametrize("name", PAIRWISE)
     def test_pairwise_stack_is_the_sequential_fold(self, name, colour, device):
-        """``fuse([I0, I1, I2])`` is ``fuse([fuse([I0, I1]).fused, I2])``, labels carried over.
+        """``fold="sequential"``: ``fuse([I0, I1, I2])`` is ``fuse([fuse([I0, I1]).fused, I2])``,
+        labels carried over (three slices: the tree is the same fold).
 
         Permuting a stack therefore changes the result in general; this is what
         holds instead. Each input spans exactly [0, 1] (float32), so the stack's
@@ -306,12 +308,41 @@ class TestMethodContract:
         imgs = []
         for img in sources(3, colour=colour, dtype=np.float32):
             imgs.append(((img - img.min()) / (img.max() - img.min())).astype(np.float32))
-        r3 = nf.fuse(imgs, name, device=device)
+        r3 = nf.fuse(imgs, name, device=device, fold="sequential")
         first = nf.fuse(imgs[:2], name, device=device)
         second = nf.fuse([first.fused, imgs[2]], name, device=device)
         np.testing.assert_allclose(r3.fused, second.fused, atol=1e-5)
         np.testing.assert_array_equal(r3.labels, np.where(second.labels == 1, 2, first.labels))
         assert set(np.unique(r3.labels)) <= {0, 1, 2}
+
+    @pytest.mark.parametrize("name", PAIRWISE)
+    def test_pairwise_stack_as_a_tree_is_the_fold_of_the_halves(self, name, device):
+        """``fold="tree"``: ``fuse([I0, I1, I2, I3])`` is ``fuse([fuse([I0, I1]), fuse([I2, I3])])``,
+        each pixel labelled with the slice its value came from."""
+        spec_of(name)
+        imgs = [((a - a.min()) / (a.max() - a.min())).astype(np.float32) for a in sources(4, dtype=np.float32)]
+        r4 = nf.fuse(imgs, name, device=device, fold="tree")
+        left, right = nf.fuse(imgs[:2], name, device=device), nf.fuse(imgs[2:], name, device=device)
+        top = nf.fuse([left.fused, right.fused], name, device=device)
+        np.testing.assert_allclose(r4.fused, top.fused, atol=1e-5)
+        np.testing.assert_array_equal(r4.labels, np.where(top.labels == 1, right.labels + 2, left.labels))
+        assert set(np.unique(r4.labels)) <= {0, 1, 2, 3}
+
+    @pytest.mark.parametrize("name", sorted(set(PAIRWISE) & set(TILEABLE)))
+    def test_tiled_tree_fold_equals_untiled(self, name, device):
+        """Five slices folded as a tree: tiles get 3 (not 4) times the pair method's halo."""
+        spec = spec_of(name)
+        tile = 16
+        w = max(48, spec.halo_for(spec.defaults()) * 3 + 3 * tile)
+        imgs = sources(5, dtype=np.float32, h=48, w=w)
+        ref = nf.fuse(imgs, name, device=device, fold="tree")
+        lazy = nf.fuse(imgs, name, device=device, chunks=tile, fold="tree")
+        sequential = nf.fuse(imgs, name, device=device, chunks=tile, fold="sequential")
+        assert lazy.grid.n_tiles > 1 and lazy.grid.halo < sequential.grid.halo
+        got = lazy.compute()
+        same = got.labels == ref.labels
+        assert (~same).mean() <= TILED_LABEL_MISMATCH.get(name, 0.0)
+        assert grey_levels(got.fused[same], ref.fused[same]) <= TILED_FUSED_ATOL.get(name, 0.0)
 
     @pytest.mark.parametrize("colour", [False, True], ids=["grey", "rgb"])
     @pytest.mark.parametrize("name", TILEABLE)

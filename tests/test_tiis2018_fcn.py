@@ -181,7 +181,14 @@ def test_shipped_weights_match_their_manifest():
 def test_registry_entry():
     spec = nf.get_method("tiis2018_fcn")
     assert spec.mode == "pairwise" and spec.learned and spec.tasks == ("multi-focus",)
-    assert spec.defaults() == {"colour": "luma", "output": "network", "smooth_radius": 4, "tile": 256, "weights": ""}
+    assert spec.defaults() == {
+        "colour": "luma",
+        "output": "network",
+        "smooth_radius": 4,
+        "tile": 256,
+        "weights": "",
+        "fold": "tree",
+    }
     assert spec.halo_for(spec.defaults()) == 8 + 4
 
 

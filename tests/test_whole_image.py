@@ -200,3 +200,30 @@ def test_passes_count_their_tiles_and_never_move_back():
     for phase in dict.fromkeys(phases):
         values = [d for (d, _), ph in zip(calls, phases) if ph == phase]
         assert values == sorted(values), f"{phase} went back: {values}"
+
+
+def _pairwise_smoothed(pair, *, ctx):
+    """A pair step that reads one pixel of context around each pixel (3x3 means) before its
+    whole-image step and one after it, so a tile's context must grow with the fold steps
+    chained beneath it, in the collect passes too."""
+
+    def mean3(x):
+        return torch.nn.functional.avg_pool2d(x[:, None], 3, 1, 1, count_include_pad=False)[:, 0]
+
+    grey = mean3(pair.mean(1))
+    mask = ctx.whole_image_map("mask", lambda: grey[0] >= grey[1], _flip)
+    keep = mean3(mask[None].float())[0] >= 0.5
+    return MethodOutput(fused=torch.where(keep, pair[0], pair[1]), labels=(~keep).long())
+
+
+@pytest.mark.parametrize("fold", ["sequential", "tree"])
+def test_a_folded_method_with_context_in_tiles_equals_untiled(fold):
+    images = _images(n=5)
+    registration = {**REGISTRATION, "halo": 2, "collect_halo": 1}
+    with temporary_method(_pairwise_smoothed, name="_whole_pair_ctx", mode="pairwise", **registration):
+        ref = nf.fuse(images, "_whole_pair_ctx", device="cpu", fold=fold)
+        lazy = nf.fuse(images, "_whole_pair_ctx", device="cpu", chunks=8, fold=fold)
+        got = lazy.compute()
+    assert lazy.grid.halo == {"sequential": 8, "tree": 6}[fold]  # 2 x the chained steps: n - 1, ceil(log2 n)
+    np.testing.assert_array_equal(got.fused, ref.fused)
+    np.testing.assert_array_equal(got.labels, ref.labels)

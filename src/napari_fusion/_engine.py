@@ -17,6 +17,7 @@ Import graph: ``api -> tiling -> _engine``, ``api -> _engine``,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch
 
 from ._inputs import PreparedStack, ScaledSlices
 from ._zpositions import check_z_positions, check_z_step
-from .registry import FusionContext, MethodOutput, MethodSpec
+from .registry import FOLD_DEFAULT, FOLD_ORDERS, FOLD_PARAM, FusionContext, MethodOutput, MethodSpec
 from .results import FusionResult
 
 # --------------------------------------------------------------------------- running a method
@@ -39,48 +40,121 @@ def run_method(
     ``streams_slices=True`` (``register_method`` refuses it for pairwise ones).
     """
     n = stack.shape[0]
-    if spec.mode == "nway" or n == 2:
+    if spec.mode == "nway":
         return spec.run(stack, ctx=ctx, **params)
+    if n == 2:
+        return spec.run(stack, ctx=ctx, **pair_params(params))
     if not isinstance(stack, torch.Tensor):
         raise TypeError("pairwise methods are folded over a materialised stack, not a slice view")
     return fold_pairwise(spec, stack, ctx=ctx, params=params)
 
 
-def fold_pairwise(spec: MethodSpec, stack: torch.Tensor, *, ctx: FusionContext, params: dict[str, Any]) -> MethodOutput:
-    """Fuse a stack with a two-input method: ((I0 + I1) + I2) + ...
+@dataclass(frozen=True)
+class FoldStep:
+    """One pair step of a fold: the results over slices ``left`` and ``right`` (``[start, stop)``
+    ranges, ``left`` before ``right``) fused into one over ``(left[0], right[1])``. ``depth``: how
+    many pair steps are chained beneath its inputs (0 when both are slices)."""
 
-    After each step, pixels the pair method takes from the new slice get that
-    slice's index; the others keep the label they carried, so every output
-    pixel still names its source slice. Weights compose the same way, except
-    in a tile of a tiled run, whose outputs have no weights (an ``(N, H, W)``
-    float32 map per tile saved: 74 MB for a 1358^2 block of ten slices).
+    left: tuple[int, int]
+    right: tuple[int, int]
+    depth: int
+
+
+def fold_steps(n: int, order: str = FOLD_DEFAULT) -> list[FoldStep]:
+    """The pair steps that fold ``n`` slices, in the order they run.
+
+    ``"sequential"``: step ``k`` fuses slices ``0..k`` with slice ``k + 1`` (depth ``k``).
+    ``"tree"``: the slices are halved recursively (the first half the larger) and each half
+    is folded before the two are fused, so no more than ``ceil(log2 n)`` steps are chained.
+    """
+    if order not in FOLD_ORDERS:
+        raise ValueError(f"fold order must be one of {FOLD_ORDERS}, got {order!r}")
+    if n < 2:
+        return []
+    if order == "sequential":
+        return [FoldStep((0, k), (k, k + 1), k - 1) for k in range(1, n)]
+    steps: list[FoldStep] = []
+
+    def fold(lo: int, hi: int) -> int:  # height of the result over [lo, hi): 0 for one slice
+        if hi - lo == 1:
+            return 0
+        mid = lo + (hi - lo + 1) // 2
+        depth = max(fold(lo, mid), fold(mid, hi))
+        steps.append(FoldStep((lo, mid), (mid, hi), depth))
+        return depth + 1
+
+    fold(0, n)
+    return steps
+
+
+def fold_height(n: int, order: str = FOLD_DEFAULT) -> int:
+    """How many pair steps a fold of ``n`` slices chains at most (``n - 1`` sequentially,
+    ``ceil(log2 n)`` as a tree): a tile's context is this many times the pair method's halo."""
+    return max((s.depth + 1 for s in fold_steps(n, order)), default=0)
+
+
+def pair_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` without the fold order, which is the engine's and not the pair method's."""
+    return {k: v for k, v in params.items() if k != FOLD_PARAM}
+
+
+def fold_pairwise(spec: MethodSpec, stack: torch.Tensor, *, ctx: FusionContext, params: dict[str, Any]) -> MethodOutput:
+    """Fuse a stack with a two-input method, in the order of ``params["fold"]`` (:func:`fold_steps`).
+
+    After each step, pixels the pair method takes from its second input get the label
+    that input carried (a slice's own index for a slice); the others keep the label of the
+    first, so every output pixel still names its source slice. Weights compose the same way
+    (each slice's weight is the product of the pair weights on its way up), except in a tile
+    of a tiled run, whose outputs have no weights (an ``(N, H, W)`` float32 map per tile
+    saved: 74 MB for a 1358^2 block of ten slices).
     """
     n = stack.shape[0]
-    acc = stack[0]
-    labels = torch.zeros(stack.shape[-2:], dtype=torch.long, device=stack.device)
+    steps = fold_steps(n, params.get(FOLD_PARAM, FOLD_DEFAULT))
+    run_params = pair_params(params)
+    # results not fused yet: (start, stop) -> (image, labels: a tensor, or a slice's index)
+    done: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | int]] = {}
     weights = None
     extras: dict[str, torch.Tensor] = {}
-    for k in range(1, n):
-        out = spec.run(torch.stack([acc, stack[k]]), ctx=ctx.sub(k - 1, n - 1), **params)
-        acc = out.fused
+
+    def take(span: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | int]:
+        return done.pop(span) if span[1] - span[0] > 1 else (stack[span[0]], span[0])
+
+    for i, step in enumerate(steps):
+        (a, la), (b, lb) = take(step.left), take(step.right)
+        out = spec.run(torch.stack([a, b]), ctx=ctx.sub(i, len(steps)), **run_params)
+        del a, b
+        labels: torch.Tensor | int = 0
         if out.labels is not None:
-            labels = torch.where(out.labels.to(labels.device) == 1, torch.full_like(labels, k), labels)
+            labels = _compose_labels(out.labels, la, lb)
         if out.weights is not None and not ctx.tiled:
-            weights = _compose_weights(weights, out.weights, k, stack)
+            weights = _compose_weights(weights, out.weights, step, stack)
         extras = out.extras
-        del out  # the step's labels and weights, before the next step runs
-    has_labels = "labels" in spec.outputs
-    return MethodOutput(fused=acc, labels=labels if has_labels else None, weights=weights, extras=extras)
+        done[(step.left[0], step.right[1])] = (out.fused, labels)
+        del out, la, lb  # the step's labels and weights, before the next step runs
+    fused, labels = done.pop((0, n))
+    has_labels = "labels" in spec.outputs and isinstance(labels, torch.Tensor)
+    return MethodOutput(fused=fused, labels=labels if has_labels else None, weights=weights, extras=extras)
 
 
-def _compose_weights(weights: torch.Tensor | None, pair: torch.Tensor, k: int, stack: torch.Tensor) -> torch.Tensor:
-    """Fold the ``k``-th pair step's weights into the ``(N, H, W)`` stack weights (in place)."""
+def _compose_labels(pair: torch.Tensor, first: torch.Tensor | int, second: torch.Tensor | int) -> torch.Tensor:
+    """Labels of a pair step's result: ``second``'s where the pair method took its second input."""
+    take_second = pair == 1
+    if not isinstance(first, torch.Tensor):
+        first = torch.full(take_second.shape, first, dtype=torch.long, device=take_second.device)
+    if not isinstance(second, torch.Tensor):
+        return first.masked_fill(take_second.to(first.device), second)
+    return torch.where(take_second.to(first.device), second, first)
+
+
+def _compose_weights(
+    weights: torch.Tensor | None, pair: torch.Tensor, step: FoldStep, stack: torch.Tensor
+) -> torch.Tensor:
+    """Fold a pair step's weights into the ``(N, H, W)`` stack weights (in place)."""
     if weights is None:
-        weights = torch.zeros((stack.shape[0], *stack.shape[-2:]), dtype=torch.float32, device=stack.device)
-        weights[0] = 1.0
+        weights = torch.ones((stack.shape[0], *stack.shape[-2:]), dtype=torch.float32, device=stack.device)
     w = pair.to(weights)
-    weights[:k] *= w[0]
-    weights[k] = w[1]
+    weights[step.left[0] : step.left[1]] *= w[0]
+    weights[step.right[0] : step.right[1]] *= w[1]
     return weights
 
 
@@ -168,11 +242,15 @@ def build_result(
 
 
 __all__ = [
+    "FoldStep",
     "build_result",
     "check_z_positions",
     "check_z_step",
+    "fold_height",
     "fold_pairwise",
+    "fold_steps",
     "label_dtype",
+    "pair_params",
     "output_planes",
     "run_method",
     "slice_positions",

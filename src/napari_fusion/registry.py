@@ -34,6 +34,16 @@ TASKS = (
 #: Outputs a method can declare.
 OUTPUTS = ("fused", "labels", "weights", "depth")
 
+#: How a two-input (``mode="pairwise"``) method is folded over more than two slices: every
+#: such method gets a ``fold`` parameter with these choices (``napari_fusion._engine.fold_steps``).
+#: ``"tree"`` (the default): neighbouring slices first, then neighbouring results,
+#: (I0 + I1) + (I2 + I3), so at most ``ceil(log2 N)`` pair decisions are chained on any pixel's
+#: way to the result; ``"sequential"``: ((I0 + I1) + I2) + ..., the order in which the papers
+#: fuse a series (N - 1 chained decisions). Pairs are fused the same way by both.
+FOLD_ORDERS = ("tree", "sequential")
+FOLD_PARAM = "fold"
+FOLD_DEFAULT = "tree"
+
 
 @dataclass(frozen=True)
 class Param:
@@ -229,7 +239,7 @@ class MethodSpec:
     title: str
     run: Callable[..., MethodOutput]
     tasks: tuple[str, ...]
-    mode: str  # "nway" (any N at once) or "pairwise" (folded sequentially over a stack)
+    mode: str  # "nway" (any N at once) or "pairwise" (folded over a stack, see FOLD_ORDERS)
     learned: bool
     outputs: tuple[str, ...]
     params: tuple[Param, ...]
@@ -250,7 +260,7 @@ class MethodSpec:
 
     @property
     def n_inputs(self) -> str:
-        return "N-way" if self.mode == "nway" else "pairwise, folded sequentially over stacks"
+        return "N-way" if self.mode == "nway" else "pairwise, folded over stacks (sequentially or as a tree)"
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
@@ -315,6 +325,17 @@ _REGISTRY: dict[str, MethodSpec] = METHODS.entries
 _ensure_loaded = ensure_methods_loaded
 
 
+#: The ``fold`` parameter every pairwise method gets (see :data:`FOLD_ORDERS`).
+FOLD_PARAM_SPEC = Param(
+    FOLD_PARAM,
+    FOLD_DEFAULT,
+    str,
+    "Stacks of more than two: 'tree' (neighbouring slices, then their results: fewer chained "
+    "decisions, less context per tile) or 'sequential' ((1 + 2) + 3 ..., the papers' order).",
+    choices=FOLD_ORDERS,
+)
+
+
 def register_method(
     *,
     name: str,
@@ -339,7 +360,9 @@ def register_method(
     a grey infrared image and a colour visible one): grey images reach ``run``
     as three equal channels (no chroma), so the method can tell the colour
     source by its chroma. ``collect_halo``: see :class:`MethodSpec` and
-    :mod:`napari_fusion.whole_image`. ``streams_slices``: see :class:`MethodSpec`.
+    :mod:`napari_fusion.whole_image`. ``streams_slices``: see :class:`MethodSpec`. A
+    ``mode="pairwise"`` method gets the engine's ``fold`` parameter (:data:`FOLD_ORDERS`) unless
+    it declares one; its ``run`` never receives it.
     """
     bad = set(tasks) - set(TASKS)
     if bad:
@@ -355,6 +378,9 @@ def register_method(
     if isinstance(halo, int):
         fixed = halo
         halo = lambda params: fixed  # noqa: E731
+    params = tuple(params)
+    if mode == "pairwise" and all(p.name != FOLD_PARAM for p in params):
+        params += (FOLD_PARAM_SPEC,)
     if isinstance(collect_halo, int):
         collect_fixed = collect_halo
         collect_halo = lambda params: collect_fixed  # noqa: E731
@@ -429,6 +455,9 @@ def list_methods(task: str | None = None) -> list[MethodSpec]:
 __all__ = [
     "TASKS",
     "OUTPUTS",
+    "FOLD_DEFAULT",
+    "FOLD_ORDERS",
+    "FOLD_PARAM",
     "Param",
     "MethodOutput",
     "MethodSpec",

@@ -33,7 +33,8 @@ Global steps are handled as follows:
   depth follows the image size) are computed in collect passes over the tiles
   before the lazy result is made (:func:`collect_steps`,
   :mod:`napari_fusion.whole_image`);
-* a two-input method folded over N slices gets N - 1 times its halo;
+* a two-input method folded over N slices gets its halo times the fold's chained steps
+  (N - 1 sequentially, ceil(log2 N) as a tree);
 * methods whose halo is ``None`` (global with these parameters) are refused
   with a clear message, unless one tile covers the whole image.
 
@@ -63,7 +64,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._engine import label_dtype, output_planes, run_method, slice_positions
+from ._engine import fold_height, fold_steps, label_dtype, output_planes, run_method, slice_positions
 from ._inputs import (
     PreparedStack,
     check_items,
@@ -76,7 +77,7 @@ from .device import resolve_device
 from .errors import FusionError, FusionInputError
 from .ops.pyramids import SPLIT_LEVEL
 from .ops.tiles import free_device_memory, is_out_of_memory, keep_large_allocations_mapped, release_freed_memory
-from .registry import FusionContext, MethodSpec, get_method
+from .registry import FOLD_DEFAULT, FOLD_PARAM, FusionContext, MethodSpec, get_method
 from .results import FusionResult
 from .whole_image import MAX_PASSES, Collected, StepResults, TileSteps
 
@@ -929,7 +930,7 @@ def plan_grid(
     tile = (min(_round_up(tile[0], align), h), min(_round_up(tile[1], align), w))
     declared = spec.halo_for(params)
     if declared is not None and spec.mode == "pairwise" and n > 2:
-        declared *= n - 1
+        declared *= fold_height(n, params.get(FOLD_PARAM, FOLD_DEFAULT))
     if halo is not None:
         declared = _checked_halo(halo)
     if declared is None and not (tile[0] >= h and tile[1] >= w):
@@ -993,8 +994,9 @@ def collect_steps(
     from dask.delayed import Delayed
 
     known = StepResults()
+    chained = _chained_steps(job, stack.shape[0])
     for p in range(MAX_PASSES):
-        reach = collect_halo + (p * step_halo if job.spec.mode == "pairwise" else 0)
+        reach = collect_halo + (chained(p) * step_halo if job.spec.mode == "pairwise" else 0)
         pass_grid = replace(grid, halo=_round_up(reach, grid.align))
         pass_job = replace(job, halo=pass_grid.halo, steps=known, collecting=True)
         what = f"whole-image pass {p + 1}: tile"
@@ -1024,6 +1026,13 @@ def collect_steps(
         known.add(first, parts, grid.shape)
         log.info("whole-image step %r of %s found (pass %d, %d tiles)", first.key, job.spec.name, p + 1, len(parts))
     raise FusionError(f"method {job.spec.name!r} needs more than {MAX_PASSES} whole-image passes")
+
+
+def _chained_steps(job: TileJob, n: int) -> Callable[[int], int]:
+    """For a folded two-input method: how many pair steps are chained beneath fold steps
+    ``0..p`` at most (pass ``p`` collects for fold step ``p`` or an earlier one)."""
+    depths = [s.depth for s in fold_steps(n, job.params.get(FOLD_PARAM, FOLD_DEFAULT))] or [0]
+    return lambda p: max(depths[: p + 1])
 
 
 def _pass_name(p: int, key: tuple, mode: str, n: int) -> str:
