@@ -15,7 +15,7 @@ labels and those of ``focus_pyramid`` (the N-way default for microscope stacks),
 within 3 slices of it. Prints a table; wall time per fusion is also shown (the machine may be
 shared: compare within one run).
 
-    PYTHONPATH=src NAPARI_FUSION_DATA=../shared/data python benchmarks/fold_order.py
+    PYTHONPATH=src NAPARI_FUSION_DATA=../shared/data python benchmarks/fold_order.py [--figure docs/images/fold_order_dapi.png]
     PYTHONPATH=src python benchmarks/fold_order.py --methods veshki_cdl --size 256 --no-dapi
 """
 
@@ -67,25 +67,43 @@ def synthetic_rows(methods, size: int) -> list[str]:
     return rows
 
 
-def dapi_rows(methods, data) -> list[str]:
+def dapi_figure(path, stack: np.ndarray, results: list[tuple[str, nf.FusionResult]]) -> None:
+    """Fused images (one display range, 2x nearest zoom) above their label maps (slice 0 black,
+    the last white), one column per result, written as a PNG."""
+    from napari_fusion.io import write_image
+
+    fused = [r.fused.astype(np.float64) for _, r in results]
+    lo, hi = np.percentile(np.concatenate([f.ravel() for f in fused]), [1, 99.5])
+    top = np.concatenate([np.clip((f - lo) / (hi - lo), 0, 1) for f in fused], 1)
+    bottom = np.concatenate([r.labels / (len(stack) - 1) for _, r in results], 1)
+    image = np.repeat(np.repeat(np.concatenate([top, bottom], 0), 2, 0), 2, 1)
+    write_image(path, (image * 255).round().astype(np.uint8))
+    print(f"wrote {path}: columns " + ", ".join(name for name, _ in results))
+
+
+def dapi_rows(methods, data, figure=None) -> list[str]:
     folder = data / "focalstack" / "dapi_widefield" / "dapi"
     if not folder.is_dir():
         print(f"(no DAPI stack at {folder}: skipped)")
         return []
     stack = np.stack(read_stack(folder))
     nucleus = stack.max(0) > np.percentile(stack.max(0), 60)
-    reference = timed(stack, "focus_pyramid")[0].labels.astype(int)
-    rows = []
+    pyramid = timed(stack, "focus_pyramid")[0]
+    reference = pyramid.labels.astype(int)
+    rows, shown = [], [("focus_pyramid", pyramid)]
     for method in methods:
         cells = []
         for order in ORDERS:
             r, s = timed(stack, method, fold=order)
+            shown.append((f"{method} {order}", r))
             d = np.abs(r.labels.astype(int) - reference)[nucleus]
             cells.append(f"median {np.median(d):.0f}, {(d <= 3).mean() * 100:.0f} % within 3, {s:.1f} s")
         rows.append(
             f"| DAPI widefield 40 x 201 x 101 (labels against `focus_pyramid`) | `{method}` | {cells[0]} | {cells[1]} |"
         )
         print(rows[-1], flush=True)
+    if figure:
+        dapi_figure(figure, stack, shown)
     return rows
 
 
@@ -94,16 +112,19 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(PAIRWISE), choices=PAIRWISE)
     ap.add_argument("--size", type=int, default=384, help="side of the synthetic stacks (default 384)")
     ap.add_argument("--no-dapi", action="store_true", help="skip the real DAPI stack")
+    ap.add_argument("--figure", help="write the DAPI results (fused above labels) to this PNG")
+    ap.add_argument("--no-synthetic", action="store_true", help="skip the synthetic stacks")
     args = ap.parse_args(argv)
     print("| stack | method | sequential (papers' order) | tree |")
     print("|---|---|---|---|")
-    synthetic_rows(args.methods, args.size)
+    if not args.no_synthetic:
+        synthetic_rows(args.methods, args.size)
     data = shared_data_dir()
     if not args.no_dapi:
         if data is None:
             print("(no shared data folder: set NAPARI_FUSION_DATA; DAPI skipped)")
         else:
-            dapi_rows(args.methods, data)
+            dapi_rows(args.methods, data, args.figure)
     return 0
 
 
