@@ -181,6 +181,7 @@ LABELS = {
     "vote_size": "vote window",
     "chroma_source": "colour from",
     "weights": "weights file",
+    "fold": "stack order",
 }
 
 
