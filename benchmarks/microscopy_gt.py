@@ -27,6 +27,7 @@ wavelet merge written here as the focus-stack-like baseline (Forster et al.
 
     PYTHONPATH=src python benchmarks/microscopy_gt.py            # 256x256x24, 3 photon levels, 1x and 3x Nyquist, ~3 min
     PYTHONPATH=src python benchmarks/microscopy_gt.py --size 128 --photons 20 2000 --nyquist 1 3 --slow
+    PYTHONPATH=src python benchmarks/microscopy_gt.py --size 128 --photons 200 2000 --nyquist 1 --pairwise
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ METHODS = {
     "wavelet (fstack)": (None, {}),
 }
 SLOW = {"liu2017_cnn_nway": ("liu2017_cnn_nway", {})}
+#: ``--pairwise``: the two-input methods, folded over the stack in both orders
+PAIRWISE = {
+    f"{m} {fold}": (m, {"fold": fold})
+    for m in ("liu2017_cnn", "tiis2018_fcn", "veshki_cdl")
+    for fold in ("tree", "sequential")
+}
 
 
 def wavelet_merge(stack: np.ndarray, wavelet: str = "db2", level: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -121,11 +128,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--modalities", nargs="+", default=["widefield", "brightfield"])
     ap.add_argument("--psf", default="auto", choices=["auto", "vectorial", "gaussian"])
     ap.add_argument("--slow", action="store_true", help="also liu2017_cnn_nway")
+    ap.add_argument("--pairwise", action="store_true", help="also the two-input methods, both fold orders")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    methods = dict(METHODS, **(SLOW if args.slow else {}))
-    head = f"{'stack':11s} {'dz/Nyq':>6s} {'photons':>7s} {'method':18s}"
+    methods = dict(METHODS, **(SLOW if args.slow else {}), **(PAIRWISE if args.pairwise else {}))
+    head = f"{'stack':11s} {'dz/Nyq':>6s} {'photons':>7s} {'method':24s}"
     print(head + f" {'PSNR':>7s} {'SSIM':>7s} {'seam':>7s} {'hRMSE':>7s} {'bgN':>7s} {'time':>7s}")
     for modality in args.modalities:
         for nyq in args.nyquist:
@@ -146,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
                     fused, labels, height, dt = _run(name, spec, sim)
                     s = score(sim, fused, labels, height)
                     print(
-                        f"{modality:11s} {nyq:6.1f} {sim.photons:7.0f} {name:18s} {s['psnr']:7.2f} {s['ssim']:7.3f} "
+                        f"{modality:11s} {nyq:6.1f} {sim.photons:7.0f} {name:24s} {s['psnr']:7.2f} {s['ssim']:7.3f} "
                         f"{s['seam']:7.3f} {_fmt(s['hrmse'], '7.3f')} {_fmt(s['bgn'], '7.3f')} {dt:7.2f}",
                         flush=True,
                     )
