@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import napari_fusion as nf
 from napari_fusion.errors import FusionInputError, WeightsUnavailableError
@@ -159,6 +160,29 @@ def test_centred_vote_has_no_shift_and_no_border_bias():
         torch.testing.assert_close(v + v.flip(1), torch.ones(20, 20))  # symmetric about the edge
         assert bool(((v > 0.5) == (x > 0.5))[:, [9, 10]].all())
     torch.testing.assert_close(_centred_box_mean(torch.ones(12, 15), 10), torch.ones(12, 15))
+
+
+def _conv_box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The vote's window mean as a separable convolution: the reference for the pooled sums."""
+    k = torch.ones(size + (1 - size % 2), dtype=x.dtype)
+    if size % 2 == 0:
+        k[0] = k[-1] = 0.5
+    r = (k.numel() - 1) // 2
+
+    def filt(t):
+        return F.conv2d(F.conv2d(t, k.view(1, 1, -1, 1), padding=(r, 0)), k.view(1, 1, 1, -1), padding=(0, r))
+
+    x4 = x[None, None]
+    return (filt(x4) / filt(torch.ones_like(x4)))[0, 0]
+
+
+@pytest.mark.parametrize("size", [2, 3, 10, 11, 40])
+def test_vote_window_means_equal_the_convolution_exactly(size):
+    g = torch.Generator().manual_seed(size)
+    x = (torch.rand(37, 53, generator=g) > 0.5).float()  # a decision map
+    torch.testing.assert_close(_centred_box_mean(x, size), _conv_box_mean(x, size), rtol=0, atol=0)
+    y = torch.rand(37, 53, generator=g)  # any image: equal up to rounding
+    torch.testing.assert_close(_centred_box_mean(y, size), _conv_box_mean(y, size), rtol=1e-5, atol=1e-6)
 
 
 def test_bad_parameters_and_inputs(device):
