@@ -996,7 +996,7 @@ def collect_steps(
     known = StepResults()
     chained = _chained_steps(job, stack.shape[0])
     for p in range(MAX_PASSES):
-        reach = collect_halo + (chained(p) * step_halo if job.spec.mode == "pairwise" else 0)
+        reach = collect_halo + chained(p) * step_halo
         pass_grid = replace(grid, halo=_round_up(reach, grid.align))
         pass_job = replace(job, halo=pass_grid.halo, steps=known, collecting=True)
         what = f"whole-image pass {p + 1}: tile"
@@ -1030,7 +1030,9 @@ def collect_steps(
 
 def _chained_steps(job: TileJob, n: int) -> Callable[[int], int]:
     """For a folded two-input method: how many pair steps are chained beneath fold steps
-    ``0..p`` at most (pass ``p`` collects for fold step ``p`` or an earlier one)."""
+    ``0..p`` at most (pass ``p`` collects for fold step ``p`` or an earlier one); 0 for others."""
+    if job.spec.mode != "pairwise":
+        return lambda p: 0
     depths = [s.depth for s in fold_steps(n, job.params.get(FOLD_PARAM, FOLD_DEFAULT))] or [0]
     return lambda p: max(depths[: p + 1])
 
