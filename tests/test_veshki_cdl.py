@@ -163,7 +163,7 @@ def test_centred_vote_has_no_shift_and_no_border_bias():
 
 
 def _conv_box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The vote's window mean as a separable convolution: the reference for the pooled sums."""
+    """The vote's window mean as a separable convolution: the reference for the shifted sums."""
     k = torch.ones(size + (1 - size % 2), dtype=x.dtype)
     if size % 2 == 0:
         k[0] = k[-1] = 0.5

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FusionInputError, WeightsUnavailableError
+from ..ops.filters import separable_filter
 from ..ops.sparse import batch_omp, normalise_columns
 from ..registry import FusionContext, MethodOutput, Param, register_method
 from ..weights import LoadedWeights, how_to_train, load_shipped, shipped_path
@@ -138,31 +139,14 @@ def _centred_box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
     half-pixel shifted placements, i.e. a ``[1/2, 1, ..., 1, 1/2]`` kernel of
     length ``size + 1``, so the vote is not shifted.
 
-    Separable window sums (pooling with a divisor of 1: a few image planes, where a
-    convolution would unfold ``size + 1`` copies of the image), divided by the same sums of
-    ones. Exact for the 0/1 decision maps it is used on (sums of quarters).
+    Window sums with zero padding (:func:`~napari_fusion.ops.filters.separable_filter`:
+    shifted sums in blocks of rows, where ``conv2d`` would unfold ``size + 1`` copies of the
+    image), divided by the same sums of ones. Exact for the 0/1 decision maps it is used on.
     """
-    x4 = x[None, None]
-
-    def filt(t):
-        return _window_sums(_window_sums(t, size, dim=2), size, dim=3)
-
-    return (filt(x4) / filt(torch.ones_like(x4)))[0, 0]
-
-
-def _window_sums(t: torch.Tensor, size: int, *, dim: int) -> torch.Tensor:
-    """Sums of ``t`` (``(1, 1, H, W)``) along ``dim`` over the centred window of
-    :func:`_centred_box_mean` (zero outside the image)."""
-    r = size // 2
-    kernel, pad = ((2 * r + 1, 1), (r, 0)) if dim == 2 else ((1, 2 * r + 1), (0, r))
-    sums = F.avg_pool2d(t, kernel, stride=1, padding=pad, count_include_pad=True, divisor_override=1)
-    if size % 2:
-        return sums
-    # even size: the window's two end taps weigh 1/2
-    n = t.shape[dim]
-    padded = F.pad(t, (r, r, 0, 0) if dim == 3 else (0, 0, r, r))
-    ends = padded.narrow(dim, 0, n) + padded.narrow(dim, 2 * r, n)
-    return sums.sub_(ends, alpha=0.5)
+    k = torch.ones(size + (1 - size % 2), dtype=x.dtype, device=x.device)
+    if size % 2 == 0:
+        k[0] = k[-1] = 0.5
+    return separable_filter(x, k, border="zeros") / separable_filter(torch.ones_like(x), k, border="zeros")
 
 
 def cdl_decision(
