@@ -443,11 +443,12 @@ def test_network_tiles_keep_feature_maps_off_fresh_pages_in_tiled_runs(monkeypat
     """Where large allocations are mapped (tiled runs), the encoder's tiles shrink so that its
     feature maps stay below that size; elsewhere they are NET_TILE."""
     import napari_fusion.methods.csc_ivfn as M
+    import napari_fusion.ops.tiles as T
     from napari_fusion.ops.tiles import LARGE_ALLOCATION_BYTES
 
-    monkeypatch.setattr(M, "large_allocations_mapped", lambda: False)
+    monkeypatch.setattr(T, "large_allocations_mapped", lambda: False)
     assert M.net_tile(32, 21) == M.NET_TILE
-    monkeypatch.setattr(M, "large_allocations_mapped", lambda: True)
+    monkeypatch.setattr(T, "large_allocations_mapped", lambda: True)
     for channels, radius in ((32, 21), (64, 21), (32, 3)):
         t = M.net_tile(channels, radius)
         assert t % 8 == 0 and 32 <= t <= M.NET_TILE

@@ -100,6 +100,31 @@ def test_tiles_equal_one_pass_and_report_each_tile():
     assert not torch.allclose(short, whole, atol=1e-5)
 
 
+def test_tiled_runs_keep_the_network_maps_off_fresh_pages(monkeypatch):
+    """Where large allocations get their own mappings (tiled runs), the network's tiles shrink so
+    that its code maps (reflect-padded for the next 3x3 convolution) stay below that size."""
+    import napari_fusion.ops.tiles as T
+
+    net = CSCMEFN(24, 2).eval()
+    y = torch.rand(420, 300)
+    largest: list[int] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: largest.append(o.numel())) for m in net.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.ReflectionPad2d))]  # fmt: skip
+    try:
+        monkeypatch.setattr(T, "large_allocations_mapped", lambda: False)
+        with torch.no_grad():
+            whole = luma_logits(net, y)
+            assert max(largest) * 4 >= T.LARGE_ALLOCATION_BYTES  # 256 px tiles: maps of 4 MiB or more
+            largest.clear()
+            monkeypatch.setattr(T, "large_allocations_mapped", lambda: True)
+            tiled = luma_logits(net, y)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert T.LARGE_ALLOCATION_BYTES * 0.8 < max(largest) * 4 < T.LARGE_ALLOCATION_BYTES
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+
+
 def test_percentile_stretch():
     x = torch.linspace(0, 1, 1001).view(1, 1, -1)
     lo, hi = percentile_bounds(x, 0.1, 0.9)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from napari_fusion.errors import FusionCancelled
+from napari_fusion.ops import tiles as T
 from napari_fusion.ops.tiles import map_tiles
 
 
@@ -102,3 +103,18 @@ def test_out_of_memory_tiles_are_split_and_the_result_is_unchanged():
 
     with pytest.raises(ValueError, match="not a memory problem"):  # other errors are not retried
         map_tiles(other_error, x, halo=2, tile=64)
+
+
+def test_tile_with_unmapped_maps(monkeypatch):
+    """Outside tiled runs the tile is kept; in them, the largest multiple of 8 (within
+    [floor, tile]) whose channels x (tile + grow)^2 float32 maps stay below the mapped size."""
+    monkeypatch.setattr(T, "large_allocations_mapped", lambda: False)
+    assert T.tile_with_unmapped_maps(256, channels=64, grow=28) == 256
+    monkeypatch.setattr(T, "large_allocations_mapped", lambda: True)
+    for tile, channels, grow in ((256, 64, 28), (256, 32, 42), (512, 8, 0), (1000, 24, 30), (64, 64, 28)):
+        t = T.tile_with_unmapped_maps(tile, channels=channels, grow=grow)
+        assert t % 8 == 0 and 32 <= t <= tile
+        assert channels * (t + grow) ** 2 * 4 < T.LARGE_ALLOCATION_BYTES
+        assert t == tile or channels * (t + 8 + grow) ** 2 * 4 >= T.LARGE_ALLOCATION_BYTES
+    assert T.tile_with_unmapped_maps(256, channels=64, grow=28) == 96  # tiis2018_fcn's shipped network
+    assert T.tile_with_unmapped_maps(256, channels=4096, grow=0, floor=48) == 48  # never below the floor

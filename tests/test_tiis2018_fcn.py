@@ -84,6 +84,36 @@ def test_receptive_field_is_the_halo():
     assert int((ys - 20).abs().max()) <= net.halo and int((xs - 20).abs().max()) <= net.halo
 
 
+@pytest.mark.parametrize("kw", [{}, {"kernel": 3, "layout": (1, 1, 3), "width": 8}])
+def test_unpadded_network_equals_the_padded_one_away_from_the_edges(kw):
+    """pad=False leaves out the reflect padding: the output is the padded network's wherever it
+    has a halo of real context; narrowing layouts (more conv than deconv layers) refuse it."""
+    torch.manual_seed(2)
+    net = TwoStreamFusionNet(init="kaiming", **kw).eval()
+    r = net.halo
+    a, b = torch.rand(2, 1, 1, 37, 52)
+    with torch.no_grad():
+        padded, unpadded = net(a, b), net(a, b, pad=False)
+    assert unpadded.shape == padded.shape
+    torch.testing.assert_close(unpadded[..., r:-r, r:-r], padded[..., r:-r, r:-r], atol=1e-5, rtol=0)
+    assert float((unpadded - padded).abs().max()) > 1e-3  # the edges do differ: the padding matters there
+    with pytest.raises(ValueError, match="pad=True"):
+        TwoStreamFusionNet(kernel=3, layout=(3, 1, 1))(a, b, pad=False)
+
+
+@pytest.mark.parametrize("layout", [(2, 1, 2), (3, 1, 1)])
+def test_tiled_network_equals_a_whole_image_pass(layout):
+    """run_net_tiled (image padded once, tiles unpadded; or each tile padded by a narrowing
+    layout) gives the whole-image network's output, at every tile size."""
+    torch.manual_seed(3)
+    net = TwoStreamFusionNet(kernel=5, layout=layout, width=8, init="kaiming").eval()
+    a, b = torch.rand(2, 2, 61, 45)
+    with torch.no_grad():
+        whole = net(a[:, None], b[:, None])[:, 0].clamp(0, 1)
+    for tile in (16, 40, 100):
+        torch.testing.assert_close(run_net_tiled(net, a, b, tile=tile), whole, atol=1e-5, rtol=0)
+
+
 def test_network_rejects_bad_configurations():
     with pytest.raises(ValueError):
         TwoStreamFusionNet(kernel=4)
@@ -197,6 +227,32 @@ def test_tiles_do_not_change_the_result():
     a, b = torch.rand(2, 1, 45, 70)
     whole = run_net_tiled(net, a, b, tile=512)
     tiled = run_net_tiled(net, a, b, tile=32)
+    torch.testing.assert_close(whole, tiled, atol=1e-5, rtol=0)
+
+
+def test_tiled_runs_keep_the_network_maps_off_fresh_pages(monkeypatch):
+    """Where large allocations get their own mappings (tiled runs), the network's tiles shrink so
+    that its largest feature map stays below that size (page faults cost more than the
+    convolutions); elsewhere the requested tile is used. The result does not change."""
+    import napari_fusion.ops.tiles as T
+
+    net = load_two_stream_net("", torch.device("cpu"))
+    a, b = torch.rand(2, 1, 300, 260)
+    largest: list[int] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: largest.append(o.numel())) for m in net.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and m.out_channels == net.width]  # fmt: skip
+    try:
+        monkeypatch.setattr(T, "large_allocations_mapped", lambda: False)
+        whole = run_net_tiled(net, a, b, tile=256)
+        assert max(largest) * 4 >= T.LARGE_ALLOCATION_BYTES  # 256 px tiles: maps of 4 MiB or more
+        largest.clear()
+        monkeypatch.setattr(T, "large_allocations_mapped", lambda: True)
+        tiled = run_net_tiled(net, a, b, tile=256)
+        assert max(largest) * 4 < T.LARGE_ALLOCATION_BYTES
+        assert max(largest) * 4 > T.LARGE_ALLOCATION_BYTES * 0.7  # not needlessly small
+    finally:
+        for h in hooks:
+            h.remove()
     torch.testing.assert_close(whole, tiled, atol=1e-5, rtol=0)
 
 

@@ -50,7 +50,6 @@ github.com/Zhaozixiang1228/IF-CSCFuse (CSC-IVF).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,7 +61,7 @@ from ..ops.blend import normalise_weights
 from ..ops.colour import chroma_sums, most_colourful, rgb_to_ycbcr, ycbcr_to_rgb
 from ..ops.filters import box_filter
 from ..ops.guided import guided_filter
-from ..ops.tiles import LARGE_ALLOCATION_BYTES, large_allocations_mapped, map_tiles
+from ..ops.tiles import map_tiles, tile_with_unmapped_maps
 from ..registry import FusionContext, MethodOutput, Param, register_method
 from ..weights import LoadedWeights, how_to_train, load_shipped, read_manifest, shipped_path
 
@@ -483,17 +482,14 @@ def _collect_halo(params: dict) -> int | None:
 
 
 def net_tile(channels: int, radius: int) -> int:
-    """Tile side of the encoder: :data:`NET_TILE`, or, where each large allocation gets fresh
-    pages (tiled runs: :func:`~napari_fusion.ops.tiles.keep_large_allocations_mapped`), the
-    largest multiple of 8 whose feature maps (``channels`` x ``(tile + 2 radius)^2`` float32)
-    stay below that size. The encoder's 32 convolutions allocate one such map each; mapped, they
-    cost more in page faults than in arithmetic: on 10 x 484 x 740 (a 256 x 512 tile's block),
-    one thread, 153 CPU-s (88 of them system time) with 256 px tiles, 94 CPU-s with 136 px, 61
-    CPU-s with 256 px and glibc's default heap (2026-12-02, machine shared)."""
-    if not large_allocations_mapped():
-        return NET_TILE
-    side = int(math.sqrt(LARGE_ALLOCATION_BYTES / (4 * channels))) - 2 * radius
-    return max(32, min(NET_TILE, side // 8 * 8))
+    """Tile side of the encoder and decoder: :data:`NET_TILE`, or, in tiled runs, the largest
+    multiple of 8 whose feature maps (``channels`` x ``(tile + 2 radius)^2`` float32) stay below
+    the size that gets fresh pages (:func:`~napari_fusion.ops.tiles.tile_with_unmapped_maps`). The
+    encoder's 32 convolutions allocate one such map each; mapped, they cost more in page faults
+    than in arithmetic: on 10 x 484 x 740 (a 256 x 512 tile's block), one thread, 153 CPU-s (88 of
+    them system time) with 256 px tiles, 94 CPU-s with 136 px, 61 CPU-s with 256 px and glibc's
+    default heap (2026-12-02, machine shared)."""
+    return tile_with_unmapped_maps(NET_TILE, channels=channels, grow=2 * radius)
 
 
 def _source_codes(net: CSCIVFN, lum: torch.Tensor, *, keep: bool, work: _Work) -> SourceCodes:

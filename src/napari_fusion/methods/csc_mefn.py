@@ -53,7 +53,7 @@ from ..nets.csc_mefn import (
 )
 from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..ops.pyramids import SPLIT_LEVEL, blend_in_pyramid, pyramid_levels, split_levels
-from ..ops.tiles import map_tiles
+from ..ops.tiles import map_tiles, tile_with_unmapped_maps
 from ..registry import FusionContext, MethodOutput, Param, register_method
 from ..weights import LoadedWeights, how_to_train, load_shipped, shipped_path
 from .mertens import coarse_inputs
@@ -136,14 +136,12 @@ def luma_logits(
     afterwards), so the result equals a single pass over the whole image;
     ``report(done, total)`` after every tile.
     """
-    h, w = luma.shape
-    (out,) = map_tiles(
-        lambda block: net.logits(block[None, None])[0, 0],
-        luma,
-        halo=net.receptive_radius,
-        tile=tile or NET_TILE,
-        report=report,
-    )
+    # in tiled runs, tiles whose feature maps (the codes, reflect-padded by 1 for the next 3x3
+    # convolution) stay below the size that gets fresh pages: on 3 x 1100^2 the network took 10.2 s
+    # (5.7 s system) with 256 px tiles there, against 3.6 s outside tiled runs (2026-12-02)
+    r = net.receptive_radius
+    size = tile_with_unmapped_maps(tile or NET_TILE, channels=net.channels, grow=2 * r + 2)
+    (out,) = map_tiles(lambda block: net.logits(block[None, None])[0, 0], luma, halo=r, tile=size, report=report)
     return out
 
 

@@ -37,12 +37,13 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import FusionInputError, WeightsUnavailableError
 from ..nets.tiis2018_fcn import TwoStreamFusionNet, receptive_radius
 from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..ops.filters import box_filter
-from ..ops.tiles import map_tiles
+from ..ops.tiles import map_tiles, tile_with_unmapped_maps
 from ..registry import FusionContext, MethodOutput, Param, register_method
 from ..weights import LoadedWeights, how_to_train, load_shipped, shipped_path
 
@@ -119,19 +120,39 @@ def run_net_tiled(
 ) -> torch.Tensor:
     """Fuse grey planes ``(P, H, W)`` pairwise with the network, in tiles; returns ``(P, H, W)`` in [0, 1].
 
-    Each tile is cut with ``net.halo`` pixels of real context on every inner
-    side (the network reflect-pads at the image border itself), so the result
-    equals a whole-image pass; progress is reported after every tile.
+    The planes are reflect-padded by ``net.halo`` once, as the network pads its input, and each
+    tile is cut with ``net.halo`` pixels of that context on every side and run without padding
+    (``net(..., pad=False)``), so the result equals a whole-image pass and no tile computes a
+    padding of its own; progress is reported after every tile.
+
+    In tiled runs, where every allocation of 4 MiB or more gets fresh pages, the tiles shrink
+    so that the network's ``width``-channel feature maps stay below that size
+    (:func:`~napari_fusion.ops.tiles.tile_with_unmapped_maps`; 112 px with the shipped weights).
+    On a 10 x 1024 x 2048 band in tiles of 1024 (``benchmarks/pass_memory.py tiis2018_fcn --rows
+    1024 --cols 2048``), 256 px network tiles took 190 s user + 101 s system; 96 px tiles with
+    the network padding each tile 244 s + 30 s (2026-12-02).
     """
 
     def report(done: int, total: int) -> None:
         if ctx is not None:
             ctx.report(done, total + 1, f"network, tile {done}/{total}")
 
-    (out,) = map_tiles(
-        lambda ta, tb: net(ta.unsqueeze(1), tb.unsqueeze(1))[:, 0], (a, b), halo=net.halo, tile=tile, report=report
-    )
-    return out.clamp_(0, 1)
+    r = net.halo
+    if net.unpadded_offset is None:  # a layout without an unpadded form: each tile padded by the network
+        grow = 4 * r - (net.kernel - 1)
+        tile = tile_with_unmapped_maps(tile, channels=net.width, grow=grow)
+        (out,) = map_tiles(lambda ta, tb: net(ta.unsqueeze(1), tb.unsqueeze(1))[:, 0], (a, b), halo=r, tile=tile,
+                           report=report)  # fmt: skip
+        return out.clamp_(0, 1)
+    # The image is reflect-padded once, as the network pads it, and the tiles run without padding:
+    # every kept pixel then has real (or reflected) context, and no tile computes a padding of its own.
+    h, w = a.shape[-2:]
+    pa, pb = (F.pad(x.unsqueeze(1), (r, r, r, r), mode="reflect")[:, 0] for x in (a, b))
+    # the largest map: the first convolution's output on a block (tile + 2 halo)
+    tile = tile_with_unmapped_maps(tile, channels=net.width, grow=2 * r - (net.kernel - 1))
+    (out,) = map_tiles(lambda ta, tb: net(ta.unsqueeze(1), tb.unsqueeze(1), pad=False)[:, 0], (pa, pb), halo=r,
+                       tile=tile, report=report)  # fmt: skip
+    return out[..., r : r + h, r : r + w].clamp_(0, 1)
 
 
 def decision_from_output(fused_grey: torch.Tensor, grey_a: torch.Tensor, grey_b: torch.Tensor, radius: int):

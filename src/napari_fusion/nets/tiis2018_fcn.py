@@ -160,23 +160,43 @@ class TwoStreamFusionNet(nn.Module):
             x = F.relu(conv(x))
         return x
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    @property
+    def unpadded_offset(self) -> int | None:
+        """Where, without the reflect padding, the output pixel aligned with input pixel 0 lies
+        (the decoder's transposed convolutions widen what the streams narrowed); None when the
+        output is narrower than the input (more conv than deconv layers): ``pad=False`` is refused."""
+        n_conv, _, n_deconv = self.layout
+        off = (self.kernel // 2) * (n_deconv - n_conv)
+        return off if off >= 0 else None
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, *, pad: bool = True) -> torch.Tensor:
+        """The fused image, the size of ``a`` and ``b``.
+
+        ``pad=False`` leaves out the reflect padding by :attr:`halo`: the output is then exact
+        only :attr:`halo` pixels or more from the inputs' edges, for callers that give that much
+        real context (:func:`napari_fusion.methods.tiis2018_fcn.run_net_tiled`); it saves
+        computing the padding's share of every tile.
+        """
         if a.shape != b.shape:
             raise ValueError(f"inputs differ in shape: {tuple(a.shape)} and {tuple(b.shape)}")
         h, w = a.shape[-2:]
         r = self.halo
         if min(h, w) <= r:
             raise ValueError(f"inputs must be larger than {r}x{r} pixels (reflect padding), got {h}x{w}")
-        pad = (r, r, r, r)
-        fa = self._run_stream(self.stream_a, F.pad(a, pad, mode="reflect"))
-        fb = self._run_stream(self.stream_b, F.pad(b, pad, mode="reflect"))
+        if not pad and self.unpadded_offset is None:
+            raise ValueError(f"layout {self.layout} narrows its input: it needs pad=True")
+        if pad:
+            a, b = F.pad(a, (r, r, r, r), mode="reflect"), F.pad(b, (r, r, r, r), mode="reflect")
+        fa = self._run_stream(self.stream_a, a)
+        fb = self._run_stream(self.stream_b, b)
         x = torch.cat([fa, fb], dim=1)
+        del fa, fb
         for conv in self.fusion:
             x = F.relu(conv(x))
         for deconv in self.decoder:
             x = F.relu(deconv(x))
         n_conv, _, n_deconv = self.layout
-        start = r + (n_deconv - n_conv) * (self.kernel // 2)
+        start = (r if pad else 0) + (n_deconv - n_conv) * (self.kernel // 2)
         return x[..., start : start + h, start : start + w]
 
 
