@@ -89,16 +89,27 @@ def test_a_statistic_computed_when_needed_in_tiles_equals_untiled():
     np.testing.assert_array_equal(got.labels, ref.labels)
 
 
-def test_a_folded_method_has_one_pass_per_fold_step():
+@pytest.mark.parametrize(
+    "fold, named",
+    [
+        # a sequential fold: one pass per fold step, each reading the one before
+        ("sequential", {f"whole-image pass {k} (fold step {k} of 3)" for k in (1, 2, 3)}),
+        # a tree: one pass per level, (I0 + I1) and (I2 + I3) collected together
+        ("tree", {"whole-image pass 1 (fold steps 1, 2 of 3)", "whole-image pass 2 (fold step 3 of 3)"}),
+    ],
+)
+def test_a_folded_method_has_one_pass_per_fold_level(fold, named):
     images = _images(n=4)
     with temporary_method(_pairwise, name="_whole_pair", mode="pairwise", **REGISTRATION):
-        ref = nf.fuse(images, "_whole_pair", device="cpu")
+        ref = nf.fuse(images, "_whole_pair", device="cpu", fold=fold)
         seen: list[str] = []
-        got = nf.fuse(images, "_whole_pair", device="cpu", chunks=16, progress=lambda d, t, m: seen.append(m))
-        got = got.compute()
-    # each pass's first tile finds which fold step it collects for; the others say so
-    named = {f"whole-image pass {k} (fold step {k} of 3)" for k in (1, 2, 3)}
-    assert named <= _passes(seen) <= named | {f"whole-image pass {k}" for k in (1, 2, 3)}
+        lazy = nf.fuse(
+            images, "_whole_pair", device="cpu", chunks=16, fold=fold, progress=lambda d, t, m: seen.append(m)
+        )
+        got = lazy.compute()
+    # each pass's first tile finds which fold steps it collects for; the others say so
+    passes = {f"whole-image pass {k}" for k in range(1, len(named) + 1)}
+    assert named <= _passes(seen) <= named | passes
     np.testing.assert_array_equal(got.fused, ref.fused)
     np.testing.assert_array_equal(got.labels, ref.labels)
 
@@ -225,5 +236,36 @@ def test_a_folded_method_with_context_in_tiles_equals_untiled(fold):
         lazy = nf.fuse(images, "_whole_pair_ctx", device="cpu", chunks=8, fold=fold)
         got = lazy.compute()
     assert lazy.grid.halo == {"sequential": 8, "tree": 6}[fold]  # 2 x the chained steps: n - 1, ceil(log2 n)
+    np.testing.assert_array_equal(got.fused, ref.fused)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+
+
+@pytest.mark.parametrize("fold", ["sequential", "tree"])
+def test_collect_passes_survive_tiles_split_for_memory(fold):
+    """A collect-pass tile that runs out of memory is split; its sub-tiles' parts (packed boolean
+    maps, several fold steps at once for a tree; statistics) are joined as the tile's."""
+    calls: list[tuple[int, int]] = []
+
+    def fragile(run):
+        def wrapped(stack, *, ctx):
+            calls.append(tuple(stack.shape[-2:]))
+            if stack.shape[-2] * stack.shape[-1] > 50 * 50:
+                raise torch.OutOfMemoryError("out of memory (fake)")
+            return run(stack, ctx=ctx)
+
+        return wrapped
+
+    images = _images(n=5, h=130, w=150)
+    with temporary_method(_pairwise, name="_whole_pair", mode="pairwise", **REGISTRATION):
+        ref = nf.fuse(images, "_whole_pair", device="cpu", fold=fold)
+    with temporary_method(fragile(_pairwise), name="_fragile_pair", mode="pairwise", **REGISTRATION):
+        got = nf.fuse(images, "_fragile_pair", device="cpu", fold=fold, chunks=(130, 75)).compute()
+    np.testing.assert_array_equal(got.fused, ref.fused)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+    assert max(h * w for h, w in calls) > 50 * 50 and sum(h * w <= 50 * 50 for h, w in calls) > 8
+    with temporary_method(_nway, name="_whole_nway", mode="nway", **REGISTRATION):
+        ref = nf.fuse(images[:3], "_whole_nway", device="cpu")
+    with temporary_method(fragile(_nway), name="_fragile_nway", mode="nway", **REGISTRATION):
+        got = nf.fuse(images[:3], "_fragile_nway", device="cpu", chunks=(130, 75)).compute()
     np.testing.assert_array_equal(got.fused, ref.fused)
     np.testing.assert_array_equal(got.labels, ref.labels)

@@ -27,6 +27,7 @@ from ._inputs import PreparedStack, ScaledSlices
 from ._zpositions import check_z_positions, check_z_step
 from .registry import FOLD_DEFAULT, FOLD_ORDERS, FOLD_PARAM, FusionContext, MethodOutput, MethodSpec
 from .results import FusionResult
+from .whole_image import Collected, CollectedMany
 
 # --------------------------------------------------------------------------- running a method
 
@@ -116,21 +117,42 @@ def fold_pairwise(spec: MethodSpec, stack: torch.Tensor, *, ctx: FusionContext, 
     weights = None
     extras: dict[str, torch.Tensor] = {}
 
+    # A collect pass of a tiled run (napari_fusion.whole_image): a step whose whole-image step is
+    # not known yet gives its part and the fold goes on with the steps that do not need it, so
+    # one pass collects a whole level of a tree; steps deeper than the tile's context covers wait.
+    limit = ctx.fold_depth_limit
+    found: list[Collected] = []
+    waiting: set[tuple[int, int]] = set()  # results not computed in this pass
+
     def take(span: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | int]:
         return done.pop(span) if span[1] - span[0] > 1 else (stack[span[0]], span[0])
 
     for i, step in enumerate(steps):
+        span = (step.left[0], step.right[1])
+        if step.left in waiting or step.right in waiting or (limit is not None and step.depth > limit):
+            waiting.add(span)
+            continue
         (a, la), (b, lb) = take(step.left), take(step.right)
-        out = spec.run(torch.stack([a, b]), ctx=ctx.sub(i, len(steps)), **run_params)
-        del a, b
+        try:
+            out = spec.run(torch.stack([a, b]), ctx=ctx.sub(i, len(steps)), **run_params)
+        except Collected as part:
+            if limit is None:
+                raise
+            found.append(part.with_traceback(None))
+            waiting.add(span)
+            continue
+        finally:
+            del a, b
         labels: torch.Tensor | int = 0
         if out.labels is not None:
             labels = _compose_labels(out.labels, la, lb)
         if out.weights is not None and not ctx.tiled:
             weights = _compose_weights(weights, out.weights, step, stack)
         extras = out.extras
-        done[(step.left[0], step.right[1])] = (out.fused, labels)
+        done[span] = (out.fused, labels)
         del out, la, lb  # the step's labels and weights, before the next step runs
+    if waiting:
+        raise CollectedMany(found)
     fused, labels = done.pop((0, n))
     has_labels = "labels" in spec.outputs and isinstance(labels, torch.Tensor)
     return MethodOutput(fused=fused, labels=labels if has_labels else None, weights=weights, extras=extras)

@@ -162,6 +162,12 @@ class FusionContext:
         )
 
     @property
+    def fold_depth_limit(self) -> int | None:
+        """In a collect pass of a tiled run: the deepest fold step whose local part this tile's
+        context covers (:attr:`napari_fusion.whole_image.TileSteps.depth_limit`); else None."""
+        return None if self._steps is None else self._steps.depth_limit
+
+    @property
     def tiled(self) -> bool:
         """True inside one tile of a tiled run (the method sees a block, not the whole image)."""
         return self._steps is not None

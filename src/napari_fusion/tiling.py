@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._engine import fold_height, fold_steps, label_dtype, output_planes, run_method, slice_positions
+from ._engine import fold_height, label_dtype, output_planes, run_method, slice_positions
 from ._inputs import (
     PreparedStack,
     check_items,
@@ -79,7 +79,7 @@ from .ops.pyramids import SPLIT_LEVEL
 from .ops.tiles import free_device_memory, is_out_of_memory, keep_large_allocations_mapped, release_freed_memory
 from .registry import FOLD_DEFAULT, FOLD_PARAM, FusionContext, MethodSpec, get_method
 from .results import FusionResult
-from .whole_image import MAX_PASSES, Collected, StepResults, TileSteps
+from .whole_image import MAX_PASSES, Collected, CollectedMany, KnownMap, StepResults, TileSteps, unpacked
 
 log = logging.getLogger(__name__)
 
@@ -288,8 +288,11 @@ class TileJob:
     run_id: str = ""
     #: Whole-image steps found by the collect passes (None: the method has none with these params).
     steps: StepResults | None = None
-    #: A collect pass: tiles return their part of the next unknown whole-image step.
+    #: A collect pass: tiles return their parts of the next unknown whole-image steps.
     collecting: bool = False
+    #: In a collect pass of a folded two-input method: the deepest fold step (pair steps chained
+    #: beneath it) the tiles compute, the one their context covers (None: no limit).
+    depth_limit: int | None = None
 
     def __call__(self, block: np.ndarray, block_box: tuple, core: tuple) -> dict[str, np.ndarray]:
         """Fuse ``block`` (the stack over ``block_box``) and return the outputs over ``core``.
@@ -352,24 +355,27 @@ class TileJob:
         steps = None
         if self.steps is not None or self.collecting or not whole:
             known = self.steps if self.steps is not None else StepResults()
-            steps = TileSteps(known, tuple(block_box), tuple(core), self.shape)
+            limit = self.depth_limit if self.collecting else None
+            steps = TileSteps(known, tuple(block_box), tuple(core), self.shape, depth_limit=limit)
         live = _LIVE.get(self.run_id)  # reports from inside the tile (and cancel) when run in this process
         ctx = FusionContext(dev, None if live is None else live.inside, steps=steps)
         with torch.inference_mode():
             stack = prepared.to_tensor(dev)
             try:
                 out = run_method(self.spec, stack, ctx=ctx, params=self.params)
-            except Collected as part:
+            except (Collected, CollectedMany) as found:
+                parts = found.parts if isinstance(found, CollectedMany) else [found]
                 if not self.collecting:
+                    key = parts[0].key if parts else None
                     raise FusionError(
-                        f"method {self.spec.name!r} has a whole-image step {part.key!r} that no pass "
+                        f"method {self.spec.name!r} has a whole-image step {key!r} that no pass "
                         "collected: it must declare collect_halo= in register_method"
                     ) from None
-                # drop the traceback: its frames hold the tile's whole working set (every tile's
-                # result is kept until the pass ends)
-                collected = part.with_traceback(None)
-                collected.__context__ = None
-                return {"__part__": collected.part, "__collected__": collected}
+                # drop the tracebacks: their frames hold the tile's whole working set (every
+                # tile's result is kept until the pass ends)
+                for part in (found, *parts):
+                    part.__traceback__, part.__context__ = None, None
+                return {"__collected__": parts}
             if self.collecting:
                 return {"__done__": np.ones(1)}
             if self.want_labels and out.labels is None:
@@ -419,24 +425,32 @@ def _live(run_id: str, live: _LiveRun | None):
 
 def _merge_parts(parts: list[list[dict[str, Any]]]) -> dict[str, Any]:
     """Join the results of sub-tiles (rows of columns): planes and map parts side by side,
-    statistics summed, the rest taken from the first."""
+    statistics combined, the rest taken from the first."""
     first = parts[0][0]
-    flat = [p for row in parts for p in row]
     merged: dict[str, Any] = {}
     for key, value in first.items():
-        if key == "__part__" and first["__collected__"].kind == "stat":
-            total = value
-            for p in flat[1:]:
-                total = first["__collected__"].combine(total, p[key])
-            merged[key] = total
-        elif key in ("__collected__", "__done__"):
+        if key == "__collected__":
+            merged[key] = [_merge_collected([[p[key][k] for p in row] for row in parts]) for k in range(len(value))]
+        elif key == "__done__":
             merged[key] = value
-        else:
-            ax = (-2, -1) if key == "__part__" else (0, 1)  # maps are (..., h, w); planes (h, w[, 3])
-            merged[key] = np.concatenate(
-                [np.concatenate([p[key] for p in row], axis=ax[1]) for row in parts], axis=ax[0]
-            )
+        else:  # planes (h, w[, 3])
+            merged[key] = np.concatenate([np.concatenate([p[key] for p in row], axis=1) for row in parts], axis=0)
     return merged
+
+
+def _merge_collected(parts: list[list[Collected]]) -> Collected:
+    """One whole-image step's parts from sub-tiles (rows of columns), joined as one tile's."""
+    first = parts[0][0]
+    if first.kind == "stat":
+        flat = [c.part for row in parts for c in row]
+        total = flat[0]
+        for part in flat[1:]:
+            total = first.combine(total, part)
+        joined = total
+    else:  # maps (..., h, w); boolean ones travel packed
+        full = np.concatenate([np.concatenate([unpacked(c.part) for c in row], axis=-1) for row in parts], axis=-2)
+        joined = KnownMap.of(full) if full.dtype == np.bool_ else full
+    return Collected(first.key, first.kind, joined, first.finish, first.combine, first.scale)
 
 
 class _TileGraph:
@@ -983,22 +997,26 @@ def collect_steps(
 ) -> StepResults:
     """Run the collect passes of a method with whole-image steps (:mod:`napari_fusion.whole_image`).
 
-    Pass ``p`` runs every tile until the first step not known yet, with the
-    context that step's local part needs: ``collect_halo``, plus ``p`` times
-    ``step_halo`` for a folded two-input method (pass ``p`` is fold step
-    ``p + 1``, which reads the previous steps' result). The parts are joined and
-    finished once, then the next pass runs; the passes end when the tiles run
-    to the end: each pass starts with one tile computed with the whole method's
+    Pass ``p`` runs every tile until the steps not known yet, with the context their local
+    parts need: ``collect_halo``, plus, for a folded two-input method, ``p`` times
+    ``step_halo``: pass ``p`` computes the fold steps with up to ``p`` pair steps chained beneath
+    them (:attr:`TileJob.depth_limit`) and collects every one of them whose whole-image step is
+    not known, so a tree fold of N slices needs ceil(log2 N) passes, a sequential one N - 1. The
+    parts are joined and finished once per step, then the next pass runs; the passes end when
+    the tiles run to the end: each pass starts with one tile computed with the whole method's
     context, and when that one runs to the end no more tiles are run.
     """
     from dask.delayed import Delayed
 
     known = StepResults()
-    chained = _chained_steps(job, stack.shape[0])
+    folded = job.spec.mode == "pairwise"
+    height = fold_height(stack.shape[0], job.params.get(FOLD_PARAM, FOLD_DEFAULT)) if folded else 0
     for p in range(MAX_PASSES):
-        reach = collect_halo + chained(p) * step_halo
+        chained = min(p, max(height - 1, 0))
+        reach = collect_halo + chained * step_halo
         pass_grid = replace(grid, halo=_round_up(reach, grid.align))
-        pass_job = replace(job, halo=pass_grid.halo, steps=known, collecting=True)
+        pass_job = replace(job, halo=pass_grid.halo, steps=known, collecting=True,
+                           depth_limit=chained if folded else None)  # fmt: skip
         what = f"whole-image pass {p + 1}: tile"
         # A probe: the first tile, with the context of the whole method (it may run to the end:
         # no more whole-image steps, for this method or for these data, e.g. a grey stack).
@@ -1009,7 +1027,11 @@ def collect_steps(
             probe = replace(pass_job, halo=probe_halo)(block, tile0.block, tile0.core)
         if "__done__" in probe:
             return known
-        what = _pass_name(p, probe["__collected__"].key, job.spec.mode, stack.shape[0])
+        found = probe["__collected__"]
+        if not found:  # every step the tiles' context covers ran without an unknown whole-image step
+            continue
+        keys = [c.key for c in found]
+        what = _pass_name(p, keys, job.spec.mode, stack.shape[0])
         if progress is not None:
             progress(1, grid.n_tiles, f"{what} 1/{grid.n_tiles}")
         prefix = f"{TILE_KEY_PREFIX}-pass{p}-{uuid.uuid4().hex}"
@@ -1018,30 +1040,26 @@ def collect_steps(
         cb = _tile_callback(prefix, pass_grid.n_tiles, progress, what=what, start=1)
         tasks = [Delayed(k, hlg, layer=prefix) for k in graph.__dask_keys__()[1:]]
         with _live(job.run_id, None if cb is None else cb.live):
-            results = (probe,) + compute_quietly(*tasks, callbacks=(cb,) if cb else ())
-        first = results[0].get("__collected__")
-        if first is None or any(r.get("__collected__") is None or r["__collected__"].key != first.key for r in results):
+            results = [probe, *compute_quietly(*tasks, callbacks=(cb,) if cb else ())]
+        if any([c.key for c in r.get("__collected__", ())] != keys for r in results):
             raise FusionError(f"method {job.spec.name!r}: its tiles reached different whole-image steps")
-        parts = [(t.core, r["__part__"]) for t, r in zip(pass_grid.tiles(), results)]
-        known.add(first, parts, grid.shape)
-        log.info("whole-image step %r of %s found (pass %d, %d tiles)", first.key, job.spec.name, p + 1, len(parts))
+        for k, first in enumerate(found):  # one step at a time, each tile's part dropped once used
+            parts = [(t.core, r["__collected__"][k].part) for t, r in zip(pass_grid.tiles(), results)]
+            for r in results:
+                r["__collected__"][k].part = None
+            known.add(first, parts, grid.shape)
+            del parts
+        log.info("whole-image steps %r of %s found (pass %d, %d tiles)", keys, job.spec.name, p + 1, len(results))
     raise FusionError(f"method {job.spec.name!r} needs more than {MAX_PASSES} whole-image passes")
 
 
-def _chained_steps(job: TileJob, n: int) -> Callable[[int], int]:
-    """For a folded two-input method: how many pair steps are chained beneath fold steps
-    ``0..p`` at most (pass ``p`` collects for fold step ``p`` or an earlier one); 0 for others."""
-    if job.spec.mode != "pairwise":
-        return lambda p: 0
-    depths = [s.depth for s in fold_steps(n, job.params.get(FOLD_PARAM, FOLD_DEFAULT))] or [0]
-    return lambda p: max(depths[: p + 1])
-
-
-def _pass_name(p: int, key: tuple, mode: str, n: int) -> str:
-    """``whole-image pass P: tile``; for a folded two-input method also which fold step the pass
-    collects for (the first element of its step's key), so a long run shows how far it is."""
-    if mode == "pairwise" and n > 2 and key and isinstance(key[0], int):
-        return f"whole-image pass {p + 1} (fold step {key[0] + 1} of {n - 1}): tile"
+def _pass_name(p: int, keys: list[tuple], mode: str, n: int) -> str:
+    """``whole-image pass P: tile``; for a folded two-input method also which fold steps the pass
+    collects for (the first element of each step's key), so a long run shows how far it is."""
+    steps = [k[0] + 1 for k in keys if k and isinstance(k[0], int)]
+    if mode == "pairwise" and n > 2 and steps:
+        which = f"fold step {steps[0]}" if len(steps) == 1 else f"fold steps {', '.join(map(str, steps))}"
+        return f"whole-image pass {p + 1} ({which} of {n - 1}): tile"
     return f"whole-image pass {p + 1}: tile"
 
 

@@ -26,7 +26,10 @@ or combined (statistics), ``finish`` is applied once to the whole, and the
 next pass runs with that step known. Tiles of later passes, and the final
 tiles, read known maps over their block (:class:`TileSteps`). The number of
 passes is found by running them: a two-input method folded over N slices
-(``liu2017_cnn``) has one step per fold, so N - 1 passes. Each pass starts with
+(``liu2017_cnn``) has one step per fold step; pass ``p`` computes the fold steps with at most
+``p`` steps chained beneath them (:attr:`TileSteps.depth_limit`, the context its tiles have) and
+collects every one whose step is not known (:class:`CollectedMany`): one pass per level of the
+fold, ceil(log2 N) as a tree, N - 1 sequentially. Each pass starts with
 one tile computed with the whole method's context; when it runs to the end there
 is no step left (for this method, or for these data) and nothing more is run.
 
@@ -77,6 +80,20 @@ class Collected(Exception):
 
     def __reduce__(self):  # exceptions pickle their message only; dask workers send this back whole
         return (Collected, (self.key, self.kind, self.part, self.finish, self.combine, self.scale))
+
+
+class CollectedMany(Exception):
+    """Raised inside a tile of a collect pass by a fold whose tile reached several whole-image
+    steps that do not depend on each other (the steps of one level of a tree fold): their
+    :class:`Collected` parts, in the order the fold ran them. Empty when the tile computed every
+    step its context allows without reaching an unknown one (:attr:`TileSteps.depth_limit`)."""
+
+    def __init__(self, parts: list[Collected]):
+        super().__init__(f"{len(parts)} whole-image steps collected")
+        self.parts = list(parts)
+
+    def __reduce__(self):
+        return (CollectedMany, (self.parts,))
 
 
 def _add(a: Any, b: Any) -> Any:
@@ -139,10 +156,11 @@ class StepResults:
         key, finish = collected.key, collected.finish
         if collected.kind == "map":
             first, s = parts[0][1], collected.scale
-            full = np.empty(first.shape[:-2] + (-(-shape[0] // s), -(-shape[1] // s)), dtype=first.dtype)
+            dtype = np.bool_ if isinstance(first, KnownMap) and first.packed else first.dtype
+            full = np.empty(first.shape[:-2] + (-(-shape[0] // s), -(-shape[1] // s)), dtype=dtype)
             for box, part in parts:
                 y0, y1, x0, x1 = scaled_box(box, s)
-                full[..., y0:y1, x0:x1] = part
+                full[..., y0:y1, x0:x1] = unpacked(part)
             done = finish(torch.from_numpy(full))
             self.maps[key] = KnownMap.of(_numpy(done), s)
         else:
@@ -150,6 +168,13 @@ class StepResults:
             for _, part in parts[1:]:
                 total = collected.combine(total, part)
             self.stats[key] = finish(total)
+
+
+def unpacked(part: Any) -> np.ndarray:
+    """A tile's part of a map as an array (boolean parts travel as packed bits, :class:`KnownMap`)."""
+    if isinstance(part, KnownMap):
+        return part.window((0, part.shape[-2] * part.scale, 0, part.shape[-1] * part.scale))
+    return part
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -169,6 +194,10 @@ class TileSteps:
     block: tuple[int, int, int, int]
     core: tuple[int, int, int, int]
     shape: tuple[int, int]
+    #: In a collect pass of a folded two-input method: the deepest fold step (pair steps chained
+    #: beneath it) whose local part the tile's context covers; deeper steps wait for a later
+    #: pass. None: no limit (final tiles, other methods).
+    depth_limit: int | None = None
 
     def _core_in_block(self, scale: int = 1) -> tuple[slice, slice]:
         by0, _, bx0, _ = self.block
@@ -183,8 +212,10 @@ class TileSteps:
         if key in self.known.maps:
             return torch.from_numpy(np.ascontiguousarray(self.known.maps[key].window(self.block))).to(device)
         cy, cx = self._core_in_block(scale)
-        part = _numpy(local()[..., cy, cx]).copy()
-        raise Collected(key, "map", part, finish, None, scale)
+        part = _numpy(local()[..., cy, cx])
+        # boolean parts as packed bits: a pass of a tree fold keeps several steps' parts of every tile
+        packed = KnownMap.of(part) if part.dtype == np.bool_ else part.copy()
+        raise Collected(key, "map", packed, finish, None, scale)
 
     def stat(self, key: tuple, values: torch.Tensor, reduce, finish, combine=None) -> Any:
         return self.stat_of(key, lambda core: reduce(core(values)), finish, combine)
@@ -196,4 +227,4 @@ class TileSteps:
         raise Collected(key, "stat", reduce_core(lambda x: x[..., cy, cx]), finish, combine)
 
 
-__all__ = ["Collected", "KnownMap", "MAX_PASSES", "StepResults", "TileSteps", "scaled_box"]
+__all__ = ["Collected", "CollectedMany", "KnownMap", "MAX_PASSES", "StepResults", "TileSteps", "scaled_box", "unpacked"]
