@@ -269,3 +269,21 @@ def test_collect_passes_survive_tiles_split_for_memory(fold):
         got = nf.fuse(images[:3], "_fragile_nway", device="cpu", chunks=(130, 75)).compute()
     np.testing.assert_array_equal(got.fused, ref.fused)
     np.testing.assert_array_equal(got.labels, ref.labels)
+
+
+def test_one_tile_split_for_memory_says_to_give_smaller_chunks():
+    """One tile for the whole image runs as untiled (no passes); split for memory, its parts
+    cannot compute a whole-image step: a clear error that says what to do, not a wrong result."""
+
+    def fragile(stack, *, ctx):
+        if stack.shape[-2] * stack.shape[-1] > 50 * 50:
+            raise torch.OutOfMemoryError("out of memory (fake)")
+        return _nway(stack, ctx=ctx)
+
+    images = _images(n=3, h=130, w=150)
+    with temporary_method(fragile, name="_fragile_whole", mode="nway", **REGISTRATION):
+        with pytest.raises(nf.FusionError, match="whole image as one tile.*smaller chunks"):
+            nf.fuse(images, "_fragile_whole", device="cpu", chunks=(130, 150)).compute()
+        got = nf.fuse(images, "_fragile_whole", device="cpu", chunks=(65, 75)).compute()  # passes, then tiles
+    with temporary_method(_nway, name="_whole_nway", mode="nway", **REGISTRATION):
+        np.testing.assert_array_equal(got.fused, nf.fuse(images, "_whole_nway", device="cpu").fused)

@@ -307,9 +307,10 @@ class TileJob:
         finally:
             release_freed_memory()
 
-    def run(self, block: np.ndarray, block_box, core) -> dict[str, np.ndarray]:
+    def run(self, block: np.ndarray, block_box, core, *, split: bool = False) -> dict[str, np.ndarray]:
+        """The tile's outputs; on running out of memory, those of its quarters (``split``), and so on."""
         try:
-            return self._run_once(block, block_box, core)
+            return self._run_once(block, block_box, core, split=split)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -338,11 +339,11 @@ class TileJob:
                     sub_box[0] - block_box[0] : sub_box[1] - block_box[0],
                     sub_box[2] - block_box[2] : sub_box[3] - block_box[2],
                 ]
-                row.append(self.run(sub, sub_box, sub_core))
+                row.append(self.run(sub, sub_box, sub_core, split=True))
             parts.append(row)
         return _merge_parts(parts)
 
-    def _run_once(self, block: np.ndarray, block_box, core) -> dict[str, np.ndarray]:
+    def _run_once(self, block: np.ndarray, block_box, core, *, split: bool = False) -> dict[str, np.ndarray]:
         data = scale_stack(block, colour=self.colour, offset=self.offset, scale=self.scale)
         prepared = PreparedStack(data, self.dtype, self.colour, self.offset, self.scale, self.out_low, self.out_high)
         dev = resolve_device(self.device)
@@ -367,6 +368,13 @@ class TileJob:
                 parts = found.parts if isinstance(found, CollectedMany) else [found]
                 if not self.collecting:
                     key = parts[0].key if parts else None
+                    if split and self.steps is None:  # one tile for the whole image, split for memory
+                        raise FusionError(
+                            f"out of memory on {self.device!r} fusing the whole image as one tile, and method "
+                            f"{self.spec.name!r} has a whole-image step ({key!r}), which a part of the image "
+                            "cannot compute alone: give smaller chunks (its whole-image steps are then "
+                            "computed in passes over the tiles), or device='cpu'"
+                        ) from None
                     raise FusionError(
                         f"method {self.spec.name!r} has a whole-image step {key!r} that no pass "
                         "collected: it must declare collect_halo= in register_method"
