@@ -104,6 +104,20 @@ def test_estimate_is_close_to_the_measured_peak():
     assert measured / 1.5 <= estimate <= measured * 1.5, (estimate, measured)
 
 
+def test_a_two_input_method_is_estimated_by_its_pair_not_by_its_stack_depth():
+    """Folded methods fuse one pair at a time: from 10 to 40 slices their estimate grows by the
+    per-slice arrays (input, float32 stack, composed weights), not by 4x their pair's work; and a
+    real fold's peak is within 1.5x of it."""
+    for method in memory.PAIR_WORKING_SETS:
+        e10, e40 = (memory.estimate_peak_bytes(n, 1024, 1024, 1, np.uint16, method) for n in (10, 40))
+        per_slice = 1024 * 1024 * (2 + 4 + 8 + 4)  # input, float32 stack, composed weights (2), output weights
+        assert e40 - e10 <= 30 * per_slice * 1.05 and e40 < 3 * e10, method
+    n, h, w = 5, 640, 640
+    measured = memory.measure_peak_rss(n, h, w, 1, np.uint16, "veshki_cdl", timeout=300)
+    estimate = memory.estimate_peak_bytes(n, h, w, 1, np.uint16, "veshki_cdl")
+    assert measured / 1.5 <= estimate <= measured * 1.5, (estimate, measured)
+
+
 def test_every_tile_hands_freed_memory_back(monkeypatch):
     """A tiled run trims the C allocator after every tile (glibc kept the tiles' freed tensors in
     its arenas, and a long run's resident size crept up by hundreds of MiB); where the C library has

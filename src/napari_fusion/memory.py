@@ -71,14 +71,9 @@ WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
     "gff": (0.0, 10.0),  # measured (slice view): grey 9.00, RGB 1.99
     "laplacian_pyramid": (0.0, 6.25),  # measured (slice view): grey 5.64, RGB 1.11
     "li2018_vgg19": (8.0, 96.0),  # guess (VGG19 weights absent when measured; 64-channel full-size features)
-    # liu2017_cnn: at 4x384x384 grey 52.27 and 4x256x256 RGB 30.54 (small stacks: mostly fixed costs);
-    # at 2x and 4x 1358x1358 grey uint16 with area_fraction=0, 11.3 for both (2026-12-01, the size a
-    # tile of a 10 x 8192^2 run has). Grey 14 = that + 10 % + the region removal; RGB split a guess.
-    "liu2017_cnn": (4.0, 10.0),
     "liu2017_cnn_nway": (27.75, 19.5),  # measured 2026-12-01 (small stacks, see above): grey 42.80, RGB 30.99
     "mertens": (0.5, 2.0),  # measured (slice view): grey 2.05, RGB 0.96
-    "tiis2018_fcn": (34.0, 80.75),  # measured 2026-12-01 (small stacks, see above): grey 104.05, RGB 55.22
-    "veshki_cdl": (5.25, 38.25),  # measured 2026-12-01 (small stacks, see above): grey 39.35, RGB 16.29
+    # the two-input methods (liu2017_cnn, tiis2018_fcn, veshki_cdl): PAIR_WORKING_SETS below
 }
 
 
@@ -115,6 +110,41 @@ class SourceStreaming:
 SOURCE_STREAMING: dict[str, SourceStreaming] = {
     "csc_ivfn": SourceStreaming(per_source=64.0, cap=256 * 2**20, sources=2, planes_kept=130.0, planes_streamed=231.0)
 }
+
+
+@dataclass(frozen=True)
+class PairWorkingSet:
+    """Working set of a two-input method folded over a stack (``mode="pairwise"``), which fuses
+    one pair at a time: ``fixed`` bytes (network tiles and scratch, whatever the image size), the
+    stack as float32 (``N*H*W*C*4``), ``grey`` (``C = 1``) or ``rgb`` (``C = 3``) float32 values
+    per pixel of the pair (``2*H*W``), and the fold's pending results (up to ceil(log2 N) of them
+    in a tree: ``C`` float32 planes and int64 labels each), and for more than two slices two
+    ``(N, H, W)`` float32 arrays while the weights are composed. Unlike :data:`WORKING_SET_FACTORS`,
+    the pair's part does not grow with the number of slices."""
+
+    fixed: float
+    grey: float
+    rgb: float
+
+    def bytes(self, n: int, pixels: int, channels: int) -> float:
+        pending = max((n - 1).bit_length(), 1) * pixels * (4 * channels + 8)  # ceil(log2 N): a tree's levels
+        composing = 2 * n * pixels * 4 if n > 2 else 0  # the weights composed over the fold (untiled runs)
+        per_pixel = self.grey if channels == 1 else self.rgb
+        return self.fixed + n * pixels * channels * 4 + per_pixel * 2 * pixels * 4 + pending + composing
+
+
+#: The two-input methods' working sets (:class:`PairWorkingSet`), fitted to ``measure_peak_rss`` of
+#: pairs (2 x 512^2, 1024^2 and 1536^2 grey uint16, 2 x 768^2 RGB uint8; 2026-12-02), fixed costs
+#: and factors rounded up by ~10 %. They replaced factors per stack element measured on small
+#: stacks, which overestimated ``veshki_cdl`` 3-5x and ``tiis2018_fcn`` 6-9x and underestimated
+#: ``liu2017_cnn``'s pairs 1.6x (its fixed cost: CNN tiles).
+PAIR_WORKING_SETS: dict[str, PairWorkingSet] = {
+    # measured grey 2 x 512^2 / 1024^2 / 1536^2: 188 / 227 / 238 MiB; the rest of the fit was below 0
+    "liu2017_cnn": PairWorkingSet(fixed=210 * 2**20, grey=0.0, rgb=0.0),
+    "tiis2018_fcn": PairWorkingSet(fixed=155 * 2**20, grey=0.0, rgb=10.75),  # grey 144 / 159 / 184 MiB
+    "veshki_cdl": PairWorkingSet(fixed=30 * 2**20, grey=3.0, rgb=5.75),  # grey 37 / 91 / 167 MiB
+}
+
 #: Factor for methods not in the table (plugins): conservative.
 DEFAULT_FACTOR = (4.0, 16.0)
 #: Working set left in host memory when the method runs on a GPU (float copy, staging).
@@ -232,15 +262,19 @@ def estimate_peak_bytes(
 
     ``input (N*H*W*C, dtype) + a * N*H*W*C*4 + b * N*H*W*4 + outputs`` with
     the method's ``(a, b)`` from :data:`WORKING_SET_FACTORS` (plus its
-    :data:`SOURCE_STREAMING` entry, if any). ``device`` other than
+    :data:`SOURCE_STREAMING` entry, if any); two-input methods: their
+    :data:`PAIR_WORKING_SETS` entry instead of ``(a, b)``. ``device`` other than
     ``"cpu"``: only the host side (the float copy and staging) is counted.
     """
     n, height, width, channels = (int(v) for v in (n, height, width, channels))
     pixels = height * width
     item = np.dtype(dtype).itemsize
     elements = n * pixels * channels
-    a, b = WORKING_SET_FACTORS.get(method, DEFAULT_FACTOR)
-    work = a * elements * 4 + b * n * pixels * 4
+    if method in PAIR_WORKING_SETS:
+        work = PAIR_WORKING_SETS[method].bytes(n, pixels, channels)
+    else:
+        a, b = WORKING_SET_FACTORS.get(method, DEFAULT_FACTOR)
+        work = a * elements * 4 + b * n * pixels * 4
     if method in SOURCE_STREAMING:
         work += SOURCE_STREAMING[method].bytes(n, pixels)
     if str(device) != "cpu":
@@ -582,6 +616,9 @@ def calibrate(
     names = methods or [s.name for s in list_methods()]
     out: dict[str, tuple[float, float]] = {}
     for name in names:
+        if name in PAIR_WORKING_SETS:
+            print(f"{name}: a two-input method, modelled by PAIR_WORKING_SETS (fit to pairs; see there)")
+            continue
         factors = []
         for (n, h, w, dt), c in ((grey, 1), (rgb, 3)):
             try:
@@ -613,6 +650,8 @@ def calibrate(
 
 __all__ = [
     "ENV_VAR",
+    "PAIR_WORKING_SETS",
+    "PairWorkingSet",
     "WORKING_SET_FACTORS",
     "SOURCE_STREAMING",
     "SourceStreaming",
