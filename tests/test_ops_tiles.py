@@ -118,3 +118,4 @@ def test_tile_with_unmapped_maps(monkeypatch):
         assert t == tile or channels * (t + 8 + grow) ** 2 * 4 >= T.LARGE_ALLOCATION_BYTES
     assert T.tile_with_unmapped_maps(256, channels=64, grow=28) == 96  # tiis2018_fcn's shipped network
     assert T.tile_with_unmapped_maps(256, channels=4096, grow=0, floor=48) == 48  # never below the floor
+    assert T.tile_with_unmapped_maps(10, channels=4096, grow=0, floor=48) == 10  # nor above a smaller tile

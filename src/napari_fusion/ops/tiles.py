@@ -107,8 +107,9 @@ def large_allocations_mapped() -> bool:
 
 def tile_with_unmapped_maps(tile: int, *, channels: int, grow: int, floor: int = 32) -> int:
     """``tile``, or, where large allocations are mapped (:func:`large_allocations_mapped`: tiled
-    runs), the largest multiple of 8 at most ``tile`` (and at least ``floor``) whose feature maps,
-    ``channels`` x ``(tile + grow)^2`` float32, stay below :data:`LARGE_ALLOCATION_BYTES`.
+    runs), the largest multiple of 8 at most ``tile`` (and at least ``floor``, unless ``tile`` is
+    smaller) whose feature maps, ``channels`` x ``(tile + grow)^2`` float32, stay below
+    :data:`LARGE_ALLOCATION_BYTES`.
 
     For networks run with :func:`map_tiles`: ``grow`` is how much wider than the tile their
     largest feature map is (twice the halo, plus any padding the network adds itself). A network
@@ -118,7 +119,7 @@ def tile_with_unmapped_maps(tile: int, *, channels: int, grow: int, floor: int =
     if not large_allocations_mapped():
         return int(tile)
     side = math.isqrt((LARGE_ALLOCATION_BYTES - 1) // (4 * int(channels))) - int(grow)
-    return max(int(floor), min(int(tile), side // 8 * 8))
+    return min(int(tile), max(int(floor), side // 8 * 8))
 
 
 @functools.cache
