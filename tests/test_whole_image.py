@@ -287,3 +287,13 @@ def test_one_tile_split_for_memory_says_to_give_smaller_chunks():
         got = nf.fuse(images, "_fragile_whole", device="cpu", chunks=(65, 75)).compute()  # passes, then tiles
     with temporary_method(_nway, name="_whole_nway", mode="nway", **REGISTRATION):
         np.testing.assert_array_equal(got.fused, nf.fuse(images, "_whole_nway", device="cpu").fused)
+
+
+def test_pass_names_say_which_fold_steps_they_collect():
+    from napari_fusion.tiling import _pass_name
+
+    assert _pass_name(3, [(4, "decision")], "pairwise", 10) == "whole-image pass 4 (fold step 5 of 9): tile"
+    assert _pass_name(1, [(1, "d"), (5, "d")], "pairwise", 10) == "whole-image pass 2 (fold steps 2, 6 of 9): tile"
+    many = [(i, "d") for i in range(0, 40, 2)]  # the first level of a 40-slice tree
+    assert _pass_name(0, many, "pairwise", 40) == "whole-image pass 1 (20 fold steps of 39): tile"
+    assert _pass_name(0, [("chroma",)], "nway", 3) == "whole-image pass 1: tile"

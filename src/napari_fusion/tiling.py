@@ -1066,7 +1066,12 @@ def _pass_name(p: int, keys: list[tuple], mode: str, n: int) -> str:
     collects for (the first element of each step's key), so a long run shows how far it is."""
     steps = [k[0] + 1 for k in keys if k and isinstance(k[0], int)]
     if mode == "pairwise" and n > 2 and steps:
-        which = f"fold step {steps[0]}" if len(steps) == 1 else f"fold steps {', '.join(map(str, steps))}"
+        if len(steps) == 1:
+            which = f"fold step {steps[0]}"
+        elif len(steps) <= 4:
+            which = f"fold steps {', '.join(map(str, steps))}"
+        else:  # a level of a deep tree: 20 steps of 39 for 40 slices
+            which = f"{len(steps)} fold steps"
         return f"whole-image pass {p + 1} ({which} of {n - 1}): tile"
     return f"whole-image pass {p + 1}: tile"
 
