@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .csc import DCU, conv3x3
+from .csc import DCU, conv3x3, run_dcus
 
 SIGNALS = ("paper", "released")
 
@@ -78,12 +78,10 @@ class CSCEncoder(nn.Module):
     def forward(self, component: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         """Codes of ``component`` (base or detail layer); ``image`` is the raw
         image, used by the later units in the ``"released"`` variant."""
-        b, _, h, w = component.shape
-        z = component.new_zeros((b, self.channels, h, w))
-        for k, unit in enumerate(self.units):
-            x = component if (k == 0 or self.signal == "paper" or image is None) else image
-            z = unit(x, z)
-        return z
+        signals = [
+            component if (k == 0 or self.signal == "paper" or image is None) else image for k in range(len(self.units))
+        ]
+        return run_dcus(self.units, signals, None)
 
 
 class CSCDecoder(nn.Module):

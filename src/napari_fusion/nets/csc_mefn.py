@@ -34,7 +34,7 @@ from torch import nn
 
 from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..ops.pyramids import blend_in_pyramid, pyramid_levels
-from .csc import DCU, conv3x3, make_activation
+from .csc import DCU, conv3x3, make_activation, run_dcus
 
 CHROMA_EPS = 1e-8
 
@@ -79,9 +79,7 @@ class CSCMEFN(nn.Module):
     def logits(self, y: torch.Tensor) -> torch.Tensor:
         """Logit maps ``(M, 1, H, W)`` of luma images ``(M, 1, H, W)``."""
         z = self.head_act(self.head_norm(self.head(y)))
-        for unit in self.dcus:
-            z = unit(y, z)
-        return self.tail(z)
+        return self.tail(run_dcus(self.dcus, [y] * len(self.dcus), z))
 
     def forward(self, luma: torch.Tensor) -> torch.Tensor:
         """Luma weights ``(B, K, H, W)`` (softmax across K) of luma stacks ``(B, K, H, W)``."""

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..ops.guided import fast_guided_filter
-from .csc import DCU, SoftShrink, conv3x3
+from .csc import DCU, SoftShrink, conv3x3, run_dcus
 
 
 class _Branch(nn.Module):
@@ -52,10 +52,7 @@ class _Branch(nn.Module):
         self.dcus = nn.ModuleList(DCU(channels, features, activation="sst") for _ in range(n_dcu))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.act(self.head(x))
-        for dcu in self.dcus:
-            z = dcu(x, z)
-        return z
+        return run_dcus(self.dcus, [x] * len(self.dcus), self.act(self.head(x)))
 
 
 class CSCMMFN(nn.Module):
