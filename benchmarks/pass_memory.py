@@ -9,11 +9,17 @@ peak then includes the first pass's whole-image step).
 
     python benchmarks/pass_memory.py liu2017_cnn --first-pass-only
     python benchmarks/pass_memory.py csc_mefn --rows 4096 --slices 10
+    python benchmarks/pass_memory.py li2018_vgg19 --untrained-vgg19
+
+``--untrained-vgg19`` runs ``li2018_vgg19`` with a randomly initialised full-size VGG19 in place
+of the ImageNet weights (which this project cannot download): the same layers, tiles, passes
+and memory, a meaningless image. It measures the method's time and memory, not its output.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -38,6 +44,7 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=None, help="only the first SLICES slices")
     ap.add_argument("--tile", type=int, default=1024)
     ap.add_argument("--first-pass-only", action="store_true")
+    ap.add_argument("--untrained-vgg19", action="store_true", help="li2018_vgg19 with random VGG19 weights")
     args = ap.parse_args()
     from napari_fusion import fuse
     from napari_fusion.io import open_lazy_stack, write_lazy
@@ -60,12 +67,22 @@ def main() -> None:
             last[0] = key
             print(f"{time.time() - t0:7.1f} s  rss {_status('VmRSS'):5d} MiB  peak {_status('VmHWM'):5d} MiB  {key}")
 
-    try:
-        result = fuse(stack, method=args.method, chunks=args.tile, device="cpu", progress=progress)
-        with tempfile.TemporaryDirectory() as out:
-            write_lazy(result, Path(out) / "out.zarr", progress=progress)
-    except SecondPass:
-        print("stopped at the second pass")
+    with contextlib.ExitStack() as stand_in:
+        if args.untrained_vgg19:
+            import torch
+
+            from napari_fusion.methods.li2018_vgg19 import _NET_DEPTH, untrained_network_for_tests
+            from napari_fusion.nets.vgg19 import VGG19
+
+            torch.manual_seed(0)
+            stand_in.enter_context(untrained_network_for_tests(VGG19(depth=_NET_DEPTH)))
+            print("li2018_vgg19 with an untrained full-size VGG19 (time and memory only; the image is meaningless)")
+        try:
+            result = fuse(stack, method=args.method, chunks=args.tile, device="cpu", progress=progress)
+            with tempfile.TemporaryDirectory() as out:
+                write_lazy(result, Path(out) / "out.zarr", progress=progress)
+        except SecondPass:
+            print("stopped at the second pass")
     print(f"{time.time() - t0:.1f} s, peak RSS {_status('VmHWM')} MiB")
 
 

@@ -56,6 +56,7 @@ def test_run_dcus_trains_through_the_modules():
     with torch.no_grad():
         assert not dcus_can_run_fast([u.train() for u in units], x)  # batch statistics
         assert not dcus_can_run_fast([u.eval() for u in units], torch.rand(1, 1, 1, 9))  # no reflection
+        assert not dcus_can_run_fast(_units(31, 4, "sst"), torch.rand(1, 31, 9, 9))  # many bands: convolutions
 
 
 def test_soft_shrink_zeroes_small_values_and_shrinks_large_ones():

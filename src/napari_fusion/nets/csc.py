@@ -90,6 +90,13 @@ class DCU(nn.Module):
         return self.act(self.norm(z + self.encode(residual)))
 
 
+#: Signals with more channels than this keep the convolutions: the inference path copies the
+#: signal's nine shifted planes per channel, which pays for a few channels (a 256^2 tile, 32 code
+#: channels, three units, one thread: 1 channel 36-72 against 100-158 ms, 4 channels 96-157 against
+#: 150-191 ms) but not for many (31, CAVE's bands: 830-918 against 256-269 ms).
+FAST_SIGNAL_CHANNELS = 4
+
+
 def run_dcus(units, signals, z: torch.Tensor | None) -> torch.Tensor:
     """Codes after the chain of DCUs ``units``: ``z = units[k](signals[k], z)`` for each ``k``.
 
@@ -121,10 +128,12 @@ def run_dcus(units, signals, z: torch.Tensor | None) -> torch.Tensor:
 def dcus_can_run_fast(units, x: torch.Tensor) -> bool:
     """Whether :func:`run_dcus` may use its inference path: no unit training, no autograd
     recording, float32 maps of at least 2 x 2 pixels (reflection padding) on the CPU (a GPU
-    keeps its convolution library's kernels)."""
+    keeps its convolution library's kernels), with at most :data:`FAST_SIGNAL_CHANNELS`
+    signal channels."""
     return (
         not torch.is_grad_enabled()
         and x.device.type == "cpu"
+        and x.shape[-3] <= FAST_SIGNAL_CHANNELS
         and not any(unit.training for unit in units)
         and x.dtype == torch.float32
         and min(x.shape[-2:]) >= 2
