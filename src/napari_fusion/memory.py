@@ -104,11 +104,14 @@ class SourceStreaming:
 
 #: Methods that fuse one source at a time (:class:`SourceStreaming`). ``csc_ivfn`` keeps every
 #: source's codes (2 x 32 maps with the shipped weights) as ``methods.csc_ivfn.KEEP_CODES_BYTES``
-#: and ``KEEP_CODES_SOURCES`` say. Measured 2026-12-02 (``measure_peak_rss``, grey uint16): 2 x
-#: 768^2 (codes kept) 276, 6 x 768^2 and 10 x 640^2 (codes computed again) 300 and 361 float32
-#: values per pixel in all: 210 + 15.1 per source, fitted with ``b`` and rounded up by ~10 %.
+#: and ``KEEP_CODES_SOURCES`` say. Measured 2026-12-02 (``measure_peak_rss``, grey uint16), after
+#: the encoders' units ran in reused buffers (``nets.csc.run_dcus``) and the detail rule's sums were
+#: freed before the base codes' second round: 2 x 768^2 (codes kept) 241, 6 x 768^2 and 10 x 640^2
+#: (codes computed again) 240 and 282 float32 values per pixel in all (274, 299 and 378 before).
+#: With ``(a, b)`` taken as they are, the planes are fitted to the largest remainder and rounded up
+#: by ~10 % (estimates 1.04-1.07x, 1.04x and 1.26x those peaks; RGB uint8 2 x 768^2 1.15x, 6 x 640^2 1.17x).
 SOURCE_STREAMING: dict[str, SourceStreaming] = {
-    "csc_ivfn": SourceStreaming(per_source=64.0, cap=256 * 2**20, sources=2, planes_kept=130.0, planes_streamed=231.0)
+    "csc_ivfn": SourceStreaming(per_source=64.0, cap=256 * 2**20, sources=2, planes_kept=75.0, planes_streamed=125.0)
 }
 
 

@@ -412,6 +412,7 @@ def fuse_source_codes(
     fd, wd = detail_rule.result()
     if on_detail is not None:
         fd = on_detail(fd)
+    del detail_rule  # its sums (the fused detail codes, N activities) are not needed any more
     fb, wb = base_rule.result(say)
     return fb, fd, None if strategy == "average" else wd, wb
 
