@@ -165,6 +165,40 @@ def test_fuse_details_hand_case_and_consistency():
     assert set(layer.unique().tolist()) <= {0, 1, 2, 3}
 
 
+def test_streamed_detail_fusion_equals_the_whole_stack_formulation():
+    """fuse_details (one layer's full-size weights at a time), upsample_weights (index selection)
+    and the per-source split give bit for bit what holding everything at once gives."""
+    import torch.nn.functional as F
+
+    h, w = 37, 45  # not multiples of 2, 4, 8
+    g = torch.Generator().manual_seed(3)
+    strides = [1, 2, 4, 8]
+    details = torch.randn(5, h, w, generator=g)
+    acts = [torch.rand(5, -(-h // s), -(-w // s), generator=g) for s in strides]
+    acts[2][:, :2] = 0.0  # all-zero activities: uniform weights there
+
+    def upsampled(weights, stride):  # the replicate-and-pad formulation
+        up = weights.repeat_interleave(stride, dim=-2).repeat_interleave(stride, dim=-1)[..., :h, :w]
+        pad = (0, w - up.shape[-1], 0, h - up.shape[-2])
+        return F.pad(up[None], pad, mode="replicate")[0] if any(pad) else up
+
+    for act, stride in zip(acts, strides):
+        small = act[:, : h // stride, : w // stride]  # sides that need the last block repeated
+        assert torch.equal(M.upsample_weights(small, stride, (h, w)), upsampled(small, stride))
+    per_layer = torch.stack([upsampled(M.ratio_weights(M.block_average(a)), s) for a, s in zip(acts, strides)])
+    cand = (per_layer * details).sum(1)
+    layer = M.select_detail(cand)
+    fused, weights, got_layer = M.fuse_details(details, acts, strides)
+    assert torch.equal(got_layer, layer)
+    assert torch.equal(fused, cand.gather(0, layer[None])[0])
+    assert torch.equal(weights, per_layer.gather(0, layer[None, None].expand(1, 5, h, w))[0])
+    lum = torch.rand(4, h, w, generator=g)
+    base, detail = tikhonov_split(lum, lam=5.0, pad=16)
+    base_sum, got_detail = M._split_sources(lum, lam=5.0, pad=16)
+    assert torch.equal(got_detail, detail)
+    assert torch.equal(base_sum / 4, base.mean(0))
+
+
 # ---------------------------------------------------------------- weights / test hook
 
 

@@ -54,11 +54,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import FusionInputError, WeightsUnavailableError
 from ..nets.vgg19 import LAYER_INDEX, VGG19, layer_stride, load_torchvision_state_dict, receptive_radius
-from ..ops.blend import normalise_weights
+from ..ops.blend import normalise_weights, normalise_weights_
 from ..ops.colour import chroma_sums, most_colourful, rgb_to_ycbcr, ycbcr_to_rgb
 from ..ops.colour import visible_source as visible_source  # public here since the first release
 from ..ops.decomposition import tikhonov_split
@@ -103,12 +102,14 @@ def upsample_weights(weights: torch.Tensor, stride: int, size: tuple[int, int]) 
     block instead of staying at zero weight.
     """
     height, width = size
-    up = weights.repeat_interleave(stride, dim=-2).repeat_interleave(stride, dim=-1)
-    up = up[..., :height, :width]
-    extra_h, extra_w = height - up.shape[-2], width - up.shape[-1]
-    if extra_h or extra_w:
-        up = F.pad(up.unsqueeze(0), (0, extra_w, 0, extra_h), mode="replicate").squeeze(0)
-    return up
+    h, w = weights.shape[-2:]
+    if stride == 1 and (h, w) == (height, width):
+        return weights
+    # which block each output row / column copies (the last one beyond h*stride, w*stride): one
+    # full-size result, no intermediate copies at full size
+    rows = (torch.arange(height, device=weights.device) // stride).clamp_(max=h - 1)
+    cols = (torch.arange(width, device=weights.device) // stride).clamp_(max=w - 1)
+    return weights.index_select(-2, rows).index_select(-1, cols)
 
 
 def select_detail(candidates: torch.Tensor, *, rule: str = "max") -> torch.Tensor:
@@ -140,19 +141,23 @@ def fuse_details(
     ``fused_detail == (weights * details).sum(0)``.
     """
     size = tuple(details.shape[-2:])
-    per_layer = []
-    candidates = []
-    for act, stride in zip(activities, strides):
-        w = upsample_weights(ratio_weights(block_average(act)), stride, size)
-        per_layer.append(w)
-        candidates.append((w * details).sum(0))
-    cand = torch.stack(candidates)  # (K, H, W)
+
+    def layer_weights(k: int) -> torch.Tensor:  # (N, H, W), from the small per-layer map
+        # ratio_weights in place, on block_average's fresh map
+        return upsample_weights(normalise_weights_(block_average(activities[k])), strides[k], size)
+
+    # One layer's full-size weights at a time, upsampled again for the chosen ones: the K x N
+    # full-size maps, held twice, were most of a tiled run's working set (10 slices, tiles of 1024).
+    cand = torch.empty((len(activities), *size), dtype=details.dtype, device=details.device)
+    for k in range(len(activities)):
+        w = layer_weights(k)
+        cand[k] = w.mul_(details).sum(0)  # in place: w is a fresh map
     layer = select_detail(cand, rule=rule)
     fused = cand.gather(0, layer.unsqueeze(0))[0]
-    stacked = torch.stack(per_layer)  # (K, N, H, W)
-    n = details.shape[0]
-    idx = layer.view(1, 1, *size).expand(1, n, *size)
-    weights = stacked.gather(0, idx)[0]
+    del cand
+    weights = layer_weights(0)
+    for k in range(1, len(activities)):
+        torch.where(layer == k, layer_weights(k), weights, out=weights)
     return fused, weights, layer
 
 
@@ -171,6 +176,18 @@ def tikhonov_reach(lam: float) -> int:
         return 0
     kappa = math.acosh(1.0 + 1.0 / (2.0 * lam))
     return int(math.ceil(-math.log(_TIKHONOV_TAIL) / kappa))
+
+
+def _split_sources(lum: torch.Tensor, *, lam: float, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum of the base layers (H, W), detail layers (N, H, W))`` of ``(N, H, W)`` luminances, one
+    source at a time: the split's FFTs work in float64 on padded complex spectra, about ten
+    float32 values per pixel of whatever they are given, so not all N planes at once."""
+    detail = torch.empty_like(lum)
+    base_sum = torch.zeros_like(lum[0])
+    for i in range(lum.shape[0]):
+        base, detail[i] = tikhonov_split(lum[i], lam=lam, pad=pad)
+        base_sum += base
+    return base_sum, detail
 
 
 def _halo(p: dict) -> int | None:
@@ -368,11 +385,11 @@ def fuse_li2018_vgg19(
             v = ctx.whole_image_stat("chroma", ycc, chroma_sums, most_colourful)
     else:
         lum = stack[:, 0]
-    base, detail = tikhonov_split(lum, lam=lam, pad=pad)
+    base_sum, detail = _split_sources(lum, lam=lam, pad=pad)
     layer_ids = LAYER_SETS[layers]
     acts = layer_activities(net, detail, layer_ids, ctx=ctx)
     fused_detail, w_detail, layer = fuse_details(detail, acts, [layer_stride(i) for i in layer_ids], rule=selection)
-    fused_lum = base.mean(0) + fused_detail
+    fused_lum = base_sum.div_(n) + fused_detail  # the sources' mean base + the fused detail
     if c == 3:
         fused = ycbcr_to_rgb(torch.cat([fused_lum.unsqueeze(0), ycc[v, 1:]]), channel_dim=0)
     else:
