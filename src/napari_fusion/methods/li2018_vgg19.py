@@ -99,7 +99,8 @@ def upsample_weights(weights: torch.Tensor, stride: int, size: tuple[int, int]) 
 
     The replicated map covers ``h*stride x w*stride`` pixels; rows and columns
     beyond that (image sides not multiples of ``stride``) repeat the last
-    block instead of staying at zero weight.
+    block instead of staying at zero weight. With stride 1 and maps already of ``size``, the
+    maps themselves come back (not a copy).
     """
     height, width = size
     h, w = weights.shape[-2:]
