@@ -356,7 +356,11 @@ def _codes_that_count(base, detail, counts, *, keep):
         counts["base"] += 1
         return base[i].clone()
 
-    return SourceCodes(base.shape[0], encode, encode_base, keep=keep)
+    def encode_detail(i):
+        counts["detail"] += 1
+        return detail[i].clone()
+
+    return SourceCodes(base.shape[0], encode, encode_base, encode_detail, keep=keep)
 
 
 @pytest.mark.parametrize("keep", [True, False])
@@ -381,7 +385,7 @@ def test_source_streamed_saliency_rule_equals_the_rule_on_all_sources(monkeypatc
     gen = torch.Generator().manual_seed(4)
     base, detail = torch.randn((3, 5, 24, 31), generator=gen), torch.randn((3, 5, 24, 31), generator=gen)
     detail[:, :, :6, :6] = 0  # no activity anywhere there: fused detail 0
-    counts = {"both": 0, "base": 0}
+    counts = {"both": 0, "base": 0, "detail": 0}
     codes = _codes_that_count(base, detail, counts, keep=keep)
     fb, fd, wd, wb = fuse_source_codes(codes, strategy="saliency", gf_radius=4, gf_eps=0.01)
     w = saliency_weights(base, radius=4, eps=0.01)
@@ -395,20 +399,21 @@ def test_source_streamed_saliency_rule_equals_the_rule_on_all_sources(monkeypatc
     assert (fd[:, :5, :5] == 0).all()
     if flat_corner:
         torch.testing.assert_close(fb[:, :4, :4], base[:, :, :4, :4].mean(0))
-    # kept: every source coded once; streamed: ranges, histograms, round 1 (with the details), round 2
-    # (and once more for the flat corner)
-    assert counts == ({"both": 3, "base": 0} if keep else {"both": 3, "base": 12 if flat_corner else 9})
+    # kept: every source coded once; streamed: the details once, the base codes for the ranges, the
+    # histograms, round 1 and round 2 (and once more for the flat corner)
+    streamed = {"both": 0, "base": 15 if flat_corner else 12, "detail": 3}
+    assert counts == ({"both": 3, "base": 0, "detail": 0} if keep else streamed)
 
 
-def test_source_streamed_l1_and_average_rules_code_each_source_once():
+def test_source_streamed_l1_and_average_rules_code_each_source_once_of_each_kind():
     from napari_fusion.methods.csc_ivfn import fuse_source_codes
 
     gen = torch.Generator().manual_seed(5)
     base, detail = torch.randn((4, 3, 16, 20), generator=gen), torch.randn((4, 3, 16, 20), generator=gen)
     for strategy in ("l1", "average"):
-        counts = {"both": 0, "base": 0}
+        counts = {"both": 0, "base": 0, "detail": 0}
         fb, fd, wd, wb = fuse_source_codes(_codes_that_count(base, detail, counts, keep=False), strategy=strategy)
-        assert counts == {"both": 4, "base": 0}
+        assert counts == {"both": 0, "base": 4, "detail": 4}
         if strategy == "l1":
             torch.testing.assert_close(fb, (l1_weights(base)[:, None] * base).sum(0))
             torch.testing.assert_close(wb, l1_weights(base))

@@ -63,7 +63,7 @@ ENV_VAR = "NAPARI_FUSION_MEMORY_LIMIT"
 #: The factors also size the tiles of a tiled run (:func:`fit_tile_to_memory`).
 WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
     "average": (1.5, 1.0),  # measured: grey 2.12, RGB 1.60 per stack element
-    "csc_ivfn": (5.75, 15.0),  # + SOURCE_STREAMING (2026-12-02; RGB part as measured 2026-12-01)
+    "csc_ivfn": (5.75, 15.0),  # with its codes kept, + SOURCE_STREAMING (RGB part as measured 2026-12-01)
     "csc_mefn": (10.0, 0.0),  # measured: grey 6.89, RGB 8.32
     "csc_mefn_pyramid": (5.75, 0.0),  # measured 2026-11-30: grey 3.11, RGB 4.52
     "focus_measure": (0.0, 4.5),  # measured: grey 3.88, RGB 1.26 (slice view: no float32 stack copy)
@@ -79,12 +79,14 @@ WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
 
 @dataclass(frozen=True)
 class SourceStreaming:
-    """Working set of a method that works one source at a time, on top of its ``(a, b)``.
+    """Working set of a method that works one source at a time.
 
     It keeps every source's cached values (``per_source`` float32 values per source pixel) when
     they take at most ``cap`` bytes or there are at most ``sources`` sources, and then holds
-    ``planes_kept`` float32 values per pixel besides; otherwise it computes them again when
-    needed and holds ``planes_streamed`` values per pixel, whatever the number of sources.
+    ``planes_kept`` float32 values per pixel on top of its ``(a, b)``; otherwise it computes them
+    again when needed and holds ``planes_streamed`` values per pixel plus ``per_element_streamed``
+    per stack element (``N*C`` per pixel), *instead of* its ``(a, b)``: streaming, it holds no
+    per-source working set but the stack itself and a few ``(N, H, W)`` maps.
     """
 
     per_source: float
@@ -92,26 +94,34 @@ class SourceStreaming:
     sources: int
     planes_kept: float
     planes_streamed: float
+    per_element_streamed: float
 
     def keeps(self, n: int, pixels: int) -> bool:
         return n <= self.sources or self.per_source * n * pixels * 4 <= self.cap
 
-    def bytes(self, n: int, pixels: int) -> float:
-        if self.keeps(n, pixels):
-            return (self.planes_kept + self.per_source * n) * pixels * 4
-        return self.planes_streamed * pixels * 4
+    def kept_bytes(self, n: int, pixels: int) -> float:
+        """Bytes on top of the ``(a, b)`` working set when the sources' values are kept."""
+        return (self.planes_kept + self.per_source * n) * pixels * 4
+
+    def streamed_bytes(self, n: int, pixels: int, channels: int) -> float:
+        """The whole working set when they are computed again (the ``(a, b)`` part not added)."""
+        return (self.planes_streamed + self.per_element_streamed * n * channels) * pixels * 4
 
 
 #: Methods that fuse one source at a time (:class:`SourceStreaming`). ``csc_ivfn`` keeps every
 #: source's codes (2 x 32 maps with the shipped weights) as ``methods.csc_ivfn.KEEP_CODES_BYTES``
-#: and ``KEEP_CODES_SOURCES`` say. Measured 2026-12-02 (``measure_peak_rss``, grey uint16), after
-#: the encoders' units ran in reused buffers (``nets.csc.run_dcus``) and the detail rule's sums were
-#: freed before the base codes' second round: 2 x 768^2 (codes kept) 241, 6 x 768^2 and 10 x 640^2
-#: (codes computed again) 240 and 282 float32 values per pixel in all (274, 299 and 378 before).
-#: With ``(a, b)`` taken as they are, the planes are fitted to the largest remainder and rounded up
-#: by ~10 % (estimates 1.04-1.07x, 1.04x and 1.26x those peaks; RGB uint8 2 x 768^2 1.15x, 6 x 640^2 1.17x).
+#: and ``KEEP_CODES_SOURCES`` say. Kept (measured 2026-12-02 with ``measure_peak_rss``, grey
+#: uint16): 2 x 768^2 241 float32 values per pixel in all. Streamed (measured 2026-12-02, later, after
+#: the detail codes got a round of their own, each source's base codes were freed before the next
+#: was coded and the YCbCr/luminance copies of the stack were dropped), work beyond the input and
+#: outputs: 6 x 768^2 and 10 x 640^2 grey uint16 195 and 209 values per pixel, 10 x 1252^2 (the
+#: block of a 1024 tile) 187 (1223 MiB in all, 1574 before), RGB uint8 6 x 640^2 212 (352 MiB, 462
+#: before); so about 175 + 3.5 per stack element, rounded up by ~10 % (estimates 1.09-1.11x those
+#: peaks on the small grey stacks, 1.24x on 1252^2, 1.26x RGB).
 SOURCE_STREAMING: dict[str, SourceStreaming] = {
-    "csc_ivfn": SourceStreaming(per_source=64.0, cap=256 * 2**20, sources=2, planes_kept=75.0, planes_streamed=125.0)
+    "csc_ivfn": SourceStreaming(
+        per_source=64.0, cap=256 * 2**20, sources=2, planes_kept=75.0, planes_streamed=190.0, per_element_streamed=4.5
+    )
 }
 
 
@@ -265,7 +275,7 @@ def estimate_peak_bytes(
 
     ``input (N*H*W*C, dtype) + a * N*H*W*C*4 + b * N*H*W*4 + outputs`` with
     the method's ``(a, b)`` from :data:`WORKING_SET_FACTORS` (plus its
-    :data:`SOURCE_STREAMING` entry, if any); two-input methods: their
+    :data:`SOURCE_STREAMING` entry, if any, or that entry alone where it streams the sources); two-input methods: their
     :data:`PAIR_WORKING_SETS` entry instead of ``(a, b)``. ``device`` other than
     ``"cpu"``: only the host side (the float copy and staging) is counted.
     """
@@ -273,13 +283,16 @@ def estimate_peak_bytes(
     pixels = height * width
     item = np.dtype(dtype).itemsize
     elements = n * pixels * channels
+    streaming = SOURCE_STREAMING.get(method)
     if method in PAIR_WORKING_SETS:
         work = PAIR_WORKING_SETS[method].bytes(n, pixels, channels)
+    elif streaming is not None and not streaming.keeps(n, pixels):
+        work = streaming.streamed_bytes(n, pixels, channels)
     else:
         a, b = WORKING_SET_FACTORS.get(method, DEFAULT_FACTOR)
         work = a * elements * 4 + b * n * pixels * 4
-    if method in SOURCE_STREAMING:
-        work += SOURCE_STREAMING[method].bytes(n, pixels)
+        if streaming is not None:
+            work += streaming.kept_bytes(n, pixels)
     if str(device) != "cpu":
         work = min(work, HOST_FACTOR_ON_DEVICE * elements * 4)
     outputs = _outputs_of(method)

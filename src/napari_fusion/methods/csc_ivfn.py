@@ -193,16 +193,18 @@ def _guided_radius(radius: int, shape) -> int:
 class SourceCodes:
     """The sparse codes of each source, one source at a time (``(C, H, W)`` base and detail codes).
 
-    ``encode(i)`` returns source ``i``'s ``(base, detail)`` codes and ``encode_base(i)``
-    its base codes alone. With ``keep`` every source's codes are computed once and kept
-    (small images); without, they are computed again whenever asked, so that at most one
-    source's codes are held at a time whatever the number of sources.
+    ``both(i)`` returns source ``i``'s ``(base, detail)`` codes, ``base(i)`` and ``detail(i)``
+    one kind alone. With ``keep`` every source's codes are computed once and kept (small
+    images); without, they are computed again whenever asked (``encode_base`` and
+    ``encode_detail``, each half the work of ``encode``), so that at most one source's codes
+    of one kind are held at a time whatever the number of sources.
     """
 
-    def __init__(self, n: int, encode, encode_base=None, *, keep: bool = False):
+    def __init__(self, n: int, encode, encode_base=None, encode_detail=None, *, keep: bool = False):
         self.n = n
-        self._encode, self._encode_base = encode, encode_base
-        self._kept: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if keep or encode_base is None else None
+        self._encode, self._encode_base, self._encode_detail = encode, encode_base, encode_detail
+        streams = not keep and encode_base is not None and encode_detail is not None
+        self._kept: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None if streams else {}
 
     @classmethod
     def given(cls, base: torch.Tensor, detail: torch.Tensor) -> SourceCodes:
@@ -225,6 +227,11 @@ class SourceCodes:
         if self._kept is None:
             return self._encode_base(i)
         return self.both(i)[0]
+
+    def detail(self, i: int) -> torch.Tensor:
+        if self._kept is None:
+            return self._encode_detail(i)
+        return self.both(i)[1]
 
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, C, H, W)`` base and detail codes of all sources (for experiments; holds them all)."""
@@ -327,6 +334,7 @@ class _SaliencyRule:
                 qsum[part] += q
                 qz[part].addcmul_(q, z[part])
                 share[i] += q.sum(0)
+            del z, norm, s, p, q  # freed before the next source is coded
             report(f"base-code weights of source {i + 1}/{n}")
         self.total = None
         flat = qsum <= _EPS
@@ -404,15 +412,22 @@ def fuse_source_codes(
         "saliency": lambda: _SaliencyRule(codes, radius=gf_radius, eps=gf_eps, ctx=ctx),
     }
     base_rule, detail_rule = rules[strategy](), rules["average" if strategy == "average" else "l1"]()
-    for i in range(n):
-        zb, zd = codes.both(i)
-        base_rule.add(i, zb)
-        detail_rule.add(i, zd)
-        del zb, zd
+    if codes.kept:
+        for i in range(n):
+            zb, zd = codes.both(i)
+            base_rule.add(i, zb)
+            detail_rule.add(i, zd)
+            del zb, zd
+    else:  # the detail codes first, alone: their sums are freed before the base codes' sums exist
+        for i in range(n):
+            detail_rule.add(i, codes.detail(i))
     fd, wd = detail_rule.result()
     if on_detail is not None:
         fd = on_detail(fd)
     del detail_rule  # its sums (the fused detail codes, N activities) are not needed any more
+    if not codes.kept:
+        for i in range(n):
+            base_rule.add(i, codes.base(i))
     fb, wb = base_rule.result(say)
     return fb, fd, None if strategy == "average" else wd, wb
 
@@ -493,23 +508,32 @@ def net_tile(channels: int, radius: int) -> int:
     return tile_with_unmapped_maps(NET_TILE, channels=channels, grow=2 * radius)
 
 
-def _source_codes(net: CSCIVFN, lum: torch.Tensor, *, keep: bool, work: _Work) -> SourceCodes:
-    """:class:`SourceCodes` of ``(N, 1, H, W)`` luminances, encoded in cache-sized tiles."""
-    n = lum.shape[0]
+def _source_codes(net: CSCIVFN, lum: Callable[[int], torch.Tensor], n: int, *, keep: bool, work: _Work) -> SourceCodes:
+    """:class:`SourceCodes` of ``n`` sources, ``lum(i)`` giving source ``i``'s ``(1, 1, H, W)``
+    luminance when it is coded (clamped to [0, 1] then: no luminance copy of the stack held),
+    encoded in cache-sized tiles."""
+
+    def source(i: int) -> torch.Tensor:
+        return lum(i).float().clamp(0.0, 1.0)
+
     tile = net_tile(net.config["channels"], net.encode_radius)
 
     def encode(i: int) -> tuple[torch.Tensor, torch.Tensor]:
         report = work.task(_COST_ENCODE, f"sparse codes of source {i + 1}/{n}")
-        zb, zd = map_tiles(net.encode, lum[i : i + 1], halo=net.encode_radius, tile=tile, strides=(1, 1),
+        zb, zd = map_tiles(net.encode, source(i), halo=net.encode_radius, tile=tile, strides=(1, 1),
                            report=report)  # fmt: skip
         return zb[0], zd[0]
 
-    def encode_base(i: int) -> torch.Tensor:
-        report = work.task(_COST_ENCODE / 2, f"base codes of source {i + 1}/{n}")
-        (zb,) = map_tiles(net.encode_base, lum[i : i + 1], halo=net.encode_radius, tile=tile, report=report)
-        return zb[0]
+    def encode_one(kind: str) -> Callable[[int], torch.Tensor]:
+        def run(i: int) -> torch.Tensor:
+            report = work.task(_COST_ENCODE / 2, f"{kind} codes of source {i + 1}/{n}")
+            (z,) = map_tiles(getattr(net, f"encode_{kind}"), source(i), halo=net.encode_radius, tile=tile,
+                             report=report)  # fmt: skip
+            return z[0]
 
-    return SourceCodes(n, encode, encode_base, keep=keep)
+        return run
+
+    return SourceCodes(n, encode, encode_one("base"), encode_one("detail"), keep=keep)
 
 
 def _work_total(n: int, strategy: str, *, keep: bool, stats: bool) -> float:
@@ -615,15 +639,18 @@ def fuse_csc_ivfn(
             f"chroma_source is {chroma_source} but there are only {n} sources (0..{n - 1}); use -1 for automatic"
         )
     net = load_network(weights, stack.device)  # fails before any work when there are no weights
+
+    def ycc(i: int) -> torch.Tensor:  # (1, 3, H, W): one source in YCbCr (no YCbCr copy of the stack)
+        return rgb_to_ycbcr(stack[i : i + 1], channel_dim=1)
+
     if c == 3:
-        ycc = rgb_to_ycbcr(stack, channel_dim=1)
-        lum = ycc[:, :1]
         v = chroma_source
         if v < 0:  # a whole-image statistic (summed over the tiles of a tiled run)
-            v = ctx.whole_image_stat("chroma", ycc, chroma_sums, most_colourful)
+            sums = lambda core: torch.cat([chroma_sums(core(ycc(i))) for i in range(n)])  # noqa: E731
+            v = ctx.whole_image_stat_of("chroma", sums, most_colourful)
+        lum: Callable[[int], torch.Tensor] = lambda i: ycc(i)[:, :1]  # noqa: E731
     else:
-        lum = stack[:, :1]
-    lum = lum.float().clamp(0.0, 1.0)
+        lum = lambda i: stack[i : i + 1, :1]  # noqa: E731
     keep = n <= KEEP_CODES_SOURCES or 2 * n * net.config["channels"] * h * w * 4 <= KEEP_CODES_BYTES
 
     def decoded(z: torch.Tensor) -> torch.Tensor:  # (C, H, W) fused codes -> (1, H, W), before the sigmoid
@@ -633,7 +660,7 @@ def fuse_csc_ivfn(
         return out[0]
 
     work = _Work(ctx, _work_total(n, strategy, keep=keep, stats=not ctx.tiled))
-    codes = _source_codes(net, lum, keep=keep, work=work)
+    codes = _source_codes(net, lum, n, keep=keep, work=work)
     fb, fd, wd, wb = fuse_source_codes(
         codes,
         strategy=strategy,
@@ -646,7 +673,7 @@ def fuse_csc_ivfn(
     del codes
     fused_lum = torch.sigmoid(decoded(fb).add_(fd))  # fd: the decoded detail (1, H, W); as CSCIVFN.decode
     if c == 3:
-        fused = ycbcr_to_rgb(torch.cat([fused_lum, ycc[v, 1:]]), channel_dim=0)
+        fused = ycbcr_to_rgb(torch.cat([fused_lum, ycc(v)[0, 1:]]), channel_dim=0)
     else:
         fused = fused_lum
     ctx.report(work.total, work.total, "decoded")

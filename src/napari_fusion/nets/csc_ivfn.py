@@ -144,6 +144,11 @@ class CSCIVFN(nn.Module):
         base, _ = box_split(x, self.blur)
         return self.base_encoder(base, x)
 
+    def encode_detail(self, x: torch.Tensor) -> torch.Tensor:
+        """The detail codes of :meth:`encode` alone (half its work)."""
+        _, detail = box_split(x, self.blur)
+        return self.detail_encoder(detail, x)
+
     def decode(self, z_base: torch.Tensor, z_detail: torch.Tensor) -> torch.Tensor:
         """``sigmoid(decoder(z_base) + decoder(z_detail))``."""
         return torch.sigmoid(self.decoder(z_base) + self.decoder(z_detail))
