@@ -124,6 +124,18 @@ def test_a_two_input_method_is_estimated_by_its_pair_not_by_its_stack_depth():
     assert measured / 1.5 <= estimate <= measured * 1.5, (estimate, measured)
 
 
+def test_csc_ivfn_streaming_its_sources_stays_within_its_estimate():
+    """csc_ivfn codes three 640^2 sources again rather than keeping their codes: the real peak
+    stays under the streamed model (which sizes its tiles), and the model is not far above it.
+    Holding one more ``(C, H, W)`` map (a source's codes while the next is coded: 50 MB here)
+    breaks the first bound."""
+    n, h, w = 3, 640, 640
+    assert not memory.SOURCE_STREAMING["csc_ivfn"].keeps(n, h * w)
+    measured = memory.measure_peak_rss(n, h, w, 1, np.uint16, "csc_ivfn", timeout=300)
+    estimate = memory.estimate_peak_bytes(n, h, w, 1, np.uint16, "csc_ivfn")
+    assert measured <= estimate * 1.05 and estimate <= measured * 1.5, (estimate, measured)
+
+
 def test_every_tile_hands_freed_memory_back(monkeypatch):
     """A tiled run trims the C allocator after every tile (glibc kept the tiles' freed tensors in
     its arenas, and a long run's resident size crept up by hundreds of MiB); where the C library has
