@@ -214,3 +214,59 @@ def test_tiles_shrunk_for_memory_are_reported_in_one_line(tmp_path, capsys, monk
     line = next(x for x in err.splitlines() if "is available" in x)
     assert line.startswith("napari-fusion: warning: ") and "may run out of memory" in line
     assert "RuntimeWarning" not in err and ".py:" not in err
+
+
+def test_memory_limit_option_sizes_the_tiles_of_this_run_only(tmp_path, capsys, monkeypatch):
+    """``--memory-limit`` is the memory the run may use: the tiles shrink to fit it (same image), the
+    limit is reported, and nothing of it is left behind for the next command."""
+    import os
+
+    from napari_fusion import memory
+
+    monkeypatch.delenv(memory.ENV_VAR, raising=False)
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(
+        src, np.random.default_rng(0).integers(0, 4000, (3, 300, 300), dtype=np.uint16), photometric="minisblack"
+    )
+    plain, limited = tmp_path / "plain.tif", tmp_path / "limited.tif"
+    assert main(["fuse", str(src), "-o", str(plain), "-m", "focus_measure", "--chunks", "256"]) == 0
+    assert "is available" not in capsys.readouterr().err
+    limit = memory.HEADROOM_BYTES + 2**20
+    rc = main(["fuse", str(src), "-o", str(limited), "-m", "focus_measure", "--chunks", "256", "--memory-limit",
+               str(limit)])  # fmt: skip
+    assert rc == 0
+    line = next(x for x in capsys.readouterr().err.splitlines() if "is available" in x)
+    assert "but 1.0 MiB is available: fusing in 128x128 tiles" in line and "--memory-limit" in line
+    assert memory.ENV_VAR not in os.environ
+    np.testing.assert_array_equal(tifffile.imread(limited), tifffile.imread(plain))
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "5Q"])
+def test_memory_limit_must_be_a_size(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        main(["fuse", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "-o", str(tmp_path / "o.tif"),
+              "--memory-limit", value])  # fmt: skip
+    assert exc.value.code == 2
+    assert f"--memory-limit: must be a size such as 1.5G or 800M, got '{value}'" in capsys.readouterr().err
+
+
+def test_memory_limit_applies_to_a_stack_fused_in_memory(tmp_path, capsys, monkeypatch):
+    """Without ``--chunks``, a stack that does not fit in the limit is fused tile by tile, with a note."""
+    from napari_fusion import memory
+
+    monkeypatch.delenv(memory.ENV_VAR, raising=False)
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(
+        src, np.random.default_rng(1).integers(0, 4000, (3, 300, 300), dtype=np.uint16), photometric="minisblack"
+    )
+    out = tmp_path / "fused.tif"
+    assert main(["fuse", str(src), "-o", str(out), "-m", "focus_measure", "--memory-limit", "1K"]) == 0
+    assert "fusing it tile by tile instead" in capsys.readouterr().err
+    assert out.exists()
+
+
+def test_batch_takes_the_memory_limit_too():
+    from napari_fusion.cli import build_parser
+
+    args = build_parser(["batch"]).parse_args(["batch", "stacks", "-o", "out", "--memory-limit", "1.5G"])
+    assert args.memory_limit == int(1.5 * 2**30)

@@ -24,6 +24,7 @@ who want to keep memory free for other work.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -178,6 +179,25 @@ def parse_size(text: str | int) -> int:
     if not m:
         raise FusionInputError(f"{ENV_VAR} must be a number of bytes or a size such as 2G, got {text!r}")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@contextlib.contextmanager
+def limited_to(size: int | None):
+    """Within the block, :func:`available_memory` is ``size`` bytes (``None``: unchanged), as if
+    ``$NAPARI_FUSION_MEMORY_LIMIT`` were set; the variable is restored afterwards (the command
+    line's ``--memory-limit``)."""
+    if size is None:
+        yield
+        return
+    before = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = str(int(size))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = before
 
 
 def _read_int(path: str) -> int | None:
@@ -666,6 +686,7 @@ def calibrate(
 
 __all__ = [
     "ENV_VAR",
+    "limited_to",
     "PAIR_WORKING_SETS",
     "PairWorkingSet",
     "WORKING_SET_FACTORS",

@@ -993,7 +993,7 @@ def fit_grid_to_memory(
         f"({workers} at a time, each with a {grid.halo} px halo) but {size(room)} is available: "
         f"fusing in {side(tile)} tiles instead"
         + (f", estimated to still need {size(need(tile))} and may run out of memory" if need(tile) > room else "")
-        + f" (set {memory.ENV_VAR} to change the memory this may use)",
+        + f" (the command line's --memory-limit or {memory.ENV_VAR} sets the memory this may use)",
         RuntimeWarning,
         stacklevel=2,
     )

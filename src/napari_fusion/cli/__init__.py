@@ -130,7 +130,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def _run(args: argparse.Namespace, debug: bool) -> int:
     """Run the parsed command; every failure becomes one error line and an exit status."""
     try:
-        return int(args.func(args) or 0)
+        limit = getattr(args, "memory_limit", None)
+        if limit is None:
+            return int(args.func(args) or 0)
+        from ..memory import limited_to
+
+        with limited_to(limit):
+            return int(args.func(args) or 0)
     except FusionError as exc:
         if debug:
             traceback.print_exc()

@@ -1,6 +1,7 @@
-"""Method parameters on the command line: ``-p NAME=VALUE``, typed by the registry.
+"""Method parameters on the command line: ``-p NAME=VALUE``, typed by the registry; and the
+``--memory-limit`` option of ``fuse`` and ``batch``.
 
-Shared by ``fuse``, ``batch`` and ``evaluate``. Values are checked and
+``-p`` is shared by ``fuse``, ``batch`` and ``evaluate``. Values are checked and
 converted only by :meth:`napari_fusion.registry.Param.validate`, so the
 command line accepts exactly what the library accepts.
 """
@@ -37,3 +38,29 @@ def parse_method_params(method: str, pairs: list[tuple[str, str]]) -> dict[str, 
             continue
         out[name] = p.validate(value, spec.name)
     return out
+
+
+def parse_memory_size(text: str) -> int:
+    """argparse ``type`` of ``--memory-limit``: ``"1.5G"``, ``"800M"``, ``"2000000000"`` -> bytes (> 0)."""
+    from ..errors import FusionInputError
+    from ..memory import parse_size
+
+    try:
+        size = parse_size(text)
+    except FusionInputError:
+        size = 0
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"must be a size such as 1.5G or 800M, got {text!r}")
+    return size
+
+
+def add_memory_limit(parser: argparse.ArgumentParser) -> None:
+    """``--memory-limit SIZE``: the memory the fusion may use, instead of what the machine has free."""
+    parser.add_argument(
+        "--memory-limit",
+        type=parse_memory_size,
+        metavar="SIZE",
+        help="memory the fusion may use, e.g. 1.5G (default: what the machine has available); tiles shrink "
+        "to fit it, and a stack that does not fit in it is fused tile by tile (same as setting "
+        "NAPARI_FUSION_MEMORY_LIMIT)",
+    )

@@ -17,7 +17,7 @@ from typing import Any
 
 from .._defaults import DEFAULT_METHOD
 from ..errors import FusionError, FusionInputError, FusionOutputError
-from ._params import parse_method_params, parse_param
+from ._params import add_memory_limit, parse_method_params, parse_param
 
 NAME = "batch"
 HELP = "fuse many focal stacks with the same settings (fused, labels, height, JSON record)"
@@ -172,6 +172,7 @@ def add_subparser(sub) -> None:
         action="store_true",
         help="replace outputs that exist from other parameters (default: report the stack as failed)",
     )
+    add_memory_limit(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
     p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failing stacks")
     p.set_defaults(func=cmd_batch)

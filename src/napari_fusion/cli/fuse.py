@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .._defaults import DEFAULT_METHOD
 from ..errors import FusionInputError
-from ._params import parse_method_params, parse_param
+from ._params import add_memory_limit, parse_method_params, parse_param
 from ._progress import TqdmProgress
 
 NAME = "fuse"
@@ -327,5 +327,6 @@ def add_subparser(sub) -> None:
         action="store_true",
         help="replace existing outputs (inputs are never overwritten, whatever the flag)",
     )
+    add_memory_limit(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_fuse)
