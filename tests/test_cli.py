@@ -206,7 +206,7 @@ def test_tiles_shrunk_for_memory_are_reported_in_one_line(tmp_path, capsys, monk
     tifffile.imwrite(
         src, np.random.default_rng(0).integers(0, 4000, (3, 300, 300), dtype=np.uint16), photometric="minisblack"
     )
-    monkeypatch.setenv(memory.ENV_VAR, str(memory.HEADROOM_BYTES + 1))  # no tile fits
+    monkeypatch.setenv(memory.ENV_VAR, str(memory.LIMIT_HEADROOM_BYTES + 1))  # no tile fits
     out = tmp_path / "fused.tif"
     rc = main(["fuse", str(src), "-o", str(out), "-m", "focus_measure", "--chunks", "512"])
     assert rc == 0 and out.exists()
@@ -231,7 +231,7 @@ def test_memory_limit_option_sizes_the_tiles_of_this_run_only(tmp_path, capsys, 
     plain, limited = tmp_path / "plain.tif", tmp_path / "limited.tif"
     assert main(["fuse", str(src), "-o", str(plain), "-m", "focus_measure", "--chunks", "256"]) == 0
     assert "is available" not in capsys.readouterr().err
-    limit = memory.HEADROOM_BYTES + 2**20
+    limit = memory.LIMIT_HEADROOM_BYTES + 2**20
     rc = main(["fuse", str(src), "-o", str(limited), "-m", "focus_measure", "--chunks", "256", "--memory-limit",
                str(limit)])  # fmt: skip
     assert rc == 0

@@ -35,6 +35,17 @@ def test_available_memory_env_override_and_detection(monkeypatch):
     assert 0 < memory.available_memory() < 2**60
 
 
+def test_a_limit_set_by_the_user_caps_the_whole_process(monkeypatch):
+    """Detected memory excludes what the process holds; a limit the user sets includes it, so more
+    is kept free of it (the interpreter and torch take ~400 MiB)."""
+    monkeypatch.delenv(memory.ENV_VAR, raising=False)
+    assert memory.headroom() == memory.HEADROOM_BYTES
+    monkeypatch.setenv(memory.ENV_VAR, "1.5G")
+    assert memory.headroom() == memory.LIMIT_HEADROOM_BYTES >= 400 * 2**20
+    with memory.limited_to(None):
+        assert memory.headroom() == memory.LIMIT_HEADROOM_BYTES
+
+
 def test_input_geometry_layouts():
     g = memory.input_geometry
     assert g(np.zeros((4, 5, 6), np.uint16)) == (4, 5, 6, 1, np.dtype(np.uint16))
@@ -182,7 +193,7 @@ def test_malloc_trim_is_found_on_glibc():
     assert callable(tiles._mallopt())
 
 
-def test_fit_tile_to_memory_halves_until_the_blocks_fit():
+def test_fit_tile_to_memory_takes_the_largest_tile_whose_blocks_fit():
     def fit(room, tile=(1024, 1024), align=1, workers=2):
         return memory.fit_tile_to_memory(
             tile,
@@ -201,7 +212,9 @@ def test_fit_tile_to_memory_halves_until_the_blocks_fit():
         return workers * memory.estimate_peak_bytes(10, t + 200, t + 200, 1, np.uint16, "csc_ivfn")
 
     assert fit(need(1024)) == (1024, 1024)  # fits: unchanged
-    assert fit(need(1024) - 1) == (512, 512)
+    assert fit(need(1024) - 1) == (1023, 1023)  # not halved: the largest that fits
+    assert fit(need(600)) == (600, 600) and fit(need(600) - 1) == (599, 599)
+    assert fit(need(600) - 1, align=8) == (592, 592)  # multiples of align
     assert fit(need(256)) == (256, 256)
     assert fit(need(256, workers=1), workers=1) == (256, 256)
     assert fit(0) == (memory.MIN_FITTED_TILE,) * 2  # never below the floor
@@ -219,7 +232,7 @@ def test_tiles_too_large_for_memory_shrink_with_a_warning(device, monkeypatch):
     spec = nf.get_method("focus_measure")
     side = 256 + 2 * spec.halo_for(spec.defaults())
     need_256 = 2 * memory.estimate_peak_bytes(3, side, side, 1, x.dtype, "focus_measure")
-    monkeypatch.setenv(memory.ENV_VAR, str(memory.HEADROOM_BYTES + need_256))
+    monkeypatch.setenv(memory.ENV_VAR, str(memory.LIMIT_HEADROOM_BYTES + need_256))
     with pytest.warns(RuntimeWarning, match=r"512x512 tiles .* fusing in 256x256 tiles instead"):
         lazy = nf.fuse(x, "focus_measure", device=device, chunks=512)
     assert lazy.fused.chunks[0] == (256, 256)

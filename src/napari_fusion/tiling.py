@@ -975,7 +975,7 @@ def fit_grid_to_memory(
     if _in_distributed_client():
         return grid
     workers = memory.tiles_at_once()
-    room = max(memory.available_memory() - memory.HEADROOM_BYTES, 0)
+    room = max(memory.available_memory() - memory.headroom(), 0)
     host = "cpu" if device.type == "cpu" else device.type
     costs = dict(halo=grid.halo, shape=grid.shape, n=n, channels=channels, dtype=dtype, method=spec.name,
                  workers=workers, device=host)  # fmt: skip

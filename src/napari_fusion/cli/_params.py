@@ -60,7 +60,7 @@ def add_memory_limit(parser: argparse.ArgumentParser) -> None:
         "--memory-limit",
         type=parse_memory_size,
         metavar="SIZE",
-        help="memory the fusion may use, e.g. 1.5G (default: what the machine has available); tiles shrink "
-        "to fit it, and a stack that does not fit in it is fused tile by tile (same as setting "
-        "NAPARI_FUSION_MEMORY_LIMIT)",
+        help="memory the whole run may use (the process, its libraries included), e.g. 1.5G (default: what "
+        "the machine has available); tiles shrink to fit it, and a stack that does not fit in it is fused "
+        "tile by tile (same as setting NAPARI_FUSION_MEMORY_LIMIT)",
     )
