@@ -212,9 +212,10 @@ def test_fit_tile_to_memory_takes_the_largest_tile_whose_blocks_fit():
         return workers * memory.estimate_peak_bytes(10, t + 200, t + 200, 1, np.uint16, "csc_ivfn")
 
     assert fit(need(1024)) == (1024, 1024)  # fits: unchanged
-    assert fit(need(1024) - 1) == (1023, 1023)  # not halved: the largest that fits
-    assert fit(need(600)) == (600, 600) and fit(need(600) - 1) == (599, 599)
-    assert fit(need(600) - 1, align=8) == (592, 592)  # multiples of align
+    assert fit(need(1024) - 1) == (1008, 1008)  # not halved: the largest multiple of 16 that fits
+    assert fit(need(600)) == (592, 592) and fit(need(592) - 1) == (576, 576)
+    assert fit(need(600), tile=(600, 600)) == (600, 600)  # fits: unchanged, whatever its size
+    assert fit(need(600) - 1, align=24) == (576, 576)  # multiples of align and 16
     assert fit(need(256)) == (256, 256)
     assert fit(need(256, workers=1), workers=1) == (256, 256)
     assert fit(0) == (memory.MIN_FITTED_TILE,) * 2  # never below the floor

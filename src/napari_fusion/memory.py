@@ -428,6 +428,9 @@ def _auto_tile(n, c, dtype, method, halo, room, workers) -> int:
 
 #: Smallest tile (core side) :func:`fit_tile_to_memory` shrinks a requested tile to.
 MIN_FITTED_TILE = 128
+#: Sides of the tiles :func:`fit_tile_to_memory` chooses are multiples of this (and of the method's
+#: alignment): output chunks of 464 rather than 463 pixels.
+FITTED_TILE_STEP = 16
 
 
 def tiles_at_once() -> int:
@@ -460,7 +463,7 @@ def fit_tile_to_memory(
     chunking may need far more memory than the machine has (``csc_ivfn`` keeps
     every source's codes: about 8.5 GiB for one block of a 1024 tile of ten
     slices). The tile's sides are then capped at the largest multiple of ``align``
-    whose blocks fit, down to :data:`MIN_FITTED_TILE` (or ``align``, if larger;
+    and :data:`FITTED_TILE_STEP` whose blocks fit, down to :data:`MIN_FITTED_TILE` (or ``align``, if larger;
     sides already below it are kept); the same tile comes back when it already
     fits. (Halving instead overshot: a tile slightly too large for the room became
     a quarter of it, and with large halos (``csc_ivfn``: 114 px) the blocks then
@@ -472,10 +475,11 @@ def fit_tile_to_memory(
                           workers=workers, device=device)  # fmt: skip
 
     floor = max(MIN_FITTED_TILE, align)
+    step = align * FITTED_TILE_STEP // math.gcd(align, FITTED_TILE_STEP)  # multiples of both
     out = tuple(int(v) for v in tile)
     side = max(out)
     while need(out) > room and side > floor:  # type: ignore[arg-type]
-        side = max(floor, (side - 1) // align * align)  # the next multiple of align down
+        side = max(floor, (side - 1) // step * step)  # the next multiple of step down
         out = tuple(min(v, side) if v > floor else v for v in tile)
     return out  # type: ignore[return-value]
 
