@@ -270,3 +270,32 @@ def test_batch_takes_the_memory_limit_too():
 
     args = build_parser(["batch"]).parse_args(["batch", "stacks", "-o", "out", "--memory-limit", "1.5G"])
     assert args.memory_limit == int(1.5 * 2**30)
+
+
+def test_an_interrupted_zarr_output_is_reported_as_resumable(tmp_path, capsys, monkeypatch):
+    """A tiled zarr output interrupted while its tiles are written stays, marked incomplete, so that
+    the same command finishes it: the message says so instead of 'no partial output'."""
+    import napari_fusion.cli.fuse as F
+    from napari_fusion.io import zarr_output_status
+
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(
+        src, np.random.default_rng(2).integers(0, 4000, (3, 300, 300), dtype=np.uint16), photometric="minisblack"
+    )
+
+    class Interrupting(F.TqdmProgress):
+        def __call__(self, done, total, message=""):
+            if "tile 4/" in message:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "out.zarr"
+    args = ["fuse", str(src), "-o", str(out), "-m", "focus_measure", "--chunks", "128", "-q"]
+    with monkeypatch.context() as m:
+        m.setattr(F, "TqdmProgress", Interrupting)
+        assert main(args) == 130
+    err = capsys.readouterr().err
+    info = zarr_output_status(out)
+    assert info is not None and not info["complete"] and 0 < info["tiles_done"] < info["tiles"]
+    assert f"interrupted; {out} keeps the " in err and "run the same command again" in err
+    assert "no partial output" not in err
+    assert main(args) == 0 and zarr_output_status(out)["complete"] is True

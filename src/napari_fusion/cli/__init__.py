@@ -144,8 +144,9 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`
         return 0
-    except KeyboardInterrupt:
-        print("napari-fusion: interrupted; no partial output was left at the output names", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        note = getattr(exc, "note", None) or "no partial output was left at the output names"
+        print(f"napari-fusion: interrupted; {note}", file=sys.stderr)
         return 130
     except OSError as exc:
         if debug:

@@ -158,6 +158,27 @@ def _output_bytes(shape: tuple[int, ...], itemsize: int, args: argparse.Namespac
     return total
 
 
+class InterruptedWithOutput(KeyboardInterrupt):
+    """An interrupt that left an output on purpose (a resumable zarr output); ``note`` says what."""
+
+    def __init__(self, note: str):
+        super().__init__(note)
+        self.note = note
+
+
+def _resumable_note(path: Path) -> str | None:
+    """What an interrupted zarr output holds, when it is an incomplete output of ours."""
+    from ..io import zarr_output_status
+
+    info = zarr_output_status(path)
+    if not info or info.get("complete"):
+        return None
+    return (
+        f"{path} keeps the {info.get('tiles_done', 0)} of {info.get('tiles', '?')} tiles written so far, marked "
+        "incomplete: run the same command again to finish it"
+    )
+
+
 def cmd_fuse_tiled(args: argparse.Namespace) -> int:
     """``fuse --chunks``: read lazily, fuse tile by tile, write tile by tile."""
     import numpy as np
@@ -210,6 +231,11 @@ def cmd_fuse_tiled(args: argparse.Namespace) -> int:
             fingerprint=fingerprint,
             calibration=cal,
         )
+    except KeyboardInterrupt as exc:
+        note = _resumable_note(args.output) if zarr_out else None
+        if note is None:
+            raise
+        raise InterruptedWithOutput(note) from exc
     finally:
         progress.close()
     elapsed = time.perf_counter() - t0
