@@ -293,6 +293,29 @@ def test_interrupted_zarr_is_reported_and_resumed_to_the_uninterrupted_result(fi
     assert zarr.open_group(str(out), mode="r").attrs["method"] == "average"
 
 
+def test_a_resumed_zarr_keeps_the_interrupted_runs_tiles_when_this_run_tiles_otherwise(files):
+    """The command line's fingerprint names the tile the user asked for, but the tiles computed may
+    shrink to fit the memory available, which can differ when the run is resumed: the tiles recorded
+    as done then cover other pixels than this run's. The resumed run writes in the stored tiles, and
+    the result is the uninterrupted one (RGB fused, so outputs of 2 and 3 dimensions)."""
+    import zarr
+
+    rng = np.random.default_rng(5)
+    stack = rng.integers(0, 250, (3, 80, 72, 3), dtype=np.uint8)
+    full = write_lazy(nf.fuse(stack, chunks=32), files / "full.zarr", fingerprint="run")[0]
+    out = files / "out.zarr"
+    with pytest.raises(FusionCancelled):
+        write_lazy(nf.fuse(stack, chunks=32), out, progress=_cancel_after(3), fingerprint="run")
+    info = zarr_output_status(out)
+    assert info["complete"] is False and 0 < info["tiles_done"] < info["tiles"]
+    write_lazy(nf.fuse(stack, chunks=48), out, fingerprint="run")  # resumed with larger tiles
+    assert zarr_output_status(out)["complete"] is True
+    a, b = zarr.open_group(str(full), mode="r"), zarr.open_group(str(out), mode="r")
+    for name in ("fused", "labels", "depth"):
+        assert b[name].chunks[:2] == (32, 32)
+        np.testing.assert_array_equal(a[name][...], b[name][...])
+
+
 @pytest.mark.parametrize("arrays_made", [0, 1, 3])
 def test_zarr_killed_while_its_arrays_are_created_is_ours_and_resumes(files, monkeypatch, arrays_made):
     """A kill between the group's creation and its last array must not leave a 'foreign' folder.

@@ -866,6 +866,20 @@ def _store_tile(targets: list, done, index: tuple[int, int], box: tuple[int, int
     done[index[0], index[1]] = 1
 
 
+def _in_stored_tiles(outputs: dict, group: Any) -> dict:
+    """``outputs`` rechunked to the tiles of the interrupted run being resumed, where they differ.
+
+    Its ``tiles_done`` record is by tile; a resumed run may be tiled otherwise (the command line's
+    fingerprint names the tile asked for, and tiles shrink to fit the memory available, which can
+    differ between the runs). Written in the stored tiles, the recorded ones stay right."""
+    if "fused" not in group:
+        return outputs
+    stored = tuple(group["fused"].chunks)[:2]
+    if stored == tuple(c[0] for c in outputs["fused"].chunks[:2]):
+        return outputs
+    return {name: arr.rechunk(stored + tuple(arr.shape[2:])) for name, arr in outputs.items()}
+
+
 def _write_zarr(
     outputs: dict, path: Path, meta: dict, lazy, progress, *, overwrite: bool, fingerprint: str | None
 ) -> Path:
@@ -892,6 +906,9 @@ def _write_zarr(
     group: Any
     if resume:
         group = zarr.open_group(str(path), mode="r+")
+        outputs = _in_stored_tiles(outputs, group)
+        fused = outputs["fused"]
+        grid = (len(fused.chunks[0]), len(fused.chunks[1]))
     else:
         # the group's first (atomic) write already carries the marker: a run killed at any later
         # point leaves an output that is recognised as ours, incomplete, and resumable
