@@ -17,6 +17,7 @@ Examples::
 
     python benchmarks/methods_memory.py
     python benchmarks/methods_memory.py --methods focus_measure gff --size 512 --slices 6
+    python benchmarks/methods_memory.py --methods li2018_vgg19 --untrained-vgg19 --grey --slices 2 --size 1214
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def rss(key="VmRSS"):
         for line in f:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
+if a["untrained_vgg19"]:  # li2018_vgg19 without the ImageNet weights: a random full-size VGG19
+    from napari_fusion.methods.li2018_vgg19 import _NET_DEPTH, untrained_network_for_tests
+    from napari_fusion.nets.vgg19 import VGG19
+    torch.manual_seed(0)
+    stand_in = untrained_network_for_tests(VGG19(depth=_NET_DEPTH))  # kept: collected, it would exit
+    stand_in.__enter__()
 rng = np.random.default_rng(1)
 nf.fuse(rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8), a["method"], device="cpu")
 try:
@@ -49,7 +56,10 @@ try:
 except OSError:
     pass
 base = rss()
-x = np.random.default_rng(0).integers(0, 256, (a["n"], a["size"], a["size"], 3), dtype=np.uint8)
+if a["grey"]:
+    x = np.random.default_rng(0).integers(0, 60000, (a["n"], a["size"], a["size"]), dtype=np.uint16)
+else:
+    x = np.random.default_rng(0).integers(0, 256, (a["n"], a["size"], a["size"], 3), dtype=np.uint8)
 t0 = time.perf_counter()
 nf.fuse(x, a["method"], device="cpu")
 seconds = time.perf_counter() - t0
@@ -58,9 +68,11 @@ print("RESULT", json.dumps({"peak": peak - base, "hwm": rss("VmHWM") - base, "se
 """
 
 
-def measure(method: str, n: int, size: int, threads: int) -> dict:
+def measure(method: str, n: int, size: int, threads: int, *, grey: bool = False, untrained_vgg19: bool = False) -> dict:
     """Peak bytes above the post-import RSS and seconds of one untiled fuse, in a fresh process."""
-    args = json.dumps({"method": method, "n": n, "size": size, "threads": threads})
+    args = json.dumps(
+        {"method": method, "n": n, "size": size, "threads": threads, "grey": grey, "untrained_vgg19": untrained_vgg19}
+    )
     proc = subprocess.run([sys.executable, "-c", _CHILD, args], capture_output=True, text=True, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -74,13 +86,23 @@ def main(argv=None) -> None:
     ap.add_argument("--slices", type=int, default=10)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--grey", action="store_true", help="grey uint16 stacks instead of RGB uint8")
+    ap.add_argument(
+        "--untrained-vgg19",
+        action="store_true",
+        help="li2018_vgg19 with a randomly initialised full-size VGG19 (memory and time only; no ImageNet weights here)",
+    )
     args = ap.parse_args(argv)
     methods = list(args.methods)
     if "focus_measure" not in methods:
         methods.insert(0, "focus_measure")
-    results = {m: measure(m, args.slices, args.size, args.threads) for m in methods}
+    results = {
+        m: measure(m, args.slices, args.size, args.threads, grey=args.grey, untrained_vgg19=args.untrained_vgg19)
+        for m in methods
+    }
     ref = results["focus_measure"]["peak"]
-    print(f"untiled CPU fuse of {args.slices} x {args.size} x {args.size} RGB uint8, {args.threads} thread(s)")
+    kind = "grey uint16" if args.grey else "RGB uint8"
+    print(f"untiled CPU fuse of {args.slices} x {args.size} x {args.size} {kind}, {args.threads} thread(s)")
     print(f"{'method':<20} {'peak MiB':>9} {'ratio':>6} {'seconds':>8}")
     for m in methods:
         r = results[m]
