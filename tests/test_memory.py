@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -44,6 +46,10 @@ def test_a_limit_set_by_the_user_caps_the_whole_process(monkeypatch):
     assert memory.headroom() == memory.LIMIT_HEADROOM_BYTES >= 400 * 2**20
     with memory.limited_to(None):
         assert memory.headroom() == memory.LIMIT_HEADROOM_BYTES
+    monkeypatch.delenv(memory.ENV_VAR)
+    with memory.limited_to("2G"):
+        assert memory.available_memory() == 2 * 2**30 and memory.headroom() == memory.LIMIT_HEADROOM_BYTES
+    assert memory.ENV_VAR not in os.environ and memory.headroom() == memory.HEADROOM_BYTES
 
 
 def test_input_geometry_layouts():

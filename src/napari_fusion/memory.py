@@ -189,15 +189,20 @@ def parse_size(text: str | int) -> int:
 
 
 @contextlib.contextmanager
-def limited_to(size: int | None):
-    """Within the block, :func:`available_memory` is ``size`` bytes (``None``: unchanged), as if
-    ``$NAPARI_FUSION_MEMORY_LIMIT`` were set; the variable is restored afterwards (the command
-    line's ``--memory-limit``)."""
+def limited_to(size: str | int | None):
+    """Within the block, :func:`available_memory` is ``size`` (bytes, or a size such as ``"1.5G"``;
+    ``None``: unchanged), as if ``$NAPARI_FUSION_MEMORY_LIMIT`` were set; the variable is restored
+    afterwards. The command line's ``--memory-limit``; in Python::
+
+        with napari_fusion.memory.limited_to("1.5G"):
+            lazy = napari_fusion.fuse(stack, "csc_ivfn", chunks=1024)  # tiles fitted to 1.5 GiB
+    """
     if size is None:
         yield
         return
+    bytes_ = parse_size(size)
     before = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = str(int(size))
+    os.environ[ENV_VAR] = str(bytes_)
     try:
         yield
     finally:
