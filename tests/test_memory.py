@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -49,7 +50,13 @@ def test_a_limit_set_by_the_user_caps_the_whole_process(monkeypatch):
     monkeypatch.delenv(memory.ENV_VAR)
     with memory.limited_to("2G"):
         assert memory.available_memory() == 2 * 2**30 and memory.headroom() == memory.LIMIT_HEADROOM_BYTES
-    assert memory.ENV_VAR not in os.environ and memory.headroom() == memory.HEADROOM_BYTES
+        assert memory.ENV_VAR not in os.environ  # nothing process-wide
+        seen = []
+        other = threading.Thread(target=lambda: seen.append(memory.headroom()))
+        other.start()
+        other.join()
+        assert seen == [memory.HEADROOM_BYTES]  # another thread is not limited
+    assert memory.headroom() == memory.HEADROOM_BYTES
 
 
 def test_input_geometry_layouts():

@@ -26,6 +26,7 @@ process: :func:`headroom` takes the process's own baseline off it first.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import math
 import os
@@ -188,11 +189,16 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+#: The limit of :func:`limited_to` in this thread (or task), or None.
+_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("napari_fusion_memory_limit", default=None)
+
+
 @contextlib.contextmanager
 def limited_to(size: str | int | None):
     """Within the block, :func:`available_memory` is ``size`` (bytes, or a size such as ``"1.5G"``;
-    ``None``: unchanged), as if ``$NAPARI_FUSION_MEMORY_LIMIT`` were set; the variable is restored
-    afterwards. The command line's ``--memory-limit``; in Python::
+    ``None``: unchanged), as ``$NAPARI_FUSION_MEMORY_LIMIT`` would make it, in this thread only (a
+    context variable: nothing process-wide changes, so a napari widget's worker can set it). The
+    command line's ``--memory-limit``; in Python::
 
         with napari_fusion.memory.limited_to("1.5G"):
             lazy = napari_fusion.fuse(stack, "csc_ivfn", chunks=1024)  # tiles fitted to 1.5 GiB
@@ -200,16 +206,20 @@ def limited_to(size: str | int | None):
     if size is None:
         yield
         return
-    bytes_ = parse_size(size)
-    before = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = str(bytes_)
+    token = _LIMIT.set(parse_size(size))
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = before
+        _LIMIT.reset(token)
+
+
+def _user_limit() -> int | None:
+    """The limit the user set: :func:`limited_to`'s, else ``$NAPARI_FUSION_MEMORY_LIMIT``'s, else None."""
+    limit = _LIMIT.get()
+    if limit is not None:
+        return limit
+    env = os.environ.get(ENV_VAR, "").strip()
+    return parse_size(env) if env else None
 
 
 def _read_int(path: str) -> int | None:
@@ -268,13 +278,13 @@ def _cgroup_room() -> int | None:
 def available_memory() -> int:
     """Bytes this process can still allocate.
 
-    ``$NAPARI_FUSION_MEMORY_LIMIT`` when set; on Linux the smaller of
-    ``MemAvailable`` and the memory cgroup's limit minus usage; elsewhere
+    A limit the user set (:func:`limited_to`, ``$NAPARI_FUSION_MEMORY_LIMIT``); otherwise on Linux
+    the smaller of ``MemAvailable`` and the memory cgroup's limit minus usage; elsewhere
     ``os.sysconf`` (available physical pages), else a large number (no check).
     """
-    env = os.environ.get(ENV_VAR, "").strip()
-    if env:
-        return parse_size(env)
+    limit = _user_limit()
+    if limit is not None:
+        return limit
     values = [v for v in (_meminfo_available(), _cgroup_room()) if v is not None]
     if values:
         return min(values)
@@ -288,7 +298,7 @@ def headroom() -> int:
     """Bytes of :func:`available_memory` kept free for everything but the fusion's working set:
     :data:`LIMIT_HEADROOM_BYTES` under a limit the user set (it caps the whole process), else
     :data:`HEADROOM_BYTES` (the detected memory excludes what the process already holds)."""
-    return LIMIT_HEADROOM_BYTES if os.environ.get(ENV_VAR, "").strip() else HEADROOM_BYTES
+    return LIMIT_HEADROOM_BYTES if _user_limit() is not None else HEADROOM_BYTES
 
 
 def _outputs_of(method: str) -> tuple[str, ...]:
