@@ -463,6 +463,36 @@ def test_cancel_stops_tiled_fusion_early(qtbot, viewer, widget, grey_pair):
     assert seen and max(seen) <= 2  # two tiles run side by side at most (2 cores); 4 in all
 
 
+@pytest.mark.parametrize("tiling_mode", ["now", "background"])
+def test_memory_limit_fits_the_tiles_of_a_run_to_it(qtbot, viewer, widget, monkeypatch, tiling_mode):
+    """The widget's memory limit (the command line's --memory-limit) holds in its worker thread:
+    a limit below the process's own share gives the smallest tiles (128 px: 3 x 3 on 300^2), none
+    gives one 1024 tile; the limit does not outlive the run."""
+    import re
+
+    from napari_fusion import memory
+    from napari_fusion._napari import _widget as W
+
+    monkeypatch.delenv(memory.ENV_VAR, raising=False)
+    rng = np.random.default_rng(4)
+    a = viewer.add_image(rng.random((300, 300)).astype(np.float32), name="a")
+    b = viewer.add_image(np.roll(a.data, 5, 0) ** 2, name="b")
+    widget.set_image_layers([a, b])
+    widget.set_method("focus_measure")
+    widget.tiling.setCurrentText(W.TILING_NOW if tiling_mode == "now" else W.TILING_LAZY)
+    widget.tile_size.setValue(1024)
+    counts = {}
+    for gib in (0.0, 0.25):
+        widget.memory_limit.setValue(gib)
+        messages = _tile_messages(widget)
+        assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+        totals = {int(m.group(1)) for m in map(re.compile(r"tile \d+/(\d+)").match, messages) if m}
+        counts[gib] = totals
+    assert counts == {0.0: {1}, 0.25: {9}}
+    assert widget.memory_limit_bytes() == 2**28
+    assert memory.headroom() == memory.HEADROOM_BYTES  # nothing left behind in this thread
+
+
 def test_weights_status_line_for_learned_methods(widget, monkeypatch, tmp_path):
     monkeypatch.setenv("NAPARI_FUSION_VGG19_WEIGHTS", str(tmp_path / "absent.pth"))
     widget.set_method("li2018_vgg19")

@@ -21,6 +21,7 @@ import numpy as np
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -35,6 +36,7 @@ from qtpy.QtWidgets import (
 
 from ..api import DEFAULT_METHOD, fuse
 from ..errors import FusionCancelled, FusionError
+from ..memory import limited_to
 from ..registry import TASKS, get_method, list_methods
 from . import _layers
 from ._common import (
@@ -198,7 +200,7 @@ class FusionWidget(WorkerControls, QWidget):
         return box
 
     def _build_run_options(self) -> QFormLayout:
-        """Device, tiling mode and tile size."""
+        """Device, tiling mode, tile size and memory limit."""
         dform = QFormLayout()
         self.device = QComboBox()
         self.device.addItems(list(DEVICES))
@@ -222,7 +224,24 @@ class FusionWidget(WorkerControls, QWidget):
         self.tile_size.setToolTip("Edge of a square tile (before its halo), in pixels.")
         dform.addRow("tiling", self.tiling)
         dform.addRow("tile size", self.tile_size)
+        self.memory_limit = QDoubleSpinBox()
+        self.memory_limit.setRange(0.0, 4096.0)
+        self.memory_limit.setDecimals(2)
+        self.memory_limit.setSingleStep(0.25)
+        self.memory_limit.setSuffix(" GiB")
+        self.memory_limit.setSpecialValueText("auto")  # shown at 0: what the machine has available
+        self.memory_limit.setToolTip(
+            "Memory a fusion may use (the command line's --memory-limit): tiles computed side by side\n"
+            "shrink to fit it, and a stack that does not fit in it is fused tile by tile. 0: the\n"
+            "memory this machine has available."
+        )
+        dform.addRow("memory limit", self.memory_limit)
         return dform
+
+    def memory_limit_bytes(self) -> int | None:
+        """The memory limit chosen, in bytes (None: what the machine has available)."""
+        gib = float(self.memory_limit.value())
+        return int(gib * 2**30) if gib > 0 else None
 
     def _connect_controls(self) -> None:
         self.input_mode.currentIndexChanged.connect(self._on_mode)
@@ -397,12 +416,13 @@ class FusionWidget(WorkerControls, QWidget):
             tiling = (TILING_OFF, tiling[1])
             self._whole_note = f"; {method} is global (cannot be tiled), so the whole stack was fused in memory"
         self._begin_run(f"running {method} on {job.n} images...")
+        limit = self.memory_limit_bytes()
         if tiling[0] == TILING_LAZY:
             self._gui_caught_up = threading.Event()
-            work, extra = _compute_in_background, (tiling[1], self._view_centre(job), self._gui_caught_up)
+            work, extra = _compute_in_background, (tiling[1], self._view_centre(job), self._gui_caught_up, limit)
             title = ", tile by tile"
         else:
-            work, extra, title = _compute, (tiling,), ""
+            work, extra, title = _compute, (tiling, limit), ""
         return self._start_worker(
             work,
             job,
@@ -548,8 +568,9 @@ def weights_line(spec) -> str:
     return "\n".join(lines)
 
 
-def _compute(job, method, params, device, progress, cancel, tiling=(TILING_OFF, 0)):
-    """Worker-thread body: run :func:`fuse` (whole or tiled) and time it."""
+def _compute(job, method, params, device, progress, cancel, tiling=(TILING_OFF, 0), memory_limit=None):
+    """Worker-thread body: run :func:`fuse` (whole or tiled) and time it, within ``memory_limit``
+    bytes (None: what the machine has available)."""
     if cancel.is_set():
         raise FusionCancelled("fusion cancelled by the user")
     start = time.perf_counter()
@@ -561,9 +582,12 @@ def _compute(job, method, params, device, progress, cancel, tiling=(TILING_OFF, 
             images = np.asarray(images)  # materialise lazy (dask) stacks here, off the GUI thread
         else:
             images = [np.asarray(im) for im in images]
-        result = fuse(images, **common, progress=progress, **params)
+        with limited_to(memory_limit):  # this worker thread only
+            result = fuse(images, **common, progress=progress, **params)
     else:
-        result = fuse(images, **common, chunks=int(tile), progress=progress, **params).compute(progress=progress)
+        with limited_to(memory_limit):  # the tiles are fitted to it when planned
+            lazy = fuse(images, **common, chunks=int(tile), progress=progress, **params)
+        result = lazy.compute(progress=progress)
     if cancel.is_set():
         raise FusionCancelled("fusion cancelled by the user")
     seconds = time.perf_counter() - start
@@ -604,7 +628,9 @@ def _handed_to_gui(value, event: threading.Event | None, cancel: threading.Event
             raise FusionCancelled("fusion cancelled by the user")
 
 
-def _compute_in_background(job, method, params, device, progress, cancel, tile, centre, gui_caught_up=None):
+def _compute_in_background(
+    job, method, params, device, progress, cancel, tile, centre, gui_caught_up=None, memory_limit=None
+):
     """Worker-thread body (a generator) of background tiling.
 
     Plans the tiles (the lazy path: nothing fused yet), computes the tile
@@ -624,7 +650,8 @@ def _compute_in_background(job, method, params, device, progress, cancel, tile, 
         raise FusionCancelled("fusion cancelled by the user")
     start = time.perf_counter()
     common = {"method": method, "stack_axis": 0, "z_positions": job.z_positions, "device": device}
-    lazy = fuse(job.images, **common, chunks=int(tile), progress=progress, **params)  # whole-image passes
+    with limited_to(memory_limit):  # the tiles are fitted to it when planned (this worker thread only)
+        lazy = fuse(job.images, **common, chunks=int(tile), progress=progress, **params)  # whole-image passes
     lazy.progress = None
     arrays = lazy.arrays()
     buffers = {name: np.zeros(a.shape, a.dtype) for name, a in arrays.items() if name != "labels"}
