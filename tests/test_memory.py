@@ -12,6 +12,7 @@ import napari_fusion as nf
 from napari_fusion import memory
 from napari_fusion.errors import FusionInputError
 from napari_fusion.ops import tiles
+from napari_fusion.tiling import lazy_stack
 
 
 def _stack(n=3, h=64, w=64, c=1, seed=0):
@@ -244,8 +245,10 @@ def test_tiles_too_large_for_memory_shrink_with_a_warning(device, monkeypatch):
     want = nf.fuse(x, "focus_measure", device=device)
     monkeypatch.setattr(memory, "tiles_at_once", lambda: 2)
     spec = nf.get_method("focus_measure")
-    side = 256 + 2 * spec.halo_for(spec.defaults())
-    need_256 = 2 * memory.estimate_peak_bytes(3, side, side, 1, x.dtype, "focus_measure")
+    stack = lazy_stack(x)[0]
+    need_256 = memory.tiles_need((256, 256), halo=spec.halo_for(spec.defaults()), shape=(512, 512), n=3, channels=1,
+                                 dtype=x.dtype, method="focus_measure", workers=2,
+                                 input_chunks=(stack.chunks[1][0], stack.chunks[2][0]))  # fmt: skip
     monkeypatch.setenv(memory.ENV_VAR, str(memory.LIMIT_HEADROOM_BYTES + need_256))
     with pytest.warns(RuntimeWarning, match=r"512x512 tiles .* fusing in 256x256 tiles instead"):
         lazy = nf.fuse(x, "focus_measure", device=device, chunks=512)

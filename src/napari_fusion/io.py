@@ -770,7 +770,7 @@ def write_lazy(
     check_distinct(targets)
     for name, target in targets.items():
         check_output_path(target, inputs=inputs, overwrite=overwrite, what=f"{name} output")
-    with tile_progress(lazy, progress):
+    with tile_progress(lazy, progress), lazy.releasing_inputs():
         _write_tiffs({k: (outputs[k], p) for k, p in targets.items()}, meta, compression, _tiff_resolution(calibration))
     return list(targets.values())
 
@@ -953,7 +953,7 @@ def _write_zarr(
     tasks = [Delayed(key, hlg, layer=store_name) for key in layer]
     from .tiling import tile_progress
 
-    with tile_progress(lazy, _after_finished_tiles(progress, int(finished.sum()))):
+    with tile_progress(lazy, _after_finished_tiles(progress, int(finished.sum()))), lazy.releasing_inputs():
         dask.compute(*tasks, optimize_graph=False)
     if not np.asarray(done[...]).all():  # pragma: no cover - a store that lost writes
         raise FusionError(f"{path}: some tiles were not recorded as written; rerun to finish them")

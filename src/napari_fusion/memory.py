@@ -469,6 +469,7 @@ def fit_tile_to_memory(
     workers: int,
     room: int,
     device: str = "cpu",
+    input_chunks: tuple[int, int] | None = None,
 ) -> tuple[int, int]:
     """The largest tile, at most ``tile``, whose blocks fit in ``room`` bytes ``workers`` at a time.
 
@@ -487,7 +488,7 @@ def fit_tile_to_memory(
 
     def need(t: tuple[int, int]) -> int:
         return tiles_need(t, halo=halo, shape=shape, n=n, channels=channels, dtype=dtype, method=method,
-                          workers=workers, device=device)  # fmt: skip
+                          workers=workers, device=device, input_chunks=input_chunks)  # fmt: skip
 
     floor = max(MIN_FITTED_TILE, align)
     step = align * FITTED_TILE_STEP // math.gcd(align, FITTED_TILE_STEP)  # multiples of both
@@ -510,11 +511,20 @@ def tiles_need(
     method: str,
     workers: int,
     device: str = "cpu",
+    input_chunks: tuple[int, int] | None = None,
 ) -> int:
     """Estimated bytes of ``workers`` tiles computed side by side: each its block (the core grown by
-    ``halo``, clipped to ``shape``) with the method's untiled working set."""
+    ``halo``, clipped to ``shape``) with the method's untiled working set; with ``input_chunks``
+    (the input's spatial chunks, read by the tiles), also the input chunks a tiled run keeps
+    (:func:`napari_fusion._tile_inputs.cache_bytes`)."""
+    from ._tile_inputs import cache_bytes
+
     bh, bw = min(tile[0] + 2 * halo, shape[0]), min(tile[1] + 2 * halo, shape[1])
-    return workers * estimate_peak_bytes(n, bh, bw, channels, dtype, method, device=device)
+    need = workers * estimate_peak_bytes(n, bh, bw, channels, dtype, method, device=device)
+    if input_chunks is not None:
+        plane = n * channels * np.dtype(dtype).itemsize
+        need += cache_bytes((bh, bw), chunks=input_chunks, shape=shape, plane_bytes=plane, workers=workers)
+    return need
 
 
 def guard_untiled(

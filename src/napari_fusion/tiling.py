@@ -73,6 +73,7 @@ from ._inputs import (
     scale_stack,
     split_stack,
 )
+from ._tile_inputs import ChunkRead, InputChunks, cache_bytes
 from .device import resolve_device
 from .errors import FusionError, FusionInputError
 from .ops.pyramids import SPLIT_LEVEL
@@ -479,7 +480,10 @@ class _TileGraph:
 
 
 def _assemble_block(shape, dtype, pieces, *chunks) -> np.ndarray:
-    """Paste the needed parts of input chunks into one ``(N, h, w[, C])`` block."""
+    """Paste the needed parts of input chunks (or of those a :class:`ChunkRead` reads) into one
+    ``(N, h, w[, C])`` block."""
+    if len(chunks) == 1 and isinstance(chunks[0], ChunkRead):
+        chunks = tuple(chunks[0].read())
     out = np.empty(shape, dtype=dtype)
     for (dst, src), chunk in zip(pieces, chunks):
         out[dst] = np.asarray(chunk)[src]
@@ -564,11 +568,22 @@ def _run_collect_task(job: TileJob, prefix: str, block_box, core, shape, dtype, 
     return job(_assemble_block(shape, dtype, pieces, *chunks), block_box, core)
 
 
-def _tile_graph(stack, grid: TileGrid, job: TileJob, prefix: str, task: Callable = _run_tile_task) -> _TileGraph:
+def _tile_graph(
+    stack,
+    grid: TileGrid,
+    job: TileJob,
+    prefix: str,
+    task: Callable = _run_tile_task,
+    reader: InputChunks | None = None,
+) -> _TileGraph:
     """One task per tile that reads the input chunks its block overlaps and fuses them.
 
-    Tasks refer to the input's chunk keys directly, so building the graph
-    costs O(tiles x chunks per tile) whatever the size of the input graph.
+    With a ``reader`` (:mod:`napari_fusion._tile_inputs`), each task reads its chunks through it
+    and the input is not part of the graph: the memory the input takes is bounded by the reader's
+    cache. Without one, tasks depend on the input's chunk keys (dask then holds each chunk until
+    the last tile that reads it has run); a dask.distributed run does so, its workers sharing
+    chunks among themselves. Either way building the graph costs O(tiles x chunks per tile)
+    whatever the size of the input graph.
     """
     from dask.highlevelgraph import HighLevelGraph
 
@@ -592,9 +607,10 @@ def _tile_graph(stack, grid: TileGrid, job: TileJob, prefix: str, task: Callable
             deps.append((stack.name,) + tuple(k for k, _, _, _ in combo))
         shape = tuple(hi - lo for lo, hi in want)
         key = (prefix, *t.index)
-        layer[key] = (task, job, prefix, t.block, t.core, shape, stack.dtype, pieces, *deps)
+        inputs = deps if reader is None else [ChunkRead(reader, tuple(deps))]
+        layer[key] = (task, job, prefix, t.block, t.core, shape, stack.dtype, pieces, *inputs)
         keys.append(key)
-    hlg = HighLevelGraph.from_collections(prefix, layer, dependencies=[stack])
+    hlg = HighLevelGraph.from_collections(prefix, layer, dependencies=[stack] if reader is None else [])
     return _TileGraph(hlg, keys)
 
 
@@ -674,6 +690,9 @@ class LazyFusionResult(FusionResult):
     progress: Callable[[float, float, str], Any] | None = None
     key_prefix: str = TILE_KEY_PREFIX
     run_id: str = ""
+    #: The reader the tiles read the input through (None: as dask dependencies); see
+    #: :meth:`release_inputs`.
+    input_chunks: InputChunks | None = None
 
     def arrays(self) -> dict[str, Any]:
         """The lazy outputs that exist, by name."""
@@ -686,7 +705,7 @@ class LazyFusionResult(FusionResult):
         import dask
 
         arrays = self.arrays()
-        with tile_progress(self, progress):
+        with tile_progress(self, progress), self.releasing_inputs():
             values = dask.compute(*arrays.values(), **kwargs)
         out = dict(zip(arrays, values))
         return FusionResult(
@@ -727,18 +746,29 @@ class LazyFusionResult(FusionResult):
         order = list(order)
         groups = [order[:1]] + [order[k : k + max(1, batch)] for k in range(1, len(order), max(1, batch))]
         live = None if progress is None else _LiveRun(progress, len(order))
-        for group in groups:
-            blocks = [a.blocks[i, j] for i, j in group for a in arrays.values()]
-            if not blocks:
-                continue
-            with _live(self.run_id, live), TILE_CACHE.bypassed(self.run_id):
-                values = compute_quietly(*blocks)
-            per = len(arrays)
-            for k, (i, j) in enumerate(group):
-                planes = dict(zip(arrays, values[k * per : (k + 1) * per]))
-                if live is not None:
-                    live.done += 1
-                yield (slice(rows[i], rows[i + 1]), slice(cols[j], cols[j + 1])), planes
+        with self.releasing_inputs():
+            for group in groups:
+                blocks = [a.blocks[i, j] for i, j in group for a in arrays.values()]
+                if not blocks:
+                    continue
+                with _live(self.run_id, live), TILE_CACHE.bypassed(self.run_id):
+                    values = compute_quietly(*blocks)
+                per = len(arrays)
+                for k, (i, j) in enumerate(group):
+                    planes = dict(zip(arrays, values[k * per : (k + 1) * per]))
+                    if live is not None:
+                        live.done += 1
+                    yield (slice(rows[i], rows[i + 1]), slice(cols[j], cols[j + 1])), planes
+
+    @contextlib.contextmanager
+    def releasing_inputs(self) -> Iterator[None]:
+        """Drop the input chunks the tiles kept (:attr:`input_chunks`) when the block ends: a
+        compute of the whole result, or of a batch of tiles, reads no more of them."""
+        try:
+            yield
+        finally:
+            if self.input_chunks is not None:
+                self.input_chunks.clear()
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         tiles = f", tiles={self.grid.n_tiles} of {self.grid.tile}, halo={self.grid.halo}" if self.grid else ""
@@ -885,7 +915,10 @@ def fuse_lazy(
     device_name = "auto" if device is None or device == "auto" else str(dev)
     input_chunks = (stack.chunks[1][0], stack.chunks[2][0]) if _is_dask(images) or _is_zarr(images) else None
     grid = plan_grid(spec, resolved, (h, w), chunks=chunks, input_chunks=input_chunks, halo=halo, n=n)
-    grid = fit_grid_to_memory(grid, spec, n=n, channels=stack.shape[3] if colour else 1, dtype=dtype, device=dev)
+    channels = stack.shape[3] if colour else 1
+    chunked = (stack.chunks[1][0], stack.chunks[2][0])
+    grid = fit_grid_to_memory(grid, spec, n=n, channels=channels, dtype=dtype, device=dev, input_chunks=chunked)
+    reader = input_reader(stack, grid)
     offset, scale, out_low, out_high = intensity_mapping(dtype, *global_statistics(stack, dtype=dtype), spec.intensity)
     want_labels = "labels" in spec.outputs
     job = TileJob(
@@ -912,9 +945,14 @@ def fuse_lazy(
         step_halo = spec.halo_for(resolved) or 0
         if halo is not None:  # the experiment's halo everywhere
             collect_halo = step_halo = grid.halo
-        job.steps = collect_steps(stack, grid, job, collect_halo=collect_halo, step_halo=step_halo, progress=progress)
+        try:
+            job.steps = collect_steps(stack, grid, job, collect_halo=collect_halo, step_halo=step_halo,
+                                      progress=progress, reader=reader)  # fmt: skip
+        finally:
+            if reader is not None:
+                reader.clear()
     prefix = _key_prefix(stack, job, grid.tile)
-    outputs = _lazy_outputs(_tile_graph(stack, grid, job, prefix), grid, job, prefix)
+    outputs = _lazy_outputs(_tile_graph(stack, grid, job, prefix, reader=reader), grid, job, prefix)
     return LazyFusionResult(
         fused=outputs["fused"],
         labels=outputs["labels"],
@@ -925,7 +963,24 @@ def fuse_lazy(
         progress=progress,
         key_prefix=prefix,
         run_id=job.run_id,
+        input_chunks=reader,
     )
+
+
+def input_reader(stack, grid: TileGrid) -> InputChunks | None:
+    """The reader through which the tiles of ``grid`` read the chunks of ``stack``
+    (:mod:`napari_fusion._tile_inputs`), its cache sized for the tiles computed side by side; None
+    with a dask.distributed client (its workers share the chunks as dask dependencies)."""
+    from .memory import tiles_at_once
+
+    if _in_distributed_client():
+        return None
+    n, h, w = stack.shape[:3]
+    plane = int(np.prod(stack.shape[3:], dtype=np.int64)) * n * stack.dtype.itemsize
+    block = (min(grid.tile[0] + 2 * grid.halo, h), min(grid.tile[1] + 2 * grid.halo, w))
+    chunks = (stack.chunks[1][0], stack.chunks[2][0])
+    size = cache_bytes(block, chunks=chunks, shape=(h, w), plane_bytes=plane, workers=tiles_at_once())
+    return InputChunks(stack, size)
 
 
 def plan_grid(
@@ -961,14 +1016,22 @@ def plan_grid(
 
 
 def fit_grid_to_memory(
-    grid: TileGrid, spec: MethodSpec, *, n: int, channels: int, dtype: Any, device: torch.device
+    grid: TileGrid,
+    spec: MethodSpec,
+    *,
+    n: int,
+    channels: int,
+    dtype: Any,
+    device: torch.device,
+    input_chunks: tuple[int, int] | None = None,
 ) -> TileGrid:
     """``grid`` with smaller tiles when its tiles, computed side by side on this machine, would not
     fit in the memory available (:func:`napari_fusion.memory.fit_tile_to_memory`), with a warning.
 
     The tile the user gave (``chunks``) sets the output's chunking and is kept
     whenever it fits. With a dask.distributed client the tiles run elsewhere
-    and nothing is changed.
+    and nothing is changed. ``input_chunks``: the input's spatial chunks, which the tiles read
+    through a cache counted with them (:func:`input_reader`).
     """
     from . import memory
 
@@ -978,7 +1041,7 @@ def fit_grid_to_memory(
     room = max(memory.available_memory() - memory.headroom(), 0)
     host = "cpu" if device.type == "cpu" else device.type
     costs = dict(halo=grid.halo, shape=grid.shape, n=n, channels=channels, dtype=dtype, method=spec.name,
-                 workers=workers, device=host)  # fmt: skip
+                 workers=workers, device=host, input_chunks=input_chunks)  # fmt: skip
     tile = memory.fit_tile_to_memory(grid.tile, align=grid.align, room=room, **costs)  # type: ignore[arg-type]
     if tile == grid.tile:
         return grid
@@ -1001,7 +1064,14 @@ def fit_grid_to_memory(
 
 
 def collect_steps(
-    stack, grid: TileGrid, job: TileJob, *, collect_halo: int, step_halo: int, progress=None
+    stack,
+    grid: TileGrid,
+    job: TileJob,
+    *,
+    collect_halo: int,
+    step_halo: int,
+    progress=None,
+    reader: InputChunks | None = None,
 ) -> StepResults:
     """Run the collect passes of a method with whole-image steps (:mod:`napari_fusion.whole_image`).
 
@@ -1043,7 +1113,7 @@ def collect_steps(
         if progress is not None:
             progress(1, grid.n_tiles, f"{what} 1/{grid.n_tiles}")
         prefix = f"{TILE_KEY_PREFIX}-pass{p}-{uuid.uuid4().hex}"
-        graph = _tile_graph(stack, pass_grid, pass_job, prefix, task=_run_collect_task)
+        graph = _tile_graph(stack, pass_grid, pass_job, prefix, task=_run_collect_task, reader=reader)
         hlg = graph.__dask_graph__()
         cb = _tile_callback(prefix, pass_grid.n_tiles, progress, what=what, start=1)
         tasks = [Delayed(k, hlg, layer=prefix) for k in graph.__dask_keys__()[1:]]
