@@ -18,6 +18,7 @@ Examples::
     python benchmarks/methods_memory.py
     python benchmarks/methods_memory.py --methods focus_measure gff --size 512 --slices 6
     python benchmarks/methods_memory.py --methods li2018_vgg19 --untrained-vgg19 --grey --slices 2 --size 1214
+    python benchmarks/methods_memory.py --methods li2018_vgg19 --untrained-vgg19 --grey --mapped --size 638
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ if a["untrained_vgg19"]:  # li2018_vgg19 without the ImageNet weights: a random 
     torch.manual_seed(0)
     stand_in = untrained_network_for_tests(VGG19(depth=_NET_DEPTH))  # kept: collected, it would exit
     stand_in.__enter__()
+if a["mapped"]:  # as in tiled runs: allocations of 4 MiB or more get their own mappings
+    from napari_fusion.ops.tiles import keep_large_allocations_mapped
+    keep_large_allocations_mapped()
 rng = np.random.default_rng(1)
 nf.fuse(rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8), a["method"], device="cpu")
 try:
@@ -68,11 +72,21 @@ print("RESULT", json.dumps({"peak": peak - base, "hwm": rss("VmHWM") - base, "se
 """
 
 
-def measure(method: str, n: int, size: int, threads: int, *, grey: bool = False, untrained_vgg19: bool = False) -> dict:
+def measure(
+    method: str,
+    n: int,
+    size: int,
+    threads: int,
+    *,
+    grey: bool = False,
+    untrained_vgg19: bool = False,
+    mapped: bool = False,
+) -> dict:
     """Peak bytes above the post-import RSS and seconds of one untiled fuse, in a fresh process."""
     args = json.dumps(
-        {"method": method, "n": n, "size": size, "threads": threads, "grey": grey, "untrained_vgg19": untrained_vgg19}
-    )
+        {"method": method, "n": n, "size": size, "threads": threads, "grey": grey,
+         "untrained_vgg19": untrained_vgg19, "mapped": mapped}
+    )  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", _CHILD, args], capture_output=True, text=True, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -92,17 +106,32 @@ def main(argv=None) -> None:
         action="store_true",
         help="li2018_vgg19 with a randomly initialised full-size VGG19 (memory and time only; no ImageNet weights here)",
     )
+    ap.add_argument(
+        "--mapped",
+        action="store_true",
+        help="allocations of 4 MiB or more in their own memory mappings, as tiled runs have them "
+        "(napari_fusion.ops.tiles.keep_large_allocations_mapped): the working set of one tile's block",
+    )
     args = ap.parse_args(argv)
     methods = list(args.methods)
     if "focus_measure" not in methods:
         methods.insert(0, "focus_measure")
     results = {
-        m: measure(m, args.slices, args.size, args.threads, grey=args.grey, untrained_vgg19=args.untrained_vgg19)
+        m: measure(
+            m,
+            args.slices,
+            args.size,
+            args.threads,
+            grey=args.grey,
+            untrained_vgg19=args.untrained_vgg19,
+            mapped=args.mapped,
+        )  # fmt: skip
         for m in methods
     }
     ref = results["focus_measure"]["peak"]
     kind = "grey uint16" if args.grey else "RGB uint8"
-    print(f"untiled CPU fuse of {args.slices} x {args.size} x {args.size} {kind}, {args.threads} thread(s)")
+    mapped = ", large allocations mapped (as in tiled runs)" if args.mapped else ""
+    print(f"untiled CPU fuse of {args.slices} x {args.size} x {args.size} {kind}, {args.threads} thread(s){mapped}")
     print(f"{'method':<20} {'peak MiB':>9} {'ratio':>6} {'seconds':>8}")
     for m in methods:
         r = results[m]

@@ -601,3 +601,32 @@ def test_kept_pyramids_on_an_aligned_cropped_stack(qtbot, viewer, widget, grey_s
     want = _stroke_and_recomputed(qtbot, widget, (slice(20, 40), slice(30, 60)), 1)
     got = np.asarray(widget.output_layers["fused"].data)
     assert np.abs(got.astype(np.int64) - want.astype(np.int64)).max() <= 1
+
+
+def test_memory_limit_fuses_a_stack_too_large_for_it_tile_by_tile(qtbot, viewer, widget, grey_stack, monkeypatch):
+    """The focal widget's memory limit (the command line's --memory-limit) holds in its worker:
+    under a limit smaller than the stack needs, the same image is fused tile by tile; the limit
+    does not outlive the run."""
+    from napari_fusion import memory
+
+    monkeypatch.delenv(memory.ENV_VAR, raising=False)
+    layer = viewer.add_image(grey_stack, name="stack")
+    widget.set_stack_layer(layer)
+    seen: dict[float, tuple[bool, np.ndarray]] = {}
+    original = widget._progress_callback
+    for gib in (0.0, 0.25):
+        messages: list[str] = []
+
+        def spy(done, total, message, messages=messages):
+            messages.append(message)
+            return original(done, total, message)
+
+        widget._progress_callback = spy
+        widget.memory_limit.setValue(gib)
+        assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+        tiled = any("tile" in m for m in messages)
+        seen[gib] = (tiled, np.asarray(widget.output_layers["fused"].data).copy())
+    assert not seen[0.0][0] and seen[0.25][0]
+    np.testing.assert_array_equal(seen[0.25][1], seen[0.0][1])
+    assert widget.memory_limit_bytes() == 2**28
+    assert memory.headroom() == memory.HEADROOM_BYTES  # nothing left behind in this thread

@@ -169,6 +169,24 @@ def z_step_row(minimum: float, tooltip: str) -> tuple[QDoubleSpinBox, QLabel, QH
     return z_step, z_unit, row
 
 
+def memory_limit_box(tooltip: str) -> QDoubleSpinBox:
+    """A spin box for the memory a run may use, in GiB; 0 shows "auto" (what the machine has)."""
+    box = QDoubleSpinBox()
+    box.setRange(0.0, 4096.0)
+    box.setDecimals(2)
+    box.setSingleStep(0.25)
+    box.setSuffix(" GiB")
+    box.setSpecialValueText("auto")  # shown at 0: what the machine has available
+    box.setToolTip(tooltip)
+    return box
+
+
+def limit_bytes(box: QDoubleSpinBox) -> int | None:
+    """The limit of a :func:`memory_limit_box` in bytes (None: what the machine has available)."""
+    gib = float(box.value())
+    return int(gib * 2**30) if gib > 0 else None
+
+
 def sync_z_step(z_step: QDoubleSpinBox, z_unit: QLabel, layer, axis: int, *, from_layer: bool) -> None:
     """Show ``layer``'s unit along ``axis``; with ``from_layer``, also take the step from its scale."""
     if from_layer:

@@ -69,6 +69,7 @@ from ..focalstack.recompose import (
     recompose,
     retouch_pyramids,
 )
+from ..memory import limited_to
 from ..registry import get_method, list_methods
 from . import _layers
 from ._common import (
@@ -82,7 +83,9 @@ from ._common import (
     fill_decision_legend,
     fill_layer_combo,
     layer_index,
+    limit_bytes,
     make_compact,
+    memory_limit_box,
     scrolling_layout,
     text_label,
     viewer_data_point,
@@ -760,7 +763,16 @@ class FocalStackWidget(WorkerControls, QWidget):
         oform.addRow(hrow)
         oform.addRow("retouch blend", self.blend)
         oform.addRow(self._build_live_retouch())
+        self.memory_limit = memory_limit_box(
+            "Memory the fusion may use (the command line's --memory-limit): a stack that does not\n"
+            "fit in it is fused tile by tile, in tiles that fit. 0: the memory this machine has available."
+        )
+        oform.addRow("memory limit", self.memory_limit)
         return box
+
+    def memory_limit_bytes(self) -> int | None:
+        """The memory limit chosen, in bytes (None: what the machine has available)."""
+        return limit_bytes(self.memory_limit)
 
     def _build_live_retouch(self) -> QCheckBox:
         """'live recompose': each paint stroke on the decision layer recomposes its box (debounced)."""
@@ -982,7 +994,13 @@ class FocalStackWidget(WorkerControls, QWidget):
         self.recompose_button.setEnabled(False)
         self._running_fusion = True
         return self._start_worker(
-            _compute, job, options, self._progress_callback, self._cancel, progress=f"Focal stack: {job.n} slices"
+            _compute,
+            job,
+            options,
+            self._progress_callback,
+            self._cancel,
+            self.memory_limit_bytes(),
+            progress=f"Focal stack: {job.n} slices",
         )
 
     def _on_returned(self, value) -> None:
@@ -1362,19 +1380,23 @@ def alignment_table(al: Alignment | None) -> str:
     return "\n".join(lines)
 
 
-def _compute(job: FocalJob, options: dict[str, Any], progress, cancel: threading.Event):
-    """Worker-thread body: :func:`fuse_focal_stack` on the job (``progress`` raises on cancel)."""
+def _compute(
+    job: FocalJob, options: dict[str, Any], progress, cancel: threading.Event, memory_limit: int | None = None
+):
+    """Worker-thread body: :func:`fuse_focal_stack` on the job (``progress`` raises on cancel),
+    within ``memory_limit`` bytes (None: what the machine has; this worker thread only)."""
     if cancel.is_set():
         raise FusionCancelled("fusion cancelled by the user")
-    result = fuse_focal_stack(
-        job.images,
-        stack_axis=job.stack_axis,
-        channel_axis=job.channel_axis,
-        reference_channel=job.reference_channel,
-        z_positions=job.z_positions,
-        progress=progress,
-        **options,
-    )
+    with limited_to(memory_limit):
+        result = fuse_focal_stack(
+            job.images,
+            stack_axis=job.stack_axis,
+            channel_axis=job.channel_axis,
+            reference_channel=job.reference_channel,
+            z_positions=job.z_positions,
+            progress=progress,
+            **options,
+        )
     if cancel.is_set():
         raise FusionCancelled("fusion cancelled by the user")
     return job, result, fused_limits(job, result.fused)

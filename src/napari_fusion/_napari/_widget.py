@@ -21,7 +21,6 @@ import numpy as np
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -48,7 +47,9 @@ from ._common import (
     drop_layer,
     fill_layer_combo,
     layer_index,
+    limit_bytes,
     make_compact,
+    memory_limit_box,
     scrolling_layout,
     sync_z_step,
     text_label,
@@ -224,13 +225,7 @@ class FusionWidget(WorkerControls, QWidget):
         self.tile_size.setToolTip("Edge of a square tile (before its halo), in pixels.")
         dform.addRow("tiling", self.tiling)
         dform.addRow("tile size", self.tile_size)
-        self.memory_limit = QDoubleSpinBox()
-        self.memory_limit.setRange(0.0, 4096.0)
-        self.memory_limit.setDecimals(2)
-        self.memory_limit.setSingleStep(0.25)
-        self.memory_limit.setSuffix(" GiB")
-        self.memory_limit.setSpecialValueText("auto")  # shown at 0: what the machine has available
-        self.memory_limit.setToolTip(
+        self.memory_limit = memory_limit_box(
             "Memory a fusion may use (the command line's --memory-limit): tiles computed side by side\n"
             "shrink to fit it, and a stack that does not fit in it is fused tile by tile. 0: the\n"
             "memory this machine has available."
@@ -240,8 +235,7 @@ class FusionWidget(WorkerControls, QWidget):
 
     def memory_limit_bytes(self) -> int | None:
         """The memory limit chosen, in bytes (None: what the machine has available)."""
-        gib = float(self.memory_limit.value())
-        return int(gib * 2**30) if gib > 0 else None
+        return limit_bytes(self.memory_limit)
 
     def _connect_controls(self) -> None:
         self.input_mode.currentIndexChanged.connect(self._on_mode)
