@@ -62,7 +62,8 @@ ENV_VAR = "NAPARI_FUSION_MEMORY_LIMIT"
 #: there were measured on smaller stacks, 4x384x384 grey uint16 and 4x256x256 RGB uint8
 #: (2026-12-01: ``calibrate(grey=(4, 384, 384, "uint16"), rgb=(4, 256, 256, "uint8"), methods=[...],
 #: timeout=900)``), where their fixed costs weigh more, so their factors err on the high side;
-#: ``li2018_vgg19`` needs weights absent on the measuring machine and has a conservative guess.
+#: ``li2018_vgg19`` (ImageNet weights absent here) was measured with a random full-size VGG19 and
+#: has a fixed part (:data:`FIXED_WORKING_SETS`).
 #: The factors also size the tiles of a tiled run (:func:`fit_tile_to_memory`).
 WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
     "average": (1.5, 1.0),  # measured: grey 2.12, RGB 1.60 per stack element
@@ -73,11 +74,23 @@ WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
     "focus_pyramid": (0.0, 4.25),  # measured: grey 3.78, RGB 1.20 (slice view: no float32 stack copy)
     "gff": (0.0, 10.0),  # measured (slice view): grey 9.00, RGB 1.99
     "laplacian_pyramid": (0.0, 6.25),  # measured (slice view): grey 5.64, RGB 1.11
-    "li2018_vgg19": (8.0, 96.0),  # guess (VGG19 weights absent when measured; 64-channel full-size features)
+    "li2018_vgg19": (6.5, 0.0),  # + FIXED_WORKING_SETS; measured 2026-12-02, see there
     "liu2017_cnn_nway": (27.75, 19.5),  # measured 2026-12-01 (small stacks, see above): grey 42.80, RGB 30.99
     "mertens": (0.5, 2.0),  # measured (slice view): grey 2.05, RGB 0.96
     # the two-input methods (liu2017_cnn, tiis2018_fcn, veshki_cdl): PAIR_WORKING_SETS below
 }
+
+
+#: Bytes of a method's working set that do not grow with the image (network tiles and their
+#: buffers), added to its :data:`WORKING_SET_FACTORS` part. ``li2018_vgg19`` runs its VGG19 in
+#: 256 px tiles: measured 2026-12-02 with a random full-size VGG19, large allocations mapped as in
+#: tiled runs (``python benchmarks/methods_memory.py --methods li2018_vgg19 --untrained-vgg19 --grey
+#: --mapped --slices N --size S``), the work beyond the input and outputs was 159 MiB for both 2 and
+#: 10 x 638^2 (the block of a 448 px tile), 171 MiB for 2 x 1214^2 and 398 MiB for 10 x 1214^2 (the
+#: block of a 1024 tile): about 115-160 MiB fixed and 20 bytes per stack element; RGB (2 x 1214^2,
+#: without the mapping) 34 bytes per element. The estimates with 160 MiB and 6.5 float32 per element
+#: are 1.1-1.6x those peaks; the guess they replaced, 104 float32 per grey element, was 5-12x.
+FIXED_WORKING_SETS: dict[str, int] = {"li2018_vgg19": 160 * 2**20}
 
 
 @dataclass(frozen=True)
@@ -323,7 +336,8 @@ def estimate_peak_bytes(
     """Predicted peak memory (bytes above an idle process) of an untiled :func:`napari_fusion.fuse`.
 
     ``input (N*H*W*C, dtype) + a * N*H*W*C*4 + b * N*H*W*4 + outputs`` with
-    the method's ``(a, b)`` from :data:`WORKING_SET_FACTORS` (plus its
+    the method's ``(a, b)`` from :data:`WORKING_SET_FACTORS` (and its :data:`FIXED_WORKING_SETS`
+    part; plus its
     :data:`SOURCE_STREAMING` entry, if any, or that entry alone where it streams the sources); two-input methods: their
     :data:`PAIR_WORKING_SETS` entry instead of ``(a, b)``. ``device`` other than
     ``"cpu"``: only the host side (the float copy and staging) is counted.
@@ -339,7 +353,7 @@ def estimate_peak_bytes(
         work = streaming.streamed_bytes(n, pixels, channels)
     else:
         a, b = WORKING_SET_FACTORS.get(method, DEFAULT_FACTOR)
-        work = a * elements * 4 + b * n * pixels * 4
+        work = FIXED_WORKING_SETS.get(method, 0) + a * elements * 4 + b * n * pixels * 4
         if streaming is not None:
             work += streaming.kept_bytes(n, pixels)
     if str(device) != "cpu":
@@ -736,6 +750,7 @@ __all__ = [
     "ENV_VAR",
     "headroom",
     "limited_to",
+    "FIXED_WORKING_SETS",
     "PAIR_WORKING_SETS",
     "PairWorkingSet",
     "WORKING_SET_FACTORS",
