@@ -12,7 +12,6 @@ import napari_fusion as nf
 from napari_fusion import memory
 from napari_fusion.errors import FusionInputError
 from napari_fusion.ops import tiles
-from napari_fusion.tiling import lazy_stack
 
 
 def _stack(n=3, h=64, w=64, c=1, seed=0):
@@ -245,10 +244,8 @@ def test_tiles_too_large_for_memory_shrink_with_a_warning(device, monkeypatch):
     want = nf.fuse(x, "focus_measure", device=device)
     monkeypatch.setattr(memory, "tiles_at_once", lambda: 2)
     spec = nf.get_method("focus_measure")
-    stack = lazy_stack(x)[0]
-    need_256 = memory.tiles_need((256, 256), halo=spec.halo_for(spec.defaults()), shape=(512, 512), n=3, channels=1,
-                                 dtype=x.dtype, method="focus_measure", workers=2,
-                                 input_chunks=(stack.chunks[1][0], stack.chunks[2][0]))  # fmt: skip
+    side = 256 + 2 * spec.halo_for(spec.defaults())
+    need_256 = 2 * memory.estimate_peak_bytes(3, side, side, 1, x.dtype, "focus_measure")
     monkeypatch.setenv(memory.ENV_VAR, str(memory.LIMIT_HEADROOM_BYTES + need_256))
     with pytest.warns(RuntimeWarning, match=r"512x512 tiles .* fusing in 256x256 tiles instead"):
         lazy = nf.fuse(x, "focus_measure", device=device, chunks=512)
@@ -256,6 +253,26 @@ def test_tiles_too_large_for_memory_shrink_with_a_warning(device, monkeypatch):
     got = lazy.compute()
     np.testing.assert_array_equal(got.fused, want.fused)
     np.testing.assert_array_equal(got.labels, want.labels)
+
+
+def test_tiles_fitted_to_memory_count_the_input_chunks_they_read(device, monkeypatch):
+    """A dask input's chunks are read by the tiles through a cache, counted when the tiles are
+    fitted (a numpy input's are views of memory already held, and are not)."""
+    import dask.array as da
+
+    x = da.from_array(_stack(3, 1024, 1024), chunks=(1, 64, 64))
+    monkeypatch.setattr(memory, "tiles_at_once", lambda: 2)
+    spec = nf.get_method("focus_measure")
+    costs = dict(halo=spec.halo_for(spec.defaults()), shape=(1024, 1024), n=3, channels=1, dtype=x.dtype,
+                 method="focus_measure", workers=2)  # fmt: skip
+    with_cache = memory.tiles_need((256, 256), **costs, input_chunks=(64, 64))
+    # two blocks' chunks: 284 px blocks span at most 6 chunks of 64 px each way
+    assert with_cache - memory.tiles_need((256, 256), **costs) == 2 * 3 * 2 * 384 * 384
+    monkeypatch.setenv(memory.ENV_VAR, str(memory.LIMIT_HEADROOM_BYTES + with_cache))
+    with pytest.warns(RuntimeWarning, match=r"512x512 tiles .* fusing in 256x256 tiles instead"):
+        lazy = nf.fuse(x, "focus_measure", device=device, chunks=512)
+    assert lazy.input_chunks is not None and lazy.input_chunks.max_bytes == 2 * 3 * 2 * 384 * 384
+    np.testing.assert_array_equal(lazy.compute().fused, nf.fuse(x.compute(), "focus_measure", device=device).fused)
 
 
 def test_tiles_at_once_follows_dask_num_workers():

@@ -691,7 +691,7 @@ class LazyFusionResult(FusionResult):
     key_prefix: str = TILE_KEY_PREFIX
     run_id: str = ""
     #: The reader the tiles read the input through (None: as dask dependencies); see
-    #: :meth:`release_inputs`.
+    #: :meth:`releasing_inputs`.
     input_chunks: InputChunks | None = None
 
     def arrays(self) -> dict[str, Any]:
@@ -916,8 +916,8 @@ def fuse_lazy(
     input_chunks = (stack.chunks[1][0], stack.chunks[2][0]) if _is_dask(images) or _is_zarr(images) else None
     grid = plan_grid(spec, resolved, (h, w), chunks=chunks, input_chunks=input_chunks, halo=halo, n=n)
     channels = stack.shape[3] if colour else 1
-    chunked = (stack.chunks[1][0], stack.chunks[2][0])
-    grid = fit_grid_to_memory(grid, spec, n=n, channels=channels, dtype=dtype, device=dev, input_chunks=chunked)
+    # the chunks the tiles read are counted unless they are views of arrays already in memory
+    grid = fit_grid_to_memory(grid, spec, n=n, channels=channels, dtype=dtype, device=dev, input_chunks=input_chunks)
     reader = input_reader(stack, grid)
     offset, scale, out_low, out_high = intensity_mapping(dtype, *global_statistics(stack, dtype=dtype), spec.intensity)
     want_labels = "labels" in spec.outputs
