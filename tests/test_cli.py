@@ -299,37 +299,3 @@ def test_an_interrupted_zarr_output_is_reported_as_resumable(tmp_path, capsys, m
     assert f"interrupted; {out} keeps the " in err and "run the same command again" in err
     assert "no partial output" not in err
     assert main(args) == 0 and zarr_output_status(out)["complete"] is True
-
-
-def test_fuse_reads_the_slices_while_the_method_is_imported(tmp_path, monkeypatch):
-    """The in-memory fuse command decodes its slices in a background thread, started before the
-    method's modules (torch) are imported; the result and the errors are those of a plain read."""
-    import threading
-
-    import napari_fusion.io as nio
-    from napari_fusion.cli import fuse as cli_fuse
-
-    paths = []
-    for k in range(3):
-        paths.append(tmp_path / f"s{k}.tif")
-        tifffile.imwrite(paths[-1], np.full((16, 16), 10 * k, np.uint8))
-    threads = []
-    original = nio.read_image
-    monkeypatch.setattr(nio, "read_image", lambda p: threads.append(threading.current_thread().name) or original(p))
-    assert main(["fuse", *map(str, paths), "-o", str(tmp_path / "f.tif"), "-q", "-m", "average"]) == 0
-    assert threads and "MainThread" not in threads
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "f.tif"), np.full((16, 16), 10, np.uint8))
-    (tmp_path / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(Exception, match="damaged"):
-        cli_fuse._ReadAhead([tmp_path / "bad.png", paths[0]]).result()
-    # in a fresh process: the read starts before torch is imported
-    import subprocess
-
-    code = (
-        "import sys; from napari_fusion.cli import fuse as f, main; real = f._ReadAhead; seen = []\n"
-        "f._ReadAhead = lambda p: seen.append('torch' in sys.modules) or real(p)\n"
-        "rc = main(['fuse', *sys.argv[1:]]); print(rc, seen)"
-    )
-    args = [*map(str, paths), "-o", str(tmp_path / "g.tif"), "-q", "-m", "average"]
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["0", "[False]"], out

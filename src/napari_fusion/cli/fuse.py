@@ -247,54 +247,22 @@ def cmd_fuse_tiled(args: argparse.Namespace) -> int:
     return 0
 
 
-class _ReadAhead:
-    """:func:`napari_fusion.io.read_stack` of ``paths`` in a background thread, started before the
-    method's modules (torch) are imported, which takes 1-3 s: the slices are decoded meanwhile
-    (the decoders release the GIL), on the second core. A daemon thread, so a command refused
-    meanwhile (an unknown parameter) exits without waiting for the read; :meth:`result` returns
-    the images or raises the read's error."""
-
-    def __init__(self, paths):
-        import threading
-
-        self._images = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._read, args=(paths,), name="read-ahead", daemon=True)
-        self._thread.start()
-
-    def _read(self, paths) -> None:
-        from ..io import read_stack
-
-        try:
-            self._images = read_stack(paths)
-        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
-            self._error = exc
-
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._images
-
-
 def cmd_fuse(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..io import read_calibration, write_image
+    from ..api import fuse
+    from ..io import read_calibration, read_stack, write_image
     from ..output_safety import AtomicGroup, check_disk_space
 
     if getattr(args, "chunks", None) is not None:
         return cmd_fuse_tiled(args)
     check_fuse_outputs(args)
-    ms = _microscopy_stack(args)
-    reading = None if ms is not None else _ReadAhead(args.inputs)  # decoded while torch is imported
     params = parse_method_params(args.method, args.param or [])
     from ..registry import get_method
 
-    get_method(args.method).resolve_params(params)  # unknown parameters: refused before any result
-    from ..api import fuse
-
-    images = list(np.asarray(ms.data)) if ms is not None else reading.result()  # type: ignore[union-attr]
+    get_method(args.method).resolve_params(params)  # unknown parameters: refused before reading
+    ms = _microscopy_stack(args)
+    images = list(np.asarray(ms.data)) if ms is not None else read_stack(args.inputs)
     if len(images) < 2:
         raise FusionInputError(
             f"fusion needs at least two images; {', '.join(map(str, args.inputs))} gave {len(images)}"
