@@ -611,3 +611,46 @@ def test_tiles_of_a_pairwise_fold_compose_no_weights(device, monkeypatch):
         assert not composed
         np.testing.assert_array_equal(tiled.fused, ref.fused)
         np.testing.assert_array_equal(tiled.labels, ref.labels)
+
+
+def test_stop_running_tiles_stops_the_tiles_under_way_at_their_next_report():
+    """The command line's Ctrl-C: dask's threads cannot be stopped, and the process waited for
+    the tiles under way before it exited; they now stop at their next progress report."""
+    import threading
+    import time
+
+    from napari_fusion import tiling
+    from napari_fusion.registry import MethodOutput, temporary_method
+
+    steps = 3000
+    reports: list[int] = []
+    started = threading.Event()
+
+    def run(stack, *, ctx):
+        for k in range(steps):
+            ctx.report(k, steps)
+            reports.append(k)
+            started.set()
+            time.sleep(0.001)
+        return MethodOutput(fused=stack.mean(0))
+
+    errors: list[BaseException] = []
+    with temporary_method(run, name="_slow_tiles", title="t", tasks=("multi-focus",), mode="nway", halo=0):
+        lazy = nf.fuse(np.ones((2, 64, 64), np.float32), "_slow_tiles", chunks=32, device="cpu")
+
+        def compute():
+            try:
+                lazy.compute()
+            except nf.FusionCancelled as exc:
+                errors.append(exc)
+
+        worker = threading.Thread(target=compute)
+        worker.start()
+        try:
+            assert started.wait(60)
+            tiling.stop_running_tiles()
+            worker.join(120)
+        finally:
+            tiling._STOP_TILES.clear()
+    assert not worker.is_alive() and errors and "interrupted" in str(errors[0])
+    assert len(reports) < steps  # four tiles of 3000 reports each without the stop

@@ -145,6 +145,8 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`
         return 0
     except KeyboardInterrupt as exc:
+        if "napari_fusion.tiling" in sys.modules:  # tiles still running in dask's threads stop now
+            sys.modules["napari_fusion.tiling"].stop_running_tiles()
         note = getattr(exc, "note", None) or "no partial output was left at the output names"
         print(f"napari-fusion: interrupted; {note}", file=sys.stderr)
         return 130
