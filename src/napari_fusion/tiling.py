@@ -360,7 +360,7 @@ class TileJob:
             limit = self.depth_limit if self.collecting else None
             steps = TileSteps(known, tuple(block_box), tuple(core), self.shape, depth_limit=limit)
         live = _LIVE.get(self.run_id)  # reports from inside the tile (and cancel) when run in this process
-        ctx = FusionContext(dev, _tile_reporter(live), steps=steps)
+        ctx = FusionContext(dev, _tile_reporter(live, self.run_id), steps=steps)
         with torch.inference_mode():
             stack = prepared.to_tensor(dev)
             try:
@@ -418,24 +418,27 @@ class _LiveRun:
 #: Runs being computed in this process, by run id (tiles in other processes report per tile only).
 _LIVE: dict[str, _LiveRun] = {}
 
-#: Set by :func:`stop_running_tiles`: every tile computed in this process stops at its next report.
-_STOP_TILES = threading.Event()
+#: Run ids whose tiles have started in this process, and those :func:`stop_running_tiles` stopped.
+_STARTED_RUNS: set[str] = set()
+_STOPPED_RUNS: set[str] = set()
 
 
 def stop_running_tiles() -> None:
-    """Stop the tiles being computed in this process at their next progress report (within about
-    two seconds on this machine), with :class:`~napari_fusion.FusionCancelled`; for good (the
-    command line calls it when interrupted: dask's threads cannot be stopped otherwise, and the
-    process waited for the tiles under way, ~40 s for a ``csc_ivfn`` tile, before it exited)."""
-    _STOP_TILES.set()
+    """Stop the tiles of every run started so far in this process at their next progress report
+    (within about two seconds on this machine), with :class:`~napari_fusion.FusionCancelled`; runs
+    started later are not affected. The command line calls it when interrupted: dask's threads
+    cannot be stopped otherwise, and the process waited for the tiles under way (~40 s for a
+    ``csc_ivfn`` tile) before it exited."""
+    _STOPPED_RUNS.update(_STARTED_RUNS)
 
 
-def _tile_reporter(live: _LiveRun | None) -> Callable[..., None]:
-    """A tile's progress callback: stops it once :func:`stop_running_tiles` was called, and
+def _tile_reporter(live: _LiveRun | None, run_id: str) -> Callable[..., None]:
+    """A tile's progress callback: stops it once :func:`stop_running_tiles` stopped its run, and
     passes its reports on to ``live`` (the run's progress in this process), if any."""
+    _STARTED_RUNS.add(run_id)
 
     def report(done: float, total: float, message: str = "") -> None:
-        if _STOP_TILES.is_set():
+        if run_id in _STOPPED_RUNS:
             raise FusionCancelled("the run was interrupted")
         if live is not None:
             live.inside(done, total, message)
