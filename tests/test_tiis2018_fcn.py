@@ -17,6 +17,7 @@ from napari_fusion.training.tiis2018_fcn import (
     build_model,
     fusion_step,
     get_config,
+    gradient_mse,
     region_mask,
     run_training,
     sample_fusion_examples,
@@ -194,6 +195,21 @@ def test_step_counts_patches_beating_the_average():
     loss, better, n = fusion_step(net, (a, b, s))
     assert n == 4 and better == 0  # the untrained network is the average: never strictly better
     torch.testing.assert_close(loss, torch.mean(((a + b) / 2 - s) ** 2))
+
+
+def test_gradient_term_weighs_edges_not_offsets():
+    """--grad-loss: the gradient term ignores a constant offset (which the MSE counts) and grows with
+    blur (which the MSE counts little of); weight 0 is the paper's MSE alone."""
+    torch.manual_seed(0)
+    s = torch.rand(2, 1, 24, 24)
+    assert float(gradient_mse(s + 0.1, s)) == pytest.approx(0.0, abs=1e-12)
+    blurred = torch.nn.functional.avg_pool2d(s, 3, stride=1, padding=1, count_include_pad=False)
+    assert float(gradient_mse(blurred, s)) > 4 * float(torch.mean((blurred - s) ** 2))
+    net = build_model(get_config("smoke"))
+    a, b = torch.rand(2, 2, 1, 24, 24)
+    plain, _, _ = fusion_step(net, (a, b, s))
+    both, _, _ = fusion_step(net, (a, b, s), grad_weight=2.0)
+    torch.testing.assert_close(both, plain + 2.0 * gradient_mse(net(a, b), s))
 
 
 # --- the method with the shipped weights -----------------------------------------------------
@@ -404,6 +420,9 @@ def test_training_cli_registered():
     extra = ["--sigma-low", "1", "--both-sharp", "0.3"]
     cfg = config_from_args(build_parser().parse_args(["train", "two_stream", "--config", "smoke", *extra]))
     assert (cfg.data.sigma_low, cfg.data.sigma_high, cfg.data.both_sharp) == (1.0, 10.0, 0.3)
-    for bad in (["--both-sharp", "1.5"], ["--sigma-low", "0"], ["--sigma-low", "12"]):
-        with pytest.raises(SystemExit, match="sigma|both-sharp"):
+    assert cfg.grad_weight == 0.0
+    cfg = config_from_args(build_parser().parse_args(["train", "two_stream", "--config", "smoke", "--grad-loss", "1"]))
+    assert cfg.grad_weight == 1.0 and cfg.as_dict()["grad_weight"] == 1.0
+    for bad in (["--both-sharp", "1.5"], ["--sigma-low", "0"], ["--sigma-low", "12"], ["--grad-loss", "-1"]):
+        with pytest.raises(SystemExit, match="sigma|both-sharp|grad-loss"):
             config_from_args(build_parser().parse_args(["train", "two_stream", "--config", "smoke", *bad]))
