@@ -366,7 +366,8 @@ def test_bad_parameters_and_weights(series5, tmp_path):
 def test_real_sequence_beats_average_and_is_close_to_mertens(device, dataset):
     """On real (downscaled) sequences never trained on: MEF-SSIM of the shipped model.
 
-    Measured at 160 px: csc_mefn 0.887, mertens 0.848, average 0.841; untrained
+    Measured at 160 px (weights shipped before 2026-12-03): csc_mefn 0.887, mertens 0.848, average
+    0.841; untrained
     (randomly initialised) weights give 0.576, so the test fails without training.
     """
     from napari_fusion.datasets import iter_cases
@@ -391,8 +392,8 @@ def test_real_sequence_beats_average_and_is_close_to_mertens(device, dataset):
 def test_pyramid_variant_beats_the_paper_rule_and_mertens_on_real_sequences(device, dataset):
     """The ``csc_mefn_pyramid`` variant on real sequences never trained on (long side 256 px).
 
-    Measured: csc_mefn_pyramid 0.936 (0.939 with the weights shipped before 2026-12-03), csc_mefn
-    0.884, mertens 0.922; the same blend with an untrained network 0.650, so the blend alone
+    Measured: csc_mefn_pyramid 0.936, csc_mefn 0.882 (0.939 and 0.884 with the weights shipped
+    before 2026-12-03), mertens 0.922; the same blend with an untrained network 0.650, so the blend alone
     does not pass this test.
     """
     from napari_fusion.datasets import iter_cases
