@@ -119,3 +119,25 @@ def test_tile_with_unmapped_maps(monkeypatch):
     assert T.tile_with_unmapped_maps(256, channels=64, grow=28) == 96  # tiis2018_fcn's shipped network
     assert T.tile_with_unmapped_maps(256, channels=4096, grow=0, floor=48) == 48  # never below the floor
     assert T.tile_with_unmapped_maps(10, channels=4096, grow=0, floor=48) == 10  # nor above a smaller tile
+
+
+def test_threads_per_tile_and_torch_threads():
+    if not T._threads_are_per_thread():
+        pytest.skip("torch's thread count is not per calling thread here (not OpenMP)")
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        assert T.threads_per_tile(1) is None
+        assert T.threads_per_tile(2) == (2, 4)
+        assert T.threads_per_tile(3) == (1, 4)
+        assert T.threads_per_tile(8) == (1, 4)
+        with T.torch_threads((1, 3)):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 3  # the planner's count, not the one before
+        torch.set_num_threads(4)
+        with T.torch_threads(None):
+            assert torch.get_num_threads() == 4
+        torch.set_num_threads(1)
+        assert T.threads_per_tile(2) is None  # nothing to share
+    finally:
+        torch.set_num_threads(before)

@@ -655,3 +655,48 @@ def test_stop_running_tiles_stops_the_tiles_under_way_at_their_next_report():
         steps = 3
         again = nf.fuse(np.ones((2, 64, 64), np.float32), "_slow_tiles", chunks=32, device="cpu").compute()
         np.testing.assert_array_equal(again.fused, np.ones((64, 64), np.float32))
+
+
+def test_tiles_side_by_side_share_the_torch_threads(device):
+    """Two tiles computed at once run one torch thread each (two teams of two OpenMP threads
+    oversubscribed two cores); a lone tile and the caller keep the caller's count."""
+    import threading
+
+    import dask
+
+    from napari_fusion.ops.tiles import _threads_are_per_thread
+    from napari_fusion.registry import MethodOutput, temporary_method
+
+    if not _threads_are_per_thread():
+        pytest.skip("torch's thread count is not per calling thread here (not OpenMP)")
+    seen: list[tuple[int, bool]] = []
+
+    def run(stack, *, ctx):
+        seen.append((torch.get_num_threads(), threading.current_thread() is threading.main_thread()))
+        return MethodOutput(fused=stack.mean(0), labels=torch.zeros(stack.shape[-2:], dtype=torch.long))
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with (
+            temporary_method(
+                run,
+                name="_threads",
+                title="t",
+                tasks=("multi-focus",),
+                mode="nway",
+                outputs=("fused", "labels"),
+                halo=0,
+            ) as spec,
+            dask.config.set(num_workers=2, scheduler="threads"),
+        ):
+            images = _stack(2, 2, 64, 64)
+            nf.fuse(images, spec.name, chunks=16, device=device).compute()
+            in_workers = {n for n, main in seen if not main}
+            assert in_workers == {1}, seen
+            assert torch.get_num_threads() == 2  # the caller's count is unchanged
+            seen.clear()
+            nf.fuse(images, spec.name, chunks=64, device=device).compute()  # one tile: nothing to share
+            assert {n for n, _ in seen} == {2}, seen
+    finally:
+        torch.set_num_threads(before)

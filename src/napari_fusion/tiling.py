@@ -77,7 +77,14 @@ from ._tile_inputs import ChunkRead, InputChunks, cache_bytes
 from .device import resolve_device
 from .errors import FusionCancelled, FusionError, FusionInputError
 from .ops.pyramids import SPLIT_LEVEL
-from .ops.tiles import free_device_memory, is_out_of_memory, keep_large_allocations_mapped, release_freed_memory
+from .ops.tiles import (
+    free_device_memory,
+    is_out_of_memory,
+    keep_large_allocations_mapped,
+    release_freed_memory,
+    threads_per_tile,
+    torch_threads,
+)
 from .registry import FOLD_DEFAULT, FOLD_PARAM, FusionContext, MethodSpec, get_method
 from .results import FusionResult
 from .whole_image import MAX_PASSES, Collected, CollectedMany, KnownMap, StepResults, TileSteps, unpacked
@@ -294,6 +301,10 @@ class TileJob:
     #: In a collect pass of a folded two-input method: the deepest fold step (pair steps chained
     #: beneath it) the tiles compute, the one their context covers (None: no limit).
     depth_limit: int | None = None
+    #: Torch threads of a tile computed side by side with others, and the count to restore after
+    #: it (None: the caller's count; set by :func:`_tile_graph` from
+    #: :func:`~napari_fusion.ops.tiles.threads_per_tile`).
+    threads: tuple[int, int] | None = None
 
     def __call__(self, block: np.ndarray, block_box: tuple, core: tuple) -> dict[str, np.ndarray]:
         """Fuse ``block`` (the stack over ``block_box``) and return the outputs over ``core``.
@@ -301,10 +312,12 @@ class TileJob:
         Boxes are ``(y0, y1, x0, x1)`` in image pixels. The memory the tile freed goes back to the
         system when it ends (:func:`~napari_fusion.ops.tiles.release_freed_memory`), and large
         allocations are unmapped when freed (:func:`~napari_fusion.ops.tiles.keep_large_allocations_mapped`).
+        The tile runs with :attr:`threads` torch threads in the calling thread.
         """
         keep_large_allocations_mapped()
         try:
-            return self.run(np.asarray(block), tuple(block_box), tuple(core))
+            with torch_threads(self.threads):
+                return self.run(np.asarray(block), tuple(block_box), tuple(core))
         finally:
             release_freed_memory()
 
@@ -614,6 +627,10 @@ def _tile_graph(
     """
     from dask.highlevelgraph import HighLevelGraph
 
+    from .memory import tiles_at_once
+
+    # tiles computed side by side share the cores: one team of torch threads each would oversubscribe them
+    job = replace(job, threads=threads_per_tile(min(tiles_at_once(), grid.n_tiles)))
     edges = [np.cumsum((0,) + tuple(c)).tolist() for c in stack.chunks]
     layer = {}
     keys = []

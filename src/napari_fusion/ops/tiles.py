@@ -18,10 +18,11 @@ whole fusions (all steps of a method, with dask) over images larger than memory.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -32,14 +33,61 @@ __all__ = [
     "keep_large_allocations_mapped",
     "map_tiles",
     "release_freed_memory",
+    "threads_per_tile",
     "tile_starts",
     "tile_with_unmapped_maps",
+    "torch_threads",
 ]
 
 
 def tile_starts(size: int, tile: int) -> list[int]:
     """Start offsets of tiles of ``tile`` pixels covering ``size`` pixels."""
     return list(range(0, size, max(1, int(tile))))
+
+
+def threads_per_tile(tiles_side_by_side: int) -> tuple[int, int] | None:
+    """``(threads, restore)``: torch intra-op threads for each of ``tiles_side_by_side`` tiles
+    computed at once in threads of their own (dask's local scheduler), and the calling thread's
+    count to restore after each tile; None to leave the counts as they are.
+
+    Each calling thread otherwise starts its own team of ``torch.get_num_threads()`` OpenMP
+    threads, so two tiles side by side ran four busy threads on two cores: ``focus_pyramid`` on
+    20 x 2048^2 RGB in tiles of 512 took 12.1 s wall and 19.3 CPU-s, 10.3 s and 16.3 CPU-s with
+    one torch thread per tile (identical output; 2026-12-03, ``docs/lazy.md``). None where torch's
+    thread count is not per calling thread (a parallel backend other than OpenMP): setting it
+    there would change it for every thread.
+    """
+    if tiles_side_by_side <= 1 or not _threads_are_per_thread():
+        return None
+    have = torch.get_num_threads()
+    share = max(1, have // int(tiles_side_by_side))
+    return (share, have) if share < have else None
+
+
+@contextlib.contextmanager
+def torch_threads(counts: tuple[int, int] | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads in the calling thread, then set
+    ``restore`` (``counts`` from :func:`threads_per_tile`; None: unchanged).
+
+    The count to restore is the one of the thread that planned the tiles, not the worker's own:
+    torch also keeps the last count set as the one new threads start with, so a worker thread
+    started while another tile ran would otherwise restore (and leave behind) the tile's count.
+    """
+    if counts is None:
+        yield
+        return
+    threads, restore = counts
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(int(restore))
+
+
+@functools.cache
+def _threads_are_per_thread() -> bool:
+    """True where ``torch.set_num_threads`` sets the count of the calling thread only (OpenMP)."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
 #: A tile that runs out of memory is split in four until its side is below this (pixels).
