@@ -698,5 +698,9 @@ def test_tiles_side_by_side_share_the_torch_threads(device):
             seen.clear()
             nf.fuse(images, spec.name, chunks=64, device=device).compute()  # one tile: nothing to share
             assert {n for n, _ in seen} == {2}, seen
+            seen.clear()
+            with dask.config.set(scheduler="synchronous"):  # one tile at a time: nothing to share
+                nf.fuse(images, spec.name, chunks=16, device=device).compute()
+            assert {n for n, _ in seen} == {2}, seen
     finally:
         torch.set_num_threads(before)

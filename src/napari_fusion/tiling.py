@@ -627,10 +627,8 @@ def _tile_graph(
     """
     from dask.highlevelgraph import HighLevelGraph
 
-    from .memory import tiles_at_once
-
     # tiles computed side by side share the cores: one team of torch threads each would oversubscribe them
-    job = replace(job, threads=threads_per_tile(min(tiles_at_once(), grid.n_tiles)))
+    job = replace(job, threads=threads_per_tile(_tiles_side_by_side(grid.n_tiles)))
     edges = [np.cumsum((0,) + tuple(c)).tolist() for c in stack.chunks]
     layer = {}
     keys = []
@@ -851,6 +849,19 @@ def local_scheduler() -> str | None:
     if dask.config.get("scheduler", None) is not None or _in_distributed_client():
         return None
     return "threads"
+
+
+def _tiles_side_by_side(n_tiles: int) -> int:
+    """How many of ``n_tiles`` tiles dask's local threaded scheduler computes at once in this
+    process; 1 for another scheduler (synchronous: one at a time; processes or a dask.distributed
+    cluster: their workers' threads are theirs to set)."""
+    import dask
+
+    from .memory import tiles_at_once
+
+    if dask.config.get("scheduler", None) not in (None, "threads", "threading") or _in_distributed_client():
+        return 1
+    return min(tiles_at_once(), int(n_tiles))
 
 
 def _in_distributed_client() -> bool:
