@@ -52,8 +52,9 @@ def threads_per_tile(tiles_side_by_side: int) -> tuple[int, int] | None:
 
     Each calling thread otherwise starts its own team of ``torch.get_num_threads()`` OpenMP
     threads, so two tiles side by side ran four busy threads on two cores: ``focus_pyramid`` on
-    20 x 2048^2 RGB in tiles of 512 took 12.1 s wall and 19.3 CPU-s, 10.3 s and 16.3 CPU-s with
-    one torch thread per tile (identical output; 2026-12-03, ``docs/lazy.md``). None where torch's
+    20 x 2048^2 RGB in tiles of 512 took 12.4 s wall and 19.4 CPU-s, 10.6 s and 16.8 CPU-s with
+    one torch thread per tile (identical output; medians of 3, 2026-12-03, ``docs/lazy.md``). A
+    thread that starts while a tile runs begins with the tile's count. None where torch's
     thread count is not per calling thread (a parallel backend other than OpenMP): setting it
     there would change it for every thread.
     """
