@@ -258,3 +258,18 @@ def test_progress_through_alignment_fusion_and_slabs(small_focal_stack):
             messages = [m for _, m in seen]
             assert sum(m.startswith("alignment, slices") for m in messages) == len(slices) - 1
             assert any(m.startswith("warping slice") for m in messages)
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(1, 1), (2, 7), (5, 5), (37, 29)])
+def test_erode_cross_equals_scipy(shape, iterations):
+    import torch
+
+    from napari_fusion.focalstack.align import erode_cross
+
+    rng = np.random.default_rng(sum(shape) + iterations)
+    for fill in (0.5, 0.9, 1.0):
+        mask = rng.random(shape) < fill
+        got = erode_cross(torch.from_numpy(mask), iterations=iterations)
+        assert got.dtype == torch.bool
+        np.testing.assert_array_equal(got.numpy(), ndimage.binary_erosion(mask, iterations=iterations))
