@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 
 import dask.array as da
 import numpy as np
@@ -704,3 +705,101 @@ def test_tiles_side_by_side_share_the_torch_threads(device):
             assert {n for n, _ in seen} == {2}, seen
     finally:
         torch.set_num_threads(before)
+
+
+def _sub_tiled(monkeypatch):
+    """Any tile estimated to need memory is computed in sub-tiles of 16 px (no limit set)."""
+    from napari_fusion import memory
+
+    monkeypatch.delenv(memory.ENV_VAR, raising=False)
+    monkeypatch.setattr(memory, "TILED_ROOM", 1)
+    monkeypatch.setattr(memory, "MIN_FITTED_TILE", 16)
+
+
+def test_split_range_into_parts_of_at_most_the_size():
+    for a, b, size, align in [(0, 1024, 416, 16), (5, 300, 64, 1), (0, 100, 100, 4), (32, 96, 16, 8), (0, 7, 4, 8)]:
+        parts = tiling._split_range_into(a, b, size, align)
+        assert parts[0][0] == a and parts[-1][1] == b
+        assert all(p[1] == q[0] for p, q in itertools.pairwise(parts))
+        assert all(hi - lo <= max(align, size // align * align) for lo, hi in parts)
+        assert all((lo - a) % align == 0 for lo, _ in parts)
+        assert len(parts) == -(-(b - a) // max(align, size // align * align))
+    assert tiling._split_range_into(0, 1024, 416, 16) == [(0, 352), (352, 704), (704, 1024)]
+
+
+@pytest.mark.parametrize("name, extra", _every_method(), ids=[n for n, _ in _every_method()])
+def test_tiles_computed_in_sub_tiles_equal_whole_tiles(name, extra, monkeypatch):
+    """Without a memory limit a tile too large for :data:`memory.TILED_ROOM` is computed as
+    sub-tiles, each with the method's halo; the result is that of whole tiles (and of the untiled
+    run) and the output keeps the chunks asked for."""
+    from napari_fusion import memory
+
+    spec = nf.get_method(name)
+    images = _stack(4, 3, 40, 44, colour=name == "li2018_vgg19")
+    blocks: list[tuple[int, int]] = []
+
+    def recorded(stack, *, ctx, **p):
+        blocks.append(tuple(stack.shape[-2:]))
+        return spec.run(stack, ctx=ctx, **p)
+
+    watched = dataclasses.replace(spec, run=recorded)
+    with _vgg_for_tests() if name == "li2018_vgg19" else contextlib.nullcontext():
+        with memory.limited_to("64G"):  # a limit set: whole tiles
+            whole = tiling.fuse_lazy(images, watched, device="cpu", chunks=32, **extra).compute(scheduler="synchronous")
+        whole_calls = len(blocks)
+        blocks.clear()
+        _sub_tiled(monkeypatch)
+        lazy = tiling.fuse_lazy(images, watched, device="cpu", chunks=32, **extra)
+        assert lazy.fused.chunks[0][0] == 32 and lazy.fused.chunks[1][0] == 32
+        got = lazy.compute(scheduler="synchronous")
+    halo = lazy.grid.halo
+    align = lazy.grid.align
+    assert max(max(b) for b in blocks) <= max(16, align) + 2 * halo, (blocks, halo)
+    if align <= 16:  # 2 x 2 tiles of 32, computed as 3 x 3 sub-tiles of 16 (the last ones 8 x 12)
+        assert len(blocks) >= 2 * whole_calls, (len(blocks), whole_calls)
+    tol = TILED_TOLERANCE.get(name, 1e-5)
+    np.testing.assert_allclose(got.fused.astype(np.float64), whole.fused.astype(np.float64), rtol=0, atol=tol)
+    if whole.labels is not None:
+        assert (got.labels != whole.labels).mean() <= LABEL_TOLERANCE.get(name, 0.0)
+
+
+def test_sub_tiles_only_without_a_limit_and_not_for_a_lone_tile_with_whole_image_steps(monkeypatch):
+    from napari_fusion import memory
+
+    _sub_tiled(monkeypatch)
+    cpu = torch.device("cpu")
+
+    def sub(name, tile, shape=(64, 64)):
+        spec = nf.get_method(name)
+        params = spec.resolve_params({})
+        grid = tiling.plan_grid(spec, params, shape, chunks=tile, n=3)
+        return tiling.sub_tile_for(grid, spec, params, n=3, channels=1, dtype=np.float32, device=cpu)
+
+    assert sub("focus_measure", 64) == (16, 16)
+    assert sub("liu2017_cnn_nway", 32) == (16, 16)
+    assert sub("liu2017_cnn_nway", 64) is None  # one tile for the whole image: it runs untiled
+    with memory.limited_to("1G"):
+        assert sub("focus_measure", 64) is None  # the limit fits the tiles themselves
+    monkeypatch.setattr(memory, "TILED_ROOM", 2**40)
+    assert sub("focus_measure", 64) is None
+
+
+def test_sub_tiles_cut_a_tile_in_the_parts_that_compute_the_fewest_pixels(monkeypatch):
+    """Every sub-tile computes its halo again: a tile just too large is cut in two, not four."""
+    from napari_fusion import memory
+
+    monkeypatch.delenv(memory.ENV_VAR, raising=False)
+    spec = nf.get_method("focus_measure")
+    params = spec.resolve_params({})
+    grid = tiling.plan_grid(spec, params, (256, 256), chunks=128, n=3)
+    costs = dict(halo=grid.halo, shape=grid.shape, n=3, channels=1, dtype=np.float32, method=spec.name,
+                 workers=tiling._tiles_side_by_side(grid.n_tiles), device="cpu")  # fmt: skip
+
+    def sub(room):
+        monkeypatch.setattr(memory, "TILED_ROOM", room)
+        return tiling.sub_tile_for(grid, spec, params, n=3, channels=1, dtype=np.float32, device=torch.device("cpu"))
+
+    assert sub(memory.tiles_need((128, 128), **costs)) is None
+    assert sub(memory.tiles_need((128, 64), **costs)) == (128, 64)
+    assert sub(memory.tiles_need((64, 64), **costs)) == (64, 64)
+    assert sub(memory.tiles_need((64, 43), **costs)) == (64, 43)  # 2 x 3 parts, not 3 x 3

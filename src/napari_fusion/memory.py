@@ -68,16 +68,16 @@ ENV_VAR = "NAPARI_FUSION_MEMORY_LIMIT"
 WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
     "average": (1.5, 1.0),  # measured: grey 2.12, RGB 1.60 per stack element
     "csc_ivfn": (5.75, 15.0),  # with its codes kept, + SOURCE_STREAMING (RGB part as measured 2026-12-01)
-    "csc_mefn": (10.0, 0.0),  # measured: grey 6.89, RGB 8.32
-    "csc_mefn_pyramid": (5.75, 0.0),  # measured 2026-11-30: grey 3.11, RGB 4.52
-    "focus_measure": (0.0, 4.5),  # measured: grey 3.88, RGB 1.26 (slice view: no float32 stack copy)
-    "focus_pyramid": (0.0, 4.25),  # measured: grey 3.78, RGB 1.20 (slice view: no float32 stack copy)
-    "gff": (0.0, 10.0),  # measured (slice view): grey 9.00, RGB 1.99
-    "laplacian_pyramid": (0.0, 6.25),  # measured (slice view): grey 5.64, RGB 1.11
+    # 2026-12-03, + FIXED_WORKING_SETS: grey 10 x 1024^2 3.59, 4 x 1024^2 3.21; RGB 10 x 640^2 3.56 per element
+    "csc_mefn": (3.75, 0.5),
+    # 2026-12-03, + FIXED_WORKING_SETS: grey 10 x 1024^2 2.91, 4 x 1024^2 3.35; RGB 10 x 640^2 3.58 per element
+    "csc_mefn_pyramid": (4.0, -0.75),
     "li2018_vgg19": (6.5, 0.0),  # + FIXED_WORKING_SETS; measured 2026-12-02, see there
-    "liu2017_cnn_nway": (27.75, 19.5),  # measured 2026-12-01 (small stacks, see above): grey 42.80, RGB 30.99
-    "mertens": (0.5, 2.0),  # measured (slice view): grey 2.05, RGB 0.96
-    # the two-input methods (liu2017_cnn, tiis2018_fcn, veshki_cdl): PAIR_WORKING_SETS below
+    # 2026-12-03, + FIXED_WORKING_SETS: grey 4 and 10 x 1024^2 152.6 and 319.1 MiB (6.94 per element
+    # and 42 MiB), RGB 10 x 640^2 202.4 MiB (the 2026-12-01 factors, from 4 x 384^2, were 5-7x these)
+    "liu2017_cnn_nway": (2.0, 5.75),
+    # the methods that stream their slices: SLICE_STREAMING below; the two-input methods
+    # (liu2017_cnn, tiis2018_fcn, veshki_cdl): PAIR_WORKING_SETS below
 }
 
 
@@ -90,7 +90,14 @@ WORKING_SET_FACTORS: dict[str, tuple[float, float]] = {
 #: block of a 1024 tile): about 115-160 MiB fixed and 20 bytes per stack element; RGB (2 x 1214^2,
 #: without the mapping) 34 bytes per element. The estimates with 160 MiB and 6.5 float32 per element
 #: are 1.1-1.6x those peaks; the guess they replaced, 104 float32 per grey element, was 5-12x.
-FIXED_WORKING_SETS: dict[str, int] = {"li2018_vgg19": 160 * 2**20}
+FIXED_WORKING_SETS: dict[str, int] = {
+    "li2018_vgg19": 160 * 2**20,
+    # measured 2026-12-03 (see WORKING_SET_FACTORS): the CNN's tiles and scratch; the CSC networks'
+    # buffers (4 x 384^2 grey: 26.6 and 20.3 MiB beyond the input and outputs)
+    "liu2017_cnn_nway": 48 * 2**20,
+    "csc_mefn": 20 * 2**20,
+    "csc_mefn_pyramid": 20 * 2**20,
+}
 
 
 @dataclass(frozen=True)
@@ -156,9 +163,11 @@ class PairWorkingSet:
     grey: float
     rgb: float
 
-    def bytes(self, n: int, pixels: int, channels: int) -> float:
+    def bytes(self, n: int, pixels: int, channels: int, *, tiled: bool = False) -> float:
         pending = max((n - 1).bit_length(), 1) * pixels * (4 * channels + 8)  # ceil(log2 N): a tree's levels
-        composing = 2 * n * pixels * 4 if n > 2 else 0  # the weights composed over the fold (untiled runs)
+        composing = (
+            2 * n * pixels * 4 if n > 2 and not tiled else 0
+        )  # the weights composed over the fold (untiled runs)
         per_pixel = self.grey if channels == 1 else self.rgb
         return self.fixed + n * pixels * channels * 4 + per_pixel * 2 * pixels * 4 + pending + composing
 
@@ -175,6 +184,23 @@ PAIR_WORKING_SETS: dict[str, PairWorkingSet] = {
     "veshki_cdl": PairWorkingSet(fixed=30 * 2**20, grey=3.0, rgb=5.75),  # grey 37 / 91 / 167 MiB
 }
 
+#: Methods registered with ``streams_slices=True`` convert and read one slice at a time and keep a
+#: few running planes, so their working set does not grow with the number of slices:
+#: ``(fixed bytes, float32 values per pixel for grey stacks, for RGB stacks)``, replacing their
+#: :data:`WORKING_SET_FACTORS` entry. Measured 2026-12-03 (``python benchmarks/methods_memory.py
+#: --mapped --threads 2`` with ``--grey --size 1024`` and RGB ``--size 640``, 4 and 10 slices each):
+#: the work beyond the input and outputs per pixel was, grey / RGB, ``focus_measure`` 17.7-18.7 /
+#: 24.8-26.7, ``focus_pyramid`` 10.1-17.4 / 20.8-27.1, ``gff`` 15.5-19.4 / 39.2-45.7,
+#: ``laplacian_pyramid`` 15.5-16.6 / 22.6-25.9, ``mertens`` 3.7 / 14.5-21.5; rounded up by ~10 %.
+#: (The factors per stack element they replace overestimated ten slices 1.3-3.5x.)
+SLICE_STREAMING: dict[str, tuple[int, float, float]] = {
+    "focus_measure": (0, 20.75, 29.5),
+    "focus_pyramid": (0, 19.25, 30.0),
+    "gff": (0, 21.5, 50.25),
+    "laplacian_pyramid": (0, 18.5, 28.5),
+    "mertens": (0, 4.25, 23.75),
+}
+
 #: Factor for methods not in the table (plugins): conservative.
 DEFAULT_FACTOR = (4.0, 16.0)
 #: Working set left in host memory when the method runs on a GPU (float copy, staging).
@@ -187,6 +213,11 @@ HEADROOM_BYTES = 256 * 2**20
 #: (about 370-450 MiB for ``napari-fusion fuse`` with torch loaded) and the allocator's slack. With
 #: 256 MiB, a tiled ``csc_ivfn`` run under a 1.5 GiB limit peaked at 1469 MiB (2026-12-02).
 LIMIT_HEADROOM_BYTES = 512 * 2**20
+#: Memory the tiles of a tiled run, computed side by side, may take together when the user set no
+#: limit (:func:`napari_fusion.tiling.sub_tile_for`): with the process's own ~0.4 GiB (the
+#: interpreter, torch, the libraries), a run of about 1.5 GiB, whatever memory the machine has.
+#: Tiles estimated to need more are computed in sub-tiles; a limit the user sets replaces it.
+TILED_ROOM = 2**30
 #: Smallest tile :func:`guard_untiled` uses when it has to tile a stack that does not fit.
 MIN_AUTO_TILE = 256
 
@@ -234,6 +265,11 @@ def _user_limit() -> int | None:
         return limit
     env = os.environ.get(ENV_VAR, "").strip()
     return parse_size(env) if env else None
+
+
+def limit_is_set() -> bool:
+    """Whether the user set a memory limit (:func:`limited_to`, ``$NAPARI_FUSION_MEMORY_LIMIT``)."""
+    return _user_limit() is not None
 
 
 def _read_int(path: str) -> int | None:
@@ -333,8 +369,10 @@ def estimate_peak_bytes(
     method: str = "focus_measure",
     *,
     device: str = "cpu",
+    tiled: bool = False,
 ) -> int:
-    """Predicted peak memory (bytes above an idle process) of an untiled :func:`napari_fusion.fuse`.
+    """Predicted peak memory (bytes above an idle process) of an untiled :func:`napari_fusion.fuse`
+    (``tiled``: of one tile's block, which builds no ``(N, H, W)`` weights).
 
     ``input (N*H*W*C, dtype) + a * N*H*W*C*4 + b * N*H*W*4 + outputs`` with
     the method's ``(a, b)`` from :data:`WORKING_SET_FACTORS` (and its :data:`FIXED_WORKING_SETS`
@@ -349,7 +387,10 @@ def estimate_peak_bytes(
     elements = n * pixels * channels
     streaming = SOURCE_STREAMING.get(method)
     if method in PAIR_WORKING_SETS:
-        work = PAIR_WORKING_SETS[method].bytes(n, pixels, channels)
+        work = PAIR_WORKING_SETS[method].bytes(n, pixels, channels, tiled=tiled)
+    elif method in SLICE_STREAMING:
+        fixed, grey, rgb = SLICE_STREAMING[method]
+        work = fixed + (grey if channels == 1 else rgb) * pixels * 4
     elif streaming is not None and not streaming.keeps(n, pixels):
         work = streaming.streamed_bytes(n, pixels, channels)
     else:
@@ -365,7 +406,7 @@ def estimate_peak_bytes(
         out += pixels * 8 + pixels * (1 if n <= 256 else 2)  # int64 on the way, then uint8/16
     if "depth" in outputs:
         out += pixels * 4
-    if "weights" in outputs:
+    if "weights" in outputs and not tiled:
         out += n * pixels * 4
     return int(elements * item + work + out)
 
@@ -404,7 +445,8 @@ def _message(need, room, n, h, w, c, dtype, method, remedy) -> str:
     shape = f"{n} x {h} x {w}" + (f" x {c}" if c > 1 else "")
     return (
         f"fusing this {shape} {np.dtype(dtype).name} stack with {method!r} in memory needs about "
-        f"{size_text(need)} (estimate), but only {size_text(room)} is available; stopped before allocating it. "
+        f"{size_text(need)} (estimate; with {size_text(headroom())} kept free), but only {size_text(room)} is "
+        "available; stopped before allocating it. "
         f"To fuse it anyway, {remedy}."
     )
 
@@ -450,7 +492,7 @@ def _auto_tile(n, c, dtype, method, halo, room, workers) -> int:
     tile = 1024
     while tile > MIN_AUTO_TILE:
         side = tile + 2 * halo
-        if workers * estimate_peak_bytes(n, side, side, c, dtype, method) <= room:
+        if workers * estimate_peak_bytes(n, side, side, c, dtype, method, tiled=True) <= room:
             break
         tile //= 2
     return tile
@@ -535,7 +577,7 @@ def tiles_need(
     from ._tile_inputs import cache_bytes
 
     bh, bw = min(tile[0] + 2 * halo, shape[0]), min(tile[1] + 2 * halo, shape[1])
-    need = workers * estimate_peak_bytes(n, bh, bw, channels, dtype, method, device=device)
+    need = workers * estimate_peak_bytes(n, bh, bw, channels, dtype, method, device=device, tiled=True)
     if input_chunks is not None:
         plane = n * channels * np.dtype(dtype).itemsize
         need += cache_bytes((bh, bw), chunks=input_chunks, shape=shape, plane_bytes=plane, workers=workers)
@@ -592,7 +634,8 @@ def guard_untiled(
     tile = _auto_tile(n, c, dtype, spec.name, halo, max(room - input_bytes - headroom(), 0), workers)
     warnings.warn(
         f"fusing this {n} x {h} x {w}{f' x {c}' if c > 1 else ''} stack with {spec.name!r} in memory would need "
-        f"about {size_text(need)} but only {size_text(room)} is available: fusing it tile by tile instead "
+        f"about {size_text(need)} (with {size_text(headroom())} kept free) but only {size_text(room)} is available: "
+        f"fusing it tile by tile instead "
         f"({tile} x {tile} tiles; pass chunks= yourself to choose)",
         RuntimeWarning,
         stacklevel=3,
@@ -718,6 +761,9 @@ def calibrate(
         if name in PAIR_WORKING_SETS:
             print(f"{name}: a two-input method, modelled by PAIR_WORKING_SETS (fit to pairs; see there)")
             continue
+        if name in SLICE_STREAMING:
+            print(f"{name}: streams its slices, modelled by SLICE_STREAMING (planes per pixel; see there)")
+            continue
         factors = []
         for (n, h, w, dt), c in ((grey, 1), (rgb, 3)):
             try:
@@ -751,11 +797,14 @@ __all__ = [
     "ENV_VAR",
     "headroom",
     "limited_to",
+    "limit_is_set",
+    "TILED_ROOM",
     "FIXED_WORKING_SETS",
     "PAIR_WORKING_SETS",
     "PairWorkingSet",
     "WORKING_SET_FACTORS",
     "SOURCE_STREAMING",
+    "SLICE_STREAMING",
     "SourceStreaming",
     "available_memory",
     "calibrate",

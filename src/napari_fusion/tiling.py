@@ -269,6 +269,16 @@ def _split_range(a: int, b: int, align: int) -> list[tuple[int, int]]:
     return [(a, mid), (mid, b)]
 
 
+def _split_range_into(a: int, b: int, size: int, align: int) -> list[tuple[int, int]]:
+    """``[a, b)`` cut into the fewest parts of at most ``size`` (rounded down to a multiple of
+    ``align``, at least ``align``), of nearly equal aligned lengths; the last part takes the rest."""
+    size = max(align, size // align * align)
+    parts = -(-(b - a) // size)
+    step = min(size, _round_up(-(-(b - a) // parts), align))
+    edges = list(range(a, b, step)) + [b]
+    return list(itertools.pairwise(edges))
+
+
 # --------------------------------------------------------------------------- the tile job
 
 
@@ -305,6 +315,11 @@ class TileJob:
     #: it (None: the caller's count; set by :func:`_tile_graph` from
     #: :func:`~napari_fusion.ops.tiles.threads_per_tile`).
     threads: tuple[int, int] | None = None
+    #: Compute each tile as sub-tiles of at most ``(rows, cols)`` core pixels, each grown by its own
+    #: halo, and join their outputs: the tile's working set fitted to the run's memory budget while
+    #: the output keeps the tile's chunks (set by :func:`fuse_lazy` from :func:`sub_tile_for`;
+    #: None: whole tiles).
+    sub_tile: tuple[int, int] | None = None
 
     def __call__(self, block: np.ndarray, block_box: tuple, core: tuple) -> dict[str, np.ndarray]:
         """Fuse ``block`` (the stack over ``block_box``) and return the outputs over ``core``.
@@ -322,7 +337,13 @@ class TileJob:
             release_freed_memory()
 
     def run(self, block: np.ndarray, block_box, core, *, split: bool = False) -> dict[str, np.ndarray]:
-        """The tile's outputs; on running out of memory, those of its quarters (``split``), and so on."""
+        """The tile's outputs: those of its sub-tiles (:attr:`sub_tile`) joined, if it has any; on
+        running out of memory, those of its quarters (``split``), and so on."""
+        if not split and self.sub_tile is not None:
+            rows = _split_range_into(core[0], core[1], self.sub_tile[0], self.align)
+            cols = _split_range_into(core[2], core[3], self.sub_tile[1], self.align)
+            if len(rows) > 1 or len(cols) > 1:
+                return self._run_parts(block, block_box, rows, cols)
         try:
             return self._run_once(block, block_box, core, split=split)
         except Exception as exc:
@@ -342,6 +363,10 @@ class TileJob:
                 f"({reason})"
             )
         log.info("out of memory on a %dx%d tile; retrying as %d sub-tiles", y1 - y0, x1 - x0, len(rows) * len(cols))
+        return self._run_parts(block, block_box, rows, cols)
+
+    def _run_parts(self, block: np.ndarray, block_box, rows, cols) -> dict[str, np.ndarray]:
+        """The outputs of the sub-tiles ``rows x cols`` (core ranges) of ``block``, joined."""
         parts = []
         for ry0, ry1 in rows:
             row = []
@@ -973,6 +998,7 @@ def fuse_lazy(
     channels = stack.shape[3] if colour else 1
     # the chunks the tiles read are counted unless they are views of arrays already in memory
     grid = fit_grid_to_memory(grid, spec, n=n, channels=channels, dtype=dtype, device=dev, input_chunks=input_chunks)
+    sub_tile = sub_tile_for(grid, spec, resolved, n=n, channels=channels, dtype=dtype, device=dev)
     reader = input_reader(stack, grid)
     offset, scale, out_low, out_high = intensity_mapping(dtype, *global_statistics(stack, dtype=dtype), spec.intensity)
     want_labels = "labels" in spec.outputs
@@ -994,6 +1020,7 @@ def fuse_lazy(
         want_labels=want_labels,
         want_depth=want_labels and "depth" in spec.outputs,
         run_id=uuid.uuid4().hex,
+        sub_tile=sub_tile,
     )
     collect_halo = spec.collect_halo_for(resolved)
     if collect_halo is not None and grid.n_tiles > 1:
@@ -1118,6 +1145,63 @@ def fit_grid_to_memory(
     return replace(grid, tile=tile)
 
 
+def sub_tile_for(
+    grid: TileGrid,
+    spec: MethodSpec,
+    params: dict[str, Any],
+    *,
+    n: int,
+    channels: int,
+    dtype: Any,
+    device: torch.device,
+) -> tuple[int, int] | None:
+    """The sub-tiles in which a tile of ``grid`` is computed when no memory limit is set, or None.
+
+    A tiled run is there to bound memory. Unless the user set a limit (the command line's
+    ``--memory-limit``, :func:`napari_fusion.memory.limited_to`, ``$NAPARI_FUSION_MEMORY_LIMIT``;
+    then :func:`fit_grid_to_memory` fits the tiles to it), the tiles computed side by side get at
+    most :data:`napari_fusion.memory.TILED_ROOM` (or the memory available, if less). A tile whose
+    estimated working set does not fit is computed as sub-tiles (:attr:`TileJob.sub_tile`), each
+    with the method's halo, so its output chunks stay those asked for. Not with a dask.distributed
+    client (its workers' memory is theirs), nor for a lone tile of a method with whole-image steps
+    (no pass over tiles collects them; the lone tile runs as an untiled fusion).
+    """
+    from . import memory
+
+    if _in_distributed_client() or memory.limit_is_set():
+        return None
+    if grid.n_tiles == 1 and spec.collect_halo_for(params) is not None:
+        return None
+    room = min(max(memory.available_memory() - memory.headroom(), 0), memory.TILED_ROOM)
+    costs = dict(halo=grid.halo, shape=grid.shape, n=n, channels=channels, dtype=dtype, method=spec.name,
+                 workers=_tiles_side_by_side(grid.n_tiles), device="cpu" if device.type == "cpu" else device.type)  # fmt: skip
+    if memory.tiles_need(grid.tile, **costs) <= room:  # type: ignore[arg-type]
+        return None
+    # the split into rows x cols sub-tiles that fits with the fewest pixels computed (each sub-tile
+    # computes its halo again: a 1024 tile cut in 1 x 2 computes less than in 2 x 2)
+    best: tuple[int, tuple[int, int]] | None = None
+    for rows in range(1, _MAX_SPLIT + 1):
+        for cols in range(1, _MAX_SPLIT + 1):
+            sub = (_part(grid.tile[0], rows, grid.align), _part(grid.tile[1], cols, grid.align))
+            if memory.tiles_need(sub, **costs) > room:  # type: ignore[arg-type]
+                continue
+            work = (grid.tile[0] + rows * 2 * grid.halo) * (grid.tile[1] + cols * 2 * grid.halo)
+            if best is None or work < best[0]:
+                best = (work, sub)
+    if best is None:  # nothing fits: the smallest sub-tiles that fitting a tile would give
+        return memory.fit_tile_to_memory(grid.tile, align=grid.align, room=room, **costs)  # type: ignore[arg-type]
+    return best[1]
+
+
+#: Most parts a side of a tile is cut into by :func:`sub_tile_for`.
+_MAX_SPLIT = 16
+
+
+def _part(side: int, parts: int, align: int) -> int:
+    """The length of the parts when ``side`` is cut into ``parts`` (aligned; the last one shorter)."""
+    return min(side, _round_up(-(-side // parts), align))
+
+
 def collect_steps(
     stack,
     grid: TileGrid,
@@ -1234,6 +1318,7 @@ def _key_prefix(stack, job: TileJob, tile: tuple[int, int]) -> str:
         tile,
         job.halo,
         job.device,
+        job.sub_tile,
     )
     return f"{TILE_KEY_PREFIX}-{job.spec.name}-{token}"
 
@@ -1274,6 +1359,7 @@ __all__ = [
     "TileGrid",
     "TileJob",
     "fit_grid_to_memory",
+    "sub_tile_for",
     "fuse_lazy",
     "global_statistics",
     "is_lazy",

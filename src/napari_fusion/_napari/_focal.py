@@ -765,7 +765,8 @@ class FocalStackWidget(WorkerControls, QWidget):
         oform.addRow(self._build_live_retouch())
         self.memory_limit = memory_limit_box(
             "Memory the fusion may use (the command line's --memory-limit): a stack that does not\n"
-            "fit in it is fused tile by tile, in tiles that fit. 0: the memory this machine has available."
+            "fit in it is fused tile by tile, in tiles that fit. auto: the memory this machine has\n"
+            "available, and for tiles about 1.5 GiB in all (larger tiles run in sub-tiles)."
         )
         oform.addRow("memory limit", self.memory_limit)
         return box

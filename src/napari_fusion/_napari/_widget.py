@@ -227,8 +227,9 @@ class FusionWidget(WorkerControls, QWidget):
         dform.addRow("tile size", self.tile_size)
         self.memory_limit = memory_limit_box(
             "Memory a fusion may use (the command line's --memory-limit): tiles computed side by side\n"
-            "shrink to fit it, and a stack that does not fit in it is fused tile by tile. 0: the\n"
-            "memory this machine has available."
+            "shrink to fit it, and a stack that does not fit in it is fused tile by tile. auto: the\n"
+            "memory this machine has available, and for tiles about 1.5 GiB in all (a tile estimated\n"
+            "to need more is computed in sub-tiles; a larger limit lets it run whole, faster)."
         )
         dform.addRow("memory limit", self.memory_limit)
         return dform

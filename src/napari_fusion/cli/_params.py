@@ -60,7 +60,8 @@ def add_memory_limit(parser: argparse.ArgumentParser) -> None:
         "--memory-limit",
         type=parse_memory_size,
         metavar="SIZE",
-        help="memory the whole run may use (the process, its libraries included), e.g. 1.5G (default: what "
-        "the machine has available); tiles shrink to fit it, and a stack that does not fit in it is fused "
-        "tile by tile (same as setting NAPARI_FUSION_MEMORY_LIMIT)",
+        help="memory the whole run may use (the process, its libraries included), e.g. 1.5G or 8G (default: "
+        "what the machine has available, and for a tiled run about 1.5G: tiles estimated to need more are "
+        "computed in sub-tiles); tiles shrink to fit it, and a stack that does not fit in it is fused tile by "
+        "tile (same as setting NAPARI_FUSION_MEMORY_LIMIT). A larger limit lets large tiles run whole, faster",
     )
