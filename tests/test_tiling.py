@@ -803,3 +803,11 @@ def test_sub_tiles_cut_a_tile_in_the_parts_that_compute_the_fewest_pixels(monkey
     assert sub(memory.tiles_need((128, 64), **costs)) == (128, 64)
     assert sub(memory.tiles_need((64, 64), **costs)) == (64, 64)
     assert sub(memory.tiles_need((64, 43), **costs)) == (64, 43)  # 2 x 3 parts, not 3 x 3
+
+    # the input chunks the tiles read are cached for their whole blocks: taken off the room first
+    chunked = dict(costs, input_chunks=(32, 32))
+    cache = memory.tiles_need((128, 128), **chunked) - memory.tiles_need((128, 128), **costs)
+    monkeypatch.setattr(memory, "TILED_ROOM", memory.tiles_need((128, 64), **costs) + cache)
+    got = tiling.sub_tile_for(grid, spec, params, n=3, channels=1, dtype=np.float32, device=torch.device("cpu"),
+                              input_chunks=(32, 32))  # fmt: skip
+    assert got == (128, 64)

@@ -998,7 +998,8 @@ def fuse_lazy(
     channels = stack.shape[3] if colour else 1
     # the chunks the tiles read are counted unless they are views of arrays already in memory
     grid = fit_grid_to_memory(grid, spec, n=n, channels=channels, dtype=dtype, device=dev, input_chunks=input_chunks)
-    sub_tile = sub_tile_for(grid, spec, resolved, n=n, channels=channels, dtype=dtype, device=dev)
+    sub_tile = sub_tile_for(grid, spec, resolved, n=n, channels=channels, dtype=dtype, device=dev,
+                            input_chunks=input_chunks)  # fmt: skip
     reader = input_reader(stack, grid)
     offset, scale, out_low, out_high = intensity_mapping(dtype, *global_statistics(stack, dtype=dtype), spec.intensity)
     want_labels = "labels" in spec.outputs
@@ -1154,6 +1155,7 @@ def sub_tile_for(
     channels: int,
     dtype: Any,
     device: torch.device,
+    input_chunks: tuple[int, int] | None = None,
 ) -> tuple[int, int] | None:
     """The sub-tiles in which a tile of ``grid`` is computed when no memory limit is set, or None.
 
@@ -1164,7 +1166,9 @@ def sub_tile_for(
     estimated working set does not fit is computed as sub-tiles (:attr:`TileJob.sub_tile`), each
     with the method's halo, so its output chunks stay those asked for. Not with a dask.distributed
     client (its workers' memory is theirs), nor for a lone tile of a method with whole-image steps
-    (no pass over tiles collects them; the lone tile runs as an untiled fusion).
+    (no pass over tiles collects them; the lone tile runs as an untiled fusion). ``input_chunks``:
+    the input's spatial chunks, which the tiles read through a cache sized for their whole blocks
+    (:func:`input_reader`), taken off the room first.
     """
     from . import memory
 
@@ -1175,8 +1179,10 @@ def sub_tile_for(
     room = min(max(memory.available_memory() - memory.headroom(), 0), memory.TILED_ROOM)
     costs = dict(halo=grid.halo, shape=grid.shape, n=n, channels=channels, dtype=dtype, method=spec.name,
                  workers=_tiles_side_by_side(grid.n_tiles), device="cpu" if device.type == "cpu" else device.type)  # fmt: skip
-    if memory.tiles_need(grid.tile, **costs) <= room:  # type: ignore[arg-type]
+    if memory.tiles_need(grid.tile, **costs, input_chunks=input_chunks) <= room:  # type: ignore[arg-type]
         return None
+    if input_chunks is not None:  # the cache is sized for the tiles' blocks, whatever their sub-tiles
+        room -= memory.tiles_need(grid.tile, **costs, input_chunks=input_chunks) - memory.tiles_need(grid.tile, **costs)  # type: ignore[arg-type]
     # the split into rows x cols sub-tiles that fits with the fewest pixels computed (each sub-tile
     # computes its halo again: a 1024 tile cut in 1 x 2 computes less than in 2 x 2)
     best: tuple[int, tuple[int, int]] | None = None
