@@ -188,11 +188,13 @@ def test_progress_bar_keeps_drawing_after_a_new_phase(capsys):
     bar = TqdmProgress("fusing", enabled=True)
     for done in (0, 40, 100):
         bar(done, 100, "pass 1")
-        time.sleep(0.15)  # past tqdm's minimum redraw interval
+        time.sleep(0.2)  # past tqdm's minimum redraw interval
     capsys.readouterr()
     bar(10, 100, "pass 2")
     time.sleep(0.15)
     bar(30, 100, "pass 2")
+    # its rate and time left are the new phase's: timed from its start, not the run's
+    assert bar.bar.format_dict["elapsed"] < 0.4
     bar.close()
     err = capsys.readouterr().err
     assert " 30/100" in err, err

@@ -22,10 +22,11 @@ class TqdmProgress:
         if message:  # before the redraw below, so that the bar shows this step, not the last one
             self.bar.set_postfix_str(message, refresh=False)
         if pct < self.bar.n:  # a new phase (e.g. a tiled run's whole-image passes, then the tiles)
-            # tqdm redraws on ``update`` only once ``n`` has moved past the last drawn ``n``: set
-            # both, or the bar stays frozen for the whole phase (it did, for every pass after the first)
-            self.bar.n = self.bar.last_print_n = pct
-            self.bar.refresh()
+            # start the bar afresh: its rate and time left are then those of this phase (they were
+            # the whole run's average, so a 13-minute pass showed 4 minutes left at its start), and
+            # it redraws (tqdm redraws on ``update`` only once ``n`` has moved past the last drawn
+            # ``n``; the bar stayed frozen for every pass after the first until both were reset)
+            self.bar.reset(total=100)
         self.bar.update(max(0, pct - self.bar.n))
 
     def describe(self, desc: str) -> None:
