@@ -165,9 +165,8 @@ class PairWorkingSet:
 
     def bytes(self, n: int, pixels: int, channels: int, *, tiled: bool = False) -> float:
         pending = max((n - 1).bit_length(), 1) * pixels * (4 * channels + 8)  # ceil(log2 N): a tree's levels
-        composing = (
-            2 * n * pixels * 4 if n > 2 and not tiled else 0
-        )  # the weights composed over the fold (untiled runs)
+        # the weights composed over the fold (untiled runs only: tiles build none)
+        composing = 2 * n * pixels * 4 if n > 2 and not tiled else 0
         per_pixel = self.grey if channels == 1 else self.rgb
         return self.fixed + n * pixels * channels * 4 + per_pixel * 2 * pixels * 4 + pending + composing
 
