@@ -1,6 +1,7 @@
 """CSC-MMFN beside bicubic and guided-filter upsampling on held-out data (Wald protocol).
 
 Usage: python benchmarks/csc_mmfn_heldout.py [--task cave pansharpening] [--model-dir DIR] [--update-cards]
+       python benchmarks/csc_mmfn_heldout.py --task cave --split val --model-dir runs/csc_mmfn-cave-cpu
 
 Only regions never seen in training are scored: the right 25 % of every scene
 (CAVE sponges and stuffed_toys; DGIF scene-1..4) and the whole DGIF scene-5.
@@ -8,7 +9,8 @@ PSNR/SSIM are means over bands (peak 1.0 for CAVE reflectances, the ground
 truth's maximum for pansharpening), SAM in degrees, ERGAS with ratio 4. For
 CAVE it also prints how well the RGB simulated with the Nikon D700 response
 agrees with the stored rgb.bmp. ``--update-cards`` rewrites the held-out table
-in the model cards (``<name>.md``) beside the weights.
+in the model cards (``<name>.md``) beside the weights. ``--split val`` scores the
+validation strips instead (choosing between training runs without the test strips).
 """
 
 from __future__ import annotations
@@ -92,16 +94,19 @@ def main() -> None:
     ap.add_argument("--update-cards", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--probe", action="store_true", help="also: detail-free guide, and scale 2 for CAVE")
+    ap.add_argument("--split", choices=("heldout", "val"), default="heldout", help="val: the validation strips")
     args = ap.parse_args()
+    if args.split == "val" and (args.update_cards or args.probe):
+        ap.error("--split val only prints: the cards and probes are about the held-out data")
     torch.set_num_threads(args.threads)
     for task in args.task:
         weights = Path(args.model_dir) / f"{weights_name(task)}.pt"
         methods = ("bicubic", "guided_filter") + (("csc_mmfn",) if weights.is_file() else ())
-        rows = evaluate_heldout(task, weights, methods=methods)
+        rows = evaluate_heldout(task, weights, methods=methods, splits=("val",) if args.split == "val" else None)
         table = table_markdown(rows)
         print(f"\n## {task} (weights {weights if weights.is_file() else 'absent'})\n\n{table}")
         print("\nseconds per case: " + ", ".join(f"{r['case']} {r['method']} {r['seconds']:.2f}" for r in rows))
-        if task == "cave":
+        if task == "cave" and args.split != "val":
             print("\nsimulated RGB vs stored rgb.bmp (Pearson r with the linearised bmp):\n\n" + rgb_table())
         if args.probe and weights.is_file():
             print("\nprobes (PSNR dB):\n\n" + probes(task, weights))
