@@ -41,6 +41,10 @@ Examples::
 ``--rev REV`` adds a row "ours@REV": the code of that git revision (its ``src/``
 extracted with ``git archive``, run with ``PYTHONPATH`` pointing there),
 alternated with the others, so a change is measured against its parent in one run.
+
+``--load N`` keeps N CPU-bound processes (busy loops) running during every
+measured run: a machine shared with other work, as lab workstations and these
+benchmark machines are. Each tool then competes for the cores it does not get.
 """
 
 from __future__ import annotations
@@ -240,11 +244,24 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     ap.add_argument("--workdir", type=Path, help="keep inputs/outputs here (default: a temporary folder)")
     ap.add_argument("--rev", help="also run our code at this git revision (its src/ via git archive), alternated")
+    ap.add_argument("--load", type=int, default=0, metavar="N", help="N busy-loop processes running meanwhile")
     args = ap.parse_args(argv)
+    if args.load < 0:
+        ap.error("--load must be >= 0")
+    hogs = [subprocess.Popen([sys.executable, "-S", "-c", "while True: pass"]) for _ in range(args.load)]
+    try:
+        return _run(args)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def _run(args) -> int:
     peer = peer_binary()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="vs_focus_stack_"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"{os.cpu_count()} CPUs; repeats {args.repeats}; work {work}")
+    print(f"{os.cpu_count()} CPUs; repeats {args.repeats}; {args.load} busy-loop processes meanwhile; work {work}")
     print(
         f"{'stack':<14} {'case':<18} {'tool':<12} {'wall s':>8} {'cpu s':>8} {'RSS MiB':>9} "
         f"{'PSNR':>7} {'SSIM':>6}  ours/peer time, RSS"

@@ -19,7 +19,7 @@ SHIPPED_SHA256: dict[str, str] = {
     "csc_ivfn.pt": "b764c53c462be457c4f9c03e0397e862c3c3762651e713ecb43bcb77b8d1c75d",
     "csc_mefn.pt": "781a3e2ee80593cca215fdafb9f743c0342b16d8e74c0e265b305b87b8152599",
     "csc_mefn_pyramid.pt": "29f90e49e573236df55253e5ba865d96b499aa6b7f1e13d7c5d9592069e69cb4",
-    "csc_mmfn_cave.pt": "e9fe759e22bbdc0f7f0705dbc05aa23f0901e5f8e16038ac158842ad4c88aebe",
+    "csc_mmfn_cave.pt": "3ca2e8885245b9d937d48b5c2b35ba9eb465e91e73819e03af4f0e7282bd3d98",
     "csc_mmfn_pansharpening.pt": "f238544bf4f46b3ead968fdc7ce4967a4d832fc763f1367d01e721dbdf8f0b32",
     "liu2017_slight.pt": "0ce6352f17509ff2a313569fb7da375032c57e7aa1135c994f389141b5b5efb0",
     "tiis2018_fcn.pt": "305a458cc9576b6d45cd3e4a990718f2e7a677854fdca3683c4746209c19f82d",
