@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ._cpu_threads import threads_for_current_load
 from ._defaults import DEFAULT_METHOD  # re-exported: one home, shared with the torch-free CLI
 from ._engine import build_result, fold_pairwise, label_dtype, run_method, slice_positions
 from ._inputs import prepare
@@ -162,7 +163,9 @@ def fuse_in_memory(
     dev = resolve_device(device)
     stack = prepared.slice_view(dev) if spec.streams_slices else prepared.to_tensor(dev)
     ctx = FusionContext(dev, progress, total=1.0)
-    with torch.inference_mode():
+    # fewer torch threads while other processes keep the CPUs busy (tiled runs share the threads
+    # out between their tiles instead: ops.tiles.threads_per_tile)
+    with torch.inference_mode(), threads_for_current_load():
         out = run_method(spec, stack, ctx=ctx, params=params)
     if progress is not None:
         progress(1.0, 1.0, "done")
