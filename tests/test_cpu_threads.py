@@ -120,3 +120,24 @@ def test_fuse_in_memory_runs_with_the_threads_left_over_and_restores_them(tmp_pa
     monkeypatch.setattr(ct, "_PROC_STAT", str(_stat(tmp_path, 2, 2)))
     nf.fuse(stack, method="focus_measure")
     assert seen == [1, 2, 2]
+
+
+@pytest.mark.skipif(not ct.os.path.exists("/proc/stat"), reason="Linux only")
+def test_focal_stack_alignment_also_runs_with_the_threads_left_over(tmp_path, monkeypatch, two_torch_threads):
+    from napari_fusion.focalstack import pipeline
+
+    if not __import__("napari_fusion.ops.tiles", fromlist=["x"])._threads_are_per_thread():
+        pytest.skip("torch's parallel backend is not OpenMP")
+    seen = []
+
+    def spy(items, **kwargs):
+        seen.append(torch.get_num_threads())
+        return items, None
+
+    monkeypatch.setattr(pipeline, "align_stack", spy)
+    monkeypatch.setattr(ct.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    monkeypatch.setattr(ct, "_OWN_TASKS", _tasks(tmp_path, "R"))
+    monkeypatch.setattr(ct, "_PROC_STAT", str(_stat(tmp_path, 2, 2)))
+    items = [np.zeros((16, 16), np.float32)] * 2
+    pipeline._align(items, "translation", None, crop=False, ref_c=None)
+    assert seen == [1] and torch.get_num_threads() == 2

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .._cpu_threads import threads_for_current_load
 from .._defaults import DEFAULT_METHOD
 from .._engine import label_dtype
 from ..api import fuse  # the public entry point (memory guard, lazy path); api never imports focalstack
@@ -308,12 +309,13 @@ def _align(
     if align is None or align in ("none", ""):
         return items, None
     est = dict(align_options or {})
-    if ref_c is not None:
-        half = progress_halves(progress)
-        alignment = estimate_alignment([load(s)[..., ref_c] for s in items], mode=align, progress=half(0), **est)
-        items = apply_alignment(items, alignment, progress=half(1))
-    else:
-        items, alignment = align_stack(items, mode=align, progress=progress, **est)
+    with threads_for_current_load():  # as the in-memory fusion: the cores other processes leave free
+        if ref_c is not None:
+            half = progress_halves(progress)
+            alignment = estimate_alignment([load(s)[..., ref_c] for s in items], mode=align, progress=half(0), **est)
+            items = apply_alignment(items, alignment, progress=half(1))
+        else:
+            items, alignment = align_stack(items, mode=align, progress=progress, **est)
     if crop:
         r0, r1, c0, c1 = alignment.valid_box()
         items = [np.ascontiguousarray(load(a)[r0:r1, c0:c1]) for a in items]
