@@ -141,3 +141,29 @@ def test_focal_stack_alignment_also_runs_with_the_threads_left_over(tmp_path, mo
     items = [np.zeros((16, 16), np.float32)] * 2
     pipeline._align(items, "translation", None, crop=False, ref_c=None)
     assert seen == [1] and torch.get_num_threads() == 2
+
+
+@pytest.mark.skipif(not ct.os.path.exists("/proc/stat"), reason="Linux only")
+def test_evaluation_metrics_also_run_with_the_threads_left_over(tmp_path, monkeypatch, two_torch_threads):
+    from types import SimpleNamespace
+
+    from napari_fusion import evaluation
+
+    if not __import__("napari_fusion.ops.tiles", fromlist=["x"])._threads_are_per_thread():
+        pytest.skip("torch's parallel backend is not OpenMP")
+    seen = []
+
+    class Metric:
+        name = "spy"
+
+        def __call__(self, fused, srcs, gt, device=None):
+            seen.append(torch.get_num_threads())
+            return 0.0
+
+    monkeypatch.setattr(ct.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    monkeypatch.setattr(ct, "_OWN_TASKS", _tasks(tmp_path, "R"))
+    monkeypatch.setattr(ct, "_PROC_STAT", str(_stat(tmp_path, 2, 2)))
+    rng = np.random.default_rng(1)
+    srcs = [(rng.random((32, 32)) * 255).astype(np.uint8) for _ in range(2)]
+    row = evaluation._score(SimpleNamespace(name="c"), "ours", "average", srcs, None, [Metric()], "cpu", {})
+    assert row["spy"] == 0.0 and seen == [1] and torch.get_num_threads() == 2

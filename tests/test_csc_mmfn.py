@@ -371,7 +371,7 @@ def test_benchmark_win_rate_counts_lower_as_better_for_sam_and_ergas():
     assert bench.win_rate(ours, theirs) == pytest.approx(0.5)  # one higher, one tie of three
     assert bench.win_rate(ours, theirs, lower_is_better=True) == pytest.approx(0.5)
     assert bench.win_rate(np.array([1.0]), np.array([2.0]), lower_is_better=True) == 1.0
-    assert bench.LOWER_IS_BETTER == {"sam", "ergas"}
+    assert {"sam", "ergas"} == bench.LOWER_IS_BETTER
 
 
 @pytest.mark.data

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ._cpu_threads import threads_for_current_load
 from .errors import FusionInputError
 
 
@@ -305,10 +306,11 @@ def _score(case, kind: str, name: str, srcs, gt, specs: list, device: str, param
 
         fused = read_image(case.references[name])
     row: dict[str, Any] = {"case": case.name, "method": name, "kind": kind, "seconds": seconds}
-    for spec in specs:
-        try:
-            row[spec.name] = spec(fused, srcs, gt, device=device if device != "auto" else None)
-        except FusionInputError as exc:
-            what = f"reference {name}" if kind == "reference" else f"method {name}"
-            raise FusionInputError(f"case {case.name}, {what}, metric {spec.name}: {exc}") from None
+    with threads_for_current_load():  # the metrics, as a fusion: the cores other processes leave free
+        for spec in specs:
+            try:
+                row[spec.name] = spec(fused, srcs, gt, device=device if device != "auto" else None)
+            except FusionInputError as exc:
+                what = f"reference {name}" if kind == "reference" else f"method {name}"
+                raise FusionInputError(f"case {case.name}, {what}, metric {spec.name}: {exc}") from None
     return row
