@@ -15,7 +15,8 @@ of other processes just before it starts (``procs_running`` of ``/proc/stat``
 less this process's own running threads, from ``/proc/self/task``: its reader
 threads and torch's threads, which spin for a while after each region; the
 least of three reads a few milliseconds apart) and gives torch only the cores
-left over, at least one, never more than it had. The count is
+left over, at least one, never more than it had, nor than the CPU quota of
+its control group (a container's ``--cpus``). The count is
 the calling thread's (OpenMP keeps it per thread) and is restored afterwards.
 Nothing changes where ``/proc/stat`` is missing (not Linux), where torch's
 parallel backend is not OpenMP (the count would change for every thread), or
@@ -28,6 +29,9 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
+from typing import Literal
+
+from ._cgroups import cpus_allowed_by_quota
 
 #: Set to ``0`` to keep torch's thread count whatever the load.
 ADAPT_ENV = "NAPARI_FUSION_ADAPT_THREADS"
@@ -98,10 +102,21 @@ def busy_elsewhere(
 
 
 def threads_for_load(
-    have: int, *, usable_cpus: int | None = None, path: str | None = None, task_dir: str | None = None
+    have: int,
+    *,
+    usable_cpus: int | None = None,
+    quota_cpus: int | None | Literal["detect"] = "detect",
+    path: str | None = None,
+    task_dir: str | None = None,
 ) -> int:
     """Torch threads to use now: the CPUs this process may run on, less their share of the
-    tasks running in other processes, at least 1 and at most ``have``."""
+    tasks running in other processes, at least 1 and at most ``have``; never more than the CPU
+    quota of the process's control group (``quota_cpus``, rounded up; a container limited to 2 CPUs
+    on a large host otherwise runs as many threads as the host has cores, each getting a sliver)."""
+    if quota_cpus == "detect":
+        quota_cpus = cpus_allowed_by_quota()
+    if quota_cpus is not None:
+        have = max(1, min(have, quota_cpus))
     load = busy_elsewhere(path=path, task_dir=task_dir)
     if load is None or have <= 1:
         return have

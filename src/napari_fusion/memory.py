@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ._cgroups import cgroup_dirs, read_int
 from .errors import FusionInputError
 
 ENV_VAR = "NAPARI_FUSION_MEMORY_LIMIT"
@@ -271,20 +272,6 @@ def limit_is_set() -> bool:
     return _user_limit() is not None
 
 
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except OSError:
-        return None
-    if not text or text == "max":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
 def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as f:
@@ -298,26 +285,11 @@ def _meminfo_available() -> int | None:
 
 def _cgroup_room() -> int | None:
     """Limit minus usage of this process's memory cgroup (v2, then v1), if limited."""
-    candidates = []
-    try:
-        with open("/proc/self/cgroup") as f:
-            for line in f:
-                parts = line.strip().split(":", 2)
-                if len(parts) != 3:
-                    continue
-                hier, ctrls, path = parts
-                if hier == "0" and ctrls == "":
-                    candidates.append(("v2", "/sys/fs/cgroup" + path.rstrip("/")))
-                elif "memory" in ctrls.split(","):
-                    candidates.append(("v1", "/sys/fs/cgroup/memory" + path.rstrip("/")))
-    except OSError:
-        pass
-    candidates += [("v2", "/sys/fs/cgroup"), ("v1", "/sys/fs/cgroup/memory")]
-    for kind, base in candidates:
+    for kind, base in cgroup_dirs("memory"):
         if kind == "v2":
-            limit, usage = _read_int(base + "/memory.max"), _read_int(base + "/memory.current")
+            limit, usage = read_int(base + "/memory.max"), read_int(base + "/memory.current")
         else:
-            limit, usage = _read_int(base + "/memory.limit_in_bytes"), _read_int(base + "/memory.usage_in_bytes")
+            limit, usage = read_int(base + "/memory.limit_in_bytes"), read_int(base + "/memory.usage_in_bytes")
         if limit is None or usage is None or limit >= 2**60:  # v1 "unlimited" is a huge number
             continue
         return max(limit - usage, 0)

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from .._cgroups import cpus_allowed_by_quota
+
 __all__ = [
     "MIN_SPLIT_TILE",
     "free_device_memory",
@@ -56,12 +58,15 @@ def threads_per_tile(tiles_side_by_side: int) -> tuple[int, int] | None:
     one torch thread per tile (identical output; medians of 3, 2026-12-03, ``docs/lazy.md``). A
     thread that starts while a tile runs begins with the tile's count. None where torch's
     thread count is not per calling thread (a parallel backend other than OpenMP): setting it
-    there would change it for every thread.
+    there would change it for every thread. The threads shared out are at most the CPU quota of
+    the process's control group (``_cgroups.cpus_allowed_by_quota``), even for one tile.
     """
-    if tiles_side_by_side <= 1 or not _threads_are_per_thread():
+    if not _threads_are_per_thread():
         return None
     have = torch.get_num_threads()
-    share = max(1, have // int(tiles_side_by_side))
+    quota = cpus_allowed_by_quota()  # a container's CPU quota, which torch's count ignores
+    budget = have if quota is None else min(have, quota)
+    share = max(1, budget // max(1, int(tiles_side_by_side)))
     return (share, have) if share < have else None
 
 
