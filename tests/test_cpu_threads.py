@@ -9,6 +9,13 @@ import torch
 from napari_fusion import _cpu_threads as ct
 
 
+@pytest.fixture(autouse=True)
+def _no_cpu_quota(monkeypatch):
+    """As without a container's CPU quota, whatever the machine running the tests has
+    (tests/test_cgroups.py covers the quota)."""
+    monkeypatch.setattr(ct, "cpus_allowed_by_quota", lambda: None)
+
+
 def _stat(tmp_path, running: int, cpus: int):
     lines = ["cpu  1 2 3 4"] + [f"cpu{i} 1 2 3 4" for i in range(cpus)] + ["ctxt 5", f"procs_running {running}"]
     path = tmp_path / "stat"

@@ -121,9 +121,10 @@ def test_tile_with_unmapped_maps(monkeypatch):
     assert T.tile_with_unmapped_maps(10, channels=4096, grow=0, floor=48) == 10  # nor above a smaller tile
 
 
-def test_threads_per_tile_and_torch_threads():
+def test_threads_per_tile_and_torch_threads(monkeypatch):
     if not T._threads_are_per_thread():
         pytest.skip("torch's thread count is not per calling thread here (not OpenMP)")
+    monkeypatch.setattr(T, "cpus_allowed_by_quota", lambda: None)  # as without a container's CPU quota
     before = torch.get_num_threads()
     torch.set_num_threads(4)
     try:

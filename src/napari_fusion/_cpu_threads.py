@@ -111,8 +111,8 @@ def threads_for_load(
 ) -> int:
     """Torch threads to use now: the CPUs this process may run on, less their share of the
     tasks running in other processes, at least 1 and at most ``have``; never more than the CPU
-    quota of the process's control group (``quota_cpus``, rounded up; a container limited to 2 CPUs
-    on a large host otherwise runs as many threads as the host has cores, each getting a sliver)."""
+    quota of the process's control group (``quota_cpus``, rounded up: torch's own count is the
+    host's cores, however few CPUs' worth of time a container may use)."""
     if quota_cpus == "detect":
         quota_cpus = cpus_allowed_by_quota()
     if quota_cpus is not None:
