@@ -319,3 +319,20 @@ def test_bioio_reader_errors_name_the_file(tmp_path):
     path.write_bytes(b"not a czi file at all")
     with pytest.raises(FusionInputError, match="broken.czi"):
         open_microscopy(path)
+
+
+def test_plain_four_axis_tiff_gets_a_clear_refusal_not_an_internal_error(tmp_path, capsys):
+    """tifffile names the axes of a plain 4-D TIFF QQYX: the same letter twice."""
+    path = tmp_path / "czyx.tif"
+    tifffile.imwrite(path, np.zeros((2, 5, 16, 16), np.uint8))
+    with pytest.raises(FusionInputError, match=r"axis 'Q' of size 5 .*no names in the file.*OME-TIFF"):
+        open_microscopy(path, channel=0)
+    assert main(["fuse", str(path), "--channel", "0", "-o", str(tmp_path / "a.tif")]) != 0
+    assert main(["fuse", str(path), "-o", str(tmp_path / "b.tif")]) != 0
+    err = capsys.readouterr().err
+    assert "internal error" not in err and "unsupported image shape (2, 5, 16, 16)" in err and "--channel" in err
+    assert not (tmp_path / "a.tif").exists() and not (tmp_path / "b.tif").exists()
+    # a leading axis of size one is dropped: the rest is the z stack
+    single = tmp_path / "qzyx.tif"
+    tifffile.imwrite(single, np.arange(5 * 16 * 16, dtype=np.uint16).reshape(1, 5, 16, 16))
+    assert open_microscopy(single, channel=0).shape == (5, 16, 16)

@@ -221,7 +221,11 @@ def read_stack(paths: str | Path | Sequence[str | Path]) -> list[np.ndarray]:
         elif arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] in (3, 4)):
             images.extend(arr[i] for i in range(arr.shape[0]))  # multi-page stack
         else:
-            raise FusionInputError(f"{p}: unsupported image shape {arr.shape}")
+            raise FusionInputError(
+                f"{p}: unsupported image shape {arr.shape}: a stack is (Z, Y, X) or (Z, Y, X, RGB). For a file "
+                "with more axes (channels, time points), save one z stack per file, or an OME-TIFF whose axes "
+                "are named (then choose with --channel / --timepoint)"
+            )
     return images
 
 

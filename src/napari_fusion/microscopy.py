@@ -577,16 +577,22 @@ def _pick(arr, axes: str, letter: str, index: Any, path: Path, what: str, names:
 
 def _to_stack_axes(arr, axes: str, path: Path) -> tuple[Any, str]:
     """``(Z, Y, X[, C|S])`` from an array with the other axes already chosen."""
-    for a in [a for a in axes if a not in "ZYXCS"]:
-        i = axes.index(a)
-        if arr.shape[i] == 1:
+    i = 0
+    while i < len(axes):  # by position: a plain TIFF may repeat a letter (QQYX)
+        a = axes[i]
+        if a in "ZYXCS":
+            i += 1
+        elif arr.shape[i] == 1:
             arr, axes = arr[(slice(None),) * i + (0,)], axes[:i] + axes[i + 1 :]
         elif "Z" not in axes:
-            axes = axes.replace(a, "Z")  # pages of a plain multi-page TIFF (I, Q): the stack
+            axes = axes[:i] + "Z" + axes[i + 1 :]  # pages of a plain multi-page TIFF (I, Q): the stack
+            i += 1
         else:
+            unnamed = " (its axes have no names in the file)" if a in "IQ" else ""
             raise FusionInputError(
-                f"{path}: besides its z axis it has an axis {a!r} of size {arr.shape[i]} (axes {axes}); "
-                "napari-fusion reads one z stack: save the stack to fuse on its own"
+                f"{path}: besides its z axis it has an axis {a!r} of size {arr.shape[i]} (axes {axes}, shape "
+                f"{tuple(arr.shape)}){unnamed}; napari-fusion reads one z stack: save the stack to fuse on its "
+                "own, or as an OME-TIFF with its axes named (then choose with --channel / --timepoint)"
             )
     if "Y" not in axes or "X" not in axes:
         raise FusionInputError(f"{path}: no Y and X axes (axes {axes!r}, shape {tuple(arr.shape)})")
