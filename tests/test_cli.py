@@ -56,6 +56,16 @@ def test_fuse_files_writes_outputs(tmp_path, stack_files, capsys):
     assert "fused 4 images" in capsys.readouterr().out
 
 
+def test_fuse_notes_an_input_given_twice(tmp_path, stack_files, capsys):
+    first = stack_files[0]
+    same = first.parent / "." / first.name  # another spelling of the same file
+    assert main(["fuse", str(first), *map(str, stack_files[1:]), str(same), "-o", str(tmp_path / "f.tif")]) == 0
+    captured = capsys.readouterr()
+    assert f"{first.resolve()} is given 2 times" in captured.err and "fused 5 images" in captured.out
+    assert main(["fuse", *map(str, stack_files), "-o", str(tmp_path / "g.tif")]) == 0
+    assert "given" not in capsys.readouterr().err
+
+
 def test_fuse_folder_and_multipage_uint16(tmp_path):
     rng = np.random.default_rng(0)
     stack = rng.integers(0, 65535, (3, 24, 30), dtype=np.uint16)

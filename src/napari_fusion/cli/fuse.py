@@ -67,6 +67,18 @@ def check_fuse_outputs(args: argparse.Namespace, *, fingerprint: str | None = No
         )
         if suffix == ".zarr" and fingerprint is not None:
             zarr_output_action(path, fingerprint, overwrite=args.overwrite)
+    note_repeated_inputs(args.inputs)
+
+
+def note_repeated_inputs(inputs) -> None:
+    """Say on stderr when an input is given more than once (an overlapping shell pattern): each
+    copy is read again and fused as further slices, which is rarely what was meant."""
+    from collections import Counter
+
+    seen = Counter(Path(p).resolve() for p in inputs or [])
+    for path, times in seen.items():
+        if times > 1:
+            print(f"note: {path} is given {times} times; each copy is fused as more slices", file=sys.stderr)
 
 
 def _fingerprint(args: argparse.Namespace, params: dict) -> str:
