@@ -285,6 +285,21 @@ def test_error_bad_shapes_and_rgba():
         nf.fuse([np.zeros((4, 20), np.uint8)] * 2)
 
 
+def test_error_bad_axes_file_names_progress_and_a_conversion_hint():
+    a, b = _pair()
+    stack = np.stack([a, b])
+    with pytest.raises(FusionInputError, match="channel_axis 5 is out of range"):
+        nf.fuse(stack, channel_axis=5)
+    with pytest.raises(FusionInputError, match="channel_axis and stack_axis are the same axis"):
+        nf.fuse(stack, channel_axis=-3)
+    with pytest.raises(FusionInputError, match="not file names; to read files use napari_fusion.io.read_stack"):
+        nf.fuse(["a.tif", "b.tif"])
+    with pytest.raises(FusionInputError, match="progress must be a callable"):
+        nf.fuse([a, b], progress=5)
+    with pytest.raises(FusionInputError, match=r"convert first, e.g. images.astype\(np.float32\)"):
+        nf.fuse([a.astype(np.float16), b.astype(np.float16)])
+
+
 def test_error_unknown_device():
     a, b = _pair()
     with pytest.raises(FusionInputError, match="unknown device"):

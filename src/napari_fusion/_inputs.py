@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -127,6 +128,10 @@ def split_stack(arr: Any, *, stack_axis: int = 0, channel_axis: int | None = Non
         raise FusionInputError(f"stack_axis {stack_axis} is out of range for an array of {_describe(arr)}")
     moved = np.moveaxis(arr, stack_axis, 0)
     if channel_axis is not None:
+        if not -ndim <= channel_axis < ndim:
+            raise FusionInputError(f"channel_axis {channel_axis} is out of range for an array of {_describe(arr)}")
+        if (channel_axis - stack_axis) % ndim == 0:
+            raise FusionInputError(f"channel_axis and stack_axis are the same axis ({stack_axis}) of {_describe(arr)}")
         ca = channel_axis if channel_axis >= 0 else channel_axis + ndim
         sa = stack_axis if stack_axis >= 0 else stack_axis + ndim
         ca = ca - (1 if ca > sa else 0) + 1  # position after moving the stack axis to 0
@@ -151,6 +156,8 @@ def as_image_list(images: Any, *, stack_axis: int = 0, channel_axis: int | None 
         raise FusionInputError(
             f"images must be a sequence of arrays or one stack array, got {type(images).__name__}"
         ) from None
+    if any(isinstance(a, (str, bytes, Path)) for a in items):
+        raise FusionInputError("images must be arrays, not file names; to read files use napari_fusion.io.read_stack")
     return [np.asarray(a) for a in items]
 
 
@@ -178,8 +185,13 @@ def check_items(items: list, *, mixed_colour: bool = False) -> tuple[list, np.dt
     dtypes = {np.dtype(a.dtype) for a in items}
     for a in items:
         if a.dtype not in SUPPORTED_DTYPES:
+            hint = (
+                f"; convert first, e.g. images.astype(np.float32){' (values beyond 2**24 lose precision)' if a.dtype.kind in 'iu' else ''}"
+                if a.dtype.kind in "iuf"
+                else ""
+            )
             raise FusionInputError(
-                f"unsupported dtype {a.dtype}; supported: " + ", ".join(str(d) for d in SUPPORTED_DTYPES)
+                f"unsupported dtype {a.dtype}; supported: " + ", ".join(str(d) for d in SUPPORTED_DTYPES) + hint
             )
     if len(dtypes) > 1:
         raise FusionInputError(

@@ -18,6 +18,7 @@ from ._defaults import DEFAULT_METHOD  # re-exported: one home, shared with the 
 from ._engine import build_result, fold_pairwise, label_dtype, run_method, slice_positions
 from ._inputs import prepare
 from .device import resolve_device
+from .errors import FusionInputError
 from .memory import guard_untiled
 from .registry import FusionContext, MethodSpec, get_method
 from .results import FusionResult
@@ -94,6 +95,10 @@ def fuse(
     >>> float(result.depth.max())
     1.5
     """
+    if progress is not None and not callable(progress):
+        raise FusionInputError(
+            f"progress must be a callable (done, total, message) or None, got {type(progress).__name__}"
+        )
     if wants_tiling(images, chunks):
         return fuse_lazy(
             images,
