@@ -133,8 +133,11 @@ def test_layout_inference():
     assert (lay.band_axis, lay.guide_axis, lay.bands, lay.guide_channels, lay.scale) == (-1, None, 4, 1, 4)
     lay = infer_layout((31, 16, 12), (32, 24, 3))
     assert (lay.band_axis, lay.guide_axis, lay.scale, lay.high_size) == (0, -1, 2, (32, 24))
-    with pytest.raises(FusionInputError, match="same integer factor"):
+    with pytest.raises(FusionInputError, match="same integer factor") as bad:
         infer_layout((64, 64, 4), (256, 250))
+    assert "swapped" not in str(bad.value)
+    with pytest.raises(FusionInputError, match="look swapped: the low-resolution image comes first"):
+        infer_layout((256, 256), (64, 64, 4))
     with pytest.raises(FusionInputError, match="given scale 2"):
         infer_layout((64, 64, 4), (256, 256), scale=2)
     with pytest.raises(FusionInputError, match="same integer factor"):  # wrong band axis given

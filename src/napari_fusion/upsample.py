@@ -33,6 +33,7 @@ has the low-resolution input's layout, float32, in its units.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,9 +144,14 @@ def infer_layout(
     found = [f for f in found if f.scale > 1]
     if not found:
         want = f" by the given scale {scale}" if scale is not None else " by the same integer factor on both axes"
+        swapped = (
+            " They look swapped: the low-resolution image comes first, then the sharper guide."
+            if math.prod(guide_shape) < math.prod(low_shape)
+            else ""
+        )
         raise FusionInputError(
             f"the guide (shape {guide_shape}) is not larger than the low-resolution image (shape {low_shape}){want}; "
-            "check the images (and band_axis / guide_axis: bands first or last)"
+            "check the images (and band_axis / guide_axis: bands first or last)." + swapped
         )
     if len(found) > 1:
         axes = sorted({(f.band_axis, f.guide_axis) for f in found}, key=str)
