@@ -293,6 +293,25 @@ def test_bad_input_is_reported_not_raised(qtbot, viewer, widget, grey_pair):
     assert widget.output_layers == {}
 
 
+def test_rgba_layers_lose_their_alpha_and_off_grid_layers_are_noted(qtbot, viewer, widget, small_focal_stack):
+    s = small_focal_stack
+    alpha = np.full(s.slices[0].shape[:2] + (1,), 255, np.uint8)
+    rgba = [np.concatenate([s.slices[k], alpha], axis=-1) for k in (0, 3)]
+    layers = [viewer.add_image(a, rgb=True, name=f"rgba{k}") for k, a in enumerate(rgba)]
+    widget.set_image_layers(layers)
+    widget.set_method("focus_measure")
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    text = widget.status.text()
+    assert "alpha channel of 'rgba0' is ignored" in text and "not on one pixel grid" not in text
+    expected = fuse([s.slices[0], s.slices[3]], method="focus_measure")
+    np.testing.assert_array_equal(widget.output_layers["fused"].data, expected.fused)
+    for layer, a in zip(layers, rgba):
+        np.testing.assert_array_equal(layer.data, a)  # inputs untouched
+    layers[1].scale = (2.0, 2.0)
+    assert run_and_wait(qtbot, widget) == "done"
+    assert "not on one pixel grid" in widget.status.text() and "take 'rgba0''s geometry" in widget.status.text()
+
+
 def test_plugin_in_real_viewer_sample_data_run_rerun_and_writer(qtbot, make_napari_viewer, tmp_path):
     """The whole path a user takes: plugin menu, sample data, run, re-run, save."""
     import tifffile

@@ -42,6 +42,7 @@ class FusionJob:
     base_name: str
     stack_axis: int | None = None  # axis in the stack layer, None for separate layers
     fixed_indices: dict[int, int] = field(default_factory=dict)  # other axes of a stack layer
+    note: str = ""  # what the run does that the user may not expect ("; ..."), for the status line
 
     @property
     def n(self) -> int:
@@ -81,6 +82,32 @@ def is_lazy_layer(layer) -> bool:
     return is_lazy_array(getattr(layer, "data", None))
 
 
+def _without_alpha(data: Any, layer) -> tuple[Any, str]:
+    """An RGBA layer's data without its alpha channel (a view; lazy stays lazy), and a note saying so."""
+    if bool(layer.rgb) and data.shape[-1] == 4:
+        return data[..., :3], f"; the alpha channel of {layer.name!r} is ignored"
+    return data, ""
+
+
+def _geometry_note(layers: Sequence[Any], ref) -> str:
+    """A note when separate layers are not on one pixel grid (they are fused pixel by pixel)."""
+
+    def grid(layer):
+        return tuple(float(v) for v in layer.scale[-2:]) + tuple(float(v) for v in layer.translate[-2:])
+
+    if len({grid(layer) for layer in layers}) <= 1:
+        return ""
+    listed = ", ".join(
+        f"{layer.name!r} scale {tuple(round(float(v), 6) for v in layer.scale[-2:])} "
+        f"translate {tuple(round(float(v), 6) for v in layer.translate[-2:])}"
+        for layer in layers
+    )
+    return (
+        f"; note: the layers are not on one pixel grid ({listed}): they were fused pixel by pixel and the "
+        f"outputs take {ref.name!r}'s geometry"
+    )
+
+
 def job_from_image_layers(layers: Sequence[Any], *, z_step: float = 1.0, mixed_colour: bool = False) -> FusionJob:
     """Fuse several 2-D (grey or RGB) Image layers, in the given order.
 
@@ -113,14 +140,16 @@ def job_from_image_layers(layers: Sequence[Any], *, z_step: float = 1.0, mixed_c
             + " (only methods for grey infrared + colour visible images, e.g. csc_ivfn, accept that)"
         )
     n = len(layers)
+    images, notes = zip(*(_without_alpha(layer.data, layer) for layer in layers))
     return FusionJob(
-        images=[layer.data for layer in layers],
+        images=list(images),
         names=[layer.name for layer in layers],
         z_positions=(np.arange(n, dtype=np.float64) * float(z_step)).astype(np.float32),
         z_unit="slice" if z_step == 1.0 else "",
         reference=ref,
         rgb=bool(ref.rgb),
         base_name=ref.name,
+        note="".join(notes) + _geometry_note(layers, ref),
     )
 
 
@@ -169,7 +198,7 @@ def job_from_stack_layer(
             fixed[ax] = pos
             index.append(pos)
     # every other non-spatial axis is fixed, so the stack axis comes first after indexing
-    images = data[tuple(index)]
+    images, note = _without_alpha(data[tuple(index)], layer)
     n = int(data.shape[axis])
     step = float(layer.scale[axis]) if z_step is None else float(z_step)
     origin = float(layer.translate[axis])
@@ -184,6 +213,7 @@ def job_from_stack_layer(
         base_name=layer.name,
         stack_axis=axis,
         fixed_indices=fixed,
+        note=note,
     )
 
 

@@ -403,13 +403,13 @@ class FusionWidget(WorkerControls, QWidget):
             return None
         device = self.device.currentText()
         tiling = (self.tiling.currentText(), int(self.tile_size.value()))
-        self._whole_note = ""
+        self._whole_note = job.note
         self._partial = False
         if tiling[0] != TILING_OFF and spec.halo_for(params) is None:
             # a global method cannot be tiled without seams: fuse the whole image (loaded in the
             # worker; the memory guard refuses a stack that does not fit) and say so
             tiling = (TILING_OFF, tiling[1])
-            self._whole_note = f"; {method} is global (cannot be tiled), so the whole stack was fused in memory"
+            self._whole_note += f"; {method} is global (cannot be tiled), so the whole stack was fused in memory"
         self._begin_run(f"running {method} on {job.n} images...")
         limit = self.memory_limit_bytes()
         if tiling[0] == TILING_LAZY:
@@ -523,7 +523,7 @@ class FusionWidget(WorkerControls, QWidget):
                     meta["napari_fusion"] = {**meta.get("napari_fusion", {}), **record}
                     layer.metadata = meta
             self.last_result = result
-            self.status.setText(f"{result.method}: {tiles} tiles done in {seconds:.2f} s on {device}")
+            self.status.setText(f"{result.method}: {tiles} tiles done in {seconds:.2f} s on {device}{self._whole_note}")
             self._outcome = "done"
             return
         job, result, device, seconds, limits = value
