@@ -630,3 +630,23 @@ def test_memory_limit_fuses_a_stack_too_large_for_it_tile_by_tile(qtbot, viewer,
     np.testing.assert_array_equal(seen[0.25][1], seen[0.0][1])
     assert widget.memory_limit_bytes() == 2**28
     assert memory.headroom() == memory.HEADROOM_BYTES  # nothing left behind in this thread
+
+
+def test_a_4d_layer_starts_on_the_axis_before_yx_and_a_negative_z_scale_is_a_distance(
+    qtbot, viewer, widget, grey_stack
+):
+    tzyx = np.stack([grey_stack, grey_stack[::-1]])  # (T=2, Z, Y, X)
+    layer = viewer.add_image(tzyx, name="tzyx", scale=(1.0, -0.4, 0.5, 0.5))
+    widget.set_stack_layer(layer)
+    assert widget.stack_axis.value() == 1 and widget.z_step.value() == pytest.approx(0.4)
+    assert "negative" in widget.calibration_label.text()
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    assert f"of {grey_stack.shape[0]} slices used" in widget.status.text()  # the z slices, not the 2 time points
+    dec = np.asarray(widget.output_layers["decision"].data)
+    assert dec.max() <= grey_stack.shape[0] and dec.max() > 2  # labels over the z slices, not the 2 time points
+    other = viewer.add_image(grey_stack, name="zyx")
+    widget.stack_layer.setCurrentIndex(widget.stack_layer.findText("zyx"))  # picked in the list
+    assert widget.stack_axis.value() == 0
+    widget.stack_layer.setCurrentIndex(widget.stack_layer.findText("tzyx"))
+    assert widget.stack_axis.value() == 1
+    assert other.data is grey_stack

@@ -191,7 +191,7 @@ def sync_z_step(z_step: QDoubleSpinBox, z_unit: QLabel, layer, axis: int, *, fro
     """Show ``layer``'s unit along ``axis``; with ``from_layer``, also take the step from its scale."""
     if from_layer:
         z_step.blockSignals(True)
-        z_step.setValue(float(layer.scale[axis]))
+        z_step.setValue(abs(float(layer.scale[axis])) or 1.0)  # a distance: a negative scale only flips the display
         z_step.blockSignals(False)
     z_unit.setText(unit_name(layer, axis))
 

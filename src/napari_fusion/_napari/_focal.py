@@ -596,7 +596,9 @@ def layer_calibration(layer, axis: int) -> tuple[float, float, str, str]:
     zunit, xyunit = _layers.unit_name(layer, axis), _layers.unit_name(layer, layer.ndim - 1)
     if zunit != "pixel" or xyunit != "pixel" or z != 1.0 or px != 1.0:
         unit = zunit if zunit != "pixel" else xyunit
-        return z, px, unit, f"from the layer: z step {z:g}, pixel {px:g} {unit}"
+        flipped = "; the layer's scale is negative (a flipped display): its size is used" if z < 0 or px < 0 else ""
+        z, px = abs(z) or 1.0, abs(px) or 1.0
+        return z, px, unit, f"from the layer: z step {z:g}, pixel {px:g} {unit}{flipped}"
     cal = _file_calibration(layer)
     if cal is not None and cal.known:
         z = float(cal.z_step) if cal.z_step else z
@@ -831,7 +833,7 @@ class FocalStackWidget(WorkerControls, QWidget):
         return self._build_run_buttons(self.recompose_button)
 
     def _connect_controls(self) -> None:
-        self.stack_layer.currentIndexChanged.connect(self._on_stack_choice)
+        self.stack_layer.currentIndexChanged.connect(self._on_stack_layer_chosen)
         self.stack_axis.valueChanged.connect(self._on_stack_choice)
         self.z_step.valueChanged.connect(self._on_z_edited)
         self.pixel_size.valueChanged.connect(self._on_z_edited)
@@ -861,12 +863,15 @@ class FocalStackWidget(WorkerControls, QWidget):
     def checked_channel_layers(self) -> list:
         return checked_layers(self.channel_list)
 
-    def set_stack_layer(self, layer, axis: int = 0) -> None:
-        """Choose ``layer`` (object or name) as the focal stack, along ``axis``."""
+    def set_stack_layer(self, layer, axis: int | None = None) -> None:
+        """Choose ``layer`` (object or name) as the focal stack, along ``axis`` (None: the axis
+        just before Y and X, as when the layer is picked in the list)."""
         index = layer_index(self.stack_layer, layer)
         self._z_from_layer = True
         self.stack_layer.setCurrentIndex(index)
-        self.stack_axis.setValue(axis)
+        chosen = self.stack_layer.currentData()
+        self._on_stack_layer()  # the axis range of this layer
+        self.stack_axis.setValue(_layers.default_stack_axis(chosen) if axis is None else axis)
         self._on_stack_layer()
 
     def set_channel_layers(self, layers) -> None:
@@ -877,6 +882,16 @@ class FocalStackWidget(WorkerControls, QWidget):
     def _on_stack_choice(self, *_args) -> None:
         self._z_from_layer = True
         self._on_stack_layer()
+
+    def _on_stack_layer_chosen(self, *_args) -> None:
+        # a new layer starts on the axis just before Y and X (z in ZYX, CZYX, TZYX)
+        layer = self.stack_layer.currentData()
+        self._on_stack_layer()
+        if layer is not None:
+            self.stack_axis.blockSignals(True)
+            self.stack_axis.setValue(_layers.default_stack_axis(layer))
+            self.stack_axis.blockSignals(False)
+        self._on_stack_choice()
 
     def _on_z_edited(self, *_args) -> None:
         self._z_from_layer = False

@@ -158,6 +158,12 @@ def stack_axes(layer) -> list[int]:
     return list(range(max(layer.ndim - 2, 0)))
 
 
+def default_stack_axis(layer) -> int:
+    """The stack axis a newly chosen layer starts with: the one just before Y and X, where the
+    z axis sits in the usual microscopy orders (ZYX, CZYX, TZYX, TCZYX)."""
+    return max(layer.ndim - 3, 0)
+
+
 def job_from_stack_layer(
     layer,
     *,

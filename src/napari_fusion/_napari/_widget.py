@@ -240,7 +240,7 @@ class FusionWidget(WorkerControls, QWidget):
 
     def _connect_controls(self) -> None:
         self.input_mode.currentIndexChanged.connect(self._on_mode)
-        self.stack_layer.currentIndexChanged.connect(self._on_stack_choice)
+        self.stack_layer.currentIndexChanged.connect(self._on_stack_layer_chosen)
         self.stack_axis.valueChanged.connect(self._on_stack_choice)
         self.z_step.valueChanged.connect(self._on_z_step_edited)
         self.task.currentIndexChanged.connect(self.refresh_methods)
@@ -280,13 +280,16 @@ class FusionWidget(WorkerControls, QWidget):
         check_exactly(self.image_list, layers)
         self.input_mode.setCurrentText(MODE_IMAGES)
 
-    def set_stack_layer(self, layer, axis: int = 0) -> None:
-        """Choose ``layer`` (object or name) as the stack, along ``axis``."""
+    def set_stack_layer(self, layer, axis: int | None = None) -> None:
+        """Choose ``layer`` (object or name) as the stack, along ``axis`` (None: the axis just
+        before Y and X, as when the layer is picked in the list)."""
         index = layer_index(self.stack_layer, layer)
         self.input_mode.setCurrentText(MODE_STACK)
         self._z_step_from_layer = True
         self.stack_layer.setCurrentIndex(index)
-        self.stack_axis.setValue(axis)
+        chosen = self.stack_layer.currentData()
+        self._on_stack_layer()  # the axis range of this layer
+        self.stack_axis.setValue(_layers.default_stack_axis(chosen) if axis is None else axis)
         self._on_stack_layer()
 
     def _on_mode(self, *_args) -> None:
@@ -318,6 +321,16 @@ class FusionWidget(WorkerControls, QWidget):
         # a new layer or axis: take the z step from its scale again
         self._z_step_from_layer = True
         self._on_stack_layer()
+
+    def _on_stack_layer_chosen(self, *_args) -> None:
+        # a new layer starts on the axis just before Y and X (z in ZYX, CZYX, TZYX)
+        layer = self.stack_layer.currentData()
+        self._on_stack_layer()
+        if layer is not None:
+            self.stack_axis.blockSignals(True)
+            self.stack_axis.setValue(_layers.default_stack_axis(layer))
+            self.stack_axis.blockSignals(False)
+        self._on_stack_choice()
 
     def _on_z_step_edited(self, *_args) -> None:
         self._z_step_from_layer = False
