@@ -186,3 +186,22 @@ def test_a_large_in_memory_fusion_is_a_display_pyramid_that_metrics_score_at_ful
     metrics.set_selection("fused", ["near", "far"])
     values = compute_and_wait(qtbot, metrics)
     assert values["qabf"] == pytest.approx(compute_metrics(full, [near, far])["qabf"], rel=1e-9)
+
+
+def test_a_metric_that_cannot_run_on_a_small_crop_is_left_out_and_named(qtbot, viewer):
+    from napari_fusion._napari._metrics_widget import MetricsWidget
+    from napari_fusion.errors import FusionInputError
+
+    w = MetricsWidget(viewer)
+    qtbot.addWidget(w)
+    rng = np.random.default_rng(3)
+    f, a, b = ((rng.random((32, 32)) * 255).astype(np.uint8) for _ in range(3))
+    for name, data in (("f", f), ("a", a), ("b", b)):
+        viewer.add_image(data, name=name)
+    w.set_selection("f", ["a", "b"])
+    values = compute_and_wait(qtbot, w)
+    assert "viff" not in values and "qabf" in values and w.table.rowCount() == len(values)
+    assert "not computed here: viff (metric 'viff':" in w.status.text()
+    assert values["qabf"] == pytest.approx(compute_metrics(f, [a, b], names=["qabf"])["qabf"], rel=1e-9)
+    with pytest.raises(FusionInputError, match="metric 'viff': image of size"):
+        compute_metrics(f, [a, b], names=["viff"])

@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import FusionCancelled, FusionInputError
-from ..metrics import METRICS, compute_metrics, ergas, sam
+from ..metrics import METRICS, compute_metrics, default_metric_names, ergas, sam
 from ._common import WorkerControls, make_compact, scrolling_layout, text_label
 
 NONE = "(none)"
@@ -99,11 +99,29 @@ def metrics_table_csv(values: dict[str, float]) -> str:
 
 
 def compute_all(fused, sources, gt, spectral: dict[str, Any] | None, progress) -> dict[str, float]:
-    """Worker-thread body: read the planes, compute the metrics (``progress`` may raise to cancel)."""
+    """Worker-thread body: read the planes, compute the metrics (``progress`` may raise to cancel).
+
+    A metric that cannot be computed on these images (e.g. VIF on a crop too small for its
+    coarsest scale) is left out, with its reason under the key ``"_skipped"`` (``{name: reason}``),
+    so the others are still shown. When no metric can be computed, the first reason is raised."""
     fused = np.asarray(fused)
     sources = [np.asarray(s) for s in sources] or None
     gt = None if gt is None else np.asarray(gt)
-    values = compute_metrics(fused, sources, gt, progress=progress)
+    names = default_metric_names(sources, gt)
+    values: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for k, name in enumerate(names):
+
+        def step(_done, _total, _message, k=k, name=name):
+            progress(k + 1, len(names), name)
+
+        try:
+            values.update(compute_metrics(fused, sources, gt, names=[name], progress=step))
+        except FusionInputError as exc:
+            skipped[name] = str(exc)
+            step(0, 0, "")
+    if names and not values:
+        raise FusionInputError(next(iter(skipped.values())))
     if spectral is not None:
         f, g = np.asarray(spectral["fused"]), np.asarray(spectral["gt"])
         if f.shape != g.shape:
@@ -112,6 +130,8 @@ def compute_all(fused, sources, gt, spectral: dict[str, Any] | None, progress) -
         values["sam"] = sam(f, g, band_axis=axis)
         values["ergas"] = ergas(f, g, scale=spectral["scale"], band_axis=axis)
         progress(1, 1, "spectral metrics")
+    if skipped:
+        values["_skipped"] = skipped
     return values
 
 
@@ -253,9 +273,14 @@ class MetricsWidget(WorkerControls, QWidget):
             self.values = {}
         super()._on_errored(exc)
 
-    def _on_returned(self, values: dict[str, float]) -> None:
+    def _on_returned(self, values: dict[str, Any]) -> None:
+        skipped = values.pop("_skipped", {})
         self.values = values
-        self.status.setText(self._summary)
+        note = ""
+        if skipped:
+            first = next(iter(skipped.values()))
+            note = f"; not computed here: {', '.join(skipped)} ({first})"
+        self.status.setText(self._summary + note)
         self.table.setRowCount(len(values))
         for row, (name, value) in enumerate(values.items()):
             variant = METRICS[name].variant if name in METRICS else SPECTRAL.get(name, "")

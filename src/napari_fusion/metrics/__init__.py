@@ -146,6 +146,17 @@ def get_metric(name: str) -> MetricSpec:
     return METRIC_REGISTRY.get(name)
 
 
+def default_metric_names(sources: Sequence[Any] | None = None, gt: Any = None) -> list[str]:
+    """The default metrics whose inputs are there: the fused-only ones, those of the sources
+    (their count permitting), and the ground-truth ones when ``gt`` is given."""
+    names = [n for n in DEFAULT_METRICS if sources or METRICS[n].needs == "fused"]
+    if gt is not None:
+        names += list(DEFAULT_GT_METRICS)
+    if sources is not None and len(sources) != 2:
+        names = [n for n in names if METRICS[n].n_sources in (None, len(sources))]
+    return names
+
+
 def compute_metrics(
     fused: Any,
     sources: Sequence[Any] | None = None,
@@ -159,17 +170,14 @@ def compute_metrics(
 
     ``progress(done, total, message)`` is called after each metric (it may raise to stop).
     """
-    if names is None:
-        names = [n for n in DEFAULT_METRICS if sources or METRICS[n].needs == "fused"]
-        if gt is not None:
-            names += list(DEFAULT_GT_METRICS)
-        if sources is not None and len(sources) != 2:
-            names = [n for n in names if METRICS[n].n_sources in (None, len(sources))]
-    names = list(names)
+    names = default_metric_names(sources, gt) if names is None else list(names)
     out = {}
     for k, n in enumerate(names):
         spec = get_metric(n)
-        out[n] = spec(fused, sources, gt, device=device)
+        try:
+            out[n] = spec(fused, sources, gt, device=device)
+        except FusionInputError as exc:  # say which metric could not be computed
+            raise FusionInputError(str(exc) if str(exc).startswith("metric ") else f"metric {n!r}: {exc}") from None
         if progress is not None:
             progress(k + 1, len(names), n)
     return out
@@ -184,6 +192,7 @@ __all__ = [
     "VIFB_METRIC_NAMES",
     "MetricSpec",
     "compute_metrics",
+    "default_metric_names",
     "get_metric",
     "list_metrics",
     "average_gradient",
