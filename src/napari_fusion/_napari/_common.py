@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QPushButton,
     QScrollArea,
+    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -185,6 +186,17 @@ def limit_bytes(box: QDoubleSpinBox) -> int | None:
     """The limit of a :func:`memory_limit_box` in bytes (None: what the machine has available)."""
     gib = float(box.value())
     return int(gib * 2**30) if gib > 0 else None
+
+
+def start_on_default_stack_axis(stack_axis: QSpinBox, layer) -> None:
+    """Put the stack-axis box of a newly chosen ``layer`` on the axis just before Y and X (no signal)."""
+    if layer is None:
+        return
+    from ._layers import default_stack_axis
+
+    stack_axis.blockSignals(True)
+    stack_axis.setValue(default_stack_axis(layer))
+    stack_axis.blockSignals(False)
 
 
 def sync_z_step(z_step: QDoubleSpinBox, z_unit: QLabel, layer, axis: int, *, from_layer: bool) -> None:

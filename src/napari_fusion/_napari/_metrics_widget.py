@@ -98,7 +98,7 @@ def metrics_table_csv(values: dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compute_all(fused, sources, gt, spectral: dict[str, Any] | None, progress) -> dict[str, float]:
+def compute_all(fused, sources, gt, spectral: dict[str, Any] | None, progress) -> dict[str, Any]:
     """Worker-thread body: read the planes, compute the metrics (``progress`` may raise to cancel).
 
     A metric that cannot be computed on these images (e.g. VIF on a crop too small for its

@@ -51,6 +51,7 @@ from ._common import (
     make_compact,
     memory_limit_box,
     scrolling_layout,
+    start_on_default_stack_axis,
     sync_z_step,
     text_label,
     viewer_data_point,
@@ -324,12 +325,8 @@ class FusionWidget(WorkerControls, QWidget):
 
     def _on_stack_layer_chosen(self, *_args) -> None:
         # a new layer starts on the axis just before Y and X (z in ZYX, CZYX, TZYX)
-        layer = self.stack_layer.currentData()
-        self._on_stack_layer()
-        if layer is not None:
-            self.stack_axis.blockSignals(True)
-            self.stack_axis.setValue(_layers.default_stack_axis(layer))
-            self.stack_axis.blockSignals(False)
+        self._on_stack_layer()  # the axis range of the new layer
+        start_on_default_stack_axis(self.stack_axis, self.stack_layer.currentData())
         self._on_stack_choice()
 
     def _on_z_step_edited(self, *_args) -> None:
