@@ -312,6 +312,22 @@ def test_rgba_layers_lose_their_alpha_and_off_grid_layers_are_noted(qtbot, viewe
     assert "not on one pixel grid" in widget.status.text() and "take 'rgba0''s geometry" in widget.status.text()
 
 
+@pytest.mark.parametrize(("dtype", "read_as"), [(np.float16, "float32"), (np.int64, "float64"), (bool, "uint8")])
+def test_layers_of_a_dtype_that_converts_without_loss_are_fused(qtbot, viewer, widget, grey_pair, dtype, read_as):
+    images, _ = grey_pair
+    data = [(im > 30000) if dtype is bool else (im // 64).astype(dtype) for im in images]
+    layers = [viewer.add_image(d, name=f"s{k}") for k, d in enumerate(data)]
+    widget.set_image_layers(layers)
+    widget.set_method("focus_measure")
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    assert f"'s0' read as {read_as}" in widget.status.text()
+    expected = fuse([d.astype(read_as) for d in data], method="focus_measure")
+    np.testing.assert_array_equal(widget.output_layers["decision"].data, expected.labels.astype(int) + 1)
+    for layer, d in zip(layers, data):
+        assert layer.data.dtype == np.dtype(dtype)  # the layers keep their data
+        np.testing.assert_array_equal(layer.data, d)
+
+
 def test_plugin_in_real_viewer_sample_data_run_rerun_and_writer(qtbot, make_napari_viewer, tmp_path):
     """The whole path a user takes: plugin menu, sample data, run, re-run, save."""
     import tifffile

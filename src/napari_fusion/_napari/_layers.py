@@ -89,6 +89,26 @@ def _without_alpha(data: Any, layer) -> tuple[Any, str]:
     return data, ""
 
 
+def _supported_dtype(data: Any, layer) -> tuple[Any, str]:
+    """Layer data of a dtype the fusion refuses but that converts without loss (float16 -> float32,
+    bool -> uint8; 64-bit integers -> float64, exact below 2**53), and a note saying so; other data
+    unchanged. The conversion is lazy (a dask array), so it runs in the worker, not on the Qt thread."""
+    dtype = np.dtype(data.dtype)
+    if dtype == np.float16:
+        target: Any = np.float32
+    elif dtype == np.bool_:
+        target = np.uint8
+    elif dtype.kind in "iu" and dtype.itemsize == 8:
+        target = np.float64
+    else:
+        return data, ""
+    import dask.array as da
+
+    lazy = data if is_lazy_array(data) else da.from_array(data, chunks=-1)
+    exact = "; exact below 2**53" if dtype.kind in "iu" else ", no values changed"
+    return lazy.astype(target), f"; {layer.name!r} read as {np.dtype(target).name} (from {dtype.name}{exact})"
+
+
 def _geometry_note(layers: Sequence[Any], ref) -> str:
     """A note when separate layers are not on one pixel grid (they are fused pixel by pixel)."""
 
@@ -141,6 +161,8 @@ def job_from_image_layers(layers: Sequence[Any], *, z_step: float = 1.0, mixed_c
         )
     n = len(layers)
     images, notes = zip(*(_without_alpha(layer.data, layer) for layer in layers))
+    images, dtype_notes = zip(*(_supported_dtype(a, layer) for a, layer in zip(images, layers)))
+    notes = notes + dtype_notes
     return FusionJob(
         images=list(images),
         names=[layer.name for layer in layers],
@@ -205,6 +227,8 @@ def job_from_stack_layer(
             index.append(pos)
     # every other non-spatial axis is fixed, so the stack axis comes first after indexing
     images, note = _without_alpha(data[tuple(index)], layer)
+    images, dtype_note = _supported_dtype(images, layer)
+    note += dtype_note
     n = int(data.shape[axis])
     step = float(layer.scale[axis]) if z_step is None else float(z_step)
     origin = float(layer.translate[axis])
