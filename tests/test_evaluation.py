@@ -171,3 +171,17 @@ def test_evaluate_prints_an_estimate_before_starting(tmp_path, capsys):
     assert est is not None and est > 0
     assert _estimate_message(2, 4, [], 200.0) == "evaluating 2 cases x 2 methods (4 runs), about 3 min"
     assert _estimate_message(2, 4, [], None) == "evaluating 2 cases x 2 methods (4 runs)"
+
+
+def test_a_metric_that_cannot_run_on_small_cases_is_left_out_and_noted(tmp_path, capsys):
+    root = _make_dataset(tmp_path / "ds", size=(32, 32))  # VIF's coarsest scale is under its window
+    res = evaluate_dataset(root, methods=["average"], metrics=["en", "viff"])
+    assert all(np.isnan(r["viff"]) and np.isfinite(r["en"]) for r in res.rows)
+    assert [(c, k) for c, _, k, _ in res.skipped] == [("case1", "viff"), ("case2", "viff")]
+    assert "metric 'viff' could not be computed on 2 run(s)" in res.skipped_note()
+    assert np.isnan(res.summary()[0]["viff"]) and np.isfinite(res.summary()[0]["en"])
+    assert main(["evaluate", str(root), "-m", "average", "--metrics", "en,viff", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "metric 'viff' could not be computed" in err and "smaller than" in err
+    with pytest.raises(FusionInputError, match="metric viff"):  # nothing at all could be scored
+        evaluate_dataset(root, methods=["average"], metrics=["viff"])

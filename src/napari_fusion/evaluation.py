@@ -37,6 +37,22 @@ class EvaluationResult:
 
     metrics: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    #: ``(case, method, metric, reason)`` of each score that could not be computed (NaN in ``rows``)
+    skipped: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    def skipped_note(self, *, show: int = 3) -> str:
+        """One line per metric that could not be computed on some runs, with the first reason."""
+        by_metric: dict[str, list[tuple[str, str, str, str]]] = {}
+        for item in self.skipped:
+            by_metric.setdefault(item[2], []).append(item)
+        lines = []
+        for metric, items in by_metric.items():
+            case, method, _, reason = items[0]
+            lines.append(
+                f"note: metric {metric!r} could not be computed on {len(items)} run(s) (left out of the means); "
+                f"first: case {case}, {method}: {reason}"
+            )
+        return "\n".join(lines)
 
     def summary(self) -> list[dict[str, Any]]:
         """Mean of each metric (NaN-ignoring) and seconds per case, per (kind, method)."""
@@ -176,6 +192,7 @@ def evaluate_dataset(
             if bar is not None:
                 bar.set_postfix_str(f"{case.name} {name}", refresh=False)
             row = _score(case, kind, name, *loaded[case.name], specs, device, (method_params or {}).get(name, {}))
+            result.skipped.extend(row.pop("_skipped"))
             result.rows.append(row)
             if on_row is not None:
                 on_row(row)
@@ -306,11 +323,17 @@ def _score(case, kind: str, name: str, srcs, gt, specs: list, device: str, param
 
         fused = read_image(case.references[name])
     row: dict[str, Any] = {"case": case.name, "method": name, "kind": kind, "seconds": seconds}
+    failed: list[tuple[str, str, str, str]] = []
     with threads_for_current_load():  # the metrics, as a fusion: the cores other processes leave free
         for spec in specs:
             try:
                 row[spec.name] = spec(fused, srcs, gt, device=device if device != "auto" else None)
-            except FusionInputError as exc:
+            except FusionInputError as exc:  # e.g. VIF on images too small for its coarsest scale
                 what = f"reference {name}" if kind == "reference" else f"method {name}"
-                raise FusionInputError(f"case {case.name}, {what}, metric {spec.name}: {exc}") from None
+                row[spec.name] = math.nan
+                failed.append((case.name, what, spec.name, str(exc)))
+    if failed and len(failed) == len(specs):  # nothing could be scored: the inputs are the problem
+        case_name, what, metric, reason = failed[0]
+        raise FusionInputError(f"case {case_name}, {what}, metric {metric}: {reason}")
+    row["_skipped"] = failed
     return row

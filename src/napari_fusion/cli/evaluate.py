@@ -88,6 +88,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         method_params=method_params,
     )
     print(result.format_table())
+    if result.skipped:
+        print(result.skipped_note(), file=sys.stderr)
     if args.output:
         p = result.write(args.output, overwrite=args.overwrite, inputs=[args.dataset])
         if not args.quiet:
