@@ -650,3 +650,16 @@ def test_a_4d_layer_starts_on_the_axis_before_yx_and_a_negative_z_scale_is_a_dis
     widget.stack_layer.setCurrentIndex(widget.stack_layer.findText("tzyx"))
     assert widget.stack_axis.value() == 1
     assert other.data is grey_stack
+
+
+def test_a_float16_stack_is_converted_without_loss_and_said(qtbot, viewer, widget, grey_stack):
+    data = (grey_stack // 64).astype(np.float16)  # exact in float16
+    layer = viewer.add_image(data, name="half")
+    widget.set_stack_layer(layer)
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    assert "'half' read as float32 (from float16" in widget.status.text()
+    from napari_fusion.focalstack import fuse_focal_stack
+
+    expected = fuse_focal_stack(data.astype(np.float32), method="focus_measure")
+    np.testing.assert_array_equal(np.asarray(widget.output_layers["decision"].data), expected.labels.astype(int) + 1)
+    assert layer.data.dtype == np.float16

@@ -139,6 +139,7 @@ class FocalJob:
     names: list[str] = field(default_factory=list)
     pixel_yx: tuple[float, float] | None = None  # output pixel size (None: the layer's xy scale)
     unit: str | None = None  # unit of heights and output pixels (None: the layer's units)
+    note: str = ""  # what the run does that the user may not expect ("; ..."), for the status line
 
     @classmethod
     def for_array(cls, images: Any, *, channel_axis: int | None = None) -> FocalJob:
@@ -254,7 +255,7 @@ def make_focal_job(
     zpos = float(layer.translate[stack_axis]) + step * np.arange(n, dtype=np.float64)
     channel_names = None
     chan_layers: list[Any] = []
-    images: Any = data
+    images, note = _layers.supported_dtype(data, layer)  # float16, bool, 64-bit integers: converted lazily
     ref_c = reference_channel
     if ca is not None:
         nchan = int(data.shape[ca])
@@ -265,6 +266,7 @@ def make_focal_job(
             ref_c = 0
     elif channel_layers:
         images, chan_layers = _channel_layer_stack(layer, data, index, sa, channel_layers)
+        note = ""
         sa = 0  # _ChannelStack slices along its first axis
         channel_names = [ly.name for ly in chan_layers]
         ref_c = 0  # the stack layer is the reference channel
@@ -284,6 +286,7 @@ def make_focal_job(
         names=[f"{layer.name} [{k}]" for k in range(n)],
         pixel_yx=_pixel_yx(layer, pixel_size),
         unit=unit,
+        note=note,
     )
 
 
@@ -1034,7 +1037,7 @@ class FocalStackWidget(WorkerControls, QWidget):
         if result.labels is not None:
             extra = f", {len(np.unique(result.labels))} of {job.n} slices used"
         self.status.setText(
-            f"{result.method}: done in {result.seconds:.2f} s{extra}{fallback_warning(result.alignment)}"
+            f"{result.method}: done in {result.seconds:.2f} s{extra}{fallback_warning(result.alignment)}{job.note}"
         )
         self._outcome = "done"
 

@@ -89,7 +89,7 @@ def _without_alpha(data: Any, layer) -> tuple[Any, str]:
     return data, ""
 
 
-def _supported_dtype(data: Any, layer) -> tuple[Any, str]:
+def supported_dtype(data: Any, layer) -> tuple[Any, str]:
     """Layer data of a dtype the fusion refuses but that converts without loss (float16 -> float32,
     bool -> uint8; 64-bit integers -> float64, exact below 2**53), and a note saying so; other data
     unchanged. The conversion is lazy (a dask array), so it runs in the worker, not on the Qt thread."""
@@ -161,7 +161,7 @@ def job_from_image_layers(layers: Sequence[Any], *, z_step: float = 1.0, mixed_c
         )
     n = len(layers)
     images, notes = zip(*(_without_alpha(layer.data, layer) for layer in layers))
-    images, dtype_notes = zip(*(_supported_dtype(a, layer) for a, layer in zip(images, layers)))
+    images, dtype_notes = zip(*(supported_dtype(a, layer) for a, layer in zip(images, layers)))
     notes = notes + dtype_notes
     return FusionJob(
         images=list(images),
@@ -227,7 +227,7 @@ def job_from_stack_layer(
             index.append(pos)
     # every other non-spatial axis is fixed, so the stack axis comes first after indexing
     images, note = _without_alpha(data[tuple(index)], layer)
-    images, dtype_note = _supported_dtype(images, layer)
+    images, dtype_note = supported_dtype(images, layer)
     note += dtype_note
     n = int(data.shape[axis])
     step = float(layer.scale[axis]) if z_step is None else float(z_step)
