@@ -131,6 +131,20 @@ def test_clear_errors(tmp_path, capsys, args, message):
     assert message in err and "Traceback" not in err
 
 
+def test_demo_refuses_a_file_as_its_output_folder_before_any_work(tmp_path, capsys, monkeypatch):
+    import napari_fusion.demo as demo
+
+    def never(**_kwargs):
+        raise AssertionError("the demo ran although its output folder is a file")
+
+    monkeypatch.setattr(demo, "run_demo", never)
+    target = tmp_path / "a.png"
+    target.write_bytes(b"precious")
+    assert main(["demo", "-o", str(target), "-q"]) != 0
+    assert "exists and is a file, not a folder" in capsys.readouterr().err
+    assert target.read_bytes() == b"precious"
+
+
 def test_demo_runs_and_scores(tmp_path, capsys, monkeypatch):
     from skimage.transform import resize
 

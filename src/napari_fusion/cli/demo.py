@@ -14,7 +14,10 @@ HELP = "render a synthetic focal stack, fuse it, write TIFFs and print PSNR/SSIM
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
+    from ..output_safety import check_output_path
 
+    # before the stack is rendered and fused: a file there, or a folder that cannot be written
+    check_output_path(Path(args.output_dir), folder=True, what="output folder -o")
     run_demo(
         output_dir=Path(args.output_dir),
         method=args.method,
