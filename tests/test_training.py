@@ -239,3 +239,14 @@ def test_resolve_data_path(tmp_path, monkeypatch):
     assert resolve_data_path(tmp_path / "x") == tmp_path / "x"
     monkeypatch.setenv("NAPARI_FUSION_DATA", str(tmp_path))
     assert resolve_data_path("train/bsds500") == tmp_path / "train" / "bsds500"
+
+
+def test_train_refuses_a_file_as_its_run_folder(tmp_path, capsys):
+    from napari_fusion.cli import main
+
+    target = tmp_path / "weights.pt"
+    target.write_bytes(b"keep me")
+    assert main(["train", "csc_mmfn", "--task", "cave", "--config", "smoke", "--out", str(target)]) != 0
+    err = capsys.readouterr().err
+    assert "run folder --out" in err and "is a file, not a folder" in err
+    assert target.read_bytes() == b"keep me"

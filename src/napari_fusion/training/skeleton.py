@@ -206,6 +206,9 @@ def loop_summary(
 def run_from_args(args, recipe: TrainingRecipe, default_out: str, *, progress: bool | None = None) -> int:
     """``main_from_args`` of a model: run ``recipe`` into ``--out`` (or ``default_out``), ``--install`` after."""
     out = Path(args.out or default_out)
+    from ..output_safety import check_output_path
+
+    check_output_path(out, folder=True, what="run folder --out")  # a file there, or not writable: before any work
     command = command_line()
     manifest = run_recipe(
         recipe,
