@@ -698,3 +698,18 @@ def test_runtime_error_in_background_tiles_ends_the_run(qtbot, viewer, widget, g
         widget.tile_size.setValue(64)
         assert run_and_wait(qtbot, widget) == "error"
         assert "boom inside a tile" in widget.status.text() and widget.run_button.isEnabled()
+
+
+def test_a_4d_stack_layer_starts_on_the_axis_before_yx(qtbot, viewer, widget, grey_pair):
+    images, _ = grey_pair
+    tz = np.stack([np.stack(images), np.stack(images[::-1])])  # (T=2, Z=2, Y, X)
+    layer = viewer.add_image(tz, name="tz", scale=(1.0, -0.5, 1.0, 1.0))
+    widget.set_stack_layer(layer)
+    assert widget.stack_axis.value() == 1 and widget.z_step.value() == pytest.approx(0.5)
+    viewer.add_image(np.stack(images), name="zyx")
+    widget.stack_layer.setCurrentIndex(widget.stack_layer.findText("zyx"))  # picked in the list
+    assert widget.stack_axis.value() == 0
+    widget.stack_layer.setCurrentIndex(widget.stack_layer.findText("tz"))
+    assert widget.stack_axis.value() == 1
+    widget.set_stack_layer(layer, axis=0)  # an explicit axis wins
+    assert widget.stack_axis.value() == 0
