@@ -97,6 +97,24 @@ def test_extract_keeps_pre_relu_values_and_strides():
     assert feats[19].shape[-2:] == (37 // 8, 53 // 8)
 
 
+@pytest.mark.parametrize("wanted", [[19], [6, 20], [3, 11], [0, 2, 4]])
+def test_extract_equals_the_layers_run_one_by_one(wanted):
+    """The fast path (channels-last, a convolution and its ReLU in one call where the convolution's
+    own output is not asked for) gives each layer's output, as running ``features`` module by module."""
+    torch.manual_seed(1)
+    net = small_net()
+    x = torch.randn(1, 3, 45, 38)
+    with torch.no_grad():
+        want, y = {}, x
+        for i, module in enumerate(net.features):
+            y = module(y)
+            want[i] = y
+        got = net.extract(x, wanted)
+    assert sorted(got) == sorted(wanted)
+    for i in wanted:
+        torch.testing.assert_close(got[i], want[i], rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------- non-network steps
 
 

@@ -237,7 +237,7 @@ def _build(w: LoadedWeights) -> VGG19:
         load_torchvision_state_dict(net, w.state)
     except ValueError as exc:
         raise WeightsUnavailableError(f"{w.path}: {exc}") from None
-    return net.to(w.device).eval().requires_grad_(False)
+    return net.to(w.device, memory_format=torch.channels_last).eval().requires_grad_(False)
 
 
 def load_network(weights: str = "", *, device: torch.device | str = "cpu") -> VGG19:
@@ -253,7 +253,7 @@ def load_network(weights: str = "", *, device: torch.device | str = "cpu") -> VG
 
 def _network(weights: str, device: torch.device) -> VGG19:
     if _TEST_NETWORK is not None:
-        return _TEST_NETWORK.to(device).eval()
+        return _TEST_NETWORK.to(device, memory_format=torch.channels_last).eval()
     return load_network(weights, device=device)
 
 

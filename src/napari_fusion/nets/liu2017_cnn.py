@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._conv import conv3x3_relu
+
 VARIANTS = ("slight", "original")
 
 #: Side of the patch one score describes, and the stride between scores.
@@ -195,13 +197,6 @@ class DenseScorer:
             filters, self.db = difference_filters(net)
             # head as one (256 -> 8*8*2) matrix product plus 64 shifted additions
             self.head_matrix = filters.detach().float().permute(1, 2, 3, 0).reshape(256, 128).contiguous()
-        dev = self.w2.device
-        self._fused = dev.type == "cpu" and dtype == torch.float32 and _has_fused_conv()
-
-    def _conv_relu(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if self._fused:
-            return torch.ops.mkldnn._convolution_pointwise(x, w, b, [1, 1], [1, 1], [1, 1], 1, "relu", [], "")
-        return F.conv2d(x, w, b, padding=1).relu_()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Branch features ``(B, 256, ceil(h/2), ceil(w/2))`` (channels-last) of ``(B, 1, h, w)``."""
@@ -210,9 +205,9 @@ class DenseScorer:
         cols = torch.stack([xp[:, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], dim=-1)
         y = torch.addmm(self.b1, cols.reshape(-1, 9), self.w1).clamp_min_(0)
         y = y.view(bsz, h, w, 64).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
-        y = self._conv_relu(y, self.w2, self.b2)
+        y = conv3x3_relu(y, self.w2, self.b2)
         y = F.max_pool2d(y, 2, stride=2, ceil_mode=True)
-        return self._conv_relu(y, self.w3, self.b3)
+        return conv3x3_relu(y, self.w3, self.b3)
 
     def terms(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 2, h', w')`` (s, t) maps of a ``(B, 1, h, w)`` batch of whole tiles."""
@@ -226,13 +221,6 @@ class DenseScorer:
             ky, kx = divmod(k, 8)
             out += y[:, ky, kx, :, ky : ky + h, kx : kx + w]
         return out
-
-
-def _has_fused_conv() -> bool:
-    try:
-        return hasattr(torch.ops.mkldnn, "_convolution_pointwise") and torch.backends.mkldnn.is_available()
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-        return False
 
 
 #: Default tile side in score-map units: an input tile is ``2 * tile + 22`` pixels
