@@ -195,8 +195,8 @@ class DenseScorer:
             self.w3 = br.conv3.weight.detach().to(dtype).contiguous(memory_format=cl)
             self.b3 = br.conv3.bias.detach().to(dtype)
             filters, self.db = difference_filters(net)
-            # head as one (256 -> 8*8*2) matrix product plus 64 shifted additions
-            self.head_matrix = filters.detach().float().permute(1, 2, 3, 0).reshape(256, 128).contiguous()
+            # head as one (256 -> 8*8*2) matrix product plus 64 shifted additions; rows (ky, kx, s/t)
+            self.head_rows = filters.detach().float().permute(2, 3, 0, 1).reshape(128, 256).contiguous()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Branch features ``(B, 256, ceil(h/2), ceil(w/2))`` (channels-last) of ``(B, 1, h, w)``."""
@@ -213,14 +213,15 @@ class DenseScorer:
         """``(B, 2, h', w')`` (s, t) maps of a ``(B, 1, h, w)`` batch of whole tiles."""
         f = self.features(x).float()
         bsz, _, h2, w2 = f.shape
-        y = f.permute(0, 2, 3, 1).reshape(-1, 256) @ self.head_matrix  # rows: (b, i, j), cols: (ky, kx, c)
-        y = y.view(bsz, h2, w2, 8, 8, 2).permute(0, 3, 4, 5, 1, 2).contiguous()
+        # (ky, kx, s/t) x (b, i, j): each tap's plane comes out contiguous, no permuted copy of the
+        # 128 planes (9 % of the scorer's time on a 1024^2 pair, 2026-12-03)
+        y = torch.mm(self.head_rows, f.permute(0, 2, 3, 1).reshape(-1, 256).t()).view(8, 8, 2, bsz, h2, w2)
         h, w = h2 - 7, w2 - 7
-        out = y[:, 0, 0, :, :h, :w].clone()
+        out = y[0, 0, :, :, :h, :w].clone()
         for k in range(1, 64):
             ky, kx = divmod(k, 8)
-            out += y[:, ky, kx, :, ky : ky + h, kx : kx + w]
-        return out
+            out += y[ky, kx, :, :, ky : ky + h, kx : kx + w]
+        return out.transpose(0, 1)
 
 
 #: Default tile side in score-map units: an input tile is ``2 * tile + 22`` pixels
