@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -47,6 +48,7 @@ def test_registry_entry():
         "gf_radius": 8,
         "gf_eps": 0.1,
         "weights": "",
+        "precision": "float32",
         "fold": "tree",
     }
     assert nf.get_method("liu2017_cnn_nway").mode == "nway"
@@ -162,6 +164,41 @@ def test_real_lytro_pair_agrees_with_focus_measure_and_commutes(device, lytro_cr
     assert np.abs(total - 1).mean() < 0.05
     assert (res.labels != swapped.labels).mean() > 0.97
     np.testing.assert_allclose(res.fused.astype(float), swapped.fused.astype(float), atol=2.0)
+
+
+def test_bfloat16_precision_on_a_real_pair_keeps_the_decisions_and_the_image(device, lytro_crop):
+    """``precision="bfloat16"`` (the branch in bfloat16) changes few decisions on a real pair, the
+    fused image hardly, and its scorer is kept per network (a fold reuses the previous pair's)."""
+    import torch
+
+    from napari_fusion.methods.liu2017_cnn import scorer_for
+
+    a, b = lytro_crop
+    r32 = nf.fuse([a, b], "liu2017_cnn", device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # slower on CPUs without bfloat16 units, still correct
+        r16 = nf.fuse([a, b], "liu2017_cnn", device=device, precision="bfloat16")
+        dev = torch.device(device)
+        assert scorer_for("slight", None, dev, "bfloat16") is scorer_for("slight", None, dev, "bfloat16")
+        assert scorer_for("slight", None, dev, "bfloat16").dtype == torch.bfloat16
+    assert not np.array_equal(r32.extras["focus_map"], r16.extras["focus_map"])  # it did run in bfloat16
+    assert np.abs(r32.extras["focus_map"] - r16.extras["focus_map"]).max() < 0.3
+    assert (r32.labels != r16.labels).mean() < 0.02
+    assert psnr(r32.fused, r16.fused) > 45
+
+
+def test_bfloat16_on_a_cpu_without_bfloat16_units_warns(monkeypatch):
+    import torch
+
+    from napari_fusion.methods import liu2017_cnn as L
+
+    monkeypatch.setattr(L, "_cpu_has_bfloat16", lambda: False)
+    with pytest.warns(UserWarning, match="slower than float32 on this CPU"):
+        L.scorer_for("slight", None, torch.device("cpu"), "bfloat16")
+    with pytest.raises(ValueError, match="precision"):
+        L.scorer_for("slight", None, torch.device("cpu"), "float16")
+    with pytest.raises(ValueError, match="precision"):
+        nf.fuse([np.zeros((32, 32))] * 2, "liu2017_cnn", precision="half")
 
 
 def test_missing_or_corrupt_weights_refused(device, tmp_path, synthetic_pair):
