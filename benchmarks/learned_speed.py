@@ -1,7 +1,7 @@
 """Speed of every learned fusion method against this CPU's matrix-product (GEMM) rate.
 
     PYTHONPATH=src python benchmarks/learned_speed.py [--size 1024] [--threads 2] [--repeats 3]
-        [--methods liu2017_cnn,tiis2018_fcn] [--data ../shared/data]
+        [--methods liu2017_cnn,tiis2018_fcn] [--data ../shared/data] [--untrained-vgg19]
 
 For each method in ``napari_fusion.list_methods()`` with ``learned=True``: the FLOPs of
 one ``size x size`` pair (analytic for the Liu et al. 2017 CNN, conv layers counted as
@@ -11,7 +11,8 @@ measured seconds of ``fuse`` on that pair (median of ``--repeats``), the float32
 GEMM rate (``torch.matmul`` of two 2048x2048 matrices, GFLOP/s, median of runs
 interleaved with the methods' runs, so that load from other jobs hits both) and the
 ratio measured / (FLOPs / GEMM rate): 1.0 means the method runs at the GEMM rate.
-Methods whose weights are absent are skipped with a message.
+Methods whose weights are absent are skipped with a message; ``--untrained-vgg19`` runs
+``li2018_vgg19`` with a random full-size VGG19 instead (the same work and time).
 
 The pair is a ``size``-square crop of the first two PCB focal-stack slices when the
 shared data are found (``--data`` or ``NAPARI_FUSION_DATA``), else random images;
@@ -21,6 +22,7 @@ the work of these networks does not depend on the content.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +35,8 @@ from napari_fusion import fuse
 from napari_fusion.errors import WeightsUnavailableError
 from napari_fusion.methods.liu2017_cnn import clear_score_cache
 from napari_fusion.nets.liu2017_cnn import score_map_size, tile_grid
+
+from _stand_ins import untrained_vgg19
 
 GEMM_N = 2048
 
@@ -68,10 +72,15 @@ def liu_pair_flops(h: int, w: int, *, tiled: bool) -> float:
 
 
 def counted_flops(fn) -> float:
+    """FLOPs of ``fn()`` as torch's counter sees them; oneDNN's fused convolution + ReLU, which it
+    does not count, is switched off meanwhile (the same convolutions then run as ``conv2d``)."""
+    from unittest import mock
+
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        fn()
+    with mock.patch("napari_fusion.nets._conv.has_fused_conv", lambda: False):
+        with FlopCounterMode(display=False) as counter:
+            fn()
     return float(counter.get_total_flops())
 
 
@@ -108,6 +117,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--methods", default="", help="comma-separated subset (default: every learned method)")
     ap.add_argument("--data", default=None, help="shared data folder (default: NAPARI_FUSION_DATA)")
+    ap.add_argument(
+        "--untrained-vgg19",
+        action="store_true",
+        help="li2018_vgg19 with a random full-size VGG19 when the ImageNet weights are absent (same time)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     wanted = [m for m in args.methods.split(",") if m]
@@ -116,6 +130,9 @@ def main() -> None:
     n = args.size
     print(f"{len(specs)} learned methods, {n}x{n} pair, {args.threads} threads, median of {args.repeats}")
     rows = []
+    stand_in = contextlib.ExitStack()
+    if args.untrained_vgg19:
+        stand_in.enter_context(untrained_vgg19())
     for spec in specs:
         try:
             fuse(pair, method=spec.name, device="cpu")  # warm-up: loads and caches the weights

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _stand_ins import untrained_vgg19
+
 
 def _status(field: str) -> int:
     with open(f"/proc/{os.getpid()}/status") as f:
@@ -69,13 +71,7 @@ def main() -> None:
 
     with contextlib.ExitStack() as stand_in:
         if args.untrained_vgg19:
-            import torch
-
-            from napari_fusion.methods.li2018_vgg19 import _NET_DEPTH, untrained_network_for_tests
-            from napari_fusion.nets.vgg19 import VGG19
-
-            torch.manual_seed(0)
-            stand_in.enter_context(untrained_network_for_tests(VGG19(depth=_NET_DEPTH)))
+            stand_in.enter_context(untrained_vgg19())
             print("li2018_vgg19 with an untrained full-size VGG19 (time and memory only; the image is meaningless)")
         try:
             result = fuse(stack, method=args.method, chunks=args.tile, device="cpu", progress=progress)
