@@ -31,12 +31,11 @@ import numpy as np
 import torch
 
 import napari_fusion as nf
+from _stand_ins import untrained_vgg19
 from napari_fusion import fuse
 from napari_fusion.errors import WeightsUnavailableError
 from napari_fusion.methods.liu2017_cnn import clear_score_cache
 from napari_fusion.nets.liu2017_cnn import score_map_size, tile_grid
-
-from _stand_ins import untrained_vgg19
 
 GEMM_N = 2048
 
@@ -78,10 +77,9 @@ def counted_flops(fn) -> float:
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    with mock.patch("napari_fusion.nets._conv.has_fused_conv", lambda: False):
-        with FlopCounterMode(display=False) as counter:
-            fn()
-    return float(counter.get_total_flops())
+    with mock.patch("napari_fusion.nets._conv.has_fused_conv", lambda: False), FlopCounterMode(display=False) as c:
+        fn()
+    return float(c.get_total_flops())
 
 
 def load_pair(size: int, data: str | None) -> list[np.ndarray]:

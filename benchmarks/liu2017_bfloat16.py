@@ -65,7 +65,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # the slower-on-this-CPU warning is printed below instead
     root = Path(args.data) if args.data else shared_data_dir()
-    print("| dataset | cases | labels changed % (mean, max) | f32 vs bf16: PSNR dB, identical | PSNR vs gt f32 / bf16 |")
+    print(
+        "| dataset | cases | labels changed % (mean, max) | f32 vs bf16: PSNR dB, identical | PSNR vs gt f32 / bf16 |"
+    )
     print("|---|---|---|---|---|")
     for name in args.datasets:
         if root is None or not (root / name).is_dir():

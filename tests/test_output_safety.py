@@ -405,6 +405,45 @@ def test_cli_resumes_an_interrupted_zarr_and_refuses_other_parameters(files, cap
     assert zarr_output_status(files / "o.zarr")["complete"] is True
 
 
+def test_cli_resume_reads_the_whole_image_steps_back_instead_of_running_the_passes(files, capsys, monkeypatch):
+    """A zarr output keeps its run's whole-image steps; the same command run again after an
+    interruption reads them back (no collect pass over the tiles) and ends with the uninterrupted
+    result; the file is the output's own (replaced with it)."""
+    import zarr
+
+    import napari_fusion.cli.fuse as cli_fuse
+    import napari_fusion.tiling as tiling
+    from napari_fusion.io import ZARR_STEPS
+
+    cmd = ["fuse", "stack.tif", "--chunks", "32", "-m", "laplacian_pyramid", "-p", "levels=0"]
+    assert main([*cmd, "-o", "full.zarr", "-q"]) == 0
+    real_progress, real_collect = cli_fuse.TqdmProgress, tiling._run_collect_task
+    collected = []
+    monkeypatch.setattr(tiling, "_run_collect_task", lambda *a: collected.append(1) or real_collect(*a))
+
+    class Interrupting(real_progress):
+        def __call__(self, done, total, message=""):
+            if message.startswith("tile") and done >= 2:
+                raise KeyboardInterrupt
+            return super().__call__(done, total, message)
+
+    monkeypatch.setattr(cli_fuse, "TqdmProgress", Interrupting)
+    assert main([*cmd, "-o", "o.zarr", "-q"]) == 130
+    assert zarr_output_status(files / "o.zarr")["complete"] is False and collected  # the passes ran
+    assert (files / "o.zarr" / ZARR_STEPS).is_file()
+    monkeypatch.setattr(cli_fuse, "TqdmProgress", real_progress)
+    collected.clear()
+    capsys.readouterr()
+    assert main([*cmd, "-o", "o.zarr"]) == 0
+    assert "whole-image steps are read back" in capsys.readouterr().err
+    assert collected == []
+    a, b = zarr.open_group("full.zarr", mode="r"), zarr.open_group("o.zarr", mode="r")
+    for name in ("fused", "labels"):
+        np.testing.assert_array_equal(a[name][...], b[name][...])
+    assert main([*cmd[:4], "-m", "average", "-o", "o.zarr", "-q", "--overwrite"]) == 0  # replaced, steps and all
+    assert not (files / "o.zarr" / ZARR_STEPS).exists()
+
+
 # --------------------------------------------------------------------------- clear errors
 
 

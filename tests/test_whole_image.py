@@ -297,3 +297,65 @@ def test_pass_names_say_which_fold_steps_they_collect():
     many = [(i, "d") for i in range(0, 40, 2)]  # the first level of a 40-slice tree
     assert _pass_name(0, many, "pairwise", 40) == "whole-image pass 1 (20 fold steps of 39): tile"
     assert _pass_name(0, [("chroma",)], "nway", 3) == "whole-image pass 1: tile"
+
+
+# --------------------------------------------------------------------------- kept on disk
+
+
+def test_steps_kept_on_disk_read_back_equal_and_only_for_their_run(tmp_path):
+    from napari_fusion.whole_image import StepResults, load_steps, save_steps
+
+    with temporary_method(_nway, name="_whole_nway", mode="nway", **REGISTRATION):
+        steps = nf.fuse(_images(), "_whole_nway", device="cpu", chunks=16).whole_image_steps
+    assert steps.maps and steps.stats  # a packed boolean map and a float statistic
+    steps.stats[("odd", 3)] = (np.float32(1.5), np.arange(4, dtype=np.uint16), {"k": [1, None, "s"]}, torch.ones(2))
+    steps.maps[("scaled",)] = KnownMap.of(np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4), scale=4)
+    path = tmp_path / "steps.pt"
+    assert save_steps(steps, path, fingerprint="run-a")
+    back = load_steps(path, fingerprint="run-a")
+    assert set(back.maps) == set(steps.maps) and set(back.stats) == set(steps.stats)
+    for key, known in steps.maps.items():
+        got = back.maps[key]
+        assert (got.shape, got.packed, got.scale) == (known.shape, known.packed, known.scale)
+        np.testing.assert_array_equal(got.window((0, 37, 0, 53)), known.window((0, 37, 0, 53)))
+    f32, ints, plain, tensor = back.stats[("odd", 3)]
+    assert type(f32) is np.float32 and f32 == 1.5 and ints.dtype == np.uint16 and ints.tolist() == [0, 1, 2, 3]
+    assert plain == {"k": [1, None, "s"]} and torch.equal(tensor, torch.ones(2))
+    assert back.stats[("mean",)] == steps.stats[("mean",)]
+    assert load_steps(path, fingerprint="run-b") is None  # another run's steps are never used
+    assert load_steps(tmp_path / "absent.pt", fingerprint="run-a") is None
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    assert load_steps(tmp_path / "junk.pt", fingerprint="run-a") is None
+    odd = StepResults(stats={("f",): object()})
+    assert not save_steps(odd, tmp_path / "odd.pt", fingerprint="run-a") and not (tmp_path / "odd.pt").exists()
+
+
+def test_known_steps_are_not_computed_again_and_give_the_same_result():
+    """All of an earlier run's steps (``complete``): no pass and no probe tile; some of them: the
+    passes compute only the others."""
+    from napari_fusion.whole_image import StepResults
+
+    images, calls = _images(), []
+
+    def counted(stack, *, ctx):
+        calls.append(1)
+        return _nway(stack, ctx=ctx)
+
+    with temporary_method(counted, name="_whole_nway", mode="nway", **REGISTRATION):
+        ref = nf.fuse(images, "_whole_nway", device="cpu")
+        first = nf.fuse(images, "_whole_nway", device="cpu", chunks=16)
+        steps = first.whole_image_steps
+        assert steps.complete and calls
+        calls.clear()
+        seen: list[str] = []
+        again = nf.fuse(images, "_whole_nway", device="cpu", chunks=16, progress=lambda d, t, m: seen.append(m),
+                        whole_image_steps=steps)  # fmt: skip
+        assert calls == []  # the lazy result is made without running the method on any tile
+        got = again.compute()
+        part = StepResults(stats=dict(steps.stats))  # the statistic alone: the map's pass still runs
+        seen.clear()
+        nf.fuse(images, "_whole_nway", device="cpu", chunks=16, progress=lambda d, t, m: seen.append(m),
+                whole_image_steps=part)  # fmt: skip
+        assert _passes(seen) == {"whole-image pass 1"}
+    np.testing.assert_array_equal(got.fused, ref.fused)
+    np.testing.assert_array_equal(got.labels, ref.labels)

@@ -9,6 +9,7 @@ TIFF or zarr).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ import numpy as np
 
 from .errors import FusionError, FusionInputError, FusionOutputError
 from .microscopy import Calibration
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
@@ -656,7 +659,20 @@ ZARR_OUTPUT_MARKER = "napari_fusion_output"
 #: Array of a zarr output recording which tiles are written (1 per finished tile).
 ZARR_TILES_DONE = "tiles_done"
 #: Entries a zarr output of ours may hold (anything else is somebody else's data).
-_ZARR_OWN_ENTRIES = {"zarr.json", ".zgroup", ".zattrs", ".zmetadata", "fused", "labels", "depth", ZARR_TILES_DONE}
+#: The whole-image steps of the run writing a zarr output, for a resumed run (:func:`read_zarr_steps`).
+ZARR_STEPS = "whole_image_steps.pt"
+_ZARR_OWN_ENTRIES = {
+    "zarr.json",
+    ".zgroup",
+    ".zattrs",
+    ".zmetadata",
+    "fused",
+    "labels",
+    "depth",
+    ZARR_TILES_DONE,
+    ZARR_STEPS,
+    ZARR_STEPS + ".part",
+}
 
 
 def zarr_output_status(path: str | Path) -> dict[str, Any] | None:
@@ -684,6 +700,30 @@ def zarr_output_status(path: str | Path) -> dict[str, Any] | None:
     info["method"] = group.attrs.get("method")
     info["foreign_entries"] = sorted(e.name for e in path.iterdir() if e.name not in _ZARR_OWN_ENTRIES)
     return info
+
+
+def read_zarr_steps(path: str | Path, fingerprint: str):
+    """The whole-image steps kept in the *incomplete* zarr output at ``path`` by the run with
+    ``fingerprint`` (:class:`~napari_fusion.whole_image.StepResults`), for the same run resumed
+    (``fuse_lazy(..., whole_image_steps=...)``); None when there are none to reuse."""
+    from .whole_image import load_steps
+
+    path = Path(path)
+    info = zarr_output_status(path)
+    if info is None or info.get("complete") or info.get("fingerprint") != fingerprint:
+        return None
+    return load_steps(path / ZARR_STEPS, fingerprint=fingerprint)
+
+
+def _keep_steps(path: Path, lazy, fingerprint: str) -> None:
+    """Keep the run's whole-image steps in its zarr output (once) for a resumed run to read."""
+    steps = getattr(lazy, "whole_image_steps", None)
+    if steps is None or not (steps.maps or steps.stats) or (path / ZARR_STEPS).exists():
+        return
+    from .whole_image import save_steps
+
+    if not save_steps(steps, path / ZARR_STEPS, fingerprint=fingerprint):
+        log.info("whole-image steps of %s not kept: a statistic cannot be stored", path)
 
 
 def _incomplete_message(path: Path, info: dict) -> str:
@@ -925,6 +965,7 @@ def _write_zarr(
         else group.create_array(name, shape=arr.shape, chunks=tuple(c[0] for c in arr.chunks), dtype=arr.dtype)
         for name, arr in outputs.items()
     ]
+    _keep_steps(path, lazy, fingerprint)
     if ZARR_TILES_DONE in group:
         done = group[ZARR_TILES_DONE]
     else:

@@ -760,6 +760,9 @@ class LazyFusionResult(FusionResult):
     #: The reader the tiles read the input through (None: as dask dependencies); see
     #: :meth:`releasing_inputs`.
     input_chunks: InputChunks | None = None
+    #: The whole-image steps the collect passes found (None: the method has none here); a zarr
+    #: output keeps them for a resumed run (:func:`napari_fusion.whole_image.save_steps`).
+    whole_image_steps: StepResults | None = None
 
     def arrays(self) -> dict[str, Any]:
         """The lazy outputs that exist, by name."""
@@ -969,6 +972,7 @@ def fuse_lazy(
     progress: Callable[[float, float, str], Any] | None = None,
     chunks: Any = None,
     halo: int | None = None,
+    whole_image_steps: StepResults | None = None,
     **params: Any,
 ) -> LazyFusionResult:
     """Lazy, tiled :func:`napari_fusion.fuse` (called by it for dask/zarr inputs or ``chunks=``).
@@ -983,6 +987,11 @@ def fuse_lazy(
     The input is validated from its metadata; the global intensity range
     (and, for floats, the non-finite check) is computed here in one pass over
     the data. The returned arrays are not computed.
+
+    ``whole_image_steps``: the whole-image steps of an earlier run of this same fusion (its
+    :attr:`LazyFusionResult.whole_image_steps`, or read back from its zarr output by
+    :func:`napari_fusion.io.read_zarr_steps`); the passes then compute only the steps missing
+    from them. Steps of a different fusion give wrong results: the caller must know they match.
     """
     spec = method if isinstance(method, MethodSpec) else get_method(method)
     resolved = spec.resolve_params(params)
@@ -1024,13 +1033,15 @@ def fuse_lazy(
         sub_tile=sub_tile,
     )
     collect_halo = spec.collect_halo_for(resolved)
-    if collect_halo is not None and grid.n_tiles > 1:
+    if whole_image_steps is not None and whole_image_steps.complete:
+        job.steps = whole_image_steps  # an earlier run's, all of them: no pass, not even a probe tile
+    elif collect_halo is not None and grid.n_tiles > 1:
         step_halo = spec.halo_for(resolved) or 0
         if halo is not None:  # the experiment's halo everywhere
             collect_halo = step_halo = grid.halo
         try:
             job.steps = collect_steps(stack, grid, job, collect_halo=collect_halo, step_halo=step_halo,
-                                      progress=progress, reader=reader)  # fmt: skip
+                                      progress=progress, reader=reader, known=whole_image_steps)  # fmt: skip
         finally:
             if reader is not None:
                 reader.clear()
@@ -1047,6 +1058,7 @@ def fuse_lazy(
         key_prefix=prefix,
         run_id=job.run_id,
         input_chunks=reader,
+        whole_image_steps=job.steps,
     )
 
 
@@ -1217,6 +1229,7 @@ def collect_steps(
     step_halo: int,
     progress=None,
     reader: InputChunks | None = None,
+    known: StepResults | None = None,
 ) -> StepResults:
     """Run the collect passes of a method with whole-image steps (:mod:`napari_fusion.whole_image`).
 
@@ -1227,11 +1240,13 @@ def collect_steps(
     not known, so a tree fold of N slices needs ceil(log2 N) passes, a sequential one N - 1. The
     parts are joined and finished once per step, then the next pass runs; the passes end when
     the tiles run to the end: each pass starts with one tile computed with the whole method's
-    context, and when that one runs to the end no more tiles are run.
+    context, and when that one runs to the end no more tiles are run. Steps already ``known``
+    (part of an earlier run's) are not computed again. The result is marked
+    :attr:`~napari_fusion.whole_image.StepResults.complete`.
     """
     from dask.delayed import Delayed
 
-    known = StepResults()
+    known = StepResults(dict(known.maps), dict(known.stats)) if known is not None else StepResults()
     folded = job.spec.mode == "pairwise"
     height = fold_height(stack.shape[0], job.params.get(FOLD_PARAM, FOLD_DEFAULT)) if folded else 0
     for p in range(MAX_PASSES):
@@ -1249,6 +1264,7 @@ def collect_steps(
         with _live(job.run_id, None if progress is None else _LiveRun(progress, grid.n_tiles, what)):
             probe = replace(pass_job, halo=probe_halo)(block, tile0.block, tile0.core)
         if "__done__" in probe:
+            known.complete = True
             return known
         found = probe["__collected__"]
         if not found:  # every step the tiles' context covers ran without an unknown whole-image step

@@ -39,12 +39,18 @@ run computes the same global step as the untiled one; only the local parts
 
 Memory: a known map is kept for the whole run; boolean maps are stored as
 packed bits (one eighth of a byte per pixel).
+
+A zarr output keeps the steps of the run that writes it (:func:`save_steps`, the file
+``whole_image_steps.pt`` in the output's group), so that the same command run again after an
+interruption reads them (:func:`load_steps`) and computes only the missing tiles, not the
+passes again (CSC-IVFN's took 34 minutes on 10 x 8192^2).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -143,6 +149,8 @@ class StepResults:
 
     maps: dict[tuple, KnownMap] = field(default_factory=dict)
     stats: dict[tuple, Any] = field(default_factory=dict)
+    #: Every step of the run is here (its passes ran to the end): a run given these computes none.
+    complete: bool = False
 
     def __contains__(self, key: tuple) -> bool:
         return key in self.maps or key in self.stats
@@ -227,4 +235,95 @@ class TileSteps:
         raise Collected(key, "stat", reduce_core(lambda x: x[..., cy, cx]), finish, combine)
 
 
-__all__ = ["Collected", "CollectedMany", "KnownMap", "MAX_PASSES", "StepResults", "TileSteps", "scaled_box", "unpacked"]
+# --------------------------------------------------------------------------- kept on disk
+
+#: Version of the file :func:`save_steps` writes.
+STEPS_FORMAT = 1
+
+
+def save_steps(known: StepResults, path: Path, *, fingerprint: str) -> bool:
+    """Write the whole-image steps of a run to ``path`` (torch's format, through a temporary name),
+    with the ``fingerprint`` of the run they belong to, so that a resumed run can read them
+    (:func:`load_steps`) instead of computing its collect passes again. Returns False, writing
+    nothing, when a statistic is of a type the file cannot hold."""
+    import os
+
+    try:
+        record = {
+            "format": STEPS_FORMAT,
+            "fingerprint": fingerprint,
+            "complete": known.complete,
+            "maps": [
+                (_encode(k), torch.from_numpy(m.data), list(m.shape), m.packed, m.scale) for k, m in known.maps.items()
+            ],
+            "stats": [(_encode(k), _encode(v)) for k, v in known.stats.items()],
+        }
+    except TypeError:
+        return False
+    part = path.with_name(path.name + ".part")
+    torch.save(record, part)
+    os.replace(part, path)
+    return True
+
+
+def load_steps(path: Path, *, fingerprint: str) -> StepResults | None:
+    """The steps :func:`save_steps` wrote to ``path`` for the run with ``fingerprint``; None when there
+    is no such file, it cannot be read (read with ``weights_only``: tensors and plain values only),
+    or it belongs to another run."""
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+        if record.get("format") != STEPS_FORMAT or record.get("fingerprint") != fingerprint:
+            return None
+        known = StepResults(complete=bool(record["complete"]))
+        for key, data, shape, packed, scale in record["maps"]:
+            known.maps[_decode(key)] = KnownMap(data.numpy(), tuple(shape), bool(packed), int(scale))
+        for key, value in record["stats"]:
+            known.stats[_decode(key)] = _decode(value)
+        return known
+    except Exception:  # unreadable in any way (truncated, not ours, other types): computed again
+        return None
+
+
+def _encode(v: Any) -> Any:
+    """``v`` as values ``torch.load(weights_only=True)`` reads back, containers and numpy tagged."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu()
+    if isinstance(v, np.ndarray):
+        return {"numpy": torch.from_numpy(np.ascontiguousarray(v))}
+    if isinstance(v, np.generic):
+        return {"npscalar": v.item(), "dtype": v.dtype.str}
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (tuple, list)):
+        return {"tuple" if isinstance(v, tuple) else "list": [_encode(x) for x in v]}
+    if isinstance(v, dict):
+        return {"dict": [(_encode(k), _encode(x)) for k, x in v.items()]}
+    raise TypeError(f"cannot keep a {type(v).__name__} on disk")
+
+
+def _decode(v: Any) -> Any:
+    if not isinstance(v, dict):
+        return v
+    if "numpy" in v:
+        return v["numpy"].numpy()
+    if "npscalar" in v:
+        return np.dtype(v["dtype"]).type(v["npscalar"])
+    if "tuple" in v:
+        return tuple(_decode(x) for x in v["tuple"])
+    if "list" in v:
+        return [_decode(x) for x in v["list"]]
+    return {_decode(k): _decode(x) for k, x in v["dict"]}
+
+
+__all__ = [
+    "Collected",
+    "CollectedMany",
+    "KnownMap",
+    "MAX_PASSES",
+    "StepResults",
+    "TileSteps",
+    "load_steps",
+    "save_steps",
+    "scaled_box",
+    "unpacked",
+]

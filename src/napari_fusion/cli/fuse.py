@@ -195,9 +195,9 @@ def cmd_fuse_tiled(args: argparse.Namespace) -> int:
     """``fuse --chunks``: read lazily, fuse tile by tile, write tile by tile."""
     import numpy as np
 
-    from ..api import fuse
-    from ..io import open_lazy_stack, read_calibration, write_lazy
+    from ..io import open_lazy_stack, read_calibration, read_zarr_steps, write_lazy
     from ..output_safety import check_disk_space
+    from ..tiling import fuse_lazy
 
     params = parse_method_params(args.method, args.param or [])
     fingerprint = _fingerprint(args, params)
@@ -210,22 +210,27 @@ def cmd_fuse_tiled(args: argparse.Namespace) -> int:
     if z_step is not None:
         z = np.arange(stack.shape[0], dtype=np.float32) * z_step
     t0 = time.perf_counter()
+    zarr_out = args.output.suffix.lower() == ".zarr"
+    # an interrupted zarr output of this same command keeps its whole-image steps: not computed again
+    steps = read_zarr_steps(args.output, fingerprint) if zarr_out else None
+    if steps is not None and not args.quiet:
+        print(f"note: resuming {args.output}: its whole-image steps are read back, not computed again", file=sys.stderr)
     progress = TqdmProgress(f"fusing {stack.shape[0]} images ({args.method})", not args.quiet)
     try:  # a method's whole-image steps are computed here, in passes over the tiles
-        result = fuse(
+        result = fuse_lazy(
             stack,
             method=args.method,
             z_positions=z,
             device=args.device,
             chunks=args.chunks,
             progress=progress,
+            whole_image_steps=steps,
             **params,
         )
     except BaseException:
         progress.close()
         raise
     progress.describe(f"fusing {stack.shape[0]} images ({args.method}), {result.grid.n_tiles} tiles")
-    zarr_out = args.output.suffix.lower() == ".zarr"
     for flag, name in ((args.labels, "labels"), (args.depth, "depth")):
         if flag is not None and getattr(result, name) is None:
             print(f"note: method {args.method!r} makes no {name}; --{name} ignored", file=sys.stderr)
