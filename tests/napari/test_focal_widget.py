@@ -663,3 +663,17 @@ def test_a_float16_stack_is_converted_without_loss_and_said(qtbot, viewer, widge
     expected = fuse_focal_stack(data.astype(np.float32), method="focus_measure")
     np.testing.assert_array_equal(np.asarray(widget.output_layers["decision"].data), expected.labels.astype(int) + 1)
     assert layer.data.dtype == np.float16
+
+
+def test_an_rgba_stack_is_fused_without_its_alpha_and_said(qtbot, viewer, widget, small_focal_stack):
+    rgb = np.stack(small_focal_stack.slices)
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:3] + (1,), 255, np.uint8)], axis=-1)
+    layer = viewer.add_image(rgba, rgb=True, name="rgba")
+    widget.set_stack_layer(layer)
+    assert run_and_wait(qtbot, widget) == "done", widget.status.text()
+    assert "alpha channel of 'rgba' is ignored" in widget.status.text()
+    from napari_fusion.focalstack import fuse_focal_stack
+
+    expected = fuse_focal_stack(rgb, method="focus_measure")
+    np.testing.assert_array_equal(np.asarray(widget.output_layers["decision"].data), expected.labels.astype(int) + 1)
+    np.testing.assert_array_equal(layer.data, rgba)  # input untouched

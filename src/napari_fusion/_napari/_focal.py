@@ -255,7 +255,9 @@ def make_focal_job(
     zpos = float(layer.translate[stack_axis]) + step * np.arange(n, dtype=np.float64)
     channel_names = None
     chan_layers: list[Any] = []
+    data, alpha_note = _layers.without_alpha(data, layer)  # RGBA: fused as RGB, and said
     images, note = _layers.supported_dtype(data, layer)  # float16, bool, 64-bit integers: converted lazily
+    note = alpha_note + note
     ref_c = reference_channel
     if ca is not None:
         nchan = int(data.shape[ca])

@@ -82,7 +82,7 @@ def is_lazy_layer(layer) -> bool:
     return is_lazy_array(getattr(layer, "data", None))
 
 
-def _without_alpha(data: Any, layer) -> tuple[Any, str]:
+def without_alpha(data: Any, layer) -> tuple[Any, str]:
     """An RGBA layer's data without its alpha channel (a view; lazy stays lazy), and a note saying so."""
     if bool(layer.rgb) and data.shape[-1] == 4:
         return data[..., :3], f"; the alpha channel of {layer.name!r} is ignored"
@@ -160,7 +160,7 @@ def job_from_image_layers(layers: Sequence[Any], *, z_step: float = 1.0, mixed_c
             + " (only methods for grey infrared + colour visible images, e.g. csc_ivfn, accept that)"
         )
     n = len(layers)
-    images, notes = zip(*(_without_alpha(layer.data, layer) for layer in layers))
+    images, notes = zip(*(without_alpha(layer.data, layer) for layer in layers))
     images, dtype_notes = zip(*(supported_dtype(a, layer) for a, layer in zip(images, layers)))
     notes = notes + dtype_notes
     return FusionJob(
@@ -226,7 +226,7 @@ def job_from_stack_layer(
             fixed[ax] = pos
             index.append(pos)
     # every other non-spatial axis is fixed, so the stack axis comes first after indexing
-    images, note = _without_alpha(data[tuple(index)], layer)
+    images, note = without_alpha(data[tuple(index)], layer)
     images, dtype_note = supported_dtype(images, layer)
     note += dtype_note
     n = int(data.shape[axis])
