@@ -1032,19 +1032,8 @@ def fuse_lazy(
         run_id=uuid.uuid4().hex,
         sub_tile=sub_tile,
     )
-    collect_halo = spec.collect_halo_for(resolved)
-    if whole_image_steps is not None and whole_image_steps.complete:
-        job.steps = whole_image_steps  # an earlier run's, all of them: no pass, not even a probe tile
-    elif collect_halo is not None and grid.n_tiles > 1:
-        step_halo = spec.halo_for(resolved) or 0
-        if halo is not None:  # the experiment's halo everywhere
-            collect_halo = step_halo = grid.halo
-        try:
-            job.steps = collect_steps(stack, grid, job, collect_halo=collect_halo, step_halo=step_halo,
-                                      progress=progress, reader=reader, known=whole_image_steps)  # fmt: skip
-        finally:
-            if reader is not None:
-                reader.clear()
+    job.steps = _whole_image_steps(stack, grid, job, halo=halo, progress=progress, reader=reader,
+                                   known=whole_image_steps)  # fmt: skip
     prefix = _key_prefix(stack, job, grid.tile)
     outputs = _lazy_outputs(_tile_graph(stack, grid, job, prefix, reader=reader), grid, job, prefix)
     return LazyFusionResult(
@@ -1060,6 +1049,28 @@ def fuse_lazy(
         input_chunks=reader,
         whole_image_steps=job.steps,
     )
+
+
+def _whole_image_steps(
+    stack, grid: TileGrid, job: TileJob, *, halo: int | None, progress, reader, known: StepResults | None
+) -> StepResults | None:
+    """The method's whole-image steps for this run: ``known`` when it holds all of them (an earlier
+    run's: no pass, not even a probe tile), else found by the collect passes (:func:`collect_steps`,
+    given what ``known`` holds); None for a method without such steps or a lone tile."""
+    collect_halo = job.spec.collect_halo_for(job.params)
+    if collect_halo is None or grid.n_tiles <= 1:
+        return None
+    if known is not None and known.complete:
+        return known
+    step_halo = job.spec.halo_for(job.params) or 0
+    if halo is not None:  # the experiment's halo everywhere
+        collect_halo = step_halo = grid.halo
+    try:
+        return collect_steps(stack, grid, job, collect_halo=collect_halo, step_halo=step_halo, progress=progress,
+                             reader=reader, known=known)  # fmt: skip
+    finally:
+        if reader is not None:
+            reader.clear()
 
 
 def input_reader(stack, grid: TileGrid) -> InputChunks | None:
