@@ -413,7 +413,7 @@ def test_cli_resume_reads_the_whole_image_steps_back_instead_of_running_the_pass
 
     import napari_fusion.cli.fuse as cli_fuse
     import napari_fusion.tiling as tiling
-    from napari_fusion.io import ZARR_STEPS
+    from napari_fusion.io import ZARR_STEPS, read_zarr_steps
 
     cmd = ["fuse", "stack.tif", "--chunks", "32", "-m", "laplacian_pyramid", "-p", "levels=0"]
     assert main([*cmd, "-o", "full.zarr", "-q"]) == 0
@@ -431,12 +431,16 @@ def test_cli_resume_reads_the_whole_image_steps_back_instead_of_running_the_pass
     assert main([*cmd, "-o", "o.zarr", "-q"]) == 130
     assert zarr_output_status(files / "o.zarr")["complete"] is False and collected  # the passes ran
     assert (files / "o.zarr" / ZARR_STEPS).is_file()
+    fingerprint = zarr_output_status(files / "o.zarr")["fingerprint"]
+    assert read_zarr_steps(files / "o.zarr", fingerprint).complete
+    assert read_zarr_steps(files / "o.zarr", "another run") is None
     monkeypatch.setattr(cli_fuse, "TqdmProgress", real_progress)
     collected.clear()
     capsys.readouterr()
     assert main([*cmd, "-o", "o.zarr"]) == 0
     assert "whole-image steps are read back" in capsys.readouterr().err
     assert collected == []
+    assert read_zarr_steps(files / "o.zarr", fingerprint) is None  # complete: nothing to resume
     a, b = zarr.open_group("full.zarr", mode="r"), zarr.open_group("o.zarr", mode="r")
     for name in ("fused", "labels"):
         np.testing.assert_array_equal(a[name][...], b[name][...])
