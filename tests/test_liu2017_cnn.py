@@ -191,8 +191,9 @@ def test_bfloat16_on_a_cpu_without_bfloat16_units_warns(monkeypatch):
     import torch
 
     from napari_fusion.methods import liu2017_cnn as L
+    from napari_fusion.nets import _conv
 
-    monkeypatch.setattr(L, "_cpu_has_bfloat16", lambda: False)
+    monkeypatch.setattr(_conv, "cpu_has_bfloat16", lambda: False)
     with pytest.warns(UserWarning, match="slower than float32 on this CPU"):
         L.scorer_for("slight", None, torch.device("cpu"), "bfloat16")
     with pytest.raises(ValueError, match="precision"):

@@ -27,7 +27,6 @@ shipped in ``napari_fusion/trained_weights`` are checked against their sha256.
 from __future__ import annotations
 
 import math
-import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FusionInputError, WeightsUnavailableError
+from ..nets._conv import PRECISIONS, network_dtype
 from ..nets.liu2017_cnn import (
     PATCH,
     VARIANTS,
@@ -90,7 +90,6 @@ def load_liu_net(variant: str, weights: str | Path | None, device: torch.device)
     )
 
 
-PRECISIONS = ("float32", "bfloat16")
 _BF16_SCORERS: weakref.WeakKeyDictionary[LiuFocusNet, DenseScorer] = weakref.WeakKeyDictionary()
 
 
@@ -99,27 +98,11 @@ def scorer_for(variant: str, weights: str | Path | None, device: torch.device, p
     ``"bfloat16"`` (the branch's convolutions in bfloat16, the head and outputs float32; kept, one per
     network, so that a fold's scores of the previous pair can be reused)."""
     net, scorer = load_liu_net(variant, weights, device)
-    if precision == "float32":
+    if network_dtype(precision, device) == torch.float32:
         return scorer
-    if precision != "bfloat16":
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if device.type == "cpu" and not _cpu_has_bfloat16():
-        warnings.warn(
-            "precision='bfloat16' runs slower than float32 on this CPU (it has no AVX512-BF16 or AMX "
-            "units); float32 is the faster choice here",
-            stacklevel=3,
-        )
     if net not in _BF16_SCORERS:
         _BF16_SCORERS[net] = DenseScorer(net, dtype=torch.bfloat16)
     return _BF16_SCORERS[net]
-
-
-def _cpu_has_bfloat16() -> bool:
-    check = getattr(getattr(torch, "cpu", None), "_is_avx512_bf16_supported", None)
-    try:
-        return bool(check()) if check is not None else False
-    except RuntimeError:  # pragma: no cover - builds without the check
-        return False
 
 
 def _check_size(stack: torch.Tensor) -> None:

@@ -33,13 +33,16 @@ are checked against their sha256.
 
 from __future__ import annotations
 
+import copy
 import json
+import weakref
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import FusionInputError, WeightsUnavailableError
+from ..nets._conv import PRECISIONS, network_dtype
 from ..nets.tiis2018_fcn import TwoStreamFusionNet, receptive_radius
 from ..ops.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from ..ops.filters import box_filter
@@ -92,6 +95,18 @@ def _build(w: LoadedWeights) -> TwoStreamFusionNet:
     return net.eval().requires_grad_(False).to(w.device, memory_format=torch.channels_last)
 
 
+_IN_BFLOAT16: weakref.WeakKeyDictionary[TwoStreamFusionNet, TwoStreamFusionNet] = weakref.WeakKeyDictionary()
+
+
+def in_precision(net: TwoStreamFusionNet, dtype: torch.dtype) -> TwoStreamFusionNet:
+    """``net`` itself for float32, else a bfloat16 copy of it (made once per network)."""
+    if dtype == torch.float32:
+        return net
+    if net not in _IN_BFLOAT16:
+        _IN_BFLOAT16[net] = copy.deepcopy(net).to(dtype)
+    return _IN_BFLOAT16[net]
+
+
 def load_two_stream_net(weights: str | Path | None, device: torch.device) -> TwoStreamFusionNet:
     """The trained network on ``device`` (sha256-verified, cached by path, mtime, size and device)."""
     return load_shipped(
@@ -138,12 +153,16 @@ def run_net_tiled(
         if ctx is not None:
             ctx.report(done, total + 1, f"network, tile {done}/{total}")
 
+    dtype = next(net.parameters()).dtype  # bfloat16 when the user chose it (in_precision): float32 out
+
+    def run(ta: torch.Tensor, tb: torch.Tensor, *, pad: bool) -> torch.Tensor:
+        return net(ta.unsqueeze(1).to(dtype), tb.unsqueeze(1).to(dtype), pad=pad)[:, 0].float()
+
     r = net.halo
     if net.unpadded_offset is None:  # a layout without an unpadded form: each tile padded by the network
         grow = 4 * r - (net.kernel - 1)
         tile = tile_with_unmapped_maps(tile, channels=net.width, grow=grow)
-        (out,) = map_tiles(lambda ta, tb: net(ta.unsqueeze(1), tb.unsqueeze(1))[:, 0], (a, b), halo=r, tile=tile,
-                           report=report)  # fmt: skip
+        (out,) = map_tiles(lambda ta, tb: run(ta, tb, pad=True), (a, b), halo=r, tile=tile, report=report)
         return out.clamp_(0, 1)
     # The image is reflect-padded once, as the network pads it, and the tiles run without padding:
     # every kept pixel then has real (or reflected) context, and no tile computes a padding of its own.
@@ -151,8 +170,7 @@ def run_net_tiled(
     pa, pb = (F.pad(x.unsqueeze(1), (r, r, r, r), mode="reflect")[:, 0] for x in (a, b))
     # the largest map: the first convolution's output on a block (tile + 2 halo)
     tile = tile_with_unmapped_maps(tile, channels=net.width, grow=2 * r - (net.kernel - 1))
-    (out,) = map_tiles(lambda ta, tb: net(ta.unsqueeze(1), tb.unsqueeze(1), pad=False)[:, 0], (pa, pb), halo=r,
-                       tile=tile, report=report)  # fmt: skip
+    (out,) = map_tiles(lambda ta, tb: run(ta, tb, pad=False), (pa, pb), halo=r, tile=tile, report=report)
     return out[..., r : r + h, r : r + w].clamp_(0, 1)
 
 
@@ -207,6 +225,14 @@ def decision_from_output(fused_grey: torch.Tensor, grey_a: torch.Tensor, grey_b:
         Param(
             "weights", "", str, "Path to other trained weights (.pt with its .json manifest); empty: shipped weights."
         ),
+        Param(
+            "precision",
+            "float32",
+            str,
+            "Arithmetic of the network: 'float32', or 'bfloat16' (faster where the CPU has AMX or AVX512-BF16 "
+            "units, or on a GPU; the fused image changes slightly; slower on other CPUs).",
+            choices=PRECISIONS,
+        ),
     ),
     citation=CITATION,
     description="A conv-fusion-deconv network maps two differently focused images straight to the fused image.",
@@ -221,13 +247,14 @@ def fuse_two_stream(
     smooth_radius: int,
     tile: int,
     weights: str,
+    precision: str,
 ) -> MethodOutput:
     if stack.ndim != 4 or stack.shape[0] != 2:
         raise FusionInputError(f"tiis2018_fcn fuses two images at a time, got a stack of shape {tuple(stack.shape)}")
     _, c, h, w = stack.shape
     if c not in (1, 3):
         raise FusionInputError(f"tiis2018_fcn needs grey or RGB images, got {c} channels")
-    net = load_two_stream_net(weights, ctx.device)
+    net = in_precision(load_two_stream_net(weights, ctx.device), network_dtype(precision, ctx.device))
     if min(h, w) <= net.halo:
         raise FusionInputError(f"tiis2018_fcn needs images larger than {net.halo}x{net.halo} pixels, got {h}x{w}")
     x = stack.float()
