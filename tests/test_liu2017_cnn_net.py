@@ -122,3 +122,27 @@ def test_known_tiles_are_reused_exactly():
     assert torch.equal(out[0, :, :5], known_terms[0, :, :5])
     assert torch.equal(out[0, :, -3:], known_terms[1, :, -3:])
     assert calls[-1] == len(tile_grid(70, 66, 8))  # progress reaches the end
+
+
+def test_fused_convolution_and_relu_equals_conv2d_then_relu(monkeypatch):
+    """``nets._conv.conv3x3_relu``: oneDNN's fused call (where available) and the fallback both give
+    ``relu(conv2d(x, w, b, padding=1))``, channels-last or not; inside autograd it is not fused."""
+    import torch
+    import torch.nn.functional as F
+
+    from napari_fusion.nets import _conv
+
+    g = torch.Generator().manual_seed(2)
+    x, w, b = torch.randn(2, 5, 19, 23, generator=g), torch.randn(7, 5, 3, 3, generator=g), torch.randn(7, generator=g)
+    want = F.conv2d(x, w, b, padding=1).clamp_min(0)
+    cl = torch.channels_last
+    with torch.no_grad():
+        torch.testing.assert_close(_conv.conv3x3_relu(x, w, b), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            _conv.conv3x3_relu(x.contiguous(memory_format=cl), w.contiguous(memory_format=cl), b), want,
+            rtol=1e-5, atol=1e-5,
+        )  # fmt: skip
+        monkeypatch.setattr(_conv, "has_fused_conv", lambda: False)
+        torch.testing.assert_close(_conv.conv3x3_relu(x, w, b), want, rtol=1e-5, atol=1e-5)
+    monkeypatch.undo()
+    assert not _conv.fusable(x, w.requires_grad_(True))
