@@ -16,6 +16,7 @@ import pytest
 
 from napari_fusion import FusionCancelled, fuse, list_methods
 from napari_fusion.methods import csc_ivfn, csc_mefn, li2018_vgg19
+from napari_fusion.nets import liu2017_cnn as liu_net
 
 LEARNED = [s.name for s in list_methods() if s.learned]
 
@@ -32,6 +33,7 @@ def pair():
 def small_tiles(monkeypatch):
     for module in (csc_ivfn, csc_mefn, li2018_vgg19):
         monkeypatch.setattr(module, "NET_TILE", 128)
+    monkeypatch.setattr(liu_net, "TILE", 96)  # 4 tiles of a 300^2 image, as for the others
     return {"tiis2018_fcn": {"tile": 128}}
 
 

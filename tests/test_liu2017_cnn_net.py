@@ -142,7 +142,31 @@ def test_fused_convolution_and_relu_equals_conv2d_then_relu(monkeypatch):
             _conv.conv3x3_relu(x.contiguous(memory_format=cl), w.contiguous(memory_format=cl), b), want,
             rtol=1e-5, atol=1e-5,
         )  # fmt: skip
+        rows_unpadded = F.conv2d(x, w, b, padding=(0, 1)).clamp_min(0)
+        torch.testing.assert_close(_conv.conv3x3_relu(x, w, b, pad_rows=False), rows_unpadded, rtol=1e-5, atol=1e-5)
         monkeypatch.setattr(_conv, "has_fused_conv", lambda: False)
         torch.testing.assert_close(_conv.conv3x3_relu(x, w, b), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(_conv.conv3x3_relu(x, w, b, pad_rows=False), rows_unpadded, rtol=1e-5, atol=1e-5)
     monkeypatch.undo()
     assert not _conv.fusable(x, w.requires_grad_(True))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 37, 43), (2, 1, 16, 16), (3, 1, 35, 20)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_scorer_bands_equal_whole_maps(monkeypatch, shape, dtype):
+    """``DenseScorer.features`` computes conv1, conv2 and the pooling in bands of ``BAND`` rows on a
+    CPU: the same numbers, bit for bit, as one band over the whole tile (odd heights, a short last
+    band, batches) and as the layered branch up to float rounding."""
+    from napari_fusion.nets import liu2017_cnn
+
+    net = _net("slight")
+    scorer = liu2017_cnn.DenseScorer(net, dtype=dtype)
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        monkeypatch.setattr(liu2017_cnn, "BAND", 1000)
+        whole = scorer.features(x)
+        for band in (2, 4, 6):
+            monkeypatch.setattr(liu2017_cnn, "BAND", band)
+            assert torch.equal(scorer.features(x), whole)
+        if dtype == torch.float32:
+            torch.testing.assert_close(whole, net.branch(x), atol=1e-5, rtol=1e-5)

@@ -30,13 +30,19 @@ def fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def conv3x3_relu(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, pad_rows: bool = True
+) -> torch.Tensor:
     """``relu(conv2d(x, weight, bias, padding=1))`` for a 3x3, stride-1 convolution: one oneDNN call
     with the ReLU fused into it where :func:`fusable`, else the convolution and an in-place ReLU.
-    Equal up to float rounding; channels-last inputs and weights run fastest on a CPU."""
+    Equal up to float rounding; channels-last inputs and weights run fastest on a CPU.
+
+    ``pad_rows=False`` pads the columns only (``padding=(0, 1)``): the output has two rows fewer,
+    for a band of rows whose neighbour rows the caller supplies."""
+    padding = [1, 1] if pad_rows else [0, 1]
     if fusable(x, weight):
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [1, 1], [1, 1], [1, 1], 1, "relu", [], "")
-    return F.conv2d(x, weight, bias, padding=1).relu_()
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, padding, [1, 1], [1, 1], 1, "relu", [], "")
+    return F.conv2d(x, weight, bias, padding=padding).relu_()
 
 
 #: Arithmetic a learned method's network may run in (the user's choice; float32 by default).
