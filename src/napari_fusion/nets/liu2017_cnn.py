@@ -201,13 +201,13 @@ class DenseScorer:
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Branch features ``(B, 256, ceil(h/2), ceil(w/2))`` (channels-last) of ``(B, 1, h, w)``.
 
-        On a CPU the full-resolution layers (conv1, conv2 and the pooling) run in bands of
-        :data:`BAND` rows, each band with its two neighbour rows, so their 64- and 128-channel maps
-        stay in cache and are never whole in memory; only the pooled map is. The bands add no
-        arithmetic and give the same numbers as whole maps."""
+        The full-resolution layers (conv1, conv2 and the pooling) run in bands of :data:`BAND`
+        rows on a CPU (:data:`DEVICE_BAND` elsewhere), each band with its two neighbour rows, so
+        their 64- and 128-channel maps stay in cache and are never whole in memory; only the pooled
+        map is. The bands add no arithmetic and give the same numbers as whole maps."""
         bsz, _, h, w = x.shape
         xp = F.pad(x[:, 0].to(self.dtype), (1, 1, 1, 1))
-        band = BAND if x.device.type == "cpu" else h
+        band = BAND if x.device.type == "cpu" else DEVICE_BAND
         pooled = torch.empty((bsz, 128, (h + 1) // 2, (w + 1) // 2), device=x.device, dtype=self.dtype)
         pooled = pooled.contiguous(memory_format=torch.channels_last)
         # conv1's output rows r0-1 .. r1 of a band, NHWC; rows outside the image stay zero (conv2's padding)
@@ -243,6 +243,9 @@ class DenseScorer:
 #: :meth:`DenseScorer.features`): conv2 of a 278-pixel-wide tile ran at 226 GFLOP/s on whole maps and
 #: its bands at about 280 (2026-12-03, Xeon with AVX-512).
 BAND = 16
+#: The same on a GPU, where small bands would cost kernel launches: bounds a batch of 8 tiles'
+#: full-resolution maps to ~0.3 GB (they would be ~1 GB whole).
+DEVICE_BAND = 128
 
 #: Default tile side in score-map units: an input tile is ``2 * tile + 22`` pixels
 #: (about 50 GFLOP per image tile, under a second on two cores; 192 ran a 1024^2 pair 5-8 % faster
