@@ -205,7 +205,7 @@ _PARAMS = (
         "precision",
         "float32",
         str,
-        "Arithmetic of the CNN: 'float32', or 'bfloat16' (scoring ~3.7x faster where the CPU has AMX or "
+        "Arithmetic of the CNN: 'float32', or 'bfloat16' (scoring ~3x faster where the CPU has AMX or "
         "AVX512-BF16 units, or on a GPU; changes 0.1-2% of the labels; slower on other CPUs).",
         choices=PRECISIONS,
     ),
